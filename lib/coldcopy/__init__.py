@@ -1,0 +1,3 @@
+"""ColdCopy: encrypted, verified PostgreSQL backups on DigitalOcean Spaces."""
+
+__version__ = "0.1.0"

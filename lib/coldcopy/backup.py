@@ -1,0 +1,196 @@
+"""`coldcopy backup`: a logical backup of DB_NAME streamed into Spaces."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from . import __version__
+from .catalog_store import CatalogStore
+from .config import Settings, redact
+from .crypto import MasterKey
+from .errors import ColdCopyError, DatabaseError
+from .inflight import Marker, clean_stale, remove_partial
+from .manifest import Manifest, StoredObject, data_key, globals_key, iso, manifest_key
+from .names import make_name
+from .pg import Postgres, major_of, run_tool
+from .pipeline import Progress, StreamStats, pack_bytes, pack_stream
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackupContext:
+    settings: Settings
+    storage: Storage
+    catalog: CatalogStore
+    key: MasterKey | None
+
+
+def context(settings: Settings) -> BackupContext:
+    storage = Storage(settings)
+    key = MasterKey.from_passphrase(settings.encryption_key.reveal()) if settings.encrypted else None
+    return BackupContext(settings, storage, CatalogStore(storage), key)
+
+
+class _StderrTail:
+    """Drains a child's stderr in a thread (so it can never block) and keeps the last lines."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            self.lines.append(line.decode(errors="replace").rstrip())
+            del self.lines[:-40]
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        return "\n".join(self.lines)
+
+
+def _stored(key: str, stats: StreamStats) -> StoredObject:
+    return StoredObject(key, stats.stored_size, stats.stored_sha256, stats.raw_size, stats.raw_sha256)
+
+
+def run_backup(settings: Settings, kind: str = "full", progress: Progress | None = None,
+               now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Manifest:
+    ctx = context(settings)
+    started = now()
+    name = str(make_name(kind, settings.db_name, started))
+    try:
+        manifest = _checked_backup(ctx, name, kind, started, progress, now)
+    except BaseException as exc:
+        _record_failure(ctx, name, kind, exc)
+        raise
+    try:
+        key = ctx.catalog.record("backup", name, {"name": name, "entry": manifest.entry().to_dict()})
+        log.debug("journal record %s written", key)
+        ctx.catalog.refresh()
+    except ColdCopyError as exc:
+        log.warning("backup %s is stored, but the catalog could not be updated (%s); "
+                    "run `coldcopy catalog rebuild`", name, exc.message)
+    return manifest
+
+
+def _checked_backup(ctx: BackupContext, name: str, kind: str, started: datetime,
+                    progress: Progress | None, now: Callable[[], datetime]) -> Manifest:
+    pg = Postgres(ctx.settings)
+    pg_dump = pg.tool("pg_dump")
+    conn = pg.connect()  # fails early on a bad password, before anything is written
+    try:
+        server_num, server_text = pg.server_version(conn)
+        if pg_dump.major < major_of(server_num):
+            raise DatabaseError(
+                f"the local pg_dump is version {pg_dump.major} but the server runs {server_text}",
+                f"install postgresql-client-{major_of(server_num)} (or newer) or point PG_BIN_DIR at it",
+            )
+        clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
+        marker = Marker(ctx.storage, name)
+        marker.create()
+        try:
+            return _dump(ctx, pg, conn, name, kind, started, server_num, server_text, pg_dump.text,
+                         marker, progress, now)
+        except BaseException:
+            try:  # a backup that did not finish leaves nothing behind
+                remove_partial(ctx.storage, name)
+            except ColdCopyError as exc:
+                log.warning("could not remove the partial objects of %s: %s", name, exc.message)
+            raise
+        finally:
+            try:
+                marker.remove()
+            except ColdCopyError as exc:
+                log.warning("could not remove the in-flight marker: %s", exc.message)
+    finally:
+        conn.close()
+
+
+def _dump(ctx: BackupContext, pg: Postgres, conn: Any, name: str, kind: str, started: datetime,
+          server_num: int, server_text: str, tool_text: str, marker: Marker,
+          progress: Progress | None, now: Callable[[], datetime]) -> Manifest:
+    s = ctx.settings
+    t0 = time.monotonic()
+    # One exported snapshot for pg_dump and for the row counts, so the counts match the dump.
+    conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
+    args = [pg.tool("pg_dump").path, "--format=custom", "--compress=0", f"--snapshot={snapshot}",
+            "--no-password", s.db_name]
+    writer = ctx.storage.multipart(data_key(name), part_size=s.part_size_mb << 20,
+                                   concurrency=s.upload_concurrency)
+
+    def beat(raw: int, stored: int) -> None:
+        marker.beat()
+        if progress:
+            progress(raw, stored)
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    errors = _StderrTail(proc.stderr)
+    try:
+        stats = pack_stream(proc.stdout, writer, ctx.key, s.zstd_level, beat)
+        rc = proc.wait()
+        if rc != 0:
+            raise DatabaseError(f"pg_dump failed (exit {rc}): {redact(errors.text(), s)[-800:]}",
+                                "nothing was stored; fix the cause above and run the backup again")
+        writer.complete()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        writer.abort()
+        raise
+    tables = pg.table_row_counts(conn, exact=s.row_counts == "exact")
+    conn.run("COMMIT")
+    glob_obj, glob_note = _globals(ctx, pg, name)
+    finished = now()
+    manifest = Manifest(
+        name=name, kind=kind, database=s.db_name, cluster=s.prefix.split("/")[1],
+        started_at=iso(started), finished_at=iso(finished), duration_seconds=round(time.monotonic() - t0, 3),
+        server_version=server_text, server_version_num=server_num, tool=tool_text,
+        data=_stored(data_key(name), stats),
+        compression={"algorithm": "zstd", "level": s.zstd_level},
+        encryption={"algorithm": "AES-256-GCM" if ctx.key else "none",
+                    "key_id": ctx.key.key_id if ctx.key else None},
+        tables=tables, row_counts=s.row_counts, globals=glob_obj, globals_note=glob_note,
+        extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"}, coldcopy_version=__version__,
+    )
+    ctx.storage.put_json(manifest_key(name), manifest.to_dict(), create_only=True)  # the commit point
+    return manifest
+
+
+def _globals(ctx: BackupContext, pg: Postgres, name: str) -> tuple[StoredObject | None, str]:
+    """Roles and tablespaces, when this user may read them (never their passwords)."""
+    try:
+        tool = pg.tool("pg_dumpall")
+        sql = run_tool([tool.path, "--globals-only", "--no-role-passwords", "--no-password",
+                        f"--database={pg.maintenance_db()}"],
+                       pg.libpq_env(), ctx.settings, "pg_dumpall --globals-only")
+    except ColdCopyError as exc:
+        log.warning("roles were not saved: %s", exc.message)
+        return None, f"roles not saved: {exc.message[:300]}"
+    blob, stats = pack_bytes(sql, ctx.key, ctx.settings.zstd_level)
+    ctx.storage.put_bytes(globals_key(name), blob, create_only=True)
+    return _stored(globals_key(name), stats), ""
+
+
+def _record_failure(ctx: BackupContext, name: str, kind: str, exc: BaseException) -> None:
+    if isinstance(exc, KeyboardInterrupt):
+        message = "interrupted"
+    elif isinstance(exc, ColdCopyError):
+        message = exc.message
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    try:
+        ctx.catalog.record("backup_failed", name,
+                           {"name": name, "kind": kind, "error": redact(message, ctx.settings)[:500]})
+    except Exception as rec_exc:  # noqa: BLE001 - the original error matters more
+        log.warning("could not record the failure: %s", rec_exc)

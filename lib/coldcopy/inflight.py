@@ -1,0 +1,113 @@
+"""In-flight markers: how a backup that was killed gets cleaned up by the next run.
+
+A backup writes ``inflight/<name>.json`` (create-only) before its first byte and deletes it at the
+end.  The marker names the host and pid and is refreshed while the upload runs.  A marker is stale
+when its process is gone from this host, or when it has not been refreshed for
+``stale_upload_seconds``; a stale marker's multipart uploads are aborted and its partial objects
+deleted.  A backup with a manifest is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+from .errors import ColdCopyError, ConflictError, NotFoundError
+from .manifest import iso, manifest_key, parse_iso
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+PREFIX = "inflight/"
+HEARTBEAT_SECONDS = 60.0
+
+
+def marker_key(name: str) -> str:
+    return f"{PREFIX}{name}.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Marker:
+    def __init__(self, storage: Storage, name: str) -> None:
+        self.storage, self.name = storage, name
+        self._last = 0.0
+
+    def _body(self) -> dict[str, object]:
+        return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+                "heartbeat_at": iso(datetime.now(UTC))}
+
+    def create(self) -> None:
+        try:
+            self.storage.put_json(marker_key(self.name), self._body(), create_only=True)
+        except ConflictError:
+            raise ConflictError(f"a backup named {self.name} is already running",
+                                "wait a second and run it again") from None
+        self._last = time.monotonic()
+
+    def beat(self) -> None:
+        if time.monotonic() - self._last >= HEARTBEAT_SECONDS:
+            self._last = time.monotonic()
+            try:
+                self.storage.put_json(marker_key(self.name), self._body())
+            except ColdCopyError as exc:  # a missed heartbeat must not fail the backup
+                log.warning("could not refresh the in-flight marker: %s", exc.message)
+
+    def remove(self) -> None:
+        self.storage.delete([marker_key(self.name)])
+
+
+def is_stale(marker: dict[str, object], modified: datetime, stale_after: float, now: datetime) -> bool:
+    if marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int):
+        if not _pid_alive(int(str(marker["pid"]))):
+            return True
+    beat = marker.get("heartbeat_at")
+    last = parse_iso(beat) if isinstance(beat, str) else modified
+    return now - max(last, modified) > timedelta(seconds=stale_after)
+
+
+def remove_partial(storage: Storage, name: str) -> int:
+    """Abort the uploads and delete the objects of a backup that never got a manifest."""
+    if storage.exists(manifest_key(name)):
+        return 0
+    for key, upload_id, _ in storage.incomplete_uploads(f"backups/{name}/"):
+        storage.abort_upload(key, upload_id)
+    keys = [o.key for o in storage.list(f"backups/{name}/")]
+    if keys:
+        storage.delete(keys)
+    return len(keys)
+
+
+def clean_stale(storage: Storage, stale_after: float, now: datetime | None = None) -> list[str]:
+    """Clean up after killed backups; returns the names cleaned."""
+    now = now or datetime.now(UTC)
+    cleaned: list[str] = []
+    for obj in storage.list(PREFIX):
+        try:
+            marker = storage.get_json(obj.key)
+        except (NotFoundError, ValueError):
+            continue
+        name = str(marker.get("name", ""))
+        if not name or marker_key(name) != obj.key or not is_stale(marker, obj.last_modified, stale_after, now):
+            continue
+        remove_partial(storage, name)
+        storage.delete([obj.key])
+        log.info("cleaned up the interrupted backup %s", name)
+        cleaned.append(name)
+    # Uploads with no marker at all (for example a marker deleted by hand) once they are old.
+    for key, upload_id, initiated in storage.incomplete_uploads("backups/"):
+        name = key.split("/")[1] if key.count("/") >= 2 else ""
+        if name and not storage.exists(marker_key(name)) and now - initiated > timedelta(seconds=stale_after):
+            storage.abort_upload(key, upload_id)
+            cleaned.append(name)
+    return cleaned

@@ -1,0 +1,140 @@
+"""Backup manifests: what a finished backup is.  Pure: no I/O.
+
+A manifest is written last and create-only; a backup exists exactly when its manifest does.
+``CatalogEntry`` is the compact summary that listings and the catalog carry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import IntegrityError
+from .names import parse_name
+
+MANIFEST_FORMAT = "coldcopy-manifest/1"
+
+
+def data_key(name: str) -> str:
+    return f"backups/{name}/data"
+
+
+def globals_key(name: str) -> str:
+    return f"backups/{name}/globals"
+
+
+def manifest_key(name: str) -> str:
+    return f"backups/{name}/manifest.json"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    stored_size: int
+    stored_sha256: str
+    raw_size: int
+    raw_sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    kind: str
+    database: str
+    cluster: str
+    started_at: str  # ISO 8601 UTC
+    finished_at: str
+    duration_seconds: float
+    server_version: str
+    server_version_num: int
+    tool: str  # "pg_dump 17.2" / "pg_basebackup 17.2"
+    data: StoredObject
+    compression: dict[str, Any]
+    encryption: dict[str, Any]  # {"algorithm": "AES-256-GCM"|"none", "key_id": …}
+    tables: dict[str, int] = field(default_factory=dict)  # schema.table -> rows in the dump's snapshot
+    row_counts: str = "exact"  # or "estimate" (pg_class.reltuples)
+    globals: StoredObject | None = None
+    globals_note: str = ""  # why roles are missing, when they are
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific (LSNs for base backups …)
+    format: str = MANIFEST_FORMAT
+    coldcopy_version: str = ""
+
+    @property
+    def raw_size(self) -> int:
+        return self.data.raw_size + (self.globals.raw_size if self.globals else 0)
+
+    @property
+    def stored_size(self) -> int:
+        return self.data.stored_size + (self.globals.stored_size if self.globals else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["raw_size_bytes"] = self.raw_size
+        d["stored_size_bytes"] = self.stored_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        try:
+            if d.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown manifest format {d.get('format')!r}")
+            parse_name(d["name"])
+            known = {f for f in cls.__dataclass_fields__}
+            kwargs = {k: v for k, v in d.items() if k in known}
+            kwargs["data"] = StoredObject(**d["data"])
+            kwargs["globals"] = StoredObject(**d["globals"]) if d.get("globals") else None
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(
+                f"manifest of {str(d.get('name', '?'))[:80]} cannot be read: {exc}",
+                "the backup cannot be trusted; keep it for inspection and use another backup",
+            ) from None
+
+    def entry(self) -> CatalogEntry:
+        return CatalogEntry(
+            name=self.name,
+            kind=self.kind,
+            database=self.database,
+            created_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_seconds=self.duration_seconds,
+            size_bytes=self.stored_size,
+            raw_size_bytes=self.raw_size,
+            encrypted=self.encryption.get("algorithm", "none") != "none",
+            key_id=self.encryption.get("key_id"),
+            server_version=self.server_version,
+            status="complete",
+        )
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    kind: str
+    database: str
+    created_at: str
+    finished_at: str
+    duration_seconds: float
+    size_bytes: int
+    raw_size_bytes: int
+    encrypted: bool
+    key_id: str | None
+    server_version: str
+    status: str = "complete"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CatalogEntry:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

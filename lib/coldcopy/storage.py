@@ -1,0 +1,307 @@
+"""The one module that talks to Spaces (or any S3 endpoint).
+
+Spaces quirks handled here, once: checksum headers limited to ``when_required`` (older S3 stores
+reject the new CRC headers), path-style addressing (works for Spaces and for loopback endpoints),
+an empty prefix listing answered with ``NoSuchKey``, retries with backoff on 5xx and SlowDown
+(botocore's standard retry mode), create-only writes with ``If-None-Match: *``, and multipart
+uploads that are aborted on failure.  All keys are relative to the cluster prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from .config import Settings
+from .errors import ConflictError, NotFoundError, StorageError
+
+log = logging.getLogger(__name__)
+
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the prefix
+    size: int
+    last_modified: datetime
+
+
+def _code(exc: ClientError) -> str:
+    err = exc.response.get("Error", {})
+    return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def storage_error(exc: Exception, action: str, bucket: str) -> StorageError:
+    """Translate a boto error into an operator message (never includes credentials)."""
+    if isinstance(exc, EndpointConnectionError):
+        return StorageError(f"cannot reach the storage endpoint while trying to {action}",
+                            "check DO_SPACES_ENDPOINT and the network")
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket {bucket!r} does not exist", "create it or fix DO_SPACES_BUCKET")
+        if code in _CREDENTIALS:
+            return StorageError(f"storage refused the credentials ({code}) while trying to {action}",
+                                "check DO_SPACES_KEY / DO_SPACES_SECRET and the key's bucket grants")
+        return StorageError(f"storage error {code} while trying to {action}")
+    return StorageError(f"storage failure while trying to {action}: {type(exc).__name__}")
+
+
+class Storage:
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+        self.bucket = settings.spaces_bucket
+        self.prefix = settings.prefix
+        self.client = client or make_client(settings)
+
+    # -- keys -------------------------------------------------------------------------------------
+    def full_key(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"refusing unsafe key {key[:80]!r}")
+        return self.prefix + key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix):]
+
+    def _call(self, action: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _NOT_FOUND:
+                raise NotFoundError(f"{kwargs.get('Key', kwargs.get('Prefix', ''))} not found") from None
+            if code in _PRECONDITION:
+                raise ConflictError(f"{kwargs.get('Key', '')} already exists") from None
+            raise storage_error(exc, action, self.bucket) from None
+        except BotoCoreError as exc:
+            raise storage_error(exc, action, self.bucket) from None
+
+    # -- single objects -----------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False,
+                  content_type: str = "application/octet-stream") -> None:
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if create_only else {}
+        self._call(f"write {key}", self.client.put_object, Key=self.full_key(key), Body=data,
+                   ContentType=content_type, **extra)
+
+    def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
+        body = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+        self.put_bytes(key, body, create_only=create_only, content_type="application/json")
+
+    def get_bytes(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+        resp = self._call(f"read {key}", self.client.get_object, Key=self.full_key(key), **extra)
+        data: bytes = resp["Body"].read()
+        return data
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def open(self, key: str) -> Any:
+        """A streaming body (``.iter_chunks(n)``, ``.read(n)``, ``.close()``)."""
+        return self._call(f"read {key}", self.client.get_object, Key=self.full_key(key))["Body"]
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = self._call(f"inspect {key}", self.client.head_object, Key=self.full_key(key))
+        except NotFoundError:
+            return None
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"])
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self.full_key(k)} for k in keys[i:i + 1000]]
+            resp = self._call("delete objects", self.client.delete_objects,
+                              Delete={"Objects": batch, "Quiet": True})
+            if resp.get("Errors"):
+                first = resp["Errors"][0]
+                raise StorageError(f"could not delete {len(resp['Errors'])} objects "
+                                   f"(first: {self._rel(first.get('Key', ''))}: {first.get('Code')})")
+
+    # -- listings -----------------------------------------------------------------------------------
+    def list(self, prefix: str = "", *, start_after: str | None = None,
+             delimiter: str | None = None) -> Iterator[ObjectInfo]:
+        kwargs: dict[str, Any] = {"Prefix": self.full_key(prefix) if prefix else self.prefix}
+        if start_after:
+            kwargs["StartAfter"] = self.full_key(start_after)
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, **kwargs):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(self._rel(item["Key"]), int(item["Size"]), item["LastModified"])
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:  # Spaces answers an empty prefix this way
+                return
+            raise storage_error(exc, "list objects", self.bucket) from None
+        except BotoCoreError as exc:
+            raise storage_error(exc, "list objects", self.bucket) from None
+
+    def list_prefixes(self, prefix: str) -> Iterator[str]:
+        """Immediate 'folders' under ``prefix`` (relative, with trailing slash)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix), Delimiter="/"):
+                for cp in page.get("CommonPrefixes", []):
+                    yield self._rel(cp["Prefix"])
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return
+            raise storage_error(exc, "list objects", self.bucket) from None
+
+    # -- multipart ----------------------------------------------------------------------------------
+    def multipart(self, key: str, *, part_size: int, concurrency: int,
+                  create_only: bool = True) -> MultipartWriter:
+        return MultipartWriter(self, key, part_size=part_size, concurrency=concurrency,
+                               create_only=create_only)
+
+    def incomplete_uploads(self, prefix: str) -> list[tuple[str, str, datetime]]:
+        """(relative key, upload id, initiated) of multipart uploads that were never completed."""
+        out: list[tuple[str, str, datetime]] = []
+        kwargs: dict[str, Any] = {"Prefix": self.full_key(prefix)}
+        while True:
+            resp = self._call("list multipart uploads", self.client.list_multipart_uploads, **kwargs)
+            for up in resp.get("Uploads", []):
+                out.append((self._rel(up["Key"]), up["UploadId"], up["Initiated"]))
+            if not resp.get("IsTruncated"):
+                return out
+            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+            kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self._call(f"abort upload of {key}", self.client.abort_multipart_upload,
+                       Key=self.full_key(key), UploadId=upload_id)
+        except NotFoundError:
+            pass
+
+
+class MultipartWriter:
+    """Buffers bytes into parts and uploads them with at most ``concurrency`` parts in flight.
+
+    Memory is bounded by part_size × (concurrency + 1).  ``abort()`` (also called on any error in
+    ``complete()``) removes every uploaded part.  Small payloads are written with one PUT.
+    """
+
+    def __init__(self, storage: Storage, key: str, *, part_size: int, concurrency: int,
+                 create_only: bool) -> None:
+        self.storage, self.key, self.part_size, self.create_only = storage, key, part_size, create_only
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upload")
+        self._closed = False
+        self.bytes_written = 0
+
+    @property
+    def upload_id(self) -> str | None:
+        return self._upload_id
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+        self.bytes_written += len(data)
+        while len(self._buf) >= self.part_size:
+            part = bytes(self._buf[: self.part_size])
+            del self._buf[: self.part_size]
+            self._submit(part)
+
+    def _start(self) -> str:
+        if self._upload_id is None:
+            resp = self.storage._call(f"start upload of {self.key}", self.storage.client.create_multipart_upload,
+                                      Key=self.storage.full_key(self.key))
+            self._upload_id = resp["UploadId"]
+            log.debug("multipart upload started for %s", self.key)
+        return self._upload_id
+
+    def _submit(self, part: bytes) -> None:
+        upload_id = self._start()
+        self._raise_failed()
+        self._slots.acquire()  # bounded: blocks the producer while `concurrency` parts are in flight
+        number = len(self._parts) + 1
+
+        def send() -> dict[str, Any]:
+            try:
+                resp = self.storage._call(f"upload part {number} of {self.key}",
+                                          self.storage.client.upload_part, Key=self.storage.full_key(self.key),
+                                          UploadId=upload_id, PartNumber=number, Body=part)
+                return {"PartNumber": number, "ETag": resp["ETag"]}
+            finally:
+                self._slots.release()
+
+        self._parts.append(self._pool.submit(send))
+
+    def _raise_failed(self) -> None:
+        for fut in self._parts:
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
+
+    def complete(self) -> int:
+        """Finish the upload; returns the object size.  Raises ConflictError if the key exists."""
+        try:
+            if self._upload_id is None:
+                self.storage.put_bytes(self.key, bytes(self._buf), create_only=self.create_only)
+            else:
+                if self._buf or not self._parts:
+                    self._submit(bytes(self._buf))
+                parts = [f.result() for f in self._parts]
+                extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.create_only else {}
+                self.storage._call(f"complete upload of {self.key}",
+                                   self.storage.client.complete_multipart_upload,
+                                   Key=self.storage.full_key(self.key), UploadId=self._upload_id,
+                                   MultipartUpload={"Parts": parts}, **extra)
+            self._buf.clear()
+            self._closed = True
+            return self.bytes_written
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._pool.shutdown(wait=False)
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fut in self._parts:
+            fut.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._upload_id is not None:
+            self.storage.abort_upload(self.key, self._upload_id)
+            log.debug("multipart upload of %s aborted", self.key)
+        self._buf.clear()
+
+
+def make_client(settings: Settings) -> Any:
+    cfg = Config(
+        region_name=settings.spaces_region,
+        retries={"max_attempts": 6, "mode": "standard"},  # backoff on 5xx, 429 and SlowDown
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=max(10, settings.upload_concurrency * 2),
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.spaces_endpoint,
+        aws_access_key_id=settings.spaces_key,
+        aws_secret_access_key=settings.spaces_secret.reveal(),
+        config=cfg,
+    )
