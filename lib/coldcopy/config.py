@@ -87,6 +87,18 @@ class Settings:
     wal_retention_days: int = 30
     # Monitor
     monitor_token: Secret = field(default_factory=lambda: Secret(""))
+    # Jobs: the scheduler tick's cron table (UTC) and how the runner is woken
+    schedule_full: str = "0 2 * * *"
+    schedule_verify: str = "0 3 * * 0"
+    schedule_cleanup: str = "0 4 * * *"
+    schedule_compliance: str = "0 1 1 * *"
+    schedule_grace_minutes: int = 60
+    heartbeat_stale_seconds: int = 600
+    launcher: str = "local"
+    do_api_token: Secret = field(default_factory=lambda: Secret(""))
+    do_api_url: str = "https://api.digitalocean.com"
+    runner_app_id: str = ""
+    runner_image: str = "coldcopy-runner:latest"
 
     @property
     def prefix(self) -> str:
@@ -135,6 +147,14 @@ def _endpoint(text: str) -> str:
     return text.rstrip("/")
 
 
+def _cron(text: str) -> str:
+    from croniter import croniter
+
+    if len(text.split()) != 5 or not croniter.is_valid(text):
+        raise ValueError("must be a 5-field cron expression such as '0 2 * * *' (UTC)")
+    return text
+
+
 def _bucket(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", text):
         raise ValueError("must be 3-63 lowercase letters, digits, '.' or '-'")
@@ -172,6 +192,17 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COMPLIANCE_RETENTION_DAYS": ("compliance_retention_days", _int(1, 36500), None),
     "WAL_RETENTION_DAYS": ("wal_retention_days", _int(1, 36500), None),
     "MONITOR_TOKEN": ("monitor_token", Secret, None),
+    "COLDCOPY_SCHEDULE_FULL": ("schedule_full", _cron, None),
+    "COLDCOPY_SCHEDULE_VERIFY": ("schedule_verify", _cron, None),
+    "COLDCOPY_SCHEDULE_CLEANUP": ("schedule_cleanup", _cron, None),
+    "COLDCOPY_SCHEDULE_COMPLIANCE": ("schedule_compliance", _cron, None),
+    "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(0, 7 * 1440), None),
+    "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("heartbeat_stale_seconds", _int(30, 86400), None),
+    "COLDCOPY_LAUNCHER": ("launcher", _choice("local", "docker", "app-platform", "none"), None),
+    "DO_API_TOKEN": ("do_api_token", Secret, None),
+    "DO_API_URL": ("do_api_url", _endpoint, None),
+    "RUNNER_APP_ID": ("runner_app_id", str, None),
+    "RUNNER_IMAGE": ("runner_image", str, None),
 }
 
 

@@ -14,7 +14,7 @@ from .errors import InvalidNameError
 
 KINDS = ("full", "compliance", "base")
 _DB_PART = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"
-_NAME_RE = re.compile(rf"^(?P<kind>{'|'.join(KINDS)})_backup_(?P<db>{_DB_PART})_(?P<ts>\d{{8}}_\d{{6}})$")
+_NAME_RE = re.compile(rf"^(?P<kind>{'|'.join(KINDS)})_backup_(?P<db>{_DB_PART})_(?P<ts>\d{{8}}_\d{{6}})")
 _TS_FORMAT = "%Y%m%d_%H%M%S"
 
 
@@ -44,18 +44,18 @@ def make_name(kind: str, database: str, when: datetime) -> BackupName:
 
 def parse_name(text: str) -> BackupName:
     """Parse and validate a backup name; raise InvalidNameError with the expected form otherwise."""
-    m = _NAME_RE.match(text) if isinstance(text, str) and len(text) <= 120 else None
-    if not m:
+    m = _NAME_RE.fullmatch(text) if isinstance(text, str) and len(text) <= 120 else None
+    try:
+        if not m:
+            raise ValueError
+        when = datetime.strptime(m["ts"], _TS_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
         shown = text[:80] if isinstance(text, str) else type(text).__name__
         raise InvalidNameError(
             f"invalid backup name {shown!r}",
             "names look like full_backup_<db>_<YYYYMMDD_HHMMSS> or compliance_backup_<db>_<YYYYMMDD_HHMMSS>;"
             " run `coldcopy list-backups` to see the existing ones",
-        )
-    try:
-        when = datetime.strptime(m["ts"], _TS_FORMAT).replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise InvalidNameError(f"invalid timestamp in backup name {text!r}", "expected YYYYMMDD_HHMMSS") from exc
+        ) from None
     return BackupName(m["kind"], m["db"], when)
 
 
@@ -63,12 +63,12 @@ def validate_name(text: str) -> str:
     return str(parse_name(text))
 
 
-_DB_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+_DB_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
 
 
 def validate_db_identifier(text: str, what: str = "database name") -> str:
     """A database name we are willing to CREATE/DROP/RENAME (quoted, but kept to a safe charset)."""
-    if not _DB_IDENT_RE.match(text or ""):
+    if not _DB_IDENT_RE.fullmatch(text or ""):
         raise InvalidNameError(
             f"invalid {what} {text[:80]!r}",
             "use letters, digits, '_', '$' or '-' (at most 63 characters, not starting with a digit)",

@@ -1,0 +1,44 @@
+"""Running the real `coldcopy` command line from tests, in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+
+from coldcopy.cli import main
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+def run_cli(env: dict[str, str], *args: str) -> Result:
+    """In-process (fast): the environment is exactly ``env`` while the command runs."""
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.environ.setdefault("COLDCOPY_ENV_FILE", os.devnull)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                rc = main(list(args))
+            except SystemExit as exc:  # argparse
+                rc = int(exc.code or 0)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return Result(rc, out.getvalue(), err.getvalue())
+
+
+def spawn_cli(env: dict[str, str], *args: str, **kw: object) -> subprocess.Popen[str]:
+    full = {**env, "COLDCOPY_ENV_FILE": os.devnull}
+    return subprocess.Popen([sys.executable, "-m", "coldcopy", *args], env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
