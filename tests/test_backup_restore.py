@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from cli_helpers import run_cli, spawn_cli
-from coldcopy.localstack.demodata import compare_databases
+from coldcopy.localstack.dbcompare import compare_databases
 
 
 

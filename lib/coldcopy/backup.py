@@ -8,14 +8,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 from . import __version__
 from .catalog_store import CatalogStore
 from .config import Settings, redact
 from .crypto import MasterKey
-from .errors import ColdCopyError, DatabaseError
+from .errors import ColdCopyError, ConflictError, DatabaseError
 from .inflight import Marker, clean_stale, remove_partial
 from .manifest import Manifest, StoredObject, data_key, globals_key, iso, manifest_key
 from .names import make_name
@@ -66,12 +66,12 @@ def run_backup(settings: Settings, kind: str = "full", progress: Progress | None
                now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Manifest:
     ctx = context(settings)
     started = now()
-    name = str(make_name(kind, settings.db_name, started))
     try:
-        manifest = _checked_backup(ctx, name, kind, started, progress, now)
+        manifest = _checked_backup(ctx, kind, started, progress, now)
     except BaseException as exc:
-        _record_failure(ctx, name, kind, exc)
+        _record_failure(ctx, str(make_name(kind, settings.db_name, started)), kind, exc)
         raise
+    name = manifest.name
     try:
         key = ctx.catalog.record("backup", name, {"name": name, "entry": manifest.entry().to_dict()})
         log.debug("journal record %s written", key)
@@ -82,7 +82,22 @@ def run_backup(settings: Settings, kind: str = "full", progress: Progress | None
     return manifest
 
 
-def _checked_backup(ctx: BackupContext, name: str, kind: str, started: datetime,
+def _claim_name(ctx: BackupContext, kind: str, started: datetime) -> tuple[str, Marker]:
+    """The backup's name, unique even when two backups start within the same second."""
+    for offset in range(30):
+        name = str(make_name(kind, ctx.settings.db_name, started + timedelta(seconds=offset)))
+        if next(iter(ctx.storage.list(f"backups/{name}/")), None) is not None:
+            continue
+        marker = Marker(ctx.storage, name)
+        try:
+            marker.create()
+        except ConflictError:
+            continue
+        return name, marker
+    raise ConflictError("could not find a free backup name", "too many backups are starting at once")
+
+
+def _checked_backup(ctx: BackupContext, kind: str, started: datetime,
                     progress: Progress | None, now: Callable[[], datetime]) -> Manifest:
     pg = Postgres(ctx.settings)
     pg_dump = pg.tool("pg_dump")
@@ -95,8 +110,7 @@ def _checked_backup(ctx: BackupContext, name: str, kind: str, started: datetime,
                 f"install postgresql-client-{major_of(server_num)} (or newer) or point PG_BIN_DIR at it",
             )
         clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
-        marker = Marker(ctx.storage, name)
-        marker.create()
+        name, marker = _claim_name(ctx, kind, started)
         try:
             return _dump(ctx, pg, conn, name, kind, started, server_num, server_text, pg_dump.text,
                          marker, progress, now)

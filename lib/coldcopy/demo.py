@@ -56,7 +56,8 @@ def demo_env(pg: Any, s3: Any, key: str) -> dict[str, str]:
 
 def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, port: int = 8090) -> int:
     from .backup import context, run_backup
-    from .localstack.demodata import compare_databases, load_demo_data
+    from .localstack.dbcompare import compare_databases
+    from .localstack.demodata import load_demo_data
     from .localstack.pgcluster import PgCluster
     from .localstack.s3server import S3Server
     from .restore import run_restore

@@ -51,8 +51,7 @@ class Marker:
         try:
             self.storage.put_json(marker_key(self.name), self._body(), create_only=True)
         except ConflictError:
-            raise ConflictError(f"a backup named {self.name} is already running",
-                                "wait a second and run it again") from None
+            raise ConflictError(f"a backup named {self.name} is already running") from None
         self._last = time.monotonic()
 
     def beat(self) -> None:

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Backup and restore benchmark: coldcopy against plain pg_dump / pg_restore, side by side, in one run.
+
+Builds a text-heavy demo database (cold-email SaaS data: JSONB, free text) of about --size-gb,
+then measures on the same cluster and the same local S3 server:
+  pg_dump -Fc > /dev/null            (how the old scripts did it)
+  pg_dump -Fc -Z0 > /dev/null        (the floor: pg_dump alone)
+  coldcopy backup                    (zstd + AES-GCM + multipart upload to the S3 server)
+  pg_restore of a local -Z0 file     (the restore floor)
+  coldcopy restore                   (download + decrypt + decompress + pg_restore)
+and coldcopy's own peak RSS (ru_maxrss of the coldcopy process itself, not its pg_dump child),
+again after the database has doubled.  Prints ratios against the targets.
+
+    .venv/bin/python scripts/bench_backup.py [--size-gb 1.0] [--skip-double]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from coldcopy.localstack.demodata import load_demo_data
+from coldcopy.localstack.pgcluster import PgCluster
+from coldcopy.localstack.s3server import S3Server
+
+DB = "benchdb"
+BUCKET = "bench-bucket"
+RUNNER = """
+import resource, sys, json, time
+from coldcopy.cli import main
+t0 = time.monotonic()
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "seconds": time.monotonic() - t0,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)
+"""
+
+
+def timed(args: list[str], env: dict[str, str], stdout: int | None = subprocess.DEVNULL) -> float:
+    t0 = time.monotonic()
+    subprocess.run(args, env=env, stdout=stdout, check=True)
+    return time.monotonic() - t0
+
+
+def coldcopy(env: dict[str, str], *args: str) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", RUNNER, *args], env=env, capture_output=True, text=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    stats = json.loads(last)
+    if stats["rc"] != 0:
+        raise SystemExit(f"coldcopy {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    stats["out"] = proc.stdout  # type: ignore[assignment]
+    return stats  # type: ignore[no-any-return]
+
+
+def db_size(pg: PgCluster, db: str) -> int:
+    c = pg.connect(db)
+    try:
+        return int(c.run("SELECT pg_database_size(current_database())")[0][0])
+    finally:
+        c.close()
+
+
+def measure(pg: PgCluster, s3: S3Server, env: dict[str, str], pgenv: dict[str, str], label: str,
+            with_restore: bool) -> dict[str, float]:
+    b = pg.bin_dir
+    r: dict[str, float] = {"db_bytes": db_size(pg, DB)}
+    r["pg_dump_fc"] = timed([str(b / "pg_dump"), "-Fc", DB], pgenv)
+    r["pg_dump_z0"] = timed([str(b / "pg_dump"), "-Fc", "-Z0", DB], pgenv)
+    bk = coldcopy(env, "backup", "--json")
+    info = json.loads(str(bk["out"]))
+    r.update(coldcopy_backup=bk["seconds"], backup_rss_mb=bk["maxrss_mb"], stored_bytes=info["size_bytes"],
+             dump_bytes=info["raw_size_bytes"])
+    if with_restore:
+        with tempfile.TemporaryDirectory() as tmp:
+            dump = Path(tmp) / "db.z0"
+            subprocess.run([str(b / "pg_dump"), "-Fc", "-Z0", "-f", str(dump), DB], env=pgenv, check=True)
+            pg.create_database("plain_restore")
+            r["pg_restore_file"] = timed([str(b / "pg_restore"), "-d", "plain_restore", str(dump)], pgenv)
+            pg.drop_database("plain_restore")
+        rs = coldcopy(env, "restore", "--backup-name", info["name"], "--target-db", "cc_restore", "--json")
+        r.update(coldcopy_restore=rs["seconds"], restore_rss_mb=rs["maxrss_mb"])
+        pg.drop_database("cc_restore")
+    print(f"\n== {label}: database {r['db_bytes'] / 1e9:.2f} GB, dump {r['dump_bytes'] / 1e9:.2f} GB, "
+          f"stored {r['stored_bytes'] / 1e9:.3f} GB ({r['dump_bytes'] / r['stored_bytes']:.1f}x)")
+    print(f"  pg_dump -Fc > /dev/null      {r['pg_dump_fc']:7.2f} s")
+    print(f"  pg_dump -Fc -Z0 > /dev/null  {r['pg_dump_z0']:7.2f} s   (floor)")
+    print(f"  coldcopy backup → S3         {r['coldcopy_backup']:7.2f} s   "
+          f"{r['coldcopy_backup'] / r['pg_dump_z0']:.2f}x floor (target ≤ 1.30), "
+          f"{r['coldcopy_backup'] / r['pg_dump_fc']:.2f}x pg_dump -Fc (target < 1.00), "
+          f"peak RSS {r['backup_rss_mb']:.0f} MB (target ≤ 150)")
+    if with_restore:
+        print(f"  pg_restore of a -Z0 file     {r['pg_restore_file']:7.2f} s   (floor)")
+        print(f"  coldcopy restore ← S3        {r['coldcopy_restore']:7.2f} s   "
+              f"{r['coldcopy_restore'] / r['pg_restore_file']:.2f}x (target ≤ 1.30), "
+              f"peak RSS {r['restore_rss_mb']:.0f} MB")
+    return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gb", type=float, default=1.0)
+    ap.add_argument("--skip-double", action="store_true", help="skip the second run on a doubled database")
+    ap.add_argument("--json", help="also write the figures to this file")
+    a = ap.parse_args()
+    with PgCluster(settings={"shared_buffers": "256MB", "max_wal_size": "4GB"}) as pg, S3Server() as s3:
+        s3.create_bucket(BUCKET)
+        pg.create_database(DB)
+        t0 = time.monotonic()
+        conn = pg.connect(DB)
+        scale = a.size_gb / 0.35  # demodata scale 1.0 is about 0.35 GB on disk
+        load_demo_data(conn, scale)
+        conn.close()
+        print(f"built the database in {time.monotonic() - t0:.0f} s ({db_size(pg, DB) / 1e9:.2f} GB)")
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "COLDCOPY_ENV_FILE": os.devnull,
+               "DB_HOST": pg.host, "DB_PORT": str(pg.port), "DB_NAME": DB, "DB_USER": pg.user,
+               "DB_PASSWORD": pg.password, "DB_SSLMODE": "disable", "DO_SPACES_KEY": s3.access_key,
+               "DO_SPACES_SECRET": s3.secret_key, "DO_SPACES_BUCKET": BUCKET, "DO_SPACES_REGION": s3.region,
+               "DO_SPACES_ENDPOINT": s3.endpoint_url, "BACKUP_ENCRYPTION_KEY": "bench-key-not-secret"}
+        pgenv = {**os.environ, **pg.env(), "PGDATABASE": DB}
+        results = {"single": measure(pg, s3, env, pgenv, "database ×1", with_restore=True)}
+        if not a.skip_double:
+            _double(pg)
+            results["double"] = measure(pg, s3, env, pgenv, "database ×2", with_restore=False)
+            one, two = results["single"]["backup_rss_mb"], results["double"]["backup_rss_mb"]
+            print(f"\npeak RSS of coldcopy backup: {one:.0f} MB at ×1, {two:.0f} MB at ×2 "
+                  f"({'not larger' if two <= one * 1.05 else 'LARGER'}; 5 % noise allowed)")
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _double(pg: PgCluster) -> None:
+    """Duplicate every user table's rows into a copy table, doubling the database."""
+    c = pg.connect(DB)
+    try:
+        tables = c.run("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+                       "AND table_type = 'BASE TABLE'")
+        for (t,) in tables:
+            c.run(f'CREATE TABLE "{t}_copy" AS TABLE "{t}"')
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
