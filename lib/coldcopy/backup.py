@@ -152,6 +152,7 @@ def _dump(ctx: BackupContext, pg: Postgres, conn: Any, name: str, kind: str, sta
     errors = _StderrTail(proc.stderr)
     try:
         stats = pack_stream(proc.stdout, writer, ctx.key, s.zstd_level, beat)
+        log.debug("dump streamed: %d bytes in %.2f s", stats.raw_size, time.monotonic() - t0)
         rc = proc.wait()
         if rc != 0:
             raise DatabaseError(f"pg_dump failed (exit {rc}): {redact(errors.text(), s)[-800:]}",
@@ -162,9 +163,12 @@ def _dump(ctx: BackupContext, pg: Postgres, conn: Any, name: str, kind: str, sta
         proc.wait()
         writer.abort()
         raise
+    log.debug("upload complete after %.2f s", time.monotonic() - t0)
     tables = pg.table_row_counts(conn, exact=s.row_counts == "exact")
+    log.debug("row counts taken after %.2f s", time.monotonic() - t0)
     conn.run("COMMIT")
     glob_obj, glob_note = _globals(ctx, pg, name)
+    log.debug("roles saved after %.2f s", time.monotonic() - t0)
     finished = now()
     manifest = Manifest(
         name=name, kind=kind, database=s.db_name, cluster=s.prefix.split("/")[1],

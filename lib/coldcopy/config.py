@@ -76,8 +76,8 @@ class Settings:
     cluster: str = ""
     # Encryption and the stream pipeline
     encryption_key: Secret = field(default_factory=lambda: Secret(""))
-    zstd_level: int = 3
-    part_size_mb: int = 16
+    zstd_level: int = 1
+    part_size_mb: int = 8
     upload_concurrency: int = 4
     stale_upload_seconds: int = 900
     row_counts: str = "exact"

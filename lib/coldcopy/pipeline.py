@@ -6,6 +6,8 @@ frame size × parts in flight, never by the size of the database.  Nothing touch
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import queue
@@ -21,6 +23,7 @@ from .crypto import Decryptor, Encryptor, MasterKey
 from .errors import IntegrityError
 
 READ_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031  # Linux
 Progress = Callable[[int, int], None]  # (raw bytes so far, stored bytes so far)
 
 
@@ -68,15 +71,23 @@ class Packer:
         return StreamStats(self.raw_size, self._raw.hexdigest(), self.stored_size, self._stored.hexdigest())
 
 
+def read_chunks(source: BinaryIO, size: int = READ_SIZE) -> Iterator[bytes]:
+    fd = source.fileno()
+    with contextlib.suppress(OSError):  # a 1 MiB pipe: fewer, larger reads; the writer blocks less
+        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+    while chunk := os.read(fd, size):
+        yield chunk
+
+
 def pack_stream(source: BinaryIO, sink: Sink, key: MasterKey | None, level: int,
                 progress: Progress | None = None, threads: int = 0) -> StreamStats:
-    """Read ``source`` to EOF through the packer into ``sink``."""
+    """Read ``source`` to EOF through the packer into ``sink``.
+
+    The source is drained by its own thread (``prefetch``) so the producer (pg_dump) never waits
+    while a chunk is being compressed; zstd and AES release the GIL, so the stages overlap.
+    """
     packer = Packer(sink, key, level, threads)
-    fd = source.fileno()
-    while True:
-        chunk = os.read(fd, READ_SIZE)
-        if not chunk:
-            break
+    for chunk in prefetch(read_chunks(source)):
         packer.write(chunk)
         if progress:
             progress(packer.raw_size, packer.stored_size)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
+_NOT_MODIFIED = {"304", "NotModified"}
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,28 @@ class Storage:
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
+
+    def get_bytes_if_changed(self, key: str, etag: str | None) -> tuple[bytes, str] | None:
+        """``(body, etag)`` of an object, or None when its ETag is still ``etag`` (conditional GET, 304).
+
+        For readers that keep a parsed copy of a hot object (catalog.json).  A store that ignores
+        If-None-Match just answers 200; callers compare the returned ETag.  NotFoundError if absent.
+        """
+
+        def get_object(**kwargs: Any) -> Any:
+            try:
+                return self.client.get_object(**kwargs)
+            except ClientError as exc:
+                if etag and _code(exc) in _NOT_MODIFIED:
+                    return None
+                raise
+
+        extra = {"IfNoneMatch": etag} if etag else {}
+        resp = self._call(f"read {key}", get_object, Key=self.full_key(key), **extra)
+        if resp is None:
+            return None
+        data: bytes = resp["Body"].read()
+        return data, str(resp.get("ETag", ""))
 
     def open(self, key: str) -> Any:
         """A streaming body (``.iter_chunks(n)``, ``.read(n)``, ``.close()``)."""
@@ -201,7 +224,8 @@ class MultipartWriter:
     def __init__(self, storage: Storage, key: str, *, part_size: int, concurrency: int,
                  create_only: bool) -> None:
         self.storage, self.key, self.part_size, self.create_only = storage, key, part_size, create_only
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._pending = 0
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self._slots = threading.BoundedSemaphore(concurrency)
@@ -213,12 +237,21 @@ class MultipartWriter:
     def upload_id(self) -> str | None:
         return self._upload_id
 
+    def _target(self) -> int:
+        # S3 allows 10,000 parts: the part size doubles every 1,000 parts, so a small part size
+        # (a short upload tail, little memory) still reaches objects of many terabytes.
+        return self.part_size << min(len(self._parts) // 1000, 10)
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+        if not data:
+            return
+        self._chunks.append(bytes(data))
+        self._pending += len(data)
         self.bytes_written += len(data)
-        while len(self._buf) >= self.part_size:
-            part = bytes(self._buf[: self.part_size])
-            del self._buf[: self.part_size]
+        if self._pending >= self._target():
+            part = b"".join(self._chunks)
+            self._chunks.clear()
+            self._pending = 0
             self._submit(part)
 
     def _start(self) -> str:
@@ -254,18 +287,19 @@ class MultipartWriter:
     def complete(self) -> int:
         """Finish the upload; returns the object size.  Raises ConflictError if the key exists."""
         try:
+            rest = b"".join(self._chunks)
             if self._upload_id is None:
-                self.storage.put_bytes(self.key, bytes(self._buf), create_only=self.create_only)
+                self.storage.put_bytes(self.key, rest, create_only=self.create_only)
             else:
-                if self._buf or not self._parts:
-                    self._submit(bytes(self._buf))
+                if rest or not self._parts:
+                    self._submit(rest)
                 parts = [f.result() for f in self._parts]
                 extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.create_only else {}
                 self.storage._call(f"complete upload of {self.key}",
                                    self.storage.client.complete_multipart_upload,
                                    Key=self.storage.full_key(self.key), UploadId=self._upload_id,
                                    MultipartUpload={"Parts": parts}, **extra)
-            self._buf.clear()
+            self._chunks.clear()
             self._closed = True
             return self.bytes_written
         except BaseException:
@@ -284,7 +318,7 @@ class MultipartWriter:
         if self._upload_id is not None:
             self.storage.abort_upload(self.key, self._upload_id)
             log.debug("multipart upload of %s aborted", self.key)
-        self._buf.clear()
+        self._chunks.clear()
 
 
 def make_client(settings: Settings) -> Any:
