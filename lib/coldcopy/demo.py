@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import sys
 import shlex
 import time
 from collections.abc import Iterator
@@ -63,6 +65,8 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
     from .restore import run_restore
     from .verify import run_verify
 
+    # SIGTERM (a `timeout`, a closed terminal) must still stop the throwaway servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rep = Report(as_json)
     with rep.step("starting PostgreSQL and an S3 server on 127.0.0.1") as info:
         pg = PgCluster().start()
