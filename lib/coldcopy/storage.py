@@ -252,7 +252,11 @@ class MultipartWriter:
             part = b"".join(self._chunks)
             self._chunks.clear()
             self._pending = 0
-            self._submit(part)
+            try:
+                self._submit(part)
+            except BaseException:
+                self.abort()  # a part failed for good: remove what was uploaded
+                raise
 
     def _start(self) -> str:
         if self._upload_id is None:

@@ -1,0 +1,139 @@
+"""The storage adapter against the real S3 server, with a fault-injecting proxy in front of it for
+the Spaces behaviours moto does not have (503 SlowDown, NoSuchKey on an empty listing)."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from coldcopy.config import load_settings
+from coldcopy.errors import ConflictError, StorageError
+from coldcopy.storage import Storage
+
+SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+NOSUCHKEY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code>'
+             b"<Message>The specified key does not exist.</Message></Error>")
+
+
+class FaultProxy:
+    """Forwards to the S3 server; ``faults`` is a list of (method, path-substring, status, body) consumed
+    in order, each answering one matching request instead of forwarding it."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlparse(upstream)
+        self.faults: list[tuple[str, str, int, bytes]] = []
+        self.seen: list[tuple[str, str, int]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                for i, (method, part, status, payload) in enumerate(proxy.faults):
+                    if method == self.command and part in self.path:
+                        del proxy.faults[i]
+                        proxy.seen.append((self.command, self.path, status))
+                        self.send_response(status)
+                        self.send_header("content-type", "application/xml")
+                        self.send_header("content-length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = proxy.upstream.netloc
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                proxy.seen.append((self.command, self.path, resp.status))
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                length = resp.getheader("content-length") if self.command == "HEAD" else None
+                self.send_header("content-length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def proxy(s3_server) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
+    p = FaultProxy(s3_server.endpoint_url)
+    yield p
+    p.server.shutdown()
+
+
+def _storage(env: dict[str, str], endpoint: str | None = None) -> Storage:
+    return Storage(load_settings({**env, **({"DO_SPACES_ENDPOINT": endpoint} if endpoint else {})},
+                                 need=("storage",)))
+
+
+def test_create_only_and_round_trip(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    st = _storage(coldcopy_env)
+    st.put_json("records/a.json", {"x": 1}, create_only=True)
+    with pytest.raises(ConflictError):
+        st.put_json("records/a.json", {"x": 2}, create_only=True)
+    assert st.get_json("records/a.json") == {"x": 1}
+    assert [o.key for o in st.list("records/")] == ["records/a.json"]
+
+
+def test_retries_slowdown_and_5xx(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    st = _storage(coldcopy_env, proxy.url)
+    proxy.faults = [("PUT", "/retry.json", 503, SLOWDOWN), ("PUT", "/retry.json", 500, b""),
+                    ("GET", "/retry.json", 503, SLOWDOWN)]
+    st.put_json("retry.json", {"ok": True})
+    assert st.get_json("retry.json") == {"ok": True}
+    statuses = [s for m, p, s in proxy.seen if "retry.json" in p]
+    assert statuses == [503, 500, 200, 503, 200]
+
+
+def test_multipart_retries_a_part_and_aborts_on_failure(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    st = _storage(coldcopy_env, proxy.url)
+    proxy.faults = [("PUT", "partNumber=2", 503, SLOWDOWN)]
+    w = st.multipart("big/ok", part_size=5 << 20, concurrency=2)
+    for _ in range(3):
+        w.write(b"x" * (5 << 20))
+    w.complete()
+    assert st.head("big/ok") is not None and st.head("big/ok").size == 15 << 20  # type: ignore[union-attr]
+    # A part that keeps failing: the upload is aborted and no parts are left behind.
+    proxy.faults = [("PUT", "partNumber=1", 500, b"")] * 10
+    w = st.multipart("big/bad", part_size=5 << 20, concurrency=1)
+    with pytest.raises(StorageError):
+        for _ in range(3):
+            w.write(b"y" * (5 << 20))
+        w.complete()
+    assert st.incomplete_uploads("big/") == []
+    assert st.head("big/bad") is None
+
+
+def test_empty_listing_answered_with_nosuchkey(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    st = _storage(coldcopy_env, proxy.url)
+    proxy.faults = [("GET", "list-type=2", 404, NOSUCHKEY)]
+    assert list(st.list("nothing-here/")) == []
+
+
+def test_bad_credentials_and_missing_bucket_are_clear(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    st = _storage({**coldcopy_env, "DO_SPACES_BUCKET": "no-such-bucket-here"})
+    with pytest.raises(StorageError) as err:
+        st.put_json("x.json", {})
+    assert "does not exist" in str(err.value) and "DO_SPACES_BUCKET" in str(err.value)
+    st = _storage({**coldcopy_env, "DO_SPACES_ENDPOINT": "http://127.0.0.1:9"})
+    with pytest.raises(StorageError) as err:
+        list(st.list("x/"))
+    assert "DO_SPACES_ENDPOINT" in str(err.value)
