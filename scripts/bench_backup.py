@@ -65,16 +65,21 @@ def db_size(pg: PgCluster, db: str) -> int:
         c.close()
 
 
-def measure(pg: PgCluster, s3: S3Server, env: dict[str, str], pgenv: dict[str, str], label: str,
-            with_restore: bool) -> dict[str, float]:
+def measure(
+    pg: PgCluster, s3: S3Server, env: dict[str, str], pgenv: dict[str, str], label: str, with_restore: bool
+) -> dict[str, float]:
     b = pg.bin_dir
     r: dict[str, float] = {"db_bytes": db_size(pg, DB)}
     r["pg_dump_fc"] = timed([str(b / "pg_dump"), "-Fc", DB], pgenv)
     r["pg_dump_z0"] = timed([str(b / "pg_dump"), "-Fc", "-Z0", DB], pgenv)
     bk = coldcopy(env, "backup", "--json")
     info = json.loads(str(bk["out"]))
-    r.update(coldcopy_backup=bk["seconds"], backup_rss_mb=bk["maxrss_mb"], stored_bytes=info["size_bytes"],
-             dump_bytes=info["raw_size_bytes"])
+    r.update(
+        coldcopy_backup=bk["seconds"],
+        backup_rss_mb=bk["maxrss_mb"],
+        stored_bytes=info["size_bytes"],
+        dump_bytes=info["raw_size_bytes"],
+    )
     if with_restore:
         with tempfile.TemporaryDirectory() as tmp:
             dump = Path(tmp) / "db.z0"
@@ -85,19 +90,25 @@ def measure(pg: PgCluster, s3: S3Server, env: dict[str, str], pgenv: dict[str, s
         rs = coldcopy(env, "restore", "--backup-name", info["name"], "--target-db", "cc_restore", "--json")
         r.update(coldcopy_restore=rs["seconds"], restore_rss_mb=rs["maxrss_mb"])
         pg.drop_database("cc_restore")
-    print(f"\n== {label}: database {r['db_bytes'] / 1e9:.2f} GB, dump {r['dump_bytes'] / 1e9:.2f} GB, "
-          f"stored {r['stored_bytes'] / 1e9:.3f} GB ({r['dump_bytes'] / r['stored_bytes']:.1f}x)")
+    print(
+        f"\n== {label}: database {r['db_bytes'] / 1e9:.2f} GB, dump {r['dump_bytes'] / 1e9:.2f} GB, "
+        f"stored {r['stored_bytes'] / 1e9:.3f} GB ({r['dump_bytes'] / r['stored_bytes']:.1f}x)"
+    )
     print(f"  pg_dump -Fc > /dev/null      {r['pg_dump_fc']:7.2f} s")
     print(f"  pg_dump -Fc -Z0 > /dev/null  {r['pg_dump_z0']:7.2f} s   (floor)")
-    print(f"  coldcopy backup → S3         {r['coldcopy_backup']:7.2f} s   "
-          f"{r['coldcopy_backup'] / r['pg_dump_z0']:.2f}x floor (target ≤ 1.30), "
-          f"{r['coldcopy_backup'] / r['pg_dump_fc']:.2f}x pg_dump -Fc (target < 1.00), "
-          f"peak RSS {r['backup_rss_mb']:.0f} MB (target ≤ 150)")
+    print(
+        f"  coldcopy backup → S3         {r['coldcopy_backup']:7.2f} s   "
+        f"{r['coldcopy_backup'] / r['pg_dump_z0']:.2f}x floor (target ≤ 1.30), "
+        f"{r['coldcopy_backup'] / r['pg_dump_fc']:.2f}x pg_dump -Fc (target < 1.00), "
+        f"peak RSS {r['backup_rss_mb']:.0f} MB (target ≤ 150)"
+    )
     if with_restore:
         print(f"  pg_restore of a -Z0 file     {r['pg_restore_file']:7.2f} s   (floor)")
-        print(f"  coldcopy restore ← S3        {r['coldcopy_restore']:7.2f} s   "
-              f"{r['coldcopy_restore'] / r['pg_restore_file']:.2f}x (target ≤ 1.30), "
-              f"peak RSS {r['restore_rss_mb']:.0f} MB")
+        print(
+            f"  coldcopy restore ← S3        {r['coldcopy_restore']:7.2f} s   "
+            f"{r['coldcopy_restore'] / r['pg_restore_file']:.2f}x (target ≤ 1.30), "
+            f"peak RSS {r['restore_rss_mb']:.0f} MB"
+        )
     return r
 
 
@@ -116,19 +127,33 @@ def main() -> int:
         load_demo_data(conn, scale)
         conn.close()
         print(f"built the database in {time.monotonic() - t0:.0f} s ({db_size(pg, DB) / 1e9:.2f} GB)")
-        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "COLDCOPY_ENV_FILE": os.devnull,
-               "DB_HOST": pg.host, "DB_PORT": str(pg.port), "DB_NAME": DB, "DB_USER": pg.user,
-               "DB_PASSWORD": pg.password, "DB_SSLMODE": "disable", "DO_SPACES_KEY": s3.access_key,
-               "DO_SPACES_SECRET": s3.secret_key, "DO_SPACES_BUCKET": BUCKET, "DO_SPACES_REGION": s3.region,
-               "DO_SPACES_ENDPOINT": s3.endpoint_url, "BACKUP_ENCRYPTION_KEY": "bench-key-not-secret"}
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", "/root"),
+            "COLDCOPY_ENV_FILE": os.devnull,
+            "DB_HOST": pg.host,
+            "DB_PORT": str(pg.port),
+            "DB_NAME": DB,
+            "DB_USER": pg.user,
+            "DB_PASSWORD": pg.password,
+            "DB_SSLMODE": "disable",
+            "DO_SPACES_KEY": s3.access_key,
+            "DO_SPACES_SECRET": s3.secret_key,
+            "DO_SPACES_BUCKET": BUCKET,
+            "DO_SPACES_REGION": s3.region,
+            "DO_SPACES_ENDPOINT": s3.endpoint_url,
+            "BACKUP_ENCRYPTION_KEY": "bench-key-not-secret",
+        }
         pgenv = {**os.environ, **pg.env(), "PGDATABASE": DB}
         results = {"single": measure(pg, s3, env, pgenv, "database ×1", with_restore=True)}
         if not a.skip_double:
             _double(pg)
             results["double"] = measure(pg, s3, env, pgenv, "database ×2", with_restore=False)
             one, two = results["single"]["backup_rss_mb"], results["double"]["backup_rss_mb"]
-            print(f"\npeak RSS of coldcopy backup: {one:.0f} MB at ×1, {two:.0f} MB at ×2 "
-                  f"({'not larger' if two <= one * 1.05 else 'LARGER'}; 5 % noise allowed)")
+            print(
+                f"\npeak RSS of coldcopy backup: {one:.0f} MB at ×1, {two:.0f} MB at ×2 "
+                f"({'not larger' if two <= one * 1.05 else 'LARGER'}; 5 % noise allowed)"
+            )
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=2))
     return 0
@@ -138,8 +163,10 @@ def _double(pg: PgCluster) -> None:
     """Duplicate every user table's rows into a copy table, doubling the database."""
     c = pg.connect(DB)
     try:
-        tables = c.run("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
-                       "AND table_type = 'BASE TABLE'")
+        tables = c.run(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+            "AND table_type = 'BASE TABLE'"
+        )
         for (t,) in tables:
             c.run(f'CREATE TABLE "{t}_copy" AS TABLE "{t}"')
     finally:

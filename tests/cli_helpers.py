@@ -40,5 +40,11 @@ def run_cli(env: dict[str, str], *args: str) -> Result:
 
 def spawn_cli(env: dict[str, str], *args: str, **kw: object) -> subprocess.Popen[str]:
     full = {**env, "COLDCOPY_ENV_FILE": os.devnull}
-    return subprocess.Popen([sys.executable, "-m", "coldcopy", *args], env=full, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, "-m", "coldcopy", *args],
+        env=full,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )  # type: ignore[call-overload]

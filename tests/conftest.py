@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.pgcluster import PgCluster
 from coldcopy.localstack.s3server import S3Server

@@ -15,7 +15,6 @@ from cli_helpers import run_cli, spawn_cli
 from coldcopy.localstack.dbcompare import compare_databases
 
 
-
 @pytest.fixture(scope="module")
 def big_db(pg):  # type: ignore[no-untyped-def]
     """~60 MB of text that compresses like real text (about 2x): many frames, several 5 MB parts."""
@@ -24,16 +23,23 @@ def big_db(pg):  # type: ignore[no-untyped-def]
     c = pg.connect(name)
     c.run("SELECT setseed(0.42)")
     c.run("CREATE TABLE big (id int PRIMARY KEY, body text)")
-    c.run("INSERT INTO big SELECT g, (SELECT string_agg(md5((g * 31 + i)::text || random()::text), ' ') "
-          "FROM generate_series(1, 12) i) FROM generate_series(1, 150000) g")
+    c.run(
+        "INSERT INTO big SELECT g, (SELECT string_agg(md5((g * 31 + i)::text || random()::text), ' ') "
+        "FROM generate_series(1, 12) i) FROM generate_series(1, 150000) g"
+    )
     c.close()
     yield name
     pg.drop_database(name)
 
 
 def s3_client(env: dict[str, str]):  # type: ignore[no-untyped-def]
-    return boto3.client("s3", endpoint_url=env["DO_SPACES_ENDPOINT"], aws_access_key_id=env["DO_SPACES_KEY"],
-                        aws_secret_access_key=env["DO_SPACES_SECRET"], region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=env["DO_SPACES_ENDPOINT"],
+        aws_access_key_id=env["DO_SPACES_KEY"],
+        aws_secret_access_key=env["DO_SPACES_SECRET"],
+        region_name="us-east-1",
+    )
 
 
 def keys(env: dict[str, str], prefix: str = "") -> list[str]:
@@ -73,8 +79,18 @@ def test_round_trip_every_table_equal(pg, coldcopy_env) -> None:  # type: ignore
     assert listed[0]["status"] == "complete"
 
     shown = json.loads(run_cli(coldcopy_env, "show", info["name"], "--json").out)
-    for field in ("server_version", "tool", "started_at", "finished_at", "duration_seconds", "raw_size_bytes",
-                  "stored_size_bytes", "compression", "encryption", "tables"):
+    for field in (
+        "server_version",
+        "tool",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+        "raw_size_bytes",
+        "stored_size_bytes",
+        "compression",
+        "encryption",
+        "tables",
+    ):
         assert field in shown
     assert shown["encryption"]["algorithm"] == "AES-256-GCM" and shown["encryption"]["key_id"]
     assert shown["tables"] and all(isinstance(n, int) for n in shown["tables"].values())
@@ -95,8 +111,12 @@ def test_round_trip_every_table_equal(pg, coldcopy_env) -> None:  # type: ignore
     again = run_cli(coldcopy_env, "restore", "--backup-name", info["name"], "--target-db", "rt_copy")
     assert again.rc != 0 and "already exists" in again.err and "--clean" in again.err
     # … and replaces it with --clean.
-    assert run_cli(coldcopy_env, "restore", "--backup-name", info["name"], "--target-db", "rt_copy",
-                   "--clean").rc == 0
+    assert (
+        run_cli(
+            coldcopy_env, "restore", "--backup-name", info["name"], "--target-db", "rt_copy", "--clean"
+        ).rc
+        == 0
+    )
     pg.drop_database("rt_copy")
 
 
@@ -146,8 +166,8 @@ def _frames(blob: bytes) -> tuple[bytes, list[bytes]]:
     hlen = read_header(blob).size
     pos, frames = hlen, []
     while pos < len(blob):
-        n = int.from_bytes(blob[pos:pos + 4], "big")
-        frames.append(blob[pos:pos + 4 + n])
+        n = int.from_bytes(blob[pos : pos + 4], "big")
+        frames.append(blob[pos : pos + 4 + n])
         pos += 4 + n
     return blob[:hlen], frames
 
@@ -161,7 +181,7 @@ def test_damaged_backup_detected_and_target_untouched(pg, coldcopy_env, big_db, 
     def change(body: bytes) -> bytes:
         if damage == "flip":
             i = len(body) // 2
-            return body[:i] + bytes([body[i] ^ 0x01]) + body[i + 1:]
+            return body[:i] + bytes([body[i] ^ 0x01]) + body[i + 1 :]
         if damage == "truncate":
             return body[: len(body) - 1000]
         header, frames = _frames(body)
@@ -189,7 +209,9 @@ def test_damaged_backup_detected_and_target_untouched(pg, coldcopy_env, big_db, 
 def _fingerprint(pg, db: str) -> str:  # type: ignore[no-untyped-def]
     c = pg.connect(db)
     try:
-        return str(c.run("SELECT count(*), md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) FROM big t"))
+        return str(
+            c.run("SELECT count(*), md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) FROM big t")
+        )
     finally:
         c.close()
 
@@ -247,8 +269,13 @@ def test_old_pg_dump_refused(coldcopy_env, tmp_path: Path) -> None:  # type: ign
 
 
 def test_invalid_names_refused(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
-    for bad in ("../../etc/passwd", "full_backup_x/../y_20260101_000000", "full_backup_db_20260101_000000/..",
-                "x y", "full_backup_db_2026"):
+    for bad in (
+        "../../etc/passwd",
+        "full_backup_x/../y_20260101_000000",
+        "full_backup_db_20260101_000000/..",
+        "x y",
+        "full_backup_db_2026",
+    ):
         for args in (("show", bad), ("verify", bad), ("restore", "--backup-name", bad, "--target-db", "z")):
             r = run_cli(coldcopy_env, *args)
             assert r.rc == 2, (args, r.err)
@@ -258,7 +285,15 @@ def test_invalid_names_refused(coldcopy_env) -> None:  # type: ignore[no-untyped
 def test_missing_configuration_named_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = run_cli({"PATH": os.environ["PATH"], "DB_PORT": "abc"}, "backup")
     assert r.rc == 2
-    for var in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PORT", "DO_SPACES_KEY", "DO_SPACES_SECRET", "DO_SPACES_BUCKET"):
+    for var in (
+        "DB_HOST",
+        "DB_NAME",
+        "DB_USER",
+        "DB_PORT",
+        "DO_SPACES_KEY",
+        "DO_SPACES_SECRET",
+        "DO_SPACES_BUCKET",
+    ):
         assert var in r.err
     assert r.err.count("error:") == 1
 
@@ -268,8 +303,11 @@ def test_debug_output_has_no_secrets(coldcopy_env) -> None:  # type: ignore[no-u
     assert r.rc == 0
     name = json.loads(r.out)["name"]
     r2 = run_cli(coldcopy_env, "verify", name, "--debug")
-    for secret in (coldcopy_env["DB_PASSWORD"], coldcopy_env["DO_SPACES_SECRET"],
-                   coldcopy_env["BACKUP_ENCRYPTION_KEY"]):
+    for secret in (
+        coldcopy_env["DB_PASSWORD"],
+        coldcopy_env["DO_SPACES_SECRET"],
+        coldcopy_env["BACKUP_ENCRYPTION_KEY"],
+    ):
         if len(secret) >= 6:
             for text in (r.out, r.err, r2.out, r2.err):
                 assert secret not in text
@@ -293,7 +331,12 @@ def test_stale_catalog_never_hides_a_backup(coldcopy_env) -> None:  # type: igno
 
 
 def test_killed_backup_leaves_nothing(coldcopy_env, big_db) -> None:  # type: ignore[no-untyped-def]
-    env = {**coldcopy_env, "DB_NAME": big_db, "COLDCOPY_PART_SIZE_MB": "5", "COLDCOPY_UPLOAD_CONCURRENCY": "1"}
+    env = {
+        **coldcopy_env,
+        "DB_NAME": big_db,
+        "COLDCOPY_PART_SIZE_MB": "5",
+        "COLDCOPY_UPLOAD_CONCURRENCY": "1",
+    }
     s3 = s3_client(env)
     bucket = env["DO_SPACES_BUCKET"]
     proc = spawn_cli(env, "backup")

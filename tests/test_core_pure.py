@@ -25,11 +25,21 @@ def test_name_round_trip() -> None:
     assert str(make_name("compliance", "my app.db", T0)) == "compliance_backup_my-app-db_20261124_020000"
 
 
-@pytest.mark.parametrize("bad", [
-    "../etc/passwd", "full_backup_a/b_20260101_000000", "full_backup_..%2f_20260101_000000",
-    "full_backup_db_20260101_000000/../x", "full_backup_db_2026010_000000", "full_backup_db_20261301_000000",
-    "weekly_backup_db_20260101_000000", "", "full_backup__20260101_000000", "full_backup_db_20260101_000000\n",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../etc/passwd",
+        "full_backup_a/b_20260101_000000",
+        "full_backup_..%2f_20260101_000000",
+        "full_backup_db_20260101_000000/../x",
+        "full_backup_db_2026010_000000",
+        "full_backup_db_20261301_000000",
+        "weekly_backup_db_20260101_000000",
+        "",
+        "full_backup__20260101_000000",
+        "full_backup_db_20260101_000000\n",
+    ],
+)
 def test_bad_names_refused(bad: str) -> None:
     with pytest.raises(InvalidNameError) as err:
         validate_name(bad)
@@ -58,8 +68,15 @@ def test_config_reports_every_problem_at_once(tmp_path) -> None:  # type: ignore
     with pytest.raises(ConfigError) as err:
         load_settings(env, need=("db", "storage"), env_file=tmp_path / "none")
     text = str(err.value)
-    for var in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PORT", "DO_SPACES_KEY", "DO_SPACES_BUCKET",
-                "DO_SPACES_ENDPOINT"):
+    for var in (
+        "DB_HOST",
+        "DB_NAME",
+        "DB_USER",
+        "DB_PORT",
+        "DO_SPACES_KEY",
+        "DO_SPACES_BUCKET",
+        "DO_SPACES_ENDPOINT",
+    ):
         assert var in text
     assert "DO_SPACES_SECRET" not in text  # it is set
     assert err.value.exit_code == 2
@@ -67,8 +84,10 @@ def test_config_reports_every_problem_at_once(tmp_path) -> None:  # type: ignore
 
 def test_config_defaults_and_env_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     f = tmp_path / ".env"
-    f.write_text("DB_HOST=h\nDB_NAME=app\nDB_USER=u\nDB_PASSWORD=pw-from-file\nDO_SPACES_KEY=k\n"
-                 "DO_SPACES_SECRET=spaces-zq9-secret\nDO_SPACES_BUCKET=my-bucket\n")
+    f.write_text(
+        "DB_HOST=h\nDB_NAME=app\nDB_USER=u\nDB_PASSWORD=pw-from-file\nDO_SPACES_KEY=k\n"
+        "DO_SPACES_SECRET=spaces-zq9-secret\nDO_SPACES_BUCKET=my-bucket\n"
+    )
     s = load_settings({"DB_NAME": "override"}, need=("db", "storage"), env_file=f)
     assert s.db_name == "override" and s.db_port == 5432 and s.spaces_region == "nyc3"
     assert s.spaces_endpoint == "https://nyc3.digitaloceanspaces.com"
@@ -86,14 +105,28 @@ def test_malformed_secret_not_echoed() -> None:
 
 # -- catalog ----------------------------------------------------------------------------------------
 def _entry(name: str, when: datetime, size: int = 100) -> CatalogEntry:
-    return CatalogEntry(name=name, kind=parse_name(name).kind, database="db", created_at=iso(when),
-                        finished_at=iso(when + timedelta(seconds=5)), duration_seconds=5.0, size_bytes=size,
-                        raw_size_bytes=size * 3, encrypted=True, key_id="abc", server_version="15")
+    return CatalogEntry(
+        name=name,
+        kind=parse_name(name).kind,
+        database="db",
+        created_at=iso(when),
+        finished_at=iso(when + timedelta(seconds=5)),
+        duration_seconds=5.0,
+        size_bytes=size,
+        raw_size_bytes=size * 3,
+        encrypted=True,
+        key_id="abc",
+        server_version="15",
+    )
 
 
 def _backup_record(when: datetime) -> tuple[str, dict]:  # type: ignore[type-arg]
     name = str(make_name("full", "db", when))
-    return journal_key("backup", name, when), {"type": "backup", "name": name, "entry": _entry(name, when).to_dict()}
+    return journal_key("backup", name, when), {
+        "type": "backup",
+        "name": name,
+        "entry": _entry(name, when).to_dict(),
+    }
 
 
 def test_merge_is_idempotent_and_ordered() -> None:
@@ -129,9 +162,24 @@ def test_deletion_and_failures_and_summary() -> None:
     cat.merge(recs)
     gone = recs[0][1]["name"]
     when = T0 + timedelta(hours=5)
-    cat.merge([(journal_key("backup_deleted", gone, when), {"type": "backup_deleted", "name": gone, "at": iso(when)}),
-               (journal_key("backup_failed", "x", when), {"type": "backup_failed", "name": "x", "at": iso(when),
-                                                         "kind": "full", "error": "pg_dump failed"})])
+    cat.merge(
+        [
+            (
+                journal_key("backup_deleted", gone, when),
+                {"type": "backup_deleted", "name": gone, "at": iso(when)},
+            ),
+            (
+                journal_key("backup_failed", "x", when),
+                {
+                    "type": "backup_failed",
+                    "name": "x",
+                    "at": iso(when),
+                    "kind": "full",
+                    "error": "pg_dump failed",
+                },
+            ),
+        ]
+    )
     assert gone not in cat.backups
     s = summarize(cat, T0 + timedelta(hours=6))
     assert s["backup_count"] == 2 and s["total_size_bytes"] == 200

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from coldcopy import crypto
 from coldcopy.crypto import (
     HEADER_MAX,
@@ -20,8 +23,6 @@ from coldcopy.crypto import (
     rewrap_header,
 )
 from coldcopy.errors import IntegrityError, WrongKeyError
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 PASSPHRASE = "correct horse battery staple"
 KEY = MasterKey.from_passphrase(PASSPHRASE)

@@ -17,6 +17,7 @@ import pg8000.native
 import pytest
 import zstandard
 from botocore.exceptions import ClientError
+
 from coldcopy.errors import DatabaseError
 from coldcopy.localstack.demodata import (
     DEMO_TABLES,

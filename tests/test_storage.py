@@ -15,10 +15,14 @@ from coldcopy.config import load_settings
 from coldcopy.errors import ConflictError, StorageError
 from coldcopy.storage import Storage
 
-SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-            b"<Message>Please reduce your request rate.</Message></Error>")
-NOSUCHKEY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code>'
-             b"<Message>The specified key does not exist.</Message></Error>")
+SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+NOSUCHKEY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code>'
+    b"<Message>The specified key does not exist.</Message></Error>"
+)
 
 
 class FaultProxy:
@@ -80,8 +84,9 @@ def proxy(s3_server) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
 
 
 def _storage(env: dict[str, str], endpoint: str | None = None) -> Storage:
-    return Storage(load_settings({**env, **({"DO_SPACES_ENDPOINT": endpoint} if endpoint else {})},
-                                 need=("storage",)))
+    return Storage(
+        load_settings({**env, **({"DO_SPACES_ENDPOINT": endpoint} if endpoint else {})}, need=("storage",))
+    )
 
 
 def test_create_only_and_round_trip(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
@@ -95,8 +100,11 @@ def test_create_only_and_round_trip(coldcopy_env) -> None:  # type: ignore[no-un
 
 def test_retries_slowdown_and_5xx(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
     st = _storage(coldcopy_env, proxy.url)
-    proxy.faults = [("PUT", "/retry.json", 503, SLOWDOWN), ("PUT", "/retry.json", 500, b""),
-                    ("GET", "/retry.json", 503, SLOWDOWN)]
+    proxy.faults = [
+        ("PUT", "/retry.json", 503, SLOWDOWN),
+        ("PUT", "/retry.json", 500, b""),
+        ("GET", "/retry.json", 503, SLOWDOWN),
+    ]
     st.put_json("retry.json", {"ok": True})
     assert st.get_json("retry.json") == {"ok": True}
     statuses = [s for m, p, s in proxy.seen if "retry.json" in p]

@@ -62,8 +62,12 @@ def _stored(key: str, stats: StreamStats) -> StoredObject:
     return StoredObject(key, stats.stored_size, stats.stored_sha256, stats.raw_size, stats.raw_sha256)
 
 
-def run_backup(settings: Settings, kind: str = "full", progress: Progress | None = None,
-               now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Manifest:
+def run_backup(
+    settings: Settings,
+    kind: str = "full",
+    progress: Progress | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Manifest:
     ctx = context(settings)
     started = now()
     try:
@@ -77,8 +81,11 @@ def run_backup(settings: Settings, kind: str = "full", progress: Progress | None
         log.debug("journal record %s written", key)
         ctx.catalog.refresh()
     except ColdCopyError as exc:
-        log.warning("backup %s is stored, but the catalog could not be updated (%s); "
-                    "run `coldcopy catalog rebuild`", name, exc.message)
+        log.warning(
+            "backup %s is stored, but the catalog could not be updated (%s); run `coldcopy catalog rebuild`",
+            name,
+            exc.message,
+        )
     return manifest
 
 
@@ -97,8 +104,9 @@ def _claim_name(ctx: BackupContext, kind: str, started: datetime) -> tuple[str, 
     raise ConflictError("could not find a free backup name", "too many backups are starting at once")
 
 
-def _checked_backup(ctx: BackupContext, kind: str, started: datetime,
-                    progress: Progress | None, now: Callable[[], datetime]) -> Manifest:
+def _checked_backup(
+    ctx: BackupContext, kind: str, started: datetime, progress: Progress | None, now: Callable[[], datetime]
+) -> Manifest:
     pg = Postgres(ctx.settings)
     pg_dump = pg.tool("pg_dump")
     conn = pg.connect()  # fails early on a bad password, before anything is written
@@ -112,8 +120,20 @@ def _checked_backup(ctx: BackupContext, kind: str, started: datetime,
         clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
         name, marker = _claim_name(ctx, kind, started)
         try:
-            return _dump(ctx, pg, conn, name, kind, started, server_num, server_text, pg_dump.text,
-                         marker, progress, now)
+            return _dump(
+                ctx,
+                pg,
+                conn,
+                name,
+                kind,
+                started,
+                server_num,
+                server_text,
+                pg_dump.text,
+                marker,
+                progress,
+                now,
+            )
         except BaseException:
             try:  # a backup that did not finish leaves nothing behind
                 remove_partial(ctx.storage, name)
@@ -129,18 +149,36 @@ def _checked_backup(ctx: BackupContext, kind: str, started: datetime,
         conn.close()
 
 
-def _dump(ctx: BackupContext, pg: Postgres, conn: Any, name: str, kind: str, started: datetime,
-          server_num: int, server_text: str, tool_text: str, marker: Marker,
-          progress: Progress | None, now: Callable[[], datetime]) -> Manifest:
+def _dump(
+    ctx: BackupContext,
+    pg: Postgres,
+    conn: Any,
+    name: str,
+    kind: str,
+    started: datetime,
+    server_num: int,
+    server_text: str,
+    tool_text: str,
+    marker: Marker,
+    progress: Progress | None,
+    now: Callable[[], datetime],
+) -> Manifest:
     s = ctx.settings
     t0 = time.monotonic()
     # One exported snapshot for pg_dump and for the row counts, so the counts match the dump.
     conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
-    args = [pg.tool("pg_dump").path, "--format=custom", "--compress=0", f"--snapshot={snapshot}",
-            "--no-password", s.db_name]
-    writer = ctx.storage.multipart(data_key(name), part_size=s.part_size_mb << 20,
-                                   concurrency=s.upload_concurrency)
+    args = [
+        pg.tool("pg_dump").path,
+        "--format=custom",
+        "--compress=0",
+        f"--snapshot={snapshot}",
+        "--no-password",
+        s.db_name,
+    ]
+    writer = ctx.storage.multipart(
+        data_key(name), part_size=s.part_size_mb << 20, concurrency=s.upload_concurrency
+    )
 
     def beat(raw: int, stored: int) -> None:
         marker.beat()
@@ -155,8 +193,10 @@ def _dump(ctx: BackupContext, pg: Postgres, conn: Any, name: str, kind: str, sta
         log.debug("dump streamed: %d bytes in %.2f s", stats.raw_size, time.monotonic() - t0)
         rc = proc.wait()
         if rc != 0:
-            raise DatabaseError(f"pg_dump failed (exit {rc}): {redact(errors.text(), s)[-800:]}",
-                                "nothing was stored; fix the cause above and run the backup again")
+            raise DatabaseError(
+                f"pg_dump failed (exit {rc}): {redact(errors.text(), s)[-800:]}",
+                "nothing was stored; fix the cause above and run the backup again",
+            )
         writer.complete()
     except BaseException:
         proc.kill()
@@ -171,15 +211,28 @@ def _dump(ctx: BackupContext, pg: Postgres, conn: Any, name: str, kind: str, sta
     log.debug("roles saved after %.2f s", time.monotonic() - t0)
     finished = now()
     manifest = Manifest(
-        name=name, kind=kind, database=s.db_name, cluster=s.prefix.split("/")[1],
-        started_at=iso(started), finished_at=iso(finished), duration_seconds=round(time.monotonic() - t0, 3),
-        server_version=server_text, server_version_num=server_num, tool=tool_text,
+        name=name,
+        kind=kind,
+        database=s.db_name,
+        cluster=s.prefix.split("/")[1],
+        started_at=iso(started),
+        finished_at=iso(finished),
+        duration_seconds=round(time.monotonic() - t0, 3),
+        server_version=server_text,
+        server_version_num=server_num,
+        tool=tool_text,
         data=_stored(data_key(name), stats),
         compression={"algorithm": "zstd", "level": s.zstd_level},
-        encryption={"algorithm": "AES-256-GCM" if ctx.key else "none",
-                    "key_id": ctx.key.key_id if ctx.key else None},
-        tables=tables, row_counts=s.row_counts, globals=glob_obj, globals_note=glob_note,
-        extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"}, coldcopy_version=__version__,
+        encryption={
+            "algorithm": "AES-256-GCM" if ctx.key else "none",
+            "key_id": ctx.key.key_id if ctx.key else None,
+        },
+        tables=tables,
+        row_counts=s.row_counts,
+        globals=glob_obj,
+        globals_note=glob_note,
+        extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"},
+        coldcopy_version=__version__,
     )
     ctx.storage.put_json(manifest_key(name), manifest.to_dict(), create_only=True)  # the commit point
     return manifest
@@ -189,9 +242,18 @@ def _globals(ctx: BackupContext, pg: Postgres, name: str) -> tuple[StoredObject 
     """Roles and tablespaces, when this user may read them (never their passwords)."""
     try:
         tool = pg.tool("pg_dumpall")
-        sql = run_tool([tool.path, "--globals-only", "--no-role-passwords", "--no-password",
-                        f"--database={pg.maintenance_db()}"],
-                       pg.libpq_env(), ctx.settings, "pg_dumpall --globals-only")
+        sql = run_tool(
+            [
+                tool.path,
+                "--globals-only",
+                "--no-role-passwords",
+                "--no-password",
+                f"--database={pg.maintenance_db()}",
+            ],
+            pg.libpq_env(),
+            ctx.settings,
+            "pg_dumpall --globals-only",
+        )
     except ColdCopyError as exc:
         log.warning("roles were not saved: %s", exc.message)
         return None, f"roles not saved: {exc.message[:300]}"
@@ -208,7 +270,8 @@ def _record_failure(ctx: BackupContext, name: str, kind: str, exc: BaseException
     else:
         message = f"{type(exc).__name__}: {exc}"
     try:
-        ctx.catalog.record("backup_failed", name,
-                           {"name": name, "kind": kind, "error": redact(message, ctx.settings)[:500]})
+        ctx.catalog.record(
+            "backup_failed", name, {"name": name, "kind": kind, "error": redact(message, ctx.settings)[:500]}
+        )
     except Exception as rec_exc:  # noqa: BLE001 - the original error matters more
         log.warning("could not record the failure: %s", rec_exc)

@@ -32,7 +32,7 @@ def journal_key(kind: str, ident: str, when: datetime) -> str:
 
 def key_time(key: str) -> datetime | None:
     try:
-        return datetime.strptime(key[len(JOURNAL):].split("-", 1)[0], _STAMP).replace(tzinfo=UTC)
+        return datetime.strptime(key[len(JOURNAL) :].split("-", 1)[0], _STAMP).replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -147,7 +147,9 @@ def summarize(cat: Catalog, now: datetime) -> dict[str, Any]:
         if age > 26 * 3600:
             problems.append(f"the last backup finished {age / 3600:.1f} hours ago (more than 26 hours)")
         if not last.encrypted:
-            problems.append(f"the last backup {last.name} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)")
+            problems.append(
+                f"the last backup {last.name} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)"
+            )
     failure = cat.last_failure()
     if failure and (last is None or str(failure.get("at")) > last.finished_at):
         problems.append(f"the last backup attempt failed at {failure.get('at')}: {failure.get('error')}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,10 @@ CATALOG_KEY = "catalog.json"
 class CatalogStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        # read_cached(): the parsed snapshot with its ETag, and journal records already fetched.
+        self._lock = threading.Lock()
+        self._snapshot: tuple[str | None, Catalog | None] = (None, None)
+        self._records: dict[str, dict[str, Any]] = {}
 
     # -- journal ----------------------------------------------------------------------------------
     def record(self, kind: str, ident: str, payload: dict[str, Any], when: datetime | None = None) -> str:
@@ -55,11 +60,58 @@ class CatalogStore:
         """The snapshot merged with the journal records newer than its watermark."""
         cat = self.load_snapshot() or Catalog()
         after = start_after(cat.watermark)
-        new = [o.key for o in self.storage.list(JOURNAL, start_after=after)
-               if o.key.endswith(".json") and o.key not in cat.applied]
+        new = [
+            o.key
+            for o in self.storage.list(JOURNAL, start_after=after)
+            if o.key.endswith(".json") and o.key not in cat.applied
+        ]
         if new:
             cat.merge(self._fetch(new))
         return cat
+
+    def read_cached(self) -> Catalog:
+        """What read() answers, for long-lived readers (the web functions), without re-parsing.
+
+        Still one GET of catalog.json plus one journal listing per call, but the GET is
+        conditional (If-None-Match on the ETag of the parsed copy): an unchanged snapshot is not
+        downloaded or parsed again.  Journal records are immutable, so each is fetched once.
+        Returns a fresh Catalog the caller may change.  Safe to call from several threads.
+        """
+        with self._lock:
+            etag, snap = self._snapshot
+        try:
+            got = self.storage.get_bytes_if_changed(CATALOG_KEY, etag)
+        except NotFoundError:
+            etag, snap, got = None, None, None
+        if got is not None and got[1] != etag:
+            etag, snap = got[1], self._parse_snapshot(got[0])
+        with self._lock:
+            self._snapshot = (etag, snap)
+        cat = _copy(snap) if snap is not None else Catalog()
+        after = start_after(cat.watermark)
+        new = [
+            o.key
+            for o in self.storage.list(JOURNAL, start_after=after)
+            if o.key.endswith(".json") and o.key not in cat.applied
+        ]
+        with self._lock:
+            missing = [k for k in new if k not in self._records]
+        fetched = dict(self._fetch(missing)) if missing else {}
+        listed = set(new)
+        with self._lock:
+            self._records = {k: r for k, r in {**self._records, **fetched}.items() if k in listed}
+            records = [(k, self._records[k]) for k in new if k in self._records]
+        if records:
+            cat.merge(records)
+        return cat
+
+    @staticmethod
+    def _parse_snapshot(raw: bytes) -> Catalog | None:
+        try:
+            return Catalog.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("catalog.json is unreadable (%s); reading the journal instead", exc)
+            return None
 
     # -- writing ----------------------------------------------------------------------------------
     def save(self, cat: Catalog) -> None:
@@ -109,9 +161,26 @@ class CatalogStore:
         try:
             raw = self.storage.get_bytes(manifest_key(name))
         except NotFoundError:
-            raise NotFoundError(f"no backup named {name}", "run `coldcopy list-backups` to see the backups") from None
+            raise NotFoundError(
+                f"no backup named {name}", "run `coldcopy list-backups` to see the backups"
+            ) from None
         try:
             return Manifest.from_dict(json.loads(raw))
         except ValueError:
-            raise IntegrityError(f"manifest of {name} is not valid JSON",
-                                 "the backup cannot be trusted; use another backup") from None
+            raise IntegrityError(
+                f"manifest of {name} is not valid JSON", "the backup cannot be trusted; use another backup"
+            ) from None
+
+
+def _copy(cat: Catalog) -> Catalog:
+    """A copy that merging cannot change the original through (entries themselves are immutable)."""
+    return Catalog(
+        backups=dict(cat.backups),
+        deleted=dict(cat.deleted),
+        failures=list(cat.failures),
+        verifications=dict(cat.verifications),
+        unreadable=dict(cat.unreadable),
+        watermark=cat.watermark,
+        applied=set(cat.applied),
+        generated_at=cat.generated_at,
+    )

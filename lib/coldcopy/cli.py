@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cli_jobs import add_job_commands
+from .cli_serve import add_serve_command
 from .config import DB, STORAGE, Settings, load_settings, redact
 from .errors import ColdCopyError
 from .output import REDACTOR, emit_json, human_age, human_bytes, setup_logging, table
 from .pipeline import RateMeter
 
 log = logging.getLogger("coldcopy")
-UNENCRYPTED_WARNING = ("WARNING: BACKUP_ENCRYPTION_KEY is not set — backups are stored UNENCRYPTED. "
-                       "Set it (and keep a copy somewhere safe) to encrypt new backups.")
+UNENCRYPTED_WARNING = (
+    "WARNING: BACKUP_ENCRYPTION_KEY is not set — backups are stored UNENCRYPTED. "
+    "Set it (and keep a copy somewhere safe) to encrypt new backups."
+)
 
 
 def _settings(args: argparse.Namespace, need: tuple[str, ...]) -> Settings:
@@ -31,7 +35,12 @@ def _settings(args: argparse.Namespace, need: tuple[str, ...]) -> Settings:
 def _progress(args: argparse.Namespace) -> RateMeter | None:
     if args.json or not sys.stderr.isatty():
         return None
-    return RateMeter(lambda line: (sys.stderr.write(line), sys.stderr.flush()))
+
+    def show(line: str) -> None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+    return RateMeter(show)
 
 
 def _end_progress(meter: RateMeter | None) -> None:
@@ -51,17 +60,28 @@ def cmd_backup(args: argparse.Namespace) -> int:
         m = run_backup(s, args.kind, progress=meter)
     finally:
         _end_progress(meter)
-    out = {"name": m.name, "kind": m.kind, "database": m.database, "size_bytes": m.stored_size,
-           "raw_size_bytes": m.raw_size, "duration_seconds": m.duration_seconds, "encrypted": s.encrypted,
-           "tables": len(m.tables), "roles_saved": m.globals is not None, "created_at": m.started_at}
+    out = {
+        "name": m.name,
+        "kind": m.kind,
+        "database": m.database,
+        "size_bytes": m.stored_size,
+        "raw_size_bytes": m.raw_size,
+        "duration_seconds": m.duration_seconds,
+        "encrypted": s.encrypted,
+        "tables": len(m.tables),
+        "roles_saved": m.globals is not None,
+        "created_at": m.started_at,
+    }
     if args.json:
         emit_json(out)
     else:
         ratio = m.raw_size / m.stored_size if m.stored_size else 0
-        print(f"backup {m.name} stored: {human_bytes(m.stored_size)} "
-              f"({human_bytes(m.raw_size)} dump, {ratio:.1f}x) in {m.duration_seconds:.1f} s, "
-              f"{len(m.tables)} tables, {'encrypted' if s.encrypted else 'NOT ENCRYPTED'}"
-              + ("" if m.globals else f"; {m.globals_note}"))
+        print(
+            f"backup {m.name} stored: {human_bytes(m.stored_size)} "
+            f"({human_bytes(m.raw_size)} dump, {ratio:.1f}x) in {m.duration_seconds:.1f} s, "
+            f"{len(m.tables)} tables, {'encrypted' if s.encrypted else 'NOT ENCRYPTED'}"
+            + ("" if m.globals else f"; {m.globals_note}")
+        )
     return 0
 
 
@@ -72,8 +92,13 @@ def _listing(s: Settings, kind: str | None) -> list[dict[str, Any]]:
     rows = []
     for e in cat.entries(kind):
         v = cat.verifications.get(e.name)
-        rows.append({**e.to_dict(), "last_verification": v.get("at") if v else None,
-                     "verification_ok": v.get("ok") if v else None})
+        rows.append(
+            {
+                **e.to_dict(),
+                "last_verification": v.get("at") if v else None,
+                "verification_ok": v.get("ok") if v else None,
+            }
+        )
     return rows
 
 
@@ -87,10 +112,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no backups yet — run `coldcopy backup`")
         return 0
     verified = {True: "ok", False: "FAILED", None: "-"}
-    print(table([[r["name"], r["kind"], r["created_at"], human_bytes(r["size_bytes"]),
-                  f"{r['duration_seconds']:.1f} s", "yes" if r["encrypted"] else "NO",
-                  verified[r["verification_ok"]]] for r in rows],
-                ["NAME", "KIND", "CREATED (UTC)", "SIZE", "DURATION", "ENCRYPTED", "VERIFIED"]))
+    print(
+        table(
+            [
+                [
+                    r["name"],
+                    r["kind"],
+                    r["created_at"],
+                    human_bytes(r["size_bytes"]),
+                    f"{r['duration_seconds']:.1f} s",
+                    "yes" if r["encrypted"] else "NO",
+                    verified[r["verification_ok"]],
+                ]
+                for r in rows
+            ],
+            ["NAME", "KIND", "CREATED (UTC)", "SIZE", "DURATION", "ENCRYPTED", "VERIFIED"],
+        )
+    )
     return 0
 
 
@@ -104,8 +142,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(d)
         return 0
-    for k in ("name", "kind", "database", "cluster", "started_at", "finished_at", "duration_seconds",
-              "server_version", "tool", "row_counts", "coldcopy_version"):
+    for k in (
+        "name",
+        "kind",
+        "database",
+        "cluster",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+        "server_version",
+        "tool",
+        "row_counts",
+        "coldcopy_version",
+    ):
         print(f"{k:20} {d[k]}")
     print(f"{'stored size':20} {human_bytes(m.stored_size)} ({m.stored_size} bytes)")
     print(f"{'dump size':20} {human_bytes(m.raw_size)} ({m.raw_size} bytes)")
@@ -135,8 +184,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         emit_json(st)
         return 0 if st["ok"] else 1
     last = st["last_backup"]
-    print(f"last backup:  {last['name'] if last else 'none'}"
-          + (f" ({human_age(st['last_backup_age_seconds'])} ago, {human_bytes(last['size_bytes'])})" if last else ""))
+    print(
+        f"last backup:  {last['name'] if last else 'none'}"
+        + (
+            f" ({human_age(st['last_backup_age_seconds'])} ago, {human_bytes(last['size_bytes'])})"
+            if last
+            else ""
+        )
+    )
     counts = ", ".join(f"{n} {k}" for k, n in sorted(st["counts_by_kind"].items())) or "none"
     print(f"backups:      {st['backup_count']} ({counts}), {human_bytes(st['total_size_bytes'])} stored")
     print(f"encryption:   {'on' if s.encrypted else 'OFF'}")
@@ -173,15 +228,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
     s = _settings(args, (DB, STORAGE))
     meter = _progress(args)
     try:
-        r = run_restore(s, args.backup_name, args.target_db, clean=args.clean, keep_old=args.keep_old,
-                        no_owner=args.no_owner, progress=meter)
+        r = run_restore(
+            s,
+            args.backup_name,
+            args.target_db,
+            clean=args.clean,
+            keep_old=args.keep_old,
+            no_owner=args.no_owner,
+            progress=meter,
+        )
     finally:
         _end_progress(meter)
     if args.json:
         emit_json(r)
     else:
-        print(f"restored {r['name']} into {r['target_db']} in {r['duration_seconds']:.1f} s"
-              + (f"; the previous database is kept as {r['previous_kept_as']}" if r["previous_kept_as"] else ""))
+        print(
+            f"restored {r['name']} into {r['target_db']} in {r['duration_seconds']:.1f} s"
+            + (f"; the previous database is kept as {r['previous_kept_as']}" if r["previous_kept_as"] else "")
+        )
     return 0
 
 
@@ -194,8 +258,14 @@ def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(out)
     else:
-        print(f"catalog rebuilt: {len(cat.backups)} backups"
-              + (f", {len(cat.unreadable)} unreadable manifests: {', '.join(cat.unreadable)}" if cat.unreadable else ""))
+        print(
+            f"catalog rebuilt: {len(cat.backups)} backups"
+            + (
+                f", {len(cat.unreadable)} unreadable manifests: {', '.join(cat.unreadable)}"
+                if cat.unreadable
+                else ""
+            )
+        )
     return 0
 
 
@@ -211,8 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--debug", action="store_true", help="verbose logs (secrets are never printed)")
     common.add_argument("--env-file", help="read settings from this file instead of ./.env")
-    p = argparse.ArgumentParser(prog="coldcopy", parents=[common],
-                                description="Encrypted, verified PostgreSQL backups on DigitalOcean Spaces.")
+    p = argparse.ArgumentParser(
+        prog="coldcopy",
+        parents=[common],
+        description="Encrypted, verified PostgreSQL backups on DigitalOcean Spaces.",
+    )
     p.add_argument("--version", action="version", version=f"coldcopy {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -234,19 +307,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backup-name", required=True)
     r.add_argument("--target-db", help="restore into this new database (default: replace DB_NAME safely)")
     r.add_argument("--clean", action="store_true", help="replace --target-db if it exists")
-    r.add_argument("--keep-old", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the replaced database under a dated name (default: keep when replacing DB_NAME)")
+    r.add_argument(
+        "--keep-old",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the replaced database under a dated name (default: keep when replacing DB_NAME)",
+    )
     r.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
     cat = add("catalog", lambda a: (p.parse_args(["catalog", "--help"]), 2)[1], "catalog maintenance")
     cat_sub = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     rb = cat_sub.add_parser("rebuild", parents=[common], help="rebuild catalog.json from the records")
     rb.set_defaults(func=cmd_catalog_rebuild)
-    d = add("demo", cmd_demo, "run the whole thing locally: PostgreSQL, an S3 server, demo data, "
-                              "backup → list → verify → restore → compare")
+    d = add(
+        "demo",
+        cmd_demo,
+        "run the whole thing locally: PostgreSQL, an S3 server, demo data, "
+        "backup → list → verify → restore → compare",
+    )
     d.add_argument("--scale", type=float, default=1.0, help="demo data size (1.0 ≈ a few hundred MB)")
-    d.add_argument("--serve", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep the local stack and the monitor running at the end")
+    d.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep the local stack and the monitor running at the end",
+    )
     d.add_argument("--port", type=int, default=8090)
+    add_job_commands(add)
+    add_serve_command(add)
     return p
 
 
@@ -266,8 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last line of defence: a clear message, no secrets
         if args.debug:
             print(redact(traceback.format_exc(), REDACTOR.settings), file=sys.stderr)
-        print(f"error: unexpected {type(exc).__name__}: {redact(str(exc), REDACTOR.settings)[:500]}\n"
-              "  → run again with --debug for details", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {redact(str(exc), REDACTOR.settings)[:500]}\n"
+            "  → run again with --debug for details",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -196,7 +196,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_SCHEDULE_VERIFY": ("schedule_verify", _cron, None),
     "COLDCOPY_SCHEDULE_CLEANUP": ("schedule_cleanup", _cron, None),
     "COLDCOPY_SCHEDULE_COMPLIANCE": ("schedule_compliance", _cron, None),
-    "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(0, 7 * 1440), None),
+    "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(5, 7 * 1440), None),
     "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("heartbeat_stale_seconds", _int(30, 86400), None),
     "COLDCOPY_LAUNCHER": ("launcher", _choice("local", "docker", "app-platform", "none"), None),
     "DO_API_TOKEN": ("do_api_token", Secret, None),

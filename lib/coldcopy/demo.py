@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import sys
-import shlex
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,19 @@ class Report:
 
 def demo_env(pg: Any, s3: Any, key: str) -> dict[str, str]:
     return {
-        "DB_HOST": pg.host, "DB_PORT": str(pg.port), "DB_NAME": DEMO_DB, "DB_USER": pg.user,
-        "DB_PASSWORD": pg.password, "DB_SSLMODE": "disable", "DO_SPACES_KEY": s3.access_key,
-        "DO_SPACES_SECRET": s3.secret_key, "DO_SPACES_BUCKET": DEMO_BUCKET, "DO_SPACES_REGION": s3.region,
-        "DO_SPACES_ENDPOINT": s3.endpoint_url, "BACKUP_ENCRYPTION_KEY": key, "PG_BIN_DIR": str(pg.bin_dir),
+        "DB_HOST": pg.host,
+        "DB_PORT": str(pg.port),
+        "DB_NAME": DEMO_DB,
+        "DB_USER": pg.user,
+        "DB_PASSWORD": pg.password,
+        "DB_SSLMODE": "disable",
+        "DO_SPACES_KEY": s3.access_key,
+        "DO_SPACES_SECRET": s3.secret_key,
+        "DO_SPACES_BUCKET": DEMO_BUCKET,
+        "DO_SPACES_REGION": s3.region,
+        "DO_SPACES_ENDPOINT": s3.endpoint_url,
+        "BACKUP_ENCRYPTION_KEY": key,
+        "PG_BIN_DIR": str(pg.bin_dir),
     }
 
 
@@ -83,13 +92,20 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
             counts = load_demo_data(conn, scale)
             size = int(conn.run("SELECT pg_database_size(current_database())")[0][0])
             conn.close()
-            info.update(detail=f"{sum(counts.values()):,} rows in {len(counts)} tables, {human_bytes(size)}",
-                        database_bytes=size, rows=counts)
+            info.update(
+                detail=f"{sum(counts.values()):,} rows in {len(counts)} tables, {human_bytes(size)}",
+                database_bytes=size,
+                rows=counts,
+            )
         with rep.step("coldcopy backup") as info:
             m = run_backup(settings)
-            info.update(detail=f"{m.name}: {human_bytes(m.raw_size)} dump → {human_bytes(m.stored_size)} stored, "
-                               "compressed and encrypted", name=m.name, stored_bytes=m.stored_size,
-                        raw_bytes=m.raw_size)
+            info.update(
+                detail=f"{m.name}: {human_bytes(m.raw_size)} dump → {human_bytes(m.stored_size)} stored, "
+                "compressed and encrypted",
+                name=m.name,
+                stored_bytes=m.stored_size,
+                raw_bytes=m.raw_size,
+            )
         with rep.step("coldcopy list-backups") as info:
             entries = context(settings).catalog.read().entries()
             info.update(detail=", ".join(e.name for e in entries), count=len(entries))
@@ -121,7 +137,9 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
 
 
 def _print_next_steps(env: dict[str, str], key: str) -> None:
-    print("\nTo keep exploring, run `coldcopy demo --serve` (the stack stays up until Ctrl-C), then in another")
+    print(
+        "\nTo keep exploring, run `coldcopy demo --serve` (the stack stays up until Ctrl-C), then in another"
+    )
     print("shell export the settings it prints and try `coldcopy list-backups`, `coldcopy status`, …")
     print(f"(this run's throwaway encryption key was {key[:4]}…; it is gone with the demo)")
 
@@ -129,28 +147,25 @@ def _print_next_steps(env: dict[str, str], key: str) -> None:
 def _serve_forever(settings: Settings, port: int) -> None:
     env_lines = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(_settings_env(settings).items()))
     print(f"\nThe local stack is running. In another shell:\n  export {env_lines}\n  coldcopy list-backups")
-    try:
-        from .serve import serve  # type: ignore[attr-defined]
-    except ImportError:
-        serve = None
-    if serve is not None:
-        print(f"Monitor: http://127.0.0.1:{port}/ (token in MONITOR_TOKEN above)")
+    from .serve import serve
+
+    print(f"Monitor: http://127.0.0.1:{port}/ (token in MONITOR_TOKEN above). Press Ctrl-C to stop.")
+    with suppress(KeyboardInterrupt):
         serve(settings, port)
-        return
-    print("Press Ctrl-C to stop.")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
     return {
-        "DB_HOST": settings.db_host, "DB_PORT": str(settings.db_port), "DB_NAME": settings.db_name,
-        "DB_USER": settings.db_user, "DB_PASSWORD": settings.db_password.reveal(), "DB_SSLMODE": settings.db_sslmode,
-        "DO_SPACES_KEY": settings.spaces_key, "DO_SPACES_SECRET": settings.spaces_secret.reveal(),
-        "DO_SPACES_BUCKET": settings.spaces_bucket, "DO_SPACES_REGION": settings.spaces_region,
-        "DO_SPACES_ENDPOINT": settings.spaces_endpoint, "BACKUP_ENCRYPTION_KEY": settings.encryption_key.reveal(),
+        "DB_HOST": settings.db_host,
+        "DB_PORT": str(settings.db_port),
+        "DB_NAME": settings.db_name,
+        "DB_USER": settings.db_user,
+        "DB_PASSWORD": settings.db_password.reveal(),
+        "DB_SSLMODE": settings.db_sslmode,
+        "DO_SPACES_KEY": settings.spaces_key,
+        "DO_SPACES_SECRET": settings.spaces_secret.reveal(),
+        "DO_SPACES_BUCKET": settings.spaces_bucket,
+        "DO_SPACES_REGION": settings.spaces_region,
+        "DO_SPACES_ENDPOINT": settings.spaces_endpoint,
+        "BACKUP_ENCRYPTION_KEY": settings.encryption_key.reveal(),
     }
-

@@ -28,8 +28,9 @@ class ConfigError(ColdCopyError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(
-            f"configuration is not usable ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n{lines}",
+            f"configuration is not usable ({count}):\n{lines}",
             "set the variables in the environment or in .env (see .env.example)",
         )
 

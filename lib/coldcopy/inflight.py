@@ -44,8 +44,12 @@ class Marker:
         self._last = 0.0
 
     def _body(self) -> dict[str, object]:
-        return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-                "heartbeat_at": iso(datetime.now(UTC))}
+        return {
+            "name": self.name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat_at": iso(datetime.now(UTC)),
+        }
 
     def create(self) -> None:
         try:
@@ -67,9 +71,9 @@ class Marker:
 
 
 def is_stale(marker: dict[str, object], modified: datetime, stale_after: float, now: datetime) -> bool:
-    if marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int):
-        if not _pid_alive(int(str(marker["pid"]))):
-            return True
+    same_host = marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int)
+    if same_host and not _pid_alive(int(str(marker["pid"]))):
+        return True
     beat = marker.get("heartbeat_at")
     last = parse_iso(beat) if isinstance(beat, str) else modified
     return now - max(last, modified) > timedelta(seconds=stale_after)
@@ -97,7 +101,11 @@ def clean_stale(storage: Storage, stale_after: float, now: datetime | None = Non
         except (NotFoundError, ValueError):
             continue
         name = str(marker.get("name", ""))
-        if not name or marker_key(name) != obj.key or not is_stale(marker, obj.last_modified, stale_after, now):
+        if (
+            not name
+            or marker_key(name) != obj.key
+            or not is_stale(marker, obj.last_modified, stale_after, now)
+        ):
             continue
         remove_partial(storage, name)
         storage.delete([obj.key])

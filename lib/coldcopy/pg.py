@@ -44,14 +44,18 @@ def tool_path(name: str, settings: Settings) -> str:
         if not candidate.exists():
             raise ConfigError([f"PG_BIN_DIR has no {name} ({candidate})"])
         return str(candidate)
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                   key=lambda p: int(re.sub(r"\D", "", p.split("/")[4]) or 0))
+    found = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(re.sub(r"\D", "", p.split("/")[4]) or 0),
+    )
     if found:
         return found[-1]
     on_path = shutil.which(name)
     if not on_path:
-        raise DatabaseError(f"{name} is not installed",
-                            "install the PostgreSQL client tools (postgresql-client) or set PG_BIN_DIR")
+        raise DatabaseError(
+            f"{name} is not installed",
+            "install the PostgreSQL client tools (postgresql-client) or set PG_BIN_DIR",
+        )
     return on_path
 
 
@@ -84,8 +88,13 @@ class Postgres:
     def connect(self, dbname: str | None = None) -> pg8000.native.Connection:
         db = dbname or self.s.db_name
         params: dict[str, Any] = {
-            "user": self.s.db_user, "password": self.s.db_password.reveal() or None, "host": self.s.db_host,
-            "port": self.s.db_port, "database": db, "timeout": 30, "application_name": "coldcopy",
+            "user": self.s.db_user,
+            "password": self.s.db_password.reveal() or None,
+            "host": self.s.db_host,
+            "port": self.s.db_port,
+            "database": db,
+            "timeout": 30,
+            "application_name": "coldcopy",
         }
         mode = self.s.db_sslmode
         try:
@@ -103,15 +112,18 @@ class Postgres:
         if isinstance(detail, dict):
             code, msg = detail.get("C", ""), detail.get("M", "")
             if code in ("28P01", "28000"):
-                return DatabaseError(f"PostgreSQL refused the login of {self.s.db_user!r}: {msg}",
-                                     "check DB_USER and DB_PASSWORD")
+                return DatabaseError(
+                    f"PostgreSQL refused the login of {self.s.db_user!r}: {msg}",
+                    "check DB_USER and DB_PASSWORD",
+                )
             if code == "3D000":
                 return DatabaseError(f"database {db!r} does not exist", "check DB_NAME")
             text = f"{code} {msg}"
         else:
             text = str(detail)
+        where = f"{self.s.db_host}:{self.s.db_port}/{db}"
         return DatabaseError(
-            f"cannot connect to PostgreSQL at {self.s.db_host}:{self.s.db_port}/{db}: {redact(text, self.s)[:300]}",
+            f"cannot connect to PostgreSQL at {where}: {redact(text, self.s)[:300]}",
             "check DB_HOST, DB_PORT, DB_SSLMODE and that the server accepts connections",
         )
 
@@ -129,9 +141,15 @@ class Postgres:
     # -- client tools -----------------------------------------------------------------------------
     def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env.update(PGHOST=self.s.db_host, PGPORT=str(self.s.db_port), PGUSER=self.s.db_user,
-                   PGDATABASE=dbname or self.s.db_name, PGSSLMODE=self.s.db_sslmode,
-                   PGCONNECT_TIMEOUT="30", PGAPPNAME="coldcopy")
+        env.update(
+            PGHOST=self.s.db_host,
+            PGPORT=str(self.s.db_port),
+            PGUSER=self.s.db_user,
+            PGDATABASE=dbname or self.s.db_name,
+            PGSSLMODE=self.s.db_sslmode,
+            PGCONNECT_TIMEOUT="30",
+            PGAPPNAME="coldcopy",
+        )
         if self.s.db_password:
             env["PGPASSWORD"] = self.s.db_password.reveal()
         return env
@@ -175,17 +193,23 @@ class Postgres:
 
     def rename_database(self, conn: pg8000.native.Connection, old: str, new: str) -> None:
         conn.run(f"ALTER DATABASE {quote_ident(old)} WITH ALLOW_CONNECTIONS false")
-        conn.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                 "WHERE datname = :n AND pid <> pg_backend_pid()", n=old)
+        conn.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = :n AND pid <> pg_backend_pid()",
+            n=old,
+        )
         conn.run(f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(new)}")
         conn.run(f"ALTER DATABASE {quote_ident(new)} WITH ALLOW_CONNECTIONS true")
 
 
-def run_tool(args: list[str], env: dict[str, str], settings: Settings, what: str,
-             input_bytes: bytes | None = None) -> bytes:
+def run_tool(
+    args: list[str], env: dict[str, str], settings: Settings, what: str, input_bytes: bytes | None = None
+) -> bytes:
     """Run a client tool to completion; on failure raise DatabaseError with its redacted stderr."""
     proc = subprocess.run(args, env=env, input=input_bytes, capture_output=True, check=False)
     if proc.returncode != 0:
-        raise DatabaseError(f"{what} failed (exit {proc.returncode}): "
-                            f"{redact(proc.stderr.decode(errors='replace'), settings).strip()[-800:]}")
+        raise DatabaseError(
+            f"{what} failed (exit {proc.returncode}): "
+            f"{redact(proc.stderr.decode(errors='replace'), settings).strip()[-800:]}"
+        )
     return proc.stdout

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, Protocol
 
 import zstandard
 
@@ -71,7 +71,7 @@ class Packer:
         return StreamStats(self.raw_size, self._raw.hexdigest(), self.stored_size, self._stored.hexdigest())
 
 
-def read_chunks(source: BinaryIO, size: int = READ_SIZE) -> Iterator[bytes]:
+def read_chunks(source: IO[bytes], size: int = READ_SIZE) -> Iterator[bytes]:
     fd = source.fileno()
     with contextlib.suppress(OSError):  # a 1 MiB pipe: fewer, larger reads; the writer blocks less
         fcntl.fcntl(fd, F_SETPIPE_SZ, size)
@@ -79,8 +79,14 @@ def read_chunks(source: BinaryIO, size: int = READ_SIZE) -> Iterator[bytes]:
         yield chunk
 
 
-def pack_stream(source: BinaryIO, sink: Sink, key: MasterKey | None, level: int,
-                progress: Progress | None = None, threads: int = 0) -> StreamStats:
+def pack_stream(
+    source: IO[bytes],
+    sink: Sink,
+    key: MasterKey | None,
+    level: int,
+    progress: Progress | None = None,
+    threads: int = 0,
+) -> StreamStats:
     """Read ``source`` to EOF through the packer into ``sink``.
 
     The source is drained by its own thread (``prefetch``) so the producer (pg_dump) never waits

@@ -33,18 +33,22 @@ class BackupReader:
         for obj in self.objects():
             info = self.ctx.storage.head(obj.key)
             if info is None:
-                raise IntegrityError(f"{obj.key} is missing from the bucket",
-                                     "this backup is incomplete; use another backup")
+                raise IntegrityError(
+                    f"{obj.key} is missing from the bucket", "this backup is incomplete; use another backup"
+                )
             if info.size != obj.stored_size:
                 raise IntegrityError(
                     f"{obj.key} is {info.size} bytes but the manifest says {obj.stored_size}",
-                    "the stored backup was altered or truncated; use another backup")
+                    "the stored backup was altered or truncated; use another backup",
+                )
         head = self.ctx.storage.get_bytes(self.manifest.data.key, (0, HEADER_PROBE - 1))
         header = read_header(head)
         want = self.manifest.encryption.get("key_id")
         if header.key_id != want:
-            raise IntegrityError(f"the stored data was written with key id {header.key_id}, "
-                                 f"but the manifest says {want}", "the backup's objects were mixed up")
+            raise IntegrityError(
+                f"the stored data was written with key id {header.key_id}, but the manifest says {want}",
+                "the backup's objects were mixed up",
+            )
         try:
             check_key(header, self.ctx.key)
         except WrongKeyError:
@@ -52,8 +56,9 @@ class BackupReader:
         except IntegrityError as exc:
             raise WrongKeyError(exc.message, exc.hint) from None
 
-    def stream(self, obj: StoredObject, sink: Callable[[bytes], object],
-               progress: Progress | None = None) -> StreamStats:
+    def stream(
+        self, obj: StoredObject, sink: Callable[[bytes], object], progress: Progress | None = None
+    ) -> StreamStats:
         """Decrypt and decompress ``obj`` into ``sink``; raises IntegrityError on any mismatch."""
         body = self.ctx.storage.open(obj.key)
         unpacker = Unpacker(self.ctx.key)

@@ -24,9 +24,17 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
 
 
-def run_restore(settings: Settings, name: str, target_db: str | None = None, *, clean: bool = False,
-                keep_old: bool | None = None, no_owner: bool = False, check_counts: bool = True,
-                progress: Progress | None = None) -> dict[str, Any]:
+def run_restore(
+    settings: Settings,
+    name: str,
+    target_db: str | None = None,
+    *,
+    clean: bool = False,
+    keep_old: bool | None = None,
+    no_owner: bool = False,
+    check_counts: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     t0 = time.monotonic()
     ctx = context(settings)
     reader = BackupReader(ctx, name)
@@ -35,15 +43,20 @@ def run_restore(settings: Settings, name: str, target_db: str | None = None, *, 
     pg_restore = pg.tool("pg_restore")
     dumped_by = re.search(r"(\d+)", reader.manifest.tool)
     if dumped_by and pg_restore.major < int(dumped_by.group(1)):
-        raise DatabaseError(f"the local pg_restore is version {pg_restore.major} but the backup was made "
-                            f"with {reader.manifest.tool}", "install a newer postgresql-client or set PG_BIN_DIR")
+        raise DatabaseError(
+            f"the local pg_restore is version {pg_restore.major} but the backup was made "
+            f"with {reader.manifest.tool}",
+            "install a newer postgresql-client or set PG_BIN_DIR",
+        )
     final = validate_db_identifier(target_db or settings.db_name, "target database")
     in_place = target_db is None
     with pg.session(pg.maintenance_db()) as admin:
         exists = pg.database_exists(admin, final)
         if exists and not in_place and not clean:
-            raise ConflictError(f"database {final!r} already exists",
-                                "choose another --target-db, or pass --clean to replace it")
+            raise ConflictError(
+                f"database {final!r} already exists",
+                "choose another --target-db, or pass --clean to replace it",
+            )
         if keep_old is None:
             keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
         staging = f"{final[:40]}_ccstage_{_stamp()}" if exists else final
@@ -55,7 +68,9 @@ def run_restore(settings: Settings, name: str, target_db: str | None = None, *, 
         exact = check_counts and reader.manifest.row_counts == "exact"
         mismatches = _check_counts(pg, staging, reader.manifest.tables) if exact else []
         if mismatches:
-            raise DatabaseError("the restored row counts differ from the backup's: " + "; ".join(mismatches[:5]))
+            raise DatabaseError(
+                "the restored row counts differ from the backup's: " + "; ".join(mismatches[:5])
+            )
     except BaseException:
         with pg.session(pg.maintenance_db()) as admin:
             pg.drop_database(admin, staging)  # the target stays as it was
@@ -73,20 +88,35 @@ def run_restore(settings: Settings, name: str, target_db: str | None = None, *, 
             if not keep_old:
                 pg.drop_database(admin, old_name)
     return {
-        "name": reader.manifest.name, "target_db": final, "replaced": exists,
+        "name": reader.manifest.name,
+        "target_db": final,
+        "replaced": exists,
         "previous_kept_as": old_name if exists and keep_old else None,
-        "duration_seconds": round(time.monotonic() - t0, 3), "raw_size_bytes": reader.manifest.data.raw_size,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "raw_size_bytes": reader.manifest.data.raw_size,
         "tables_checked": len(reader.manifest.tables) if check_counts else 0,
     }
 
 
-def _pg_restore(reader: BackupReader, pg: Postgres, tool: str, dbname: str, settings: Settings,
-                no_owner: bool, progress: Progress | None) -> None:
+def _pg_restore(
+    reader: BackupReader,
+    pg: Postgres,
+    tool: str,
+    dbname: str,
+    settings: Settings,
+    no_owner: bool,
+    progress: Progress | None,
+) -> None:
     args = [tool, "--exit-on-error", "--no-password", f"--dbname={dbname}"]
     if no_owner:
         args += ["--no-owner", "--no-privileges"]
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=pg.libpq_env(dbname))
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=pg.libpq_env(dbname),
+    )
     assert proc.stdin is not None and proc.stderr is not None
     errors = _StderrTail(proc.stderr)
     stdin = proc.stdin
@@ -101,8 +131,10 @@ def _pg_restore(reader: BackupReader, pg: Postgres, tool: str, dbname: str, sett
         raise
     rc = proc.wait()
     if rc != 0:
-        raise DatabaseError(f"pg_restore failed (exit {rc}): {redact(errors.text(), settings)[-800:]}",
-                            "the target was left as it was")
+        raise DatabaseError(
+            f"pg_restore failed (exit {rc}): {redact(errors.text(), settings)[-800:]}",
+            "the target was left as it was",
+        )
 
 
 def _check_counts(pg: Postgres, dbname: str, expected: dict[str, int]) -> list[str]:
@@ -113,5 +145,3 @@ def _check_counts(pg: Postgres, dbname: str, expected: dict[str, int]) -> list[s
         if got.get(table) != rows:
             out.append(f"{table}: backup {rows}, restored {got.get(table)}")
     return out
-
-

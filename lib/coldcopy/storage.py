@@ -9,6 +9,8 @@ uploads that are aborted on failure.  All keys are relative to the cluster prefi
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import json
 import logging
 import threading
@@ -48,15 +50,19 @@ def _code(exc: ClientError) -> str:
 def storage_error(exc: Exception, action: str, bucket: str) -> StorageError:
     """Translate a boto error into an operator message (never includes credentials)."""
     if isinstance(exc, EndpointConnectionError):
-        return StorageError(f"cannot reach the storage endpoint while trying to {action}",
-                            "check DO_SPACES_ENDPOINT and the network")
+        return StorageError(
+            f"cannot reach the storage endpoint while trying to {action}",
+            "check DO_SPACES_ENDPOINT and the network",
+        )
     if isinstance(exc, ClientError):
         code = _code(exc)
         if code == "NoSuchBucket":
             return StorageError(f"bucket {bucket!r} does not exist", "create it or fix DO_SPACES_BUCKET")
         if code in _CREDENTIALS:
-            return StorageError(f"storage refused the credentials ({code}) while trying to {action}",
-                                "check DO_SPACES_KEY / DO_SPACES_SECRET and the key's bucket grants")
+            return StorageError(
+                f"storage refused the credentials ({code}) while trying to {action}",
+                "check DO_SPACES_KEY / DO_SPACES_SECRET and the key's bucket grants",
+            )
         return StorageError(f"storage error {code} while trying to {action}")
     return StorageError(f"storage failure while trying to {action}: {type(exc).__name__}")
 
@@ -74,7 +80,7 @@ class Storage:
         return self.prefix + key
 
     def _rel(self, full: str) -> str:
-        return full[len(self.prefix):]
+        return full[len(self.prefix) :]
 
     def _call(self, action: str, fn: Any, **kwargs: Any) -> Any:
         try:
@@ -90,11 +96,23 @@ class Storage:
             raise storage_error(exc, action, self.bucket) from None
 
     # -- single objects -----------------------------------------------------------------------------
-    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False,
-                  content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        create_only: bool = False,
+        content_type: str = "application/octet-stream",
+    ) -> None:
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if create_only else {}
-        self._call(f"write {key}", self.client.put_object, Key=self.full_key(key), Body=data,
-                   ContentType=content_type, **extra)
+        self._call(
+            f"write {key}",
+            self.client.put_object,
+            Key=self.full_key(key),
+            Body=data,
+            ContentType=content_type,
+            **extra,
+        )
 
     def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
         body = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
@@ -147,17 +165,21 @@ class Storage:
 
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
-            batch = [{"Key": self.full_key(k)} for k in keys[i:i + 1000]]
-            resp = self._call("delete objects", self.client.delete_objects,
-                              Delete={"Objects": batch, "Quiet": True})
+            batch = [{"Key": self.full_key(k)} for k in keys[i : i + 1000]]
+            resp = self._call(
+                "delete objects", self.client.delete_objects, Delete={"Objects": batch, "Quiet": True}
+            )
             if resp.get("Errors"):
                 first = resp["Errors"][0]
-                raise StorageError(f"could not delete {len(resp['Errors'])} objects "
-                                   f"(first: {self._rel(first.get('Key', ''))}: {first.get('Code')})")
+                raise StorageError(
+                    f"could not delete {len(resp['Errors'])} objects "
+                    f"(first: {self._rel(first.get('Key', ''))}: {first.get('Code')})"
+                )
 
     # -- listings -----------------------------------------------------------------------------------
-    def list(self, prefix: str = "", *, start_after: str | None = None,
-             delimiter: str | None = None) -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, delimiter: str | None = None
+    ) -> Iterator[ObjectInfo]:
         kwargs: dict[str, Any] = {"Prefix": self.full_key(prefix) if prefix else self.prefix}
         if start_after:
             kwargs["StartAfter"] = self.full_key(start_after)
@@ -188,14 +210,16 @@ class Storage:
             raise storage_error(exc, "list objects", self.bucket) from None
 
     # -- multipart ----------------------------------------------------------------------------------
-    def multipart(self, key: str, *, part_size: int, concurrency: int,
-                  create_only: bool = True) -> MultipartWriter:
-        return MultipartWriter(self, key, part_size=part_size, concurrency=concurrency,
-                               create_only=create_only)
+    def multipart(
+        self, key: str, *, part_size: int, concurrency: int, create_only: bool = True
+    ) -> MultipartWriter:
+        return MultipartWriter(
+            self, key, part_size=part_size, concurrency=concurrency, create_only=create_only
+        )
 
-    def incomplete_uploads(self, prefix: str) -> list[tuple[str, str, datetime]]:
+    def incomplete_uploads(self, prefix: str) -> builtins.list[tuple[str, str, datetime]]:
         """(relative key, upload id, initiated) of multipart uploads that were never completed."""
-        out: list[tuple[str, str, datetime]] = []
+        out: builtins.list[tuple[str, str, datetime]] = []
         kwargs: dict[str, Any] = {"Prefix": self.full_key(prefix)}
         while True:
             resp = self._call("list multipart uploads", self.client.list_multipart_uploads, **kwargs)
@@ -207,11 +231,13 @@ class Storage:
             kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
 
     def abort_upload(self, key: str, upload_id: str) -> None:
-        try:
-            self._call(f"abort upload of {key}", self.client.abort_multipart_upload,
-                       Key=self.full_key(key), UploadId=upload_id)
-        except NotFoundError:
-            pass
+        with contextlib.suppress(NotFoundError):
+            self._call(
+                f"abort upload of {key}",
+                self.client.abort_multipart_upload,
+                Key=self.full_key(key),
+                UploadId=upload_id,
+            )
 
 
 class MultipartWriter:
@@ -221,8 +247,9 @@ class MultipartWriter:
     ``complete()``) removes every uploaded part.  Small payloads are written with one PUT.
     """
 
-    def __init__(self, storage: Storage, key: str, *, part_size: int, concurrency: int,
-                 create_only: bool) -> None:
+    def __init__(
+        self, storage: Storage, key: str, *, part_size: int, concurrency: int, create_only: bool
+    ) -> None:
         self.storage, self.key, self.part_size, self.create_only = storage, key, part_size, create_only
         self._chunks: list[bytes] = []
         self._pending = 0
@@ -260,8 +287,11 @@ class MultipartWriter:
 
     def _start(self) -> str:
         if self._upload_id is None:
-            resp = self.storage._call(f"start upload of {self.key}", self.storage.client.create_multipart_upload,
-                                      Key=self.storage.full_key(self.key))
+            resp = self.storage._call(
+                f"start upload of {self.key}",
+                self.storage.client.create_multipart_upload,
+                Key=self.storage.full_key(self.key),
+            )
             self._upload_id = resp["UploadId"]
             log.debug("multipart upload started for %s", self.key)
         return self._upload_id
@@ -274,9 +304,14 @@ class MultipartWriter:
 
         def send() -> dict[str, Any]:
             try:
-                resp = self.storage._call(f"upload part {number} of {self.key}",
-                                          self.storage.client.upload_part, Key=self.storage.full_key(self.key),
-                                          UploadId=upload_id, PartNumber=number, Body=part)
+                resp = self.storage._call(
+                    f"upload part {number} of {self.key}",
+                    self.storage.client.upload_part,
+                    Key=self.storage.full_key(self.key),
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=part,
+                )
                 return {"PartNumber": number, "ETag": resp["ETag"]}
             finally:
                 self._slots.release()
@@ -299,10 +334,14 @@ class MultipartWriter:
                     self._submit(rest)
                 parts = [f.result() for f in self._parts]
                 extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.create_only else {}
-                self.storage._call(f"complete upload of {self.key}",
-                                   self.storage.client.complete_multipart_upload,
-                                   Key=self.storage.full_key(self.key), UploadId=self._upload_id,
-                                   MultipartUpload={"Parts": parts}, **extra)
+                self.storage._call(
+                    f"complete upload of {self.key}",
+                    self.storage.client.complete_multipart_upload,
+                    Key=self.storage.full_key(self.key),
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **extra,
+                )
             self._chunks.clear()
             self._closed = True
             return self.bytes_written

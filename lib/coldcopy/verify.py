@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -39,12 +40,18 @@ class VerifyResult:
         return ok
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "level": self.level, "ok": self.ok, "duration_seconds": self.duration_seconds,
-                "checks": [c.__dict__ for c in self.checks]}
+        return {
+            "name": self.name,
+            "level": self.level,
+            "ok": self.ok,
+            "duration_seconds": self.duration_seconds,
+            "checks": [c.__dict__ for c in self.checks],
+        }
 
 
-def run_verify(settings: Settings, name: str, level: str = "checksum",
-               progress: Progress | None = None) -> VerifyResult:
+def run_verify(
+    settings: Settings, name: str, level: str = "checksum", progress: Progress | None = None
+) -> VerifyResult:
     t0 = time.monotonic()
     name = validate_name(name)
     ctx = context(settings)
@@ -58,8 +65,9 @@ def run_verify(settings: Settings, name: str, level: str = "checksum",
     return result
 
 
-def _verify(ctx: BackupContext, settings: Settings, name: str, result: VerifyResult,
-            progress: Progress | None) -> None:
+def _verify(
+    ctx: BackupContext, settings: Settings, name: str, result: VerifyResult, progress: Progress | None
+) -> None:
     try:
         reader = BackupReader(ctx, name)
     except ColdCopyError as exc:
@@ -79,18 +87,27 @@ def _verify(ctx: BackupContext, settings: Settings, name: str, result: VerifyRes
         toc.abandon()
         result.add("every chunk authenticates; sizes and checksums match", False, exc.message)
         return
-    result.add("every chunk authenticates; sizes and checksums match", True,
-               f"{stats.stored_size} bytes stored, {stats.raw_size} bytes of dump, sha256 {stats.raw_sha256[:16]}…")
+    result.add(
+        "every chunk authenticates; sizes and checksums match",
+        True,
+        f"{stats.stored_size} bytes stored, {stats.raw_size} bytes of dump, sha256 {stats.raw_sha256[:16]}…",
+    )
     listing, error = toc.finish()
     if error:
         result.add("pg_restore --list reads the dump", False, error)
     else:
-        data_tables = {line.split(" TABLE DATA ", 1)[1].rsplit(" ", 1)[0].replace(" ", ".", 1)
-                       for line in listing.splitlines() if " TABLE DATA " in line and not line.startswith(";")}
+        data_tables = {
+            line.split(" TABLE DATA ", 1)[1].rsplit(" ", 1)[0].replace(" ", ".", 1)
+            for line in listing.splitlines()
+            if " TABLE DATA " in line and not line.startswith(";")
+        }
         missing = [t for t in reader.manifest.tables if t not in data_tables]
         entries = sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
-        result.add("pg_restore --list reads the dump", not missing,
-                   f"{entries} archive entries" + (f"; tables missing: {', '.join(missing[:5])}" if missing else ""))
+        result.add(
+            "pg_restore --list reads the dump",
+            not missing,
+            f"{entries} archive entries" + (f"; tables missing: {', '.join(missing[:5])}" if missing else ""),
+        )
     if reader.manifest.globals:
         try:
             reader.read_small(reader.manifest.globals)
@@ -105,8 +122,12 @@ class _TocReader:
 
     def __init__(self, pg: Postgres, settings: Settings) -> None:
         self.settings = settings
-        self.proc = subprocess.Popen([pg.tool("pg_restore").path, "--list"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [pg.tool("pg_restore").path, "--list"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._out = _Collect(self.proc.stdout)
         self._err = _StderrTail(self.proc.stderr)
@@ -123,13 +144,14 @@ class _TocReader:
 
     def finish(self) -> tuple[str, str]:
         if self._open and self.proc.stdin:
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            except OSError:
-                pass
         rc = self.proc.wait()
         if rc != 0:
-            return "", f"pg_restore --list failed (exit {rc}): {redact(self._err.text(), self.settings)[-500:]}"
+            return (
+                "",
+                f"pg_restore --list failed (exit {rc}): {redact(self._err.text(), self.settings)[-500:]}",
+            )
         return self._out.text(), ""
 
     def abandon(self) -> None:
@@ -142,8 +164,9 @@ class _Collect:
         import threading
 
         self.parts: list[bytes] = []
-        self._t = threading.Thread(target=lambda: self.parts.extend(iter(lambda: stream.read(65536), b"")),
-                                   daemon=True)
+        self._t = threading.Thread(
+            target=lambda: self.parts.extend(iter(lambda: stream.read(65536), b"")), daemon=True
+        )
         self._t.start()
 
     def text(self) -> str:

@@ -37,7 +37,7 @@ class S3Server:
 
     host = "127.0.0.1"
     access_key = "test"
-    secret_key = "test"
+    secret_key = "local-s3-secret"  # moto checks no signature; distinctive so redaction is visible
     region = "us-east-1"
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:

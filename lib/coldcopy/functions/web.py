@@ -1,0 +1,365 @@
+"""The monitor's web functions: ``handle("<function>", event, context)`` → ``{statusCode, headers, body}``.
+
+Each ``packages/monitor/<fn>/__main__.py`` calls ``handle`` with its own name; ``coldcopy serve``
+calls those same ``main`` functions locally.  Settings come from the environment (project.yml's
+``environment``), loaded once per process with the storage client and a parsed-catalog cache, so
+a warm call costs one conditional GET of catalog.json plus one journal listing.
+
+Nothing here lets an exception escape: bad input is a 4xx, a server-side problem a JSON 5xx, and
+tracebacks go to the function's log only.  Heavy modules (pg8000, zstandard, cryptography) are
+never imported on this path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config import STORAGE, Settings, environment, load_settings, redact
+from ..errors import ColdCopyError, ConfigError, InvalidNameError, NotFoundError, StorageError
+from ..http_api import (
+    BY_FUNCTION,
+    DASHBOARD_HTML,
+    HTML_TYPE,
+    PROMETHEUS_TYPE,
+    HttpError,
+    Request,
+    alerts_view,
+    authorize,
+    backup_item,
+    check_method,
+    decode_cursor,
+    encode_cursor,
+    error_response,
+    json_response,
+    kind_param,
+    limit_param,
+    paginate,
+    parse_event,
+    path_arg,
+    queued_view,
+    recovery_time_view,
+    status_view,
+    text_response,
+)
+from ..manifest import iso
+
+log = logging.getLogger(__name__)
+
+
+# -- per-process state ----------------------------------------------------------------------------
+@dataclass
+class _Config:
+    settings: Settings | None  # None when even the optional values are malformed
+    problems: list[str]  # variable names that stop the storage from working
+    token: str
+
+
+@dataclass
+class _Backend:
+    settings: Settings
+    storage: Any  # coldcopy.storage.Storage (imported lazily: boto3 is the slow import)
+    catalog: Any  # coldcopy.catalog_store.CatalogStore
+
+
+_lock = threading.Lock()
+_override: Settings | None = None
+_config: _Config | None = None
+_backend: _Backend | None = None
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Serve with these settings instead of the environment (``coldcopy serve`` with settings, tests)."""
+    global _override
+    with _lock:
+        _override = settings
+    reset()
+
+
+def reset() -> None:
+    """Forget the cached settings, storage client and catalog (the next call reloads them)."""
+    global _config, _backend
+    with _lock:
+        _config, _backend = None, None
+
+
+def _var_names(problems: list[str]) -> list[str]:
+    return sorted({p.split(" ", 1)[0] for p in problems})
+
+
+def _load_config() -> _Config:
+    if _override is not None:
+        s = _override
+        required = (
+            ("DO_SPACES_KEY", s.spaces_key),
+            ("DO_SPACES_SECRET", bool(s.spaces_secret)),
+            ("DO_SPACES_BUCKET", s.spaces_bucket),
+        )
+        missing = [var for var, ok in required if not ok]
+        return _Config(s, missing, s.monitor_token.reveal())
+    try:
+        s = load_settings(need=(STORAGE,))
+        return _Config(s, [], s.monitor_token.reveal())
+    except ConfigError as exc:
+        log.error("the monitor's configuration is not usable: %s", exc)
+        problems = _var_names(exc.problems)
+    token = environment().get("MONITOR_TOKEN", "").strip()
+    try:
+        return _Config(load_settings(), problems, token)
+    except ConfigError:
+        return _Config(None, problems, token)
+
+
+def _get_config() -> _Config:
+    global _config
+    with _lock:
+        if _config is None:
+            _config = _load_config()
+        return _config
+
+
+def _get_backend(cfg: _Config) -> _Backend:
+    global _backend
+    if cfg.settings is None or cfg.problems:
+        names = ", ".join(cfg.problems) or "see the function log"
+        raise HttpError(503, "misconfigured", f"the server's storage settings are incomplete ({names})")
+    with _lock:
+        if _backend is None:
+            from ..catalog_store import CatalogStore
+            from ..storage import Storage
+
+            storage = Storage(cfg.settings)
+            _backend = _Backend(cfg.settings, storage, CatalogStore(storage))
+        return _backend
+
+
+# -- handlers -------------------------------------------------------------------------------------
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _health(req: Request, cfg: _Config) -> dict[str, Any]:
+    reachable, problem = False, None
+    try:
+        _get_backend(cfg).catalog.read_cached()
+        reachable = True
+    except HttpError:
+        problem = "storage settings are incomplete"
+    except StorageError:
+        problem = "storage is unreachable or refused the request"
+    except ColdCopyError:
+        problem = "the catalog could not be read"
+    body = {
+        "ok": reachable and bool(cfg.token),
+        "catalog_reachable": reachable,
+        "monitor_token_configured": bool(cfg.token),
+        "checked_at": iso(_now()),
+    }
+    if problem:
+        body["problem"] = problem
+    return json_response(200 if reachable else 503, body)
+
+
+def _status(req: Request, cfg: _Config) -> dict[str, Any]:
+    b = _get_backend(cfg)
+    cat = b.catalog.read_cached()
+    return json_response(200, status_view(cat, encrypted=b.settings.encrypted, now=_now()))
+
+
+def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
+    limit = limit_param(req.param("limit"))
+    kind = kind_param(req.param("kind"))
+    after = decode_cursor(req.param("cursor"))
+    cat = _get_backend(cfg).catalog.read_cached()
+    entries = cat.entries(kind)
+    page, next_key = paginate(entries, limit, after)
+    body: dict[str, Any] = {
+        "backups": [backup_item(e, cat.verifications.get(e.name)) for e in page],
+        "count": len(page),
+        "total": len(entries),
+        "limit": limit,
+        "kind": kind,
+        "next_cursor": None,
+        "links": {},
+    }
+    if next_key is not None:
+        cursor = encode_cursor(next_key)
+        body["next_cursor"] = cursor
+        body["links"]["next"] = f"/backups?limit={limit}&cursor={cursor}" + (f"&kind={kind}" if kind else "")
+    return json_response(200, body)
+
+
+def _backup_name(req: Request, *, required: bool) -> str | None:
+    from ..names import validate_name
+
+    name = path_arg(req, "name")
+    if name is None:
+        if required:
+            raise HttpError(400, "missing_name", "give a backup name: /backup/<name> (see GET /backups)")
+        return None
+    return validate_name(name)
+
+
+def _backup(req: Request, cfg: _Config) -> dict[str, Any]:
+    name = _backup_name(req, required=True)
+    assert name is not None
+    manifest = _get_backend(cfg).catalog.manifest(name)  # NotFoundError → 404
+    return json_response(200, manifest.to_dict())
+
+
+def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    from ..jobs import enqueue
+
+    b = _get_backend(cfg)
+    name = params.get("name")
+    if name is not None and name not in b.catalog.read_cached().backups:
+        raise NotFoundError(f"no backup named {name}", "GET /backups lists the backups")
+    run_id = enqueue(b.storage, kind, params)
+    if run_id is None:  # only slot-keyed jobs are deduplicated; ours never are
+        raise HttpError(409, "already_queued", "this job is already queued")
+    woken, detail = _wake(b.settings)
+    return json_response(202, queued_view(run_id, kind, woken, detail), {"Location": f"/runs/{run_id}"})
+
+
+def _wake(settings: Settings) -> tuple[bool, str]:
+    """Wake the runner (the tick's way); a failure does not fail the request: the job is queued."""
+    from .tick import wake
+
+    later = "the scheduler tick will start the run"
+    try:
+        summary = wake(settings, _bounded_launcher(settings))
+    except ColdCopyError as exc:  # the launcher could not even be built (a missing DO_API_TOKEN …)
+        summary = {"started": False, "error": redact(exc.message, settings)}
+        log.warning("the run is queued but the runner could not be woken: %s", summary["error"])
+    except Exception:  # noqa: BLE001 - queued is queued; never fail the request over the wake-up
+        log.exception("the run is queued but waking the runner failed unexpectedly")
+        return False, f"the runner could not be woken now; {later}"
+    if summary is None:
+        return False, f"no launcher is configured (COLDCOPY_LAUNCHER=none); {later}"
+    if summary.get("error"):
+        return False, f"the runner could not be woken now ({summary['error']}); {later}"
+    return bool(summary.get("started")), str(summary.get("detail", ""))
+
+
+def _bounded_launcher(settings: Settings) -> Any:
+    """For app-platform: few, short retries (a web call must answer in seconds; the tick retries).
+
+    None for the other launchers: ``wake`` builds them the usual way.
+    """
+    if settings.launcher != "app-platform":
+        return None
+    from ..launchers import launcher_from_settings
+
+    return launcher_from_settings(
+        "app-platform",
+        token=settings.do_api_token.reveal(),
+        app_id=settings.runner_app_id,
+        base_url=settings.do_api_url,
+        max_attempts=2,
+        backoff=0.5,
+        max_delay=2.0,
+        timeout=(3.0, 10.0),
+    )
+
+
+def _verify(req: Request, cfg: _Config) -> dict[str, Any]:
+    name = _backup_name(req, required=True)
+    return _enqueue(cfg, "verify", {"name": name})
+
+
+def _restore_test(req: Request, cfg: _Config) -> dict[str, Any]:
+    name = _backup_name(req, required=False)
+    return _enqueue(cfg, "restore-test", {"name": name} if name else {})
+
+
+def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
+    from ..jobs import get_run
+
+    run_id = path_arg(req, "run_id")
+    if run_id is None:
+        raise HttpError(400, "missing_run_id", "give a run id: /runs/<id> (POST /verify/<name> returns one)")
+    run = get_run(_get_backend(cfg).storage, run_id)  # InvalidNameError → 400
+    if run is None:
+        raise NotFoundError(f"no run {run_id}")
+    return json_response(200, run)
+
+
+def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
+    from ..metrics import render
+
+    return text_response(200, render(_get_backend(cfg).catalog.read_cached(), _now()), PROMETHEUS_TYPE)
+
+
+def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
+    b = _get_backend(cfg)
+    cat = b.catalog.read_cached()
+    return json_response(200, alerts_view(status_view(cat, encrypted=b.settings.encrypted, now=_now())))
+
+
+def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
+    return json_response(200, recovery_time_view(_now()))
+
+
+def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:
+    return text_response(200, DASHBOARD_HTML, HTML_TYPE)
+
+
+_Handler = Callable[[Request, _Config], dict[str, Any]]
+HANDLERS: dict[str, _Handler] = {
+    "health": _health,
+    "status": _status,
+    "backups": _backups,
+    "backup": _backup,
+    "verify": _verify,
+    "metrics": _metrics,
+    "alerts": _alerts,
+    "restore-test": _restore_test,
+    "recovery-time": _recovery_time,
+    "runs": _runs,
+    "dashboard": _dashboard,
+}
+
+
+# -- the entry point ------------------------------------------------------------------------------
+def handle(function: str, event: Any, context: Any = None) -> dict[str, Any]:
+    """Answer one web event (DigitalOcean ``http`` shape or OpenWhisk ``__ow_*`` shape)."""
+    try:
+        route = BY_FUNCTION.get(function)
+        if route is None or function not in HANDLERS:
+            raise HttpError(404, "not_found", "no such endpoint")
+        req = parse_event(event)
+        if route.arg is None and req.path.strip("/"):
+            raise HttpError(404, "not_found", "no such endpoint")
+        check_method(route, req.method)
+        cfg = _get_config()
+        if route.auth:
+            authorize(req.headers, cfg.token)
+        return HANDLERS[function](req, cfg)
+    except HttpError as exc:
+        return exc.response()
+    except InvalidNameError as exc:
+        return error_response(400, "invalid_name", _public(exc))
+    except NotFoundError as exc:
+        return error_response(404, "not_found", _public(exc))
+    except StorageError as exc:
+        log.error("%s: storage failed: %s", function, _public(exc))
+        return error_response(
+            503, "storage_unavailable", "the backup storage could not be read; try again later"
+        )
+    except ColdCopyError as exc:
+        log.error("%s failed: %s", function, _public(exc))
+        return error_response(500, "server_error", _public(exc))
+    except Exception:  # noqa: BLE001 - last line of defence: JSON, no traceback to the caller
+        log.exception("%s failed unexpectedly", function)
+        return error_response(500, "internal", "internal error; the details are in the function log")
+
+
+def _public(exc: ColdCopyError) -> str:
+    """The error's message (never secrets by contract; redacted anyway) and what to do next."""
+    cfg = _config
+    text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+    return redact(text, cfg.settings if cfg else None)[:500]

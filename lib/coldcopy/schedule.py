@@ -1,0 +1,109 @@
+"""The cron table and heartbeat staleness: which job slots are due now.  Pure: no I/O.
+
+One scheduler tick (every few minutes) asks :func:`due_slots` which slots are due and enqueues
+each one create-only, so a slot runs once however many ticks overlap, repeat or arrive late.
+All times are UTC; there is no daylight-saving time to get wrong.
+
+A slot is due when its time lies in ``(now - grace, now]``.  Only the NEWEST such slot of each
+job kind is due: after an outage, a schedule that fired several times while nobody was looking
+runs once, not once per missed slot (three back-to-back full backups help nobody).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, Protocol
+
+# Job kinds the schedule drives, in the order they are enqueued when due together.
+SCHEDULED_KINDS = ("backup-compliance", "backup-full", "verify", "cleanup")
+SLOT_FORMAT = "%Y-%m-%dT%H:%MZ"
+
+
+class Slot(NamedTuple):
+    kind: str
+    at: datetime  # UTC, on a whole minute
+
+    @property
+    def id(self) -> str:
+        """``backup-full/2026-11-24T02:00Z``: the identity that is enqueued at most once."""
+        return f"{self.kind}/{slot_time(self.at)}"
+
+
+def slot_time(at: datetime) -> str:
+    return at.astimezone(UTC).strftime(SLOT_FORMAT)
+
+
+def parse_slot_time(text: str) -> datetime:
+    return datetime.strptime(text, SLOT_FORMAT).replace(tzinfo=UTC)
+
+
+class _ScheduleSettings(Protocol):
+    @property
+    def schedule_full(self) -> str: ...
+    @property
+    def schedule_verify(self) -> str: ...
+    @property
+    def schedule_cleanup(self) -> str: ...
+    @property
+    def schedule_compliance(self) -> str: ...
+
+
+def schedule_table(settings: _ScheduleSettings) -> dict[str, str]:
+    """Job kind -> cron expression (UTC), from configuration."""
+    return {
+        "backup-full": settings.schedule_full,
+        "verify": settings.schedule_verify,
+        "cleanup": settings.schedule_cleanup,
+        "backup-compliance": settings.schedule_compliance,
+    }
+
+
+def _utc(now: datetime) -> datetime:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    return now.astimezone(UTC)
+
+
+def latest_slot(cron: str, now: datetime) -> datetime:
+    """The newest time at or before ``now`` that ``cron`` fires."""
+    from croniter import croniter  # imported here: the tick function keeps its import cost small
+
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise ValueError(f"not a 5-field cron expression: {cron!r}")
+    now = _utc(now)
+    # croniter's get_prev is strictly before its start; start one minute past now's minute.
+    start = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    prev: datetime = croniter(cron, start).get_prev(datetime)
+    return prev.astimezone(UTC)
+
+
+def due_slots(table: dict[str, str], now: datetime, grace: timedelta) -> list[Slot]:
+    """The slots due at ``now``: per kind, the newest slot in ``(now - grace, now]``."""
+    now = _utc(now)
+    order = {k: i for i, k in enumerate(SCHEDULED_KINDS)}
+    out = []
+    for kind, cron in table.items():
+        at = latest_slot(cron, now)
+        if now - grace < at <= now:
+            out.append(Slot(kind, at))
+    return sorted(out, key=lambda s: (s.at, order.get(s.kind, len(order)), s.kind))
+
+
+def is_stale(run: dict[str, Any], now: datetime, stale_after: timedelta) -> bool:
+    """A running run whose last sign of life (heartbeat, else start) is older than ``stale_after``.
+
+    Queued, finished and unreadable runs are never stale: only a worker that claimed a job and
+    then went silent is.
+    """
+    if run.get("state") != "running":
+        return False
+    last = run.get("heartbeat_at") or run.get("started_at")
+    if not isinstance(last, str):
+        return True  # running with no time at all: nothing will ever refresh it
+    try:
+        beat = datetime.fromisoformat(last.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)
+    return _utc(now) - beat > stale_after

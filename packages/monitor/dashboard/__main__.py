@@ -1,0 +1,5 @@
+from coldcopy.functions.web import handle
+
+
+def main(event, context=None):
+    return handle("dashboard", event, context)
