@@ -74,6 +74,8 @@ def test_round_trip_every_table_equal(pg, coldcopy_env) -> None:  # type: ignore
     assert info["name"].startswith(f"full_backup_{coldcopy_env['DB_NAME']}_")
 
     listed = json.loads(run_cli(coldcopy_env, "list-backups", "--json").out)
+    # Options work before the command too.
+    assert json.loads(run_cli(coldcopy_env, "--json", "list-backups").out) == listed
     assert [b["name"] for b in listed] == [info["name"]]
     assert {"name", "kind", "created_at", "size_bytes", "status"} <= set(listed[0])
     assert listed[0]["status"] == "complete"

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cli_alerts import add_alert_commands
 from .cli_jobs import add_job_commands
+from .cli_retention import add_retention_commands
 from .cli_serve import add_serve_command
 from .config import DB, STORAGE, Settings, load_settings, redact
 from .errors import ColdCopyError
@@ -277,13 +279,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--debug", action="store_true", help="verbose logs (secrets are never printed)")
-    common.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    def options(top: bool) -> argparse.ArgumentParser:
+        # Accepted before and after the command.  After it they default to SUPPRESS, so that a
+        # subcommand does not overwrite what was given before it (`coldcopy --json status`).
+        opts = argparse.ArgumentParser(add_help=False)
+        flag: object = False if top else argparse.SUPPRESS
+        opts.add_argument("--json", action="store_true", default=flag, help="machine-readable output")
+        opts.add_argument("--debug", action="store_true", default=flag, help="verbose logs (no secrets)")
+        opts.add_argument(
+            "--env-file",
+            default=None if top else argparse.SUPPRESS,
+            help="read settings from this file instead of ./.env",
+        )
+        return opts
+
+    top_options = options(top=True)
+    common = options(top=False)
     p = argparse.ArgumentParser(
         prog="coldcopy",
-        parents=[common],
+        parents=[top_options],
         description="Encrypted, verified PostgreSQL backups on DigitalOcean Spaces.",
     )
     p.add_argument("--version", action="version", version=f"coldcopy {__version__}")
@@ -333,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--port", type=int, default=8090)
     add_job_commands(add)
+    add_alert_commands(add)
+    add_retention_commands(add)
     add_serve_command(add)
     return p
 

@@ -13,6 +13,7 @@ import secrets
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -62,6 +63,7 @@ def demo_env(pg: Any, s3: Any, key: str) -> dict[str, str]:
         "DO_SPACES_ENDPOINT": s3.endpoint_url,
         "BACKUP_ENCRYPTION_KEY": key,
         "PG_BIN_DIR": str(pg.bin_dir),
+        "MONITOR_TOKEN": secrets.token_urlsafe(18),
     }
 
 
@@ -129,7 +131,7 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
             print("\n" + ("demo passed: the restored database equals the original" if ok else "DEMO FAILED"))
             _print_next_steps(env, key)
         if serve and ok:
-            _serve_forever(settings, port)
+            _serve_forever(settings, env, port)
         return 0 if ok else 1
     finally:
         s3.stop()
@@ -137,35 +139,26 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
 
 
 def _print_next_steps(env: dict[str, str], key: str) -> None:
-    print(
-        "\nTo keep exploring, run `coldcopy demo --serve` (the stack stays up until Ctrl-C), then in another"
-    )
-    print("shell export the settings it prints and try `coldcopy list-backups`, `coldcopy status`, …")
+    print("\nTo keep the stack and the monitor running and try every command and endpoint yourself:")
+    print("  coldcopy demo --serve")
     print(f"(this run's throwaway encryption key was {key[:4]}…; it is gone with the demo)")
 
 
-def _serve_forever(settings: Settings, port: int) -> None:
-    env_lines = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(_settings_env(settings).items()))
-    print(f"\nThe local stack is running. In another shell:\n  export {env_lines}\n  coldcopy list-backups")
+def _serve_forever(settings: Settings, env: dict[str, str], port: int) -> None:
     from .serve import serve
 
-    print(f"Monitor: http://127.0.0.1:{port}/ (token in MONITOR_TOKEN above). Press Ctrl-C to stop.")
+    env_file = Path(tempfile.mkdtemp(prefix="coldcopy-demo-")) / "demo.env"
+    env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
+    env_file.chmod(0o600)
+    token = env["MONITOR_TOKEN"]
+    base = f"http://127.0.0.1:{port}"
+    print(
+        f"\nThe local stack is running (Ctrl-C stops it). Its settings are in {env_file}; in another shell:"
+    )
+    print(f"  coldcopy --env-file {env_file} list-backups")
+    print(f"  curl {base}/health")
+    print(f"  curl -H 'Authorization: Bearer {token}' {base}/status")
+    print(f"  curl -H 'Authorization: Bearer {token}' {base}/backups")
+    print(f"  dashboard: {base}/  (token: {token})")
     with suppress(KeyboardInterrupt):
         serve(settings, port)
-
-
-def _settings_env(settings: Settings) -> dict[str, str]:
-    return {
-        "DB_HOST": settings.db_host,
-        "DB_PORT": str(settings.db_port),
-        "DB_NAME": settings.db_name,
-        "DB_USER": settings.db_user,
-        "DB_PASSWORD": settings.db_password.reveal(),
-        "DB_SSLMODE": settings.db_sslmode,
-        "DO_SPACES_KEY": settings.spaces_key,
-        "DO_SPACES_SECRET": settings.spaces_secret.reveal(),
-        "DO_SPACES_BUCKET": settings.spaces_bucket,
-        "DO_SPACES_REGION": settings.spaces_region,
-        "DO_SPACES_ENDPOINT": settings.spaces_endpoint,
-        "BACKUP_ENCRYPTION_KEY": settings.encryption_key.reveal(),
-    }
