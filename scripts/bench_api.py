@@ -416,6 +416,7 @@ def main() -> int:
         raise SystemExit("the indexed listing disagrees with moto's")
 
     port = free_port()
+    spawned = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "coldcopy", "serve", "--port", str(port)],
         env=env,
@@ -425,7 +426,7 @@ def main() -> int:
     )
     ok = True
     try:
-        first = wait_first_answer(port, proc, time.perf_counter())
+        first = wait_first_answer(port, proc, spawned)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         _, body, _ = get(conn, "/backups?limit=50")
         cursor = json.loads(body)["next_cursor"]
@@ -442,15 +443,16 @@ def main() -> int:
             "/health",
         ):
             r = warm(port, path, args.requests)
+            targeted = path.startswith(("/status", "/backups"))  # the targets; others for reference
             verdict = "ok" if r["p95"] < WARM_TARGET_MS else "OVER TARGET"
-            ok &= r["p95"] < WARM_TARGET_MS or not path.startswith(("/status", "/backups"))
+            ok &= r["p95"] < WARM_TARGET_MS or not targeted
             shown = path if len(path) < 40 else path[:37] + "..."
             print(
                 f"  GET {shown:40} median {r['median']:6.1f} ms  p95 {r['p95']:6.1f} ms  "
-                f"max {r['max']:6.1f} ms  ({r['bytes'] / 1000:.0f} kB)  {verdict} "
-                f"(p95 < {WARM_TARGET_MS:.0f} ms)"
+                f"max {r['max']:6.1f} ms  ({r['bytes'] / 1000:.0f} kB)  "
+                + (f"{verdict} (p95 < {WARM_TARGET_MS:.0f} ms)" if targeted else "(no target)")
             )
-        del first
+        print(f"  (the first answer of that serve process came {first:.2f} s after it was spawned)")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

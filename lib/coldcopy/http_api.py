@@ -71,7 +71,7 @@ ROUTES: tuple[Route, ...] = (
     Route("restore-test", "/restore-test", ("POST",)),
     Route("recovery-time", "/recovery-time", ("GET",)),
     Route("runs", "/runs", ("GET",), arg="run_id"),
-    Route("dashboard", "/", ("GET",)),
+    Route("dashboard", "/", ("GET",), auth=False),  # the page holds no data; it asks for the token
 )
 BY_FUNCTION: dict[str, Route] = {r.function: r for r in ROUTES}
 _BY_SEGMENT: dict[str, Route] = {r.short.strip("/"): r for r in ROUTES if r.short != "/"}
@@ -363,17 +363,6 @@ def status_view(cat: Catalog, *, encrypted: bool, now: datetime) -> dict[str, An
     return st
 
 
-def alerts_view(status: Mapping[str, Any]) -> dict[str, Any]:
-    """Interim alerts: one per problem of the status view (the alert rules replace this)."""
-    alerts = [{"severity": "critical", "message": p} for p in status["problems"]]
-    return {
-        "alerts": alerts,
-        "ok": not alerts,
-        "checked_at": status["checked_at"],
-        "source": "status problems",
-    }
-
-
 def recovery_time_view(now: datetime) -> dict[str, Any]:
     return {
         "estimated": False,
@@ -393,20 +382,3 @@ def queued_view(run_id: str, kind: str, woken: bool, detail: str) -> dict[str, A
         "wake_detail": detail,
         "links": {"run": f"/runs/{run_id}"},
     }
-
-
-DASHBOARD_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ColdCopy</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{font:15px/1.5 system-ui,sans-serif;max-width:42rem;margin:3rem auto;padding:0 1rem}
-code{background:#f3f3f3;padding:0 .2rem}</style></head>
-<body><h1>ColdCopy monitor</h1>
-<p>The dashboard is coming. Meanwhile the JSON API answers (with <code>Authorization: Bearer
-&lt;MONITOR_TOKEN&gt;</code>, except <code>/health</code>):</p>
-<ul><li><code>GET /health</code></li><li><code>GET /status</code></li>
-<li><code>GET /backups?limit=50&amp;cursor=&hellip;&amp;kind=full</code></li>
-<li><code>GET /backup/&lt;name&gt;</code></li><li><code>POST /verify/&lt;name&gt;</code></li>
-<li><code>GET /metrics</code></li><li><code>GET /alerts</code></li><li><code>POST /restore-test</code></li>
-<li><code>GET /recovery-time</code></li><li><code>GET /runs/&lt;id&gt;</code></li></ul>
-</body></html>
-"""

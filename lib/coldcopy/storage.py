@@ -209,6 +209,30 @@ class Storage:
                 return
             raise storage_error(exc, "list objects", self.bucket) from None
 
+    # -- bucket lifecycle -----------------------------------------------------------------------------
+    def get_lifecycle(self) -> builtins.list[dict[str, Any]]:
+        """The bucket's lifecycle rules (bucket-wide, not only this prefix); [] when it has none."""
+        try:
+            resp = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) == "NoSuchLifecycleConfiguration":
+                return []
+            raise storage_error(exc, "read the bucket lifecycle", self.bucket) from None
+        except BotoCoreError as exc:
+            raise storage_error(exc, "read the bucket lifecycle", self.bucket) from None
+        return [dict(r) for r in resp.get("Rules", [])]
+
+    def put_lifecycle(self, rules: builtins.list[dict[str, Any]]) -> None:
+        """Replace the bucket's lifecycle rules (all of them: merge with get_lifecycle() first)."""
+        if not rules:
+            self._call("remove the bucket lifecycle", self.client.delete_bucket_lifecycle)
+            return
+        self._call(
+            "write the bucket lifecycle",
+            self.client.put_bucket_lifecycle_configuration,
+            LifecycleConfiguration={"Rules": rules},
+        )
+
     # -- multipart ----------------------------------------------------------------------------------
     def multipart(
         self, key: str, *, part_size: int, concurrency: int, create_only: bool = True

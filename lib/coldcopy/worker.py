@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jobs
+from .cleanup import cleanup_job
 from .config import Settings, redact
 from .errors import ColdCopyError, ConfigError, NotFoundError
 from .storage import Storage
@@ -113,7 +114,7 @@ HANDLERS: dict[str, Handler] = {
     "backup-full": _backup("full"),
     "backup-compliance": _backup("compliance"),
     "verify": _verify,
-    "cleanup": _not_implemented("cleanup", "issue 5"),
+    "cleanup": cleanup_job,
     "restore-test": _not_implemented("restore-test", "a later issue"),
 }
 

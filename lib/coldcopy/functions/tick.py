@@ -121,6 +121,13 @@ def tick(
     except ColdCopyError as exc:
         log.error("could not check for stale runs: %s", exc.message)
         summary["errors"].append({"stale": True, "message": redact(exc.message, settings)})
+    try:  # after the stale check, so a run it just failed is seen; an SMTP failure is not an error here
+        from ..notify import check_alerts
+
+        summary["alerts"] = check_alerts(settings, storage, now, env_file=env_file)
+    except ColdCopyError as exc:
+        log.error("the alert check failed: %s", redact(exc.message, settings))
+        summary["errors"].append({"alerts": True, "message": redact(exc.message, settings)})
     waiting = pending(storage)
     summary["pending"] = len(waiting)
     if waiting and wake_runner:

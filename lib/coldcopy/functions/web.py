@@ -17,18 +17,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import STORAGE, Settings, environment, load_settings, redact
 from ..errors import ColdCopyError, ConfigError, InvalidNameError, NotFoundError, StorageError
 from ..http_api import (
     BY_FUNCTION,
-    DASHBOARD_HTML,
     HTML_TYPE,
     PROMETHEUS_TYPE,
     HttpError,
     Request,
-    alerts_view,
     authorize,
     backup_item,
     check_method,
@@ -48,6 +46,10 @@ from ..http_api import (
 )
 from ..manifest import iso
 
+if TYPE_CHECKING:
+    from ..catalog_store import CatalogStore
+    from ..storage import Storage
+
 log = logging.getLogger(__name__)
 
 
@@ -62,8 +64,8 @@ class _Config:
 @dataclass
 class _Backend:
     settings: Settings
-    storage: Any  # coldcopy.storage.Storage (imported lazily: boto3 is the slow import)
-    catalog: Any  # coldcopy.catalog_store.CatalogStore
+    storage: Storage  # imported when first needed: boto3 is the slow import
+    catalog: CatalogStore
 
 
 _lock = threading.Lock()
@@ -289,15 +291,19 @@ def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
-    from ..metrics import render
+    from ..notify import metrics_text
 
-    return text_response(200, render(_get_backend(cfg).catalog.read_cached(), _now()), PROMETHEUS_TYPE)
+    b = _get_backend(cfg)
+    return text_response(
+        200, metrics_text(b.settings, b.storage, b.catalog.read_cached(), _now()), PROMETHEUS_TYPE
+    )
 
 
 def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
+    from ..notify import alerts_report
+
     b = _get_backend(cfg)
-    cat = b.catalog.read_cached()
-    return json_response(200, alerts_view(status_view(cat, encrypted=b.settings.encrypted, now=_now())))
+    return json_response(200, alerts_report(b.settings, b.storage, b.catalog.read_cached(), _now()))
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
@@ -305,7 +311,9 @@ def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:
-    return text_response(200, DASHBOARD_HTML, HTML_TYPE)
+    from ..dashboard import page
+
+    return text_response(200, page(), HTML_TYPE)
 
 
 _Handler = Callable[[Request, _Config], dict[str, Any]]

@@ -1,0 +1,161 @@
+"""The /metrics text: the names users scrape, the right values, and `promtool check metrics` clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from coldcopy.alerts import Thresholds, WalGap, WalStatus, evaluate
+from coldcopy.catalog import Catalog
+from coldcopy.manifest import CatalogEntry, iso
+from coldcopy.metrics import render
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def promtool(text: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.fail("promtool is not installed: run scripts/bootstrap.sh --dev (Debian's prometheus package)")
+    return subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+
+
+def assert_clean(text: str) -> None:
+    r = promtool(text)
+    assert r.returncode == 0, f"promtool: rc={r.returncode}\n{r.stdout}{r.stderr}\n---\n{text}"
+
+
+def entry(when: datetime, size: int, duration: float, kind: str = "full", db: str = "app") -> CatalogEntry:
+    return CatalogEntry(
+        name=f"{kind}_backup_{db}_{when:%Y%m%d_%H%M%S}",
+        kind=kind,
+        database=db,
+        created_at=iso(when),
+        finished_at=iso(when + timedelta(seconds=duration)),
+        duration_seconds=duration,
+        size_bytes=size,
+        raw_size_bytes=size * 3,
+        encrypted=True,
+        key_id="k1",
+        server_version="17.2",
+    )
+
+
+def rich_catalog() -> Catalog:
+    backups = [entry(NOW - timedelta(days=i), 1000 + i, 40.0 + i) for i in range(4)]
+    backups.append(entry(NOW - timedelta(days=20), 5000, 700.5, kind="compliance"))
+    backups.append(entry(NOW - timedelta(hours=3), 77, 2.0, db="other-db"))
+    cat = Catalog(backups={e.name: e for e in backups})
+    cat.deleted["full_backup_app_20200101_000000"] = iso(NOW - timedelta(days=100))
+    cat.failures += [
+        {
+            "name": "full_backup_app_20261123_100000",
+            "kind": "full",
+            "at": iso(NOW - timedelta(hours=26)),
+            "error": 'pg_dump: "quoted" \\ and\nnewline',
+        },
+        {"name": "not a name", "kind": None, "at": iso(NOW - timedelta(hours=25)), "error": "x"},
+    ]
+    cat.verifications[backups[1].name] = {"ok": True, "at": iso(NOW - timedelta(days=1))}
+    cat.verifications[backups[2].name] = {"ok": False, "at": iso(NOW - timedelta(hours=5))}
+    cat.unreadable["full_backup_app_20261001_000000"] = "unknown manifest format"
+    return cat
+
+
+def sample(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {series} in:\n{text}")
+
+
+def test_an_empty_catalog_is_clean() -> None:
+    text = render(Catalog(), NOW, alerts=[])
+    assert_clean(text)
+    assert 'coldcopy_backup_count{kind="full"} 0' in text.splitlines()
+    assert sample(text, "coldcopy_total_backup_size_bytes") == 0
+
+
+def test_a_rich_catalog_with_alerts_and_wal_is_clean_and_right() -> None:
+    cat = rich_catalog()
+    wal = WalStatus(
+        iso(NOW - timedelta(minutes=3)),
+        "000000010000000000000042",
+        (WalGap("a", "b", iso(NOW)),),
+        iso(NOW - timedelta(days=6)),
+        iso(NOW - timedelta(minutes=3)),
+    )
+    alerts = evaluate(cat, [], wal, Thresholds(), NOW)
+    text = render(cat, NOW, alerts=alerts, wal=wal)
+    assert_clean(text)
+    full_app = '{database="app",kind="full"}'
+    # The names users already scrape.
+    assert sample(text, f"coldcopy_backups_total{full_app}") == 4 + 1 + 1  # live + deleted + failed
+    assert sample(text, f"coldcopy_backups_success{full_app}") == 5
+    assert sample(text, f"coldcopy_backups_failed{full_app}") == 1
+    assert sample(text, 'coldcopy_backups_failed{database="unknown",kind="unknown"}') == 1
+    assert sample(text, f"coldcopy_backup_size_bytes{full_app}") == 1000  # the newest
+    assert sample(text, 'coldcopy_backup_size_bytes{database="other-db",kind="full"}') == 77
+    assert sample(text, 'coldcopy_backup_count{kind="full"}') == 5
+    assert sample(text, "coldcopy_total_backup_size_bytes") == 1000 + 1001 + 1002 + 1003 + 5000 + 77
+    assert (
+        sample(text, f"coldcopy_last_backup_timestamp{full_app}") == (NOW + timedelta(seconds=40)).timestamp()
+    )
+    # The histogram: cumulative buckets, sum and count.
+    assert sample(text, 'coldcopy_backup_duration_seconds_bucket{database="app",kind="full",le="30"}') == 0
+    assert sample(text, 'coldcopy_backup_duration_seconds_bucket{database="app",kind="full",le="60"}') == 4
+    assert sample(text, 'coldcopy_backup_duration_seconds_bucket{database="app",kind="full",le="+Inf"}') == 4
+    assert sample(text, f"coldcopy_backup_duration_seconds_count{full_app}") == 4
+    assert sample(text, f"coldcopy_backup_duration_seconds_sum{full_app}") == 40 + 41 + 42 + 43
+    # What an operator needs beyond them.
+    assert sample(text, "coldcopy_last_verification_success") == 0  # the newest one failed
+    assert (
+        sample(text, "coldcopy_last_successful_verification_timestamp_seconds")
+        == (NOW - timedelta(days=1)).timestamp()
+    )
+    assert sample(text, "coldcopy_verification_failed_backups") == 1
+    assert sample(text, "coldcopy_wal_archive_age_seconds") == 180
+    assert sample(text, "coldcopy_wal_gaps") == 1
+    assert (
+        sample(text, "coldcopy_recovery_window_start_timestamp_seconds")
+        == (NOW - timedelta(days=6)).timestamp()
+    )
+    assert sample(text, "coldcopy_manifests_unreadable") == 1
+    critical = sum(1 for a in alerts if a.severity == "critical")
+    assert critical >= 3 and sample(text, 'coldcopy_alerts_active{severity="critical"}') == critical
+    # Every metric family has HELP and TYPE exactly once.
+    families = re.findall(r"^# TYPE (\S+) ", text, re.M)
+    assert len(families) == len(set(families)) == len(re.findall(r"^# HELP ", text, re.M))
+
+
+def test_without_pitr_no_wal_metrics_and_without_alerts_no_alert_gauge() -> None:
+    text = render(rich_catalog(), NOW)
+    assert_clean(text)
+    assert "coldcopy_wal_" not in text and "coldcopy_recovery_window" not in text
+    assert "coldcopy_alerts_active" not in text
+
+
+def test_the_legacy_gb_name_is_opt_in_because_promtool_lints_it() -> None:
+    text = render(rich_catalog(), NOW, legacy_gb=True)
+    assert sample(text, "coldcopy_total_backup_size_gb") == pytest.approx(9083 / 1e9)
+    r = promtool(text)
+    assert r.returncode == 3
+    problems = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert problems == ["coldcopy_total_backup_size_gb metric names should not contain abbreviated units"]
+
+
+def test_the_metrics_alerts_and_dashboard_path_imports_nothing_heavy() -> None:
+    import sys
+
+    code = (
+        "import sys, coldcopy.functions.web, coldcopy.notify, coldcopy.metrics, coldcopy.dashboard;"
+        "import coldcopy.jobs;"
+        "coldcopy.dashboard.page();"
+        "print([m for m in sys.modules if m.split('.')[0] in ('pg8000', 'zstandard', 'cryptography')])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
