@@ -297,13 +297,13 @@ def test_failing_jobs_are_recorded_and_the_next_job_still_runs(coldcopy_env: dic
 
     assert [r["run_id"] for r in report.runs] == ids, "in queue order, each once"
     states = [r["state"] for r in report.runs]
-    assert states == ["failed"] * 5 + ["succeeded"] * 2, report.runs
+    assert states == ["failed"] * 2 + ["succeeded"] + ["failed"] * 2 + ["succeeded"] * 2, report.runs
     runs = {i: jobs.get_run(storage, str(i)) for i in ids}
     err = [str((runs[i] or {}).get("error")) for i in ids]
     assert "verification of full_backup_nosuch_20260101_000000 failed" in err[0]
     assert "manifest readable" in err[0] and "no backup named" in err[0]
     assert "unknown job kind 'no-such-kind'" in err[1]
-    assert "not implemented yet: cleanup (issue 5)" in err[2]
+    assert (runs[ids[2]] or {}).get("result", {}).get("deleted") == []
     assert "not implemented yet: restore-test (a later issue)" in err[3]
     assert "RuntimeError: connection to *** refused" in err[4]
     assert coldcopy_env["BACKUP_ENCRYPTION_KEY"] not in json.dumps(runs)
@@ -480,18 +480,17 @@ def test_cli_enqueue_runs_tick_and_worker(coldcopy_env: dict[str, str]) -> None:
     assert [e["slot"] for e in summary["enqueued"]] == ["backup-full/2026-11-24T02:00Z"]
     assert summary["pending"] == 2 and summary["woken"] is None
     w = run_cli(env, "worker", "--json", "--heartbeat-seconds", "0.05")
-    assert w.rc == 1, w.err  # the cleanup job failed: not implemented yet
+    assert w.rc == 0, w.err
     report = json.loads(w.out)
     # The slot's job is older (its run id carries the slot time), so it runs first.
     assert [(x["kind"], x["state"]) for x in report["runs"]] == [
         ("backup-full", "succeeded"),
-        ("cleanup", "failed"),
+        ("cleanup", "succeeded"),
     ]
     assert report["runs"][1]["run_id"] == run_id
     shown = run_cli(env, "runs", run_id, "--json")
-    assert json.loads(shown.out)["state"] == "failed"
-    human = run_cli(env, "runs", run_id)
-    assert "not implemented yet: cleanup (issue 5)" in human.out
+    assert json.loads(shown.out)["state"] == "succeeded"
+    assert "succeeded" in run_cli(env, "runs", run_id).out
     assert run_cli(env, "runs", "../../catalog").rc == 2
     assert run_cli(env, "runs", "0" * 26).rc == 3
 
@@ -516,13 +515,13 @@ def test_tick_wakes_a_real_local_worker(coldcopy_env: dict[str, str], tmp_path: 
     storage = Storage(settings(coldcopy_env))
     done = wait_for(
         "the local worker to finish the job",
-        lambda: (x := jobs.get_run(storage, run_id)) and x["state"] == "failed" and x,
+        lambda: (x := jobs.get_run(storage, run_id)) and x["state"] == "succeeded" and x,
         timeout=60,
     )
-    assert "not implemented yet: cleanup" in done["error"]
+    assert done["result"]["deleted"] == []
     wait_for("the queue to drain", lambda: not keys(storage, jobs.QUEUE))
-    # The runner exits by itself once the queue is empty (status 1: a job it ran failed).
-    assert psutil.Process(int(woken["id"])).wait(timeout=60) == 1
+    # The runner exits by itself once the queue is empty.
+    assert psutil.Process(int(woken["id"])).wait(timeout=60) == 0
 
 
 def test_launchers_are_built_from_settings(

@@ -77,6 +77,8 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         try:
+            if not isinstance(d, dict):
+                raise ValueError("a manifest must be a JSON object")
             if d.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"unknown manifest format {d.get('format')!r}")
             parse_name(d["name"])
@@ -86,8 +88,9 @@ class Manifest:
             kwargs["globals"] = StoredObject(**d["globals"]) if d.get("globals") else None
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError) as exc:
+            name = str(d.get("name", "?")) if isinstance(d, dict) else "?"
             raise IntegrityError(
-                f"manifest of {str(d.get('name', '?'))[:80]} cannot be read: {exc}",
+                f"manifest of {name[:80]} cannot be read: {exc}",
                 "the backup cannot be trusted; keep it for inspection and use another backup",
             ) from None
 
