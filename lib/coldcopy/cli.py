@@ -8,15 +8,16 @@ import sys
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .cli_alerts import add_alert_commands
+from .cli_common import settings_for
 from .cli_jobs import add_job_commands
+from .cli_plans import add_plan_commands
 from .cli_retention import add_retention_commands
 from .cli_serve import add_serve_command
-from .config import DB, STORAGE, Settings, load_settings, redact
+from .config import DB, STORAGE, Settings, redact
 from .errors import ColdCopyError
 from .output import REDACTOR, emit_json, human_age, human_bytes, setup_logging, table
 from .pipeline import RateMeter
@@ -29,9 +30,7 @@ UNENCRYPTED_WARNING = (
 
 
 def _settings(args: argparse.Namespace, need: tuple[str, ...]) -> Settings:
-    s = load_settings(need=need, env_file=Path(args.env_file) if args.env_file else None)
-    REDACTOR.settings = s
-    return s
+    return settings_for(args, need)
 
 
 def _progress(args: argparse.Namespace) -> RateMeter | None:
@@ -99,6 +98,7 @@ def _listing(s: Settings, kind: str | None) -> list[dict[str, Any]]:
                 **e.to_dict(),
                 "last_verification": v.get("at") if v else None,
                 "verification_ok": v.get("ok") if v else None,
+                "verification_level": v.get("level") if v else None,
             }
         )
     return rows
@@ -124,7 +124,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                     human_bytes(r["size_bytes"]),
                     f"{r['duration_seconds']:.1f} s",
                     "yes" if r["encrypted"] else "NO",
-                    verified[r["verification_ok"]],
+                    verified[r["verification_ok"]]
+                    + (f" ({r['verification_level']})" if r["verification_level"] else ""),
                 ]
                 for r in rows
             ],
@@ -212,7 +213,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     s = _settings(args, (STORAGE,))
     meter = _progress(args)
     try:
-        r = run_verify(s, args.name, progress=meter)
+        r = run_verify(s, args.name, level=args.level, progress=meter)
     finally:
         _end_progress(meter)
     if args.json:
@@ -220,7 +221,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         for c in r.checks:
             print(f"  {'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail else ""))
-        print(f"{r.name}: {'verified' if r.ok else 'VERIFICATION FAILED'} in {r.duration_seconds:.1f} s")
+        print(
+            f"{r.name}: {'verified' if r.ok else 'VERIFICATION FAILED'} at level {r.level} "
+            f"in {r.duration_seconds:.1f} s"
+        )
     return 0 if r.ok else 4
 
 
@@ -317,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "last backup, its age, counts, total size and anything wrong")
     v = add("verify", cmd_verify, "check a backup: chunks authenticate, checksums match, pg_restore reads it")
     v.add_argument("name")
+    v.add_argument(
+        "--level",
+        choices=["checksum", "full", "restore"],
+        default="checksum",
+        help="checksum: no database, every chunk authenticates and pg_restore --list reads the dump; "
+        "full: a timed test restore into a scratch database (VERIFY_DB_* or a throwaway local cluster) "
+        "and every table's row count; restore: full plus amcheck and VERIFY_SANITY_QUERIES",
+    )
     r = add("restore", cmd_restore, "restore a backup into a new database, or safely back into DB_NAME")
     r.add_argument("--backup-name", required=True)
     r.add_argument("--target-db", help="restore into this new database (default: replace DB_NAME safely)")
@@ -350,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alert_commands(add)
     add_retention_commands(add)
     add_serve_command(add)
+    add_plan_commands(add)
     return p
 
 

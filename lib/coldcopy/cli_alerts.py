@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import UTC, datetime
 
-from .config import STORAGE, Settings, environment
+from .cli_common import AddCommand, settings_for
+from .config import Settings, environment
 from .output import emit_json, table
-
-AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from .cli import _settings as load  # cli imports this module; by now it is fully loaded
-
-    return load(args, (STORAGE,))
+    return settings_for(args)
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from .config import STORAGE, Settings
+from .cli_common import AddCommand, settings_for, utc_time
+from .config import Settings
 from .output import emit_json, table
-
-AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from .cli import _settings as load  # cli imports this module; by now it is fully loaded
-
-    return load(args, (STORAGE,))
-
-
-def _when(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError("use an ISO time such as 2026-11-24T02:30Z") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return settings_for(args)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -161,7 +148,7 @@ def add_job_commands(add: AddCommand) -> None:
         "--heartbeat-seconds", type=float, help="how often a running job's heartbeat is written (default: 60)"
     )
     t = add("tick", cmd_tick, "enqueue due scheduled jobs, fail stale runs, wake the runner")
-    t.add_argument("--now", type=_when, help="evaluate the schedule as of this UTC time (default: now)")
+    t.add_argument("--now", type=utc_time, help="evaluate the schedule as of this UTC time (default: now)")
     t.add_argument("--no-wake", action="store_true", help="do not wake the runner")
     e = add("enqueue", cmd_enqueue, "queue one job for the runner")
     e.add_argument("kind", help="backup-full, backup-compliance, verify, cleanup or restore-test")

@@ -3,37 +3,26 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .config import STORAGE, Settings
+from .cli_common import AddCommand, settings_for, utc_time
+from .config import Settings
 from .errors import ColdCopyError
 from .output import emit_json, table
 
-AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 NOW_SKEW = timedelta(minutes=5)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from .cli import _settings as load  # cli imports this module; by now it is fully loaded
-
-    return load(args, (STORAGE,))
+    return settings_for(args)
 
 
 def _policy(args: argparse.Namespace, s: Settings) -> Any:
     from .cleanup import load_policy
 
     return load_policy(s, env_file=Path(args.env_file) if args.env_file else None)
-
-
-def _when(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError("use an ISO time such as 2026-11-24T04:00Z") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -171,7 +160,7 @@ def _describe(rule: dict[str, Any]) -> str:
 def add_retention_commands(add: AddCommand) -> None:
     c = add("cleanup", cmd_cleanup, "delete backups and WAL that the retention policy no longer keeps")
     c.add_argument("--dry-run", action="store_true", help="show what would go and why; delete nothing")
-    c.add_argument("--now", type=_when, help="evaluate the policy at this (past) time, e.g. a dry run's")
+    c.add_argument("--now", type=utc_time, help="evaluate the policy at this (past) time, e.g. a dry run's")
     c.add_argument("--expect", metavar="PLAN_ID", help="delete only if the plan is this dry run's plan id")
     p = add("pin", cmd_pin, "keep a backup forever (cleanup never deletes a pinned backup)")
     p.add_argument("name")

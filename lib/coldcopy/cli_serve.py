@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
+from .cli_common import AddCommand
 from .config import STORAGE, load_settings
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def add_serve_command(add: AddCommand) -> None:
