@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.pgcluster import PgCluster
 from coldcopy.localstack.s3server import S3Server
@@ -36,8 +38,9 @@ import resource, sys, json, time
 from coldcopy.cli import main
 t0 = time.monotonic()
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "seconds": time.monotonic() - t0,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)
+me = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rc": rc, "seconds": time.monotonic() - t0, "cpu_seconds": me.ru_utime + me.ru_stime,
+                  "maxrss_mb": me.ru_maxrss / 1024}), file=sys.stderr)
 """
 
 
@@ -55,6 +58,13 @@ def coldcopy(env: dict[str, str], *args: str) -> dict[str, float]:
         raise SystemExit(f"coldcopy {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     stats["out"] = proc.stdout  # type: ignore[assignment]
     return stats  # type: ignore[no-any-return]
+
+
+def _cpu(pid: int | None) -> float:
+    t = psutil.Process(pid).cpu_times() if pid else None
+    if t is None:
+        return 0.0
+    return float(t.user + t.system)
 
 
 def db_size(pg: PgCluster, db: str) -> int:
@@ -101,6 +111,10 @@ def measure(
         f"{r['coldcopy_backup'] / r['pg_dump_z0']:.2f}x floor (target ≤ 1.30), "
         f"{r['coldcopy_backup'] / r['pg_dump_fc']:.2f}x pg_dump -Fc (target < 1.00), "
         f"peak RSS {r['backup_rss_mb']:.0f} MB (target ≤ 150)"
+    )
+    print(
+        f"  CPU during the backup: coldcopy {r['backup_cpu']:.1f} s, the S3 server {r['s3_cpu']:.1f} s "
+        f"(on {os.cpu_count()} cores; the floor's pg_dump and its backend already keep them busy)"
     )
     if with_restore:
         print(f"  pg_restore of a -Z0 file     {r['pg_restore_file']:7.2f} s   (floor)")
