@@ -56,7 +56,7 @@ def coldcopy(env: dict[str, str], *args: str) -> dict[str, float]:
     stats = json.loads(last)
     if stats["rc"] != 0:
         raise SystemExit(f"coldcopy {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    stats["out"] = proc.stdout  # type: ignore[assignment]
+    stats["out"] = proc.stdout
     return stats  # type: ignore[no-any-return]
 
 
