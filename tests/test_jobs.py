@@ -304,7 +304,7 @@ def test_failing_jobs_are_recorded_and_the_next_job_still_runs(coldcopy_env: dic
     assert "manifest readable" in err[0] and "no backup named" in err[0]
     assert "unknown job kind 'no-such-kind'" in err[1]
     assert (runs[ids[2]] or {}).get("result", {}).get("deleted") == []
-    assert "not implemented yet: restore-test (a later issue)" in err[3]
+    assert "there is no backup to test-restore" in err[3]
     assert "RuntimeError: connection to *** refused" in err[4]
     assert coldcopy_env["BACKUP_ENCRYPTION_KEY"] not in json.dumps(runs)
     backup = runs[ids[5]]

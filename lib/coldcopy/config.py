@@ -99,6 +99,15 @@ class Settings:
     do_api_url: str = "https://api.digitalocean.com"
     runner_app_id: str = ""
     runner_image: str = "coldcopy-runner:latest"
+    # Test restores (`verify --level full|restore`): the scratch server (no host: a local cluster)
+    verify_db_host: str = ""
+    verify_db_port: int = 5432
+    verify_db_user: str = ""
+    verify_db_password: Secret = field(default_factory=lambda: Secret(""))
+    verify_db_sslmode: str = "prefer"
+    verify_sanity_queries: str = ""  # validated by sanity.parse_sanity_queries
+    verify_sample_older: int = 2
+    verify_statement_timeout_seconds: int = 60
 
     @property
     def prefix(self) -> str:
@@ -167,6 +176,13 @@ def _cluster(text: str) -> str:
     return text
 
 
+def _sanity(text: str) -> str:
+    from .sanity import parse_sanity_queries
+
+    parse_sanity_queries(text)  # raises ValueError naming the refused query
+    return text.strip()
+
+
 # env var -> (field, converter, required-by group or None)
 _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "DB_HOST": ("db_host", str, DB),
@@ -203,6 +219,14 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "DO_API_URL": ("do_api_url", _endpoint, None),
     "RUNNER_APP_ID": ("runner_app_id", str, None),
     "RUNNER_IMAGE": ("runner_image", str, None),
+    "VERIFY_DB_HOST": ("verify_db_host", str, None),
+    "VERIFY_DB_PORT": ("verify_db_port", _int(1, 65535), None),
+    "VERIFY_DB_USER": ("verify_db_user", str, None),
+    "VERIFY_DB_PASSWORD": ("verify_db_password", Secret, None),
+    "VERIFY_DB_SSLMODE": ("verify_db_sslmode", _choice(*SSL_MODES), None),
+    "VERIFY_SANITY_QUERIES": ("verify_sanity_queries", _sanity, None),
+    "VERIFY_SAMPLE_OLDER": ("verify_sample_older", _int(0, 1000), None),
+    "VERIFY_STATEMENT_TIMEOUT_SECONDS": ("verify_statement_timeout_seconds", _int(1, 86400), None),
 }
 
 

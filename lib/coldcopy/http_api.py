@@ -349,6 +349,7 @@ def backup_item(entry: CatalogEntry, verification: Mapping[str, Any] | None) -> 
         **entry.to_dict(),
         "last_verification": verification.get("at") if verification else None,
         "verification_ok": verification.get("ok") if verification else None,
+        "verification_level": verification.get("level") if verification else None,
     }
 
 
@@ -363,14 +364,11 @@ def status_view(cat: Catalog, *, encrypted: bool, now: datetime) -> dict[str, An
     return st
 
 
-def recovery_time_view(now: datetime) -> dict[str, Any]:
-    return {
-        "estimated": False,
-        "estimate_seconds": None,
-        "reason": "no test restores measured yet",
-        "how_to_measure": "POST /restore-test runs a timed test restore",
-        "checked_at": iso(now),
-    }
+def recovery_time_view(now: datetime, cat: Catalog | None = None) -> dict[str, Any]:
+    """What `coldcopy recovery-time --json` says (see :mod:`coldcopy.recovery_time`)."""
+    from .recovery_time import estimate
+
+    return estimate(cat or Catalog(), now)
 
 
 def queued_view(run_id: str, kind: str, woken: bool, detail: str) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""`coldcopy verify`: prove a stored backup is whole and readable without touching a database."""
+"""`coldcopy verify`: prove a stored backup is whole and readable.
+
+Levels: ``checksum`` (no database: every chunk authenticates, sizes and checksums match,
+``pg_restore --list`` reads the dump); ``full`` (a timed test restore into a scratch database,
+which authenticates every chunk on the way, then every table's row count against the manifest);
+``restore`` (``full`` plus ``amcheck`` on the B-tree indexes and the VERIFY_SANITY_QUERIES).  The
+test restores live in :mod:`coldcopy.verify_restore`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from typing import Any
 
 from .backup import BackupContext, _StderrTail, context
 from .config import Settings, redact
-from .errors import ColdCopyError
+from .errors import ColdCopyError, ConfigError
 from .names import validate_name
 from .pg import Postgres
 from .pipeline import Progress
@@ -30,6 +37,7 @@ class VerifyResult:
     level: str
     checks: list[Check] = field(default_factory=list)
     duration_seconds: float = 0.0
+    measurement: dict[str, Any] | None = None  # test restores: time and throughput
 
     @property
     def ok(self) -> bool:
@@ -46,12 +54,17 @@ class VerifyResult:
             "ok": self.ok,
             "duration_seconds": self.duration_seconds,
             "checks": [c.__dict__ for c in self.checks],
+            "measurement": self.measurement,
         }
 
 
 def run_verify(
     settings: Settings, name: str, level: str = "checksum", progress: Progress | None = None
 ) -> VerifyResult:
+    from .verify_restore import LEVELS
+
+    if level not in LEVELS:
+        raise ConfigError([f"verification level must be one of {', '.join(LEVELS)} (got {level[:20]!r})"])
     t0 = time.monotonic()
     name = validate_name(name)
     ctx = context(settings)
@@ -80,6 +93,23 @@ def _verify(
         result.add("objects present and key confirmed", False, exc.message)
         return
     result.add("objects present and key confirmed", True)
+    if result.level == "checksum":
+        _checksum(reader, settings, result, progress)
+    else:
+        from .verify_restore import run_test_restore
+
+        run_test_restore(settings, reader, result, progress)
+    if reader.manifest.globals:
+        try:
+            reader.read_small(reader.manifest.globals)
+            result.add("roles (globals) authenticate", True)
+        except ColdCopyError as exc:
+            result.add("roles (globals) authenticate", False, exc.message)
+
+
+def _checksum(
+    reader: BackupReader, settings: Settings, result: VerifyResult, progress: Progress | None
+) -> None:
     toc = _TocReader(Postgres(settings), settings)
     try:
         stats = reader.stream(reader.manifest.data, toc.write, progress)
@@ -108,12 +138,6 @@ def _verify(
             not missing,
             f"{entries} archive entries" + (f"; tables missing: {', '.join(missing[:5])}" if missing else ""),
         )
-    if reader.manifest.globals:
-        try:
-            reader.read_small(reader.manifest.globals)
-            result.add("roles (globals) authenticate", True)
-        except ColdCopyError as exc:
-            result.add("roles (globals) authenticate", False, exc.message)
 
 
 class _TocReader:
@@ -175,8 +199,17 @@ class _Collect:
 
 
 def _record(ctx: BackupContext, result: VerifyResult) -> None:
+    from datetime import UTC, datetime
+
+    from .manifest import iso
+    from .verify_restore import restore_proof
+
     try:
-        ctx.catalog.record("verification", result.name, result.to_dict())
+        now = datetime.now(UTC)
+        payload = result.to_dict()
+        prev = ctx.catalog.read().verifications.get(result.name)
+        payload["restore_proof"] = restore_proof(payload, iso(now), prev)
+        ctx.catalog.record("verification", result.name, payload, when=now)
         ctx.catalog.refresh()
     except ColdCopyError:
         pass

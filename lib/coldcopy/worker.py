@@ -79,23 +79,39 @@ def _backup(kind: str) -> Handler:
 
 
 def _verify(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
-    from .backup import context
+    """A named backup at ``level`` (default ``restore``); without a name, the weekly selection."""
     from .names import validate_name
     from .verify import run_verify
+    from .verify_restore import run_scheduled
 
     name = params.get("name")
+    level = str(params.get("level") or "restore")
     if name is None:
-        entries = context(settings).catalog.read().entries()
-        if not entries:
-            raise NotFoundError("there is no backup to verify", "take a backup first (`coldcopy backup`)")
-        name = entries[0].name
-    result = run_verify(settings, validate_name(name))
+        report = run_scheduled(settings)
+        if not report["ok"]:
+            failed = ", ".join(r["name"] for r in report["results"] if not r["ok"])
+            raise JobFailed(f"scheduled verification failed for {failed}", report)
+        return report
+    result = run_verify(settings, validate_name(name), level=level)
     if not result.ok:
         failed = "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in result.checks if not c.ok)
         raise JobFailed(
             f"verification of {result.name} failed: {failed or 'no checks ran'}", result.to_dict()
         )
     return result.to_dict()
+
+
+def _restore_test(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """A timed test restore (level ``restore``) of the named backup, or of the newest one."""
+    from .backup import context
+
+    name = params.get("name")
+    if name is None:
+        entries = [e for e in context(settings).catalog.read().entries() if e.kind in ("full", "compliance")]
+        if not entries:
+            raise NotFoundError("there is no backup to test-restore", "take a backup first: coldcopy backup")
+        name = entries[0].name
+    return _verify(settings, {"name": name, "level": "restore"})
 
 
 def _not_implemented(kind: str, where: str) -> Handler:
@@ -115,7 +131,7 @@ HANDLERS: dict[str, Handler] = {
     "backup-compliance": _backup("compliance"),
     "verify": _verify,
     "cleanup": cleanup_job,
-    "restore-test": _not_implemented("restore-test", "a later issue"),
+    "restore-test": _restore_test,
 }
 
 

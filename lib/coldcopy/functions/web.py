@@ -270,7 +270,12 @@ def _bounded_launcher(settings: Settings) -> Any:
 
 def _verify(req: Request, cfg: _Config) -> dict[str, Any]:
     name = _backup_name(req, required=True)
-    return _enqueue(cfg, "verify", {"name": name})
+    level = req.param("level")  # optional: checksum | full | restore (the job's default)
+    if level in (None, ""):
+        return _enqueue(cfg, "verify", {"name": name})
+    if level not in ("checksum", "full", "restore"):
+        raise HttpError(400, "bad_level", "'level' must be one of checksum, full, restore")
+    return _enqueue(cfg, "verify", {"name": name, "level": level})
 
 
 def _restore_test(req: Request, cfg: _Config) -> dict[str, Any]:
@@ -307,7 +312,8 @@ def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
-    return json_response(200, recovery_time_view(_now()))
+    b = _get_backend(cfg)
+    return json_response(200, recovery_time_view(_now(), b.catalog.read_cached()))
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:

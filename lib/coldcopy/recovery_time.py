@@ -1,0 +1,174 @@
+"""Recovery-time estimates from measured test restores.  Pure: no I/O.
+
+Every test restore (``coldcopy verify --level full|restore``) records its restore time and
+throughput (bytes of dump restored per second) in the verification record.  An estimate takes the
+median throughput of the newest measurements and scales it by the size of the backup that would be
+restored; it says which measurements it used and how old they are.  Without measurements it says
+so and uses a labelled default throughput.  Point-in-time scenarios need base backups and a WAL
+archive, which ColdCopy does not take yet: they are reported as not available, never invented.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .catalog import Catalog
+from .manifest import CatalogEntry, iso, parse_iso
+
+DEFAULT_THROUGHPUT = 10_000_000  # bytes of dump per second: an assumption, used only without measurements
+PROVISION_SECONDS = 1800  # a new PostgreSQL server, network access and ColdCopy's settings (assumption)
+MAX_MEASUREMENTS = 5
+LOGICAL_KINDS = ("full", "compliance")
+PITR_UNAVAILABLE = (
+    "not available: no base backups/WAL archive (point-in-time recovery arrives with physical backups)"
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    at: str
+    raw_bytes: int
+    seconds: float
+
+    @property
+    def throughput(self) -> float:
+        return self.raw_bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    bytes_per_second: float
+    measured: bool
+    basis: str
+    used: tuple[Measurement, ...] = ()
+    newest_at: str | None = None
+    age_seconds: float | None = None
+
+
+def measurements(cat: Catalog) -> list[Measurement]:
+    """Successful test restores with a measurement, newest first (one per backup: its latest)."""
+    out = []
+    for name, record in cat.verifications.items():
+        proof = record.get("restore_proof") or {}
+        m = proof.get("measurement") or {}
+        try:
+            raw, seconds = int(m["raw_bytes"]), float(m["restore_seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if proof.get("ok") and raw > 0 and seconds > 0:
+            out.append(Measurement(name, str(proof.get("at")), raw, seconds))
+    return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
+
+
+def throughput(cat: Catalog, now: datetime) -> Throughput:
+    found = measurements(cat)[:MAX_MEASUREMENTS]
+    if not found:
+        return Throughput(
+            DEFAULT_THROUGHPUT,
+            False,
+            f"no test restores measured yet: assumed default of {DEFAULT_THROUGHPUT / 1e6:.0f} MB/s of dump "
+            "(run `coldcopy verify NAME --level restore` to measure)",
+        )
+    rate = statistics.median(m.throughput for m in found)
+    newest = found[0].at
+    age = (now - parse_iso(newest)).total_seconds()
+    basis = (
+        f"median throughput of the {len(found)} newest test restore(s): {rate / 1e6:.2f} MB/s of dump "
+        f"(newest {newest}, {age / 3600:.1f} h old)"
+    )
+    return Throughput(rate, True, basis, tuple(found), newest, age)
+
+
+def restore_seconds(raw_bytes: int, rate: Throughput) -> float:
+    return round(raw_bytes / rate.bytes_per_second, 1) if rate.bytes_per_second > 0 else 0.0
+
+
+def latest_backup(cat: Catalog) -> CatalogEntry | None:
+    """The newest full backup, else the newest logical backup of any kind."""
+    entries = [e for e in cat.entries() if e.kind in LOGICAL_KINDS]
+    full = [e for e in entries if e.kind == "full"]
+    chosen = full or entries
+    return chosen[0] if chosen else None
+
+
+def estimate(cat: Catalog, now: datetime) -> dict[str, Any]:
+    """Every scenario's estimate, with how it was reached (the `recovery-time` and API answer)."""
+    rate = throughput(cat, now)
+    latest = latest_backup(cat)
+    scenarios: list[dict[str, Any]] = []
+    if latest is None:
+        restore: dict[str, Any] = {
+            "scenario": "restore-latest",
+            "title": "restore the latest full backup",
+            "available": False,
+            "estimate_seconds": None,
+            "how": "not available: there is no backup to restore",
+        }
+    else:
+        secs = restore_seconds(latest.raw_size_bytes, rate)
+        restore = {
+            "scenario": "restore-latest",
+            "title": "restore the latest full backup",
+            "available": True,
+            "estimate_seconds": secs,
+            "backup": latest.name,
+            "backup_raw_bytes": latest.raw_size_bytes,
+            "how": f"{latest.raw_size_bytes} bytes of dump in {latest.name} at {rate.basis}",
+        }
+    scenarios.append(restore)
+    for key, title in (
+        ("pitr-now", "point-in-time recovery to now"),
+        ("pitr-week-ago", "point-in-time recovery to a week ago"),
+    ):
+        scenarios.append(
+            {
+                "scenario": key,
+                "title": title,
+                "available": False,
+                "estimate_seconds": None,
+                "how": PITR_UNAVAILABLE,
+            }
+        )
+    disaster: dict[str, Any] = {
+        "scenario": "disaster-new-server",
+        "title": "complete disaster: restore onto a new server",
+        "available": restore["available"],
+        "estimate_seconds": None,
+        "how": restore["how"],
+    }
+    if restore["available"]:
+        disaster["estimate_seconds"] = round(PROVISION_SECONDS + restore["estimate_seconds"], 1)
+        disaster["backup"] = restore["backup"]
+        disaster["how"] = (
+            f"{PROVISION_SECONDS // 60} min to provision a server and set ColdCopy up (assumed) + "
+            f"the restore: {restore['how']}"
+        )
+    scenarios.append(disaster)
+    out: dict[str, Any] = {
+        "estimated": rate.measured,
+        "estimate_seconds": restore["estimate_seconds"],
+        "basis": rate.basis,
+        "throughput_bytes_per_second": round(rate.bytes_per_second, 1),
+        "measured_at": rate.newest_at,
+        "measurement_age_seconds": None if rate.age_seconds is None else round(rate.age_seconds, 1),
+        "measurements": [
+            {
+                "name": m.name,
+                "at": m.at,
+                "raw_bytes": m.raw_bytes,
+                "restore_seconds": m.seconds,
+                "throughput_bytes_per_second": round(m.throughput, 1),
+            }
+            for m in rate.used
+        ],
+        "scenarios": scenarios,
+        "checked_at": iso(now),
+    }
+    if not rate.measured:
+        out["reason"] = "no test restores measured yet; the figures use a labelled default throughput"
+        out["how_to_measure"] = "`coldcopy verify NAME --level restore` or POST /restore-test"
+    return out

@@ -1,0 +1,145 @@
+"""Recovery-time estimates from recorded test restores (drills)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cli_helpers import run_cli
+from coldcopy.catalog import Catalog
+from coldcopy.catalog_store import CatalogStore
+from coldcopy.config import load_settings
+from coldcopy.crypto import MasterKey
+from coldcopy.http_api import recovery_time_view
+from coldcopy.manifest import CatalogEntry, iso
+from coldcopy.names import make_name
+from coldcopy.recovery_time import DEFAULT_THROUGHPUT, PROVISION_SECONDS, estimate
+from coldcopy.storage import Storage
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+MB = 1_000_000
+
+
+def entry(name: str, created: datetime, raw: int, kind: str = "full") -> CatalogEntry:
+    return CatalogEntry(name, kind, "app", iso(created), iso(created), 5.0, raw // 4, raw, True, "k", "17.2")
+
+
+def drill(at: datetime, raw: int, seconds: float, ok: bool = True, level: str = "restore") -> dict[str, Any]:
+    m = {"raw_bytes": raw, "restore_seconds": seconds, "throughput_bytes_per_second": raw / seconds}
+    proof = {"at": iso(at), "level": level, "ok": ok, "measurement": m, "restore_level_at": iso(at)}
+    return {"at": iso(at), "level": level, "ok": ok, "restore_proof": proof}
+
+
+def catalog(entries: list[CatalogEntry], verifications: dict[str, dict[str, Any]]) -> Catalog:
+    return Catalog(backups={e.name: e for e in entries}, verifications=verifications)
+
+
+Backup = tuple[str, datetime, int]  # kind, created, bytes of dump
+Drill = tuple[int, datetime, int, float, bool, str]  # backup index, at, bytes, seconds, ok, level
+
+
+def prepare_bucket(env: dict[str, str], backups: list[Backup], drills: list[Drill]) -> list[str]:
+    """Write backup and verification journal records (as the real writers do) into env's bucket.
+
+    Plans and estimates read only the catalog, so no payload is needed.  Returns the backup names.
+    """
+    s = load_settings(env, env_file=Path(os.devnull))
+    store = CatalogStore(Storage(s))
+    key_id = MasterKey.from_passphrase(env["BACKUP_ENCRYPTION_KEY"]).key_id
+    names = []
+    for kind, created, raw in backups:
+        name = str(make_name(kind, s.db_name, created))
+        e = CatalogEntry(
+            name,
+            kind,
+            s.db_name,
+            iso(created),
+            iso(created + timedelta(seconds=30)),
+            30.0,
+            raw // 4,
+            raw,
+            True,
+            key_id,
+            "17.2",
+        )
+        store.record(
+            "backup", name, {"name": name, "entry": e.to_dict()}, when=created + timedelta(seconds=30)
+        )
+        names.append(name)
+    for index, at, raw, seconds, ok, level in drills:
+        record = drill(at, raw, seconds, ok, level)
+        record.pop("at")
+        store.record("verification", names[index], {"name": names[index], **record}, when=at)
+    return names
+
+
+def scenario(est: dict[str, Any], key: str) -> dict[str, Any]:
+    return next(s for s in est["scenarios"] if s["scenario"] == key)
+
+
+def test_the_estimate_scales_the_median_measured_throughput_by_the_latest_backups_size() -> None:
+    b1 = entry("full_backup_app_20261120_020000", NOW - timedelta(days=4), 100 * MB)
+    b2 = entry("full_backup_app_20261122_020000", NOW - timedelta(days=2), 200 * MB)
+    b3 = entry("full_backup_app_20261123_020000", NOW - timedelta(days=1), 300 * MB)
+    latest = entry("full_backup_app_20261124_020000", NOW - timedelta(hours=10), 1000 * MB)
+    comp = entry("compliance_backup_app_20261124_030000", NOW - timedelta(hours=9), 5000 * MB, "compliance")
+    cat = catalog(
+        [b1, b2, b3, latest, comp],
+        {
+            b1.name: drill(NOW - timedelta(days=3), 100 * MB, 10),  # 10 MB/s
+            b2.name: drill(NOW - timedelta(days=2), 200 * MB, 10),  # 20 MB/s
+            b3.name: drill(NOW - timedelta(hours=6), 300 * MB, 10),  # 30 MB/s, newest
+            latest.name: drill(NOW - timedelta(hours=5), 1, 1, ok=False),  # failed: not a measurement
+            comp.name: {"level": "checksum", "ok": True},  # no test restore
+        },
+    )
+    est = estimate(cat, NOW)
+    assert est["estimated"] is True and "reason" not in est
+    assert est["throughput_bytes_per_second"] == 20 * MB, "median of 10, 20 and 30 MB/s"
+    restore = scenario(est, "restore-latest")
+    assert restore["backup"] == latest.name, "the latest FULL backup, not the newer compliance one"
+    assert restore["estimate_seconds"] == 50.0 == est["estimate_seconds"]  # 1000 MB at 20 MB/s
+    assert "3 newest test restore" in est["basis"] and "6.0 h old" in est["basis"]
+    assert est["measured_at"] == iso(NOW - timedelta(hours=6))
+    assert est["measurement_age_seconds"] == 6 * 3600
+    assert [m["name"] for m in est["measurements"]] == [b3.name, b2.name, b1.name]
+    disaster = scenario(est, "disaster-new-server")
+    assert disaster["estimate_seconds"] == PROVISION_SECONDS + 50.0 and "assumed" in disaster["how"]
+    for key in ("pitr-now", "pitr-week-ago"):
+        s = scenario(est, key)
+        assert s["available"] is False and s["estimate_seconds"] is None
+        assert "not available: no base backups/WAL archive" in s["how"]
+
+
+def test_without_measurements_it_says_so_and_gives_a_labelled_default() -> None:
+    latest = entry("full_backup_app_20261124_020000", NOW - timedelta(hours=10), 500 * MB)
+    est = estimate(catalog([latest], {latest.name: {"level": "checksum", "ok": True}}), NOW)
+    assert est["estimated"] is False and "no test restores" in est["reason"]
+    assert "assumed default" in est["basis"] and est["measured_at"] is None
+    assert scenario(est, "restore-latest")["estimate_seconds"] == 500 * MB / DEFAULT_THROUGHPUT
+    empty = recovery_time_view(NOW)
+    assert empty["estimated"] is False and scenario(empty, "restore-latest")["available"] is False
+    assert scenario(empty, "disaster-new-server")["estimate_seconds"] is None
+
+
+def test_recovery_time_command_reads_recorded_drills_from_the_bucket(coldcopy_env: dict[str, str]) -> None:
+    now = datetime.now(UTC)
+    env = coldcopy_env
+    names = prepare_bucket(
+        env,
+        backups=[("full", now - timedelta(days=2), 400 * MB), ("full", now - timedelta(days=1), 800 * MB)],
+        drills=[(0, now - timedelta(hours=30), 400 * MB, 20.0, True, "restore")],
+    )
+    r = run_cli(env, "recovery-time", "--json")
+    assert r.rc == 0, r.err
+    est = json.loads(r.out)
+    restore = scenario(est, "restore-latest")
+    assert est["estimated"] is True and restore["backup"] == names[1]
+    assert restore["estimate_seconds"] == 40.0  # 800 MB at the measured 20 MB/s
+    assert 29.9 * 3600 < est["measurement_age_seconds"] < 30.5 * 3600
+    text = run_cli(env, "recovery-time")
+    assert text.rc == 0 and "restore the latest full backup" in text.out and "40 s" in text.out
+    assert "not available: no base backups/WAL archive" in text.out
