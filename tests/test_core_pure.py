@@ -186,3 +186,20 @@ def test_deletion_and_failures_and_summary() -> None:
     assert any("failed" in p for p in s["problems"]) and not s["ok"]
     s_old = summarize(cat, T0 + timedelta(days=3))
     assert any("more than 26 hours" in p for p in s_old["problems"])
+
+
+def test_a_damaged_journal_record_never_breaks_reading() -> None:
+    cat = Catalog()
+    good = _backup_record(T0)
+    cat.merge(
+        [
+            good,
+            (
+                journal_key("backup", "full_backup_db_20261124_030000", T0),
+                {"type": "backup", "name": "full_backup_db_20261124_030000", "entry": {"oops": 1}},
+            ),
+            (journal_key("backup", "x", T0), ["not", "an", "object"]),
+        ]
+    )  # type: ignore[list-item]
+    assert list(cat.backups) == [good[1]["name"]]
+    assert "full_backup_db_20261124_030000" in cat.unreadable

@@ -60,11 +60,20 @@ class Catalog:
     def apply(self, key: str, record: dict[str, Any]) -> None:
         if key in self.applied:
             return
+        if not isinstance(record, dict):
+            record = {}
         kind = record.get("type")
         name = str(record.get("name", ""))
         if kind == "backup" and name not in self.deleted:
-            self.backups[name] = CatalogEntry.from_dict(record["entry"])
-            self.unreadable.pop(name, None)
+            try:
+                self.backups[name] = CatalogEntry.from_dict(record["entry"])
+                self.unreadable.pop(name, None)
+            except (KeyError, TypeError, AttributeError):
+                # A damaged journal record never breaks reading; the manifest stays the truth and
+                # `coldcopy catalog rebuild` reads it.
+                self.unreadable.setdefault(
+                    name, f"journal record {key} is damaged; run `coldcopy catalog rebuild`"
+                )
         elif kind == "backup_deleted":
             self.backups.pop(name, None)
             self.unreadable.pop(name, None)
