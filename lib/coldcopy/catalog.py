@@ -140,7 +140,7 @@ class Catalog:
         return cat
 
 
-def summarize(cat: Catalog, now: datetime) -> dict[str, Any]:
+def summarize(cat: Catalog, now: datetime, encryption_configured: bool | None = None) -> dict[str, Any]:
     """The `status` view: last backup, its age, counts, total size, and anything wrong."""
     entries = cat.entries()
     by_kind: dict[str, int] = {}
@@ -167,6 +167,8 @@ def summarize(cat: Catalog, now: datetime) -> dict[str, Any]:
     failed_verifications = [n for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups]
     for name in sorted(failed_verifications):
         problems.append(f"verification of {name} failed")
+    if encryption_configured is False:
+        problems.append("BACKUP_ENCRYPTION_KEY is not set: new backups are stored unencrypted")
     return {
         "last_backup": last.to_dict() if last else None,
         "last_backup_age_seconds": age,
@@ -176,4 +178,5 @@ def summarize(cat: Catalog, now: datetime) -> dict[str, Any]:
         "last_failure": failure,
         "problems": problems,
         "ok": not problems,
+        **({} if encryption_configured is None else {"encryption_configured": encryption_configured}),
     }

@@ -14,6 +14,7 @@ from . import __version__
 from .cli_alerts import add_alert_commands
 from .cli_common import settings_for
 from .cli_jobs import add_job_commands
+from .cli_pitr import add_pitr_commands
 from .cli_plans import add_plan_commands
 from .cli_retention import add_retention_commands
 from .cli_serve import add_serve_command
@@ -178,11 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .catalog import summarize
 
     s = _settings(args, (STORAGE,))
-    st = summarize(context(s).catalog.read(), datetime.now(UTC))
-    st["encryption_configured"] = s.encrypted
-    if not s.encrypted:
-        st["problems"].append("BACKUP_ENCRYPTION_KEY is not set: new backups are stored unencrypted")
-        st["ok"] = False
+    st = summarize(context(s).catalog.read(), datetime.now(UTC), encryption_configured=s.encrypted)
     if args.json:
         emit_json(st)
         return 0 if st["ok"] else 1
@@ -363,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_retention_commands(add)
     add_serve_command(add)
     add_plan_commands(add)
+    add_pitr_commands(add)
     return p
 
 

@@ -355,11 +355,7 @@ def backup_item(entry: CatalogEntry, verification: Mapping[str, Any] | None) -> 
 
 def status_view(cat: Catalog, *, encrypted: bool, now: datetime) -> dict[str, Any]:
     """What `coldcopy status --json` says, plus when it was computed."""
-    st = summarize(cat, now)
-    st["encryption_configured"] = encrypted
-    if not encrypted:
-        st["problems"].append("BACKUP_ENCRYPTION_KEY is not set: new backups are stored unencrypted")
-        st["ok"] = False
+    st = summarize(cat, now, encryption_configured=encrypted)
     st["checked_at"] = iso(now)
     return st
 
