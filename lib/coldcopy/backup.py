@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -15,7 +16,7 @@ from . import __version__
 from .catalog_store import CatalogStore
 from .config import Settings, redact
 from .crypto import MasterKey
-from .errors import ColdCopyError, ConflictError, DatabaseError
+from .errors import ColdCopyError, ConflictError, DatabaseError, IntegrityError
 from .inflight import Marker, clean_stale, remove_partial
 from .manifest import Manifest, StoredObject, data_key, globals_key, iso, manifest_key
 from .names import make_name
@@ -70,10 +71,12 @@ def run_backup(
 ) -> Manifest:
     ctx = context(settings)
     started = now()
+    claimed: list[str] = []  # the name _claim_name settles on, for the failure record
     try:
-        manifest = _checked_backup(ctx, kind, started, progress, now)
+        manifest = _checked_backup(ctx, kind, started, progress, now, claimed)
     except BaseException as exc:
-        _record_failure(ctx, str(make_name(kind, settings.db_name, started)), kind, exc)
+        name = claimed[0] if claimed else str(make_name(kind, settings.db_name, started))
+        _record_failure(ctx, name, kind, exc)
         raise
     name = manifest.name
     try:
@@ -105,7 +108,12 @@ def _claim_name(ctx: BackupContext, kind: str, started: datetime) -> tuple[str, 
 
 
 def _checked_backup(
-    ctx: BackupContext, kind: str, started: datetime, progress: Progress | None, now: Callable[[], datetime]
+    ctx: BackupContext,
+    kind: str,
+    started: datetime,
+    progress: Progress | None,
+    now: Callable[[], datetime],
+    claimed: list[str],
 ) -> Manifest:
     pg = Postgres(ctx.settings)
     pg_dump = pg.tool("pg_dump")
@@ -119,6 +127,7 @@ def _checked_backup(
             )
         clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
         name, marker = _claim_name(ctx, kind, started)
+        claimed.append(name)
         try:
             return _dump(
                 ctx,
@@ -130,7 +139,6 @@ def _checked_backup(
                 server_num,
                 server_text,
                 pg_dump.text,
-                marker,
                 progress,
                 now,
             )
@@ -146,7 +154,8 @@ def _checked_backup(
             except ColdCopyError as exc:
                 log.warning("could not remove the in-flight marker: %s", exc.message)
     finally:
-        conn.close()
+        with contextlib.suppress(Exception):  # the backup's outcome is decided; closing can't change it
+            conn.close()
 
 
 def _dump(
@@ -159,7 +168,6 @@ def _dump(
     server_num: int,
     server_text: str,
     tool_text: str,
-    marker: Marker,
     progress: Progress | None,
     now: Callable[[], datetime],
 ) -> Manifest:
@@ -180,16 +188,11 @@ def _dump(
         data_key(name), part_size=s.part_size_mb << 20, concurrency=s.upload_concurrency
     )
 
-    def beat(raw: int, stored: int) -> None:
-        marker.beat()
-        if progress:
-            progress(raw, stored)
-
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
     assert proc.stdout is not None and proc.stderr is not None
     errors = _StderrTail(proc.stderr)
     try:
-        stats = pack_stream(proc.stdout, writer, ctx.key, s.zstd_level, beat)
+        stats = pack_stream(proc.stdout, writer, ctx.key, s.zstd_level, progress)
         log.debug("dump streamed: %d bytes in %.2f s", stats.raw_size, time.monotonic() - t0)
         rc = proc.wait()
         if rc != 0:
@@ -234,8 +237,28 @@ def _dump(
         extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"},
         coldcopy_version=__version__,
     )
-    ctx.storage.put_json(manifest_key(name), manifest.to_dict(), create_only=True)  # the commit point
+    _commit(ctx, manifest)
     return manifest
+
+
+def _commit(ctx: BackupContext, manifest: Manifest) -> None:
+    """Write the manifest (create-only): the commit point.  Only after checking that every object
+    it names is in the bucket at the recorded size."""
+    for obj in [manifest.data] + ([manifest.globals] if manifest.globals else []):
+        info = ctx.storage.head(obj.key)
+        if info is None or info.size != obj.stored_size:
+            raise IntegrityError(
+                f"{obj.key} is {'missing' if info is None else f'{info.size} bytes'} just before the commit "
+                f"(expected {obj.stored_size} bytes); the backup was not committed",
+                "another process removed or changed it; run the backup again",
+            )
+    try:
+        ctx.storage.put_json(manifest_key(manifest.name), manifest.to_dict(), create_only=True)
+    except ConflictError:
+        # A retried PUT whose first attempt landed answers 412: that is our own manifest.
+        stored = ctx.catalog.manifest(manifest.name)
+        if stored.data.stored_sha256 != manifest.data.stored_sha256:
+            raise
 
 
 def _globals(ctx: BackupContext, pg: Postgres, name: str) -> tuple[StoredObject | None, str]:

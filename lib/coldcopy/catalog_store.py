@@ -133,7 +133,7 @@ class CatalogStore:
         # Manifests are the truth about which backups exist; the journal adds failures,
         # verifications and deletions.  A deletion only wins when the manifest is gone too.
         cat.merge([(k, r) for k, r in records if r.get("type") != "backup"])
-        cat.deleted = {n: at for n, at in cat.deleted.items() if n not in manifests and n not in names}
+        cat.deleted = {n: at for n, at in cat.deleted.items() if n not in manifests}
         for name in names:
             m = manifests.get(name)
             if isinstance(m, Manifest):

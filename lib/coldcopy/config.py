@@ -202,7 +202,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_ZSTD_LEVEL": ("zstd_level", _int(1, 19), None),
     "COLDCOPY_PART_SIZE_MB": ("part_size_mb", _int(5, 512), None),
     "COLDCOPY_UPLOAD_CONCURRENCY": ("upload_concurrency", _int(1, 32), None),
-    "COLDCOPY_STALE_UPLOAD_SECONDS": ("stale_upload_seconds", _int(0, 7 * 86400), None),
+    "COLDCOPY_STALE_UPLOAD_SECONDS": ("stale_upload_seconds", _int(300, 7 * 86400), None),
     "COLDCOPY_ROW_COUNTS": ("row_counts", _choice("exact", "estimate"), None),
     "FULL_RETENTION_DAYS": ("full_retention_days", _int(1, 36500), None),
     "COMPLIANCE_RETENTION_DAYS": ("compliance_retention_days", _int(1, 36500), None),

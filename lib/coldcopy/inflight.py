@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
+import threading
 from datetime import UTC, datetime, timedelta
 
 from .errors import ColdCopyError, ConflictError, NotFoundError
@@ -38,15 +38,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> str:
+    """Pids are only comparable inside one pid namespace (containers share hostnames)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 class Marker:
+    """The in-flight marker, refreshed by a background thread from ``create()`` to ``remove()``
+    (through pg_dump, the row counts and the roles alike) so no phase can look abandoned."""
+
     def __init__(self, storage: Storage, name: str) -> None:
         self.storage, self.name = storage, name
-        self._last = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _body(self) -> dict[str, object]:
         return {
             "name": self.name,
             "host": socket.gethostname(),
+            "pidns": _pid_namespace(),
             "pid": os.getpid(),
             "heartbeat_at": iso(datetime.now(UTC)),
         }
@@ -56,22 +69,32 @@ class Marker:
             self.storage.put_json(marker_key(self.name), self._body(), create_only=True)
         except ConflictError:
             raise ConflictError(f"a backup named {self.name} is already running") from None
-        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._beat, name="inflight-heartbeat", daemon=True)
+        self._thread.start()
 
-    def beat(self) -> None:
-        if time.monotonic() - self._last >= HEARTBEAT_SECONDS:
-            self._last = time.monotonic()
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 self.storage.put_json(marker_key(self.name), self._body())
             except ColdCopyError as exc:  # a missed heartbeat must not fail the backup
                 log.warning("could not refresh the in-flight marker: %s", exc.message)
 
+    def beat(self) -> None:  # TODO(lead): drop once basebackup.py no longer calls it
+        """Nothing to do: the heartbeat thread refreshes the marker."""
+
     def remove(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         self.storage.delete([marker_key(self.name)])
 
 
 def is_stale(marker: dict[str, object], modified: datetime, stale_after: float, now: datetime) -> bool:
-    same_host = marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int)
+    same_host = (
+        marker.get("host") == socket.gethostname()
+        and marker.get("pidns") == _pid_namespace()
+        and isinstance(marker.get("pid"), int)
+    )
     if same_host and not _pid_alive(int(str(marker["pid"]))):
         return True
     beat = marker.get("heartbeat_at")

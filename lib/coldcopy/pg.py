@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -140,7 +141,8 @@ class Postgres:
 
     # -- client tools -----------------------------------------------------------------------------
     def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        """The environment of a client tool: no other secret of ours is passed on."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TZ")}
         env.update(
             PGHOST=self.s.db_host,
             PGPORT=str(self.s.db_port),
@@ -169,7 +171,9 @@ class Postgres:
         tables = conn.run(
             "SELECT n.nspname, c.relname, c.reltuples::bigint FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "WHERE c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = "
+            "'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
             "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2"
         )
         counts: dict[str, int] = {}
@@ -192,14 +196,32 @@ class Postgres:
         conn.run(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
 
     def rename_database(self, conn: pg8000.native.Connection, old: str, new: str) -> None:
+        """Rename a database others may be using: stop new sessions, end the current ones, rename.
+        Whatever fails, the database accepts connections again afterwards."""
         conn.run(f"ALTER DATABASE {quote_ident(old)} WITH ALLOW_CONNECTIONS false")
-        conn.run(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = :n AND pid <> pg_backend_pid()",
-            n=old,
-        )
-        conn.run(f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(new)}")
-        conn.run(f"ALTER DATABASE {quote_ident(new)} WITH ALLOW_CONNECTIONS true")
+        current = old
+        try:
+            # One session at a time: a session we may not end (a superuser's on a managed service)
+            # must not stop us from ending the others; the rename then says what is still there.
+            pids = conn.run(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'",
+                n=old,
+            )
+            for (pid,) in pids:
+                with contextlib.suppress(pg8000.exceptions.DatabaseError):
+                    conn.run("SELECT pg_terminate_backend(:p)", p=pid)
+            try:
+                conn.run(f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(new)}")
+            except pg8000.exceptions.DatabaseError as exc:
+                detail = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
+                raise DatabaseError(
+                    f"could not rename database {old!r} to {new!r}: {detail}",
+                    "close the sessions still using it (or ask a superuser to), then run the restore again",
+                ) from None
+            current = new
+        finally:
+            conn.run(f"ALTER DATABASE {quote_ident(current)} WITH ALLOW_CONNECTIONS true")
 
 
 def run_tool(

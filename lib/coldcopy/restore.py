@@ -24,6 +24,12 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
 
 
+def _dated(base: str, label: str) -> str:
+    """``<base>_<label>_<timestamp>``, cut so the whole name fits PostgreSQL's 63 bytes."""
+    suffix = f"_{label}_{_stamp()}"
+    return base.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+
+
 def run_restore(
     settings: Settings,
     name: str,
@@ -59,7 +65,7 @@ def run_restore(
             )
         if keep_old is None:
             keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
-        staging = f"{final[:40]}_ccstage_{_stamp()}" if exists else final
+        staging = _dated(final, "ccstage") if exists else final
         if pg.database_exists(admin, staging):
             raise ConflictError(f"staging database {staging!r} already exists", "drop it or wait a second")
         pg.create_database(admin, staging)
@@ -77,9 +83,13 @@ def run_restore(
         raise
     old_name = None
     if exists:
-        old_name = f"{final[:40]}_before_restore_{_stamp()}"
+        old_name = _dated(final, "before_restore")
         with pg.session(pg.maintenance_db()) as admin:
-            pg.rename_database(admin, final, old_name)
+            try:
+                pg.rename_database(admin, final, old_name)
+            except BaseException:
+                pg.drop_database(admin, staging)  # the target stays as it was
+                raise
             try:
                 pg.rename_database(admin, staging, final)
             except BaseException:

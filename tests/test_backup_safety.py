@@ -1,0 +1,82 @@
+"""Safety properties found by review: heartbeats through every phase, the commit check, database
+renames that always leave the database reachable, tables pg_dump does not dump."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+
+from cli_helpers import run_cli
+from coldcopy import inflight
+from coldcopy.backup import _commit, context
+from coldcopy.config import load_settings
+from coldcopy.errors import DatabaseError, IntegrityError
+from coldcopy.pg import Postgres
+
+
+def test_marker_heartbeat_runs_in_the_background(coldcopy_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(inflight, "HEARTBEAT_SECONDS", 0.05)
+    ctx = context(load_settings(coldcopy_env))
+    marker = inflight.Marker(ctx.storage, "full_backup_demo_20260101_000000")
+    marker.create()
+    key = inflight.marker_key(marker.name)
+    first = ctx.storage.get_json(key)["heartbeat_at"]
+    deadline = time.monotonic() + 20
+    while ctx.storage.get_json(key)["heartbeat_at"] == first:  # refreshed with nobody calling it
+        assert time.monotonic() < deadline, "the marker was never refreshed"
+    marker.remove()
+    assert not ctx.storage.exists(key)
+
+
+def test_commit_refuses_when_an_object_went_missing(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    r = run_cli(coldcopy_env, "backup", "--json")
+    assert r.rc == 0, r.err
+    ctx = context(load_settings(coldcopy_env))
+    m = ctx.catalog.manifest(json.loads(r.out)["name"])
+    other = dataclasses.replace(
+        m,
+        name="full_backup_demo_20200101_000000",
+        data=dataclasses.replace(m.data, key="backups/full_backup_demo_20200101_000000/data"),
+    )
+    with pytest.raises(IntegrityError, match="missing just before the commit"):
+        _commit(ctx, other)
+    assert not ctx.storage.exists("backups/full_backup_demo_20200101_000000/manifest.json")
+    _commit(ctx, m)  # committing the same manifest again (a retried PUT) is not an error
+
+
+def test_a_failed_rename_leaves_the_database_reachable(pg, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    pg.create_database("rn_a")
+    pg.create_database("rn_b")
+    p = Postgres(load_settings(coldcopy_env))
+    try:
+        with p.session("postgres") as admin, pytest.raises(DatabaseError, match="could not rename"):
+            p.rename_database(admin, "rn_a", "rn_b")  # the new name is taken
+        c = pg.connect()
+        assert c.run("SELECT datallowconn FROM pg_database WHERE datname = 'rn_a'") == [[True]]
+        c.close()
+    finally:
+        pg.drop_database("rn_a")
+        pg.drop_database("rn_b")
+
+
+def test_extension_owned_tables_do_not_block_restore(pg, coldcopy_env, fresh_db) -> None:  # type: ignore[no-untyped-def]
+    env = {**coldcopy_env, "DB_NAME": fresh_db}
+    c = pg.connect(fresh_db)
+    c.run("CREATE TABLE app (x int)")
+    c.run("INSERT INTO app VALUES (1), (2)")
+    c.run("CREATE TABLE ext_queue (x int)")
+    c.run("INSERT INTO ext_queue VALUES (1)")
+    c.run("ALTER EXTENSION plpgsql ADD TABLE ext_queue")  # like pg_net's queue on Supabase
+    c.close()
+    r = run_cli(env, "backup", "--json")
+    assert r.rc == 0, r.err
+    name = json.loads(r.out)["name"]
+    shown = json.loads(run_cli(env, "show", name, "--json").out)
+    assert shown["tables"] == {"public.app": 2}
+    assert run_cli(env, "verify", name).rc == 0
+    target = f"{fresh_db}_x"
+    assert run_cli(env, "restore", "--backup-name", name, "--target-db", target).rc == 0
+    pg.drop_database(target)
