@@ -56,7 +56,8 @@ def plaintext(src: BinaryIO) -> Iterator[bytes]:
     frame_size, alg = params["frame_size"], params["alg"]
     aead = None
     if alg == "AES-256-GCM":
-        secret = os.environ.get("BACKUP_ENCRYPTION_KEY", "").encode("utf-8")
+        # ColdCopy trims surrounding whitespace from every setting, the key included (doc §3).
+        secret = os.environ.get("BACKUP_ENCRYPTION_KEY", "").strip().encode("utf-8")
         if not secret:
             raise Bad(f"encrypted with key id {envelope['key_id']}: set BACKUP_ENCRYPTION_KEY")
         key_id = hashlib.sha256(scrypt(secret, b"coldcopy-key-id-v1", 2**15, 8, 1)).hexdigest()[:16]
