@@ -265,10 +265,12 @@ class Storage:
 
 
 class MultipartWriter:
-    """Buffers bytes into parts and uploads them with at most ``concurrency`` parts in flight.
+    """Buffers bytes into parts and uploads them, at most part_size × concurrency bytes in flight.
 
-    Memory is bounded by part_size × (concurrency + 1).  ``abort()`` (also called on any error in
-    ``complete()``) removes every uploaded part.  Small payloads are written with one PUT.
+    Memory is part_size × (concurrency + 1) for the first 1,000 parts (8 GB stored at 8 MB parts);
+    beyond that S3's 10,000-part limit forces larger parts, and memory is at most two of them
+    (one filling, one in flight): 2 × 64 MB around 100 GB stored.  ``abort()`` (also called on any
+    error) removes every uploaded part.  Small payloads are written with one PUT.
     """
 
     def __init__(
@@ -279,6 +281,7 @@ class MultipartWriter:
         self._pending = 0
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
+        self._concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upload")
         self._closed = False
@@ -323,7 +326,12 @@ class MultipartWriter:
     def _submit(self, part: bytes) -> None:
         upload_id = self._start()
         self._raise_failed()
-        self._slots.acquire()  # bounded: blocks the producer while `concurrency` parts are in flight
+        # Bounded in bytes, not parts: a part of k × part_size holds k slots, so the bytes in flight
+        # stay under part_size × concurrency however large the parts grow.  One producer thread
+        # takes the slots, so taking several in a row cannot deadlock.
+        weight = min(self._concurrency, max(1, -(-len(part) // self.part_size)))
+        for _ in range(weight):
+            self._slots.acquire()
         number = len(self._parts) + 1
 
         def send() -> dict[str, Any]:
@@ -338,7 +346,8 @@ class MultipartWriter:
                 )
                 return {"PartNumber": number, "ETag": resp["ETag"]}
             finally:
-                self._slots.release()
+                for _ in range(weight):
+                    self._slots.release()
 
         self._parts.append(self._pool.submit(send))
 
