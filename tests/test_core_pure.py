@@ -203,3 +203,16 @@ def test_a_damaged_journal_record_never_breaks_reading() -> None:
     )  # type: ignore[list-item]
     assert list(cat.backups) == [good[1]["name"]]
     assert "full_backup_db_20261124_030000" in cat.unreadable
+
+
+def test_a_clock_running_ahead_does_not_move_the_watermark() -> None:
+    now = T0 + timedelta(hours=1)
+    honest = _backup_record(now)
+    ahead = _backup_record(now + timedelta(hours=3))  # a writer whose clock is 3 h fast
+    cat = Catalog()
+    cat.merge([honest, ahead], now=now)
+    assert len(cat.backups) == 2
+    assert cat.watermark == honest[0]  # not the future key
+    late = _backup_record(now - timedelta(minutes=2))  # written just after, by an honest writer
+    listing_from = start_after(cat.watermark)
+    assert listing_from is not None and late[0] > listing_from

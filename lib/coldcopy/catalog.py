@@ -57,7 +57,9 @@ class Catalog:
     generated_at: str | None = None
 
     # -- applying records -------------------------------------------------------------------------
-    def apply(self, key: str, record: dict[str, Any]) -> None:
+    def apply(self, key: str, record: dict[str, Any], limit: str | None = None) -> None:
+        """Apply one record.  The watermark never moves past ``limit`` (now + SKEW): one writer
+        whose clock runs ahead must not push honest writers' records out of readers' window."""
         if key in self.applied:
             return
         if not isinstance(record, dict):
@@ -87,12 +89,13 @@ class Catalog:
             if prev is None or str(prev.get("at")) <= str(record.get("at")):
                 self.verifications[name] = {k: v for k, v in record.items() if k != "type"}
         self.applied.add(key)
-        if self.watermark is None or key > self.watermark:
+        if (self.watermark is None or key > self.watermark) and (limit is None or key <= limit):
             self.watermark = key
 
-    def merge(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+    def merge(self, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None) -> None:
+        limit = f"{JOURNAL}{((now or datetime.now(UTC)) + SKEW).strftime(_STAMP)}"
         for key, record in sorted(records, key=lambda kr: kr[0]):
-            self.apply(key, record)
+            self.apply(key, record, limit)
         self._trim_applied()
 
     def _trim_applied(self) -> None:
