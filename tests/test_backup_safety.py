@@ -80,3 +80,34 @@ def test_extension_owned_tables_do_not_block_restore(pg, coldcopy_env, fresh_db)
     target = f"{fresh_db}_x"
     assert run_cli(env, "restore", "--backup-name", name, "--target-db", target).rc == 0
     pg.drop_database(target)
+
+
+def test_in_place_restore_keeps_database_settings_and_grants(pg, coldcopy_env, fresh_db) -> None:  # type: ignore[no-untyped-def]
+    env = {**coldcopy_env, "DB_NAME": fresh_db}
+    c = pg.connect()
+    c.run("CREATE ROLE reporting NOLOGIN")
+    c.run(f"ALTER DATABASE {fresh_db} SET work_mem = '7MB'")
+    c.run(f"ALTER ROLE reporting IN DATABASE {fresh_db} SET statement_timeout = '5s'")
+    c.run(f"GRANT CREATE ON DATABASE {fresh_db} TO reporting")
+    c.run(f"COMMENT ON DATABASE {fresh_db} IS 'the app''s data'")
+    c.close()
+    name = json.loads(run_cli(env, "backup", "--json").out)["name"]
+    r = run_cli(env, "restore", "--backup-name", name, "--no-keep-old", "--json")
+    assert r.rc == 0, r.err
+    c = pg.connect()
+    try:
+        settings = c.run(
+            "SELECT coalesce(pg_get_userbyid(NULLIF(setrole, 0)), ''), setconfig FROM pg_db_role_setting s "
+            "JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = :n ORDER BY 1",
+            n=fresh_db,
+        )
+        assert settings == [["", ["work_mem=7MB"]], ["reporting", ["statement_timeout=5s"]]]
+        assert c.run("SELECT has_database_privilege('reporting', :n, 'CREATE')", n=fresh_db) == [[True]]
+        assert c.run(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n", n=fresh_db
+        ) == [["the app's data"]]
+    finally:
+        c.run(f"REVOKE ALL ON DATABASE {fresh_db} FROM reporting")
+        c.run(f"ALTER ROLE reporting IN DATABASE {fresh_db} RESET ALL")
+        c.run("DROP ROLE reporting")
+        c.close()

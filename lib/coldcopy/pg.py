@@ -195,6 +195,58 @@ class Postgres:
     def drop_database(self, conn: pg8000.native.Connection, name: str) -> None:
         conn.run(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
 
+    def copy_database_properties(self, conn: pg8000.native.Connection, src: str, dst: str) -> list[str]:
+        """Give ``dst`` what pg_restore without --create does not carry over from ``src``: its
+        owner, comment, database-level and per-role settings, and privileges.  Returns what could
+        not be copied (for the operator), instead of failing the restore over it."""
+        missed: list[str] = []
+
+        def attempt(sql: str, what: str) -> None:
+            try:
+                conn.run(sql)
+            except pg8000.exceptions.DatabaseError as exc:
+                detail = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
+                missed.append(f"{what}: {detail}")
+
+        row = conn.run(
+            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database "
+            "WHERE datname = :n",
+            n=src,
+        )
+        if not row:
+            return missed
+        owner, comment = row[0]
+        attempt(f"ALTER DATABASE {quote_ident(dst)} OWNER TO {quote_ident(owner)}", "owner")
+        if comment:
+            attempt(f"COMMENT ON DATABASE {quote_ident(dst)} IS {_literal(comment)}", "comment")
+        settings = conn.run(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig "
+            "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = :n",
+            n=src,
+        )
+        for role, config in settings:
+            for item in config or []:
+                name, _, value = str(item).partition("=")
+                target = f"ROLE {quote_ident(role)} IN DATABASE" if role else "DATABASE"
+                attempt(
+                    f"ALTER {target} {quote_ident(dst)} SET {quote_ident(name)} = {_literal(value)}",
+                    f"setting {name}",
+                )
+        grants = conn.run(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+            "a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
+            "WHERE d.datname = :n",
+            n=src,
+        )
+        for grantee, privilege, grantable in grants:
+            who = "PUBLIC" if grantee == "PUBLIC" else quote_ident(grantee)
+            attempt(
+                f"GRANT {privilege} ON DATABASE {quote_ident(dst)} TO {who}"
+                + (" WITH GRANT OPTION" if grantable else ""),
+                f"privilege {privilege} for {grantee}",
+            )
+        return missed
+
     def rename_database(self, conn: pg8000.native.Connection, old: str, new: str) -> None:
         """Rename a database others may be using: stop new sessions, end the current ones, rename.
         Whatever fails, the database accepts connections again afterwards."""
@@ -222,6 +274,10 @@ class Postgres:
             current = new
         finally:
             conn.run(f"ALTER DATABASE {quote_ident(current)} WITH ALLOW_CONNECTIONS true")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def run_tool(

@@ -85,6 +85,8 @@ def run_restore(
     if exists:
         old_name = _dated(final, "before_restore")
         with pg.session(pg.maintenance_db()) as admin:
+            for problem in pg.copy_database_properties(admin, final, staging):
+                log.warning("not carried over to the restored database: %s", problem)
             try:
                 pg.rename_database(admin, final, old_name)
             except BaseException:
