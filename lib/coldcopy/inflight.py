@@ -79,9 +79,6 @@ class Marker:
             except ColdCopyError as exc:  # a missed heartbeat must not fail the backup
                 log.warning("could not refresh the in-flight marker: %s", exc.message)
 
-    def beat(self) -> None:  # TODO(lead): drop once basebackup.py no longer calls it
-        """Nothing to do: the heartbeat thread refreshes the marker."""
-
     def remove(self) -> None:
         self._stop.set()
         if self._thread is not None:

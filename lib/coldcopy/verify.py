@@ -18,7 +18,7 @@ from typing import Any
 from .backup import BackupContext, _StderrTail, context
 from .config import Settings, redact
 from .errors import ColdCopyError, ConfigError
-from .names import validate_name
+from .names import parse_name, validate_name
 from .pg import Postgres
 from .pipeline import Progress
 from .reader import BackupReader
@@ -67,6 +67,10 @@ def run_verify(
         raise ConfigError([f"verification level must be one of {', '.join(LEVELS)} (got {level[:20]!r})"])
     t0 = time.monotonic()
     name = validate_name(name)
+    if parse_name(name).kind == "base":  # a physical backup: the tar and its backup_manifest
+        from .basebackup import verify_base
+
+        return verify_base(settings, name)
     ctx = context(settings)
     result = VerifyResult(name, level)
     try:

@@ -1,0 +1,155 @@
+"""Commands for physical backups: `basebackup`, `wal-push`, `wal-fetch`, `wal-status`, `pitr`.
+
+(`coldcopy verify NAME` checks base backups too.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .cli_common import AddCommand, settings_for, utc_time
+from .config import DB, STORAGE
+from .errors import NotFoundError
+from .output import emit_json, human_bytes
+
+log = logging.getLogger("coldcopy")
+
+
+def cmd_basebackup(args: argparse.Namespace) -> int:
+    from .basebackup import run_basebackup
+
+    s = settings_for(args, (DB, STORAGE))
+    m = run_basebackup(s)
+    out = {
+        "name": m.name,
+        "kind": m.kind,
+        "size_bytes": m.stored_size,
+        "raw_size_bytes": m.raw_size,
+        "duration_seconds": m.duration_seconds,
+        **m.extra,
+    }
+    if args.json:
+        emit_json(out)
+    else:
+        e = m.extra
+        print(
+            f"base backup {m.name} stored: {human_bytes(m.stored_size)} ({human_bytes(m.raw_size)} tar) in "
+            f"{m.duration_seconds:.1f} s; WAL {e['start_lsn']} .. {e['stop_lsn']} "
+            f"on timeline {e['timeline']}, "
+            f"first segment {e['start_wal_segment']}"
+        )
+    return 0
+
+
+def cmd_wal_push(args: argparse.Namespace) -> int:
+    from .backup import context
+    from .walarchive import push
+
+    r = push(context(settings_for(args, (STORAGE,))), Path(args.path))
+    log.debug("%s stored as %s (%d → %d bytes)", r.name, r.key, r.raw_size, r.stored_size)
+    return 0
+
+
+def cmd_wal_fetch(args: argparse.Namespace) -> int:
+    from .backup import context
+    from .walarchive import fetch
+
+    try:
+        fetch(context(settings_for(args, (STORAGE,))), args.name, Path(args.dest))
+    except NotFoundError as exc:
+        print(exc.message, file=sys.stderr)  # expected while recovery probes for history files
+        return 1
+    return 0
+
+
+def cmd_pitr(args: argparse.Namespace) -> int:
+    from .pitr import parse_target, run_pitr
+
+    s = settings_for(args, (STORAGE,))
+    target = parse_target(args.target_time, args.target_lsn, args.target_name, args.target == "immediate")
+    r = run_pitr(
+        s,
+        target,
+        Path(args.target_dir),
+        port=args.port,
+        start=args.start,
+        backup=args.backup,
+        command=args.coldcopy_command,
+        timeout=args.timeout,
+    )
+    if args.json:
+        emit_json(r.to_dict())
+        return 0
+    print(
+        f"{r.backup} extracted into {r.target_dir} for recovery to {r.target} "
+        f"(WAL {r.first_segment} .. {r.last_segment})"
+    )
+    if r.promoted:
+        print(f"recovered and promoted on port {r.port}; {r.reached}")
+        print(f"delete {r.env_file} now: it holds the storage secrets that recovery needed")
+    else:
+        print("to run the recovery:")
+        for i, step in enumerate(r.steps, 1):
+            print(f"  {i}. {step}")
+    return 0
+
+
+def cmd_wal_status(args: argparse.Namespace) -> int:
+    from .backup import context
+    from .pitr import base_manifests
+    from .walarchive import archived_names
+    from .walstatus import summarize
+
+    ctx = context(settings_for(args, (STORAGE,)))
+    st = summarize(archived_names(ctx), base_manifests(ctx))
+    if args.json:
+        emit_json(st.to_dict())
+        return 0 if st.ok else 1
+    if not st.timelines:
+        print("the WAL archive is empty: set archive_command = 'python -m coldcopy wal-push %p'")
+    for t in st.timelines:
+        print(
+            f"timeline {t.timeline}: {t.count} segments {t.first} .. {t.last}, "
+            f"newest stored {t.newest_archived_at}"
+        )
+        for a, b in t.gaps:
+            print(f"  ! gap: {a}" + ("" if a == b else f" .. {b}"))
+    for w in st.backups:
+        if w.ok:
+            print(f"{w.name}: recoverable from {w.recoverable_from} to about {w.recoverable_to_time}")
+        else:
+            print(f"{w.name}: NOT recoverable: the WAL from {w.start_wal_segment} is missing")
+    return 0 if st.ok else 1
+
+
+def add_pitr_commands(add: AddCommand) -> None:
+    add(
+        "basebackup", cmd_basebackup, "take a physical base backup (pg_basebackup) for point-in-time recovery"
+    )
+    wp = add("wal-push", cmd_wal_push, "archive one WAL file (use as archive_command: wal-push %%p)")
+    wp.add_argument("path")
+    wf = add("wal-fetch", cmd_wal_fetch, "restore one archived WAL file (restore_command: wal-fetch %%f %%p)")
+    wf.add_argument("name")
+    wf.add_argument("dest")
+    add(
+        "wal-status",
+        cmd_wal_status,
+        "the WAL archive: timelines, gaps, and each base backup's recovery window",
+    )
+    p = add("pitr", cmd_pitr, "recover a new data folder to a point in time (base backup + archived WAL)")
+    p.add_argument("--target-time", type=utc_time, help="ISO time, UTC unless it has an offset")
+    p.add_argument("--target-lsn", help="an LSN such as 0/16B3748")
+    p.add_argument("--target-name", help="a restore point made with pg_create_restore_point()")
+    p.add_argument("--target", choices=["immediate"], help="stop as soon as the base backup is consistent")
+    p.add_argument("--target-dir", required=True, help="a new or empty folder for the data")
+    p.add_argument("--port", type=int, default=5432, help="port of the recovered server")
+    p.add_argument("--start", action="store_true", help="start it with pg_ctl and wait for promotion")
+    p.add_argument("--backup", help="use this base backup instead of the newest that fits")
+    p.add_argument(
+        "--coldcopy-command",
+        help="how the postgres OS user runs coldcopy in restore_command (default: this Python -m coldcopy)",
+    )
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for promotion")

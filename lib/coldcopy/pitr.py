@@ -1,0 +1,409 @@
+"""`coldcopy pitr`: a new data folder recovered to a point in time from a base backup and the WAL archive.
+
+Order matters: everything that can be checked is checked before the first byte is written: the
+target folder is new or empty, a base backup ends before the target, the archive reaches the
+target, and the WAL from the backup's first segment up to the target has no gaps.  Only then is the
+tar extracted (its stream checked chunk by chunk) and the recovery settings written.
+
+How far the archive "reaches" for a time target: PostgreSQL knows it has passed a time only when
+it replays a commit after it, so we need an archived segment stored at or after the target time;
+the segments up to the first such one must be continuous.  Timeline switches inside the window
+(recovering across an earlier PITR) are not handled yet: the backup's own timeline is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .backup import BackupContext, context
+from .basebackup import open_tar
+from .config import Settings
+from .errors import ColdCopyError, DatabaseError
+from .manifest import Manifest, parse_iso
+from .pg import tool_path
+from .reader import BackupReader
+from .wal import DEFAULT_SEGMENT_SIZE, Segment, format_lsn, gaps, parse_lsn, parse_segment, segment_of
+from .walarchive import archived_names
+
+log = logging.getLogger(__name__)
+OWNER = "postgres"
+TARGET_KINDS = ("time", "lsn", "name", "immediate")
+
+
+class RecoveryRefused(ColdCopyError):
+    """The requested target cannot be reached from what is stored; nothing was written."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # time | lsn | name | immediate
+    time: datetime | None = None
+    lsn: int | None = None
+    name: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "time" and self.time:
+            return f"time {self.time.isoformat()}"
+        if self.kind == "lsn" and self.lsn is not None:
+            return f"LSN {format_lsn(self.lsn)}"
+        if self.kind == "name":
+            return f"restore point {self.name!r}"
+        return "the end of the base backup (immediate)"
+
+    def settings(self) -> dict[str, str]:
+        if self.kind == "time" and self.time:
+            return {"recovery_target_time": self.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")}
+        if self.kind == "lsn" and self.lsn is not None:
+            return {"recovery_target_lsn": format_lsn(self.lsn)}
+        if self.kind == "name":
+            return {"recovery_target_name": self.name}
+        return {"recovery_target": "immediate"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    backup: str
+    timeline: int
+    first_segment: str
+    last_segment: str  # the last segment the recovery is expected to need
+    segment_size: int
+    backup_stop_time: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PitrResult:
+    backup: str
+    target: str
+    target_dir: str
+    port: int
+    env_file: str
+    first_segment: str
+    last_segment: str
+    started: bool = False
+    promoted: bool = False
+    reached: str = ""  # "last completed transaction was at log time …" as PostgreSQL reports it
+    log_file: str = ""
+    steps: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- planning (no writes) ------------------------------------------------------------------------
+def base_manifests(ctx: BackupContext) -> list[Manifest]:
+    names = [e.name for e in ctx.catalog.read().entries("base")]
+    out = [ctx.catalog.manifest(n) for n in names]
+    return sorted((m for m in out if m.extra.get("start_wal_segment")), key=lambda m: m.extra["stop_time"])
+
+
+def plan_recovery(
+    manifests: list[Manifest],
+    archive: list[tuple[str, float]],
+    target: Target,
+    backup: str | None = None,
+) -> Plan:
+    """Pick the base backup and the WAL range for ``target``; RecoveryRefused with the reason otherwise.
+
+    Pure: ``manifests`` are the base backups, ``archive`` the archived file names with the time
+    each was stored.
+    """
+    if not manifests:
+        raise RecoveryRefused("there is no base backup", "run `coldcopy basebackup` first")
+    if backup:
+        chosen = [m for m in manifests if m.name == backup]
+        if not chosen:
+            raise RecoveryRefused(f"{backup} is not a base backup", "run `coldcopy list-backups --kind base`")
+        candidates = chosen
+    else:
+        candidates = manifests
+    if target.kind == "time":
+        assert target.time is not None
+        fits = [m for m in candidates if parse_iso(m.extra["stop_time"]) <= target.time]
+        if not fits:
+            raise RecoveryRefused(
+                f"the target {target.describe()} is before the end of the oldest usable base backup "
+                f"({candidates[0].name}, consistent from {candidates[0].extra['stop_time']})",
+                "choose a later target; a base backup can only be rolled forward",
+            )
+    elif target.kind == "lsn":
+        assert target.lsn is not None
+        lsn = target.lsn
+        fits = [m for m in candidates if parse_lsn(m.extra["stop_lsn"]) <= lsn]
+        if not fits:
+            raise RecoveryRefused(
+                f"the target {target.describe()} is before the end of the oldest usable base backup "
+                f"({candidates[0].name}, consistent from LSN {candidates[0].extra['stop_lsn']})",
+                "choose a later target; a base backup can only be rolled forward",
+            )
+    else:
+        fits = candidates
+    m = fits[-1]
+    e = m.extra
+    size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
+    tli = int(e["timeline"])
+    segs = sorted(
+        (parse_segment(n, size).segno, at)
+        for n, at in archive
+        if len(n) == 24 and parse_segment(n, size).timeline == tli
+    )
+    first = parse_segment(e["start_wal_segment"], size)
+    stop = parse_segment(e["stop_wal_segment"], size)
+    if not segs:
+        raise RecoveryRefused(
+            f"the WAL archive has no segment of timeline {tli}",
+            "check archive_command (`coldcopy wal-push %p`) and pg_stat_archiver on the server",
+        )
+    newest = segs[-1][0]
+    if target.kind == "time":
+        assert target.time is not None
+        when = target.time.timestamp()
+        after = [no for no, at in segs if at >= when and no >= stop.segno]
+        if not after:
+            last_at = datetime.fromtimestamp(max(at for _, at in segs), UTC).isoformat()
+            raise RecoveryRefused(
+                f"the WAL archive does not reach {target.describe()}: "
+                f"the newest segment was stored at {last_at}",
+                "choose an earlier target, or wait until the WAL holding the target is archived "
+                "(SELECT pg_switch_wal() on the server closes the current segment)",
+            )
+        last = after[0]
+    elif target.kind == "lsn":
+        assert target.lsn is not None
+        last = max(segment_of(target.lsn, tli, size).segno, stop.segno)
+        if last > newest:
+            raise RecoveryRefused(
+                f"the WAL archive does not reach {target.describe()}: "
+                f"the newest archived segment on timeline {tli} ends at LSN "
+                f"{format_lsn((newest + 1) * size)}",
+                "choose an earlier target, or wait until that WAL is archived",
+            )
+    elif target.kind == "immediate":
+        last = stop.segno
+    else:
+        last = newest
+    if stop.segno > newest:
+        raise RecoveryRefused(
+            f"the WAL that makes {m.name} consistent (up to {stop.name(size)}) is not archived",
+            "check the archiver on the server (pg_stat_archiver)",
+        )
+    first_name, last_name = first.name(size), Segment(tli, last).name(size)
+    missing = gaps((n for n, _ in archive), size, timeline=tli, first=first_name, last=last_name)
+    if missing:
+        shown = ", ".join(a if a == b else f"{a}..{b}" for a, b in missing[:5])
+        raise RecoveryRefused(
+            f"the WAL archive has gaps between {first_name} and {last_name}: {shown}",
+            "recovery would stop at the first gap; choose a target before it, or a base backup after it",
+        )
+    notes = []
+    if target.kind == "name":
+        notes.append("the restore point must have been created after the chosen base backup started")
+    return Plan(m.name, tli, first_name, last_name, size, e["stop_time"], notes)
+
+
+# -- doing it -------------------------------------------------------------------------------------
+def _as_owner(args: list[str]) -> list[str]:
+    return ["runuser", "-u", OWNER, "--", *args] if os.geteuid() == 0 else args
+
+
+def _chown_tree(path: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    owner = pwd.getpwnam(OWNER)
+    os.lchown(path, owner.pw_uid, owner.pw_gid)
+    for folder, dirs, files in os.walk(path):
+        os.lchown(folder, owner.pw_uid, owner.pw_gid)
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), owner.pw_uid, owner.pw_gid)
+
+
+def _conf_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _env_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def restore_env(settings: Settings) -> dict[str, str]:
+    """What wal-fetch needs: storage, the prefix and the key (nothing about the database)."""
+    s = settings
+    env = {
+        "DO_SPACES_KEY": s.spaces_key,
+        "DO_SPACES_SECRET": s.spaces_secret.reveal(),
+        "DO_SPACES_BUCKET": s.spaces_bucket,
+        "DO_SPACES_REGION": s.spaces_region,
+        "DO_SPACES_ENDPOINT": s.spaces_endpoint,
+    }
+    if s.cluster:
+        env["COLDCOPY_CLUSTER"] = s.cluster
+    else:
+        env["DB_NAME"] = s.db_name
+    if s.encrypted:
+        env["BACKUP_ENCRYPTION_KEY"] = s.encryption_key.reveal()
+    return env
+
+
+def run_pitr(
+    settings: Settings,
+    target: Target,
+    target_dir: Path,
+    *,
+    port: int = 5432,
+    start: bool = False,
+    backup: str | None = None,
+    command: str | None = None,
+    timeout: float = 600,
+) -> PitrResult:
+    ctx = context(settings)
+    target_dir = target_dir.absolute()
+    if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
+        raise RecoveryRefused(f"{target_dir} exists and is not empty", "give a new or empty folder")
+    plan = plan_recovery(base_manifests(ctx), archived_names(ctx), target, backup)
+    reader = BackupReader(ctx, plan.backup)
+    reader.confirm()
+    env_file = target_dir.parent / f"{target_dir.name}.coldcopy-restore.env"
+    log_file = target_dir.parent / f"{target_dir.name}.log"
+    created = not target_dir.exists()
+    target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        with open_tar(reader) as tar:
+            tar.extractall(target_dir, filter="data")
+        target_dir.chmod(0o700)
+        with contextlib.suppress(FileNotFoundError):
+            env_file.unlink()
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={_env_quote(v)}\n" for k, v in restore_env(settings).items()))
+        log_file.touch()
+        cmd = command or shlex.join([sys.executable, "-m", "coldcopy"])
+        values = {
+            "restore_command": f"COLDCOPY_ENV_FILE={shlex.quote(str(env_file))} {cmd} wal-fetch %f %p",
+            **target.settings(),
+            "recovery_target_action": "promote",
+            "recovery_target_timeline": "latest",
+            "archive_mode": "off",
+            "port": str(port),
+        }
+        lines = "".join(f"{k} = {_conf_quote(v)}\n" for k, v in values.items())
+        with (target_dir / "postgresql.auto.conf").open("a") as f:
+            f.write(
+                f"\n# point-in-time recovery by coldcopy from {plan.backup} to {target.describe()}\n{lines}"
+            )
+        (target_dir / "recovery.signal").touch()
+        for stale in ("postmaster.pid", "postmaster.opts"):
+            with contextlib.suppress(FileNotFoundError):
+                (target_dir / stale).unlink()
+        _chown_tree(target_dir)
+        _chown_tree(env_file)
+        _chown_tree(log_file)
+    except BaseException:
+        if created:
+            shutil.rmtree(target_dir, ignore_errors=True)
+        else:
+            for child in target_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            env_file.unlink()
+        raise
+    pg_ctl = tool_path("pg_ctl", settings)
+    start_cmd = [pg_ctl, "-D", str(target_dir), "-l", str(log_file), "-w", "-t", str(int(timeout)), "start"]
+    result = PitrResult(
+        backup=plan.backup,
+        target=target.describe(),
+        target_dir=str(target_dir),
+        port=port,
+        env_file=str(env_file),
+        first_segment=plan.first_segment,
+        last_segment=plan.last_segment,
+        log_file=str(log_file),
+        steps=[
+            shlex.join(_as_owner(start_cmd)),
+            f"watch {log_file} for 'database system is ready to accept connections' after promotion",
+            f"delete {env_file} once the server is promoted (it holds the storage secrets)",
+        ],
+    )
+    if start:
+        _start_and_wait(settings, result, start_cmd, target_dir, log_file, timeout)
+    return result
+
+
+def _control_state(target_dir: Path, settings: Settings) -> str:
+    proc = subprocess.run(
+        _as_owner([tool_path("pg_controldata", settings), "-D", str(target_dir)]),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    m = re.search(r"^Database cluster state:\s*(.+)$", proc.stdout, re.M)
+    return m[1].strip() if m else ""
+
+
+def _start_and_wait(
+    settings: Settings,
+    result: PitrResult,
+    start_cmd: list[str],
+    target_dir: Path,
+    log_file: Path,
+    timeout: float,
+) -> None:
+    proc = subprocess.run(_as_owner(start_cmd), capture_output=True, text=True, cwd="/", check=False)
+    result.started = True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _control_state(target_dir, settings)
+        text = log_file.read_text(errors="replace")
+        # The backup's pg_control already says "in production" (copied from a running primary); the
+        # signal file that PostgreSQL removes when archive recovery ends tells the two apart.
+        if state == "in production" and not (target_dir / "recovery.signal").exists():
+            result.promoted = True
+            m = re.findall(r"last completed transaction was at log time (.+)", text)
+            result.reached = m[-1].strip() if m else "no transaction was replayed after the base backup"
+            return
+        if proc.returncode != 0 or not (target_dir / "postmaster.pid").exists():
+            tail = "\n".join((text.strip() or (proc.stdout + proc.stderr).strip()).splitlines()[-8:])
+            raise DatabaseError(
+                f"the recovered server stopped before it was promoted:\n{tail}",
+                f"see {log_file}; nothing else was changed, the folder can be deleted",
+            )
+        time.sleep(0.2)
+    raise DatabaseError(
+        f"the recovered server was not promoted within {timeout:.0f} s",
+        f"see {log_file}; it may still be replaying",
+    )
+
+
+def parse_target(time_: datetime | None, lsn: str | None, name: str | None, immediate: bool) -> Target:
+    given = [x for x in (time_, lsn, name, immediate or None) if x is not None]
+    if len(given) != 1:
+        raise RecoveryRefused(
+            "give exactly one target: --target-time, --target-lsn, --target-name or --target immediate"
+        )
+    if time_ is not None:
+        return Target("time", time=time_)
+    if lsn is not None:
+        try:
+            return Target("lsn", lsn=parse_lsn(lsn))
+        except ValueError as exc:
+            raise RecoveryRefused(str(exc)) from None
+    if name is not None:
+        if not name or len(name) > 63:
+            raise RecoveryRefused("a restore point name has 1 to 63 characters")
+        return Target("name", name=name)
+    return Target("immediate")

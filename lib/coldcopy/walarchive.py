@@ -1,0 +1,126 @@
+"""The WAL archive: ``wal-push`` (archive_command) and ``wal-fetch`` (restore_command).
+
+Each archived file is compressed and encrypted as one small stream (``pack_bytes``) and written
+create-only to ``wal/<timeline>/<file>``.  PostgreSQL may hand us the same file twice (a crash after
+the upload but before it noted success); that is fine when the stored content is the same, and a
+loud error when it is not: two different files under one name mean two servers archive into the
+same place, and continuing would corrupt the archive.  The comparison unpacks the stored object
+and compares the raw bytes' SHA-256, so nothing but the object itself is needed.
+
+Not here yet: the fast path (a spool folder and a long-running pusher, as pghoard and
+pgBackRest's async archiving do).  Each call costs one interpreter start and one PUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backup import BackupContext
+from .errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
+from .pipeline import Unpacker, pack_bytes
+from .wal import ARCHIVE_NAME_RE, timeline_of
+
+log = logging.getLogger(__name__)
+WAL_PREFIX = "wal/"
+WAL_LEVEL = 3  # zstd level for segments: mostly-zero tails compress well at any level
+
+
+def check_archive_name(name: str) -> str:
+    if not isinstance(name, str) or not ARCHIVE_NAME_RE.match(name):
+        raise InvalidNameError(
+            f"{str(name)[:60]!r} is not a WAL file name",
+            "expected a segment (24 hex digits), a timeline history (00000002.history) "
+            "or a backup history file",
+        )
+    return name
+
+
+def wal_key(name: str) -> str:
+    """``wal/<timeline>/<name>`` for a validated archive file name."""
+    check_archive_name(name)
+    return f"{WAL_PREFIX}{timeline_of(name):08X}/{name}"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    key: str
+    raw_size: int
+    stored_size: int
+    already_archived: bool
+
+
+def unpack(ctx: BackupContext, blob: bytes) -> bytes:
+    unpacker = Unpacker(ctx.key)
+    raw = unpacker.feed(blob)
+    unpacker.finish(None)
+    return raw
+
+
+def push(ctx: BackupContext, path: Path) -> PushResult:
+    """Store one WAL file; returns only once it is stored (or already stored with the same bytes)."""
+    name = check_archive_name(path.name)
+    key = wal_key(name)
+    data = path.read_bytes()
+    blob, stats = pack_bytes(data, ctx.key, WAL_LEVEL)
+    try:
+        ctx.storage.put_bytes(key, blob, create_only=True)
+        return PushResult(name, key, stats.raw_size, stats.stored_size, False)
+    except ConflictError:
+        pass
+    try:
+        stored = unpack(ctx, ctx.storage.get_bytes(key))
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"{key} already exists and cannot be read with the configured key: {exc.message}",
+            "another server or another key archives into this prefix; give each cluster its own "
+            "COLDCOPY_CLUSTER, and do not delete the stored file",
+        ) from None
+    if hashlib.sha256(stored).digest() != hashlib.sha256(data).digest():
+        raise ConflictError(
+            f"WAL file {name} is already archived with DIFFERENT content "
+            f"(stored sha256 {hashlib.sha256(stored).hexdigest()[:16]}…, "
+            f"this one {stats.raw_sha256[:16]}…)",
+            "two servers (or a restored copy still archiving) write to the same WAL archive; stop "
+            "one of them and give each its own COLDCOPY_CLUSTER. Nothing was overwritten.",
+        )
+    log.info("%s was already archived with the same content", name)
+    return PushResult(name, key, stats.raw_size, stats.stored_size, True)
+
+
+def fetch(ctx: BackupContext, name: str, dest: Path) -> int:
+    """Write archived file ``name`` to ``dest`` atomically; NotFoundError when it is not archived."""
+    key = wal_key(name)
+    try:
+        blob = ctx.storage.get_bytes(key)
+    except NotFoundError:
+        raise NotFoundError(f"{name} is not in the WAL archive") from None
+    data = unpack(ctx, blob)
+    dest = dest if dest.is_absolute() else Path.cwd() / dest
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+def archived_names(ctx: BackupContext, timeline: int | None = None) -> list[tuple[str, float]]:
+    """(file name, archived at as a POSIX time) of everything in the archive (or one timeline)."""
+    prefix = WAL_PREFIX if timeline is None else f"{WAL_PREFIX}{timeline:08X}/"
+    out: list[tuple[str, float]] = []
+    for info in ctx.storage.list(prefix):
+        name = info.key.rsplit("/", 1)[-1]
+        if ARCHIVE_NAME_RE.match(name):
+            out.append((name, info.last_modified.timestamp()))
+    return out

@@ -1,0 +1,432 @@
+"""Physical backups end to end: wal-push as archive_command, basebackup, verify, wal-fetch, pitr.
+
+One archiving cluster per test (the shared ``pg`` does not archive).  Its archive_command runs
+``python -m coldcopy wal-push %p`` as the postgres OS user, with the settings in an env file that
+user can read.  A marker table gets one row per phase (pgBackRest's pattern); each recovery target
+type must bring back exactly the expected markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pg8000.native
+import pytest
+
+from cli_helpers import Result, run_cli
+from coldcopy.backup import context
+from coldcopy.config import load_settings
+from coldcopy.localstack.net import free_port
+from coldcopy.localstack.pgcluster import PgCluster
+from coldcopy.localstack.s3server import S3Server
+from coldcopy.manifest import Manifest, manifest_key
+from coldcopy.walarchive import wal_key
+
+OWNER = "postgres"
+
+
+def coldcopy_command() -> str:
+    """How the postgres OS user runs coldcopy.
+
+    Our interpreter may live where that user cannot go (a pyenv build under /root); then the
+    system Python 3 of the same minor version runs the same package and site-packages.
+    """
+    me = [sys.executable, "-m", "coldcopy"]
+    if os.geteuid() != 0 or _owner_can(["test", "-x", sys.executable]):
+        return shlex.join(me)
+    lib = Path(__file__).resolve().parents[1] / "lib"
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not site or not Path(system).exists():
+        pytest.skip("the postgres OS user cannot run this Python interpreter")
+    path = os.pathsep.join([str(lib), *site])
+    return shlex.join(["env", f"PYTHONPATH={path}", system, "-m", "coldcopy"])
+
+
+def _owner_can(args: list[str]) -> bool:
+    return subprocess.run(["runuser", "-u", OWNER, "--", *args], check=False).returncode == 0
+
+
+@dataclass
+class Archiving:
+    cluster: PgCluster
+    env: dict[str, str]
+    env_file: Path
+    command: str
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        conn = self.cluster.connect()
+        try:
+            conn.run("SET synchronous_commit = on")
+            return list(conn.run(query, **params) or [])
+        finally:
+            conn.close()
+
+    def marker(self, phase: str) -> datetime:
+        """Insert one marker row; returns its commit time (the server's clock)."""
+        row = self.sql("INSERT INTO marker(phase) VALUES (:p) RETURNING now()", p=phase)
+        when: datetime = row[0][0]
+        return when.astimezone(UTC)
+
+    def switch_and_wait(self, timeout: float = 30) -> str:
+        """Close the current segment and wait until the archiver has stored it."""
+        seg = self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last, failed = self.sql("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver")[0]
+            if last is not None and last >= seg:
+                return str(seg)
+            time.sleep(0.1)
+        raise AssertionError(f"segment {seg} was not archived in {timeout} s (last failure: {failed})")
+
+
+@pytest.fixture
+def archiving(s3_server: S3Server, bucket: str, tmp_path: Path) -> Iterator[Archiving]:
+    base = Path(f"/tmp/coldcopy-pitr-{os.getpid()}-{time.monotonic_ns()}")
+    base.mkdir(mode=0o755)
+    env_file = base / "coldcopy.env"
+    command = coldcopy_command()
+    cluster = PgCluster(
+        base_dir=base / "src",
+        settings={
+            "archive_mode": "on",
+            "archive_command": f"COLDCOPY_ENV_FILE={env_file} {command} wal-push %p",
+            "wal_level": "replica",
+        },
+    )
+    env = {
+        "DB_HOST": cluster.host,
+        "DB_PORT": str(cluster.port),
+        "DB_NAME": "postgres",
+        "DB_USER": cluster.user,
+        "DB_PASSWORD": cluster.password,
+        "DB_SSLMODE": "disable",
+        "COLDCOPY_CLUSTER": "pitrtest",
+        "DO_SPACES_KEY": s3_server.access_key,
+        "DO_SPACES_SECRET": s3_server.secret_key,
+        "DO_SPACES_BUCKET": bucket,
+        "DO_SPACES_REGION": s3_server.region,
+        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        "BACKUP_ENCRYPTION_KEY": "pitr-test-key-" + bucket,
+        "HOME": os.environ.get("HOME", "/root"),
+        "PATH": os.environ.get("PATH", os.defpath),
+    }
+    env_file.write_text(
+        "".join(f"{k}='{v}'\n" for k, v in env.items() if k.startswith(("DO_", "COLD", "BACK")))
+    )
+    env_file.chmod(0o600)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(OWNER)
+        os.chown(env_file, owner.pw_uid, owner.pw_gid)
+    try:
+        cluster.start()
+        arch = Archiving(cluster, env, env_file, command)
+        arch.sql(
+            "CREATE TABLE marker(id serial PRIMARY KEY, phase text NOT NULL, at timestamptz DEFAULT now())"
+        )
+        yield arch
+    finally:
+        cluster.destroy()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def cli(arch: Archiving, *args: str) -> Result:
+    return run_cli({**arch.env, "COLDCOPY_ENV_FILE": os.devnull}, *args)
+
+
+def base_backup(arch: Archiving) -> Manifest:
+    r = cli(arch, "--json", "basebackup")
+    assert r.rc == 0, r.err
+    s = load_settings(arch.env, env_file=Path(os.devnull))
+    name = json.loads(r.out)["name"]
+    return Manifest.from_dict(context(s).storage.get_json(manifest_key(name)))
+
+
+def test_basebackup_records_wal_positions_and_verifies(archiving: Archiving) -> None:
+    archiving.marker("before")
+    m = base_backup(archiving)
+    e = m.extra
+    assert m.kind == "base" and m.name.startswith("base_backup_postgres_")
+    assert len(e["start_wal_segment"]) == 24 and e["timeline"] == 1
+    assert e["start_wal_segment"] <= e["stop_wal_segment"]
+    assert e["system_identifier"].isdigit() and e["wal_segment_size"] == 16 << 20
+    # The backup's WAL is archived (pg_basebackup waited for it), so the archive has the start segment.
+    s = load_settings(archiving.env, env_file=Path(os.devnull))
+    storage = context(s).storage
+    assert storage.exists(wal_key(e["stop_wal_segment"]))
+    listed = cli(archiving, "--json", "list-backups", "--kind", "base")
+    assert listed.rc == 0 and m.name in listed.out
+    v = cli(archiving, "verify", m.name)
+    assert v.rc == 0, v.out + v.err
+    assert "every file matches backup_manifest" in v.out
+    status = cli(archiving, "--json", "wal-status")
+    assert status.rc == 0, status.out + status.err
+    st = json.loads(status.out)
+    assert st["ok"] and st["timelines"][0]["gaps"] == [] and st["backups"][0]["name"] == m.name
+    # A flipped byte in the stored tar: the chunk fails to authenticate, the verification fails.
+    blob = bytearray(storage.get_bytes(m.data.key))
+    blob[len(blob) // 2] ^= 1
+    storage.put_bytes(m.data.key, bytes(blob))
+    bad = cli(archiving, "verify", m.name)
+    assert bad.rc == 4 and "FAIL" in bad.out, bad.out + bad.err
+
+
+# -- point-in-time recovery ------------------------------------------------------------------------
+@pytest.fixture
+def recovered(archiving: Archiving) -> Iterator[tuple[Path, int]]:
+    """A folder for a recovered cluster and a port; whatever server runs there is stopped afterwards."""
+    base = Path(f"/tmp/coldcopy-rec-{os.getpid()}-{time.monotonic_ns()}")
+    base.mkdir(mode=0o755)
+    port = free_port()
+    teardown = PgCluster(base_dir=base, port=port)  # only for its teardown of base/data
+    try:
+        yield base / "data", port
+    finally:
+        teardown.destroy()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def pitr(arch: Archiving, target_dir: Path, port: int, *target: str) -> Result:
+    return cli(
+        arch, "--json", "pitr", *target, "--target-dir", str(target_dir), "--port", str(port),
+        "--start", "--coldcopy-command", arch.command, "--timeout", "120",
+    )  # fmt: skip
+
+
+def markers_at(arch: Archiving, port: int) -> list[str]:
+    conn = pg8000.native.Connection(
+        arch.cluster.user, host="127.0.0.1", port=port, password=arch.cluster.password, database="postgres"
+    )
+    try:
+        assert conn.run("SELECT pg_is_in_recovery()")[0][0] is False
+        return [r[0] for r in conn.run("SELECT phase FROM marker ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def server_now(arch: Archiving) -> datetime:
+    when: datetime = arch.sql("SELECT clock_timestamp()")[0][0]
+    return when.astimezone(UTC)
+
+
+def test_pitr_to_a_time_between_markers(archiving: Archiving, recovered: tuple[Path, int]) -> None:
+    target_dir, port = recovered
+    archiving.marker("before-backup")
+    base_backup(archiving)
+    archiving.marker("after-backup")
+    time.sleep(1.1)  # data separation: the target must fall strictly between two commit times
+    target = server_now(archiving)
+    time.sleep(1.1)
+    archiving.marker("after-target")
+    archiving.switch_and_wait()
+    r = pitr(archiving, target_dir, port, "--target-time", target.isoformat())
+    assert r.rc == 0, r.err
+    out = json.loads(r.out)
+    assert out["promoted"] is True, Path(out["log_file"]).read_text()
+    assert out["reached"].startswith(target.strftime("%Y-%m-%d "))  # the last replayed commit's time
+    assert markers_at(archiving, port) == ["before-backup", "after-backup"]
+    assert (target_dir / "recovery.signal").exists() is False  # removed by PostgreSQL on promotion
+    assert oct(target_dir.stat().st_mode & 0o777) == "0o700"
+
+
+def test_pitr_immediate_and_restore_point(archiving: Archiving, tmp_path: Path) -> None:
+    archiving.marker("before-backup")
+    base_backup(archiving)
+    archiving.marker("one")
+    lsn = archiving.sql("SELECT pg_create_restore_point('rp1')::text")[0][0]
+    archiving.marker("two")
+    archiving.switch_and_wait()
+    base = Path(f"/tmp/coldcopy-rec2-{os.getpid()}-{time.monotonic_ns()}")
+    base.mkdir(mode=0o755)
+    ports = [free_port(), free_port()]
+    clusters = [PgCluster(base_dir=base / f"c{i}", port=p) for i, p in enumerate(ports)]
+    try:
+        for c in clusters:
+            c.base_dir.mkdir(mode=0o755, exist_ok=True)
+        r = pitr(archiving, clusters[0].data_dir, ports[0], "--target", "immediate")
+        assert r.rc == 0, r.err
+        assert markers_at(archiving, ports[0]) == ["before-backup"]
+        r = pitr(archiving, clusters[1].data_dir, ports[1], "--target-name", "rp1")
+        assert r.rc == 0, r.err
+        assert markers_at(archiving, ports[1]) == ["before-backup", "one"]
+        assert lsn  # the restore point's LSN, for the record
+    finally:
+        for c in clusters:
+            c.destroy()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_target_before_the_oldest_backup_is_refused_before_writing(
+    archiving: Archiving, recovered: tuple[Path, int]
+) -> None:
+    target_dir, port = recovered
+    archiving.marker("early")
+    early = server_now(archiving)
+    time.sleep(1.1)  # data separation: the backup must start after the target
+    base_backup(archiving)
+    archiving.switch_and_wait()
+    r = pitr(archiving, target_dir, port, "--target-time", early.isoformat())
+    assert r.rc == 8, r.out + r.err
+    assert "before the end of the oldest usable base backup" in r.err
+    assert not target_dir.exists()
+    assert not list(target_dir.parent.glob("*.env"))
+    lsn_before = cli(archiving, "pitr", "--target-lsn", "0/1", "--target-dir", str(target_dir))
+    assert lsn_before.rc == 8 and not target_dir.exists()
+    # Without --start: the folder is prepared and the steps are printed; nothing runs.
+    cmd = ["pitr", "--target", "immediate", "--target-dir", str(target_dir), "--port", str(port)]
+    prepared = cli(archiving, *cmd, "--coldcopy-command", archiving.command)
+    assert prepared.rc == 0, prepared.err
+    assert "to run the recovery" in prepared.out and "pg_ctl" in prepared.out
+    assert (target_dir / "recovery.signal").exists() and (target_dir / "PG_VERSION").exists()
+    auto = (target_dir / "postgresql.auto.conf").read_text()
+    assert (
+        "wal-fetch %f %p" in auto and "recovery_target = 'immediate'" in auto and f"port = '{port}'" in auto
+    )
+    env_file = target_dir.parent / "data.coldcopy-restore.env"
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    assert not (target_dir / "postmaster.pid").exists()
+    again = cli(archiving, *cmd)
+    assert again.rc == 8 and "not empty" in again.err
+
+
+# -- wal-push / wal-fetch without a server -------------------------------------------------------
+@pytest.fixture
+def storage_env(s3_server: S3Server, bucket: str) -> dict[str, str]:
+    return {
+        "COLDCOPY_CLUSTER": "waltest",
+        "DO_SPACES_KEY": s3_server.access_key,
+        "DO_SPACES_SECRET": s3_server.secret_key,
+        "DO_SPACES_BUCKET": bucket,
+        "DO_SPACES_REGION": s3_server.region,
+        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        "BACKUP_ENCRYPTION_KEY": "wal-test-key",
+        "COLDCOPY_ENV_FILE": os.devnull,
+    }
+
+
+def test_wal_push_is_create_only_and_refuses_different_content(
+    storage_env: dict[str, str], tmp_path: Path
+) -> None:
+    seg = tmp_path / "pg_wal" / "000000010000000000000007"
+    seg.parent.mkdir()
+    seg.write_bytes(os.urandom(1000) + bytes(64 * 1024))
+    assert run_cli(storage_env, "wal-push", str(seg)).rc == 0
+    assert run_cli(storage_env, "wal-push", str(seg)).rc == 0  # the same bytes again: fine
+    original = seg.read_bytes()
+    seg.write_bytes(b"x" + original[1:])
+    r = run_cli(storage_env, "wal-push", str(seg))
+    assert r.rc == 7 and "DIFFERENT content" in r.err and "Nothing was overwritten" in r.err
+    dest = tmp_path / "restored"
+    assert run_cli(storage_env, "wal-fetch", seg.name, str(dest)).rc == 0
+    assert dest.read_bytes() == original  # the first copy is still the stored one
+    stored = context(load_settings(storage_env)).storage.get_bytes(wal_key(seg.name))
+    assert original[:1000] not in stored  # compressed and encrypted at rest
+
+
+def test_wal_fetch_absent_and_history_files(storage_env: dict[str, str], tmp_path: Path) -> None:
+    r = run_cli(storage_env, "wal-fetch", "00000002.history", str(tmp_path / "h"))
+    assert r.rc == 1 and not (tmp_path / "h").exists()
+    hist = tmp_path / "00000002.history"
+    hist.write_text("1\t0/3000000\tno recovery target specified\n")
+    assert run_cli(storage_env, "wal-push", str(hist)).rc == 0
+    assert wal_key(hist.name) == "wal/00000002/00000002.history"
+    assert run_cli(storage_env, "wal-fetch", hist.name, str(tmp_path / "h")).rc == 0
+    assert (tmp_path / "h").read_text() == hist.read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
+    bad = run_cli(storage_env, "wal-fetch", "../../catalog.json", str(tmp_path / "x"))
+    assert bad.rc == 2 and not (tmp_path / "x").exists()
+    wrong_key = run_cli(
+        {**storage_env, "BACKUP_ENCRYPTION_KEY": "another"}, "wal-fetch", hist.name, str(tmp_path / "y")
+    )
+    assert wrong_key.rc == 4 and not (tmp_path / "y").exists()
+
+
+# -- planning, pure ---------------------------------------------------------------------------------
+def _fake_base(name: str, start: str, stop: str, stop_time: str) -> Manifest:
+    from coldcopy.manifest import StoredObject
+
+    return Manifest(
+        name=name, kind="base", database="db", cluster="c", started_at=stop_time, finished_at=stop_time,
+        duration_seconds=1, server_version="15", server_version_num=150000, tool="pg_basebackup 15",
+        data=StoredObject(f"backups/{name}/data", 1, "0", 1, "0"), compression={}, encryption={},
+        extra={"start_wal_segment": start, "stop_wal_segment": stop, "stop_time": stop_time, "timeline": 1,
+               "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "wal_segment_size": 16 << 20},
+    )  # fmt: skip
+
+
+def test_plan_refuses_gaps_and_targets_beyond_the_archive() -> None:
+    from coldcopy.pitr import RecoveryRefused, Target, plan_recovery
+    from coldcopy.wal import Segment
+
+    t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    base = _fake_base(
+        "base_backup_db_20261124_120000", Segment(1, 2).name(), Segment(1, 2).name(), "2026-11-24T12:00:10Z"
+    )
+    archive = [(Segment(1, n).name(), t0.timestamp() + 60 * n) for n in (2, 3, 5, 6)]
+    ok = plan_recovery([base], archive, Target("time", time=t0.replace(minute=2, second=30)))
+    assert (ok.first_segment, ok.last_segment) == (Segment(1, 2).name(), Segment(1, 3).name())
+    with pytest.raises(RecoveryRefused, match="gaps .*000000010000000000000004"):
+        plan_recovery([base], archive, Target("time", time=t0.replace(minute=4, second=30)))
+    with pytest.raises(RecoveryRefused, match="does not reach"):
+        plan_recovery([base], archive, Target("time", time=t0.replace(minute=9)))
+    with pytest.raises(RecoveryRefused, match="does not reach"):
+        plan_recovery([base], archive, Target("lsn", lsn=8 << 24))
+    with pytest.raises(RecoveryRefused, match="no base backup"):
+        plan_recovery([], archive, Target("immediate"))
+    assert plan_recovery([base], archive, Target("immediate")).last_segment == Segment(1, 2).name()
+
+
+def test_wal_status_summary_is_pure_and_finds_unrecoverable_backups() -> None:
+    from coldcopy.wal import Segment
+    from coldcopy.walstatus import summarize
+
+    t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
+    good = _fake_base(
+        "base_backup_db_20261124_120000", Segment(1, 2).name(), Segment(1, 3).name(), "2026-11-24T12:00:10Z"
+    )
+    lost = _fake_base(
+        "base_backup_db_20261124_130000", Segment(1, 8).name(), Segment(1, 8).name(), "2026-11-24T13:00:10Z"
+    )
+    archive = [(Segment(1, n).name(), t0 + 60 * n) for n in (2, 3, 4, 6)] + [("00000002.history", t0)]
+    st = summarize(archive, [good, lost])
+    assert not st.ok and st.history_files == ["00000002.history"]
+    (tl,) = st.timelines
+    assert (tl.count, tl.gaps) == (4, [(Segment(1, 5).name(), Segment(1, 5).name())])
+    assert st.backups[0].ok and st.backups[0].recoverable_to_segment == Segment(1, 4).name()
+    assert not st.backups[1].ok and st.backups[1].recoverable_to_segment == ""
+
+
+def test_archiving_survives_storage_outage(archiving: Archiving) -> None:
+    """S3 unreachable: wal-push fails (the segment stays in pg_wal); once it is back, it is archived."""
+    good = archiving.env_file.read_text()
+    dead = "".join(
+        "DO_SPACES_ENDPOINT='http://127.0.0.1:9'\n" if line.startswith("DO_SPACES_ENDPOINT") else line + "\n"
+        for line in good.splitlines()
+    )
+    archiving.env_file.write_text(dead)
+    failed_before = archiving.sql("SELECT failed_count FROM pg_stat_archiver")[0][0]
+    archiving.marker("during-outage")
+    seg = archiving.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    deadline = time.monotonic() + 60
+    while archiving.sql("SELECT failed_count FROM pg_stat_archiver")[0][0] == failed_before:
+        assert time.monotonic() < deadline, "the archiver never reported a failure"
+        time.sleep(0.2)
+    ready = archiving.cluster.data_dir / "pg_wal" / "archive_status" / f"{seg}.ready"
+    assert ready.exists()  # PostgreSQL keeps the segment until the push succeeds
+    archiving.env_file.write_text(good)
+    archiving.marker("after-outage")  # new WAL, so the next switch wakes the archiver at once
+    last = archiving.switch_and_wait(timeout=90)
+    assert last > seg
+    s = load_settings(archiving.env, env_file=Path(os.devnull))
+    assert context(s).storage.exists(wal_key(seg))
