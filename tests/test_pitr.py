@@ -244,12 +244,14 @@ def test_pitr_immediate_and_restore_point(archiving: Archiving, tmp_path: Path) 
     archiving.marker("before-backup")
     base_backup(archiving)
     archiving.marker("one")
-    lsn = archiving.sql("SELECT pg_create_restore_point('rp1')::text")[0][0]
-    archiving.marker("two")
+    rp = cli(archiving, "--json", "restore-point", "rp1")
+    assert rp.rc == 0, rp.err
+    xid = archiving.sql("INSERT INTO marker(phase) VALUES ('two') RETURNING txid_current()::text")[0][0]
+    archiving.marker("three")
     archiving.switch_and_wait()
     base = Path(f"/tmp/coldcopy-rec2-{os.getpid()}-{time.monotonic_ns()}")
     base.mkdir(mode=0o755)
-    ports = [free_port(), free_port()]
+    ports = [free_port(), free_port(), free_port()]
     clusters = [PgCluster(base_dir=base / f"c{i}", port=p) for i, p in enumerate(ports)]
     try:
         for c in clusters:
@@ -260,7 +262,9 @@ def test_pitr_immediate_and_restore_point(archiving: Archiving, tmp_path: Path) 
         r = pitr(archiving, clusters[1].data_dir, ports[1], "--target-name", "rp1")
         assert r.rc == 0, r.err
         assert markers_at(archiving, ports[1]) == ["before-backup", "one"]
-        assert lsn  # the restore point's LSN, for the record
+        r = pitr(archiving, clusters[2].data_dir, ports[2], "--target-xid", xid)
+        assert r.rc == 0, r.err
+        assert markers_at(archiving, ports[2]) == ["before-backup", "one", "two"]
     finally:
         for c in clusters:
             c.destroy()

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .cli_common import AddCommand, settings_for, utc_time
 from .config import DB, STORAGE
-from .errors import NotFoundError
+from .errors import ColdCopyError, NotFoundError
 from .output import emit_json, human_bytes
 
 log = logging.getLogger("coldcopy")
@@ -69,11 +70,14 @@ def cmd_pitr(args: argparse.Namespace) -> int:
     from .pitr import parse_target, run_pitr
 
     s = settings_for(args, (STORAGE,))
-    target = parse_target(args.target_time, args.target_lsn, args.target_name, args.target == "immediate")
+    target = parse_target(
+        args.target_time, args.target_lsn, args.target_name, args.target == "immediate", args.target_xid
+    )
+    target_dir = Path(args.target_dir or f"coldcopy-pitr-{datetime.now(UTC).strftime('%Y%m%d_%H%M%S')}")
     r = run_pitr(
         s,
         target,
-        Path(args.target_dir),
+        target_dir.absolute(),
         port=args.port,
         start=args.start,
         backup=args.backup,
@@ -125,7 +129,34 @@ def cmd_wal_status(args: argparse.Namespace) -> int:
     return 0 if st.ok else 1
 
 
+def cmd_restore_point(args: argparse.Namespace) -> int:
+    from .pg import Postgres
+
+    if not 1 <= len(args.name) <= 63:
+        raise ColdCopyError("a restore point name has 1 to 63 characters")
+    pg = Postgres(settings_for(args, (DB,)))
+    with pg.session() as conn:
+        lsn = str(conn.run("SELECT pg_create_restore_point(:n)::text", n=args.name)[0][0])
+        # Close the segment so the restore point reaches the archive now, not at the next switch.
+        switched = True
+        try:
+            conn.run("SELECT pg_switch_wal()")
+        except Exception:  # noqa: BLE001 - needs a privilege the role may lack; archive_timeout does it later
+            switched = False
+    out = {"name": args.name, "lsn": lsn, "wal_switched": switched}
+    if args.json:
+        emit_json(out)
+    else:
+        print(
+            f"restore point {args.name!r} at LSN {lsn}"
+            + ("" if switched else " (could not switch WAL: it is archived at the next segment switch)")
+        )
+    return 0
+
+
 def add_pitr_commands(add: AddCommand) -> None:
+    rp = add("restore-point", cmd_restore_point, "mark this moment as a named PITR target")
+    rp.add_argument("name")
     add(
         "basebackup", cmd_basebackup, "take a physical base backup (pg_basebackup) for point-in-time recovery"
     )
@@ -142,9 +173,12 @@ def add_pitr_commands(add: AddCommand) -> None:
     p = add("pitr", cmd_pitr, "recover a new data folder to a point in time (base backup + archived WAL)")
     p.add_argument("--target-time", type=utc_time, help="ISO time, UTC unless it has an offset")
     p.add_argument("--target-lsn", help="an LSN such as 0/16B3748")
-    p.add_argument("--target-name", help="a restore point made with pg_create_restore_point()")
+    p.add_argument("--target-xid", help="a transaction id: recover up to and including its commit")
+    p.add_argument("--target-name", help="a restore point (coldcopy restore-point NAME)")
     p.add_argument("--target", choices=["immediate"], help="stop as soon as the base backup is consistent")
-    p.add_argument("--target-dir", required=True, help="a new or empty folder for the data")
+    p.add_argument(
+        "--target-dir", help="a new or empty folder for the data (default: ./coldcopy-pitr-<time>)"
+    )
     p.add_argument("--port", type=int, default=5432, help="port of the recovered server")
     p.add_argument("--start", action="store_true", help="start it with pg_ctl and wait for promotion")
     p.add_argument("--backup", help="use this base backup instead of the newest that fits")

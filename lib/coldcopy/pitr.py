@@ -40,7 +40,7 @@ from .walarchive import archived_names
 
 log = logging.getLogger(__name__)
 OWNER = "postgres"
-TARGET_KINDS = ("time", "lsn", "name", "immediate")
+TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
 
 
 class RecoveryRefused(ColdCopyError):
@@ -51,10 +51,11 @@ class RecoveryRefused(ColdCopyError):
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # time | lsn | name | immediate
+    kind: str  # time | lsn | xid | name | immediate
     time: datetime | None = None
     lsn: int | None = None
     name: str = ""
+    xid: int | None = None
 
     def describe(self) -> str:
         if self.kind == "time" and self.time:
@@ -63,6 +64,8 @@ class Target:
             return f"LSN {format_lsn(self.lsn)}"
         if self.kind == "name":
             return f"restore point {self.name!r}"
+        if self.kind == "xid":
+            return f"the commit of transaction {self.xid}"
         return "the end of the base backup (immediate)"
 
     def settings(self) -> dict[str, str]:
@@ -72,6 +75,8 @@ class Target:
             return {"recovery_target_lsn": format_lsn(self.lsn)}
         if self.kind == "name":
             return {"recovery_target_name": self.name}
+        if self.kind == "xid":
+            return {"recovery_target_xid": str(self.xid)}
         return {"recovery_target": "immediate"}
 
 
@@ -213,6 +218,8 @@ def plan_recovery(
     notes = []
     if target.kind == "name":
         notes.append("the restore point must have been created after the chosen base backup started")
+    if target.kind == "xid":
+        notes.append("the transaction must have committed after the chosen base backup started")
     return Plan(m.name, tli, first_name, last_name, size, e["stop_time"], notes)
 
 
@@ -389,12 +396,21 @@ def _start_and_wait(
     )
 
 
-def parse_target(time_: datetime | None, lsn: str | None, name: str | None, immediate: bool) -> Target:
-    given = [x for x in (time_, lsn, name, immediate or None) if x is not None]
+def parse_target(
+    time_: datetime | None, lsn: str | None, name: str | None, immediate: bool, xid: str | None = None
+) -> Target:
+    given = [x for x in (time_, lsn, name, immediate or None, xid) if x is not None]
     if len(given) != 1:
         raise RecoveryRefused(
-            "give exactly one target: --target-time, --target-lsn, --target-name or --target immediate"
+            "give exactly one target: --target-time, --target-lsn, --target-xid, --target-name "
+            "or --target immediate"
         )
+    if xid is not None:
+        if not xid.isdigit() or not 3 <= int(xid) < 1 << 63:
+            raise RecoveryRefused(
+                f"{xid[:30]!r} is not a transaction id", "use the number txid_current() gave"
+            )
+        return Target("xid", xid=int(xid))
     if time_ is not None:
         return Target("time", time=time_)
     if lsn is not None:
