@@ -89,8 +89,10 @@ def _env(env: Mapping[str, str] | None, env_file: str | None) -> Mapping[str, st
 def active_alerts(
     settings: Settings, storage: Storage, cat: Catalog, now: datetime, env: Mapping[str, str]
 ) -> list[Alert]:
-    """The rules' alerts now (no WAL status yet: PITR is not built)."""
-    return evaluate(cat, recent_runs(storage, now), None, _thresholds(settings, env), now)
+    """The rules' alerts now (WAL rules from the tick's stored archive summary, when PITR is in use)."""
+    from .walmonitor import load
+
+    return evaluate(cat, recent_runs(storage, now), load(storage), _thresholds(settings, env), now)
 
 
 # -- the tick's check and the views ---------------------------------------------------------------
@@ -190,4 +192,6 @@ def metrics_text(
     if failing is not None:
         alerts.append(failing)
     legacy = values.get("COLDCOPY_METRICS_LEGACY_GB", "").strip().lower() in ("1", "true", "yes")
-    return render(cat, now, alerts=alerts, legacy_gb=legacy)
+    from .walmonitor import load
+
+    return render(cat, now, alerts=alerts, legacy_gb=legacy, wal=load(storage))

@@ -121,6 +121,13 @@ def tick(
     except ColdCopyError as exc:
         log.error("could not check for stale runs: %s", exc.message)
         summary["errors"].append({"stale": True, "message": redact(exc.message, settings)})
+    try:  # the WAL archive's summary for /metrics and /alerts (PITR)
+        from ..walmonitor import refresh
+
+        refresh(storage)
+    except ColdCopyError as exc:
+        log.error("could not summarise the WAL archive: %s", redact(exc.message, settings))
+        summary["errors"].append({"wal": True, "message": redact(exc.message, settings)})
     try:  # after the stale check, so a run it just failed is seen; an SMTP failure is not an error here
         from ..notify import check_alerts
 
