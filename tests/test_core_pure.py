@@ -216,3 +216,12 @@ def test_a_clock_running_ahead_does_not_move_the_watermark() -> None:
     late = _backup_record(now - timedelta(minutes=2))  # written just after, by an honest writer
     listing_from = start_after(cat.watermark)
     assert listing_from is not None and late[0] > listing_from
+
+
+def test_feature_settings_are_checked_with_the_rest(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"ALERT_EMAIL": "not-an-address", "COLDCOPY_KEEP_DAILY": "-1", "ALERT_SIZE_SAMPLE": "x"}
+    with pytest.raises(ConfigError) as err:
+        load_settings(env, need=("db",), env_file=tmp_path / "none")
+    text = str(err.value)
+    for var in ("DB_HOST", "ALERT_EMAIL", "COLDCOPY_KEEP_DAILY", "ALERT_SIZE_SAMPLE"):
+        assert var in text

@@ -20,24 +20,15 @@ from typing import Any
 
 from .catalog_store import CatalogStore
 from .config import Settings, environment
-from .errors import ColdCopyError, ConfigError, ConflictError, NotFoundError
+from .errors import ColdCopyError, ConflictError, NotFoundError
 from .inflight import marker_key
 from .manifest import Manifest, iso, manifest_key
 from .pins import get_pin, read_pins
-from .retention import Backup, RetentionPlan, RetentionPolicy, WalFile, plan_retention
+from .retention import Backup, RetentionPlan, RetentionPolicy, WalFile, plan_retention, tiers_from
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 WAL_PREFIX = "wal/"
-#: Environment variables for the tiers (to move into config.py), with their defaults.
-TIER_VARS = {
-    "COLDCOPY_KEEP_DAILY": ("keep_daily", 0),
-    "COLDCOPY_KEEP_WEEKLY": ("keep_weekly", 0),
-    "COLDCOPY_KEEP_MONTHLY": ("keep_monthly", 0),
-    "COLDCOPY_KEEP_YEARLY": ("keep_yearly", 0),
-    "COLDCOPY_LIFECYCLE_ABORT_DAYS": ("abort_upload_days", 3),
-}
-_LIMITS = {"abort_upload_days": (1, 365)}
 #: Keys a base backup's manifest.extra may carry its first needed WAL segment under.
 WAL_START_KEYS = ("start_wal_segment", "start_wal_file", "wal_start")
 
@@ -45,25 +36,11 @@ WAL_START_KEYS = ("start_wal_segment", "start_wal_file", "wal_start")
 def load_policy(
     settings: Settings, env: Mapping[str, str] | None = None, env_file: Path | None = None
 ) -> RetentionPolicy:
-    values = environment(env, env_file)
-    problems: list[str] = []
-    tiers: dict[str, int] = {}
-    for var, (attr, default) in TIER_VARS.items():
-        raw = values.get(var, "").strip()
-        lo, hi = _LIMITS.get(attr, (0, 100000))
-        try:
-            tiers[attr] = int(raw) if raw else default
-            if not lo <= tiers[attr] <= hi:
-                raise ValueError
-        except ValueError:
-            problems.append(f"{var} must be a whole number between {lo} and {hi} (got {raw[:40]!r})")
-    if problems:
-        raise ConfigError(problems)
     return RetentionPolicy(
         full_days=settings.full_retention_days,
         compliance_days=settings.compliance_retention_days,
         wal_days=settings.wal_retention_days,
-        **tiers,
+        **tiers_from(environment(env, env_file)),
     )
 
 

@@ -264,9 +264,26 @@ def load_settings(
             # Never echo a secret's value back.
             shown = "" if var in SECRET_VARS else f" (got {raw[:60]!r})"
             problems.append(f"{var} {exc}{shown}")
+    problems += _feature_problems(values)
     if problems:
         raise ConfigError(problems)
     return Settings(**kwargs)
+
+
+def _feature_problems(values: Mapping[str, str]) -> list[str]:
+    """Settings that their features parse (alert thresholds, SMTP, retention tiers):
+    checked here too, so a typo in any of them is reported with the rest, before anything connects."""
+    from .alert_email import smtp_from
+    from .alerts import thresholds_from
+    from .retention import tiers_from
+
+    problems: list[str] = []
+    for parse in (thresholds_from, smtp_from, tiers_from):
+        try:
+            parse(values)
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
 
 
 def redact(text: str, settings: Settings | None) -> str:
