@@ -75,10 +75,79 @@ def wait_archived(pg: PgCluster, timeout: float = 600) -> float:
     raise SystemExit(f"segment {seg} was not archived within {timeout} s")
 
 
+def bench_push(pg: PgCluster, env: dict[str, str], s3: S3Server, base: Path, n: int) -> dict[str, object]:
+    """Seconds per segment, one process per segment as archive_command runs it, sequentially.
+
+    walclient + wal-pushd (warm daemon), plain `coldcopy wal-push`, and barman-cloud-wal-archive
+    (uncompressed, its default) when it is installed in this venv.  Real segments from pg_wal.
+    """
+    seg_dir = base / "segs"
+    seg_dir.mkdir()
+    real = sorted(p for p in (pg.data_dir / "pg_wal").iterdir() if len(p.name) == 24)
+    segs = []
+    for i in range(n):  # real pgbench WAL content, under fresh names on timeline 0xF
+        seg = seg_dir / f"0000000F0000000000000{i:03X}"
+        shutil.copyfile(real[i % len(real)], seg)
+        segs.append(seg)
+    warm = seg_dir / "0000000F0000000100000000"  # one push before timing: the daemon is long-lived
+    shutil.copyfile(real[0], warm)
+    out: dict[str, object] = {"push_segments_compared": len(segs)}
+
+    def timed(argvs: list[list[str]], run_env: dict[str, str]) -> float:
+        t0 = time.monotonic()
+        for argv in argvs:
+            subprocess.run(argv, env=run_env, check=True, capture_output=True)
+        return (time.monotonic() - t0) / len(argvs)
+
+    sock = base / "run" / "walpushd.sock"
+    daemon_env = {**env, "COLDCOPY_CLUSTER": "bench-daemon"}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "coldcopy", "wal-pushd", "--socket", str(sock)], env=daemon_env,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise SystemExit("wal-pushd did not start")
+            time.sleep(0.05)
+        client = [sys.executable, "-S", "-m", "coldcopy.walclient", "--socket", str(sock)]
+        client_env = {"PYTHONPATH": str(REPO / "lib"), "PATH": os.defpath}
+        timed([[*client, str(warm)]], client_env)
+        per = timed([[*client, str(p)] for p in segs], client_env)
+        out["walclient_daemon_s_per_segment"] = round(per, 4)
+        out["walclient_daemon_segments_per_s"] = round(1 / per, 1)
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+    per = timed(
+        [[sys.executable, "-m", "coldcopy", "wal-push", str(p)] for p in segs],
+        {**env, "COLDCOPY_CLUSTER": "bench-plain"},
+    )
+    out["wal_push_s_per_segment"] = round(per, 4)
+    out["wal_push_segments_per_s"] = round(1 / per, 1)
+    barman = Path(sys.executable).parent / "barman-cloud-wal-archive"
+    if barman.exists():
+        s3.create_bucket("barman")
+        aws = {
+            **env, "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            "AWS_DEFAULT_REGION": s3.region,
+        }  # fmt: skip
+        cmd = [str(barman), "--endpoint-url", s3.endpoint_url, "s3://barman/pg", "pg1"]
+        per = timed([[*cmd, str(p)] for p in segs], aws)
+        out["barman_cloud_wal_archive_s_per_segment"] = round(per, 4)
+        out["barman_cloud_wal_archive_segments_per_s"] = round(1 / per, 1)
+        out["speedup_vs_barman"] = round(per / float(str(out["walclient_daemon_s_per_segment"])), 1)
+    else:
+        out["barman_cloud_wal_archive"] = "not installed (pip install 'barman[cloud]')"
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=20)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--segments", type=int, default=20, help="segments per archiving tool compared")
     a = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="coldcopy-bench-pitr-"))
     base.chmod(0o755)
@@ -142,16 +211,8 @@ def main() -> int:
         report["wal_segments_archived"] = pushed
         report["archive_lag_after_load_s"] = round(lag, 2)
         report["workload_s"] = round(time.monotonic() - t0, 2)
-        # One wal-push per 16 MB segment, as archive_command does it (random bytes: the worst case).
-        seg_dir = base / "segs"
-        seg_dir.mkdir()
-        push_env = {**env, "COLDCOPY_CLUSTER": "bench-push"}
-        t1 = time.monotonic()
-        for n in range(5):
-            seg = seg_dir / f"0000000F0000000000000{n:03X}"
-            seg.write_bytes(os.urandom(16 << 20))
-            subprocess.run([sys.executable, "-m", "coldcopy", "wal-push", str(seg)], env=push_env, check=True)
-        report["wal_push_s_per_segment"] = round((time.monotonic() - t1) / 5, 2)
+        # Per-segment cost of archive_command, on the same real segments for every tool.
+        report.update(bench_push(pg, env, s3, base, a.segments))
         target = base / "rec" / "data"
         target.parent.mkdir(mode=0o755)
         port = free_port()

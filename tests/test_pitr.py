@@ -238,6 +238,7 @@ def test_pitr_to_a_time_between_markers(archiving: Archiving, recovered: tuple[P
     assert markers_at(archiving, port) == ["before-backup", "after-backup"]
     assert (target_dir / "recovery.signal").exists() is False  # removed by PostgreSQL on promotion
     assert oct(target_dir.stat().st_mode & 0o777) == "0o700"
+    assert not (target_dir.parent / "data.coldcopy-walspool").exists()  # removed once promoted
 
 
 def test_pitr_immediate_and_restore_point(archiving: Archiving, tmp_path: Path) -> None:
@@ -295,10 +296,15 @@ def test_target_before_the_oldest_backup_is_refused_before_writing(
     assert (target_dir / "recovery.signal").exists() and (target_dir / "PG_VERSION").exists()
     auto = (target_dir / "postgresql.auto.conf").read_text()
     assert (
-        "wal-fetch %f %p" in auto and "recovery_target = 'immediate'" in auto and f"port = '{port}'" in auto
+        "wal-fetch --spool " in auto
+        and "%f %p" in auto
+        and "recovery_target = 'immediate'" in auto
+        and f"port = '{port}'" in auto
     )
     env_file = target_dir.parent / "data.coldcopy-restore.env"
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    spool = target_dir.parent / "data.coldcopy-walspool"
+    assert spool.is_dir() and oct(spool.stat().st_mode & 0o777) == "0o700"
     assert not (target_dir / "postmaster.pid").exists()
     again = cli(archiving, *cmd)
     assert again.rc == 8 and "not empty" in again.err
@@ -434,3 +440,332 @@ def test_archiving_survives_storage_outage(archiving: Archiving) -> None:
     assert last > seg
     s = load_settings(archiving.env, env_file=Path(os.devnull))
     assert context(s).storage.exists(wal_key(seg))
+
+
+# -- fast archiving: wal-pushd + the stdlib client ------------------------------------------------
+def walclient_command(arch: Archiving, sock: Path) -> str:
+    """archive_command through the client: the same interpreter as ``arch.command``, ``-S``, no site."""
+    words = shlex.split(arch.command)
+    python = words[-3] if words[-2:] == ["-m", "coldcopy"] else sys.executable
+    lib = str(Path(__file__).resolve().parents[1] / "lib")
+    return (
+        shlex.join(
+            ["env", f"PYTHONPATH={lib}", python, "-S", "-m", "coldcopy.walclient", "--socket", str(sock)]
+        )
+        + " %p"
+    )
+
+
+class PushDaemon:
+    """``coldcopy wal-pushd`` as the postgres OS user, in its own process group (so it can be killed)."""
+
+    def __init__(self, arch: Archiving, sock: Path, log: Path) -> None:
+        self.arch, self.sock, self.log = arch, sock, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = ["env", f"COLDCOPY_ENV_FILE={self.arch.env_file}", *shlex.split(self.arch.command)]
+        argv += ["wal-pushd", "--socket", str(self.sock)]
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", OWNER, "--", *argv]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not self.log.read_text().count("listening on"):
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "wal-pushd did not start"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=30)
+
+
+def test_walclient_and_daemon_archive_and_survive_a_daemon_crash(archiving: Archiving) -> None:
+    run = archiving.env_file.parent / "run"
+    run.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(OWNER)
+        os.chown(run, owner.pw_uid, owner.pw_gid)
+    sock, log = run / "walpushd.sock", archiving.env_file.parent / "walpushd.log"
+    daemon = PushDaemon(archiving, sock, log)
+    storage = context(load_settings(archiving.env, env_file=Path(os.devnull))).storage
+    try:
+        daemon.start()
+        assert oct(sock.stat().st_mode & 0o777) == "0o600"
+        archiving.sql(
+            f"ALTER SYSTEM SET archive_command = {_sql_literal(walclient_command(archiving, sock))}"
+        )
+        archiving.sql("SELECT pg_reload_conf()")
+        # The archiver re-reads its settings asynchronously: switch until a segment went through the daemon.
+        first = ""
+        for _ in range(5):
+            archiving.marker("through-daemon")
+            seg = archiving.switch_and_wait()
+            if f"{seg} stored" in log.read_text():
+                first = seg
+                break
+        assert first, log.read_text()
+        assert storage.exists(wal_key(first))
+        # The daemon dies (SIGKILL: a stale socket stays): archiving fails, PostgreSQL keeps the segment.
+        daemon.kill()
+        failed_before = archiving.sql("SELECT failed_count FROM pg_stat_archiver")[0][0]
+        archiving.marker("daemon-down")
+        lost = archiving.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+        deadline = time.monotonic() + 60
+        while archiving.sql("SELECT failed_count FROM pg_stat_archiver")[0][0] == failed_before:
+            assert time.monotonic() < deadline, "the archiver never reported a failure"
+            time.sleep(0.1)
+        assert (archiving.cluster.data_dir / "pg_wal" / "archive_status" / f"{lost}.ready").exists()
+        assert not storage.exists(wal_key(lost))
+        # Restarted (the stale socket is replaced): the backlog drains, nothing is missing.
+        daemon.start()
+        archiving.marker("daemon-back")
+        last = archiving.switch_and_wait(timeout=90)
+        assert last > lost and f"{lost} stored" in log.read_text()
+        from coldcopy.walarchive import archived_names
+
+        names = [
+            n for n, _ in archived_names(context(load_settings(archiving.env, env_file=Path(os.devnull))))
+        ]
+        from coldcopy.wal import gaps
+
+        assert gaps(names, 16 << 20, timeline=1, first=first, last=last) == []
+    finally:
+        daemon.kill()
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def test_walclient_fails_without_daemon_and_refuses_foreign_users(tmp_path: Path) -> None:
+    from coldcopy import walclient
+
+    seg = tmp_path / "000000010000000000000009"
+    seg.write_bytes(b"x")
+    rc, msg = walclient.request(str(tmp_path / "absent.sock"), str(seg), timeout=5)
+    assert rc == walclient.UNREACHABLE and "not reachable" in msg
+    assert walclient.main(["--socket", str(tmp_path / "absent.sock"), str(seg)]) == walclient.UNREACHABLE
+    assert walclient.main([str(seg)]) == 2  # no socket given
+
+
+def test_wal_pushd_stores_and_refuses_conflicts_and_a_second_daemon(
+    storage_env: dict[str, str], tmp_path: Path
+) -> None:
+    import threading
+
+    from coldcopy import walclient
+    from coldcopy.errors import ColdCopyError
+    from coldcopy.walpushd import WalPushServer, serve
+
+    ctx = context(load_settings(storage_env))
+    sock = tmp_path / "run" / "d.sock"
+    servers: list[WalPushServer] = []
+    t = threading.Thread(target=serve, args=(ctx, sock), kwargs={"ready": servers.append}, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not servers:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        assert (
+            oct(sock.stat().st_mode & 0o777) == "0o600" and oct(sock.parent.stat().st_mode & 0o777) == "0o700"
+        )
+        with pytest.raises(ColdCopyError, match="already listening"):
+            WalPushServer(sock, ctx)
+        seg = tmp_path / "00000001000000000000000A"
+        seg.write_bytes(os.urandom(100) + bytes(8192))
+        rc, msg = walclient.request(str(sock), str(seg))
+        assert (rc, msg) == (0, f"{seg.name} stored as {wal_key(seg.name)}")
+        rc, msg = walclient.request(str(sock), str(seg))
+        assert rc == 0 and "already stored" in msg
+        original = seg.read_bytes()
+        seg.write_bytes(b"y" + original[1:])
+        rc, msg = walclient.request(str(sock), str(seg))
+        assert rc == 7 and "DIFFERENT content" in msg
+        rc, msg = walclient.request(str(sock), str(tmp_path / "not-a-wal-name"))
+        assert rc == 2
+        assert walclient.request(str(sock), "relative/path") == (2, "expected 'push<TAB>/absolute/path'")
+        assert unpack_stored(ctx, seg.name) == original
+    finally:
+        servers[0].shutdown()
+        t.join(10)
+    assert not sock.exists()
+
+
+def unpack_stored(ctx: Any, name: str) -> bytes:
+    from coldcopy.walarchive import unpack
+
+    return unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
+
+
+def test_wal_fetch_prefetches_ahead_and_serves_from_the_spool(
+    storage_env: dict[str, str], tmp_path: Path
+) -> None:
+    from coldcopy.wal import Segment
+    from coldcopy.walarchive import push
+
+    ctx = context(load_settings(storage_env))
+    wal = tmp_path / "pg_wal"
+    wal.mkdir()
+    names = [Segment(1, n).name() for n in range(1, 8)]
+    content = {}
+    for name in names:
+        content[name] = os.urandom(64) + bytes(4096)
+        (wal / name).write_bytes(content[name])
+        push(ctx, wal / name)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    dest = tmp_path / "RECOVERYXLOG"
+    fetch = ["wal-fetch", "--spool", str(spool), "--prefetch", "4"]
+    assert run_cli(storage_env, *fetch, names[0], str(dest)).rc == 0
+    assert dest.read_bytes() == content[names[0]]
+    assert sorted(p.name for p in spool.iterdir()) == names[1:5]
+    # Gone from the archive: the next fetches can only be served from the spool.
+    ctx.storage.delete([wal_key(n) for n in names[1:5]])
+    for name in names[1:5]:
+        assert run_cli(storage_env, *fetch, name, str(dest)).rc == 0
+        assert dest.read_bytes() == content[name]
+    assert list(spool.iterdir()) == []  # each taken (renamed), none left behind
+    assert run_cli(storage_env, *fetch, names[5], str(dest)).rc == 0  # a miss: from the archive again
+    assert dest.read_bytes() == content[names[5]] and sorted(p.name for p in spool.iterdir()) == names[6:7]
+    # Not archived, neither in the spool: the end of WAL.
+    missing = Segment(1, 20).name()
+    assert run_cli(storage_env, *fetch, missing, str(dest)).rc == 1
+    # Without prefetch nothing is spooled.
+    spool2 = tmp_path / "spool2"
+    spool2.mkdir()
+    no = run_cli(storage_env, "wal-fetch", "--spool", str(spool2), "--prefetch", "0", names[6], str(dest))
+    assert no.rc == 0 and list(spool2.iterdir()) == []
+
+
+def test_plan_follows_the_history_to_the_latest_timeline() -> None:
+    from coldcopy.pitr import RecoveryRefused, Target, parse_history, plan_recovery
+    from coldcopy.wal import Segment
+
+    t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    base = _fake_base(
+        "base_backup_db_20261124_120000", Segment(1, 2).name(), Segment(1, 2).name(), "2026-11-24T12:00:10Z"
+    )
+    hist = {2: parse_history("# comment\n1\t0/4800000\tbefore 2026-11-24 12:04:00+00\n")}
+    assert hist[2] == [(1, 0x4800000)]
+    tl1 = [(Segment(1, n).name(), t0.timestamp() + 60 * n) for n in (2, 3, 4)]
+    tl2 = [(Segment(2, n).name(), t0.timestamp() + 60 * (n + 5)) for n in (4, 5, 6)]
+    archive = [*tl1, *tl2, ("00000002.history", t0.timestamp() + 60 * 9)]
+    target = Target("time", time=t0.replace(minute=10, second=30))
+    p = plan_recovery([base], archive, target, histories=hist)
+    assert (p.timeline, p.first_segment, p.last_segment) == (2, Segment(1, 2).name(), Segment(2, 6).name())
+    assert "follows timelines 1 → 2" in p.notes
+    # Without the history file only timeline 1 is known, and it does not reach the target.
+    with pytest.raises(RecoveryRefused, match="does not reach"):
+        plan_recovery([base], archive, target)
+    # A hole on timeline 2 is a gap along the path; TL1's segment 4 is not needed (read from TL2).
+    holed = [x for x in archive if x[0] not in (Segment(2, 4).name(), Segment(1, 4).name())]
+    with pytest.raises(RecoveryRefused, match="gaps .*000000020000000000000004"):
+        plan_recovery([base], holed, target, histories=hist)
+    no_tl1_4 = [x for x in archive if x[0] != Segment(1, 4).name()]
+    assert plan_recovery([base], no_tl1_4, target, histories=hist).last_segment == Segment(2, 6).name()
+    # A timeline forked before the backup ended does not descend from it: stay on timeline 1.
+    early = {2: [(1, 0x1000000)]}
+    assert plan_recovery([base], archive, Target("immediate"), histories=early).timeline == 1
+
+
+def test_pitr_promotes_to_timeline_2_archives_it_and_recovers_onto_it(archiving: Archiving) -> None:
+    archiving.marker("before-backup")
+    base_backup(archiving)
+    archiving.marker("tl1")
+    time.sleep(1.1)  # data separation around the target
+    t1 = server_now(archiving)
+    time.sleep(1.1)
+    archiving.marker("tl1-after-target")
+    archiving.switch_and_wait()
+    base = Path(f"/tmp/coldcopy-tl2-{os.getpid()}-{time.monotonic_ns()}")
+    base.mkdir(mode=0o755)
+    ports = [free_port(), free_port()]
+    copies = [PgCluster(base_dir=base / f"c{i}", port=p) for i, p in enumerate(ports)]
+    try:
+        for c in copies:
+            c.base_dir.mkdir(mode=0o755, exist_ok=True)
+        # First PITR, prepared only; the promoted copy archives (timeline 2) into the same archive.
+        data = copies[0].data_dir
+        r = cli(
+            archiving, "pitr", "--target-time", t1.isoformat(), "--target-dir", str(data), "--port",
+            str(ports[0]), "--coldcopy-command", archiving.command,
+        )  # fmt: skip
+        assert r.rc == 0, r.err
+        archive_cmd = f"COLDCOPY_ENV_FILE={archiving.env_file} {archiving.command} wal-push %p"
+        with (data / "postgresql.auto.conf").open("a") as f:
+            f.write(f"archive_mode = 'on'\narchive_command = {_sql_literal(archive_cmd)}\n")
+        log = base / "c0" / "pg.log"
+        start = [str(archiving.cluster.bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"]
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "postgres:postgres", str(base / "c0")], check=True)
+            start = ["runuser", "-u", OWNER, "--", *start]
+        assert subprocess.run(start, cwd="/", check=False).returncode == 0, log.read_text()
+        copy = Archiving(copies[0], archiving.env, archiving.env_file, archiving.command)
+        copy.cluster.port = ports[0]
+        copy.cluster.host = "127.0.0.1"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if copy.sql("SELECT pg_is_in_recovery()")[0][0] is False:
+                    break
+            except Exception:  # noqa: BLE001 - not accepting connections yet
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert copy.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0] == 2
+        copy.marker("tl2")
+        time.sleep(1.1)
+        t2 = server_now(copy)
+        time.sleep(1.1)
+        copy.marker("tl2-after-target")
+        seg = copy.switch_and_wait()
+        assert seg.startswith("00000002")
+        storage = context(load_settings(archiving.env, env_file=Path(os.devnull))).storage
+        assert storage.exists(wal_key("00000002.history"))
+        # Second PITR, onto timeline 2, from the timeline-1 base backup.
+        r = pitr(archiving, copies[1].data_dir, ports[1], "--target-time", t2.isoformat())
+        assert r.rc == 0, r.err
+        out = json.loads(r.out)
+        assert out["last_segment"].startswith("00000002"), out
+        assert markers_at(archiving, ports[1]) == ["before-backup", "tl1", "tl2"]
+    finally:
+        for c in copies:
+            c.destroy()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
+    archiving: Archiving, tmp_path: Path
+) -> None:
+    env = {**archiving.env, "COLDCOPY_CLUSTER": "sweeptest", "COLDCOPY_ENV_FILE": os.devnull}
+    folder = tmp_path / "recv"
+    first = run_cli(env, "--json", "wal-sweep", "--dir", str(folder))
+    assert first.rc == 0, first.err
+    out = json.loads(first.out)
+    assert out["slot"] == "coldcopy_sweeptest" and out["partial"].endswith(".partial")
+    slots = archiving.sql("SELECT slot_name FROM pg_replication_slots")
+    assert ["coldcopy_sweeptest"] in slots
+    archiving.marker("swept")
+    closed = archiving.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    # The second sweep as a worker job (what the scheduler enqueues).
+    from coldcopy import jobs
+    from coldcopy.worker import run_worker
+
+    s = load_settings(env)
+    storage = context(s).storage
+    run_id = str(jobs.enqueue(storage, "wal-sweep", {"dir": str(folder)}))
+    report = run_worker(s, heartbeat_seconds=0.05, storage=storage)
+    assert [r["state"] for r in report.runs] == ["succeeded"], report.runs
+    out2 = (jobs.get_run(storage, run_id) or {}).get("result") or {}
+    assert closed in out2["pushed"] and out2["partial"] > closed
+    assert not (folder / closed).exists()  # pushed, then removed locally
+    assert storage.exists(wal_key(closed))
+    from coldcopy.walarchive import unpack
+
+    stored = unpack(context(s), storage.get_bytes(wal_key(closed)))
+    assert len(stored) == 16 << 20
+    archiving.sql("SELECT pg_drop_replication_slot('coldcopy_sweeptest')")

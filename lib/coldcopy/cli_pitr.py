@@ -54,12 +54,41 @@ def cmd_wal_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wal_pushd(args: argparse.Namespace) -> int:
+    from .backup import context
+    from .walpushd import serve
+
+    ctx = context(settings_for(args, (STORAGE,)))
+    serve(ctx, Path(args.socket).absolute())
+    return 0
+
+
+def cmd_wal_sweep(args: argparse.Namespace) -> int:
+    from .walsweep import run_sweep
+
+    r = run_sweep(settings_for(args, (DB, STORAGE)), Path(args.dir) if args.dir else None, args.slot)
+    if args.json:
+        emit_json(r.to_dict())
+    else:
+        print(
+            f"streamed up to {r.end_lsn} from slot {r.slot}: {len(r.pushed)} files archived"
+            + (f", {r.partial} waits for the next sweep" if r.partial else "")
+        )
+    return 0
+
+
 def cmd_wal_fetch(args: argparse.Namespace) -> int:
+    from . import walspool
+
+    spool = (Path(args.spool) if args.spool else walspool.default_spool()) if args.prefetch > 0 else None
+    if spool is not None and walspool.take(spool, args.name, Path(args.dest)):
+        return 0  # prefetched by an earlier call: no storage client, no network
     from .backup import context
     from .walarchive import fetch
 
     try:
-        fetch(context(settings_for(args, (STORAGE,))), args.name, Path(args.dest))
+        ctx = context(settings_for(args, (STORAGE,)))
+        fetch(ctx, args.name, Path(args.dest), prefetch=args.prefetch, spool=spool)
     except NotFoundError as exc:
         print(exc.message, file=sys.stderr)  # expected while recovery probes for history files
         return 1
@@ -162,9 +191,28 @@ def add_pitr_commands(add: AddCommand) -> None:
     )
     wp = add("wal-push", cmd_wal_push, "archive one WAL file (use as archive_command: wal-push %%p)")
     wp.add_argument("path")
+    wd = add(
+        "wal-pushd",
+        cmd_wal_pushd,
+        "a warm WAL pusher for archive_command = 'python3 -S -m coldcopy.walclient --socket PATH %%p'",
+    )
+    wd.add_argument("--socket", required=True, help="unix socket path (created 0600)")
+    ws = add(
+        "wal-sweep",
+        cmd_wal_sweep,
+        "stream WAL from a replication slot (pg_receivewal) up to now and archive complete segments",
+    )
+    ws.add_argument("--dir", help="local folder for pg_receivewal (default: a per-cluster temp folder)")
+    ws.add_argument("--slot", help="replication slot (default: coldcopy_<cluster>; created if missing)")
     wf = add("wal-fetch", cmd_wal_fetch, "restore one archived WAL file (restore_command: wal-fetch %%f %%p)")
     wf.add_argument("name")
     wf.add_argument("dest")
+    wf.add_argument(
+        "--prefetch", type=int, default=4, help="also fetch this many following segments ahead (default 4)"
+    )
+    wf.add_argument(
+        "--spool", help="folder for prefetched segments (default: <data dir>.coldcopy-walspool next to it)"
+    )
     add(
         "wal-status",
         cmd_wal_status,

@@ -7,8 +7,9 @@ tar extracted (its stream checked chunk by chunk) and the recovery settings writ
 
 How far the archive "reaches" for a time target: PostgreSQL knows it has passed a time only when
 it replays a commit after it, so we need an archived segment stored at or after the target time;
-the segments up to the first such one must be continuous.  Timeline switches inside the window
-(recovering across an earlier PITR) are not handled yet: the backup's own timeline is used.
+the segments up to the first such one must be continuous.  Timeline switches (recovering across an
+earlier PITR): the archived history files give the path recovery_target_timeline = 'latest' takes
+from the backup's timeline, and continuity is checked along it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .manifest import Manifest, parse_iso
 from .pg import tool_path
 from .reader import BackupReader
 from .wal import DEFAULT_SEGMENT_SIZE, Segment, format_lsn, gaps, parse_lsn, parse_segment, segment_of
-from .walarchive import archived_names
+from .walarchive import archived_names, read_archived
 
 log = logging.getLogger(__name__)
 OWNER = "postgres"
@@ -117,11 +118,58 @@ def base_manifests(ctx: BackupContext) -> list[Manifest]:
     return sorted((m for m in out if m.extra.get("start_wal_segment")), key=lambda m: m.extra["stop_time"])
 
 
+def parse_history(text: str) -> list[tuple[int, int]]:
+    """A timeline history file as (ancestor timeline, LSN where it was left) lines, oldest first."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            with contextlib.suppress(ValueError):
+                out.append((int(parts[0]), parse_lsn(parts[1])))
+    return out
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One timeline of the recovery path: its segments from ``lo`` to ``hi`` (None: open-ended)."""
+
+    timeline: int
+    lo: int
+    hi: int | None
+
+
+def timeline_legs(
+    tli: int, stop_lsn: int, histories: dict[int, list[tuple[int, int]]], size: int
+) -> list[Leg]:
+    """The path PostgreSQL follows with recovery_target_timeline = 'latest' from a backup on ``tli``.
+
+    The newest timeline whose history passes through ``tli`` after the backup's end; on a switch
+    from A to B at LSN x, the segment holding x and later ones are read from B.
+    """
+    best = None
+    for t, hist in histories.items():
+        left = dict(hist)
+        if t > tli and tli in left and left[tli] >= stop_lsn and (best is None or t > best):
+            best = t
+    if best is None:
+        return [Leg(tli, 0, None)]
+    legs, lo = [], 0
+    for parent, switch in histories[best]:
+        if parent < tli:
+            continue
+        hi = segment_of(switch, parent, size).segno
+        legs.append(Leg(parent, lo, hi - 1))
+        lo = hi
+    legs.append(Leg(best, lo, None))
+    return legs
+
+
 def plan_recovery(
     manifests: list[Manifest],
     archive: list[tuple[str, float]],
     target: Target,
     backup: str | None = None,
+    histories: dict[int, list[tuple[int, int]]] | None = None,
 ) -> Plan:
     """Pick the base backup and the WAL range for ``target``; RecoveryRefused with the reason otherwise.
 
@@ -162,10 +210,21 @@ def plan_recovery(
     e = m.extra
     size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
     tli = int(e["timeline"])
+    legs = timeline_legs(tli, parse_lsn(e["stop_lsn"]), histories or {}, size)
+
+    def on_path(seg: Segment) -> bool:
+        return any(
+            leg.timeline == seg.timeline and leg.lo <= seg.segno and (leg.hi is None or seg.segno <= leg.hi)
+            for leg in legs
+        )
+
+    def timeline_at(segno: int) -> int:
+        return next(leg.timeline for leg in legs if leg.hi is None or segno <= leg.hi)
+
     segs = sorted(
         (parse_segment(n, size).segno, at)
         for n, at in archive
-        if len(n) == 24 and parse_segment(n, size).timeline == tli
+        if len(n) == 24 and on_path(parse_segment(n, size))
     )
     first = parse_segment(e["start_wal_segment"], size)
     stop = parse_segment(e["stop_wal_segment"], size)
@@ -190,7 +249,7 @@ def plan_recovery(
         last = after[0]
     elif target.kind == "lsn":
         assert target.lsn is not None
-        last = max(segment_of(target.lsn, tli, size).segno, stop.segno)
+        last = max(segment_of(target.lsn, tli, size).segno, stop.segno)  # segno does not depend on tli
         if last > newest:
             raise RecoveryRefused(
                 f"the WAL archive does not reach {target.describe()}: "
@@ -207,8 +266,15 @@ def plan_recovery(
             f"the WAL that makes {m.name} consistent (up to {stop.name(size)}) is not archived",
             "check the archiver on the server (pg_stat_archiver)",
         )
-    first_name, last_name = first.name(size), Segment(tli, last).name(size)
-    missing = gaps((n for n, _ in archive), size, timeline=tli, first=first_name, last=last_name)
+    first_name, last_name = first.name(size), Segment(timeline_at(last), last).name(size)
+    missing = []
+    for leg in legs:
+        lo, hi = max(leg.lo, first.segno), last if leg.hi is None else min(leg.hi, last)
+        if lo <= hi:
+            missing += gaps(
+                (n for n, _ in archive), size, timeline=leg.timeline,
+                first=Segment(leg.timeline, lo).name(size), last=Segment(leg.timeline, hi).name(size),
+            )  # fmt: skip
     if missing:
         shown = ", ".join(a if a == b else f"{a}..{b}" for a, b in missing[:5])
         raise RecoveryRefused(
@@ -220,7 +286,9 @@ def plan_recovery(
         notes.append("the restore point must have been created after the chosen base backup started")
     if target.kind == "xid":
         notes.append("the transaction must have committed after the chosen base backup started")
-    return Plan(m.name, tli, first_name, last_name, size, e["stop_time"], notes)
+    if len(legs) > 1:
+        notes.append("follows timelines " + " → ".join(str(leg.timeline) for leg in legs))
+    return Plan(m.name, timeline_at(last), first_name, last_name, size, e["stop_time"], notes)
 
 
 # -- doing it -------------------------------------------------------------------------------------
@@ -281,11 +349,18 @@ def run_pitr(
     target_dir = target_dir.absolute()
     if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
         raise RecoveryRefused(f"{target_dir} exists and is not empty", "give a new or empty folder")
-    plan = plan_recovery(base_manifests(ctx), archived_names(ctx), target, backup)
+    archive = archived_names(ctx)
+    histories = {
+        int(n[:8], 16): parse_history(read_archived(ctx, n).decode("utf-8", "replace"))
+        for n, _ in archive
+        if n.endswith(".history")
+    }
+    plan = plan_recovery(base_manifests(ctx), archive, target, backup, histories)
     reader = BackupReader(ctx, plan.backup)
     reader.confirm()
     env_file = target_dir.parent / f"{target_dir.name}.coldcopy-restore.env"
     log_file = target_dir.parent / f"{target_dir.name}.log"
+    spool = target_dir.parent / f"{target_dir.name}.coldcopy-walspool"  # wal-fetch's prefetched segments
     created = not target_dir.exists()
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -298,9 +373,12 @@ def run_pitr(
         with os.fdopen(fd, "w") as f:
             f.write("".join(f"{k}={_env_quote(v)}\n" for k, v in restore_env(settings).items()))
         log_file.touch()
+        shutil.rmtree(spool, ignore_errors=True)
+        spool.mkdir(mode=0o700)
         cmd = command or shlex.join([sys.executable, "-m", "coldcopy"])
         values = {
-            "restore_command": f"COLDCOPY_ENV_FILE={shlex.quote(str(env_file))} {cmd} wal-fetch %f %p",
+            "restore_command": f"COLDCOPY_ENV_FILE={shlex.quote(str(env_file))} {cmd} wal-fetch "
+            f"--spool {shlex.quote(str(spool))} %f %p",
             **target.settings(),
             "recovery_target_action": "promote",
             "recovery_target_timeline": "latest",
@@ -319,6 +397,7 @@ def run_pitr(
         _chown_tree(target_dir)
         _chown_tree(env_file)
         _chown_tree(log_file)
+        _chown_tree(spool)
     except BaseException:
         if created:
             shutil.rmtree(target_dir, ignore_errors=True)
@@ -327,6 +406,7 @@ def run_pitr(
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         with contextlib.suppress(FileNotFoundError):
             env_file.unlink()
+        shutil.rmtree(spool, ignore_errors=True)
         raise
     pg_ctl = tool_path("pg_ctl", settings)
     start_cmd = [pg_ctl, "-D", str(target_dir), "-l", str(log_file), "-w", "-t", str(int(timeout)), "start"]
@@ -343,10 +423,12 @@ def run_pitr(
             shlex.join(_as_owner(start_cmd)),
             f"watch {log_file} for 'database system is ready to accept connections' after promotion",
             f"delete {env_file} once the server is promoted (it holds the storage secrets)",
+            f"delete {spool} once the server is promoted (segments fetched ahead)",
         ],
     )
     if start:
         _start_and_wait(settings, result, start_cmd, target_dir, log_file, timeout)
+        shutil.rmtree(spool, ignore_errors=True)  # promoted: recovery will not ask for WAL again
     return result
 
 

@@ -7,8 +7,9 @@ loud error when it is not: two different files under one name mean two servers a
 same place, and continuing would corrupt the archive.  The comparison unpacks the stored object
 and compares the raw bytes' SHA-256, so nothing but the object itself is needed.
 
-Not here yet: the fast path (a spool folder and a long-running pusher, as pghoard and
-pgBackRest's async archiving do).  Each call costs one interpreter start and one PUT.
+The fast path for pushing is :mod:`coldcopy.walpushd` (a warm daemon) with
+:mod:`coldcopy.walclient` (a stdlib-only archive_command); fetching prefetches into
+:mod:`coldcopy.walspool`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .wal import ARCHIVE_NAME_RE, timeline_of
 
 log = logging.getLogger(__name__)
 WAL_PREFIX = "wal/"
-WAL_LEVEL = 3  # zstd level for segments: mostly-zero tails compress well at any level
+WAL_LEVEL = 1  # zstd level for segments: per-segment latency matters more than ~10 % size (bench_pitr)
 
 
 def check_archive_name(name: str) -> str:
@@ -93,26 +94,61 @@ def push(ctx: BackupContext, path: Path) -> PushResult:
     return PushResult(name, key, stats.raw_size, stats.stored_size, True)
 
 
-def fetch(ctx: BackupContext, name: str, dest: Path) -> int:
-    """Write archived file ``name`` to ``dest`` atomically; NotFoundError when it is not archived."""
+def fetch(ctx: BackupContext, name: str, dest: Path, *, prefetch: int = 0, spool: Path | None = None) -> int:
+    """Write archived file ``name`` to ``dest`` atomically; NotFoundError when it is not archived.
+
+    With a ``spool`` and ``prefetch`` > 0 (segments only), the next ``prefetch`` segments are
+    fetched in parallel with this one into the spool (best effort: a missing or failing one is
+    skipped; the next wal-fetch of it goes to the archive).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import walspool
+
     key = wal_key(name)
-    try:
-        blob = ctx.storage.get_bytes(key)
-    except NotFoundError:
-        raise NotFoundError(f"{name} is not in the WAL archive") from None
-    data = unpack(ctx, blob)
-    dest = dest if dest.is_absolute() else Path.cwd() / dest
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    wanted = [n for n in walspool.ahead(name, prefetch) if not walspool.has(spool, n)] if spool else []
+    with ThreadPoolExecutor(max_workers=1 + len(wanted)) as pool:
+        extra = [pool.submit(_prefetch_one, ctx, n, spool) for n in wanted if spool is not None]
+        try:
+            blob = ctx.storage.get_bytes(key)
+        except NotFoundError:
+            raise NotFoundError(f"{name} is not in the WAL archive") from None
+        data = unpack(ctx, blob)
+        dest = dest if dest.is_absolute() else Path.cwd() / dest
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for fut in extra:
+            fut.result()
+    if spool is not None:
+        walspool.prune(spool, name)
     return len(data)
+
+
+def read_archived(ctx: BackupContext, name: str) -> bytes:
+    """The raw bytes of one archived file (a timeline history, say); NotFoundError when absent."""
+    return unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
+
+
+def _prefetch_one(ctx: BackupContext, name: str, spool: Path) -> bool:
+    from . import walspool
+
+    try:
+        data = unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
+    except NotFoundError:
+        return False  # not archived (yet): the end of WAL, or a later call fetches it
+    except Exception as exc:  # noqa: BLE001 - prefetch is best effort; the real fetch reports errors
+        log.debug("prefetch of %s failed: %s", name, exc)
+        return False
+    walspool.put(spool, name, data)
+    return True
 
 
 def archived_names(ctx: BackupContext, timeline: int | None = None) -> list[tuple[str, float]]:

@@ -125,6 +125,17 @@ def _not_implemented(kind: str, where: str) -> Handler:
     return handler
 
 
+def _wal_sweep(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """Stream WAL from the replication slot and archive complete segments (params: dir, slot)."""
+    from pathlib import Path
+
+    from .walsweep import run_sweep
+
+    _require_db(settings)
+    folder = params.get("dir")
+    return run_sweep(settings, Path(str(folder)) if folder else None, params.get("slot")).to_dict()
+
+
 #: Job kind -> handler.  The one place job kinds are defined.
 HANDLERS: dict[str, Handler] = {
     "backup-full": _backup("full"),
@@ -132,6 +143,7 @@ HANDLERS: dict[str, Handler] = {
     "verify": _verify,
     "cleanup": cleanup_job,
     "restore-test": _restore_test,
+    "wal-sweep": _wal_sweep,
 }
 
 
