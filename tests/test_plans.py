@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy.alerts import PLANS
+from coldcopy.alerts import PLANS, WalGap
 from coldcopy.catalog import Catalog
+from coldcopy.config import load_settings
+from coldcopy.manifest import CatalogEntry, iso
 from coldcopy.plans import ALIASES, Facts, build_plan
-from test_recovery_time import MB, prepare_bucket
+from coldcopy.storage import Storage
+from coldcopy.walmonitor import STATE_KEY
+from test_recovery_time import MB, base, catalog, drill, entry, prepare_bucket, window
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -141,3 +148,79 @@ def test_every_alert_plan_name_maps_onto_a_runbook() -> None:
         assert p.scenario == runbook and p.alert == alias and p.first[0] == hint
     with pytest.raises(ValueError):
         build_plan("nonsense", Catalog(), facts, NOW)
+
+
+def _pitr_catalog() -> tuple[Catalog, CatalogEntry, CatalogEntry]:
+    b = base(NOW - timedelta(days=3), 400 * MB)
+    day_ago = NOW - timedelta(days=1)
+    full = entry(f"full_backup_app_{day_ago:%Y%m%d_%H%M%S}", day_ago, 100 * MB)
+    cat = catalog([b, full], {full.name: drill(NOW - timedelta(hours=20), 100 * MB, 10)})
+    return cat, b, full
+
+
+def test_deletion_inside_the_wal_window_is_undone_by_pitr_to_just_before_it() -> None:
+    cat, b, full = _pitr_catalog()
+    facts = Facts("app", "k")
+    wal = window(NOW - timedelta(days=3), NOW - timedelta(minutes=3))
+    t = NOW - timedelta(hours=5)
+    p = build_plan("deletion", cat, facts, NOW, before=t, wal=wal)
+    assert p.ok, p.blockers
+    assert p.backup is not None and p.backup["name"] == b.name, "the base backup, not the newer dump"
+    target = iso(t - timedelta(seconds=1))
+    pitr = next(c for c in p.commands if c.startswith("coldcopy pitr"))
+    assert f"--target-time {target} " in pitr and "--target-dir ./coldcopy-pitr-" in pitr
+    assert "--port 5433" in pitr and f"--backup {b.name}" in pitr
+    assert p.commands[0] == "coldcopy wal-status"
+    assert any("marker queries" in a for a in p.after) and any("wal-status" in a for a in p.after)
+    assert p.data_loss["seconds"] == 0 and p.data_loss["text"].startswith(f"none before {iso(t)}")
+    assert "re-applied by hand" in p.data_loss["text"]
+    assert "ASSUMED" in p.estimate["basis"] and p.estimate["seconds"] > 40.0  # 400 MB at 10 MB/s + replay
+    assert not any("point-in-time recovery is not available" in r for r in p.risks)
+
+    # A gap after the base backup: the window ends before the deletion, so PITR cannot reach it.
+    gap = WalGap("000000010000000000000010", "000000010000000000000013", iso(NOW))
+    gapped = window(NOW - timedelta(days=3), NOW - timedelta(days=2), (gap,))
+    p = build_plan("deletion", cat, facts, NOW, before=t, wal=gapped)
+    assert not p.ok
+    assert any("WAL gap" in x and gap.after in x and gap.before in x and full.name in x for x in p.blockers)
+
+    # Before the window (or without one): today's dump plan.
+    p = build_plan("deletion", cat, facts, NOW, before=NOW - timedelta(days=4), wal=wal)
+    assert "outside the WAL archive's recoverable window" in p.first[1]
+    assert not any(c.startswith("coldcopy pitr") for c in p.commands)
+    p = build_plan("deletion", cat, facts, NOW, before=t)
+    assert p.backup is not None and p.backup["name"] == full.name
+    assert any("point-in-time recovery is not available" in r for r in p.risks)
+
+
+def test_corruption_and_disaster_name_pitr_to_now_when_the_window_reaches_now() -> None:
+    cat, b, full = _pitr_catalog()
+    facts = Facts("app", "k")
+    fresh = window(NOW - timedelta(days=3), NOW - timedelta(minutes=3))
+    for scenario in ("corruption", "disaster"):
+        p = build_plan(scenario, cat, facts, NOW, wal=fresh)
+        hint = [x for x in p.first if x.startswith("Smallest data loss: point-in-time recovery")]
+        assert hint and "coldcopy pitr --target-time" in hint[0] and b.name in hint[0], p.first
+        assert p.backup is not None and p.backup["name"] == full.name  # the dump restore stays below
+        assert not any("point-in-time recovery is not available" in r for r in p.risks)
+    stale = window(NOW - timedelta(days=3), NOW - timedelta(hours=5))
+    p = build_plan("disaster", cat, facts, NOW, wal=stale)
+    assert not any(x.startswith("Smallest data loss") for x in p.first)
+    assert any("would not reach now" in r for r in p.risks)
+    p = build_plan("disaster", cat, facts, NOW)
+    assert not any(x.startswith("Smallest data loss") for x in p.first)
+
+
+def test_plan_command_reads_the_stored_wal_status(prepared: tuple[dict[str, str], list[str]]) -> None:
+    env, names = prepared
+    storage = Storage(load_settings(env, env_file=Path(os.devnull)))
+    base_name = prepare_bucket(env, backups=[("base", NOW - timedelta(days=4), 200 * MB)], drills=[])[0]
+    wal = window(NOW - timedelta(days=4), NOW - timedelta(minutes=1))
+    storage.put_json(STATE_KEY, {"wal": asdict(wal)})
+    t = (NOW - timedelta(hours=6)).replace(second=0)
+    rc, p = plan(env, "deletion", "--before", iso(t))
+    assert rc == 0 and p["ok"], p["blockers"]
+    assert p["backup"]["name"] == base_name
+    assert any(f"--target-time {iso(t - timedelta(seconds=1))}" in c for c in p["commands"])
+    text = run_cli(env, "plan", "deletion", "--before", iso(t))
+    assert "coldcopy pitr --target-time" in text.out and "data-loss window: none before" in text.out

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cli_helpers import run_cli
+from coldcopy.alerts import WalGap, WalStatus
 from coldcopy.catalog import Catalog
 from coldcopy.catalog_store import CatalogStore
 from coldcopy.config import load_settings
@@ -16,8 +18,16 @@ from coldcopy.crypto import MasterKey
 from coldcopy.http_api import recovery_time_view
 from coldcopy.manifest import CatalogEntry, iso
 from coldcopy.names import make_name
-from coldcopy.recovery_time import DEFAULT_THROUGHPUT, PROVISION_SECONDS, estimate
+from coldcopy.recovery_time import (
+    ASSUMED_REPLAY_RATE,
+    ASSUMED_WAL_BYTES_PER_HOUR,
+    DEFAULT_THROUGHPUT,
+    PITR_UNAVAILABLE,
+    PROVISION_SECONDS,
+    estimate,
+)
 from coldcopy.storage import Storage
+from coldcopy.walmonitor import STATE_KEY, load, refresh
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 MB = 1_000_000
@@ -143,3 +153,67 @@ def test_recovery_time_command_reads_recorded_drills_from_the_bucket(coldcopy_en
     text = run_cli(env, "recovery-time")
     assert text.rc == 0 and "restore the latest full backup" in text.out and "40 s" in text.out
     assert "not available: no base backups/WAL archive" in text.out
+
+
+def base(created: datetime, raw: int) -> CatalogEntry:
+    return entry(f"base_backup_app_{created:%Y%m%d_%H%M%S}", created, raw, "base")
+
+
+def window(start: datetime, end: datetime, gaps: tuple[WalGap, ...] = ()) -> WalStatus:
+    return WalStatus(iso(end), "000000010000000000000042", gaps, iso(start), iso(end))
+
+
+def test_pitr_scenarios_restore_the_base_backup_and_replay_the_wal_at_labelled_assumed_rates() -> None:
+    old = base(NOW - timedelta(days=10), 500 * MB)
+    new = base(NOW - timedelta(days=2), 1000 * MB)
+    full = entry("full_backup_app_20261124_020000", NOW - timedelta(hours=10), 100 * MB)
+    cat = catalog([old, new, full], {full.name: drill(NOW - timedelta(hours=6), 100 * MB, 10)})  # 10 MB/s
+    wal = window(NOW - timedelta(days=10), NOW - timedelta(minutes=5))
+    est = estimate(cat, NOW, wal)
+    now_ = scenario(est, "pitr-now")
+    assert now_["available"] is True and now_["backup"] == new.name, "the newest base backup before now"
+    hours = (2 * 24 * 3600 - 5 * 60) / 3600  # from its stop to the window's end
+    replay = round(hours * ASSUMED_WAL_BYTES_PER_HOUR / ASSUMED_REPLAY_RATE, 1)
+    assert now_["restore_seconds"] == 100.0 and now_["replay_seconds"] == replay
+    assert now_["estimate_seconds"] == round(100.0 + replay, 1)
+    assert now_["target"] == wal.window_end and "ASSUMED" in now_["how"] and "not measured" in now_["how"]
+    week = scenario(est, "pitr-week-ago")
+    assert week["available"] is True and week["backup"] == old.name, "only the old base predates it"
+    assert est["wal_window"] == {"start": wal.window_start, "end": wal.window_end, "gaps": 0}
+
+    short = estimate(cat, NOW, window(NOW - timedelta(days=2), NOW - timedelta(minutes=5)))
+    week = scenario(short, "pitr-week-ago")
+    assert week["available"] is False and "outside the recoverable window" in week["how"]
+    assert iso(NOW - timedelta(days=2)) in week["how"]
+    assert scenario(short, "pitr-now")["available"] is True
+
+    no_bases = estimate(catalog([full], {}), NOW, wal)
+    assert "no base backup in the catalog" in scenario(no_bases, "pitr-now")["how"]
+    no_window = estimate(cat, NOW, WalStatus(iso(NOW), "000000010000000000000042"))
+    assert "gap-free" in scenario(no_window, "pitr-now")["how"]
+    assert scenario(estimate(cat, NOW), "pitr-now")["how"] == PITR_UNAVAILABLE
+
+
+def test_recovery_time_command_and_api_read_the_stored_wal_status(coldcopy_env: dict[str, str]) -> None:
+    now = datetime.now(UTC)
+    env = coldcopy_env
+    names = prepare_bucket(env, backups=[("base", now - timedelta(days=1), 300 * MB)], drills=[])
+    storage = Storage(load_settings(env, env_file=Path(os.devnull)))
+    for seg in ("000000010000000000000001", "000000010000000000000002"):
+        storage.put_bytes(f"wal/00000001/{seg}", b"x")
+    refresh(storage)  # no base manifest with WAL positions: an archive but no recoverable window
+    est = json.loads(run_cli(env, "recovery-time", "--json").out)
+    assert "gap-free" in scenario(est, "pitr-now")["how"]
+    assert est["wal_window"]["start"] is None
+    # The summary the tick stores when a base backup's WAL is complete (same format as refresh writes).
+    wal = window(now - timedelta(days=1), now - timedelta(minutes=2))
+    storage.put_json(STATE_KEY, {"wal": asdict(wal)})
+    r = run_cli(env, "recovery-time", "--json")
+    assert r.rc == 0, r.err
+    pitr = scenario(json.loads(r.out), "pitr-now")
+    assert pitr["available"] is True and pitr["backup"] == names[0]
+    assert "outside the recoverable window" in scenario(json.loads(r.out), "pitr-week-ago")["how"]
+    view = recovery_time_view(now, CatalogStore(storage).read(), load(storage))
+    assert scenario(view, "pitr-now")["backup"] == names[0]
+    text = run_cli(env, "recovery-time")
+    assert text.rc == 0 and "point-in-time recovery to now" in text.out and "ASSUMED" in text.out

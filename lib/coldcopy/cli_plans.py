@@ -19,9 +19,11 @@ def _duration(seconds: float | None) -> str:
 def cmd_recovery_time(args: argparse.Namespace) -> int:
     from .backup import context
     from .recovery_time import estimate
+    from .walmonitor import load
 
     s = settings_for(args)
-    est = estimate(context(s).catalog.read(), datetime.now(UTC))
+    ctx = context(s)
+    est = estimate(ctx.catalog.read(), datetime.now(UTC), load(ctx.storage))
     if args.json:
         emit_json(est)
         return 0
@@ -45,6 +47,7 @@ def _date(text: str) -> date:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .backup import context
     from .plans import Facts, build_plan
+    from .walmonitor import load
 
     s = settings_for(args)
     ctx = context(s)
@@ -52,7 +55,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         s.db_name or s.cluster or "postgres", ctx.key.key_id if ctx.key else None, s.compliance_retention_days
     )
     plan = build_plan(
-        args.scenario, ctx.catalog.read(), facts, datetime.now(UTC), before=args.before, on_date=args.date
+        args.scenario,
+        ctx.catalog.read(),
+        facts,
+        datetime.now(UTC),
+        before=args.before,
+        on_date=args.date,
+        wal=load(ctx.storage),
     )
     if args.json:
         emit_json(plan.to_dict())
@@ -73,7 +82,8 @@ def render(p: dict[str, Any]) -> str:
             f"{'ok' if v['ok'] else 'FAILED'} at level {v['level']} ({v['at']})" if v else "never verified"
         )
         out.append(
-            f"backup: {b['name']} (snapshot {b['created_at']}, {human_bytes(b['raw_size_bytes'])} of dump, "
+            f"backup: {b['name']} (snapshot {b['created_at']}, {human_bytes(b['raw_size_bytes'])} of "
+            f"{'base backup' if b['kind'] == 'base' else 'dump'}, "
             f"verification {verdict})"
         )
     sections = (

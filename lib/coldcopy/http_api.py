@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .alerts import WalStatus
 from .catalog import Catalog, summarize
 from .manifest import CatalogEntry, iso
 from .names import KINDS
@@ -360,11 +361,13 @@ def status_view(cat: Catalog, *, encrypted: bool, now: datetime) -> dict[str, An
     return st
 
 
-def recovery_time_view(now: datetime, cat: Catalog | None = None) -> dict[str, Any]:
+def recovery_time_view(
+    now: datetime, cat: Catalog | None = None, wal: WalStatus | None = None
+) -> dict[str, Any]:
     """What `coldcopy recovery-time --json` says (see :mod:`coldcopy.recovery_time`)."""
     from .recovery_time import estimate
 
-    return estimate(cat or Catalog(), now)
+    return estimate(cat or Catalog(), now, wal)
 
 
 def queued_view(run_id: str, kind: str, woken: bool, detail: str) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Disaster-recovery runbooks computed from the bucket's real state.  Pure: no I/O.
 
-``build_plan(scenario, cat, facts, now, before=, on_date=)`` picks the backup that fits, fills the
-exact ``coldcopy`` commands in with real names, and says how long it should take, how much data
-would be lost, what to check afterwards and what would make the plan fail.  The alert rules'
+``build_plan(scenario, cat, facts, now, before=, on_date=, wal=)`` picks the backup that fits, fills
+the exact ``coldcopy`` commands in with real names, and says how long it should take, how much data
+would be lost, what to check afterwards and what would make the plan fail.  With a WAL archive whose
+recoverable window covers the time needed (``wal``, from ``walmonitor.load``), a deletion is undone by
+point-in-time recovery to just before it, and corruption/disaster plans name PITR as the option
+with the smallest data loss.  The alert rules'
 plan names (``missed-backup``, ``corrupt-backup``…) map onto the four runbooks.
 """
 
@@ -12,11 +15,23 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from .alerts import WalStatus
 from .catalog import Catalog
 from .manifest import CatalogEntry, iso, parse_iso
-from .recovery_time import LOGICAL_KINDS, PITR_UNAVAILABLE, PROVISION_SECONDS, restore_seconds, throughput
+from .recovery_time import (
+    LOGICAL_KINDS,
+    PITR_UNAVAILABLE,
+    PROVISION_SECONDS,
+    base_for,
+    in_window,
+    pitr_estimate,
+    restore_seconds,
+    throughput,
+)
 
 SCENARIOS = ("corruption", "deletion", "disaster", "compliance")
+PITR_PORT = 5433  # the recovered server runs beside the live one
+PITR_FRESH_SECONDS = 3600  # a window ending this close to now counts as "PITR to now"
 # The alert rules' plan commands (alerts.PLANS) -> (runbook, what to do first for that alert).
 ALIASES: dict[str, tuple[str, str]] = {
     "missed-backup": (
@@ -123,7 +138,14 @@ def _pick(cat: Catalog, not_after: datetime | None, prefer_verified: bool) -> Ca
     return entries[0] if entries else None
 
 
-def _common(plan: Plan, cat: Catalog, facts: Facts, e: CatalogEntry | None, now: datetime) -> None:
+def _common(
+    plan: Plan,
+    cat: Catalog,
+    facts: Facts,
+    e: CatalogEntry | None,
+    now: datetime,
+    wal: WalStatus | None = None,
+) -> None:
     """Backup, key and verification checks, the estimate and the data-loss window."""
     if e is None:
         plan.blockers.append("no backup fits: there is nothing to restore")
@@ -149,7 +171,8 @@ def _common(plan: Plan, cat: Catalog, facts: Facts, e: CatalogEntry | None, now:
         plan.risks.append(f"{e.name} was verified at level {v.get('level')}, not by a test restore")
     if not any(_verified(cat, x.name) for x in cat.entries() if x.kind in LOGICAL_KINDS):
         plan.risks.append("no backup in the bucket has a successful verification")
-    plan.risks.append(f"point-in-time recovery is {PITR_UNAVAILABLE}")
+    if wal is None or not wal.window_start or not wal.window_end:
+        plan.risks.append(f"point-in-time recovery is {PITR_UNAVAILABLE}")
     rate = throughput(cat, now)
     plan.estimate = {
         "seconds": restore_seconds(e.raw_size_bytes, rate),
@@ -180,6 +203,7 @@ def build_plan(
     *,
     before: datetime | None = None,
     on_date: date | None = None,
+    wal: WalStatus | None = None,
 ) -> Plan:
     alert = None
     if scenario in ALIASES:
@@ -192,18 +216,59 @@ def build_plan(
         "deletion": _deletion,
         "disaster": _disaster,
         "compliance": _compliance,
-    }[scenario](cat, facts, now, before, on_date)
+    }[scenario](cat, facts, now, before, on_date, wal)
     if alert:
         plan.alert = alert
         plan.first.insert(0, hint)
     return plan
 
 
+def _pitr_dir(target: datetime) -> str:
+    return f"./coldcopy-pitr-{_stamp(target)}"
+
+
+def _pitr_cmd(target: datetime, base: CatalogEntry | None) -> str:
+    return (
+        f"coldcopy pitr --target-time {iso(target)} --target-dir {_pitr_dir(target)} --port {PITR_PORT} "
+        "--start" + (f" --backup {base.name}" if base else "")
+    )
+
+
+def _gaps(wal: WalStatus) -> str:
+    return "; ".join(f"after {g.after}, before {g.before}" for g in wal.gaps)
+
+
+def _pitr_to_now(p: Plan, cat: Catalog, wal: WalStatus | None, now: datetime, what: str) -> None:
+    """Name PITR as the option with the smallest data loss when the window reaches close to now."""
+    if wal is None or not wal.window_start or not wal.window_end:
+        return
+    end = parse_iso(wal.window_end)
+    if (now - end).total_seconds() > PITR_FRESH_SECONDS:
+        p.risks.append(
+            f"the WAL archive's recoverable window ends at {wal.window_end}, more than "
+            f"{PITR_FRESH_SECONDS // 60} min ago: point-in-time recovery would not reach now"
+        )
+        return
+    target = min(end, now)
+    base = base_for(cat, target)
+    if base is None:
+        return
+    p.first.append(
+        f"Smallest data loss: point-in-time recovery {what} (the WAL archive reaches {wal.window_end}, "
+        f"base backup {base.name}): `{_pitr_cmd(target, base)}` loses only what was written after "
+        f"{wal.window_end}; the dump restore below loses more."
+    )
+    if wal.gaps:
+        p.risks.append(f"the WAL archive has gap(s) ({_gaps(wal)}): check `coldcopy wal-status` first")
+
+
 def _verify_cmds(e: CatalogEntry) -> list[str]:
     return [f"coldcopy verify {e.name} --level restore"]
 
 
-def _corruption(cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None) -> Plan:
+def _corruption(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
     e = _pick(cat, before, prefer_verified=True)
     p = Plan("corruption", "data in the live database is corrupt", None)
     p.first = [
@@ -216,7 +281,8 @@ def _corruption(cat: Catalog, f: Facts, now: datetime, before: datetime | None, 
             else "."
         ),
     ]
-    _common(p, cat, f, e, now)
+    _common(p, cat, f, e, now, wal)
+    _pitr_to_now(p, cat, wal, now, "to just before the corruption started (`--target-time`)")
     if e is not None:
         side = f"{f.db_name}_restored_{_stamp(now)}"
         p.commands = [
@@ -235,18 +301,31 @@ def _corruption(cat: Catalog, f: Facts, now: datetime, before: datetime | None, 
     return p
 
 
-def _deletion(cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None) -> Plan:
+def _deletion(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
     p = Plan("deletion", "rows or tables were deleted by mistake", None)
     if before is None:
         p.blockers.append("give the time of the deletion: coldcopy plan deletion --before 2026-11-24T09:30Z")
         before = now
+    elif wal is not None and wal.window_start and wal.window_end:
+        target = before - timedelta(seconds=1)
+        if in_window(wal, target) or (wal.gaps and parse_iso(wal.window_start) <= target):
+            return _deletion_pitr(p, cat, f, now, before, target, wal)
     e = _pick(cat, before, prefer_verified=False)
+    if wal is not None and wal.window_start and wal.window_end:
+        why = (
+            f"not possible: {iso(before)} is outside the WAL archive's recoverable window "
+            f"{wal.window_start} .. {wal.window_end}"
+        )
+    else:
+        why = PITR_UNAVAILABLE
     p.first = [
         "Stop whatever is deleting (the job, the migration, the user) and note the time it happened.",
-        f"Point-in-time recovery to just before {iso(before)} is {PITR_UNAVAILABLE}; the plan restores the "
+        f"Point-in-time recovery to just before {iso(before)} is {why}; the plan restores the "
         "newest dump taken before that time into a separate database and copies the lost rows back.",
     ]
-    _common(p, cat, f, e, now)
+    _common(p, cat, f, e, now, wal)
     if e is not None:
         side = f"{f.db_name}_before_{_stamp(before)}"
         p.commands = [
@@ -265,7 +344,67 @@ def _deletion(cat: Catalog, f: Facts, now: datetime, before: datetime | None, d:
     return p
 
 
-def _disaster(cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None) -> Plan:
+def _deletion_pitr(
+    p: Plan, cat: Catalog, f: Facts, now: datetime, before: datetime, target: datetime, wal: WalStatus
+) -> Plan:
+    """Undo a deletion by point-in-time recovery to one second before it, beside the live server."""
+    base = base_for(cat, target)
+    p.first = [
+        "Stop whatever is deleting (the job, the migration, the user) and note the time it happened.",
+        f"Recover a separate server to {iso(target)}, one second before the deletion at {iso(before)}, "
+        f"from the WAL archive (recoverable window {wal.window_start} .. {wal.window_end}); the live "
+        f"database {f.db_name!r} keeps running and its later changes are kept.",
+    ]
+    if not in_window(wal, target):
+        dump = _pick(cat, before, prefer_verified=False)
+        p.blockers.append(
+            f"a WAL gap ({_gaps(wal)}) lies between the base backup and {iso(target)}: the archive is "
+            f"recoverable only up to {wal.window_end}; restore a dump instead"
+            + (f" (the newest before the deletion: {dump.name})" if dump else "")
+        )
+    elif wal.gaps:
+        p.risks.append(
+            f"the WAL archive has gap(s) ({_gaps(wal)}): `coldcopy pitr` refuses if one lies between "
+            f"the base backup and {iso(target)}"
+        )
+    _common(p, cat, f, base, now, wal)
+    p.risks = [r.replace(" (first command)", "") for r in p.risks]  # no dump verification runs here
+    if base is None:
+        return p
+    est = pitr_estimate(cat, throughput(cat, now), wal, target)
+    if est["available"]:
+        p.estimate = {"seconds": est["estimate_seconds"], "basis": est["how"], "measured": False}
+    side = _pitr_dir(target)
+    p.commands = [
+        "coldcopy wal-status",
+        _pitr_cmd(target, base),
+        "# copy the lost rows back from the recovered server, table by table (replace <table>):",
+        f"pg_dump --data-only --table=<table> --port {PITR_PORT} {f.db_name} | psql {f.db_name}",
+        f"# when done: pg_ctl stop -D {side} and remove {side}",
+    ]
+    p.after = [
+        "`coldcopy wal-status` shows no gap between the base backup and the target before you start",
+        f"the recovered server (port {PITR_PORT}) is promoted and its log says it stopped before "
+        f"{iso(before)}",
+        f"marker queries on port {PITR_PORT}: the deleted rows are there (`SELECT count(*) FROM <table>`), "
+        f"and the newest row written just before {iso(before)} is there too",
+        f"the restored rows are present in {f.db_name} and their counts match the recovered server",
+        "foreign keys and sequences are consistent (setval where rows were re-inserted)",
+    ]
+    p.data_loss = {
+        "from": iso(before),
+        "to": iso(now),
+        "seconds": 0,
+        "text": f"none before {iso(before)} (the recovery replays WAL up to {iso(target)}); the live "
+        f"database keeps everything written after {iso(before)}, but whatever depended on the deleted "
+        "rows after that time must be re-applied by hand",
+    }
+    return p
+
+
+def _disaster(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
     e = _pick(cat, before, prefer_verified=True)
     p = Plan("disaster", "the database server is lost: restore onto a new server", None)
     p.first = [
@@ -275,7 +414,8 @@ def _disaster(cat: Catalog, f: Facts, now: datetime, before: datetime | None, d:
         "settings and the same BACKUP_ENCRYPTION_KEY.",
         "Create the application's roles on the new server (coldcopy restores the database, not the roles).",
     ]
-    _common(p, cat, f, e, now)
+    _common(p, cat, f, e, now, wal)
+    _pitr_to_now(p, cat, wal, now, "to now onto the new server")
     if e is not None:
         p.commands = [
             *_verify_cmds(e),
@@ -298,7 +438,9 @@ def _disaster(cat: Catalog, f: Facts, now: datetime, before: datetime | None, d:
     return p
 
 
-def _compliance(cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None) -> Plan:
+def _compliance(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
     p = Plan("compliance", "show the data as it was on a date (audit, legal request)", None)
     if d is None:
         p.blockers.append("give the date: coldcopy plan compliance --date 2026-06-30")
@@ -312,7 +454,7 @@ def _compliance(cat: Catalog, f: Facts, now: datetime, before: datetime | None, 
         )
     e = _pick(cat, end, prefer_verified=False)
     p.first = [f"Restore into a separate database; never touch {f.db_name!r} for an audit."]
-    _common(p, cat, f, e, now)
+    _common(p, cat, f, e, now, wal)
     if e is not None:
         side = f"compliance_{d.strftime('%Y%m%d')}"
         p.commands = [

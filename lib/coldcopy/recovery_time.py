@@ -4,17 +4,20 @@ Every test restore (``coldcopy verify --level full|restore``) records its restor
 throughput (bytes of dump restored per second) in the verification record.  An estimate takes the
 median throughput of the newest measurements and scales it by the size of the backup that would be
 restored; it says which measurements it used and how old they are.  Without measurements it says
-so and uses a labelled default throughput.  Point-in-time scenarios need base backups and a WAL
-archive, which ColdCopy does not take yet: they are reported as not available, never invented.
+so and uses a labelled default throughput.  Point-in-time scenarios need a base backup and a WAL
+archive with a recoverable window (``alerts.WalStatus``, from ``walmonitor.load``): restoring the base
+backup (same throughput) plus replaying the WAL written since, at labelled assumed rates.  Without a
+window they are reported as not available, never invented.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from .alerts import WalStatus
 from .catalog import Catalog
 from .manifest import CatalogEntry, iso, parse_iso
 
@@ -25,6 +28,10 @@ LOGICAL_KINDS = ("full", "compliance")
 PITR_UNAVAILABLE = (
     "not available: no base backups/WAL archive (point-in-time recovery arrives with physical backups)"
 )
+# WAL replay: neither rate is measured yet, both are labelled assumptions wherever they are used.
+ASSUMED_WAL_BYTES_PER_HOUR = 1_000_000_000  # WAL the server writes per hour
+ASSUMED_REPLAY_RATE = 100_000_000  # bytes of WAL replayed per second
+WEEK = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,68 @@ def latest_backup(cat: Catalog) -> CatalogEntry | None:
     return chosen[0] if chosen else None
 
 
-def estimate(cat: Catalog, now: datetime) -> dict[str, Any]:
-    """Every scenario's estimate, with how it was reached (the `recovery-time` and API answer)."""
+def base_for(cat: Catalog, target: datetime) -> CatalogEntry | None:
+    """The newest base backup that finished before ``target`` (its stop time)."""
+    for e in cat.entries("base"):
+        if parse_iso(e.finished_at) <= target:
+            return e
+    return None
+
+
+def in_window(wal: WalStatus | None, target: datetime) -> bool:
+    if wal is None or not wal.window_start or not wal.window_end:
+        return False
+    return parse_iso(wal.window_start) <= target <= parse_iso(wal.window_end)
+
+
+def pitr_estimate(cat: Catalog, rate: Throughput, wal: WalStatus | None, target: datetime) -> dict[str, Any]:
+    """Restore the base backup that fits ``target``, then replay the WAL up to it.
+
+    Returns ``available``, ``estimate_seconds``, ``how`` and, when available, ``backup``/``target``.
+    """
+    if wal is None or not wal.window_start or not wal.window_end:
+        if wal is not None and cat.entries("base"):
+            how = "not available: no base backup has a gap-free WAL archive after it (`coldcopy wal-status`)"
+            return {"available": False, "estimate_seconds": None, "how": how}
+        return {"available": False, "estimate_seconds": None, "how": PITR_UNAVAILABLE}
+    if not in_window(wal, target):
+        return {
+            "available": False,
+            "estimate_seconds": None,
+            "how": f"not available: {iso(target)} is outside the recoverable window "
+            f"{wal.window_start} .. {wal.window_end}",
+        }
+    base = base_for(cat, target)
+    if base is None:
+        return {
+            "available": False,
+            "estimate_seconds": None,
+            "how": f"not available: no base backup in the catalog finished before {iso(target)}",
+        }
+    hours = max((target - parse_iso(base.finished_at)).total_seconds(), 0.0) / 3600
+    wal_bytes = round(hours * ASSUMED_WAL_BYTES_PER_HOUR)
+    restore = restore_seconds(base.raw_size_bytes, rate)
+    replay = round(wal_bytes / ASSUMED_REPLAY_RATE, 1)
+    return {
+        "available": True,
+        "estimate_seconds": round(restore + replay, 1),
+        "backup": base.name,
+        "backup_raw_bytes": base.raw_size_bytes,
+        "target": iso(target),
+        "restore_seconds": restore,
+        "replay_seconds": replay,
+        "wal_bytes_assumed": wal_bytes,
+        "how": f"restore {base.raw_size_bytes} bytes of base backup {base.name} at {rate.basis}; then replay "
+        f"{hours:.1f} h of WAL ≈ {wal_bytes / 1e6:.0f} MB (ASSUMED {ASSUMED_WAL_BYTES_PER_HOUR / 1e9:.0f} GB "
+        f"of WAL per hour, replayed at an ASSUMED {ASSUMED_REPLAY_RATE / 1e6:.0f} MB/s; not measured)",
+    }
+
+
+def estimate(cat: Catalog, now: datetime, wal: WalStatus | None = None) -> dict[str, Any]:
+    """Every scenario's estimate, with how it was reached (the `recovery-time` and API answer).
+
+    ``wal`` is the WAL archive's summary (``walmonitor.load``); None means PITR is not in use.
+    """
     rate = throughput(cat, now)
     latest = latest_backup(cat)
     scenarios: list[dict[str, Any]] = []
@@ -120,19 +187,13 @@ def estimate(cat: Catalog, now: datetime) -> dict[str, Any]:
             "how": f"{latest.raw_size_bytes} bytes of dump in {latest.name} at {rate.basis}",
         }
     scenarios.append(restore)
-    for key, title in (
-        ("pitr-now", "point-in-time recovery to now"),
-        ("pitr-week-ago", "point-in-time recovery to a week ago"),
+    # "Now" is as far as the archive reaches: the window's end (later changes are not archived yet).
+    latest_recoverable = parse_iso(wal.window_end) if wal is not None and wal.window_end else now
+    for key, title, target in (
+        ("pitr-now", "point-in-time recovery to now", min(latest_recoverable, now)),
+        ("pitr-week-ago", "point-in-time recovery to a week ago", now - WEEK),
     ):
-        scenarios.append(
-            {
-                "scenario": key,
-                "title": title,
-                "available": False,
-                "estimate_seconds": None,
-                "how": PITR_UNAVAILABLE,
-            }
-        )
+        scenarios.append({"scenario": key, "title": title, **pitr_estimate(cat, rate, wal, target)})
     disaster: dict[str, Any] = {
         "scenario": "disaster-new-server",
         "title": "complete disaster: restore onto a new server",
@@ -166,6 +227,9 @@ def estimate(cat: Catalog, now: datetime) -> dict[str, Any]:
             for m in rate.used
         ],
         "scenarios": scenarios,
+        "wal_window": None
+        if wal is None
+        else {"start": wal.window_start, "end": wal.window_end, "gaps": len(wal.gaps)},
         "checked_at": iso(now),
     }
     if not rate.measured:

@@ -312,8 +312,10 @@ def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
+    from ..walmonitor import load
+
     b = _get_backend(cfg)
-    return json_response(200, recovery_time_view(_now(), b.catalog.read_cached()))
+    return json_response(200, recovery_time_view(_now(), b.catalog.read_cached(), load(b.storage)))
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:
