@@ -11,7 +11,7 @@ import pytest
 
 from cli_helpers import run_cli
 from coldcopy import inflight
-from coldcopy.backup import _commit, context
+from coldcopy.backup import commit, context
 from coldcopy.config import load_settings
 from coldcopy.errors import DatabaseError, IntegrityError
 from coldcopy.pg import Postgres
@@ -42,9 +42,9 @@ def test_commit_refuses_when_an_object_went_missing(coldcopy_env) -> None:  # ty
         data=dataclasses.replace(m.data, key="backups/full_backup_demo_20200101_000000/data"),
     )
     with pytest.raises(IntegrityError, match="missing just before the commit"):
-        _commit(ctx, other)
+        commit(ctx, other)
     assert not ctx.storage.exists("backups/full_backup_demo_20200101_000000/manifest.json")
-    _commit(ctx, m)  # committing the same manifest again (a retried PUT) is not an error
+    commit(ctx, m)  # committing the same manifest again (a retried PUT) is not an error
 
 
 def test_a_failed_rename_leaves_the_database_reachable(pg, coldcopy_env) -> None:  # type: ignore[no-untyped-def]

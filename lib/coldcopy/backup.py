@@ -212,36 +212,64 @@ def _dump(
     conn.run("COMMIT")
     glob_obj, glob_note = _globals(ctx, pg, name)
     log.debug("roles saved after %.2f s", time.monotonic() - t0)
-    finished = now()
-    manifest = Manifest(
+    manifest = manifest_for(
+        ctx,
+        name=name,
+        kind=kind,
+        started=started,
+        finished=now(),
+        duration=time.monotonic() - t0,
+        server=(server_num, server_text),
+        tool=tool_text,
+        stats=stats,
+        tables=tables,
+        row_counts=s.row_counts,
+        globals=glob_obj,
+        globals_note=glob_note,
+        extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"},
+    )
+    commit(ctx, manifest)
+    return manifest
+
+
+def manifest_for(
+    ctx: BackupContext,
+    *,
+    name: str,
+    kind: str,
+    started: datetime,
+    finished: datetime,
+    duration: float,
+    server: tuple[int, str],
+    tool: str,
+    stats: StreamStats,
+    **fields: Any,
+) -> Manifest:
+    """The manifest of a finished stream (every kind): what is common, plus kind-specific ``fields``."""
+    s = ctx.settings
+    return Manifest(
         name=name,
         kind=kind,
         database=s.db_name,
         cluster=s.prefix.split("/")[1],
         started_at=iso(started),
         finished_at=iso(finished),
-        duration_seconds=round(time.monotonic() - t0, 3),
-        server_version=server_text,
-        server_version_num=server_num,
-        tool=tool_text,
+        duration_seconds=round(duration, 3),
+        server_version=server[1],
+        server_version_num=server[0],
+        tool=tool,
         data=_stored(data_key(name), stats),
         compression={"algorithm": "zstd", "level": s.zstd_level},
         encryption={
             "algorithm": "AES-256-GCM" if ctx.key else "none",
             "key_id": ctx.key.key_id if ctx.key else None,
         },
-        tables=tables,
-        row_counts=s.row_counts,
-        globals=glob_obj,
-        globals_note=glob_note,
-        extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"},
         coldcopy_version=__version__,
+        **fields,
     )
-    _commit(ctx, manifest)
-    return manifest
 
 
-def _commit(ctx: BackupContext, manifest: Manifest) -> None:
+def commit(ctx: BackupContext, manifest: Manifest) -> None:
     """Write the manifest (create-only): the commit point.  Only after checking that every object
     it names is in the bucket at the recorded size."""
     for obj in [manifest.data] + ([manifest.globals] if manifest.globals else []):

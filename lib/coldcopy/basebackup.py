@@ -30,19 +30,19 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from . import __version__
 from .backup import (
     BackupContext,
     _claim_name,
     _record_failure,
     _StderrTail,
-    _stored,
+    commit,
     context,
+    manifest_for,
 )
 from .config import Settings, redact
 from .errors import ColdCopyError, DatabaseError, IntegrityError
 from .inflight import clean_stale, remove_partial
-from .manifest import Manifest, data_key, iso, manifest_key
+from .manifest import Manifest, data_key, iso
 from .names import make_name, validate_name
 from .pg import Postgres, major_of
 from .pipeline import Packer, Progress, prefetch, read_chunks
@@ -287,23 +287,16 @@ def _stream(
         proc.wait()
         writer.abort()
         raise
-    manifest = Manifest(
+    manifest = manifest_for(
+        ctx,
         name=name,
         kind="base",
-        database=s.db_name,
-        cluster=s.prefix.split("/")[1],
-        started_at=iso(started),
-        finished_at=iso(now()),
-        duration_seconds=round(time.monotonic() - t0, 3),
-        server_version=server_text,
-        server_version_num=server_num,
+        started=started,
+        finished=now(),
+        duration=time.monotonic() - t0,
+        server=(server_num, server_text),
         tool=tool_text,
-        data=_stored(data_key(name), stats),
-        compression={"algorithm": "zstd", "level": s.zstd_level},
-        encryption={
-            "algorithm": "AES-256-GCM" if ctx.key else "none",
-            "key_id": ctx.key.key_id if ctx.key else None,
-        },
+        stats=stats,
         row_counts="none",
         extra={
             "format": TAR_FORMAT,
@@ -315,9 +308,8 @@ def _stream(
             "from_standby": facts["in_recovery"],
             "tar_members": watcher.count,
         },
-        coldcopy_version=__version__,
     )
-    ctx.storage.put_json(manifest_key(name), manifest.to_dict(), create_only=True)  # the commit point
+    commit(ctx, manifest)  # the commit point
     return manifest
 
 
