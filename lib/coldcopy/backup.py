@@ -20,7 +20,7 @@ from .errors import ColdCopyError, ConflictError, DatabaseError, IntegrityError
 from .inflight import Marker, clean_stale, remove_partial
 from .manifest import Manifest, StoredObject, data_key, globals_key, iso, manifest_key
 from .names import make_name
-from .pg import Postgres, major_of, run_tool
+from .pg import Postgres, ToolVersion, major_of, run_tool
 from .pipeline import Progress, StreamStats, pack_bytes, pack_stream
 from .storage import Storage
 
@@ -69,24 +69,56 @@ def run_backup(
     progress: Progress | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Manifest:
+    """A logical backup (pg_dump) of DB_NAME."""
+
+    def body(ses: Session) -> Manifest:
+        return _dump(ses, kind, progress, now)
+
+    return run_stream_backup(settings, kind, "pg_dump", body, now)
+
+
+@dataclass
+class Session:
+    """What a backup's body gets: a checked connection and a claimed name."""
+
+    ctx: BackupContext
+    pg: Postgres
+    conn: Any
+    name: str
+    started: datetime
+    server: tuple[int, str]  # server_version_num, server_version
+    tool: ToolVersion
+
+
+def run_stream_backup(
+    settings: Settings,
+    kind: str,
+    tool_name: str,
+    body: Callable[[Session], Manifest],
+    now: Callable[[], datetime],
+) -> Manifest:
+    """The life of every backup, logical or physical: connect, check the tool against the server,
+    clean up after killed runs, claim a name, run ``body`` (which commits the manifest), leave
+    nothing behind on failure and record it, then index the backup in the catalog."""
     ctx = context(settings)
     started = now()
-    claimed: list[str] = []  # the name _claim_name settles on, for the failure record
+    claimed: list[str] = []
     try:
-        manifest = _checked_backup(ctx, kind, started, progress, now, claimed)
+        manifest = _in_session(ctx, kind, tool_name, started, claimed, body)
     except BaseException as exc:
         name = claimed[0] if claimed else str(make_name(kind, settings.db_name, started))
         _record_failure(ctx, name, kind, exc)
         raise
-    name = manifest.name
     try:
-        key = ctx.catalog.record("backup", name, {"name": name, "entry": manifest.entry().to_dict()})
+        key = ctx.catalog.record(
+            "backup", manifest.name, {"name": manifest.name, "entry": manifest.entry().to_dict()}
+        )
         log.debug("journal record %s written", key)
         ctx.catalog.refresh()
     except ColdCopyError as exc:
         log.warning(
             "backup %s is stored, but the catalog could not be updated (%s); run `coldcopy catalog rebuild`",
-            name,
+            manifest.name,
             exc.message,
         )
     return manifest
@@ -107,41 +139,29 @@ def _claim_name(ctx: BackupContext, kind: str, started: datetime) -> tuple[str, 
     raise ConflictError("could not find a free backup name", "too many backups are starting at once")
 
 
-def _checked_backup(
+def _in_session(
     ctx: BackupContext,
     kind: str,
+    tool_name: str,
     started: datetime,
-    progress: Progress | None,
-    now: Callable[[], datetime],
     claimed: list[str],
+    body: Callable[[Session], Manifest],
 ) -> Manifest:
     pg = Postgres(ctx.settings)
-    pg_dump = pg.tool("pg_dump")
+    tool = pg.tool(tool_name)
     conn = pg.connect()  # fails early on a bad password, before anything is written
     try:
         server_num, server_text = pg.server_version(conn)
-        if pg_dump.major < major_of(server_num):
+        if tool.major < major_of(server_num):
             raise DatabaseError(
-                f"the local pg_dump is version {pg_dump.major} but the server runs {server_text}",
+                f"the local {tool_name} is version {tool.major} but the server runs {server_text}",
                 f"install postgresql-client-{major_of(server_num)} (or newer) or point PG_BIN_DIR at it",
             )
         clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
         name, marker = _claim_name(ctx, kind, started)
         claimed.append(name)
         try:
-            return _dump(
-                ctx,
-                pg,
-                conn,
-                name,
-                kind,
-                started,
-                server_num,
-                server_text,
-                pg_dump.text,
-                progress,
-                now,
-            )
+            return body(Session(ctx, pg, conn, name, started, (server_num, server_text), tool))
         except BaseException:
             try:  # a backup that did not finish leaves nothing behind
                 remove_partial(ctx.storage, name)
@@ -158,19 +178,9 @@ def _checked_backup(
             conn.close()
 
 
-def _dump(
-    ctx: BackupContext,
-    pg: Postgres,
-    conn: Any,
-    name: str,
-    kind: str,
-    started: datetime,
-    server_num: int,
-    server_text: str,
-    tool_text: str,
-    progress: Progress | None,
-    now: Callable[[], datetime],
-) -> Manifest:
+def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], datetime]) -> Manifest:
+    ctx, pg, conn, name, started = ses.ctx, ses.pg, ses.conn, ses.name, ses.started
+    (server_num, server_text), tool_text = ses.server, ses.tool.text
     s = ctx.settings
     t0 = time.monotonic()
     # One exported snapshot for pg_dump and for the row counts, so the counts match the dump.

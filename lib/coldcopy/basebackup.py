@@ -30,21 +30,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from .backup import (
-    BackupContext,
-    _claim_name,
-    _record_failure,
-    _StderrTail,
-    commit,
-    context,
-    manifest_for,
-)
+from .backup import Session, _StderrTail, commit, context, manifest_for, run_stream_backup
 from .config import Settings, redact
 from .errors import ColdCopyError, DatabaseError, IntegrityError
-from .inflight import clean_stale, remove_partial
 from .manifest import Manifest, data_key, iso
-from .names import make_name, validate_name
-from .pg import Postgres, major_of
+from .names import validate_name
 from .pipeline import Packer, Progress, prefetch, read_chunks
 from .reader import BackupReader
 from .verify import VerifyResult, _record
@@ -151,59 +141,12 @@ def run_basebackup(
     progress: Progress | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Manifest:
-    ctx = context(settings)
-    started = now()
-    try:
-        manifest = _checked(ctx, started, progress, now)
-    except BaseException as exc:
-        _record_failure(ctx, str(make_name("base", settings.db_name, started)), "base", exc)
-        raise
-    try:
-        ctx.catalog.record(
-            "backup", manifest.name, {"name": manifest.name, "entry": manifest.entry().to_dict()}
-        )
-        ctx.catalog.refresh()
-    except ColdCopyError as exc:
-        log.warning(
-            "base backup %s is stored, but the catalog could not be updated (%s); "
-            "run `coldcopy catalog rebuild`",
-            manifest.name,
-            exc.message,
-        )
-    return manifest
+    """A physical base backup (pg_basebackup, tar with its backup_manifest) for point-in-time recovery."""
 
+    def body(ses: Session) -> Manifest:
+        return _stream(ses, _server_facts(ses.conn), progress, now)
 
-def _checked(
-    ctx: BackupContext, started: datetime, progress: Progress | None, now: Callable[[], datetime]
-) -> Manifest:
-    pg = Postgres(ctx.settings)
-    tool = pg.tool("pg_basebackup")
-    conn = pg.connect()
-    try:
-        server_num, server_text = pg.server_version(conn)
-        if tool.major < major_of(server_num):
-            raise DatabaseError(
-                f"the local pg_basebackup is version {tool.major} but the server runs {server_text}",
-                f"install postgresql-client-{major_of(server_num)} (or newer) or point PG_BIN_DIR at it",
-            )
-        facts = _server_facts(conn)
-        clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
-        name, marker = _claim_name(ctx, "base", started)
-        try:
-            return _stream(
-                ctx, pg, conn, name, started, server_num, server_text, tool.text, facts, progress, now
-            )
-        except BaseException:
-            try:
-                remove_partial(ctx.storage, name)
-            except ColdCopyError as exc:
-                log.warning("could not remove the partial objects of %s: %s", name, exc.message)
-            raise
-        finally:
-            with contextlib.suppress(ColdCopyError):
-                marker.remove()
-    finally:
-        conn.close()
+    return run_stream_backup(settings, "base", "pg_basebackup", body, now)
 
 
 def _server_facts(conn: Any) -> dict[str, Any]:
@@ -232,18 +175,10 @@ def _server_clock(conn: Any) -> datetime:
 
 
 def _stream(
-    ctx: BackupContext,
-    pg: Postgres,
-    conn: Any,
-    name: str,
-    started: datetime,
-    server_num: int,
-    server_text: str,
-    tool_text: str,
-    facts: dict[str, Any],
-    progress: Progress | None,
-    now: Callable[[], datetime],
+    ses: Session, facts: dict[str, Any], progress: Progress | None, now: Callable[[], datetime]
 ) -> Manifest:
+    ctx, pg, conn, name, started = ses.ctx, ses.pg, ses.conn, ses.name, ses.started
+    (server_num, server_text), tool_text = ses.server, ses.tool.text
     s = ctx.settings
     t0 = time.monotonic()
     args = [
