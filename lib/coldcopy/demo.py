@@ -140,8 +140,14 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
 
 def _print_next_steps(env: dict[str, str], key: str) -> None:
     print("\nTo keep the stack and the monitor running and try every command and endpoint yourself:")
-    print("  coldcopy demo --serve")
+    print(f"  {_me()} demo --serve")
     print(f"(this run's throwaway encryption key was {key[:4]}…; it is gone with the demo)")
+
+
+def _me() -> str:
+    """How this coldcopy was started, so the printed commands work without an activated venv."""
+    argv0 = Path(sys.argv[0])
+    return shlex.quote(str(argv0.absolute())) if argv0.name == "coldcopy" else "coldcopy"
 
 
 def _serve_forever(settings: Settings, env: dict[str, str], port: int) -> None:
@@ -155,7 +161,7 @@ def _serve_forever(settings: Settings, env: dict[str, str], port: int) -> None:
     print(
         f"\nThe local stack is running (Ctrl-C stops it). Its settings are in {env_file}; in another shell:"
     )
-    print(f"  coldcopy --env-file {env_file} list-backups")
+    print(f"  {_me()} --env-file {env_file} list-backups")
     print(f"  curl {base}/health")
     print(f"  curl -H 'Authorization: Bearer {token}' {base}/status")
     print(f"  curl -H 'Authorization: Bearer {token}' {base}/backups")
