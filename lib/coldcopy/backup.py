@@ -198,7 +198,12 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
         data_key(name), part_size=s.part_size_mb << 20, concurrency=s.upload_concurrency
     )
 
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
+    counts = pg.counts_in_snapshot(snapshot, exact=s.row_counts == "exact")  # overlaps the dump
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
+    except BaseException:
+        counts.cancel(via=conn)
+        raise
     assert proc.stdout is not None and proc.stderr is not None
     errors = _StderrTail(proc.stderr)
     try:
@@ -211,13 +216,14 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
                 "nothing was stored; fix the cause above and run the backup again",
             )
         writer.complete()
+        log.debug("upload complete after %.2f s", time.monotonic() - t0)
+        tables = counts.result()
     except BaseException:
         proc.kill()
         proc.wait()
+        counts.cancel(via=conn)
         writer.abort()
         raise
-    log.debug("upload complete after %.2f s", time.monotonic() - t0)
-    tables = pg.table_row_counts(conn, exact=s.row_counts == "exact")
     log.debug("row counts taken after %.2f s", time.monotonic() - t0)
     conn.run("COMMIT")
     glob_obj, glob_note = _globals(ctx, pg, name)

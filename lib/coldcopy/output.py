@@ -63,7 +63,8 @@ REDACTOR = RedactingFilter()
 
 def setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if debug else "%(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
     handler.addFilter(REDACTOR)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -9,6 +9,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -185,6 +186,10 @@ class Postgres:
                 counts[f"{schema}.{table}"] = max(int(estimate), 0)
         return counts
 
+    def counts_in_snapshot(self, snapshot: str, exact: bool) -> SnapshotCounts:
+        """Start counting rows in an exported snapshot on a second connection (see SnapshotCounts)."""
+        return SnapshotCounts(self, snapshot, exact)
+
     # -- administration -----------------------------------------------------------------------------
     def database_exists(self, conn: pg8000.native.Connection, name: str) -> bool:
         return bool(conn.run("SELECT 1 FROM pg_database WHERE datname = :n", n=name))
@@ -291,3 +296,54 @@ def run_tool(
             f"{redact(proc.stderr.decode(errors='replace'), settings).strip()[-800:]}"
         )
     return proc.stdout
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+(-[0-9A-F]+)+$")
+
+
+class SnapshotCounts:
+    """Row counts taken in a background thread, in the snapshot the dump reads.
+
+    Counting while pg_dump streams rather than after it takes the counts off the backup's
+    critical path (on a remote server they cost the runner nothing).  A second connection imports
+    the snapshot, so the numbers match the dump exactly.
+    """
+
+    def __init__(self, pg: Postgres, snapshot: str, exact: bool) -> None:
+        if not _SNAPSHOT_ID.match(snapshot):
+            raise DatabaseError(f"unexpected snapshot id {snapshot!r} from the server")
+        self._conn = pg.connect()
+        self._pid = int(self._conn.run("SELECT pg_backend_pid()")[0][0])
+        self._conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        self._counts: dict[str, int] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(exact,), name="row-counts", daemon=True)
+        self._thread.start()
+
+    def _run(self, exact: bool) -> None:
+        try:
+            self._counts = Postgres.table_row_counts(self._conn, exact)
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+
+    def result(self) -> dict[str, int]:
+        """Wait for the counts; raises what the counting raised."""
+        self._thread.join()
+        self._close()
+        if self._error is not None:
+            raise self._error
+        assert self._counts is not None
+        return self._counts
+
+    def cancel(self, via: pg8000.native.Connection) -> None:
+        """Stop a count still running (the backup failed) and close the connection."""
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                via.run("SELECT pg_cancel_backend(:p)", p=self._pid)
+        self._thread.join()
+        self._close()
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()

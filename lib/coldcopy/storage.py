@@ -366,6 +366,7 @@ class MultipartWriter:
                 if rest or not self._parts:
                     self._submit(rest)
                 parts = [f.result() for f in self._parts]
+                log.debug("%d parts of %s stored; completing the upload", len(parts), self.key)
                 extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.create_only else {}
                 self.storage._call(
                     f"complete upload of {self.key}",
@@ -375,6 +376,7 @@ class MultipartWriter:
                     MultipartUpload={"Parts": parts},
                     **extra,
                 )
+                log.debug("upload of %s completed", self.key)
             self._chunks.clear()
             self._closed = True
             return self.bytes_written

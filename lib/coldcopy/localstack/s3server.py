@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _START_TIMEOUT = 30.0
+_IN_MEMORY_BYTES = 16 << 30  # a throwaway server: keep objects in RAM, never in temp files
 # Loopback requests must never go through an HTTP proxy configured in the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -131,6 +133,9 @@ class S3Server:
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                # Objects stay in memory: by default moto spills every value over 5 MB to a temporary
+                # file and reads it back on each copy, which costs more than the upload itself.
+                env={**os.environ, "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(_IN_MEMORY_BYTES)},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
