@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,9 +40,23 @@ from coldcopy.cli import main
 t0 = time.monotonic()
 rc = main(sys.argv[1:])
 me = resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "seconds": time.monotonic() - t0, "cpu_seconds": me.ru_utime + me.ru_stime,
+                  "child_cpu_seconds": kids.ru_utime + kids.ru_stime,
                   "maxrss_mb": me.ru_maxrss / 1024}), file=sys.stderr)
 """
+
+
+STREAMED = re.compile(r"dump streamed: \d+ bytes in ([\d.]+) s")
+COMPLETED = re.compile(r"upload complete after ([\d.]+) s")
+
+
+def _phase(debug_log: str, pattern: re.Pattern[str]) -> float:
+    """A phase's end, in seconds from the start of the dump, from `coldcopy --debug` output."""
+    m = pattern.search(debug_log)
+    if m is None:
+        raise SystemExit(f"no {pattern.pattern!r} line in the debug output")
+    return float(m.group(1))
 
 
 def timed(args: list[str], env: dict[str, str], stdout: int | None = subprocess.DEVNULL) -> float:
@@ -56,7 +71,7 @@ def coldcopy(env: dict[str, str], *args: str) -> dict[str, float]:
     stats = json.loads(last)
     if stats["rc"] != 0:
         raise SystemExit(f"coldcopy {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    stats["out"] = proc.stdout
+    stats["out"], stats["err"] = proc.stdout, proc.stderr
     return stats  # type: ignore[no-any-return]
 
 
@@ -82,13 +97,20 @@ def measure(
     r: dict[str, float] = {"db_bytes": db_size(pg, DB)}
     r["pg_dump_fc"] = timed([str(b / "pg_dump"), "-Fc", DB], pgenv)
     r["pg_dump_z0"] = timed([str(b / "pg_dump"), "-Fc", "-Z0", DB], pgenv)
-    bk = coldcopy(env, "backup", "--json")
+    cpu0 = _cpu(s3.pid)
+    bk = coldcopy(env, "--debug", "backup", "--json")
     info = json.loads(str(bk["out"]))
+    streamed, completed = _phase(str(bk["err"]), STREAMED), _phase(str(bk["err"]), COMPLETED)
     r.update(
         coldcopy_backup=bk["seconds"],
         backup_rss_mb=bk["maxrss_mb"],
+        backup_cpu=bk["cpu_seconds"],
+        backup_child_cpu=bk["child_cpu_seconds"],
+        s3_cpu=_cpu(s3.pid) - cpu0,
         stored_bytes=info["size_bytes"],
         dump_bytes=info["raw_size_bytes"],
+        stream_seconds=streamed,
+        complete_seconds=completed - streamed,
     )
     if with_restore:
         with tempfile.TemporaryDirectory() as tmp:
@@ -113,8 +135,14 @@ def measure(
         f"peak RSS {r['backup_rss_mb']:.0f} MB (target ≤ 150)"
     )
     print(
-        f"  CPU during the backup: coldcopy {r['backup_cpu']:.1f} s, the S3 server {r['s3_cpu']:.1f} s "
-        f"(on {os.cpu_count()} cores; the floor's pg_dump and its backend already keep them busy)"
+        f"    of which: pg_dump → zstd → AES → upload, to the dump's last byte {r['stream_seconds']:.2f} s "
+        f"({r['stream_seconds'] / r['pg_dump_z0']:.2f}x floor); the last parts and the S3 server's "
+        f"CompleteMultipartUpload {r['complete_seconds']:.2f} s; start-up, roles and manifest the rest"
+    )
+    print(
+        f"  CPU during the backup: coldcopy {r['backup_cpu']:.1f} s, "
+        f"its pg_dump {r['backup_child_cpu']:.1f} s, the S3 server {r['s3_cpu']:.1f} s "
+        f"(on {os.cpu_count()} cores, shared with the PostgreSQL backend)"
     )
     if with_restore:
         print(f"  pg_restore of a -Z0 file     {r['pg_restore_file']:7.2f} s   (floor)")

@@ -3,7 +3,8 @@
 Session-wide: ``pg`` (one cluster), ``s3_server``, ``demo_db`` (demo data at a tiny scale; read
 it, never change it; copy it with ``CREATE DATABASE … TEMPLATE`` if you must).  Per test:
 ``fresh_db`` (an empty database), ``bucket`` (an empty bucket), ``coldcopy_env`` (the settings
-for running coldcopy against those) and ``artifacts_dir``.
+for running coldcopy against those), ``api_env`` (the same, for the HTTP API: MONITOR_TOKEN is
+``API_TOKEN``) and ``artifacts_dir``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import pytest
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.pgcluster import PgCluster
 from coldcopy.localstack.s3server import S3Server
+
+API_TOKEN = secrets.token_urlsafe(24)  # the monitor's bearer token in ``api_env``
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -151,3 +154,14 @@ def _delete_bucket(server: S3Server, name: str) -> None:
         for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
             client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
         client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def api_env(coldcopy_env: dict[str, str]) -> dict[str, str]:
+    """``coldcopy_env`` for the HTTP API: a monitor token, no job launcher."""
+    return {
+        **coldcopy_env,
+        "MONITOR_TOKEN": API_TOKEN,
+        "COLDCOPY_LAUNCHER": "none",
+        "COLDCOPY_ENV_FILE": os.devnull,
+    }

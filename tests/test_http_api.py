@@ -11,7 +11,6 @@ import base64
 import http.client
 import json
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -35,8 +34,9 @@ from coldcopy.localstack.net import free_port, wait_until
 from coldcopy.manifest import CatalogEntry, iso
 from coldcopy.serve import LocalHost, make_server
 from coldcopy.storage import Storage
+from conftest import API_TOKEN
 
-TOKEN = secrets.token_urlsafe(24)
+TOKEN = API_TOKEN
 REPO = Path(__file__).resolve().parents[1]
 JSON = "application/json"
 
@@ -131,16 +131,6 @@ def start_host(settings: Settings, project_dir: Path | None = None) -> Running:
     thread = threading.Thread(target=server.serve_forever, name="coldcopy-serve", daemon=True)
     thread.start()
     return Running(server, thread)
-
-
-@pytest.fixture
-def api_env(coldcopy_env: dict[str, str]) -> dict[str, str]:
-    return {
-        **coldcopy_env,
-        "MONITOR_TOKEN": TOKEN,
-        "COLDCOPY_LAUNCHER": "none",
-        "COLDCOPY_ENV_FILE": os.devnull,
-    }
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ The catalog behind them is real (moto's S3 server), so authorised requests reach
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -85,16 +84,6 @@ JSON_VALUES = st.recursive(
 JSON_OBJECTS = st.dictionaries(
     st.sampled_from(PARAM_NAMES) | TEXT, JSON_VALUES | st.sampled_from(INTERESTING), max_size=5
 )
-
-
-@pytest.fixture
-def api_env(coldcopy_env: dict[str, str]) -> dict[str, str]:
-    return {
-        **coldcopy_env,
-        "MONITOR_TOKEN": TOKEN,
-        "COLDCOPY_LAUNCHER": "none",
-        "COLDCOPY_ENV_FILE": os.devnull,
-    }
 
 
 @pytest.fixture
