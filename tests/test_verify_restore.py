@@ -108,6 +108,7 @@ def test_the_weekly_selection_takes_every_new_backup_and_a_seeded_sample_of_olde
     assert new == [
         "full_backup_demo_20261110_020000",
         "full_backup_demo_20261109_020000",
+        "base_backup_demo_20261105_010000",  # drilled like a dump is test-restored
         "compliance_backup_demo_20261101_010000",
     ], "never test-restored at level restore, newest first"
     assert len(sampled) == 3 and set(sampled) <= {e.name for e in entries[:8]}

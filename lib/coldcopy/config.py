@@ -67,6 +67,7 @@ class Settings:
     db_password: Secret = field(default_factory=lambda: Secret(""))
     db_sslmode: str = "prefer"
     pg_bin_dir: str = ""
+    server_command: str = ""  # how the PostgreSQL server's OS user runs coldcopy (restore_command)
     # Spaces
     spaces_key: str = ""
     spaces_secret: Secret = field(default_factory=lambda: Secret(""))
@@ -92,6 +93,7 @@ class Settings:
     schedule_verify: str = "0 3 * * 0"
     schedule_cleanup: str = "0 4 * * *"
     schedule_compliance: str = "0 1 1 * *"
+    schedule_wal_sweep: str = ""  # empty: off (servers with archive_command need no sweep)
     schedule_grace_minutes: int = 60
     heartbeat_stale_seconds: int = 600
     launcher: str = "local"
@@ -192,6 +194,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "DB_PASSWORD": ("db_password", Secret, None),
     "DB_SSLMODE": ("db_sslmode", _choice(*SSL_MODES), None),
     "PG_BIN_DIR": ("pg_bin_dir", str, None),
+    "COLDCOPY_SERVER_COMMAND": ("server_command", str, None),
     "DO_SPACES_KEY": ("spaces_key", str, STORAGE),
     "DO_SPACES_SECRET": ("spaces_secret", Secret, STORAGE),
     "DO_SPACES_BUCKET": ("spaces_bucket", _bucket, STORAGE),
@@ -212,6 +215,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_SCHEDULE_VERIFY": ("schedule_verify", _cron, None),
     "COLDCOPY_SCHEDULE_CLEANUP": ("schedule_cleanup", _cron, None),
     "COLDCOPY_SCHEDULE_COMPLIANCE": ("schedule_compliance", _cron, None),
+    "COLDCOPY_SCHEDULE_WAL_SWEEP": ("schedule_wal_sweep", _cron, None),
     "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(5, 7 * 1440), None),
     "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("heartbeat_stale_seconds", _int(30, 86400), None),
     "COLDCOPY_LAUNCHER": ("launcher", _choice("local", "docker", "app-platform", "none"), None),

@@ -90,6 +90,7 @@ class Plan:
     segment_size: int
     backup_stop_time: str
     notes: list[str] = field(default_factory=list)
+    server_major: int = 0  # of the server the backup came from: recovery needs the same major
 
 
 @dataclass
@@ -106,12 +107,31 @@ class PitrResult:
     reached: str = ""  # "last completed transaction was at log time …" as PostgreSQL reports it
     log_file: str = ""
     steps: list[str] = field(default_factory=list)
+    server_major: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # -- planning (no writes) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Archive:
+    """The WAL archive: file names with the time each was stored, and the timeline histories."""
+
+    names: list[tuple[str, float]]
+    histories: dict[int, list[tuple[int, int]]]
+
+
+def load_archive(ctx: BackupContext) -> Archive:
+    names = archived_names(ctx)
+    histories = {
+        int(n[:8], 16): parse_history(read_archived(ctx, n).decode("utf-8", "replace"))
+        for n, _ in names
+        if n.endswith(".history")
+    }
+    return Archive(names, histories)
+
+
 def base_manifests(ctx: BackupContext) -> list[Manifest]:
     names = [e.name for e in ctx.catalog.read().entries("base")]
     out = [ctx.catalog.manifest(n) for n in names]
@@ -210,22 +230,12 @@ def plan_recovery(
     e = m.extra
     size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
     tli = int(e["timeline"])
-    legs = timeline_legs(tli, parse_lsn(e["stop_lsn"]), histories or {}, size)
-
-    def on_path(seg: Segment) -> bool:
-        return any(
-            leg.timeline == seg.timeline and leg.lo <= seg.segno and (leg.hi is None or seg.segno <= leg.hi)
-            for leg in legs
-        )
+    legs = _legs(m, histories)
 
     def timeline_at(segno: int) -> int:
-        return next(leg.timeline for leg in legs if leg.hi is None or segno <= leg.hi)
+        return _timeline_at(legs, segno)
 
-    segs = sorted(
-        (parse_segment(n, size).segno, at)
-        for n, at in archive
-        if len(n) == 24 and on_path(parse_segment(n, size))
-    )
+    segs = sorted((seg.segno, at) for seg, at in _on_path(legs, archive, size))
     first = parse_segment(e["start_wal_segment"], size)
     stop = parse_segment(e["stop_wal_segment"], size)
     if not segs:
@@ -288,11 +298,58 @@ def plan_recovery(
         notes.append("the transaction must have committed after the chosen base backup started")
     if len(legs) > 1:
         notes.append("follows timelines " + " → ".join(str(leg.timeline) for leg in legs))
-    return Plan(m.name, timeline_at(last), first_name, last_name, size, e["stop_time"], notes)
+    return Plan(
+        m.name, timeline_at(last), first_name, last_name, size, e["stop_time"], notes,
+        m.server_version_num // 10000,
+    )  # fmt: skip
+
+
+def _legs(m: Manifest, histories: dict[int, list[tuple[int, int]]] | None) -> list[Leg]:
+    e = m.extra
+    size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
+    return timeline_legs(int(e["timeline"]), parse_lsn(e["stop_lsn"]), histories or {}, size)
+
+
+def _timeline_at(legs: list[Leg], segno: int) -> int:
+    return next(leg.timeline for leg in legs if leg.hi is None or segno <= leg.hi)
+
+
+def _on_path(legs: list[Leg], archive: list[tuple[str, float]], size: int) -> list[tuple[Segment, float]]:
+    """The archived segments recovery along ``legs`` would read, with the time each was stored."""
+    segs = [(parse_segment(n, size), at) for n, at in archive if len(n) == 24]
+    return [
+        (s, at)
+        for s, at in segs
+        if any(
+            leg.timeline == s.timeline and leg.lo <= s.segno and (leg.hi is None or s.segno <= leg.hi)
+            for leg in legs
+        )
+    ]
+
+
+def reachable_segments(
+    m: Manifest, archive: list[tuple[str, float]], histories: dict[int, list[tuple[int, int]]] | None = None
+) -> list[str]:
+    """The segments recovery from base backup ``m`` replays without a gap, oldest first.
+
+    From the backup's first segment along the path recovery_target_timeline = 'latest' takes, up to
+    the last one before a gap or the end of the archive; empty when the WAL that makes the backup
+    consistent is incomplete.  Pure.
+    """
+    e = m.extra
+    size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
+    legs = _legs(m, histories)
+    have = {(seg.timeline, seg.segno) for seg, _ in _on_path(legs, archive, size)}
+    segno = parse_segment(e["start_wal_segment"], size).segno
+    out = []
+    while (_timeline_at(legs, segno), segno) in have:
+        out.append(Segment(_timeline_at(legs, segno), segno).name(size))
+        segno += 1
+    return out if segno > parse_segment(e["stop_wal_segment"], size).segno else []
 
 
 # -- doing it -------------------------------------------------------------------------------------
-def _as_owner(args: list[str]) -> list[str]:
+def as_owner(args: list[str]) -> list[str]:
     return ["runuser", "-u", OWNER, "--", *args] if os.geteuid() == 0 else args
 
 
@@ -349,18 +406,43 @@ def run_pitr(
     target_dir = target_dir.absolute()
     if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
         raise RecoveryRefused(f"{target_dir} exists and is not empty", "give a new or empty folder")
-    archive = archived_names(ctx)
-    histories = {
-        int(n[:8], 16): parse_history(read_archived(ctx, n).decode("utf-8", "replace"))
-        for n, _ in archive
-        if n.endswith(".history")
-    }
-    plan = plan_recovery(base_manifests(ctx), archive, target, backup, histories)
+    archive = load_archive(ctx)
+    plan = plan_recovery(base_manifests(ctx), archive.names, target, backup, archive.histories)
+    result = prepare_recovery(ctx, plan, target, target_dir, port=port, command=command, timeout=timeout)
+    if start:
+        start_recovery(settings, result, timeout)
+    return result
+
+
+def _beside(target_dir: Path) -> tuple[Path, Path, Path]:
+    """The env file (storage secrets for wal-fetch), the server log and wal-fetch's spool."""
+    parent, name = target_dir.parent, target_dir.name
+    return (
+        parent / f"{name}.coldcopy-restore.env",
+        parent / f"{name}.log",
+        parent / f"{name}.coldcopy-walspool",
+    )
+
+
+def prepare_recovery(
+    ctx: BackupContext,
+    plan: Plan,
+    target: Target,
+    target_dir: Path,
+    *,
+    port: int,
+    command: str | None = None,
+    timeout: float = 600,
+    extra: dict[str, str] | None = None,
+) -> PitrResult:
+    """Extract ``plan.backup`` into the new or empty ``target_dir`` and write the recovery settings.
+
+    ``extra`` settings follow ours in postgresql.auto.conf.  Whatever fails, nothing written stays.
+    """
+    settings = ctx.settings
     reader = BackupReader(ctx, plan.backup)
     reader.confirm()
-    env_file = target_dir.parent / f"{target_dir.name}.coldcopy-restore.env"
-    log_file = target_dir.parent / f"{target_dir.name}.log"
-    spool = target_dir.parent / f"{target_dir.name}.coldcopy-walspool"  # wal-fetch's prefetched segments
+    env_file, log_file, spool = _beside(target_dir)
     created = not target_dir.exists()
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -375,7 +457,7 @@ def run_pitr(
         log_file.touch()
         shutil.rmtree(spool, ignore_errors=True)
         spool.mkdir(mode=0o700)
-        cmd = command or shlex.join([sys.executable, "-m", "coldcopy"])
+        cmd = command or settings.server_command or shlex.join([sys.executable, "-m", "coldcopy"])
         values = {
             "restore_command": f"COLDCOPY_ENV_FILE={shlex.quote(str(env_file))} {cmd} wal-fetch "
             f"--spool {shlex.quote(str(spool))} %f %p",
@@ -384,6 +466,7 @@ def run_pitr(
             "recovery_target_timeline": "latest",
             "archive_mode": "off",
             "port": str(port),
+            **(extra or {}),
         }
         lines = "".join(f"{k} = {_conf_quote(v)}\n" for k, v in values.items())
         with (target_dir / "postgresql.auto.conf").open("a") as f:
@@ -408,9 +491,7 @@ def run_pitr(
             env_file.unlink()
         shutil.rmtree(spool, ignore_errors=True)
         raise
-    pg_ctl = tool_path("pg_ctl", settings)
-    start_cmd = [pg_ctl, "-D", str(target_dir), "-l", str(log_file), "-w", "-t", str(int(timeout)), "start"]
-    result = PitrResult(
+    return PitrResult(
         backup=plan.backup,
         target=target.describe(),
         target_dir=str(target_dir),
@@ -420,21 +501,54 @@ def run_pitr(
         last_segment=plan.last_segment,
         log_file=str(log_file),
         steps=[
-            shlex.join(_as_owner(start_cmd)),
+            shlex.join(as_owner(_start_command(settings, target_dir, plan.server_major, timeout))),
             f"watch {log_file} for 'database system is ready to accept connections' after promotion",
             f"delete {env_file} once the server is promoted (it holds the storage secrets)",
             f"delete {spool} once the server is promoted (segments fetched ahead)",
         ],
+        server_major=plan.server_major,
     )
-    if start:
-        _start_and_wait(settings, result, start_cmd, target_dir, log_file, timeout)
-        shutil.rmtree(spool, ignore_errors=True)  # promoted: recovery will not ask for WAL again
-    return result
 
 
-def _control_state(target_dir: Path, settings: Settings) -> str:
+def server_tool(name: str, settings: Settings, major: int = 0) -> str:
+    """A server program of the backup's major version when installed (PG_BIN_DIR always wins)."""
+    candidate = Path(f"/usr/lib/postgresql/{major}/bin/{name}")
+    if major and not settings.pg_bin_dir and candidate.exists():
+        return str(candidate)
+    return tool_path(name, settings)
+
+
+def _start_command(settings: Settings, target_dir: Path, major: int, timeout: float) -> list[str]:
+    _, log_file, _ = _beside(target_dir)
+    pg_ctl = server_tool("pg_ctl", settings, major)
+    wait = str(max(int(timeout), 1))
+    return [pg_ctl, "-D", str(target_dir), "-l", str(log_file), "-w", "-t", wait, "start"]
+
+
+def start_recovery(settings: Settings, result: PitrResult, timeout: float) -> None:
+    """Start a prepared folder's server and wait for its promotion (DatabaseError if it does not come).
+
+    The server keeps running; ``stop_server`` ends it.
+    """
+    target_dir = Path(result.target_dir)
+    start_cmd = _start_command(settings, target_dir, result.server_major, timeout)
+    _start_and_wait(settings, result, start_cmd, target_dir, Path(result.log_file), timeout)
+    shutil.rmtree(_beside(target_dir)[2], ignore_errors=True)  # promoted: recovery asks for no more WAL
+
+
+def postmaster_pid(target_dir: Path) -> int | None:
+    """The pid of the server running in ``target_dir``, or None."""
+    try:
+        pid = int((target_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _control_state(target_dir: Path, settings: Settings, major: int = 0) -> str:
     proc = subprocess.run(
-        _as_owner([tool_path("pg_controldata", settings), "-D", str(target_dir)]),
+        as_owner([server_tool("pg_controldata", settings, major), "-D", str(target_dir)]),
         capture_output=True,
         text=True,
         check=False,
@@ -452,11 +566,11 @@ def _start_and_wait(
     log_file: Path,
     timeout: float,
 ) -> None:
-    proc = subprocess.run(_as_owner(start_cmd), capture_output=True, text=True, cwd="/", check=False)
-    result.started = True
     deadline = time.monotonic() + timeout
+    proc = subprocess.run(as_owner(start_cmd), capture_output=True, text=True, cwd="/", check=False)
+    result.started = True
     while time.monotonic() < deadline:
-        state = _control_state(target_dir, settings)
+        state = _control_state(target_dir, settings, result.server_major)
         text = log_file.read_text(errors="replace")
         # The backup's pg_control already says "in production" (copied from a running primary); the
         # signal file that PostgreSQL removes when archive recovery ends tells the two apart.
@@ -465,7 +579,8 @@ def _start_and_wait(
             m = re.findall(r"last completed transaction was at log time (.+)", text)
             result.reached = m[-1].strip() if m else "no transaction was replayed after the base backup"
             return
-        if proc.returncode != 0 or not (target_dir / "postmaster.pid").exists():
+        # pg_ctl gives up after its -t even while recovery goes on: only a server that is gone failed.
+        if postmaster_pid(target_dir) is None:
             tail = "\n".join((text.strip() or (proc.stdout + proc.stderr).strip()).splitlines()[-8:])
             raise DatabaseError(
                 f"the recovered server stopped before it was promoted:\n{tail}",

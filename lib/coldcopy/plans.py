@@ -371,8 +371,9 @@ def _deletion_pitr(
     p.risks = [r.replace(" (first command)", "") for r in p.risks]  # no dump verification runs here
     if base is None:
         return p
-    est = pitr_estimate(cat, throughput(cat, now), wal, target)
+    est = pitr_estimate(cat, now, wal, target)
     if est["available"]:
+        # Not "measured" even after drills: the WAL volume to replay is always an assumption.
         p.estimate = {"seconds": est["estimate_seconds"], "basis": est["how"], "measured": False}
     side = _pitr_dir(target)
     p.commands = [

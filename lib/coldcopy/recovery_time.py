@@ -6,20 +6,27 @@ median throughput of the newest measurements and scales it by the size of the ba
 restored; it says which measurements it used and how old they are.  Without measurements it says
 so and uses a labelled default throughput.  Point-in-time scenarios need a base backup and a WAL
 archive with a recoverable window (``alerts.WalStatus``, from ``walmonitor.load``): restoring the base
-backup (same throughput) plus replaying the WAL written since, at labelled assumed rates.  Without a
-window they are reported as not available, never invented.
+backup plus replaying the WAL written since.  Base-backup drills (``verify_base_drill``) measure both:
+the restore throughput of the tar and the WAL replay rate (bytes replayed from the backup's start
+LSN to the LSN reached, over the seconds from start to promotion).  Without drills the base backup
+restores at the dump throughput and WAL replays at a labelled ASSUMED rate; the WAL volume per hour
+is always a labelled assumption.  Without a window the scenarios are reported as not available,
+never invented.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from .alerts import WalStatus
 from .catalog import Catalog
+from .errors import InvalidNameError
 from .manifest import CatalogEntry, iso, parse_iso
+from .names import parse_name
 
 DEFAULT_THROUGHPUT = 10_000_000  # bytes of dump per second: an assumption, used only without measurements
 PROVISION_SECONDS = 1800  # a new PostgreSQL server, network access and ColdCopy's settings (assumption)
@@ -28,7 +35,7 @@ LOGICAL_KINDS = ("full", "compliance")
 PITR_UNAVAILABLE = (
     "not available: no base backups/WAL archive (point-in-time recovery arrives with physical backups)"
 )
-# WAL replay: neither rate is measured yet, both are labelled assumptions wherever they are used.
+# Labelled assumptions wherever they are used: the WAL volume always, the replay rate until a drill.
 ASSUMED_WAL_BYTES_PER_HOUR = 1_000_000_000  # WAL the server writes per hour
 ASSUMED_REPLAY_RATE = 100_000_000  # bytes of WAL replayed per second
 WEEK = timedelta(days=7)
@@ -56,19 +63,103 @@ class Throughput:
     age_seconds: float | None = None
 
 
-def measurements(cat: Catalog) -> list[Measurement]:
-    """Successful test restores with a measurement, newest first (one per backup: its latest)."""
-    out = []
+@dataclass(frozen=True)
+class ReplayRate:
+    bytes_per_second: float
+    measured: bool
+    basis: str
+    used: tuple[Measurement, ...] = ()  # raw_bytes: WAL replayed, seconds: start to promotion
+    newest_at: str | None = None
+    age_seconds: float | None = None
+
+
+def _is_base(name: str, measurement: dict[str, Any]) -> bool:
+    if measurement.get("kind") == "base":
+        return True
+    try:
+        return parse_name(name).kind == "base"
+    except InvalidNameError:
+        return False
+
+
+def _proofs(cat: Catalog) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(backup, proof, measurement) of every backup whose latest test restore succeeded."""
     for name, record in cat.verifications.items():
         proof = record.get("restore_proof") or {}
-        m = proof.get("measurement") or {}
+        m = proof.get("measurement")
+        if proof.get("ok") and isinstance(m, dict):
+            yield name, proof, m
+
+
+def measurements(cat: Catalog, base: bool = False) -> list[Measurement]:
+    """Successful test restores with a measurement, newest first (one per backup: its latest).
+
+    Dumps (pg_restore) and base backups (tar extraction) restore at very different speeds, so
+    ``base`` picks one or the other, never both."""
+    out = []
+    for name, proof, m in _proofs(cat):
+        if _is_base(name, m) != base:
+            continue
         try:
             raw, seconds = int(m["raw_bytes"]), float(m["restore_seconds"])
         except (KeyError, TypeError, ValueError):
             continue
-        if proof.get("ok") and raw > 0 and seconds > 0:
+        if raw > 0 and seconds > 0:
             out.append(Measurement(name, str(proof.get("at")), raw, seconds))
     return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
+
+
+def replay_measurements(cat: Catalog) -> list[Measurement]:
+    """WAL replayed by successful base-backup drills, newest first."""
+    out = []
+    for name, proof, m in _proofs(cat):
+        try:
+            replayed, seconds = int(m["replay_bytes"]), float(m["replay_seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if m.get("promoted") and replayed > 0 and seconds > 0:
+            out.append(Measurement(name, str(proof.get("at")), replayed, seconds))
+    return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
+
+
+def replay_rate(cat: Catalog, now: datetime) -> ReplayRate:
+    """Bytes of WAL replayed per second, from the newest drills; the labelled assumption without one.
+
+    Total bytes over total seconds rather than a median: a drill that replays little is dominated by
+    the server's start-up, and weighting by bytes keeps it from dragging the rate down."""
+    found = replay_measurements(cat)[:MAX_MEASUREMENTS]
+    if not found:
+        return ReplayRate(
+            ASSUMED_REPLAY_RATE,
+            False,
+            f"an ASSUMED {ASSUMED_REPLAY_RATE / 1e6:.0f} MB/s of WAL replay; not measured "
+            "(no base-backup drill yet: `coldcopy verify BASE_BACKUP --level restore`)",
+        )
+    replayed, seconds = sum(m.raw_bytes for m in found), sum(m.seconds for m in found)
+    rate = replayed / seconds
+    newest = found[0].at
+    age = (now - parse_iso(newest)).total_seconds()
+    basis = (
+        f"the measured WAL replay of the {len(found)} newest base-backup drill(s): {replayed / 1e6:.1f} MB "
+        f"in {seconds:.1f} s = {rate / 1e6:.2f} MB/s (newest {newest}, {age / 3600:.1f} h old)"
+    )
+    return ReplayRate(rate, True, basis, tuple(found), newest, age)
+
+
+def base_throughput(cat: Catalog, now: datetime) -> Throughput:
+    """How fast a base backup restores: measured by drills, else the dump throughput (labelled)."""
+    found = measurements(cat, base=True)[:MAX_MEASUREMENTS]
+    if not found:
+        dump = throughput(cat, now)
+        return replace(dump, basis=f"{dump.basis} (no base-backup drill yet: the dump rate stands in)")
+    rate = statistics.median(m.throughput for m in found)
+    newest = found[0].at
+    age = (now - parse_iso(newest)).total_seconds()
+    basis = (
+        f"median throughput of the {len(found)} newest base-backup drill(s): {rate / 1e6:.2f} MB/s of tar "
+        f"(newest {newest}, {age / 3600:.1f} h old)"
+    )
+    return Throughput(rate, True, basis, tuple(found), newest, age)
 
 
 def throughput(cat: Catalog, now: datetime) -> Throughput:
@@ -116,10 +207,11 @@ def in_window(wal: WalStatus | None, target: datetime) -> bool:
     return parse_iso(wal.window_start) <= target <= parse_iso(wal.window_end)
 
 
-def pitr_estimate(cat: Catalog, rate: Throughput, wal: WalStatus | None, target: datetime) -> dict[str, Any]:
+def pitr_estimate(cat: Catalog, now: datetime, wal: WalStatus | None, target: datetime) -> dict[str, Any]:
     """Restore the base backup that fits ``target``, then replay the WAL up to it.
 
-    Returns ``available``, ``estimate_seconds``, ``how`` and, when available, ``backup``/``target``.
+    Returns ``available``, ``estimate_seconds``, ``how`` and, when available, ``backup``/``target``
+    and how the replay rate was reached (``replay_measured``, ``replay_bytes_per_second``).
     """
     if wal is None or not wal.window_start or not wal.window_end:
         if wal is not None and cat.entries("base"):
@@ -140,10 +232,11 @@ def pitr_estimate(cat: Catalog, rate: Throughput, wal: WalStatus | None, target:
             "estimate_seconds": None,
             "how": f"not available: no base backup in the catalog finished before {iso(target)}",
         }
+    rate, replay_at = base_throughput(cat, now), replay_rate(cat, now)
     hours = max((target - parse_iso(base.finished_at)).total_seconds(), 0.0) / 3600
     wal_bytes = round(hours * ASSUMED_WAL_BYTES_PER_HOUR)
     restore = restore_seconds(base.raw_size_bytes, rate)
-    replay = round(wal_bytes / ASSUMED_REPLAY_RATE, 1)
+    replay = round(wal_bytes / replay_at.bytes_per_second, 1)
     return {
         "available": True,
         "estimate_seconds": round(restore + replay, 1),
@@ -153,9 +246,11 @@ def pitr_estimate(cat: Catalog, rate: Throughput, wal: WalStatus | None, target:
         "restore_seconds": restore,
         "replay_seconds": replay,
         "wal_bytes_assumed": wal_bytes,
+        "replay_bytes_per_second": round(replay_at.bytes_per_second, 1),
+        "replay_measured": replay_at.measured,
         "how": f"restore {base.raw_size_bytes} bytes of base backup {base.name} at {rate.basis}; then replay "
         f"{hours:.1f} h of WAL ≈ {wal_bytes / 1e6:.0f} MB (ASSUMED {ASSUMED_WAL_BYTES_PER_HOUR / 1e9:.0f} GB "
-        f"of WAL per hour, replayed at an ASSUMED {ASSUMED_REPLAY_RATE / 1e6:.0f} MB/s; not measured)",
+        f"of WAL per hour) at {replay_at.basis}",
     }
 
 
@@ -193,7 +288,7 @@ def estimate(cat: Catalog, now: datetime, wal: WalStatus | None = None) -> dict[
         ("pitr-now", "point-in-time recovery to now", min(latest_recoverable, now)),
         ("pitr-week-ago", "point-in-time recovery to a week ago", now - WEEK),
     ):
-        scenarios.append({"scenario": key, "title": title, **pitr_estimate(cat, rate, wal, target)})
+        scenarios.append({"scenario": key, "title": title, **pitr_estimate(cat, now, wal, target)})
     disaster: dict[str, Any] = {
         "scenario": "disaster-new-server",
         "title": "complete disaster: restore onto a new server",
@@ -227,6 +322,7 @@ def estimate(cat: Catalog, now: datetime, wal: WalStatus | None = None) -> dict[
             for m in rate.used
         ],
         "scenarios": scenarios,
+        "replay": _replay_view(replay_rate(cat, now)),
         "wal_window": None
         if wal is None
         else {"start": wal.window_start, "end": wal.window_end, "gaps": len(wal.gaps)},
@@ -236,3 +332,17 @@ def estimate(cat: Catalog, now: datetime, wal: WalStatus | None = None) -> dict[
         out["reason"] = "no test restores measured yet; the figures use a labelled default throughput"
         out["how_to_measure"] = "`coldcopy verify NAME --level restore` or POST /restore-test"
     return out
+
+
+def _replay_view(r: ReplayRate) -> dict[str, Any]:
+    return {
+        "measured": r.measured,
+        "bytes_per_second": round(r.bytes_per_second, 1),
+        "basis": r.basis,
+        "measured_at": r.newest_at,
+        "age_seconds": None if r.age_seconds is None else round(r.age_seconds, 1),
+        "drills": [
+            {"name": m.name, "at": m.at, "replay_bytes": m.raw_bytes, "replay_seconds": m.seconds}
+            for m in r.used
+        ],
+    }

@@ -4,7 +4,9 @@ Levels: ``checksum`` (no database: every chunk authenticates, sizes and checksum
 ``pg_restore --list`` reads the dump); ``full`` (a timed test restore into a scratch database,
 which authenticates every chunk on the way, then every table's row count against the manifest);
 ``restore`` (``full`` plus ``amcheck`` on the B-tree indexes and the VERIFY_SANITY_QUERIES).  The
-test restores live in :mod:`coldcopy.verify_restore`.
+test restores live in :mod:`coldcopy.verify_restore`.  Base backups: ``checksum`` checks the tar
+against its backup_manifest (:func:`coldcopy.basebackup.verify_base`); ``full`` and ``restore``
+run a restore drill, a point-in-time recovery to a random time (:mod:`coldcopy.verify_base_drill`).
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ def run_verify(
         raise ConfigError([f"verification level must be one of {', '.join(LEVELS)} (got {level[:20]!r})"])
     t0 = time.monotonic()
     name = validate_name(name)
-    if parse_name(name).kind == "base":  # a physical backup: the tar and its backup_manifest
-        from .basebackup import verify_base
+    if parse_name(name).kind == "base":  # a physical backup
+        if level == "checksum":  # the tar and its backup_manifest
+            from .basebackup import verify_base
 
-        return verify_base(settings, name)
+            return verify_base(settings, name)
+        from .verify_base_drill import run_base_drill  # a restore and a PITR to a random time
+
+        return run_base_drill(settings, name, level)
     ctx = context(settings)
     result = VerifyResult(name, level)
     try:

@@ -7,7 +7,8 @@ runner has the PostgreSQL server binaries.  Then it checks the restored database
 row count equals the manifest's (``full``), plus ``amcheck`` on every B-tree index where the
 extension is available and the configured sanity queries (``restore``).  The restore time and
 throughput are measured and kept in the verification record; the scratch database is always
-dropped, also when a check fails or the restore breaks.
+dropped, also when a check fails or the restore breaks.  Base backups get a restore drill instead
+(:mod:`coldcopy.verify_base_drill`); its record has the same shape plus the WAL replay measured.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 LEVELS = ("checksum", "full", "restore")
 TEST_RESTORE_LEVELS = ("full", "restore")
 LOGICAL_KINDS = ("full", "compliance")
+DRILLED_KINDS = (*LOGICAL_KINDS, "base")  # what the weekly job test-restores (base: a PITR drill)
 SCRATCH_PREFIX = "cc_verify_"
 STALE_SCRATCH = timedelta(days=2)
 _STAMP = "%Y%m%d%H%M%S"
@@ -332,9 +334,10 @@ def schedule_selection(
     entries: list[CatalogEntry], verifications: dict[str, dict[str, Any]], sample: int, seed: str
 ) -> tuple[list[str], list[str]]:
     """(new, sampled): backups never test-restored at level ``restore``, and a seeded random sample
-    of ``sample`` older ones.  Both newest first."""
+    of ``sample`` older ones.  Both newest first.  Base backups are drilled (restored and recovered
+    to a random time) like dumps are test-restored."""
     logical = [e for e in sorted(entries, key=lambda e: (e.created_at, e.name), reverse=True)]
-    logical = [e for e in logical if e.kind in LOGICAL_KINDS]
+    logical = [e for e in logical if e.kind in DRILLED_KINDS]
 
     def proven(name: str) -> bool:
         proof = (verifications.get(name) or {}).get("restore_proof") or {}
@@ -347,7 +350,9 @@ def schedule_selection(
 
 
 def run_scheduled(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones."""
+    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones.
+
+    Base backups are among them: :func:`coldcopy.verify.run_verify` drills them."""
     from .backup import context
     from .verify import run_verify
 
