@@ -98,6 +98,15 @@ def test_postgresql_client_comes_from_pgdg(dockerfile: DockerfileParser) -> None
     assert "rm -rf /var/lib/apt/lists/*" in apt
 
 
+def test_server_binaries_for_base_backup_drills(dockerfile: DockerfileParser) -> None:
+    """A base-backup drill starts a server of the backup's major: the image installs those majors."""
+    apt = next(r for r in instructions(dockerfile, "RUN") if "postgresql-client" in r)
+    assert 'apt-get install -y --no-install-recommends "postgresql-$v"' in apt
+    assert "for v in $PG_SERVER_MAJORS" in apt
+    majors = dockerfile.args["PG_SERVER_MAJORS"].strip('"').split()
+    assert majors and all(int(m) >= 15 for m in majors)
+
+
 def test_command_is_coldcopy_worker_under_an_init(dockerfile: DockerfileParser) -> None:
     entrypoint = json.loads(instructions(dockerfile, "ENTRYPOINT")[-1])
     cmd = json.loads(instructions(dockerfile, "CMD")[-1])

@@ -324,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="checksum",
         help="checksum: no database, every chunk authenticates and pg_restore --list reads the dump; "
         "full: a timed test restore into a scratch database (VERIFY_DB_* or a throwaway local cluster) "
-        "and every table's row count; restore: full plus amcheck and VERIFY_SANITY_QUERIES",
+        "and every table's row count; restore: full plus amcheck and VERIFY_SANITY_QUERIES.  For a base "
+        "backup, full and restore run a PITR drill: restore it into a throwaway folder, recover to a "
+        "random point of its window, check the server promotes, measure the replay",
     )
     r = add("restore", cmd_restore, "restore a backup into a new database, or safely back into DB_NAME")
     r.add_argument("--backup-name", required=True)

@@ -232,6 +232,7 @@ def add_pitr_commands(add: AddCommand) -> None:
     p.add_argument("--backup", help="use this base backup instead of the newest that fits")
     p.add_argument(
         "--coldcopy-command",
-        help="how the postgres OS user runs coldcopy in restore_command (default: this Python -m coldcopy)",
+        help="how the postgres OS user runs coldcopy in restore_command "
+        "(default: COLDCOPY_SERVER_COMMAND, else this Python -m coldcopy)",
     )
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for promotion")
