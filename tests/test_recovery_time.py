@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,25 @@ def test_pitr_scenarios_restore_the_base_backup_and_replay_the_wal_at_labelled_a
     no_window = estimate(cat, NOW, WalStatus(iso(NOW), "000000010000000000000042"))
     assert "gap-free" in scenario(no_window, "pitr-now")["how"]
     assert scenario(estimate(cat, NOW), "pitr-now")["how"] == PITR_UNAVAILABLE
+
+
+def test_a_wal_rate_measured_from_the_archive_replaces_the_assumed_volume() -> None:
+    new = base(NOW - timedelta(days=2), 1000 * MB)
+    cat = catalog([new], {})
+    end = NOW - timedelta(minutes=5)
+    measured = replace(
+        window(NOW - timedelta(days=3), end),
+        wal_bytes_per_hour=200 * MB,
+        wal_rate_basis="measured from the archive: 300 segments of 16 MB in 24.0 h",
+    )
+    p = scenario(estimate(cat, NOW, measured), "pitr-now")
+    hours = (2 * 24 * 3600 - 5 * 60) / 3600
+    assert p["wal_rate_measured"] is True and p["wal_bytes"] == round(hours * 200 * MB)
+    assert p["replay_seconds"] == round(p["wal_bytes"] / ASSUMED_REPLAY_RATE, 1)
+    assert "measured from the archive: 300 segments" in p["how"]
+    assert "ASSUMED 1 GB of WAL per hour" not in p["how"]
+    assumed = scenario(estimate(cat, NOW, window(NOW - timedelta(days=3), end)), "pitr-now")
+    assert assumed["wal_rate_measured"] is False and "ASSUMED 1 GB of WAL per hour" in assumed["how"]
 
 
 def test_recovery_time_command_and_api_read_the_stored_wal_status(coldcopy_env: dict[str, str]) -> None:

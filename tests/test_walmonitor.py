@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from coldcopy.alerts import Thresholds, evaluate
 from coldcopy.catalog import Catalog
 from coldcopy.config import load_settings
+from coldcopy.manifest import iso
 from coldcopy.metrics import render
 from coldcopy.storage import Storage
-from coldcopy.walmonitor import STATE_KEY, load, refresh
+from coldcopy.walmonitor import STATE_KEY, load, refresh, wal_rate
+from coldcopy.walstatus import BackupWindow
 
 
 def test_no_archive_means_no_wal_status(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
@@ -36,3 +38,31 @@ def test_a_gap_in_the_archive_reaches_alerts_and_metrics(coldcopy_env) -> None: 
     assert "wal-gap" in rules
     text = render(Catalog(), now, wal=wal)
     assert "coldcopy_wal_archive_age_seconds" in text
+
+
+def _window(name: str, start: str, last: str, hours: float) -> BackupWindow:
+    t0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+    return BackupWindow(
+        name=name,
+        timeline=1,
+        start_wal_segment=start,
+        recoverable_from=iso(t0),
+        recoverable_to_segment=last,
+        recoverable_to_time=iso(t0 + timedelta(hours=hours)),
+        ok=True,
+    )
+
+
+def test_the_wal_rate_is_measured_over_the_widest_window_of_an_hour_or_more() -> None:
+    seg = 16 << 20
+    narrow = _window("b2", "000000010000000000000070", "000000010000000000000080", 2.0)  # 17 segments
+    wide = _window("b1", "000000010000000000000010", "000000010000000000000080", 7.0)  # 113 segments
+    rate = wal_rate([narrow, wide], seg)
+    assert rate is not None
+    per_hour, basis = rate
+    assert per_hour == 113 * seg / 7.0
+    assert "113 segments of 16 MB in 7.0 h" in basis and "measured from the archive" in basis
+    # A window shorter than an hour says more about archive_timeout than the workload: no rate.
+    assert wal_rate([_window("b3", "000000010000000000000010", "000000010000000000000012", 0.5)], seg) is None
+    # A window whose end is unknown (no segment reachable) is skipped, not a crash.
+    assert wal_rate([_window("b4", "000000010000000000000010", "", 3.0)], seg) is None

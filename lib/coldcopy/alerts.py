@@ -81,6 +81,8 @@ class WalStatus:
     gaps: tuple[WalGap, ...] = ()
     window_start: str | None = None  # the recoverable window: earliest and latest recoverable time
     window_end: str | None = None
+    wal_bytes_per_hour: float | None = None  # WAL the server writes, measured from the archive
+    wal_rate_basis: str | None = None  # how that rate was measured
 
 
 @dataclass(frozen=True)

@@ -373,8 +373,9 @@ def _deletion_pitr(
         return p
     est = pitr_estimate(cat, now, wal, target)
     if est["available"]:
-        # Not "measured" even after drills: the WAL volume to replay is always an assumption.
-        p.estimate = {"seconds": est["estimate_seconds"], "basis": est["how"], "measured": False}
+        # Measured only when both the replay rate (drills) and the WAL volume (the archive) are.
+        measured = bool(est["replay_measured"] and est["wal_rate_measured"])
+        p.estimate = {"seconds": est["estimate_seconds"], "basis": est["how"], "measured": measured}
     side = _pitr_dir(target)
     p.commands = [
         "coldcopy wal-status",

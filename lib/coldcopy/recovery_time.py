@@ -9,9 +9,10 @@ archive with a recoverable window (``alerts.WalStatus``, from ``walmonitor.load`
 backup plus replaying the WAL written since.  Base-backup drills (``verify_base_drill``) measure both:
 the restore throughput of the tar and the WAL replay rate (bytes replayed from the backup's start
 LSN to the LSN reached, over the seconds from start to promotion).  Without drills the base backup
-restores at the dump throughput and WAL replays at a labelled ASSUMED rate; the WAL volume per hour
-is always a labelled assumption.  Without a window the scenarios are reported as not available,
-never invented.
+restores at the dump throughput and WAL replays at a labelled ASSUMED rate.  The WAL volume per hour
+is measured from the archive (``walmonitor.wal_rate``: the widest base backup window's segments over
+its hours) once a window spans an hour; before that it is a labelled assumption.  Without a window
+the scenarios are reported as not available, never invented.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ LOGICAL_KINDS = ("full", "compliance")
 PITR_UNAVAILABLE = (
     "not available: no base backups/WAL archive (point-in-time recovery arrives with physical backups)"
 )
-# Labelled assumptions wherever they are used: the WAL volume always, the replay rate until a drill.
+# Labelled assumptions wherever they are used: the WAL volume until the archive spans an hour, the
+# replay rate until a drill.
 ASSUMED_WAL_BYTES_PER_HOUR = 1_000_000_000  # WAL the server writes per hour
 ASSUMED_REPLAY_RATE = 100_000_000  # bytes of WAL replayed per second
 WEEK = timedelta(days=7)
@@ -234,7 +236,13 @@ def pitr_estimate(cat: Catalog, now: datetime, wal: WalStatus | None, target: da
         }
     rate, replay_at = base_throughput(cat, now), replay_rate(cat, now)
     hours = max((target - parse_iso(base.finished_at)).total_seconds(), 0.0) / 3600
-    wal_bytes = round(hours * ASSUMED_WAL_BYTES_PER_HOUR)
+    per_hour = wal.wal_bytes_per_hour or ASSUMED_WAL_BYTES_PER_HOUR
+    wal_basis = (
+        wal.wal_rate_basis
+        if wal.wal_bytes_per_hour and wal.wal_rate_basis
+        else f"ASSUMED {ASSUMED_WAL_BYTES_PER_HOUR / 1e9:.0f} GB of WAL per hour; no hour-long window yet"
+    )
+    wal_bytes = round(hours * per_hour)
     restore = restore_seconds(base.raw_size_bytes, rate)
     replay = round(wal_bytes / replay_at.bytes_per_second, 1)
     return {
@@ -245,12 +253,12 @@ def pitr_estimate(cat: Catalog, now: datetime, wal: WalStatus | None, target: da
         "target": iso(target),
         "restore_seconds": restore,
         "replay_seconds": replay,
-        "wal_bytes_assumed": wal_bytes,
+        "wal_bytes": wal_bytes,
+        "wal_rate_measured": bool(wal.wal_bytes_per_hour),
         "replay_bytes_per_second": round(replay_at.bytes_per_second, 1),
         "replay_measured": replay_at.measured,
         "how": f"restore {base.raw_size_bytes} bytes of base backup {base.name} at {rate.basis}; then replay "
-        f"{hours:.1f} h of WAL ≈ {wal_bytes / 1e6:.0f} MB (ASSUMED {ASSUMED_WAL_BYTES_PER_HOUR / 1e9:.0f} GB "
-        f"of WAL per hour) at {replay_at.basis}",
+        f"{hours:.1f} h of WAL ≈ {wal_bytes / 1e6:.0f} MB ({wal_basis}) at {replay_at.basis}",
     }
 
 

@@ -15,10 +15,11 @@ from typing import Any
 from .alerts import WalGap, WalStatus
 from .catalog_store import CatalogStore
 from .errors import ColdCopyError, NotFoundError
+from .manifest import parse_iso
 from .storage import Storage
 from .wal import ARCHIVE_NAME_RE, DEFAULT_SEGMENT_SIZE, Segment, parse_segment
+from .walstatus import BackupWindow, summarize
 from .walstatus import WalStatus as ArchiveStatus
-from .walstatus import summarize
 
 log = logging.getLogger(__name__)
 STATE_KEY = "state/wal-status.json"
@@ -41,12 +42,43 @@ def for_alerts(st: ArchiveStatus, segment_size: int = DEFAULT_SEGMENT_SIZE) -> W
                 )
             )
     usable = [b for b in st.backups if b.ok]
+    rate = wal_rate(usable, segment_size)
     return WalStatus(
         last_archived_at=newest.newest_archived_at,
         last_segment=newest.last,
         gaps=tuple(found),
         window_start=min((b.recoverable_from for b in usable), default=None),
         window_end=max((b.recoverable_to_time for b in usable), default=None),
+        wal_bytes_per_hour=rate[0] if rate else None,
+        wal_rate_basis=rate[1] if rate else None,
+    )
+
+
+MIN_RATE_SPAN_HOURS = 1.0  # shorter windows say more about archive_timeout than about the workload
+
+
+def wal_rate(windows: list[BackupWindow], segment_size: int) -> tuple[float, str] | None:
+    """WAL written per hour over the widest backup window: its segments ÷ its duration.  Pure.
+
+    Segments closed early by archive_timeout count in full (replay reads them whole, though their
+    empty tails cost little), so on a quiet server the rate errs high: estimates err long.
+    """
+    best: tuple[float, int, float] | None = None
+    for w in windows:
+        try:
+            first = parse_segment(w.start_wal_segment, segment_size).segno
+            last = parse_segment(w.recoverable_to_segment, segment_size).segno
+            hours = (parse_iso(w.recoverable_to_time) - parse_iso(w.recoverable_from)).total_seconds() / 3600
+        except ValueError:
+            continue
+        if last >= first and hours >= MIN_RATE_SPAN_HOURS and (best is None or hours > best[0]):
+            best = (hours, last - first + 1, (last - first + 1) * segment_size / hours)
+    if best is None:
+        return None
+    hours, segments, per_hour = best
+    return per_hour, (
+        f"measured from the archive: {segments} segments of {segment_size >> 20} MB in {hours:.1f} h "
+        f"(≈ {per_hour / 1e6:.0f} MB of WAL per hour)"
     )
 
 
