@@ -328,3 +328,46 @@ def test_manifests_are_read_afresh(coldcopy_env: dict[str, str]) -> None:
     left = keys(storage, "backups/")
     assert data_key(damaged) in left and data_key(running) in left
     assert not [k for k in left if k.startswith((f"backups/{vanished}/", f"backups/{interrupted}/"))]
+
+
+def test_old_job_records_are_pruned_and_recent_or_unfinished_ones_kept(coldcopy_env: dict[str, str]) -> None:
+    """runs/, jobs/claims/ and jobs/slots/ would grow forever: cleanup prunes what is past the history."""
+    s = settings(coldcopy_env)
+    storage = Storage(s)
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, recent = now - timedelta(days=s.job_history_days + 5), now - timedelta(days=2)
+
+    def run_through(at: datetime, slot: str | None = None, finish: bool = True) -> str:
+        run_id = str(jobs.enqueue(storage, "verify", {}, slot=slot, now=at))
+        claimed = jobs.claim_next(storage, "w1", now=at)
+        assert claimed is not None and claimed[0].run_id == run_id
+        if finish:
+            jobs.finish(storage, claimed[1], ok=True, result={}, now=at)
+        return run_id
+
+    old_done = run_through(old, slot=f"verify/{old:%Y-%m-%dT%H:%MZ}")
+    old_running = run_through(old - timedelta(hours=1), finish=False)  # still queued and claimed
+    recent_done = run_through(recent, slot=f"verify/{recent:%Y-%m-%dT%H:%MZ}")
+    expected = {
+        jobs.run_key(old_done),
+        jobs.claim_key(old_done),
+        f"jobs/slots/verify/{old:%Y-%m-%dT%H:%MZ}.json",
+    }
+
+    dry = run_cleanup(s, dry_run=True, now=now, storage=storage)
+    assert {d["key"] for d in dry["job_records_delete"]} == expected
+    assert storage.exists(jobs.run_key(old_done))  # a dry run deletes nothing
+
+    done = run_cleanup(s, dry_run=False, now=now, storage=storage)
+    assert done["job_records_deleted"] == len(expected)
+    for key in expected:
+        assert not storage.exists(key), key
+    for kept in (jobs.run_key(old_running), jobs.claim_key(old_running), jobs.run_key(recent_done)):
+        assert storage.exists(kept), kept
+    assert storage.exists(f"jobs/slots/verify/{recent:%Y-%m-%dT%H:%MZ}.json")
+    assert run_cleanup(s, dry_run=True, now=now, storage=storage)["job_records_delete"] == []
+
+
+def test_job_history_shorter_than_a_grace_window_is_refused(coldcopy_env: dict[str, str]) -> None:
+    r = run_cli({**coldcopy_env, "COLDCOPY_JOB_HISTORY_DAYS": "3"}, "cleanup", "--dry-run")
+    assert r.rc == 2 and "COLDCOPY_JOB_HISTORY_DAYS" in r.err

@@ -14,10 +14,11 @@ import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import jobs
 from .catalog_store import CatalogStore
 from .config import Settings, environment
 from .errors import ColdCopyError, ConflictError, NotFoundError
@@ -158,6 +159,9 @@ def run_cleanup(
     now = now or datetime.now(UTC).replace(microsecond=0)
     plan = plan_cleanup(catalog, policy, now)
     out = _plan_dict(plan, policy, now, dry_run)
+    # Housekeeping, outside the plan id (no backup or WAL): job records older than the history.
+    records = jobs.prunable(storage, now - timedelta(days=settings.job_history_days))
+    out["job_records_delete"] = [{"key": k, "reason": r} for k, r in records]
     if expect is not None and expect != plan.plan_id:
         raise ConflictError(
             f"the cleanup plan is {plan.plan_id}, not {expect}: backups, pins or WAL changed since",
@@ -183,12 +187,16 @@ def run_cleanup(
         for i in range(0, len(keys), 1000):
             storage.delete(keys[i : i + 1000])
             wal_deleted.extend(keys[i : i + 1000])
+        old_records = [k for k, _ in records]
+        for i in range(0, len(old_records), 1000):
+            storage.delete(old_records[i : i + 1000])
+        out["job_records_deleted"] = len(old_records)
     except ColdCopyError as exc:
         error = exc.message
         raise
     finally:
         out.update(run_id=run_id, deleted=deleted, skipped=skipped, wal_deleted=wal_deleted, error=error)
-        summary = {k: v for k, v in out.items() if k != "keep"}
+        summary = {k: v for k, v in out.items() if k not in ("keep", "job_records_delete")}
         summary["kept"] = [k["name"] for k in out["keep"]]
         out["record"] = catalog.record("cleanup", run_id, summary)
         catalog.refresh()
@@ -200,6 +208,15 @@ def cleanup_job(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     out = run_cleanup(settings, dry_run=bool(params.get("dry_run", False)))
     return {
         k: out.get(k)
-        for k in ("dry_run", "plan_id", "deleted", "wal_deleted", "skipped", "reported", "run_id")
+        for k in (
+            "dry_run",
+            "plan_id",
+            "deleted",
+            "wal_deleted",
+            "skipped",
+            "reported",
+            "run_id",
+            "job_records_deleted",
+        )
         if k in out
     } | {"kept": len(out["keep"])}

@@ -49,6 +49,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     print(f"{verb} {len(out['wal_delete']) if args.dry_run else len(out['wal_deleted'])} WAL file(s)")
     for w in out["wal_delete"] if args.dry_run else []:
         print(f"  - {w['key']}: {w['reason']}")
+    housekeeping = len(out["job_records_delete"]) if args.dry_run else out.get("job_records_deleted", 0)
+    if housekeeping:
+        print(f"{verb} {housekeeping} job records older than COLDCOPY_JOB_HISTORY_DAYS (runs, claims, slots)")
     for sk in out.get("skipped", []):
         print(f"  skipped {sk['name']}: {sk['reason']}")
     if out["keep"]:

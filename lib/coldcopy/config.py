@@ -96,6 +96,7 @@ class Settings:
     schedule_wal_sweep: str = ""  # empty: off (servers with archive_command need no sweep)
     schedule_grace_minutes: int = 60
     heartbeat_stale_seconds: int = 600
+    job_history_days: int = 90  # finished runs, claims and schedule slots older than this are pruned
     launcher: str = "local"
     do_api_token: Secret = field(default_factory=lambda: Secret(""))
     do_api_url: str = "https://api.digitalocean.com"
@@ -218,6 +219,8 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_SCHEDULE_WAL_SWEEP": ("schedule_wal_sweep", _cron, None),
     "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(5, 7 * 1440), None),
     "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("heartbeat_stale_seconds", _int(30, 86400), None),
+    # At least 8 days: longer than the longest grace window, so a pruned slot can never be due again.
+    "COLDCOPY_JOB_HISTORY_DAYS": ("job_history_days", _int(8, 36500), None),
     "COLDCOPY_LAUNCHER": ("launcher", _choice("local", "docker", "app-platform", "none"), None),
     "DO_API_TOKEN": ("do_api_token", Secret, None),
     "DO_API_URL": ("do_api_url", _endpoint, None),

@@ -8,7 +8,8 @@ Keys, relative to the cluster prefix:
     the job (run_id, kind, params, enqueued_at, slot); deleted once its run is finished.
 ``jobs/claims/<run_id>.json``
     create-only: exactly one worker runs a job even when workers race.  Claims are kept (a run
-    id is never claimed twice); they are tiny, and cleanup can prune old ones.
+    id is never claimed twice) until cleanup prunes them with finished runs and old slots, after
+    COLDCOPY_JOB_HISTORY_DAYS (``prunable``).
 ``runs/<run_id>.json``
     the run's state: queued → running → succeeded | failed, with started_at, heartbeat_at,
     finished_at, and result or error.  After it is queued, only its own worker rewrites it (a
@@ -455,3 +456,60 @@ def mark_stale(storage: Storage, now: datetime, stale_after: timedelta) -> list[
         finish(storage, run, ok=False, error=error, now=now)
         out.append(run_id)
     return out
+
+
+# -- pruning old records (the cleanup job) ---------------------------------------------------------
+def select_prunable(
+    runs: dict[str, str | None],
+    claims: Iterable[str],
+    slots: Iterable[tuple[str, datetime]],
+    queued: set[str],
+    cutoff: datetime,
+) -> list[tuple[str, str]]:
+    """Which job records older than ``cutoff`` can go, with why.  Pure.
+
+    ``runs`` maps run ids to their state (None: unreadable).  A run record goes once it is finished;
+    a claim once its job left the queue (only queued jobs are ever claimed); a slot once it is older
+    than any grace window, so no tick can find it due again.  Unreadable or unfinished runs stay.
+    """
+    out: list[tuple[str, str]] = []
+    for run_id, state in sorted(runs.items()):
+        if run_id_time(run_id) < cutoff and state in TERMINAL and run_id not in queued:
+            out.append((run_key(run_id), f"run {state}, queued before {iso(cutoff)}"))
+    for run_id in sorted(claims):
+        if run_id_time(run_id) < cutoff and run_id not in queued:
+            out.append((claim_key(run_id), f"claim of a job no longer queued, before {iso(cutoff)}"))
+    for key, at in sorted(slots):
+        if at < cutoff:
+            out.append((key, f"schedule slot before {iso(cutoff)}: never due again"))
+    return out
+
+
+def prunable(storage: Storage, cutoff: datetime) -> list[tuple[str, str]]:
+    """The job records older than ``cutoff`` that may be deleted (reads only what is that old)."""
+    stop = f"{RUNS}{new_run_id(cutoff)[:10]}"
+    runs: dict[str, str | None] = {}
+    for o in storage.list(RUNS):
+        run_id = o.key[len(RUNS) : -5]
+        if o.key >= stop:
+            break  # run ids sort by time
+        if not (o.key.endswith(".json") and _RUN_ID_RE.fullmatch(run_id)):
+            continue
+        try:
+            run = get_run(storage, run_id)
+            runs[run_id] = str(run.get("state")) if run else None
+        except ColdCopyError:
+            runs[run_id] = None
+    claims = [
+        o.key[len(CLAIMS) : -5]
+        for o in storage.list(CLAIMS)
+        if o.key.endswith(".json") and _RUN_ID_RE.fullmatch(o.key[len(CLAIMS) : -5])
+    ]
+    slots = []
+    for o in storage.list(SLOTS):
+        at = o.key.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            slots.append((o.key, parse_slot_time(at)))
+        except ValueError:
+            continue
+    return select_prunable(runs, claims, slots, set(queued_ids(storage)), cutoff)
