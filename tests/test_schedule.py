@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coldcopy.config import Settings, load_settings
-from coldcopy.errors import InvalidNameError
+from coldcopy.errors import ColdCopyError, InvalidNameError
 from coldcopy.jobs import Job, check_params, new_run_id, queue_key, run_id_time, slot_key, validate_run_id
 from coldcopy.schedule import (
     Slot,
@@ -53,6 +53,29 @@ def test_table_follows_configuration() -> None:
     assert table["backup-full"] == "30 */6 * * *"
     assert table["verify"] == "15 5 * * 1"
     assert due_slots(table, at("2026-11-24T12:31"), GRACE) == [Slot("backup-full", at("2026-11-24T12:30"))]
+
+
+def test_wal_sweep_is_off_unless_configured() -> None:
+    assert "wal-sweep" not in DEFAULTS
+    empty = load_settings({"COLDCOPY_SCHEDULE_WAL_SWEEP": ""}, env_file=Path(os.devnull))
+    assert "wal-sweep" not in schedule_table(empty)
+
+
+def test_wal_sweep_schedule_when_configured() -> None:
+    s = load_settings({"COLDCOPY_SCHEDULE_WAL_SWEEP": "*/15 * * * *"}, env_file=Path(os.devnull))
+    table = schedule_table(s)
+    assert table == {**DEFAULTS, "wal-sweep": "*/15 * * * *"}
+    # every quarter hour; at 02:00 it is due together with the full backup, after it
+    assert due_slots(table, at("2026-11-24T12:16"), GRACE) == [Slot("wal-sweep", at("2026-11-24T12:15"))]
+    assert due_slots(table, at("2026-11-24T02:03"), GRACE) == [
+        Slot("backup-full", at("2026-11-24T02:00")),
+        Slot("wal-sweep", at("2026-11-24T02:00")),
+    ]
+
+
+def test_bad_wal_sweep_schedule_refused() -> None:
+    with pytest.raises(ColdCopyError, match="COLDCOPY_SCHEDULE_WAL_SWEEP"):
+        load_settings({"COLDCOPY_SCHEDULE_WAL_SWEEP": "every 5 minutes"}, env_file=Path(os.devnull))
 
 
 # -- due slots -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 # Job kinds the schedule drives, in the order they are enqueued when due together.
-SCHEDULED_KINDS = ("backup-compliance", "backup-full", "verify", "cleanup")
+SCHEDULED_KINDS = ("backup-compliance", "backup-full", "verify", "cleanup", "wal-sweep")
 SLOT_FORMAT = "%Y-%m-%dT%H:%MZ"
 
 
@@ -46,16 +46,26 @@ class _ScheduleSettings(Protocol):
     def schedule_cleanup(self) -> str: ...
     @property
     def schedule_compliance(self) -> str: ...
+    @property
+    def schedule_wal_sweep(self) -> str: ...
 
 
 def schedule_table(settings: _ScheduleSettings) -> dict[str, str]:
-    """Job kind -> cron expression (UTC), from configuration."""
-    return {
+    """Job kind -> cron expression (UTC), from configuration.
+
+    ``wal-sweep`` is in the table only when ``COLDCOPY_SCHEDULE_WAL_SWEEP`` is set: it is for
+    servers that allow a replication connection but no archive_command, and its interval (plus the
+    tick's 5 minutes) is then the data-loss window.
+    """
+    table = {
         "backup-full": settings.schedule_full,
         "verify": settings.schedule_verify,
         "cleanup": settings.schedule_cleanup,
         "backup-compliance": settings.schedule_compliance,
     }
+    if settings.schedule_wal_sweep:
+        table["wal-sweep"] = settings.schedule_wal_sweep
+    return table
 
 
 def _utc(now: datetime) -> datetime:

@@ -1,14 +1,20 @@
 """The archive_command half of fast WAL archiving: hand one file to ``coldcopy wal-pushd``.
 
-    archive_command = 'python3 -S -m coldcopy.walclient --socket /run/coldcopy/walpushd.sock %p'
+    archive_command = '/usr/bin/python3 -I -S /…/coldcopy/walclient.py --socket /run/coldcopy/wal.sock %p'
 
-Standard library only and nothing heavy (no boto3, no crypto, not even ``site``), so one call is
-one small interpreter start plus one round trip over a unix socket; the daemon that holds the
-storage client and the key does the compress-encrypt-PUT.  Exit status 0 means the daemon
-answered that the file is stored (or was already stored with the same bytes).  Anything else
-(daemon not running, refused, timed out, a conflict) exits non-zero: PostgreSQL keeps the
-segment in pg_wal and retries, so nothing is ever acknowledged that is not stored.  There is
-deliberately no in-process fallback: it would need the heavy imports and the secrets here.
+(``coldcopy wal-pushd`` logs the exact line for its socket.  Run as a file, the client needs no
+PYTHONPATH; ``PYTHONPATH=/…/site-packages python3 -S -m coldcopy.walclient …`` works too, ~5 ms
+slower: runpy.)
+
+Standard library only and nothing heavy (no boto3, no crypto, not even ``site``, and the C
+``_socket`` module rather than ``socket``, whose enum and selectors imports cost ~7 ms, as much
+as the interpreter start itself), so one call is one small interpreter start plus one
+round trip over a unix socket; the daemon that holds the storage client and the key does the
+compress-encrypt-PUT.  Exit status 0 means the daemon answered that the file is stored (or was
+already stored with the same bytes).  Anything else (daemon not running, refused, timed out, a
+conflict) exits non-zero: PostgreSQL keeps the segment in pg_wal and retries, so nothing is
+ever acknowledged that is not stored.  There is deliberately no in-process fallback: it would
+need the heavy imports and the secrets here.
 
 Protocol (one line each way, UTF-8): ``push\\t<absolute path>\\n`` → ``ok\\t<detail>\\n`` or
 ``err\\t<exit code>\\t<message>\\n``.
@@ -16,8 +22,8 @@ Protocol (one line each way, UTF-8): ``push\\t<absolute path>\\n`` → ``ok\\t<d
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import sys
 
 SOCKET_ENV = "COLDCOPY_WALPUSHD_SOCKET"
@@ -27,18 +33,18 @@ DEFAULT_TIMEOUT = 600.0
 
 def request(sock_path: str, path: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
     """(exit status, message) for pushing ``path`` through the daemon at ``sock_path``."""
+    chunks: list[bytes] = []
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             s.settimeout(timeout)
             s.connect(sock_path)
             s.sendall(f"push\t{path}\n".encode())
-            s.shutdown(socket.SHUT_WR)
-            chunks = []
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    break
+            s.shutdown(_socket.SHUT_WR)
+            while data := s.recv(65536):
                 chunks.append(data)
+        finally:
+            s.close()
     except OSError as exc:
         return UNREACHABLE, f"coldcopy wal-pushd at {sock_path} is not reachable: {exc}"
     reply = b"".join(chunks).decode("utf-8", "replace").rstrip("\n")
