@@ -291,7 +291,7 @@ def test_only_the_tick_can_wake_the_runner(validated: dict[str, Any]) -> None:
     tick = next(a for a in packages["scheduler"]["actions"] if a["name"] == "tick")
     for key in ("DO_API_TOKEN", "RUNNER_APP_ID", "SMTP_HOST", "SMTP_PASSWORD", "ALERT_EMAIL"):
         assert key in tick["environment"]
-    for kind in ("FULL", "VERIFY", "CLEANUP", "COMPLIANCE"):
+    for kind in ("FULL", "VERIFY", "CLEANUP", "COMPLIANCE", "WAL_SWEEP"):
         assert f"COLDCOPY_SCHEDULE_{kind}" in tick["environment"]
     common = {"COLDCOPY_CLUSTER", "MONITOR_TOKEN"} | {
         f"DO_SPACES_{x}" for x in ("KEY", "SECRET", "BUCKET", "REGION", "ENDPOINT")

@@ -61,6 +61,15 @@ def test_wal_sweep_is_off_unless_configured() -> None:
     assert "wal-sweep" not in schedule_table(empty)
 
 
+def test_any_schedule_can_be_off() -> None:
+    env = {"COLDCOPY_SCHEDULE_WAL_SWEEP": "off", "COLDCOPY_SCHEDULE_COMPLIANCE": "OFF"}
+    s = load_settings(env, env_file=Path(os.devnull))
+    table = schedule_table(s)
+    assert "wal-sweep" not in table and "backup-compliance" not in table
+    assert table == {k: v for k, v in DEFAULTS.items() if k != "backup-compliance"}
+    assert all(slot.kind != "backup-compliance" for slot in due_slots(table, at("2026-12-01T01:02"), GRACE))
+
+
 def test_wal_sweep_schedule_when_configured() -> None:
     s = load_settings({"COLDCOPY_SCHEDULE_WAL_SWEEP": "*/15 * * * *"}, env_file=Path(os.devnull))
     table = schedule_table(s)

@@ -162,8 +162,10 @@ def _endpoint(text: str) -> str:
 def _cron(text: str) -> str:
     from croniter import croniter
 
+    if text.strip().lower() == "off":
+        return "off"  # the job kind is not scheduled (it still runs when asked)
     if len(text.split()) != 5 or not croniter.is_valid(text):
-        raise ValueError("must be a 5-field cron expression such as '0 2 * * *' (UTC)")
+        raise ValueError("must be a 5-field cron expression such as '0 2 * * *' (UTC), or off")
     return text
 
 

@@ -51,21 +51,21 @@ class _ScheduleSettings(Protocol):
 
 
 def schedule_table(settings: _ScheduleSettings) -> dict[str, str]:
-    """Job kind -> cron expression (UTC), from configuration.
+    """Job kind -> cron expression (UTC), from configuration; a schedule set to ``off`` (or empty)
+    leaves its kind out.
 
-    ``wal-sweep`` is in the table only when ``COLDCOPY_SCHEDULE_WAL_SWEEP`` is set: it is for
-    servers that allow a replication connection but no archive_command, and its interval (plus the
-    tick's 5 minutes) is then the data-loss window.
+    ``wal-sweep`` is off unless ``COLDCOPY_SCHEDULE_WAL_SWEEP`` is set: it is for servers that
+    allow a replication connection but no archive_command, and its interval (plus the tick's
+    5 minutes) is then the data-loss window.
     """
     table = {
         "backup-full": settings.schedule_full,
         "verify": settings.schedule_verify,
         "cleanup": settings.schedule_cleanup,
         "backup-compliance": settings.schedule_compliance,
+        "wal-sweep": settings.schedule_wal_sweep,
     }
-    if settings.schedule_wal_sweep:
-        table["wal-sweep"] = settings.schedule_wal_sweep
-    return table
+    return {kind: cron for kind, cron in table.items() if cron and cron != "off"}
 
 
 def _utc(now: datetime) -> datetime:
