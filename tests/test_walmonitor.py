@@ -10,6 +10,7 @@ from coldcopy.config import load_settings
 from coldcopy.manifest import iso
 from coldcopy.metrics import render
 from coldcopy.storage import Storage
+from coldcopy.wal import Segment, parse_segment
 from coldcopy.walmonitor import STATE_KEY, load, refresh, wal_rate
 from coldcopy.walstatus import BackupWindow
 
@@ -41,15 +42,18 @@ def test_a_gap_in_the_archive_reaches_alerts_and_metrics(coldcopy_env) -> None: 
 
 
 def _window(name: str, start: str, last: str, hours: float) -> BackupWindow:
+    """A backup whose own WAL (start .. stop) is 3 segments; its window runs from the stop segment."""
     t0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+    begin = parse_segment(start)
     return BackupWindow(
         name=name,
         timeline=1,
-        start_wal_segment=start,
+        start_wal_segment=Segment(1, begin.segno - 3).name(),
         recoverable_from=iso(t0),
         recoverable_to_segment=last,
         recoverable_to_time=iso(t0 + timedelta(hours=hours)),
         ok=True,
+        stop_wal_segment=start,
     )
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -366,13 +369,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM (a stopped worker, `kill`, tini forwarding a shutdown), raised like KeyboardInterrupt."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM unwinds the stack instead of ending the process on the spot, so every ``finally``
+    runs: a drill's scratch server is stopped and its folder (a copy of the data, the storage
+    secrets) removed, a multipart upload aborted, an in-flight marker dropped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.debug)
     try:
-        rc: int = args.func(args)
+        with _sigterm_unwinds():
+            rc: int = args.func(args)
         return rc
+    except Terminated:
+        print("terminated (SIGTERM); cleaned up", file=sys.stderr)
+        return 143
     except ColdCopyError as exc:
         print(f"error: {redact(str(exc), REDACTOR.settings)}", file=sys.stderr)
         return exc.exit_code

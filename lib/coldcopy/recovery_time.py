@@ -40,6 +40,7 @@ PITR_UNAVAILABLE = (
 # replay rate until a drill.
 ASSUMED_WAL_BYTES_PER_HOUR = 1_000_000_000  # WAL the server writes per hour
 ASSUMED_REPLAY_RATE = 100_000_000  # bytes of WAL replayed per second
+MIN_REPLAY_BYTES = 64 << 20  # a drill that replayed less measures the server's start-up, not replay
 WEEK = timedelta(days=7)
 
 
@@ -129,13 +130,19 @@ def replay_rate(cat: Catalog, now: datetime) -> ReplayRate:
 
     Total bytes over total seconds rather than a median: a drill that replays little is dominated by
     the server's start-up, and weighting by bytes keeps it from dragging the rate down."""
-    found = replay_measurements(cat)[:MAX_MEASUREMENTS]
+    drills = replay_measurements(cat)
+    found = [m for m in drills if m.raw_bytes >= MIN_REPLAY_BYTES][:MAX_MEASUREMENTS]
     if not found:
+        why = (
+            f"the {len(drills)} drill(s) so far replayed under {MIN_REPLAY_BYTES >> 20} MB each: their time "
+            "is mostly the server's start-up, not replay"
+            if drills
+            else "no base-backup drill yet: `coldcopy verify BASE_BACKUP --level restore`"
+        )
         return ReplayRate(
             ASSUMED_REPLAY_RATE,
             False,
-            f"an ASSUMED {ASSUMED_REPLAY_RATE / 1e6:.0f} MB/s of WAL replay; not measured "
-            "(no base-backup drill yet: `coldcopy verify BASE_BACKUP --level restore`)",
+            f"an ASSUMED {ASSUMED_REPLAY_RATE / 1e6:.0f} MB/s of WAL replay; not measured ({why})",
         )
     replayed, seconds = sum(m.raw_bytes for m in found), sum(m.seconds for m in found)
     rate = replayed / seconds

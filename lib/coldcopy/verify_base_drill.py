@@ -65,8 +65,10 @@ from .walarchive import fetch
 
 log = logging.getLogger(__name__)
 DRILL_TIMEOUT = 3600.0  # seconds for recovery to promote; a week of WAL can take a while
-SCAN_SEGMENTS = 4  # newest segments searched for the last commit before falling back to immediate
+SCAN_SEGMENTS = 32  # newest segments searched for the last commit before falling back to immediate
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
+DRILL_PREFIX = "coldcopy-drill-"
+STALE_MARGIN = 3600.0  # a drill folder older than DRILL_TIMEOUT + this was left by a killed run
 HBA = "local all all trust\n"  # the socket sits in a 0700 folder of the server's OS user
 _COMMIT = re.compile(
     r"lsn: ([0-9A-F]+/[0-9A-F]+),.*?desc: (?:COMMIT|ABORT)\S* (?:\d+: )?"
@@ -104,7 +106,13 @@ def choose_target(consistent_at: datetime, newest_commit: datetime | None, rng: 
 
 
 def drill_settings(folder: Path) -> dict[str, str]:
-    """Settings that make the recovered copy private and able to start on a small machine."""
+    """Settings that make the recovered copy private and able to start on a small machine.
+
+    Private means it reaches nothing either: no streaming from the source's primary (a backup of
+    a standby carries primary_conninfo), no logical-replication apply workers (a promoted copy
+    would consume the real subscriber's slot), no preloaded libraries (pg_cron would run jobs,
+    pg_net would send queued requests).
+    """
     return {
         "listen_addresses": "",
         "unix_socket_directories": str(folder),
@@ -113,6 +121,12 @@ def drill_settings(folder: Path) -> dict[str, str]:
         "shared_buffers": "128MB",
         "logging_collector": "off",
         "ssl": "off",
+        "primary_conninfo": "",
+        "primary_slot_name": "",
+        "max_logical_replication_workers": "0",
+        "shared_preload_libraries": "",
+        "recovery_end_command": "",
+        "external_pid_file": "",
     }
 
 
@@ -145,6 +159,7 @@ def run_base_drill(
     t0 = time.monotonic()
     ctx = context(settings)
     result = VerifyResult(name, level)
+    sweep_stale_drills(settings)
     folder = None
     try:
         m = BackupReader(ctx, name).manifest
@@ -154,13 +169,15 @@ def run_base_drill(
         folder = _scratch_folder(m)
     except ColdCopyError as exc:
         result.add("manifest readable" if not result.checks else "scratch folder", False, exc.message)
+    except Exception as exc:  # an old or odd manifest: a failed drill, recorded, not a crash
+        result.add("manifest readable", False, redact(f"{type(exc).__name__}: {exc}", settings)[:500])
     if folder is not None:
         drill = _Drill(ctx, m, result, folder, rng or random.Random(), command, timeout)
         try:
             _run(drill)
         except ColdCopyError as exc:
             result.add("restore drill", False, exc.message)
-        except (OSError, pg8000.exceptions.Error) as exc:
+        except Exception as exc:
             result.add("restore drill", False, redact(f"{type(exc).__name__}: {exc}", settings)[:500])
         finally:
             _clean_up(drill)
@@ -170,16 +187,43 @@ def run_base_drill(
 
 
 def _scratch_folder(m: Manifest) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="coldcopy-drill-"))
-    if len(str(folder / ".s.PGSQL.65535.lock")) > SOCKET_PATH_MAX:
+    folder = Path(tempfile.mkdtemp(prefix=DRILL_PREFIX))
+    try:
+        return _prepare_folder(folder, m)
+    except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def sweep_stale_drills(settings: Settings, now: float | None = None) -> list[Path]:
+    """Remove drill folders a killed run left behind (a copy of the data and the storage secrets):
+    those older than the longest drill, their server stopped first.  Returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{DRILL_PREFIX}*"):
+        try:
+            if not folder.is_dir() or now - folder.stat().st_mtime < DRILL_TIMEOUT + STALE_MARGIN:
+                continue
+        except OSError:
+            continue
+        data = folder / "data"
+        if data.exists() and not stop_server(settings, data):
+            log.error("a stale drill server in %s could not be stopped; left in place", folder)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning("removed the stale drill folder %s (a killed drill left it)", folder)
+        removed.append(folder)
+    return removed
+
+
+def _prepare_folder(folder: Path, m: Manifest) -> Path:
+    if len(str(folder / ".s.PGSQL.65535.lock")) > SOCKET_PATH_MAX:
         raise DatabaseError(
             f"the drill folder's path is too long for the server's unix socket ({folder})",
             "point TMPDIR at a short path such as /tmp",
         )
     free = shutil.disk_usage(folder).free
     if free < m.data.raw_size * 1.1:
-        shutil.rmtree(folder, ignore_errors=True)
         raise DatabaseError(
             f"not enough scratch disk for the drill: {m.data.raw_size} bytes of base backup, {free} free "
             f"in {folder.parent}",
@@ -215,8 +259,10 @@ def _run(d: _Drill) -> None:
         result.add("recovery target", True, f"{target.describe()}, at random in the window {window} "
                    "(the backup's end .. the newest archived commit)")  # fmt: skip
     else:
+        scanned = min(len(reach), SCAN_SEGMENTS)
         result.add("recovery target", True, "the end of the backup (--target immediate): no transaction "
-                   f"committed after the backup in the archived WAL (up to {reach[-1]})")  # fmt: skip
+                   f"committed after the backup in the newest {scanned} archived segment(s), up to "
+                   f"{reach[-1]}")  # fmt: skip
     # Planned up to the commit that ends the recovery, by its LSN: storage times (whole seconds on S3)
     # are too coarse to tell whether the segment holding it was stored after the target.
     upto = Target("lsn", lsn=newest.lsn) if newest and target.kind == "time" else target
@@ -255,6 +301,9 @@ def _run(d: _Drill) -> None:
         f"{raw} bytes restored in {seconds:.2f} s ({raw / seconds / 1e6:.1f} MB/s)",
     )
     _verify_files(d, major)
+    # A backup of a standby keeps standby.signal: with it the copy would be a standby (streaming
+    # from the real primary when the archive runs out) instead of recovering from the archive only.
+    (d.data / "standby.signal").unlink(missing_ok=True)
     _write_owned(d.folder / "pg_hba.conf", HBA)
     if not (d.data / "postgresql.conf").exists():  # Debian keeps it in /etc, outside the backup
         _write_owned(d.data / "postgresql.conf", "")
@@ -393,6 +442,34 @@ def _check_server(
             f"last replayed commit at {iso(reached) if reached else '(none after the backup)'}, "
             f"target {iso(target.time)}",
         )
+        # ...and not before it: recovery stopped at the first commit after the target, as PostgreSQL
+        # logs it (without that line it did not stop at the target at all).
+        log_text = Path(pitr.log_file).read_text(errors="replace") if pitr.log_file else ""
+        stopped_at = stop_time_from_log(log_text)
+        result.add(
+            "recovery stopped at the first commit after the target",
+            stopped_at is not None and stopped_at > target.time,
+            f"stopped before the commit at {iso(stopped_at)}"
+            if stopped_at
+            else "the server log has no 'recovery stopping before commit' line",
+        )
+
+
+_STOPPING = re.compile(
+    r"recovery stopping before (?:commit|abort) of transaction \d+, time "
+    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)([+-]\d\d)(?::?(\d\d))?"
+)
+
+
+def stop_time_from_log(text: str) -> datetime | None:
+    """When the commit recovery stopped before was made, from the server log (any time zone)."""
+    m = _STOPPING.search(text)
+    if m is None:
+        return None
+    when = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S.%f" if "." in m[1] else "%Y-%m-%d %H:%M:%S")
+    sign = -1 if m[2].startswith("-") else 1
+    offset = timedelta(hours=int(m[2][1:]), minutes=int(m[3] or 0)) * sign
+    return (when - offset).replace(tzinfo=UTC)
 
 
 def stop_server(settings: Settings, target_dir: Path, major: int = 0, timeout: float = 60) -> bool:
@@ -422,6 +499,8 @@ def _clean_up(d: _Drill) -> None:
     stopped = True
     if d.data.exists():
         stopped = stop_server(d.ctx.settings, d.data, major)
+    for secret in d.folder.glob("*.coldcopy-restore.env"):  # the storage secrets go in any case
+        secret.unlink(missing_ok=True)
     if stopped:
         shutil.rmtree(d.folder, ignore_errors=True)
     gone = not d.folder.exists()

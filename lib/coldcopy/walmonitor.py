@@ -66,7 +66,8 @@ def wal_rate(windows: list[BackupWindow], segment_size: int) -> tuple[float, str
     best: tuple[float, int, float] | None = None
     for w in windows:
         try:
-            first = parse_segment(w.start_wal_segment, segment_size).segno
+            # From the segment holding the backup's end: the window's hours start at its stop time.
+            first = parse_segment(w.stop_wal_segment or w.start_wal_segment, segment_size).segno
             last = parse_segment(w.recoverable_to_segment, segment_size).segno
             hours = (parse_iso(w.recoverable_to_time) - parse_iso(w.recoverable_from)).total_seconds() / 3600
         except ValueError:

@@ -34,6 +34,7 @@ class BackupWindow:
     recoverable_to_segment: str  # the last segment reachable from its start without a gap ("" if none)
     recoverable_to_time: str  # when that segment was stored ("" if none)
     ok: bool
+    stop_wal_segment: str = ""  # the segment holding the backup's end (its window starts there)
 
 
 @dataclass
@@ -106,6 +107,7 @@ def summarize(
                 Segment(tli, reach).name(segment_size) if ok else "",
                 _iso(have[reach]) if ok else "",
                 ok,
+                Segment(tli, stop).name(segment_size),
             )
         )
     return WalStatus(timelines, windows, sorted(history))
