@@ -18,6 +18,7 @@ realistic settings (full_page_writes and synchronous_commit on).  Measured:
 
     .venv/bin/python scripts/bench_pitr.py                       # ~2 minutes, archive_timeout 10 s
     .venv/bin/python scripts/bench_pitr.py --only loss --archive-timeout 60 --commits 8   # the 60 s run
+    .venv/bin/python scripts/bench_pitr.py --only pitr           # the PITR part (load, backup, recovery)
 
 Needs barman[cloud] and lz4 in the venv for the comparisons (``pip install 'barman[cloud]' lz4``);
 without them those lines say so and the rest runs.
@@ -310,6 +311,7 @@ def bench_basebackup(pg: PgCluster, env: dict[str, str], s3: S3Server) -> dict[s
 
 
 # -- PITR: coldcopy's time against PostgreSQL's replay ---------------------------------------------
+MISS_LINE = "not in the spool: fetching it from the archive"  # wal-fetch's line for a spool miss
 LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) UTC")
 
 
@@ -343,7 +345,7 @@ def bench_pitr(env: dict[str, str], base: Path) -> dict[str, Any]:
     wrapper.write_text(
         "#!/bin/sh\nt0=$(date +%s.%N)\n"
         f'{coldcopy_command()} "$@"\nrc=$?\n'
-        f'echo "$1 $t0 $(date +%s.%N) $rc" >> {shlex.quote(str(fetch_log))}\nexit $rc\n'
+        f'echo "$1 $t0 $(date +%s.%N) $rc $*" >> {shlex.quote(str(fetch_log))}\nexit $rc\n'
     )
     wrapper.chmod(0o755)
     port = free_port()
@@ -381,6 +383,9 @@ def bench_pitr(env: dict[str, str], base: Path) -> dict[str, Any]:
         wal_fetch_calls_after_redo=len(after_redo),
         wal_fetch_time_after_redo_s=round(sum(b - a for a, b in after_redo), 2),
         ready_to_reported_s=round(wall1 - t["ready"], 2),
+        # each call: the file asked for, milliseconds, exit code (1: not archived, a probe)
+        wal_fetch_each=[f"{c[-2]} {(float(c[2]) - float(c[1])) * 1000:.0f} ms rc {c[3]}" for c in calls if c],
+        wal_fetch_misses=text.count(MISS_LINE),
         coldcopy_overhead_s=round(seconds - replay, 2),
     )
     return out
@@ -483,7 +488,10 @@ def main() -> int:
     ap.add_argument("--archive-timeout", type=int, default=10, help="seconds (the documented run uses 60)")
     ap.add_argument("--commits", type=int, default=6, help="commits timed for the data-loss window")
     ap.add_argument(
-        "--only", choices=["all", "loss"], default="all", help="'loss': only the data-loss window"
+        "--only",
+        choices=["all", "loss", "pitr"],
+        default="all",
+        help="'loss': only the data-loss window; 'pitr': only the PITR (a coldcopy base backup, no barman)",
     )
     a = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="coldcopy-bench-pitr-"))
@@ -532,12 +540,15 @@ def main() -> int:
                 "DB_PORT": str(pg.port), "DB_NAME": "postgres", "DB_USER": pg.user,
                 "DB_PASSWORD": pg.password, "DB_SSLMODE": "disable",
             }  # fmt: skip
-            if a.only == "all":
+            if a.only in ("all", "pitr"):
                 pgbench = str(pg.bin_dir / "pgbench")
                 init = [pgbench, "-i", "-q", "-s", str(a.scale), "postgres"]
                 subprocess.run(init, env={**env, **pg.env()}, check=True, capture_output=True)
                 report["archive_after_load_s"] = round(wait_archived(pg), 2)
-                report["basebackup"] = bench_basebackup(pg, env, s3)
+                if a.only == "all":
+                    report["basebackup"] = bench_basebackup(pg, env, s3)
+                else:
+                    report["basebackup"] = {"coldcopy_s": round(coldcopy(env, "basebackup")[0], 2)}
                 before = int(sql(pg, "SELECT archived_count FROM pg_stat_archiver")[0][0])
                 t0 = time.monotonic()
                 subprocess.run(
@@ -553,9 +564,11 @@ def main() -> int:
                     "archive_lag_after_load_s": round(lag, 2),
                     "archive_failures": int(sql(pg, "SELECT failed_count FROM pg_stat_archiver")[0][0]),
                 }
-                report["push"] = bench_push(pg, env, s3, base, a.segments, a.random_segments)
-            report["loss_window"] = bench_loss_window(pg, s3, a.commits, a.archive_timeout)
-            if a.only == "all":
+                if a.only == "all":
+                    report["push"] = bench_push(pg, env, s3, base, a.segments, a.random_segments)
+            if a.only in ("all", "loss"):
+                report["loss_window"] = bench_loss_window(pg, s3, a.commits, a.archive_timeout)
+            if a.only in ("all", "pitr"):
                 report["pitr"] = bench_pitr(env, base)
     shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(report, indent=1))

@@ -628,9 +628,12 @@ def test_wal_fetch_prefetches_ahead_and_serves_from_the_spool(
     for name in names[1:5]:
         assert run_cli(storage_env, *fetch, name, str(dest)).rc == 0
         assert dest.read_bytes() == content[name]
-    assert list(spool.iterdir()) == []  # each taken (renamed), none left behind
+    # Each taken (hard-linked); the last two stay: the end of recovery may ask for them again.
+    assert sorted(p.name for p in spool.iterdir()) == names[3:5]
+    assert run_cli(storage_env, *fetch, names[4], str(dest)).rc == 0  # asked again: still a hit
     assert run_cli(storage_env, *fetch, names[5], str(dest)).rc == 0  # a miss: from the archive again
-    assert dest.read_bytes() == content[names[5]] and sorted(p.name for p in spool.iterdir()) == names[6:7]
+    assert dest.read_bytes() == content[names[5]]
+    assert sorted(p.name for p in spool.iterdir()) == [names[4], names[6]]
     # Not archived, neither in the spool: the end of WAL.
     missing = Segment(1, 20).name()
     assert run_cli(storage_env, *fetch, missing, str(dest)).rc == 1
@@ -769,3 +772,141 @@ def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
     stored = unpack(context(s), storage.get_bytes(wal_key(closed)))
     assert len(stored) == 16 << 20
     archiving.sql("SELECT pg_drop_replication_slot('coldcopy_sweeptest')")
+
+
+# -- the WAL feeder of `pitr --start` ---------------------------------------------------------------
+MISS_LINE = "not in the spool: fetching it from the archive"  # wal-fetch's stderr line, in the server log
+
+
+def feeder_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("coldcopy-walfeeder")]
+
+
+def several_segments(arch: Archiving) -> datetime:
+    """A base backup, then markers over a few segments; returns a target time before the last marker."""
+    arch.marker("before-backup")
+    base_backup(arch)
+    for i in range(4):
+        arch.marker(f"seg{i}")
+        arch.switch_and_wait()
+    time.sleep(1.1)  # data separation around the target
+    target = server_now(arch)
+    time.sleep(1.1)
+    arch.marker("after-target")
+    arch.switch_and_wait()
+    return target
+
+
+def test_pitr_start_serves_recovery_from_the_feeder(
+    archiving: Archiving, recovered: tuple[Path, int]
+) -> None:
+    from coldcopy.pitr import Target, run_pitr
+
+    target_dir, port = recovered
+    target = several_segments(archiving)
+    settings = load_settings(archiving.env, env_file=Path(os.devnull))
+    r = run_pitr(
+        settings, Target("time", time=target), target_dir, port=port, start=True,
+        command=archiving.command, timeout=120,
+    )  # fmt: skip
+    text = Path(r.log_file).read_text()
+    assert r.promoted, text
+    assert markers_at(archiving, port) == ["before-backup", "seg0", "seg1", "seg2", "seg3"]
+    # Without the feeder: the first segment, every fifth, and each history probe (00000002.history
+    # at the start and the end, 00000001.history at the end) are misses.  With it, at most the
+    # segment after the archive that read-ahead asks for.
+    assert r.plan is not None and len(r.plan.segments) >= 5
+    assert text.count(MISS_LINE) <= 1, text
+    assert feeder_threads() == []  # stopped once promoted
+    assert not (target_dir.parent / "data.coldcopy-walspool").exists()
+
+
+def test_feeder_falls_back_to_wal_fetch_when_storage_fails(
+    archiving: Archiving, recovered: tuple[Path, int]
+) -> None:
+    from coldcopy.pitr import (
+        Target,
+        base_manifests,
+        load_archive,
+        plan_recovery,
+        prepare_recovery,
+        start_recovery,
+    )
+
+    target_dir, port = recovered
+    target = several_segments(archiving)
+    settings = load_settings(archiving.env, env_file=Path(os.devnull))
+    ctx = context(settings)
+    archive = load_archive(ctx)
+    goal = Target("time", time=target)
+    plan = plan_recovery(base_manifests(ctx), archive.names, goal, None, archive.histories)
+    r = prepare_recovery(ctx, plan, goal, target_dir, port=port, command=archiving.command, timeout=120)
+    # The feeder's storage is unreachable (nothing listens there); wal-fetch's own is fine.
+    broken = context(
+        load_settings({**archiving.env, "DO_SPACES_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
+                      env_file=Path(os.devnull))
+    )  # fmt: skip
+    start_recovery(settings, r, 120, ctx=broken)
+    text = Path(r.log_file).read_text()
+    assert r.promoted, text
+    assert markers_at(archiving, port) == ["before-backup", "seg0", "seg1", "seg2", "seg3"]
+    assert text.count(MISS_LINE) >= len(plan.segments)  # every segment through the fallback
+    assert feeder_threads() == []
+    assert not (target_dir.parent / "data.coldcopy-walspool").exists()
+
+
+def test_feeder_fills_the_spool_in_order_owned_bounded_and_atomic(
+    storage_env: dict[str, str], tmp_path: Path
+) -> None:
+    from coldcopy import walspool
+    from coldcopy.wal import Segment
+    from coldcopy.walarchive import push
+    from coldcopy.walfeeder import WalFeeder
+
+    ctx = context(load_settings(storage_env))
+    wal = tmp_path / "pg_wal"
+    wal.mkdir()
+    names = [Segment(2, n).name() for n in range(1, 7)]
+    for name in [*names, "00000002.history"]:
+        (wal / name).write_bytes(name.encode() * 100)
+        push(ctx, wal / name)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    owner = pwd.getpwnam(OWNER) if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+    uid_gid = (owner.pw_uid, owner.pw_gid)
+    feeder = WalFeeder(
+        ctx, spool, histories=["00000002.history"], absent=["00000003.history"], segments=names,
+        owner=uid_gid, window=3,
+    ).start()  # fmt: skip
+    try:
+        assert feeder.wait_first(30)
+        # The window: three segments, and no more until recovery takes one.
+        deadline = time.monotonic() + 30
+        while walspool.segments_in(spool) < 3 and time.monotonic() < deadline:
+            feeder.wait_done(0.05)
+        assert sorted(p.name for p in spool.iterdir() if walspool.is_segment(p.name)) == names[:3]
+        assert feeder.alive and feeder.fed[:2] == ["00000002.history", "00000003.history.absent"]
+        for p in spool.iterdir():
+            st = p.stat()
+            assert (st.st_uid, st.st_gid) == uid_gid and st.st_mode & 0o777 == 0o600, p
+        dest = tmp_path / "RECOVERYXLOG"
+        # History files are served again and again; an absent one answers "not archived".
+        for _ in range(2):
+            assert walspool.serve(spool, "00000002.history", dest) == 0
+            assert dest.read_bytes() == b"00000002.history" * 100
+        assert walspool.serve(spool, "00000003.history", dest) == 1
+        assert walspool.serve(spool, "00000004.history", dest) is None
+        for name in names:
+            deadline = time.monotonic() + 30
+            while not walspool.has(spool, name) and feeder.alive and time.monotonic() < deadline:
+                feeder.wait_done(0.05)
+            assert walspool.serve(spool, name, dest) == 0, name
+            assert dest.read_bytes() == name.encode() * 100
+        assert feeder.wait_done(30)  # ends by itself after the last planned segment
+        assert feeder.fed[2:] == names and feeder.failed == []
+        assert not [p for p in spool.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        feeder.stop()
+    assert not feeder.alive

@@ -1,5 +1,23 @@
+"""``python -m coldcopy``: the CLI, with a shortcut for restore_command's ``wal-fetch``.
+
+A ``wal-fetch`` whose file is in the spool is served with only :mod:`coldcopy.walspool` imported
+(standard library), about an interpreter start; anything else goes to the full CLI.
+"""
+
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def main() -> int:
+    if sys.argv[1:2] == ["wal-fetch"]:
+        from .walspool import fast_fetch
+
+        served = fast_fetch(sys.argv[2:])
+        if served is not None:
+            return served
+    from .cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

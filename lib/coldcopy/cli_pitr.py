@@ -81,8 +81,12 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
     from . import walspool
 
     spool = (Path(args.spool) if args.spool else walspool.default_spool()) if args.prefetch > 0 else None
-    if spool is not None and walspool.take(spool, args.name, Path(args.dest)):
-        return 0  # prefetched by an earlier call: no storage client, no network
+    if spool is not None:
+        served = walspool.serve(spool, args.name, Path(args.dest))
+        if served is not None:
+            return served  # prefetched earlier (or known not archived): no storage client, no network
+        # One line per miss in the server's log (restore_command's stderr): what the spool costs.
+        print(f"wal-fetch: {args.name} is not in the spool: fetching it from the archive", file=sys.stderr)
     from .backup import context
     from .walarchive import fetch
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import walspool
 from .backup import BackupContext, context
 from .basebackup import open_tar
 from .config import Settings
@@ -38,6 +39,7 @@ from .pg import tool_path
 from .reader import BackupReader
 from .wal import DEFAULT_SEGMENT_SIZE, Segment, format_lsn, gaps, parse_lsn, parse_segment, segment_of
 from .walarchive import archived_names, read_archived
+from .walfeeder import WalFeeder
 
 log = logging.getLogger(__name__)
 OWNER = "postgres"
@@ -91,6 +93,11 @@ class Plan:
     backup_stop_time: str
     notes: list[str] = field(default_factory=list)
     server_major: int = 0  # of the server the backup came from: recovery needs the same major
+    # What recovery will ask restore_command for, in order (the WAL feeder's list): the archived
+    # history files of the timelines it probes, the ones it will find absent, the segments.
+    histories: tuple[str, ...] = ()
+    absent_histories: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
 
 
 @dataclass
@@ -108,9 +115,12 @@ class PitrResult:
     log_file: str = ""
     steps: list[str] = field(default_factory=list)
     server_major: int = 0
+    plan: Plan | None = field(default=None, repr=False)  # for the WAL feeder of start_recovery
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["plan"]
+        return out
 
 
 # -- planning (no writes) ------------------------------------------------------------------------
@@ -291,6 +301,8 @@ def plan_recovery(
             f"the WAL archive has gaps between {first_name} and {last_name}: {shown}",
             "recovery would stop at the first gap; choose a target before it, or a base backup after it",
         )
+    history_files, absent = _history_probes(tli, {n for n, _ in archive if n.endswith(".history")})
+    segments = tuple(Segment(timeline_at(no), no).name(size) for no in range(first.segno, last + 1))
     notes = []
     if target.kind == "name":
         notes.append("the restore point must have been created after the chosen base backup started")
@@ -300,8 +312,26 @@ def plan_recovery(
         notes.append("follows timelines " + " → ".join(str(leg.timeline) for leg in legs))
     return Plan(
         m.name, timeline_at(last), first_name, last_name, size, e["stop_time"], notes,
-        m.server_version_num // 10000,
+        m.server_version_num // 10000, history_files, absent, segments,
     )  # fmt: skip
+
+
+def _history_probes(tli: int, archived: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The history files recovery from timeline ``tli`` asks for: (archived ones, absent ones).
+
+    With recovery_target_timeline = 'latest' PostgreSQL reads the start timeline's history, then
+    probes tli+1, tli+2, … up to the first one that is not archived (at the start of recovery and
+    again at its end, to choose the new timeline), and at the end reads the history of the
+    timeline it recovered on.
+    """
+    name = "{:08X}.history".format
+    present = [name(tli)] if name(tli) in archived else []
+    t = tli
+    while name(t + 1) in archived:
+        present.append(name(t + 1))
+        t += 1
+    absent = [name(t + 1)] + ([name(t)] if name(t) not in archived else [])
+    return tuple(present), tuple(absent)
 
 
 def _legs(m: Manifest, histories: dict[int, list[tuple[int, int]]] | None) -> list[Leg]:
@@ -410,7 +440,7 @@ def run_pitr(
     plan = plan_recovery(base_manifests(ctx), archive.names, target, backup, archive.histories)
     result = prepare_recovery(ctx, plan, target, target_dir, port=port, command=command, timeout=timeout)
     if start:
-        start_recovery(settings, result, timeout)
+        start_recovery(settings, result, timeout, ctx=ctx)
     return result
 
 
@@ -507,6 +537,7 @@ def prepare_recovery(
             f"delete {spool} once the server is promoted (segments fetched ahead)",
         ],
         server_major=plan.server_major,
+        plan=plan,
     )
 
 
@@ -525,15 +556,46 @@ def _start_command(settings: Settings, target_dir: Path, major: int, timeout: fl
     return [pg_ctl, "-D", str(target_dir), "-l", str(log_file), "-w", "-t", wait, "start"]
 
 
-def start_recovery(settings: Settings, result: PitrResult, timeout: float) -> None:
+def start_recovery(
+    settings: Settings, result: PitrResult, timeout: float, *, ctx: BackupContext | None = None
+) -> None:
     """Start a prepared folder's server and wait for its promotion (DatabaseError if it does not come).
 
-    The server keeps running; ``stop_server`` ends it.
+    While it recovers, a WAL feeder (``ctx``'s storage client and key, or new ones) keeps
+    wal-fetch's spool filled ahead of it; the feeder is stopped however this ends.  The server
+    keeps running; ``stop_server`` ends it.
     """
     target_dir = Path(result.target_dir)
     start_cmd = _start_command(settings, target_dir, result.server_major, timeout)
-    _start_and_wait(settings, result, start_cmd, target_dir, Path(result.log_file), timeout)
+    feeder = None
+    if result.plan and result.plan.segments:
+        try:
+            feeder = _start_feeder(ctx or context(settings), result)
+        except Exception as exc:  # noqa: BLE001 - without a feeder every wal-fetch fetches for itself
+            log.warning("recovering without the WAL feeder: %s", exc)
+    try:
+        if feeder is not None:
+            # The first segment is asked for as soon as the server starts: a miss there costs more
+            # than the GET the server waits for here (a slower one, wal-fetch waits for itself).
+            feeder.wait_first(min(timeout, 5))
+        _start_and_wait(settings, result, start_cmd, target_dir, Path(result.log_file), timeout)
+    finally:
+        if feeder is not None:
+            feeder.stop()
     shutil.rmtree(_beside(target_dir)[2], ignore_errors=True)  # promoted: recovery asks for no more WAL
+
+
+def _start_feeder(ctx: BackupContext, result: PitrResult) -> WalFeeder:
+    assert result.plan is not None
+    plan, spool = result.plan, _beside(Path(result.target_dir))[2]
+    st = Path(result.target_dir).stat()  # PostgreSQL runs as the data folder's owner
+    # Plus the segment after the last: read-ahead asks for it when the target is near a segment's
+    # end (absent from the archive it is simply not fed).
+    segments = [*plan.segments, *walspool.ahead(plan.segments[-1], 1, plan.segment_size)]
+    return WalFeeder(
+        ctx, spool, histories=list(plan.histories), absent=list(plan.absent_histories),
+        segments=segments, owner=(st.st_uid, st.st_gid),
+    ).start()  # fmt: skip
 
 
 def postmaster_pid(target_dir: Path) -> int | None:

@@ -200,17 +200,18 @@ def read_archived(ctx: BackupContext, name: str) -> bytes:
     return unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
 
 
-def _prefetch_one(ctx: BackupContext, name: str, spool: Path) -> bool:
+def _prefetch_one(ctx: BackupContext, name: str, spool: Path, owner: tuple[int, int] | None = None) -> bool:
+    """Fetch ``name`` into the spool (owned by ``owner``); False when absent or failed (best effort)."""
     from . import walspool
 
     try:
         data = unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
+        walspool.put(spool, name, data, owner)
     except NotFoundError:
         return False  # not archived (yet): the end of WAL, or a later call fetches it
     except Exception as exc:  # noqa: BLE001 - prefetch is best effort; the real fetch reports errors
         log.debug("prefetch of %s failed: %s", name, exc)
         return False
-    walspool.put(spool, name, data)
     return True
 
 
