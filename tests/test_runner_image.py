@@ -116,7 +116,7 @@ def test_command_is_coldcopy_worker_under_an_init(dockerfile: DockerfileParser) 
 
 def test_coldcopy_worker_is_a_declared_console_script() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts.get("coldcopy") == "coldcopy.cli:main"
+    assert scripts.get("coldcopy") == "coldcopy.__main__:main"
     console = Path(sys.executable).parent / "coldcopy"
     assert console.exists(), "the venv has no coldcopy console script: pip install -e ."
     proc = subprocess.run(
@@ -184,7 +184,7 @@ def test_the_copied_files_build_the_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "coldcopy/cli.py" in names and "coldcopy/launchers.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "coldcopy = coldcopy.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "coldcopy = coldcopy.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 # -- App Platform spec ---------------------------------------------------------------------------

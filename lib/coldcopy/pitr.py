@@ -493,8 +493,14 @@ def prepare_recovery(
             f"--spool {shlex.quote(str(spool))} %f %p",
             **target.settings(),
             "recovery_target_action": "promote",
-            "recovery_target_timeline": "latest",
+            # The planned timeline, not 'latest': a newer timeline that branched before this backup
+            # ended is not reachable from it, and recovery must follow the path that was checked.
+            "recovery_target_timeline": str(plan.timeline),
             "archive_mode": "off",
+            # From the archive alone: a standby's backup names its primary (and slot), and streaming
+            # from it would paper over a damaged archive and use the real server's slot.
+            "primary_conninfo": "",
+            "primary_slot_name": "",
             "port": str(port),
             **(extra or {}),
         }
@@ -504,7 +510,8 @@ def prepare_recovery(
                 f"\n# point-in-time recovery by coldcopy from {plan.backup} to {target.describe()}\n{lines}"
             )
         (target_dir / "recovery.signal").touch()
-        for stale in ("postmaster.pid", "postmaster.opts"):
+        # standby.signal (kept in a standby's backup) would win over recovery.signal: a standby.
+        for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
             with contextlib.suppress(FileNotFoundError):
                 (target_dir / stale).unlink()
         _chown_tree(target_dir)
@@ -603,6 +610,10 @@ def postmaster_pid(target_dir: Path) -> int | None:
     try:
         pid = int((target_dir / "postmaster.pid").read_text().split("\n", 1)[0])
         os.kill(pid, 0)
+        # A crashed server leaves its pid file and the pid may be reused: only a process working in
+        # this data folder is its postmaster (never signal a stranger).
+        if Path(f"/proc/{pid}/cwd").resolve() != target_dir.resolve():
+            return None
     except (OSError, ValueError):
         return None
     return pid

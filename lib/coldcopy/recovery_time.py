@@ -202,10 +202,19 @@ def latest_backup(cat: Catalog) -> CatalogEntry | None:
     return chosen[0] if chosen else None
 
 
+FINISH_SLACK = timedelta(seconds=2)
+
+
 def base_for(cat: Catalog, target: datetime) -> CatalogEntry | None:
-    """The newest base backup that finished before ``target`` (its stop time)."""
+    """The newest base backup that finished before ``target``.
+
+    ``finished_at`` is when its manifest was committed, moments after the stop time recovery can
+    start from, and window ends are storage times in whole seconds: a couple of seconds of slack
+    keep a backup taken just before the window's end from looking too new.  (`coldcopy pitr`
+    plans from the manifests' stop times and has the last word.)
+    """
     for e in cat.entries("base"):
-        if parse_iso(e.finished_at) <= target:
+        if parse_iso(e.finished_at) <= target + FINISH_SLACK:
             return e
     return None
 

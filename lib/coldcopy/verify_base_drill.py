@@ -108,8 +108,8 @@ def choose_target(consistent_at: datetime, newest_commit: datetime | None, rng: 
 def drill_settings(folder: Path) -> dict[str, str]:
     """Settings that make the recovered copy private and able to start on a small machine.
 
-    Private means it reaches nothing either: no streaming from the source's primary (a backup of
-    a standby carries primary_conninfo), no logical-replication apply workers (a promoted copy
+    Private means it reaches nothing either (``prepare_recovery`` already drops a standby's
+    primary_conninfo and standby.signal): no logical-replication apply workers (a promoted copy
     would consume the real subscriber's slot), no preloaded libraries (pg_cron would run jobs,
     pg_net would send queued requests).
     """
@@ -121,8 +121,6 @@ def drill_settings(folder: Path) -> dict[str, str]:
         "shared_buffers": "128MB",
         "logging_collector": "off",
         "ssl": "off",
-        "primary_conninfo": "",
-        "primary_slot_name": "",
         "max_logical_replication_workers": "0",
         "shared_preload_libraries": "",
         "recovery_end_command": "",
@@ -301,15 +299,12 @@ def _run(d: _Drill) -> None:
         f"{raw} bytes restored in {seconds:.2f} s ({raw / seconds / 1e6:.1f} MB/s)",
     )
     _verify_files(d, major)
-    # A backup of a standby keeps standby.signal: with it the copy would be a standby (streaming
-    # from the real primary when the archive runs out) instead of recovering from the archive only.
-    (d.data / "standby.signal").unlink(missing_ok=True)
     _write_owned(d.folder / "pg_hba.conf", HBA)
     if not (d.data / "postgresql.conf").exists():  # Debian keeps it in /etc, outside the backup
         _write_owned(d.data / "postgresql.conf", "")
     t1 = time.monotonic()
     try:
-        start_recovery(settings, pitr, d.timeout)
+        start_recovery(settings, pitr, d.timeout, ctx=d.ctx)
     except ColdCopyError as exc:
         result.add("recovered and promoted", False, exc.message[-1500:])
         return

@@ -53,6 +53,13 @@ class WalStatus:
         return d
 
 
+def _ts(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -105,7 +112,9 @@ def summarize(
                 str(e["start_wal_segment"]),
                 str(e.get("stop_time", m.finished_at)),
                 Segment(tli, reach).name(segment_size) if ok else "",
-                _iso(have[reach]) if ok else "",
+                # Storage times are whole seconds: a window holding the backup's own end reaches at
+                # least its stop time, even when that segment was stored within the same second.
+                _iso(max(have[reach], _ts(str(e.get("stop_time", m.finished_at))))) if ok else "",
                 ok,
                 Segment(tli, stop).name(segment_size),
             )
