@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from coldcopy.alerts import Thresholds, evaluate
@@ -70,3 +71,25 @@ def test_the_wal_rate_is_measured_over_the_widest_window_of_an_hour_or_more() ->
     assert wal_rate([_window("b3", "000000010000000000000010", "000000010000000000000012", 0.5)], seg) is None
     # A window whose end is unknown (no segment reachable) is skipped, not a crash.
     assert wal_rate([_window("b4", "000000010000000000000010", "", 3.0)], seg) is None
+
+
+def test_status_shows_the_wal_archive_and_fails_on_a_gap(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    from cli_helpers import run_cli
+
+    env = coldcopy_env
+    before = json.loads(run_cli(env, "status", "--json").out)
+    assert before["wal"] is None  # no archive: PITR not in use, nothing about WAL
+    storage = Storage(load_settings(coldcopy_env))
+    for seg in ("000000010000000000000001", "000000010000000000000002", "000000010000000000000005"):
+        storage.put_bytes(f"wal/00000001/{seg}", b"x")
+    r = run_cli(env, "status", "--json")
+    st = json.loads(r.out)
+    assert st["wal"]["last_segment"] == "000000010000000000000005"
+    assert 0 <= st["wal"]["last_archived_age_seconds"] < 600
+    assert any(
+        "gap between 000000010000000000000002 and 000000010000000000000005" in p for p in st["problems"]
+    )
+    assert r.rc == 1 and st["ok"] is False
+    assert any("no recoverable window yet" in w for w in st["wal"]["warnings"])  # a warning, not a failure
+    human = run_cli(env, "status").out
+    assert "WAL archive:  newest 000000010000000000000005" in human and "1 gap(s)" in human

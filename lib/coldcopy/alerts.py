@@ -230,6 +230,11 @@ def _verification(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now
     return out
 
 
+def wal_alerts(wal: WalStatus | None, th: Thresholds, now: datetime) -> list[Alert]:
+    """The WAL rules alone (`coldcopy status` shows them next to the catalog's problems)."""
+    return _wal(wal, th, now)
+
+
 def _wal(wal: WalStatus | None, th: Thresholds, now: datetime) -> list[Alert]:
     if wal is None:
         return []

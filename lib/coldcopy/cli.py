@@ -182,7 +182,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .catalog import summarize
 
     s = _settings(args, (STORAGE,))
-    st = summarize(context(s).catalog.read(), datetime.now(UTC), encryption_configured=s.encrypted)
+    ctx = context(s)
+    now = datetime.now(UTC)
+    st = summarize(ctx.catalog.read(), now, encryption_configured=s.encrypted)
+    st["wal"] = _wal_status(ctx.storage, now)
+    if st["wal"] is not None:
+        st["problems"] += st["wal"]["problems"]
+        st["ok"] = not st["problems"]
     if args.json:
         emit_json(st)
         return 0 if st["ok"] else 1
@@ -198,6 +204,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {k}" for k, n in sorted(st["counts_by_kind"].items())) or "none"
     print(f"backups:      {st['backup_count']} ({counts}), {human_bytes(st['total_size_bytes'])} stored")
     print(f"encryption:   {'on' if s.encrypted else 'OFF'}")
+    wal = st["wal"]
+    if wal is not None:
+        age = f", {human_age(wal['last_archived_age_seconds'])} ago" if wal["last_archived_at"] else ""
+        print(f"WAL archive:  newest {wal['last_segment'] or 'none'}{age}; {len(wal['gaps'])} gap(s)")
+        window = f"{wal['window_start']} .. {wal['window_end']}" if wal["window_start"] else "none yet"
+        print(f"recoverable:  {window}")
+        for w in wal["warnings"]:
+            print(f"  ~ {w}")
     if st["problems"]:
         print("problems:")
         for p in st["problems"]:
@@ -205,6 +219,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("status:       ok")
     return 0 if st["ok"] else 1
+
+
+def _wal_status(storage: Any, now: datetime) -> dict[str, Any] | None:
+    """The WAL archive as `status` shows it (None without PITR): one listing, the alert rules' view."""
+    from dataclasses import asdict
+
+    from .alerts import CRITICAL, thresholds_from, wal_alerts
+    from .config import environment
+    from .manifest import parse_iso
+    from .walmonitor import compute
+
+    wal = compute(storage)
+    if wal is None:
+        return None
+    out: dict[str, Any] = asdict(wal)
+    last = wal.last_archived_at
+    out["last_archived_age_seconds"] = (now - parse_iso(last)).total_seconds() if last else None
+    found = wal_alerts(wal, thresholds_from(environment()), now)
+    out["problems"] = [a.message for a in found if a.severity == CRITICAL]  # make status fail
+    out["warnings"] = [a.message for a in found if a.severity != CRITICAL]
+    return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
