@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,7 +83,8 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
 
     spool = (Path(args.spool) if args.spool else walspool.default_spool()) if args.prefetch > 0 else None
     if spool is not None:
-        served = walspool.serve(spool, args.name, Path(args.dest))
+        tried = os.environ.pop(walspool.TRIED_ENV, "") == "1"  # the fast path waited already
+        served = walspool.serve(spool, args.name, Path(args.dest), wait=not tried)
         if served is not None:
             return served  # prefetched earlier (or known not archived): no storage client, no network
         # One line per miss in the server's log (restore_command's stderr): what the spool costs.

@@ -487,6 +487,7 @@ def prepare_recovery(
         log_file.touch()
         shutil.rmtree(spool, ignore_errors=True)
         spool.mkdir(mode=0o700)
+        (spool / walspool.MANAGED).touch()  # removed with the spool after promotion: takes may link
         cmd = command or settings.server_command or shlex.join([sys.executable, "-m", "coldcopy"])
         values = {
             "restore_command": f"COLDCOPY_ENV_FILE={shlex.quote(str(env_file))} {cmd} wal-fetch "
@@ -610,13 +611,29 @@ def postmaster_pid(target_dir: Path) -> int | None:
     try:
         pid = int((target_dir / "postmaster.pid").read_text().split("\n", 1)[0])
         os.kill(pid, 0)
-        # A crashed server leaves its pid file and the pid may be reused: only a process working in
-        # this data folder is its postmaster (never signal a stranger).
-        if Path(f"/proc/{pid}/cwd").resolve() != target_dir.resolve():
-            return None
+    except PermissionError:
+        pass  # another user's process (we are not root): it exists
     except (OSError, ValueError):
         return None
-    return pid
+    # A crashed server leaves its pid file and the pid may be reused: only a process working in
+    # this data folder is its postmaster (never signal a stranger).
+    return pid if _works_in(pid, target_dir) else None
+
+
+def _works_in(pid: int, target_dir: Path) -> bool:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve() == target_dir.resolve()
+    except PermissionError:
+        pass  # another user's process, and no CAP_SYS_PTRACE (containers): its command line is public
+    except OSError:
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if b"-D" in args[:-1]:
+        return Path(os.fsdecode(args[args.index(b"-D") + 1])).resolve() == target_dir.resolve()
+    return bool(args) and os.path.basename(os.fsdecode(args[0])) in ("postgres", "postmaster")
 
 
 def _control_state(target_dir: Path, settings: Settings, major: int = 0) -> str:

@@ -106,6 +106,7 @@ class _Workspace:
 
 
 SEGMENT_BUFFER = 16 << 20
+MAX_IDLE_WORKSPACES = 2
 _workspaces: list[_Workspace] = []
 _workspaces_lock = threading.Lock()
 
@@ -118,7 +119,8 @@ def _workspace() -> Iterator[_Workspace]:
         yield ws
     finally:
         with _workspaces_lock:
-            _workspaces.append(ws)
+            if len(_workspaces) < MAX_IDLE_WORKSPACES:  # a burst of pushes does not stay resident
+                _workspaces.append(ws)
 
 
 def push(ctx: BackupContext, path: Path) -> PushResult:

@@ -52,6 +52,7 @@ class WalFeeder:
         self.fed: list[str] = []  # what was put into the spool, in order (for tests and logs)
         self.failed: list[str] = []
         self._stop = threading.Event()
+        self._halted = False  # stop() was called (the feeder also sets _stop itself when it is done)
         self._first = threading.Event()  # the histories and the first segment are in (or failed)
         self._thread = threading.Thread(target=self._run, name="coldcopy-walfeeder", daemon=True)
 
@@ -70,6 +71,7 @@ class WalFeeder:
 
     def stop(self, timeout: float = 60) -> None:
         """Stop feeding and wait for the thread; a write in flight finishes or removes its temp file."""
+        self._halted = True
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -85,6 +87,7 @@ class WalFeeder:
         try:
             self._feed_histories()
             self._feed_segments()
+            self._recheck_absent()
         except Exception as exc:  # noqa: BLE001 - the restore_command fetches what is missing itself
             log.warning("the WAL feeder stopped: %s", exc)
         finally:
@@ -116,6 +119,16 @@ class WalFeeder:
             else:
                 walspool.put_absent(self.spool, name, self.owner)
                 self.fed.append(name + walspool.ABSENT_SUFFIX)
+
+    def _recheck_absent(self) -> None:
+        """At the end of recovery PostgreSQL probes again for the next timelines' history to choose a
+        new timeline: one archived since the start must not be answered as absent (the copy would
+        reuse that timeline's number).  Its marker goes; wal-fetch then gets the file itself."""
+        for name in self.absent:
+            if self._halted:
+                return
+            if self.ctx.storage.exists(wal_key(name)):
+                (self.spool / (name + walspool.ABSENT_SUFFIX)).unlink(missing_ok=True)
 
     def _feed_segments(self) -> None:
         failures = 0

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from .wal import ARCHIVE_NAME_RE, DEFAULT_SEGMENT_SIZE, Segment, parse_segment
 
 SPOOL_SUFFIX = ".coldcopy-walspool"
 ABSENT_SUFFIX = ".absent"
+TRIED_ENV = "COLDCOPY_SPOOL_TRIED"  # set by the fast path before it hands a miss to the CLI
+MANAGED = ".pitr-managed"  # in a spool `pitr` made and removes after promotion: takes may hard-link
 FEEDING_WAIT = 30.0  # seconds a restore_command waits for a file the feeder is fetching
 
 
@@ -112,17 +115,17 @@ def _being_fed(marker: Path) -> bool:
     return True
 
 
-def serve(spool: Path, name: str, dest: Path) -> int | None:
+def serve(spool: Path, name: str, dest: Path, *, wait: bool = True) -> int | None:
     """restore_command from the spool: 0 served, 1 known not archived, None: ask the archive.
 
     A segment the feeder is fetching right now is waited for (a GET away) rather than fetched a
-    second time by a cold process.
+    second time by a cold process; ``wait=False`` when an earlier try of this call already waited.
     """
     if not ARCHIVE_NAME_RE.match(name):
         return None
     if is_segment(name):
         marker = feeding_marker(spool, name)
-        deadline = time.monotonic() + FEEDING_WAIT
+        deadline = time.monotonic() + (FEEDING_WAIT if wait else 0)
         while not (found := take(spool, name, dest)) and time.monotonic() < deadline:
             if not _being_fed(marker):
                 found = take(spool, name, dest)  # the feeder may have put it just before
@@ -144,17 +147,22 @@ def serve(spool: Path, name: str, dest: Path) -> int | None:
 def take(spool: Path, name: str, dest: Path) -> bool:
     """Put ``spool/name`` at ``dest`` (atomically); False when the spool does not have it.
 
-    A hard link, so the spool keeps the segment until a later one is taken: at the end of recovery
-    PostgreSQL asks again for the segment it stopped in.  (PostgreSQL does not write into restored
-    segments during recovery, and the spool is removed once the server is promoted.)  A move across
-    file systems, a copy.
+    In a spool ``pitr`` manages (``MANAGED``), a hard link, so the spool keeps the segment until a
+    later one is taken: at the end of recovery PostgreSQL asks again for the segment it stopped in.
+    That is safe there: the copy recovers from the archive alone (nothing streams into recycled
+    segments before promotion) and the spool is removed once the server is promoted.  Anywhere
+    else (a standby's restore_command) a move, so the spool never shares a file PostgreSQL may
+    recycle.  Across file systems, a copy.
     """
     if not ARCHIVE_NAME_RE.match(name):
         return False
     src = spool / name
     dest = dest if dest.is_absolute() else Path.cwd() / dest
     try:
-        _link_over(src, dest)
+        if (spool / MANAGED).exists():
+            _link_over(src, dest)
+        else:  # not pitr's: a standby may later recycle and overwrite the file in place; move it
+            os.replace(src, dest)
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -224,6 +232,8 @@ def fast_fetch(argv: list[str]) -> int | None:
         return serve(spool, name, Path(dest))
     except OSError:
         return None  # the CLI tries again and reports it
+    finally:
+        os.environ[TRIED_ENV] = "1"  # the CLI after a miss: the feeder was waited for already
 
 
 def prune(spool: Path, name: str) -> None:
@@ -235,13 +245,18 @@ def prune(spool: Path, name: str) -> None:
     """
     if not is_segment(name):
         return
-    seg = parse_segment(name)
-    before = Segment(seg.timeline, seg.segno - 1).name() if seg.segno else ""
-    for p in spool.iterdir():
-        stale = is_segment(p.name) and p.name < name and p.name != before
-        if stale or (p.name.endswith(".tmp") and _abandoned(p)):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+    try:
+        entries = list(spool.iterdir())
+        # The one just before is the largest name below: no segment-size arithmetic (clusters made
+        # with --wal-segsize name their segments differently).
+        before = max((p.name for p in entries if is_segment(p.name) and p.name < name), default="")
+        for p in entries:
+            stale = is_segment(p.name) and p.name < name and p.name != before
+            if stale or (p.name.endswith(".tmp") and _abandoned(p)):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+    except OSError as exc:  # housekeeping: the file asked for is already in place
+        print(f"wal-fetch: could not prune the spool {spool}: {exc}", file=sys.stderr)
 
 
 def _abandoned(tmp: Path) -> bool:
