@@ -8,8 +8,10 @@ tar extracted (its stream checked chunk by chunk) and the recovery settings writ
 How far the archive "reaches" for a time target: PostgreSQL knows it has passed a time only when
 it replays a commit after it, so we need an archived segment stored at or after the target time;
 the segments up to the first such one must be continuous.  Timeline switches (recovering across an
-earlier PITR): the archived history files give the path recovery_target_timeline = 'latest' takes
-from the backup's timeline, and continuity is checked along it.
+earlier PITR): the archived history files give the path from the backup's timeline to the newest
+timeline reachable from it (what 'latest' would follow, minus timelines that branched before the
+backup ended); continuity is checked along it, and that timeline is written as
+recovery_target_timeline.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ class Leg:
 def timeline_legs(
     tli: int, stop_lsn: int, histories: dict[int, list[tuple[int, int]]], size: int
 ) -> list[Leg]:
-    """The path PostgreSQL follows with recovery_target_timeline = 'latest' from a backup on ``tli``.
+    """The path recovery follows from a backup on ``tli`` to the newest timeline reachable from it.
 
     The newest timeline whose history passes through ``tli`` after the backup's end; on a switch
     from A to B at LSN x, the segment holding x and later ones are read from B.
@@ -319,7 +321,7 @@ def plan_recovery(
 def _history_probes(tli: int, archived: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The history files recovery from timeline ``tli`` asks for: (archived ones, absent ones).
 
-    With recovery_target_timeline = 'latest' PostgreSQL reads the start timeline's history, then
+    PostgreSQL reads the target timeline's history, then
     probes tli+1, tli+2, … up to the first one that is not archived (at the start of recovery and
     again at its end, to choose the new timeline), and at the end reads the history of the
     timeline it recovered on.
@@ -362,7 +364,7 @@ def reachable_segments(
 ) -> list[str]:
     """The segments recovery from base backup ``m`` replays without a gap, oldest first.
 
-    From the backup's first segment along the path recovery_target_timeline = 'latest' takes, up to
+    From the backup's first segment along the planned timeline path (``timeline_legs``), up to
     the last one before a gap or the end of the archive; empty when the WAL that makes the backup
     consistent is incomplete.  Pure.
     """
