@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTING = re.compile(
     r'"((?:DB|DO|BACKUP|COLDCOPY|ALERT|SMTP|VERIFY|MONITOR|FULL|COMPLIANCE|WAL|PG|RUNNER)_[A-Z0-9_]+)"'
 )
-NOT_SETTINGS = {"COLDCOPY_ENV_FILE", "PG_VERSION"}  # where .env itself is; a data-dir file
+# where .env itself is; a data-dir file; a marker wal-fetch's fast path leaves for its own CLI
+NOT_SETTINGS = {"COLDCOPY_ENV_FILE", "PG_VERSION", "COLDCOPY_SPOOL_TRIED"}
 
 
 def test_every_setting_is_documented() -> None:
