@@ -376,7 +376,7 @@ def _fake_base(name: str, start: str, stop: str, stop_time: str) -> Manifest:
 
 
 def test_plan_refuses_gaps_and_targets_beyond_the_archive() -> None:
-    from coldcopy.pitr import RecoveryRefused, Target, plan_recovery
+    from coldcopy.recovery_plan import RecoveryRefused, Target, plan_recovery
     from coldcopy.wal import Segment
 
     t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -651,7 +651,7 @@ def test_wal_fetch_prefetches_ahead_and_serves_from_the_spool(
 
 
 def test_plan_follows_the_history_to_the_latest_timeline() -> None:
-    from coldcopy.pitr import RecoveryRefused, Target, parse_history, plan_recovery
+    from coldcopy.recovery_plan import RecoveryRefused, Target, parse_history, plan_recovery
     from coldcopy.wal import Segment
 
     t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -808,7 +808,8 @@ def several_segments(arch: Archiving) -> datetime:
 def test_pitr_start_serves_recovery_from_the_feeder(
     archiving: Archiving, recovered: tuple[Path, int]
 ) -> None:
-    from coldcopy.pitr import Target, run_pitr
+    from coldcopy.pitr import run_pitr
+    from coldcopy.recovery_plan import Target
 
     target_dir, port = recovered
     target = several_segments(archiving)
@@ -832,14 +833,8 @@ def test_pitr_start_serves_recovery_from_the_feeder(
 def test_feeder_falls_back_to_wal_fetch_when_storage_fails(
     archiving: Archiving, recovered: tuple[Path, int]
 ) -> None:
-    from coldcopy.pitr import (
-        Target,
-        base_manifests,
-        load_archive,
-        plan_recovery,
-        prepare_recovery,
-        start_recovery,
-    )
+    from coldcopy.pitr import base_manifests, load_archive, prepare_recovery, start_recovery
+    from coldcopy.recovery_plan import Target, plan_recovery
 
     target_dir, port = recovered
     target = several_segments(archiving)
@@ -925,12 +920,12 @@ def test_the_postmaster_is_found_without_ptrace_and_a_stranger_never_is(
     """In a container root lacks CAP_SYS_PTRACE and cannot read another user's /proc/<pid>/cwd: the
     postmaster is still recognised (from its public command line).  A pid file naming some other
     process (a crashed server whose pid was reused) is never taken for a server."""
-    from coldcopy.pitr import postmaster_pid
+    from coldcopy.pgserver import postmaster_pid
 
     expected = int((pg.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
     assert postmaster_pid(pg.data_dir) == expected
     if os.geteuid() == 0 and Path("/usr/bin/setpriv").exists():
-        code = "import sys; from pathlib import Path; from coldcopy.pitr import postmaster_pid as p; "
+        code = "import sys; from pathlib import Path; from coldcopy.pgserver import postmaster_pid as p; "
         code += "print(p(Path(sys.argv[1])))"
         proc = subprocess.run(
             ["setpriv", "--bounding-set", "-sys_ptrace", sys.executable, "-c", code, str(pg.data_dir)],

@@ -28,7 +28,7 @@ from coldcopy.config import load_settings
 from coldcopy.localstack.net import wait_until
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.manifest import CatalogEntry, iso, parse_iso
-from coldcopy.pitr import reachable_segments
+from coldcopy.recovery_plan import reachable_segments
 from coldcopy.recovery_time import (
     ASSUMED_REPLAY_RATE,
     base_throughput,

@@ -102,7 +102,8 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_pitr(args: argparse.Namespace) -> int:
-    from .pitr import parse_target, run_pitr
+    from .pitr import run_pitr
+    from .recovery_plan import parse_target
 
     s = settings_for(args, (STORAGE,))
     target = parse_target(

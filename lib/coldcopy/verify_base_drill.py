@@ -3,7 +3,7 @@
 A drill proves what point-in-time recovery would do on the bad day, with the same code
 (:mod:`coldcopy.pitr`):
 
-1. Plan.  The WAL this backup replays without a gap (``pitr.reachable_segments``, along the timeline
+1. Plan.  The WAL this backup replays without a gap (``recovery_plan.reachable_segments``, along the timeline
    path recovery takes).  The newest commit in it, read with ``pg_waldump`` from the newest
    segments, ends the window: recovery to a time stops at the first commit after that time, so a
    target needs a commit after it.  The target is a random time between the backup's end (its
@@ -23,13 +23,11 @@ replay seconds) goes into the verification record like a logical test restore's,
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -45,20 +43,10 @@ from .config import Settings, redact
 from .errors import ColdCopyError, DatabaseError, IntegrityError
 from .localstack.net import free_port
 from .manifest import Manifest, iso, parse_iso
-from .pitr import (
-    OWNER,
-    PitrResult,
-    Target,
-    as_owner,
-    load_archive,
-    plan_recovery,
-    postmaster_pid,
-    prepare_recovery,
-    reachable_segments,
-    server_tool,
-    start_recovery,
-)
+from .pgserver import OWNER, postmaster_pid, server_tool, stop_server
+from .pitr import PitrResult, load_archive, prepare_recovery, start_recovery
 from .reader import BackupReader
+from .recovery_plan import Target, plan_recovery, reachable_segments
 from .verify import VerifyResult, _record
 from .wal import format_lsn, parse_lsn
 from .walarchive import fetch
@@ -465,27 +453,6 @@ def stop_time_from_log(text: str) -> datetime | None:
     sign = -1 if m[2].startswith("-") else 1
     offset = timedelta(hours=int(m[2][1:]), minutes=int(m[3] or 0)) * sign
     return (when - offset).replace(tzinfo=UTC)
-
-
-def stop_server(settings: Settings, target_dir: Path, major: int = 0, timeout: float = 60) -> bool:
-    """Stop the server in ``target_dir`` at once (``immediate``: the copy is thrown away).
-
-    Killed if pg_ctl cannot stop it.  True when no server runs there any more.
-    """
-    if postmaster_pid(target_dir) is None:
-        return True
-    pg_ctl = server_tool("pg_ctl", settings, major)
-    stop = [pg_ctl, "-D", str(target_dir), "-m", "immediate", "-w", "-t", str(int(timeout)), "stop"]
-    subprocess.run(as_owner(stop), capture_output=True, text=True, cwd="/", check=False)
-    pid = postmaster_pid(target_dir)
-    if pid is not None:
-        log.error("pg_ctl could not stop the server in %s: killing process %d", target_dir, pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # its backends exit when they see the postmaster gone
-        deadline = time.monotonic() + timeout
-        while postmaster_pid(target_dir) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-    return postmaster_pid(target_dir) is None
 
 
 def _clean_up(d: _Drill) -> None:
