@@ -58,20 +58,12 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Throughput:
+    """A rate (restore throughput or WAL replay), with how it was reached and how old it is."""
+
     bytes_per_second: float
     measured: bool
     basis: str
     used: tuple[Measurement, ...] = ()
-    newest_at: str | None = None
-    age_seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class ReplayRate:
-    bytes_per_second: float
-    measured: bool
-    basis: str
-    used: tuple[Measurement, ...] = ()  # raw_bytes: WAL replayed, seconds: start to promotion
     newest_at: str | None = None
     age_seconds: float | None = None
 
@@ -125,7 +117,7 @@ def replay_measurements(cat: Catalog) -> list[Measurement]:
     return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
 
 
-def replay_rate(cat: Catalog, now: datetime) -> ReplayRate:
+def replay_rate(cat: Catalog, now: datetime) -> Throughput:
     """Bytes of WAL replayed per second, from the newest drills; the labelled assumption without one.
 
     Total bytes over total seconds rather than a median: a drill that replays little is dominated by
@@ -139,7 +131,7 @@ def replay_rate(cat: Catalog, now: datetime) -> ReplayRate:
             if drills
             else "no base-backup drill yet: `coldcopy verify BASE_BACKUP --level restore`"
         )
-        return ReplayRate(
+        return Throughput(
             ASSUMED_REPLAY_RATE,
             False,
             f"an ASSUMED {ASSUMED_REPLAY_RATE / 1e6:.0f} MB/s of WAL replay; not measured ({why})",
@@ -152,7 +144,7 @@ def replay_rate(cat: Catalog, now: datetime) -> ReplayRate:
         f"the measured WAL replay of the {len(found)} newest base-backup drill(s): {replayed / 1e6:.1f} MB "
         f"in {seconds:.1f} s = {rate / 1e6:.2f} MB/s (newest {newest}, {age / 3600:.1f} h old)"
     )
-    return ReplayRate(rate, True, basis, tuple(found), newest, age)
+    return Throughput(rate, True, basis, tuple(found), newest, age)
 
 
 def base_throughput(cat: Catalog, now: datetime) -> Throughput:
@@ -161,14 +153,7 @@ def base_throughput(cat: Catalog, now: datetime) -> Throughput:
     if not found:
         dump = throughput(cat, now)
         return replace(dump, basis=f"{dump.basis} (no base-backup drill yet: the dump rate stands in)")
-    rate = statistics.median(m.throughput for m in found)
-    newest = found[0].at
-    age = (now - parse_iso(newest)).total_seconds()
-    basis = (
-        f"median throughput of the {len(found)} newest base-backup drill(s): {rate / 1e6:.2f} MB/s of tar "
-        f"(newest {newest}, {age / 3600:.1f} h old)"
-    )
-    return Throughput(rate, True, basis, tuple(found), newest, age)
+    return _median(found, now, "base-backup drill(s)", "tar")
 
 
 def throughput(cat: Catalog, now: datetime) -> Throughput:
@@ -180,11 +165,16 @@ def throughput(cat: Catalog, now: datetime) -> Throughput:
             f"no test restores measured yet: assumed default of {DEFAULT_THROUGHPUT / 1e6:.0f} MB/s of dump "
             "(run `coldcopy verify NAME --level restore` to measure)",
         )
+    return _median(found, now, "test restore(s)", "dump")
+
+
+def _median(found: list[Measurement], now: datetime, what: str, of: str) -> Throughput:
+    """The median throughput of ``found`` (newest first), labelled with its measurements' age."""
     rate = statistics.median(m.throughput for m in found)
     newest = found[0].at
     age = (now - parse_iso(newest)).total_seconds()
     basis = (
-        f"median throughput of the {len(found)} newest test restore(s): {rate / 1e6:.2f} MB/s of dump "
+        f"median throughput of the {len(found)} newest {what}: {rate / 1e6:.2f} MB/s of {of} "
         f"(newest {newest}, {age / 3600:.1f} h old)"
     )
     return Throughput(rate, True, basis, tuple(found), newest, age)
@@ -358,7 +348,7 @@ def estimate(cat: Catalog, now: datetime, wal: WalStatus | None = None) -> dict[
     return out
 
 
-def _replay_view(r: ReplayRate) -> dict[str, Any]:
+def _replay_view(r: Throughput) -> dict[str, Any]:
     return {
         "measured": r.measured,
         "bytes_per_second": round(r.bytes_per_second, 1),

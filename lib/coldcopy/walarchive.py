@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -180,16 +179,7 @@ def fetch(ctx: BackupContext, name: str, dest: Path, *, prefetch: int = 0, spool
             raise NotFoundError(f"{name} is not in the WAL archive") from None
         data = unpack(ctx, blob)
         dest = dest if dest.is_absolute() else Path.cwd() / dest
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        walspool.write_atomic(dest.parent, dest.name, data)
         for fut in extra:
             fut.result()
     if spool is not None:

@@ -56,7 +56,7 @@ def ahead(name: str, count: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> li
     return [Segment(seg.timeline, seg.segno + i).name(segment_size) for i in range(1, count + 1)]
 
 
-def _write_atomic(folder: Path, name: str, data: bytes, owner: tuple[int, int] | None = None) -> Path:
+def write_atomic(folder: Path, name: str, data: bytes, owner: tuple[int, int] | None = None) -> Path:
     """Write ``folder/name`` whole or not at all: 0600, owned by ``owner`` (uid, gid) when given."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
@@ -77,14 +77,14 @@ def _write_atomic(folder: Path, name: str, data: bytes, owner: tuple[int, int] |
 def put(spool: Path, name: str, data: bytes, owner: tuple[int, int] | None = None) -> None:
     if not ARCHIVE_NAME_RE.match(name):
         raise ValueError(f"{name!r} is not a WAL file name")
-    _write_atomic(spool, name, data, owner)
+    write_atomic(spool, name, data, owner)
 
 
 def put_absent(spool: Path, name: str, owner: tuple[int, int] | None = None) -> None:
     """Record that history file ``name`` is not archived (only history files: a probe, not a gap)."""
     if not name.endswith(".history") or not ARCHIVE_NAME_RE.match(name):
         raise ValueError(f"{name!r} is not a history file name")
-    _write_atomic(spool, name + ABSENT_SUFFIX, b"", owner)
+    write_atomic(spool, name + ABSENT_SUFFIX, b"", owner)
 
 
 def has(spool: Path, name: str) -> bool:
@@ -101,7 +101,7 @@ def feeding_marker(spool: Path, name: str) -> Path:
 
 
 def mark_feeding(spool: Path, name: str, owner: tuple[int, int] | None = None) -> None:
-    _write_atomic(spool, feeding_marker(spool, name).name, str(os.getpid()).encode(), owner)
+    write_atomic(spool, feeding_marker(spool, name).name, str(os.getpid()).encode(), owner)
 
 
 def _being_fed(marker: Path) -> bool:
@@ -140,7 +140,7 @@ def serve(spool: Path, name: str, dest: Path, *, wait: bool = True) -> int | Non
     except FileNotFoundError:
         return None
     dest = dest if dest.is_absolute() else Path.cwd() / dest
-    _write_atomic(dest.parent, dest.name, data)
+    write_atomic(dest.parent, dest.name, data)
     return 0
 
 
