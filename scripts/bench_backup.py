@@ -5,7 +5,7 @@ Builds a text-heavy demo database (cold-email SaaS data: JSONB, free text) of ab
 then measures on the same cluster and the same local S3 server:
   pg_dump -Fc > /dev/null            (how the old scripts did it)
   pg_dump -Fc -Z0 > /dev/null        (the floor: pg_dump alone)
-  coldcopy backup                    (zstd + AES-GCM + multipart upload to the S3 server)
+  coldcopy backup                    (zstd + AES-GCM + volumes uploaded to the S3 server)
   pg_restore of a local -Z0 file     (the restore floor)
   coldcopy restore                   (download + decrypt + decompress + pg_restore)
 and coldcopy's own peak RSS (ru_maxrss of the coldcopy process itself, not its pg_dump child),
@@ -136,8 +136,8 @@ def measure(
     )
     print(
         f"    of which: pg_dump → zstd → AES → upload, to the dump's last byte {r['stream_seconds']:.2f} s "
-        f"({r['stream_seconds'] / r['pg_dump_z0']:.2f}x floor); the last parts and the S3 server's "
-        f"CompleteMultipartUpload {r['complete_seconds']:.2f} s; start-up, roles and manifest the rest"
+        f"({r['stream_seconds'] / r['pg_dump_z0']:.2f}x floor); the last volumes still in flight "
+        f"{r['complete_seconds']:.2f} s; start-up, roles and manifest the rest"
     )
     print(
         f"  CPU during the backup: coldcopy {r['backup_cpu']:.1f} s, "

@@ -4,9 +4,12 @@
 Needs only ``pip install cryptography zstandard``. Implements docs/encryption-format.md and nothing
 else, so it also proves that document complete.
 
-    BACKUP_ENCRYPTION_KEY='...' python3 decrypt_standalone.py data.zst.enc dump.pgdump
-    BACKUP_ENCRYPTION_KEY='...' python3 decrypt_standalone.py data.zst.enc - | pg_restore -d mydb
-    python3 decrypt_standalone.py --raw data.zst.enc payload.zst    # decrypt only, keep zstd
+    BACKUP_ENCRYPTION_KEY='...' python3 decrypt_standalone.py data.0* dump.pgdump
+    BACKUP_ENCRYPTION_KEY='...' python3 decrypt_standalone.py data.0* - | pg_restore -d mydb
+    python3 decrypt_standalone.py --raw data.0* payload.zst    # decrypt only, keep zstd
+
+A backup's data is stored as volumes (data.000000, data.000001, …): give them all, in order (the
+shell's sorting of ``data.0*`` is that order); they are read as one stream.
 
 A file OUTPUT is written as OUTPUT.partial and renamed only once the whole stream verified; on
 stdout, treat the output as garbage unless the exit status is 0.
@@ -21,7 +24,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -32,7 +35,11 @@ class Bad(Exception):
     pass
 
 
-def read_exact(src: BinaryIO, n: int, what: str) -> bytes:
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+def read_exact(src: Readable, n: int, what: str) -> bytes:
     data = src.read(n)
     if len(data) != n:
         raise Bad(f"stream truncated while reading {what}")
@@ -43,7 +50,7 @@ def scrypt(secret: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(secret)
 
 
-def plaintext(src: BinaryIO) -> Iterator[bytes]:
+def plaintext(src: Readable) -> Iterator[bytes]:
     """Verify and decrypt the stream in ``src``, frame by frame."""
     head = read_exact(src, 10, "the header")
     if head[:5] != b"CCENC" or head[5] != 1:
@@ -97,15 +104,39 @@ def plaintext(src: BinaryIO) -> Iterator[bytes]:
             return
 
 
+class Volumes:
+    """Several files read as one, in the order given (a stream stored as volumes)."""
+
+    def __init__(self, files: list[BinaryIO]) -> None:
+        self.files = files
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        while self.files and len(out) < n:
+            chunk = self.files[0].read(n - len(out))
+            if chunk:
+                out += chunk
+            else:
+                self.files.pop(0).close()
+        return bytes(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("input", help="the stored object (e.g. downloaded backups/<name>/data...), or -")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="the stored volumes in order (downloaded backups/<name>/data.000000 …), or - for stdin",
+    )
     parser.add_argument("output", help="where to write the pg_dump archive, or - for stdout")
     parser.add_argument("--raw", action="store_true", help="decrypt only; do not zstd-decompress")
     args = parser.parse_args()
-    src = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
+    if args.inputs == ["-"]:
+        src: Readable = sys.stdin.buffer
+    else:
+        src = Volumes([open(path, "rb") for path in args.inputs])  # noqa: SIM115
     tmp = None if args.output == "-" else args.output + ".partial"
     dst = sys.stdout.buffer if tmp is None else open(tmp, "wb")  # noqa: SIM115
     try:

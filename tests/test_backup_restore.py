@@ -155,10 +155,24 @@ def test_wrong_key_refused_before_anything_is_written(pg, coldcopy_env) -> None:
     assert v.rc != 0
 
 
-def _rewrite(env: dict[str, str], key: str, change) -> None:  # type: ignore[no-untyped-def]
-    s3 = s3_client(env)
-    body = s3.get_object(Bucket=env["DO_SPACES_BUCKET"], Key=key)["Body"].read()
-    s3.put_object(Bucket=env["DO_SPACES_BUCKET"], Key=key, Body=change(body))
+def volumes(env: dict[str, str], name: str) -> list[str]:
+    return sorted(keys(env, data_key(env, name) + "."))
+
+
+def _rewrite(env: dict[str, str], name: str, change) -> None:  # type: ignore[no-untyped-def]
+    """Apply ``change`` to the stored stream (the volumes joined) and store it back cut where it was,
+    the last volume taking what is left (volumes past a shortened stream's end are deleted)."""
+    s3, bucket = s3_client(env), env["DO_SPACES_BUCKET"]
+    vols = volumes(env, name)
+    bodies = [s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in vols]
+    stream, pos = change(b"".join(bodies)), 0
+    for i, (key, body) in enumerate(zip(vols, bodies, strict=True)):
+        piece = stream[pos:] if i == len(vols) - 1 else stream[pos : pos + len(body)]
+        pos += len(piece)
+        if piece:
+            s3.put_object(Bucket=bucket, Key=key, Body=piece)
+        else:
+            s3.delete_object(Bucket=bucket, Key=key)
 
 
 def _frames(blob: bytes) -> tuple[bytes, list[bytes]]:
@@ -174,11 +188,14 @@ def _frames(blob: bytes) -> tuple[bytes, list[bytes]]:
     return blob[:hlen], frames
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "missing_frame", "swap_frames"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "missing_frame", "swap_frames", "missing_volume", "swap_volumes"]
+)
 def test_damaged_backup_detected_and_target_untouched(pg, coldcopy_env, big_db, damage) -> None:  # type: ignore[no-untyped-def]
     env = {**coldcopy_env, "DB_NAME": big_db}
     name = backup(env)["name"]
-    key = data_key(env, name)
+    vols = volumes(env, name)
+    assert len(vols) >= 3, "the test database must span several volumes"
 
     def change(body: bytes) -> bytes:
         if damage == "flip":
@@ -192,7 +209,15 @@ def test_damaged_backup_detected_and_target_untouched(pg, coldcopy_env, big_db, 
             return header + b"".join(frames[:1] + frames[2:])
         return header + b"".join([frames[1], frames[0], *frames[2:]])
 
-    _rewrite(env, key, change)
+    s3, bucket = s3_client(env), env["DO_SPACES_BUCKET"]
+    if damage == "missing_volume":
+        s3.delete_object(Bucket=bucket, Key=vols[1])
+    elif damage == "swap_volumes":
+        one, two = (s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in vols[:2])
+        s3.put_object(Bucket=bucket, Key=vols[0], Body=two)
+        s3.put_object(Bucket=bucket, Key=vols[1], Body=one)
+    else:
+        _rewrite(env, name, change)
     v = run_cli(env, "verify", name, "--json")
     assert v.rc == 4 and json.loads(v.out)["ok"] is False
     r = run_cli(env, "restore", "--backup-name", name, "--target-db", "damaged_target")
@@ -336,29 +361,53 @@ def test_killed_backup_leaves_nothing(coldcopy_env, big_db) -> None:  # type: ig
     env = {
         **coldcopy_env,
         "DB_NAME": big_db,
-        "COLDCOPY_PART_SIZE_MB": "5",
+        "COLDCOPY_VOLUME_SIZE_MB": "1",
         "COLDCOPY_UPLOAD_CONCURRENCY": "1",
     }
-    s3 = s3_client(env)
-    bucket = env["DO_SPACES_BUCKET"]
-    proc = spawn_cli(env, "backup")
     prefix = f"coldcopy/{big_db}/backups/"
-    # Wait (bounded) until the upload has at least one part in the bucket, then kill -9.
+    proc = spawn_cli(env, "backup")
+    # Wait (bounded) until the upload has at least one volume in the bucket, then kill -9.
     deadline = time.monotonic() + 60
     killed = False
     while time.monotonic() < deadline and proc.poll() is None:
-        ups = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
-        if ups and s3.list_parts(Bucket=bucket, Key=ups[0]["Key"], UploadId=ups[0]["UploadId"]).get("Parts"):
+        if [k for k in keys(env, prefix) if "/data.0" in k]:
             os.kill(proc.pid, signal.SIGKILL)
             killed = True
             break
     proc.wait()
     assert killed, "the backup finished before it could be interrupted; make big_db bigger"
     assert json.loads(run_cli(env, "list-backups", "--json").out) == []
-    assert s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads")  # half-written now …
+    half = keys(env, prefix)
+    assert half and not [k for k in half if k.endswith("manifest.json")]  # half-written now …
     info = backup(env)  # … and the next run cleans up after it
-    assert not s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads")
     left = {k.split("/")[3] for k in keys(env, prefix)}
     assert left == {info["name"]}
     assert not keys(env, f"coldcopy/{big_db}/inflight/")
     assert [b["name"] for b in json.loads(run_cli(env, "list-backups", "--json").out)] == [info["name"]]
+
+
+def test_a_backup_stored_as_one_object_still_restores(pg, coldcopy_env, big_db) -> None:  # type: ignore[no-untyped-def]
+    """Backups written before volumes existed: the stream is one object ``data``, the manifest has
+    no ``volumes``.  They verify and restore as before."""
+    env = {**coldcopy_env, "DB_NAME": big_db}
+    name = backup(env)["name"]
+    s3, bucket = s3_client(env), env["DO_SPACES_BUCKET"]
+    vols = volumes(env, name)
+    stream = b"".join(s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in vols)
+    s3.put_object(Bucket=bucket, Key=data_key(env, name), Body=stream)
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in vols]})
+    mkey = f"coldcopy/{big_db}/backups/{name}/manifest.json"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=mkey)["Body"].read())
+    assert sum(manifest["data"].pop("volumes")) == len(stream) == manifest["data"]["stored_size"]
+    s3.put_object(Bucket=bucket, Key=mkey, Body=json.dumps(manifest).encode())
+    assert run_cli(env, "verify", name).rc == 0
+    r = run_cli(env, "restore", "--backup-name", name, "--target-db", "legacy_layout")
+    assert r.rc == 0, r.err
+    c = pg.connect("legacy_layout")
+    assert c.run("SELECT count(*) FROM big")[0][0] == 150000
+    c.close()
+    pg.drop_database("legacy_layout")
+    # Damage still shows: the one object cut short.
+    s3.put_object(Bucket=bucket, Key=data_key(env, name), Body=stream[:-10])
+    v = run_cli(env, "verify", name)
+    assert v.rc == 4 and "bytes but the manifest says" in v.out

@@ -41,9 +41,13 @@ def test_commit_refuses_when_an_object_went_missing(coldcopy_env) -> None:  # ty
         name="full_backup_demo_20200101_000000",
         data=dataclasses.replace(m.data, key="backups/full_backup_demo_20200101_000000/data"),
     )
-    with pytest.raises(IntegrityError, match="missing just before the commit"):
+    with pytest.raises(IntegrityError, match="data.000000 is missing from the bucket just before the commit"):
         commit(ctx, other)
     assert not ctx.storage.exists("backups/full_backup_demo_20200101_000000/manifest.json")
+    first, *rest = m.data.volumes
+    resized = dataclasses.replace(m, data=dataclasses.replace(m.data, volumes=(first + 1, *rest)))
+    with pytest.raises(IntegrityError, match=f"000000 is {first} bytes but the manifest says {first + 1}"):
+        commit(ctx, resized)
     commit(ctx, m)  # committing the same manifest again (a retried PUT) is not an error
 
 

@@ -375,6 +375,19 @@ def test_standalone_script_decrypts_what_coldcopy_wrote(tmp_path: Path, key: Mas
     subprocess.run(run, env=env, check=True)
     assert out.read_bytes() == raw
     out.unlink()
+    # Stored as volumes: cut anywhere (inside the header, inside frames), read in the order given.
+    blob = stored.read_bytes()
+    cuts = [0, 7, 5000, len(blob) // 2, len(blob)]
+    parts = []
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        parts.append(tmp_path / f"data.{i:06d}")
+        parts[-1].write_bytes(blob[a:b])
+    subprocess.run([sys.executable, "-I", str(script), *map(str, parts), str(out)], env=env, check=True)
+    assert out.read_bytes() == raw
+    out.unlink()
+    swapped = [parts[0], parts[2], parts[1], parts[3]]
+    failed = subprocess.run([sys.executable, "-I", str(script), *map(str, swapped), str(out)], env=env)
+    assert failed.returncode == 1 and not out.exists()
     stored.write_bytes(stored.read_bytes()[:-1])
     failed = subprocess.run(run, env=env, capture_output=True)
     assert failed.returncode == 1 and b"truncated" in failed.stderr

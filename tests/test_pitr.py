@@ -175,9 +175,10 @@ def test_basebackup_records_wal_positions_and_verifies(archiving: Archiving) -> 
     st = json.loads(status.out)
     assert st["ok"] and st["timelines"][0]["gaps"] == [] and st["backups"][0]["name"] == m.name
     # A flipped byte in the stored tar: the chunk fails to authenticate, the verification fails.
-    blob = bytearray(storage.get_bytes(m.data.key))
+    key = m.data.pieces()[0][0]  # the first volume
+    blob = bytearray(storage.get_bytes(key))
     blob[len(blob) // 2] ^= 1
-    storage.put_bytes(m.data.key, bytes(blob))
+    storage.put_bytes(key, bytes(blob))
     bad = cli(archiving, "verify", m.name)
     assert bad.rc == 4 and "FAIL" in bad.out, bad.out + bad.err
 

@@ -12,8 +12,9 @@ from urllib.parse import urlparse
 import pytest
 
 from coldcopy.config import load_settings
-from coldcopy.errors import ConflictError, StorageError
+from coldcopy.errors import ConflictError, IntegrityError, StorageError
 from coldcopy.storage import Storage
+from coldcopy.volumes import VolumeWriter
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -27,11 +28,14 @@ NOSUCHKEY = (
 
 class FaultProxy:
     """Forwards to the S3 server; ``faults`` is a list of (method, path-substring, status, body) consumed
-    in order, each answering one matching request instead of forwarding it."""
+    in order, each answering one matching request instead of forwarding it.  ``lost`` (method,
+    path-substring) entries forward one matching request and then answer 500 anyway: a reply lost
+    on the way back, after the write landed."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlparse(upstream)
         self.faults: list[tuple[str, str, int, bytes]] = []
+        self.lost: list[tuple[str, str]] = []
         self.seen: list[tuple[str, str, int]] = []
         proxy = self
 
@@ -59,6 +63,13 @@ class FaultProxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 proxy.seen.append((self.command, self.path, resp.status))
+                for i, (method, part) in enumerate(proxy.lost):
+                    if method == self.command and part in self.path:
+                        del proxy.lost[i]
+                        self.send_response(500)
+                        self.send_header("content-length", "0")
+                        self.end_headers()
+                        return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -111,23 +122,37 @@ def test_retries_slowdown_and_5xx(proxy, coldcopy_env) -> None:  # type: ignore[
     assert statuses == [503, 500, 200, 503, 200]
 
 
-def test_multipart_retries_a_part_and_aborts_on_failure(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+def test_volumes_retry_and_are_removed_on_failure(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
     st = _storage(coldcopy_env, proxy.url)
-    proxy.faults = [("PUT", "partNumber=2", 503, SLOWDOWN)]
-    w = st.multipart("big/ok", part_size=5 << 20, concurrency=2)
-    for _ in range(3):
-        w.write(b"x" * (5 << 20))
-    w.complete()
-    assert st.head("big/ok") is not None and st.head("big/ok").size == 15 << 20  # type: ignore[union-attr]
-    # A part that keeps failing: the upload is aborted and no parts are left behind.
-    proxy.faults = [("PUT", "partNumber=1", 500, b"")] * 10
-    w = st.multipart("big/bad", part_size=5 << 20, concurrency=1)
+    mb = 1 << 20
+    proxy.faults = [("PUT", "/big/ok.000001", 503, SLOWDOWN)]
+    proxy.lost = [("PUT", "/big/ok.000002")]  # stored, but the reply is lost: the retry answers 412
+    w = VolumeWriter(st, "big/ok", volume_size=mb, concurrency=2)
+    for i in range(7):
+        w.write(bytes([i]) * (mb // 2))
+    sizes = w.complete()
+    assert sizes == [mb] * 3 + [mb // 2]
+    stored = b"".join(st.get_bytes(f"big/ok.{i:06d}") for i in range(4))
+    assert stored == b"".join(bytes([i]) * (mb // 2) for i in range(7))
+    assert [s for m, p, s in proxy.seen if "/big/ok.000002" in p and m == "PUT"] == [200, 412]
+    # A volume that keeps failing: the volumes already stored are deleted again.
+    proxy.faults = [("PUT", "/big/bad.000001", 500, b"")] * 10
+    w = VolumeWriter(st, "big/bad", volume_size=mb, concurrency=1)
     with pytest.raises(StorageError):
-        for _ in range(3):
-            w.write(b"y" * (5 << 20))
+        for _ in range(6):
+            w.write(b"y" * (mb // 2))
         w.complete()
-    assert st.incomplete_uploads("big/") == []
-    assert st.head("big/bad") is None
+    assert st.head("big/bad.000000") is None and not list(st.list("big/bad"))
+
+
+def test_a_volume_with_other_content_is_not_taken_for_ours(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    st = _storage(coldcopy_env)
+    st.put_bytes("clash/data.000000", b"someone else's bytes")
+    w = VolumeWriter(st, "clash/data", volume_size=1 << 20, concurrency=1)
+    w.write(b"ours")
+    with pytest.raises(IntegrityError, match="already exists with other content"):
+        w.complete()
+    assert st.get_bytes("clash/data.000000") == b"someone else's bytes"  # not ours to delete
 
 
 def test_empty_listing_answered_with_nosuchkey(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]

@@ -330,9 +330,10 @@ def test_failed_drills_are_recorded_and_leave_no_server_and_no_folder(arch: Arch
 
     # The base backup itself is damaged: its chunk fails to authenticate while it is extracted.
     storage.put_bytes(first, original)
-    blob = bytearray(storage.get_bytes(m.data.key))
+    key = m.data.pieces()[0][0]  # the first volume
+    blob = bytearray(storage.get_bytes(key))
     blob[len(blob) // 2] ^= 1
-    storage.put_bytes(m.data.key, bytes(blob))
+    storage.put_bytes(key, bytes(blob))
     rc, out = verify_restore(arch, m.name)
     assert rc == 4 and check(out, "restore drill")["ok"] is False
     assert out["measurement"]["promoted"] is False and "restore_seconds" not in out["measurement"]

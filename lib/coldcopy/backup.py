@@ -23,6 +23,7 @@ from .names import make_name
 from .pg import Postgres, ToolVersion, major_of, run_tool
 from .pipeline import Progress, StreamStats, pack_bytes, pack_stream
 from .storage import Storage
+from .volumes import VolumeWriter, stored_problem
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ class _StderrTail:
         return "\n".join(self.lines)
 
 
-def _stored(key: str, stats: StreamStats) -> StoredObject:
-    return StoredObject(key, stats.stored_size, stats.stored_sha256, stats.raw_size, stats.raw_sha256)
+def _stored(key: str, stats: StreamStats, volumes: list[int] | None = None) -> StoredObject:
+    return StoredObject(
+        key, stats.stored_size, stats.stored_sha256, stats.raw_size, stats.raw_sha256, tuple(volumes or ())
+    )
 
 
 def run_backup(
@@ -194,8 +197,8 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
         "--no-password",
         s.db_name,
     ]
-    writer = ctx.storage.multipart(
-        data_key(name), part_size=s.part_size_mb << 20, concurrency=s.upload_concurrency
+    writer = VolumeWriter(
+        ctx.storage, data_key(name), volume_size=s.volume_size_mb << 20, concurrency=s.upload_concurrency
     )
 
     counts = pg.counts_in_snapshot(snapshot, exact=s.row_counts == "exact")  # overlaps the dump
@@ -215,7 +218,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
                 f"pg_dump failed (exit {rc}): {redact(errors.text(), s)[-800:]}",
                 "nothing was stored; fix the cause above and run the backup again",
             )
-        writer.complete()
+        volumes = writer.complete()
         log.debug("upload complete after %.2f s", time.monotonic() - t0)
         tables = counts.result()
     except BaseException:
@@ -238,6 +241,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
         server=(server_num, server_text),
         tool=tool_text,
         stats=stats,
+        volumes=volumes,
         tables=tables,
         row_counts=s.row_counts,
         globals=glob_obj,
@@ -259,6 +263,7 @@ def manifest_for(
     server: tuple[int, str],
     tool: str,
     stats: StreamStats,
+    volumes: list[int],
     **fields: Any,
 ) -> Manifest:
     """The manifest of a finished stream (every kind): what is common, plus kind-specific ``fields``."""
@@ -274,7 +279,7 @@ def manifest_for(
         server_version=server[1],
         server_version_num=server[0],
         tool=tool,
-        data=_stored(data_key(name), stats),
+        data=_stored(data_key(name), stats, volumes),
         compression={"algorithm": "zstd", "level": s.zstd_level},
         encryption={
             "algorithm": "AES-256-GCM" if ctx.key else "none",
@@ -288,14 +293,12 @@ def manifest_for(
 def commit(ctx: BackupContext, manifest: Manifest) -> None:
     """Write the manifest (create-only): the commit point.  Only after checking that every object
     it names is in the bucket at the recorded size."""
-    for obj in [manifest.data] + ([manifest.globals] if manifest.globals else []):
-        info = ctx.storage.head(obj.key)
-        if info is None or info.size != obj.stored_size:
-            raise IntegrityError(
-                f"{obj.key} is {'missing' if info is None else f'{info.size} bytes'} just before the commit "
-                f"(expected {obj.stored_size} bytes); the backup was not committed",
-                "another process removed or changed it; run the backup again",
-            )
+    problem = stored_problem(ctx.storage, f"backups/{manifest.name}/", manifest.objects())
+    if problem:
+        raise IntegrityError(
+            f"{problem} just before the commit; the backup was not committed",
+            "another process removed or changed it; run the backup again",
+        )
     try:
         ctx.storage.put_json(manifest_key(manifest.name), manifest.to_dict(), create_only=True)
     except ConflictError:

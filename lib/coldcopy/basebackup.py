@@ -2,7 +2,7 @@
 
 ``pg_basebackup -Ft -X none -c fast -D -`` writes one tar to stdout (PostgreSQL injects its
 ``backup_manifest`` as the last member); it goes through the same pipeline as a dump into
-``backups/<name>/data`` (kind ``base``).  WAL is not in the tar: the archive (`wal-push`) holds it,
+the volumes ``backups/<name>/data.NNNNNN`` (kind ``base``).  WAL is not in the tar: the archive (`wal-push`) holds it,
 and pg_basebackup waits until the backup's last segment is archived.
 
 Where the WAL positions come from: the server itself writes them into the stream, so we read them
@@ -38,6 +38,7 @@ from .names import validate_name
 from .pipeline import Packer, Progress, prefetch, read_chunks
 from .reader import BackupReader
 from .verify import VerifyResult, _record
+from .volumes import VolumeWriter
 from .wal import format_lsn, last_segment_needed, parse_lsn, segment_name_of
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,8 @@ def _stream(
         f"--label={name}",
         "--no-password",
     ]
-    writer = ctx.storage.multipart(
-        data_key(name), part_size=s.part_size_mb << 20, concurrency=s.upload_concurrency
+    writer = VolumeWriter(
+        ctx.storage, data_key(name), volume_size=s.volume_size_mb << 20, concurrency=s.upload_concurrency
     )
     watcher = TarWatcher()
     start_time = _server_clock(conn)
@@ -216,7 +217,7 @@ def _stream(
             )
         positions = _positions(watcher, facts["wal_segment_size"])
         stop_time = _server_clock(conn)
-        writer.complete()
+        volumes = writer.complete()
     except BaseException:
         proc.kill()
         proc.wait()
@@ -232,6 +233,7 @@ def _stream(
         server=(server_num, server_text),
         tool=tool_text,
         stats=stats,
+        volumes=volumes,
         row_counts="none",
         extra={
             "format": TAR_FORMAT,

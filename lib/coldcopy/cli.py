@@ -167,7 +167,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{'dump size':20} {human_bytes(m.raw_size)} ({m.raw_size} bytes)")
     print(f"{'compression':20} {m.compression}")
     print(f"{'encryption':20} {m.encryption}")
-    print(f"{'data':20} {m.data.key} sha256 {m.data.stored_sha256} (dump sha256 {m.data.raw_sha256})")
+    pieces = m.data.pieces()
+    where = pieces[0][0] if len(pieces) == 1 else f"{pieces[0][0]} … {pieces[-1][0]} ({len(pieces)} volumes)"
+    print(f"{'data':20} {where}")
+    print(f"{'':20} sha256 {m.data.stored_sha256} (dump sha256 {m.data.raw_sha256})")
     print(f"{'roles':20} {m.globals.key if m.globals else m.globals_note or 'not saved'}")
     for k, v in m.extra.items():
         print(f"{k:20} {v}")
@@ -416,7 +419,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def _sigterm_unwinds() -> Iterator[None]:
     """SIGTERM unwinds the stack instead of ending the process on the spot, so every ``finally``
     runs: a drill's scratch server is stopped and its folder (a copy of the data, the storage
-    secrets) removed, a multipart upload aborted, an in-flight marker dropped."""
+    secrets) removed, the volumes of an unfinished backup deleted, an in-flight marker dropped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

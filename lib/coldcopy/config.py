@@ -78,7 +78,7 @@ class Settings:
     # Encryption and the stream pipeline
     encryption_key: Secret = field(default_factory=lambda: Secret(""))
     zstd_level: int = 1
-    part_size_mb: int = 8
+    volume_size_mb: int = 8
     upload_concurrency: int = 4
     stale_upload_seconds: int = 900
     row_counts: str = "exact"
@@ -206,7 +206,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_CLUSTER": ("cluster", _cluster, None),
     "BACKUP_ENCRYPTION_KEY": ("encryption_key", Secret, None),
     "COLDCOPY_ZSTD_LEVEL": ("zstd_level", _int(1, 19), None),
-    "COLDCOPY_PART_SIZE_MB": ("part_size_mb", _int(5, 512), None),
+    "COLDCOPY_VOLUME_SIZE_MB": ("volume_size_mb", _int(1, 512), None),
     "COLDCOPY_UPLOAD_CONCURRENCY": ("upload_concurrency", _int(1, 32), None),
     "COLDCOPY_STALE_UPLOAD_SECONDS": ("stale_upload_seconds", _int(300, 7 * 86400), None),
     "COLDCOPY_ROW_COUNTS": ("row_counts", _choice("exact", "estimate"), None),

@@ -3,8 +3,8 @@
 A backup writes ``inflight/<name>.json`` (create-only) before its first byte and deletes it at the
 end.  The marker names the host and pid and is refreshed while the upload runs.  A marker is stale
 when its process is gone from this host, or when it has not been refreshed for
-``stale_upload_seconds``; a stale marker's multipart uploads are aborted and its partial objects
-deleted.  A backup with a manifest is never touched.
+``stale_upload_seconds``; a stale marker's partial objects (volumes) are deleted and any multipart
+upload under its name (older versions wrote one) is aborted.  A backup with a manifest is never touched.
 """
 
 from __future__ import annotations

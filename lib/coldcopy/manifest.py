@@ -20,6 +20,11 @@ def data_key(name: str) -> str:
     return f"backups/{name}/data"
 
 
+def volume_key(key: str, index: int) -> str:
+    """The ``index``-th volume of the payload at ``key`` (docs/encryption-format.md, "Objects")."""
+    return f"{key}.{index:06d}"
+
+
 def globals_key(name: str) -> str:
     return f"backups/{name}/globals"
 
@@ -35,6 +40,20 @@ class StoredObject:
     stored_sha256: str
     raw_size: int
     raw_sha256: str
+    volumes: tuple[int, ...] = ()  # stored size of each volume ``<key>.NNNNNN``; none: one object at key
+
+    def pieces(self) -> list[tuple[str, int]]:
+        """(key, stored size) of each object holding this payload, in stream order."""
+        if not self.volumes:
+            return [(self.key, self.stored_size)]
+        return [(volume_key(self.key, i), size) for i, size in enumerate(self.volumes)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoredObject:
+        obj = cls(**{**d, "volumes": tuple(int(v) for v in d.get("volumes", ()))})
+        if obj.volumes and sum(obj.volumes) != obj.stored_size:
+            raise ValueError(f"the volumes of {obj.key} add up to {sum(obj.volumes)}, not {obj.stored_size}")
+        return obj
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,9 @@ class Manifest:
     format: str = MANIFEST_FORMAT
     coldcopy_version: str = ""
 
+    def objects(self) -> list[StoredObject]:
+        return [self.data] + ([self.globals] if self.globals else [])
+
     @property
     def raw_size(self) -> int:
         return self.data.raw_size + (self.globals.raw_size if self.globals else 0)
@@ -84,8 +106,8 @@ class Manifest:
             parse_name(d["name"])
             known = {f for f in cls.__dataclass_fields__}
             kwargs = {k: v for k, v in d.items() if k in known}
-            kwargs["data"] = StoredObject(**d["data"])
-            kwargs["globals"] = StoredObject(**d["globals"]) if d.get("globals") else None
+            kwargs["data"] = StoredObject.from_dict(d["data"])
+            kwargs["globals"] = StoredObject.from_dict(d["globals"]) if d.get("globals") else None
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError) as exc:
             name = str(d.get("name", "?")) if isinstance(d, dict) else "?"

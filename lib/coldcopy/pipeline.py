@@ -1,7 +1,7 @@
-"""The stream pipeline: source → zstd → AEAD → sha256 → multipart upload, and back.
+"""The stream pipeline: source → zstd → AEAD → sha256 → volumes in the bucket, and back.
 
-Each stage keeps at most one frame or one part in memory, so memory is set by
-frame size × parts in flight, never by the size of the database.  Nothing touches local disk.
+Each stage keeps at most one frame or one volume in memory, so memory is set by
+frame size and volume size × volumes in flight, never by the size of the database.  Nothing touches local disk.
 """
 
 from __future__ import annotations

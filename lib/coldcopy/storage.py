@@ -3,8 +3,8 @@
 Spaces quirks handled here, once: checksum headers limited to ``when_required`` (older S3 stores
 reject the new CRC headers), path-style addressing (works for Spaces and for loopback endpoints),
 an empty prefix listing answered with ``NoSuchKey``, retries with backoff on 5xx and SlowDown
-(botocore's standard retry mode), create-only writes with ``If-None-Match: *``, and multipart
-uploads that are aborted on failure.  All keys are relative to the cluster prefix.
+(botocore's standard retry mode) and create-only writes with ``If-None-Match: *``.  All keys are
+relative to the cluster prefix.  Large payloads are written as volumes (``volumes.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import builtins
 import contextlib
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +38,7 @@ class ObjectInfo:
     key: str  # relative to the prefix
     size: int
     last_modified: datetime
+    etag: str = ""
 
 
 def _code(exc: ClientError) -> str:
@@ -158,7 +157,7 @@ class Storage:
             resp = self._call(f"inspect {key}", self.client.head_object, Key=self.full_key(key))
         except NotFoundError:
             return None
-        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"])
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"], str(resp.get("ETag", "")))
 
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
@@ -233,14 +232,7 @@ class Storage:
             LifecycleConfiguration={"Rules": rules},
         )
 
-    # -- multipart ----------------------------------------------------------------------------------
-    def multipart(
-        self, key: str, *, part_size: int, concurrency: int, create_only: bool = True
-    ) -> MultipartWriter:
-        return MultipartWriter(
-            self, key, part_size=part_size, concurrency=concurrency, create_only=create_only
-        )
-
+    # -- multipart leftovers (from versions before volumes, or other tools) -------------------------
     def incomplete_uploads(self, prefix: str) -> builtins.list[tuple[str, str, datetime]]:
         """(relative key, upload id, initiated) of multipart uploads that were never completed."""
         out: builtins.list[tuple[str, str, datetime]] = []
@@ -262,141 +254,6 @@ class Storage:
                 Key=self.full_key(key),
                 UploadId=upload_id,
             )
-
-
-class MultipartWriter:
-    """Buffers bytes into parts and uploads them, at most part_size × concurrency bytes in flight.
-
-    Memory is part_size × (concurrency + 1) for the first 1,000 parts (8 GB stored at 8 MB parts);
-    beyond that S3's 10,000-part limit forces larger parts, and memory is at most two of them
-    (one filling, one in flight): 2 × 64 MB around 100 GB stored.  ``abort()`` (also called on any
-    error) removes every uploaded part.  Small payloads are written with one PUT.
-    """
-
-    def __init__(
-        self, storage: Storage, key: str, *, part_size: int, concurrency: int, create_only: bool
-    ) -> None:
-        self.storage, self.key, self.part_size, self.create_only = storage, key, part_size, create_only
-        self._chunks: list[bytes] = []
-        self._pending = 0
-        self._upload_id: str | None = None
-        self._parts: list[Future[dict[str, Any]]] = []
-        self._concurrency = concurrency
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upload")
-        self._closed = False
-        self.bytes_written = 0
-
-    @property
-    def upload_id(self) -> str | None:
-        return self._upload_id
-
-    def _target(self) -> int:
-        # S3 allows 10,000 parts: the part size doubles every 1,000 parts, so a small part size
-        # (a short upload tail, little memory) still reaches objects of many terabytes.
-        return self.part_size << min(len(self._parts) // 1000, 10)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        self._chunks.append(bytes(data))
-        self._pending += len(data)
-        self.bytes_written += len(data)
-        if self._pending >= self._target():
-            part = b"".join(self._chunks)
-            self._chunks.clear()
-            self._pending = 0
-            try:
-                self._submit(part)
-            except BaseException:
-                self.abort()  # a part failed for good: remove what was uploaded
-                raise
-
-    def _start(self) -> str:
-        if self._upload_id is None:
-            resp = self.storage._call(
-                f"start upload of {self.key}",
-                self.storage.client.create_multipart_upload,
-                Key=self.storage.full_key(self.key),
-            )
-            self._upload_id = resp["UploadId"]
-            log.debug("multipart upload started for %s", self.key)
-        return self._upload_id
-
-    def _submit(self, part: bytes) -> None:
-        upload_id = self._start()
-        self._raise_failed()
-        # Bounded in bytes, not parts: a part of k × part_size holds k slots, so the bytes in flight
-        # stay under part_size × concurrency however large the parts grow.  One producer thread
-        # takes the slots, so taking several in a row cannot deadlock.
-        weight = min(self._concurrency, max(1, -(-len(part) // self.part_size)))
-        for _ in range(weight):
-            self._slots.acquire()
-        number = len(self._parts) + 1
-
-        def send() -> dict[str, Any]:
-            try:
-                resp = self.storage._call(
-                    f"upload part {number} of {self.key}",
-                    self.storage.client.upload_part,
-                    Key=self.storage.full_key(self.key),
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=part,
-                )
-                return {"PartNumber": number, "ETag": resp["ETag"]}
-            finally:
-                for _ in range(weight):
-                    self._slots.release()
-
-        self._parts.append(self._pool.submit(send))
-
-    def _raise_failed(self) -> None:
-        for fut in self._parts:
-            if fut.done() and fut.exception() is not None:
-                raise fut.exception()  # type: ignore[misc]
-
-    def complete(self) -> int:
-        """Finish the upload; returns the object size.  Raises ConflictError if the key exists."""
-        try:
-            rest = b"".join(self._chunks)
-            if self._upload_id is None:
-                self.storage.put_bytes(self.key, rest, create_only=self.create_only)
-            else:
-                if rest or not self._parts:
-                    self._submit(rest)
-                parts = [f.result() for f in self._parts]
-                log.debug("%d parts of %s stored; completing the upload", len(parts), self.key)
-                extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.create_only else {}
-                self.storage._call(
-                    f"complete upload of {self.key}",
-                    self.storage.client.complete_multipart_upload,
-                    Key=self.storage.full_key(self.key),
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": parts},
-                    **extra,
-                )
-                log.debug("upload of %s completed", self.key)
-            self._chunks.clear()
-            self._closed = True
-            return self.bytes_written
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            self._pool.shutdown(wait=False)
-
-    def abort(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for fut in self._parts:
-            fut.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._upload_id is not None:
-            self.storage.abort_upload(self.key, self._upload_id)
-            log.debug("multipart upload of %s aborted", self.key)
-        self._chunks.clear()
 
 
 def make_client(settings: Settings) -> Any:
