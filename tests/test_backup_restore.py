@@ -399,6 +399,8 @@ def test_a_backup_stored_as_one_object_still_restores(pg, coldcopy_env, big_db) 
     mkey = f"coldcopy/{big_db}/backups/{name}/manifest.json"
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=mkey)["Body"].read())
     assert sum(manifest["data"].pop("volumes")) == len(stream) == manifest["data"]["stored_size"]
+    assert manifest["format"] == "coldcopy-manifest/2"
+    manifest["format"] = "coldcopy-manifest/1"
     s3.put_object(Bucket=bucket, Key=mkey, Body=json.dumps(manifest).encode())
     assert run_cli(env, "verify", name).rc == 0
     r = run_cli(env, "restore", "--backup-name", name, "--target-db", "legacy_layout")

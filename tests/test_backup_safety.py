@@ -45,7 +45,8 @@ def test_commit_refuses_when_an_object_went_missing(coldcopy_env) -> None:  # ty
         commit(ctx, other)
     assert not ctx.storage.exists("backups/full_backup_demo_20200101_000000/manifest.json")
     first, *rest = m.data.volumes
-    resized = dataclasses.replace(m, data=dataclasses.replace(m.data, volumes=(first + 1, *rest)))
+    bigger = dataclasses.replace(m.data, volumes=(first + 1, *rest), stored_size=m.data.stored_size + 1)
+    resized = dataclasses.replace(m, data=bigger)
     with pytest.raises(IntegrityError, match=f"000000 is {first} bytes but the manifest says {first + 1}"):
         commit(ctx, resized)
     commit(ctx, m)  # committing the same manifest again (a retried PUT) is not an error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -13,12 +14,17 @@ import pytest
 
 from coldcopy.config import load_settings
 from coldcopy.errors import ConflictError, IntegrityError, StorageError
+from coldcopy.manifest import StoredObject
 from coldcopy.storage import Storage
-from coldcopy.volumes import VolumeWriter
+from coldcopy.volumes import VolumeWriter, read_volumes
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
+)
+CONFLICT = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code>'
+    b"<Message>A conflicting operation is in progress.</Message></Error>"
 )
 NOSUCHKEY = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code>'
@@ -30,12 +36,14 @@ class FaultProxy:
     """Forwards to the S3 server; ``faults`` is a list of (method, path-substring, status, body) consumed
     in order, each answering one matching request instead of forwarding it.  ``lost`` (method,
     path-substring) entries forward one matching request and then answer 500 anyway: a reply lost
-    on the way back, after the write landed."""
+    on the way back, after the write landed.  ``cut`` entries forward one matching request and
+    send only the first half of the reply's body before closing the connection."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlparse(upstream)
         self.faults: list[tuple[str, str, int, bytes]] = []
         self.lost: list[tuple[str, str]] = []
+        self.cut: list[tuple[str, str]] = []
         self.seen: list[tuple[str, str, int]] = []
         proxy = self
 
@@ -70,11 +78,16 @@ class FaultProxy:
                         self.send_header("content-length", "0")
                         self.end_headers()
                         return
+                cut = next((c for c in proxy.cut if c[0] == self.command and c[1] in self.path), None)
+                if cut is not None:
+                    proxy.cut.remove(cut)
+                    data = data[: len(data) // 2]
+                    self.close_connection = True
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                length = resp.getheader("content-length") if self.command == "HEAD" else None
+                length = resp.getheader("content-length") if self.command == "HEAD" or cut else None
                 self.send_header("content-length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -143,6 +156,35 @@ def test_volumes_retry_and_are_removed_on_failure(proxy, coldcopy_env) -> None: 
             w.write(b"y" * (mb // 2))
         w.complete()
     assert st.head("big/bad.000000") is None and not list(st.list("big/bad"))
+
+
+def test_a_conflicting_write_still_in_progress_is_waited_for(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    """409 ConditionalRequestConflict: a first attempt may still be landing; nothing to see yet."""
+    st = _storage(coldcopy_env, proxy.url)
+    proxy.faults = [("PUT", "/busy/data.000000", 409, CONFLICT)]
+    w = VolumeWriter(st, "busy/data", volume_size=1 << 20, concurrency=1)
+    w.write(b"ours")
+    assert w.complete() == [4]
+    assert st.get_bytes("busy/data.000000") == b"ours"
+    assert [s for m, p, s in proxy.seen if m == "PUT"] == [409, 200]
+
+
+def test_reading_volumes_resumes_a_broken_connection(proxy, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    st = _storage(coldcopy_env, proxy.url)
+    body = os.urandom(3 << 20)
+    w = VolumeWriter(st, "resume/data", volume_size=1 << 20, concurrency=2)
+    for i in range(0, len(body), 256 << 10):
+        w.write(body[i : i + (256 << 10)])
+    sizes = w.complete()
+    obj = StoredObject("resume/data", len(body), "", 0, "", tuple(sizes))
+    proxy.cut = [("GET", "/resume/data.000001")]
+    assert b"".join(read_volumes(st, obj, 64 << 10)) == body
+    ranged = [p for m, p, s in proxy.seen if m == "GET" and "/resume/data.000001" in p]
+    assert len(ranged) == 2, proxy.seen  # the broken read, then the rest of it
+    # A connection that keeps breaking: a clear storage error, not a silently short stream.
+    proxy.cut = [("GET", "/resume/data.000002")] * 10
+    with pytest.raises(StorageError, match="reading resume/data.000002 failed at byte"):
+        b"".join(read_volumes(st, obj, 64 << 10))
 
 
 def test_a_volume_with_other_content_is_not_taken_for_ours(coldcopy_env) -> None:  # type: ignore[no-untyped-def]

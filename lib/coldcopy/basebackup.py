@@ -1,9 +1,9 @@
 """`coldcopy basebackup`: a physical base backup streamed into Spaces, and its verification.
 
 ``pg_basebackup -Ft -X none -c fast -D -`` writes one tar to stdout (PostgreSQL injects its
-``backup_manifest`` as the last member); it goes through the same pipeline as a dump into
-the volumes ``backups/<name>/data.NNNNNN`` (kind ``base``).  WAL is not in the tar: the archive (`wal-push`) holds it,
-and pg_basebackup waits until the backup's last segment is archived.
+``backup_manifest`` as the last member); it goes through the same pipeline as a dump into the
+volumes ``backups/<name>/data.NNNNNN`` (kind ``base``).  WAL is not in the tar: the archive
+(`wal-push`) holds it, and pg_basebackup waits until the backup's last segment is archived.
 
 Where the WAL positions come from: the server itself writes them into the stream, so we read them
 there while the bytes pass by (``TarWatcher``): ``backup_label`` (the first member) gives the start

@@ -13,7 +13,8 @@ from typing import Any
 from .errors import IntegrityError
 from .names import parse_name
 
-MANIFEST_FORMAT = "coldcopy-manifest/1"
+MANIFEST_FORMAT = "coldcopy-manifest/2"  # 2: the data is stored as volumes
+READABLE_FORMATS = ("coldcopy-manifest/1", MANIFEST_FORMAT)
 
 
 def data_key(name: str) -> str:
@@ -48,12 +49,15 @@ class StoredObject:
             return [(self.key, self.stored_size)]
         return [(volume_key(self.key, i), size) for i, size in enumerate(self.volumes)]
 
+    def __post_init__(self) -> None:
+        if self.volumes and sum(self.volumes) != self.stored_size:
+            raise ValueError(
+                f"the volumes of {self.key} add up to {sum(self.volumes)}, not {self.stored_size}"
+            )
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoredObject:
-        obj = cls(**{**d, "volumes": tuple(int(v) for v in d.get("volumes", ()))})
-        if obj.volumes and sum(obj.volumes) != obj.stored_size:
-            raise ValueError(f"the volumes of {obj.key} add up to {sum(obj.volumes)}, not {obj.stored_size}")
-        return obj
+        return cls(**{**d, "volumes": tuple(int(v) for v in d.get("volumes", ()))})
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class Manifest:
         try:
             if not isinstance(d, dict):
                 raise ValueError("a manifest must be a JSON object")
-            if d.get("format") != MANIFEST_FORMAT:
+            if d.get("format") not in READABLE_FORMATS:
                 raise ValueError(f"unknown manifest format {d.get('format')!r}")
             parse_name(d["name"])
             known = {f for f in cls.__dataclass_fields__}

@@ -1,7 +1,7 @@
 """The stream pipeline: source → zstd → AEAD → sha256 → volumes in the bucket, and back.
 
-Each stage keeps at most one frame or one volume in memory, so memory is set by
-frame size and volume size × volumes in flight, never by the size of the database.  Nothing touches local disk.
+Each stage keeps at most one frame or one volume in memory, so memory is set by frame size and
+volume size × volumes in flight, never by the size of the database.  Nothing touches local disk.
 """
 
 from __future__ import annotations
@@ -171,20 +171,28 @@ def prefetch(chunks: Iterator[bytes], depth: int = 8) -> Iterator[bytes]:
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: bytes | BaseException | None) -> bool:
+        """Hand ``item`` over unless the consumer has gone (then it would wait forever)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def pump() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        q.put(chunk, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(chunk):
                     return
-            q.put(None)
+            put(None)
         except BaseException as exc:  # handed to the consumer
-            q.put(exc)
+            put(exc)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:  # a generator: its own cleanup runs now, in this thread
+                close()
 
     thread = threading.Thread(target=pump, name="prefetch", daemon=True)
     thread.start()

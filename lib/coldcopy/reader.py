@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable
 
 from .backup import BackupContext
 from .crypto import check_key, read_header
@@ -12,7 +10,7 @@ from .errors import IntegrityError, WrongKeyError
 from .manifest import Manifest, StoredObject
 from .names import validate_name
 from .pipeline import Progress, StreamStats, Unpacker, prefetch
-from .volumes import stored_problem
+from .volumes import read_volumes, stored_problem
 
 HEADER_PROBE = 64 * 1024
 CHUNK = 1 << 20
@@ -54,41 +52,16 @@ class BackupReader:
         self, obj: StoredObject, sink: Callable[[bytes], object], progress: Progress | None = None
     ) -> StreamStats:
         """Decrypt and decompress ``obj`` into ``sink``; raises IntegrityError on any mismatch.  The
-        volumes are read one after another as one stream, so a missing, shortened, reordered or
-        swapped volume breaks the frame sequence (docs/encryption-format.md) like a damaged byte.
-        The next volume's GET is sent while the current one is read: its latency to the first byte
-        (tens of ms on Spaces) hides behind the transfer."""
-        opened: list[Any] = []
-
-        def open_body(key: str) -> Any:
-            body = self.ctx.storage.open(key)
-            opened.append(body)
-            return body
-
-        def chunks() -> Iterator[bytes]:
-            keys = [key for key, _ in obj.pieces()]
-            with ThreadPoolExecutor(1, thread_name_prefix="volume-open") as pool:
-                following = pool.submit(open_body, keys[0])
-                for i in range(len(keys)):
-                    body = following.result()
-                    if i + 1 < len(keys):
-                        following = pool.submit(open_body, keys[i + 1])
-                    yield from body.iter_chunks(CHUNK)
-                    body.close()
-                    opened.remove(body)
-
+        volumes are read as one stream, so a missing, shortened, reordered or swapped volume
+        breaks the frame sequence (docs/encryption-format.md) like a damaged byte."""
         unpacker = Unpacker(self.ctx.key)
-        try:
-            for chunk in prefetch(chunks()):
-                raw = unpacker.feed(chunk)
-                if raw:
-                    sink(raw)
-                if progress:
-                    progress(unpacker.raw_size, unpacker.stored_size)
-            return unpacker.finish(expected(obj))
-        finally:
-            for body in opened:
-                body.close()
+        for chunk in prefetch(read_volumes(self.ctx.storage, obj, CHUNK)):
+            raw = unpacker.feed(chunk)
+            if raw:
+                sink(raw)
+            if progress:
+                progress(unpacker.raw_size, unpacker.stored_size)
+        return unpacker.finish(expected(obj))
 
     def read_small(self, obj: StoredObject) -> bytes:
         out = bytearray()

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import boto3
+import urllib3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
@@ -31,6 +32,9 @@ _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
 _NOT_MODIFIED = {"304", "NotModified"}
+# What reading an open body raises when the connection breaks or stalls (botocore wraps most of
+# them; urllib3's and the socket's own can still come through).
+READ_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,11 @@ class Storage:
         data: bytes = resp["Body"].read()
         return data, str(resp.get("ETag", ""))
 
-    def open(self, key: str) -> Any:
-        """A streaming body (``.iter_chunks(n)``, ``.read(n)``, ``.close()``)."""
-        return self._call(f"read {key}", self.client.get_object, Key=self.full_key(key))["Body"]
+    def open(self, key: str, start: int = 0) -> Any:
+        """A streaming body (``.iter_chunks(n)``, ``.read(n)``, ``.close()``), from byte ``start``.
+        Reading it raises one of ``READ_ERRORS`` when the connection fails midway."""
+        extra = {"Range": f"bytes={start}-"} if start else {}
+        return self._call(f"read {key}", self.client.get_object, Key=self.full_key(key), **extra)["Body"]
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
-from .errors import ConflictError, IntegrityError
+from .errors import ConflictError, IntegrityError, StorageError
 from .manifest import StoredObject, volume_key
-from .storage import Storage
+from .storage import READ_ERRORS, Storage
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class VolumeWriter:
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="volume")
         self._closed = False
+        self._error: BaseException | None = None
         self.bytes_written = 0
 
     def _target(self) -> int:
@@ -93,6 +96,10 @@ class VolumeWriter:
             try:
                 self._put(key, body)
                 return len(body)
+            except BaseException as exc:
+                if self._error is None:  # the first failure, raised to the producer at its next write
+                    self._error = exc
+                raise
             finally:
                 for _ in range(weight):
                     self._slots.release()
@@ -100,23 +107,29 @@ class VolumeWriter:
         self._sent.append(self._pool.submit(send))
 
     def _put(self, key: str, body: bytes) -> None:
-        try:
-            self.storage.put_bytes(key, body, create_only=True)
-        except ConflictError:
-            # A retried PUT whose first attempt landed answers 412: fine if that object is this one
-            # (a single PUT's ETag is the MD5 of its body).
-            info = self.storage.head(key)
-            md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
-            if info is None or info.etag.strip('"') != md5:
-                raise IntegrityError(
-                    f"{key} already exists with other content",
-                    "another process wrote under this backup's name; run the backup again",
-                ) from None
+        for attempt in range(4):
+            try:
+                self.storage.put_bytes(key, body, create_only=True)
+                return
+            except ConflictError:
+                # A retried PUT whose first attempt landed answers 412: fine if that object is this
+                # one (a single PUT's ETag is the MD5 of its body).  A 409 (the first attempt still
+                # in progress) may leave nothing to see yet: look again shortly.
+                info = self.storage.head(key)
+                if info is None:
+                    time.sleep(0.5 * 2**attempt)
+                    continue
+                if info.etag.strip('"') == hashlib.md5(body, usedforsecurity=False).hexdigest():
+                    return
+                break
+        raise IntegrityError(
+            f"{key} already exists with other content",
+            "another process wrote under this backup's name; run the backup again",
+        )
 
     def _raise_failed(self) -> None:
-        for fut in self._sent:
-            if fut.done() and fut.exception() is not None:
-                raise fut.exception()  # type: ignore[misc]
+        if self._error is not None:
+            raise self._error
 
     def complete(self) -> list[int]:
         """Store the last volume and wait for all of them; returns each volume's size."""
@@ -152,3 +165,51 @@ class VolumeWriter:
                 self.storage.delete(stored)
             except Exception as exc:  # noqa: BLE001 - the original error matters more
                 log.warning("could not delete the stored volumes of %s: %s", self.key, exc)
+
+
+READ_ATTEMPTS = 4
+
+
+def read_volumes(storage: Storage, obj: StoredObject, chunk_size: int) -> Iterator[bytes]:
+    """The stored stream of ``obj``: its volumes (or its one object) in order, in chunks.
+
+    The next volume's GET is sent while the current one is read, so its latency to the first byte
+    (tens of ms on Spaces) hides behind the transfer.  A connection that breaks or stalls midway
+    is picked up where it stopped (a ranged GET), so a long restore survives a network blip, and a
+    pre-opened response the server dropped while it waited costs one more request.  Closing the
+    generator closes every response it opened.
+    """
+    pieces = obj.pieces()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="volume-open")
+    following: Future[Any] = pool.submit(storage.open, pieces[0][0])
+    body: Any = None
+    try:
+        for i, (key, size) in enumerate(pieces):
+            body = following.result()
+            if i + 1 < len(pieces):
+                following = pool.submit(storage.open, pieces[i + 1][0])
+            done = 0
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                try:
+                    for chunk in body.iter_chunks(chunk_size):
+                        done += len(chunk)
+                        yield chunk
+                    break
+                except READ_ERRORS as exc:
+                    body.close()
+                    if attempt == READ_ATTEMPTS or done >= size:
+                        raise StorageError(
+                            f"reading {key} failed at byte {done} of {size} ({type(exc).__name__}), "
+                            f"{attempt} attempts",
+                            "check the network to the storage endpoint and run the command again",
+                        ) from None
+                    log.warning("reading %s broke at byte %d (%s); resuming", key, done, type(exc).__name__)
+                    body = storage.open(key, start=done)
+            body.close()
+            body = None
+    finally:
+        if body is not None:
+            body.close()
+        if not following.cancel():
+            following.add_done_callback(lambda f: f.exception() is None and f.result().close())
+        pool.shutdown(wait=False)
