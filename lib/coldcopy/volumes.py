@@ -34,12 +34,17 @@ DOUBLE_EVERY = 1000
 
 def stored_problem(storage: Storage, prefix: str, objects: Iterable[StoredObject]) -> str | None:
     """The first object of ``objects`` (all under ``prefix``) that is missing from the bucket or not
-    its recorded size, described; None when all are there.  One listing, however many volumes."""
+    its recorded size, described; None when all are there.  One listing, however many volumes;
+    a key the listing lacks is asked for directly (a store's index may trail a PUT that just
+    returned)."""
     found = {o.key: o.size for o in storage.list(prefix)}
     for obj in objects:
         for key, size in obj.pieces():
             if key not in found:
-                return f"{key} is missing from the bucket"
+                info = storage.head(key)
+                if info is None:
+                    return f"{key} is missing from the bucket"
+                found[key] = info.size
             if found[key] != size:
                 return f"{key} is {found[key]} bytes but the manifest says {size}"
     return None
