@@ -96,6 +96,10 @@ def test_round_trip_every_table_equal(pg, coldcopy_env) -> None:  # type: ignore
         assert field in shown
     assert shown["encryption"]["algorithm"] == "AES-256-GCM" and shown["encryption"]["key_id"]
     assert shown["tables"] and all(isinstance(n, int) for n in shown["tables"].values())
+    volumes = shown["data"]["volumes"]
+    assert volumes and sum(volumes) == shown["data"]["stored_size"]
+    human = run_cli(coldcopy_env, "show", info["name"])
+    assert human.rc == 0 and f"backups/{info['name']}/data.000000" in human.out
 
     v = run_cli(coldcopy_env, "verify", info["name"], "--json")
     assert v.rc == 0, v.out + v.err
