@@ -124,7 +124,15 @@ class Storage:
     def get_bytes(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
         resp = self._call(f"read {key}", self.client.get_object, Key=self.full_key(key), **extra)
-        data: bytes = resp["Body"].read()
+        return self._read_all(resp, key)
+
+    def _read_all(self, resp: Any, key: str) -> bytes:
+        try:
+            data: bytes = resp["Body"].read()
+        except READ_ERRORS as exc:
+            raise StorageError(
+                f"reading {key} broke off ({type(exc).__name__})", "run the command again"
+            ) from None
         return data
 
     def get_json(self, key: str) -> Any:
@@ -149,14 +157,17 @@ class Storage:
         resp = self._call(f"read {key}", get_object, Key=self.full_key(key), **extra)
         if resp is None:
             return None
-        data: bytes = resp["Body"].read()
-        return data, str(resp.get("ETag", ""))
+        return self._read_all(resp, key), str(resp.get("ETag", ""))
 
     def open(self, key: str, start: int = 0) -> Any:
         """A streaming body (``.iter_chunks(n)``, ``.read(n)``, ``.close()``), from byte ``start``.
         Reading it raises one of ``READ_ERRORS`` when the connection fails midway."""
         extra = {"Range": f"bytes={start}-"} if start else {}
-        return self._call(f"read {key}", self.client.get_object, Key=self.full_key(key), **extra)["Body"]
+        resp = self._call(f"read {key}", self.client.get_object, Key=self.full_key(key), **extra)
+        if start and not str(resp.get("ContentRange", "")).startswith(f"bytes {start}-"):
+            resp["Body"].close()  # the whole object again: resuming would repeat bytes
+            raise StorageError(f"the storage ignored a ranged read of {key} (from byte {start})")
+        return resp["Body"]
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

@@ -122,14 +122,18 @@ class VolumeWriter:
                 # in progress) may leave nothing to see yet: look again shortly.
                 info = self.storage.head(key)
                 if info is None:
-                    time.sleep(0.5 * 2**attempt)
+                    if attempt < 3:
+                        time.sleep(0.5 * 2**attempt)
                     continue
                 if info.etag.strip('"') == hashlib.md5(body, usedforsecurity=False).hexdigest():
                     return
-                break
-        raise IntegrityError(
-            f"{key} already exists with other content",
-            "another process wrote under this backup's name; run the backup again",
+                raise IntegrityError(
+                    f"{key} already exists with other content",
+                    "another process wrote under this backup's name; run the backup again",
+                ) from None
+        raise StorageError(
+            f"writing {key} still conflicted with a write in progress after 4 attempts",
+            "run the backup again; if it keeps happening, check for another process using this bucket",
         )
 
     def _raise_failed(self) -> None:
@@ -193,8 +197,9 @@ def read_volumes(storage: Storage, obj: StoredObject, chunk_size: int) -> Iterat
             body = following.result()
             if i + 1 < len(pieces):
                 following = pool.submit(storage.open, pieces[i + 1][0])
-            done = 0
-            for attempt in range(1, READ_ATTEMPTS + 1):
+            done = failures = 0
+            while True:
+                at = done
                 try:
                     for chunk in body.iter_chunks(chunk_size):
                         done += len(chunk)
@@ -202,16 +207,20 @@ def read_volumes(storage: Storage, obj: StoredObject, chunk_size: int) -> Iterat
                     break
                 except READ_ERRORS as exc:
                     body.close()
-                    if attempt == READ_ATTEMPTS or done >= size:
+                    # Attempts count per stall: a read that moved on since the last break starts over.
+                    failures = 1 if done > at else failures + 1
+                    if failures >= READ_ATTEMPTS or done >= size:
                         raise StorageError(
                             f"reading {key} failed at byte {done} of {size} ({type(exc).__name__}), "
-                            f"{attempt} attempts",
+                            f"{failures} attempts",
                             "check the network to the storage endpoint and run the command again",
                         ) from None
                     log.warning("reading %s broke at byte %d (%s); resuming", key, done, type(exc).__name__)
                     body = storage.open(key, start=done)
             body.close()
             body = None
+            if done != size:  # a response without Content-Length that ended early, or a bigger object
+                raise StorageError(f"{key} gave {done} bytes, but the manifest says {size}")
     finally:
         if body is not None:
             body.close()
