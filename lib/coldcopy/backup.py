@@ -92,6 +92,16 @@ class Session:
     server: tuple[int, str]  # server_version_num, server_version
     tool: ToolVersion
 
+    def data_writer(self) -> VolumeWriter:
+        """Where the backup's stream goes: its volumes under ``backups/<name>/data``."""
+        s = self.ctx.settings
+        return VolumeWriter(
+            self.ctx.storage,
+            data_key(self.name),
+            volume_size=s.volume_size_mb << 20,
+            concurrency=s.upload_concurrency,
+        )
+
 
 def run_stream_backup(
     settings: Settings,
@@ -182,8 +192,7 @@ def _in_session(
 
 
 def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], datetime]) -> Manifest:
-    ctx, pg, conn, name, started = ses.ctx, ses.pg, ses.conn, ses.name, ses.started
-    (server_num, server_text), tool_text = ses.server, ses.tool.text
+    ctx, pg, conn, name = ses.ctx, ses.pg, ses.conn, ses.name
     s = ctx.settings
     t0 = time.monotonic()
     # One exported snapshot for pg_dump and for the row counts, so the counts match the dump.
@@ -197,9 +206,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
         "--no-password",
         s.db_name,
     ]
-    writer = VolumeWriter(
-        ctx.storage, data_key(name), volume_size=s.volume_size_mb << 20, concurrency=s.upload_concurrency
-    )
+    writer = ses.data_writer()
 
     counts = pg.counts_in_snapshot(snapshot, exact=s.row_counts == "exact")  # overlaps the dump
     try:
@@ -232,14 +239,10 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
     glob_obj, glob_note = _globals(ctx, pg, name)
     log.debug("roles saved after %.2f s", time.monotonic() - t0)
     manifest = manifest_for(
-        ctx,
-        name=name,
+        ses,
         kind=kind,
-        started=started,
         finished=now(),
         duration=time.monotonic() - t0,
-        server=(server_num, server_text),
-        tool=tool_text,
         stats=stats,
         volumes=volumes,
         tables=tables,
@@ -253,33 +256,30 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Callable[[], 
 
 
 def manifest_for(
-    ctx: BackupContext,
+    ses: Session,
     *,
-    name: str,
     kind: str,
-    started: datetime,
     finished: datetime,
     duration: float,
-    server: tuple[int, str],
-    tool: str,
     stats: StreamStats,
     volumes: list[int],
     **fields: Any,
 ) -> Manifest:
-    """The manifest of a finished stream (every kind): what is common, plus kind-specific ``fields``."""
-    s = ctx.settings
+    """The manifest of a session's finished stream (every kind): what is common, plus kind-specific
+    ``fields``."""
+    ctx, s = ses.ctx, ses.ctx.settings
     return Manifest(
-        name=name,
+        name=ses.name,
         kind=kind,
         database=s.db_name,
         cluster=s.prefix.split("/")[1],
-        started_at=iso(started),
+        started_at=iso(ses.started),
         finished_at=iso(finished),
         duration_seconds=round(duration, 3),
-        server_version=server[1],
-        server_version_num=server[0],
-        tool=tool,
-        data=_stored(data_key(name), stats, volumes),
+        server_version=ses.server[1],
+        server_version_num=ses.server[0],
+        tool=ses.tool.text,
+        data=_stored(data_key(ses.name), stats, volumes),
         compression={"algorithm": "zstd", "level": s.zstd_level},
         encryption={
             "algorithm": "AES-256-GCM" if ctx.key else "none",

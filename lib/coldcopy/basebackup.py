@@ -33,12 +33,11 @@ from typing import Any
 from .backup import Session, _StderrTail, commit, context, manifest_for, run_stream_backup
 from .config import Settings, redact
 from .errors import ColdCopyError, DatabaseError, IntegrityError
-from .manifest import Manifest, data_key, iso
+from .manifest import Manifest, iso
 from .names import validate_name
 from .pipeline import Packer, Progress, prefetch, read_chunks
 from .reader import BackupReader
 from .verify import VerifyResult, _record
-from .volumes import VolumeWriter
 from .wal import format_lsn, last_segment_needed, parse_lsn, segment_name_of
 
 log = logging.getLogger(__name__)
@@ -178,8 +177,7 @@ def _server_clock(conn: Any) -> datetime:
 def _stream(
     ses: Session, facts: dict[str, Any], progress: Progress | None, now: Callable[[], datetime]
 ) -> Manifest:
-    ctx, pg, conn, name, started = ses.ctx, ses.pg, ses.conn, ses.name, ses.started
-    (server_num, server_text), tool_text = ses.server, ses.tool.text
+    ctx, pg, conn, name = ses.ctx, ses.pg, ses.conn, ses.name
     s = ctx.settings
     t0 = time.monotonic()
     args = [
@@ -192,9 +190,7 @@ def _stream(
         f"--label={name}",
         "--no-password",
     ]
-    writer = VolumeWriter(
-        ctx.storage, data_key(name), volume_size=s.volume_size_mb << 20, concurrency=s.upload_concurrency
-    )
+    writer = ses.data_writer()
     watcher = TarWatcher()
     start_time = _server_clock(conn)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
@@ -224,14 +220,10 @@ def _stream(
         writer.abort()
         raise
     manifest = manifest_for(
-        ctx,
-        name=name,
+        ses,
         kind="base",
-        started=started,
         finished=now(),
         duration=time.monotonic() - t0,
-        server=(server_num, server_text),
-        tool=tool_text,
         stats=stats,
         volumes=volumes,
         row_counts="none",

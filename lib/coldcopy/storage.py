@@ -131,7 +131,8 @@ class Storage:
             data: bytes = resp["Body"].read()
         except READ_ERRORS as exc:
             raise StorageError(
-                f"reading {key} broke off ({type(exc).__name__})", "run the command again"
+                f"reading {key} broke off ({type(exc).__name__})",
+                "check the network to the storage endpoint and run the command again",
             ) from None
         return data
 

@@ -29,7 +29,8 @@ from .storage import READ_ERRORS, Storage
 
 log = logging.getLogger(__name__)
 
-DOUBLE_EVERY = 1000
+DOUBLE_EVERY = 1000  # volumes between doublings of the volume size
+READ_ATTEMPTS = 4  # reads of one volume that may break in a row, without progress, before giving up
 
 
 def stored_problem(storage: Storage, prefix: str, objects: Iterable[StoredObject]) -> str | None:
@@ -174,9 +175,6 @@ class VolumeWriter:
                 self.storage.delete(stored)
             except Exception as exc:  # noqa: BLE001 - the original error matters more
                 log.warning("could not delete the stored volumes of %s: %s", self.key, exc)
-
-
-READ_ATTEMPTS = 4
 
 
 def read_volumes(storage: Storage, obj: StoredObject, chunk_size: int) -> Iterator[bytes]:
