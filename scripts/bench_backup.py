@@ -201,11 +201,7 @@ def main() -> int:
             "DB_USER": pg.user,
             "DB_PASSWORD": pg.password,
             "DB_SSLMODE": "disable",
-            "DO_SPACES_KEY": s3.access_key,
-            "DO_SPACES_SECRET": s3.secret_key,
-            "DO_SPACES_BUCKET": BUCKET,
-            "DO_SPACES_REGION": s3.region,
-            "DO_SPACES_ENDPOINT": s3.endpoint_url,
+            **s3.spaces_env(BUCKET),
             "BACKUP_ENCRYPTION_KEY": "bench-key-not-secret",
         }
         pgenv = {**os.environ, **pg.env(), "PGDATABASE": DB}

@@ -507,11 +507,7 @@ def main() -> int:
         s3.create_bucket(BARMAN_BUCKET)
         storage = {
             "COLDCOPY_CLUSTER": "bench",
-            "DO_SPACES_KEY": s3.access_key,
-            "DO_SPACES_SECRET": s3.secret_key,
-            "DO_SPACES_BUCKET": BUCKET,
-            "DO_SPACES_REGION": s3.region,
-            "DO_SPACES_ENDPOINT": s3.endpoint_url,
+            **s3.spaces_env(BUCKET),
             "BACKUP_ENCRYPTION_KEY": "bench-pitr-key",
         }
         env_file.write_text("".join(f"{k}='{v}'\n" for k, v in storage.items()))

@@ -210,11 +210,7 @@ def test_bundle_runs_its_function_against_s3_with_only_what_it_ships(
         zf.extractall(tmp_path)
     env = {
         "PATH": os.environ.get("PATH", ""),
-        "DO_SPACES_KEY": s3_server.access_key,
-        "DO_SPACES_SECRET": s3_server.secret_key,
-        "DO_SPACES_BUCKET": bucket,
-        "DO_SPACES_REGION": s3_server.region,
-        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        **s3_server.spaces_env(bucket),
         "MONITOR_TOKEN": "t0k",
         "COLDCOPY_CLUSTER": "smoke",
         "COLDCOPY_LAUNCHER": "none",
@@ -244,11 +240,7 @@ def test_tick_bundle_wakes_the_runner_through_the_do_api(
         app_id = api.add_app()
         env = {
             "PATH": os.environ.get("PATH", ""),
-            "DO_SPACES_KEY": s3_server.access_key,
-            "DO_SPACES_SECRET": s3_server.secret_key,
-            "DO_SPACES_BUCKET": bucket,
-            "DO_SPACES_REGION": s3_server.region,
-            "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+            **s3_server.spaces_env(bucket),
             "COLDCOPY_CLUSTER": "smoke",
             "COLDCOPY_LAUNCHER": "app-platform",  # as project.yml sets it for the scheduler package
             "COLDCOPY_SCHEDULE_FULL": "* * * * *",  # due right now

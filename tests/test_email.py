@@ -130,11 +130,7 @@ def smtp() -> Iterator[Smtp]:
 @pytest.fixture
 def s3_env(s3_server: S3Server, bucket: str) -> dict[str, str]:
     return {
-        "DO_SPACES_KEY": s3_server.access_key,
-        "DO_SPACES_SECRET": s3_server.secret_key,
-        "DO_SPACES_BUCKET": bucket,
-        "DO_SPACES_REGION": s3_server.region,
-        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        **s3_server.spaces_env(bucket),
         "COLDCOPY_CLUSTER": "prod-eu",
         "MONITOR_TOKEN": TOKEN,
         "COLDCOPY_LAUNCHER": "none",

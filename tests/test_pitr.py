@@ -113,11 +113,7 @@ def archiving(s3_server: S3Server, bucket: str, tmp_path: Path) -> Iterator[Arch
         "DB_PASSWORD": cluster.password,
         "DB_SSLMODE": "disable",
         "COLDCOPY_CLUSTER": "pitrtest",
-        "DO_SPACES_KEY": s3_server.access_key,
-        "DO_SPACES_SECRET": s3_server.secret_key,
-        "DO_SPACES_BUCKET": bucket,
-        "DO_SPACES_REGION": s3_server.region,
-        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        **s3_server.spaces_env(bucket),
         "BACKUP_ENCRYPTION_KEY": "pitr-test-key-" + bucket,
         "HOME": os.environ.get("HOME", "/root"),
         "PATH": os.environ.get("PATH", os.defpath),
@@ -316,11 +312,7 @@ def test_target_before_the_oldest_backup_is_refused_before_writing(
 def storage_env(s3_server: S3Server, bucket: str) -> dict[str, str]:
     return {
         "COLDCOPY_CLUSTER": "waltest",
-        "DO_SPACES_KEY": s3_server.access_key,
-        "DO_SPACES_SECRET": s3_server.secret_key,
-        "DO_SPACES_BUCKET": bucket,
-        "DO_SPACES_REGION": s3_server.region,
-        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        **s3_server.spaces_env(bucket),
         "BACKUP_ENCRYPTION_KEY": "wal-test-key",
         "COLDCOPY_ENV_FILE": os.devnull,
     }

@@ -413,11 +413,7 @@ def test_a_drill_of_a_missing_backup_fails_before_anything_is_made(s3_server: S3
 
     env = {
         "COLDCOPY_CLUSTER": "drilltest",
-        "DO_SPACES_KEY": s3_server.access_key,
-        "DO_SPACES_SECRET": s3_server.secret_key,
-        "DO_SPACES_BUCKET": bucket,
-        "DO_SPACES_REGION": s3_server.region,
-        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        **s3_server.spaces_env(bucket),
     }
     r = run_base_drill(load_settings(env, env_file=Path(os.devnull)), "base_backup_postgres_20260101_000000")
     assert r.ok is False and r.measurement is None

@@ -40,11 +40,7 @@ def segment_bytes() -> bytes:
 def ctx(s3_server: S3Server, bucket: str) -> BackupContext:
     env = {
         "COLDCOPY_CLUSTER": "walpush",
-        "DO_SPACES_KEY": s3_server.access_key,
-        "DO_SPACES_SECRET": s3_server.secret_key,
-        "DO_SPACES_BUCKET": bucket,
-        "DO_SPACES_REGION": s3_server.region,
-        "DO_SPACES_ENDPOINT": s3_server.endpoint_url,
+        **s3_server.spaces_env(bucket),
         "BACKUP_ENCRYPTION_KEY": "walpush-test-key",
     }
     return context(load_settings(env, env_file=Path(os.devnull)))

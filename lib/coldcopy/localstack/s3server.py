@@ -117,6 +117,16 @@ class S3Server:
             config=Config(retries={"max_attempts": 2, "mode": "standard"}),
         )
 
+    def spaces_env(self, bucket: str) -> dict[str, str]:
+        """The ``DO_SPACES_*`` settings that point ColdCopy at ``bucket`` on this server."""
+        return {
+            "DO_SPACES_KEY": self.access_key,
+            "DO_SPACES_SECRET": self.secret_key,
+            "DO_SPACES_BUCKET": bucket,
+            "DO_SPACES_REGION": self.region,
+            "DO_SPACES_ENDPOINT": self.endpoint_url,
+        }
+
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
 
