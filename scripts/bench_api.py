@@ -48,9 +48,9 @@ COLD_TARGET_S = 1.0
 
 # -- seeding --------------------------------------------------------------------------------------
 def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
-    from coldcopy.catalog import Catalog, journal_key, start_after
-    from coldcopy.jobs import new_run_id
-    from coldcopy.manifest import Manifest, StoredObject, iso
+    from coldcopy.core.catalog import Catalog, journal_key, start_after
+    from coldcopy.core.manifest import Manifest, StoredObject, iso
+    from coldcopy.ops.queue import new_run_id
 
     now = datetime.now(UTC)
     put = backend.put_object
@@ -284,7 +284,7 @@ def cold_function(env: dict[str, str]) -> float:
 
 
 def cold_serve(env: dict[str, str]) -> float:
-    from coldcopy.localstack.net import free_port
+    from coldcopy.loopback import free_port
 
     port = free_port()
     t0 = time.perf_counter()
@@ -304,9 +304,9 @@ def cold_serve(env: dict[str, str]) -> float:
 
 def s3_calls_per_read(env: dict[str, str]) -> dict[str, int]:
     """Count the S3 operations of one warm catalog read (in this process, same code)."""
-    from coldcopy.catalog_store import CatalogStore
     from coldcopy.config import load_settings
-    from coldcopy.storage import Storage
+    from coldcopy.storage.catalog_store import CatalogStore
+    from coldcopy.storage.s3 import Storage
 
     storage = Storage(load_settings(env))
     calls: dict[str, int] = {}
@@ -324,10 +324,10 @@ def s3_calls_per_read(env: dict[str, str]) -> dict[str, int]:
 
 def s3_listing_ms(env: dict[str, str], n: int = 5) -> float:
     """Median time of the one listing a warm read makes, measured from this process."""
-    from coldcopy.catalog import JOURNAL, start_after
-    from coldcopy.catalog_store import CatalogStore
     from coldcopy.config import load_settings
-    from coldcopy.storage import Storage
+    from coldcopy.core.catalog import JOURNAL, start_after
+    from coldcopy.storage.catalog_store import CatalogStore
+    from coldcopy.storage.s3 import Storage
 
     storage = Storage(load_settings(env))
     after = start_after(CatalogStore(storage).read_cached().watermark)
@@ -368,7 +368,7 @@ def main() -> int:
     from moto.s3.models import s3_backends
     from moto.server import ThreadedMotoServer
 
-    from coldcopy.localstack.net import free_port
+    from coldcopy.loopback import free_port
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

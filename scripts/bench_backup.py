@@ -30,14 +30,14 @@ from pathlib import Path
 import psutil
 
 from coldcopy.localstack.demodata import load_demo_data
-from coldcopy.localstack.pgcluster import PgCluster
 from coldcopy.localstack.s3server import S3Server
+from coldcopy.postgres.cluster import PgCluster
 
 DB = "benchdb"
 BUCKET = "bench-bucket"
 RUNNER = """
 import resource, sys, json, time
-from coldcopy.cli import main
+from coldcopy.cli.main import main
 t0 = time.monotonic()
 rc = main(sys.argv[1:])
 me = resource.getrusage(resource.RUSAGE_SELF)

@@ -48,9 +48,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from coldcopy.localstack.net import free_port
-from coldcopy.localstack.pgcluster import PgCluster
 from coldcopy.localstack.s3server import S3Server
+from coldcopy.loopback import free_port
+from coldcopy.postgres.cluster import PgCluster
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-pitr"

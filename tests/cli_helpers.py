@@ -9,7 +9,7 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
-from coldcopy.cli import main
+from coldcopy.cli.main import main
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from coldcopy.localstack.demodata import load_demo_data
-from coldcopy.localstack.pgcluster import PgCluster
 from coldcopy.localstack.s3server import S3Server
+from coldcopy.postgres.cluster import PgCluster
 
 API_TOKEN = secrets.token_urlsafe(24)  # the monitor's bearer token in ``api_env``
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from coldcopy.alerts import (
+from coldcopy.core.alerts import (
     PLANS,
     Alert,
     Thresholds,
@@ -17,9 +17,9 @@ from coldcopy.alerts import (
     evaluate,
     thresholds_from,
 )
-from coldcopy.catalog import Catalog
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso
 from coldcopy.errors import ConfigError
-from coldcopy.manifest import CatalogEntry, iso
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 TH = Thresholds()

@@ -181,7 +181,7 @@ def _rewrite(env: dict[str, str], name: str, change) -> None:  # type: ignore[no
 
 def _frames(blob: bytes) -> tuple[bytes, list[bytes]]:
     """Split a stored stream into its header and frames (see docs/encryption-format.md)."""
-    from coldcopy.crypto import read_header
+    from coldcopy.stream.crypto import read_header
 
     hlen = read_header(blob).size
     pos, frames = hlen, []

@@ -10,11 +10,11 @@ import time
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy import inflight
-from coldcopy.backup import commit, context
+from coldcopy.backup import inflight
+from coldcopy.backup.logical import commit, context
 from coldcopy.config import load_settings
 from coldcopy.errors import DatabaseError, IntegrityError
-from coldcopy.pg import Postgres
+from coldcopy.postgres.client import Postgres
 
 
 def test_marker_heartbeat_runs_in_the_background(coldcopy_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy import jobs
-from coldcopy.catalog_store import CatalogStore
-from coldcopy.cleanup import run_cleanup
 from coldcopy.config import Settings, load_settings
-from coldcopy.manifest import Manifest, StoredObject, data_key, globals_key, iso, manifest_key
-from coldcopy.names import make_name
-from coldcopy.retention import RetentionPolicy
-from coldcopy.storage import Storage
-from coldcopy.worker import run_worker
+from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key, iso, manifest_key
+from coldcopy.core.names import make_name
+from coldcopy.core.retention import RetentionPolicy
+from coldcopy.ops import queue as jobs
+from coldcopy.ops.cleanup import run_cleanup
+from coldcopy.ops.worker import run_worker
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.s3 import Storage
 
 
 def settings(env: dict[str, str]) -> Settings:
@@ -267,8 +267,8 @@ def test_bad_tier_setting_is_a_config_error(coldcopy_env: dict[str, str], value:
 def test_a_pin_made_while_cleanup_runs_wins(
     coldcopy_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import coldcopy.cleanup as cleanup
-    from coldcopy.pins import pin
+    import coldcopy.ops.cleanup as cleanup
+    from coldcopy.ops.pins import pin
 
     s = settings(coldcopy_env)
     storage = Storage(s)

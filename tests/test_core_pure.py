@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coldcopy.catalog import SKEW, Catalog, journal_key, start_after, summarize
 from coldcopy.config import Secret, load_settings, redact
+from coldcopy.core.catalog import SKEW, Catalog, journal_key, start_after, summarize
+from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.names import make_name, parse_name, validate_db_identifier, validate_name
 from coldcopy.errors import ConfigError, InvalidNameError
-from coldcopy.manifest import CatalogEntry, iso
-from coldcopy.names import make_name, parse_name, validate_db_identifier, validate_name
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 

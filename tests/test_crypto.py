@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coldcopy import crypto
-from coldcopy.crypto import (
+from coldcopy.errors import IntegrityError, WrongKeyError
+from coldcopy.stream import crypto
+from coldcopy.stream.crypto import (
     HEADER_MAX,
     Decryptor,
     Encryptor,
@@ -22,7 +23,6 @@ from coldcopy.crypto import (
     read_header,
     rewrap_header,
 )
-from coldcopy.errors import IntegrityError, WrongKeyError
 
 PASSPHRASE = "correct horse battery staple"
 KEY = MasterKey.from_passphrase(PASSPHRASE)
@@ -321,7 +321,10 @@ def test_one_scrypt_per_master_key_not_per_stream() -> None:
 
 
 def test_key_id_is_stable_across_processes_and_distinct_per_passphrase() -> None:
-    code = f"from coldcopy.crypto import MasterKey; print(MasterKey.from_passphrase({PASSPHRASE!r}).key_id)"
+    code = (
+        "from coldcopy.stream.crypto import MasterKey; "
+        f"print(MasterKey.from_passphrase({PASSPHRASE!r}).key_id)"
+    )
     other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other_process.stdout.strip() == KEY.key_id
     assert KEY.key_id == "86fd53ef89b92ebb"  # test vector, also in docs/encryption-format.md

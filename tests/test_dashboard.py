@@ -27,7 +27,7 @@ import requests
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
 from coldcopy.functions import web
-from coldcopy.serve import LocalHost, make_server
+from coldcopy.localstack.functions_host import LocalHost, make_server
 from test_metrics import assert_clean
 
 TOKEN = "dashboard-test-token-0123456789"

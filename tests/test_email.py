@@ -22,16 +22,16 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from cli_helpers import run_cli
-from coldcopy.alert_state import STATE_KEY
-from coldcopy.catalog import Catalog
-from coldcopy.catalog_store import CatalogStore
+from coldcopy.alerting.notify import check_alerts
 from coldcopy.config import Settings, load_settings
+from coldcopy.core.alert_state import STATE_KEY
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso
 from coldcopy.functions import tick as tick_fn
 from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
-from coldcopy.manifest import CatalogEntry, iso
-from coldcopy.notify import check_alerts
-from coldcopy.storage import Storage
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.s3 import Storage
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 USER, PASSWORD = "alerts@example.org", "s3cret-smtp-pässword"
@@ -373,7 +373,7 @@ def test_cli_test_email_and_alerts(s3_env: dict[str, str], smtp: Smtp) -> None:
 
 
 def test_a_stale_job_from_the_real_run_records_starts_an_alert(s3_env: dict[str, str], smtp: Smtp) -> None:
-    from coldcopy import jobs
+    from coldcopy.ops import queue as jobs
 
     s = settings_of(s3_env)
     storage = Storage(s)

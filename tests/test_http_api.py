@@ -25,15 +25,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy.catalog import Catalog
-from coldcopy.catalog_store import CatalogStore
+from coldcopy.api.protocol import MAX_BODY_BYTES, ROUTES, encode_cursor
 from coldcopy.config import Settings, load_settings
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso
 from coldcopy.functions import web
-from coldcopy.http_api import MAX_BODY_BYTES, ROUTES, encode_cursor
-from coldcopy.localstack.net import free_port, wait_until
-from coldcopy.manifest import CatalogEntry, iso
-from coldcopy.serve import LocalHost, make_server
-from coldcopy.storage import Storage
+from coldcopy.localstack.functions_host import LocalHost, make_server
+from coldcopy.loopback import free_port, wait_until
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.s3 import Storage
 from conftest import API_TOKEN
 
 TOKEN = API_TOKEN
@@ -547,7 +547,7 @@ def test_without_project_yml_the_builtin_table_serves_the_same(
 
 
 def test_the_host_calls_the_packaged_functions() -> None:
-    from coldcopy.serve import find_project, load_functions
+    from coldcopy.localstack.functions_host import find_project, load_functions
 
     functions = load_functions(find_project())
     assert {f for (p, f) in functions if p == "monitor"} == {r.function for r in ROUTES}
@@ -647,8 +647,8 @@ def test_catalog_cache_revalidates_with_one_conditional_get_and_one_listing(api_
 
 # -- the event the local host builds, and the one the functions read ------------------------------
 def test_the_host_builds_digitaloceans_event_and_the_functions_read_every_shape() -> None:
-    from coldcopy.http_api import parse_event
-    from coldcopy.serve import RequestRefused, build_event
+    from coldcopy.api.protocol import parse_event
+    from coldcopy.localstack.functions_host import RequestRefused, build_event
 
     headers = {"content-type": "application/json", "authorization": "Bearer x"}
     body = b'{"name": "n", "limit": "7"}'

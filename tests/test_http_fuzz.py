@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coldcopy.api.protocol import ROUTES, encode_cursor
 from coldcopy.functions import web
-from coldcopy.http_api import ROUTES, encode_cursor
 from test_http_api import TOKEN, Api, Response, history, request, seed, settings_of, start_host
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

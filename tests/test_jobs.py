@@ -18,13 +18,13 @@ import psutil
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy import jobs
 from coldcopy.config import Settings, load_settings
 from coldcopy.errors import ColdCopyError, InvalidNameError
 from coldcopy.functions import tick as tick_fn
-from coldcopy.launchers import LauncherError, LaunchResult
-from coldcopy.storage import Storage
-from coldcopy.worker import HANDLERS, Handler, WorkerReport, run_worker
+from coldcopy.ops import queue as jobs
+from coldcopy.ops.launchers import LauncherError, LaunchResult
+from coldcopy.ops.worker import HANDLERS, Handler, WorkerReport, run_worker
+from coldcopy.storage.s3 import Storage
 
 SUNDAY_FIRST = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # a Sunday and the 1st: all four schedules fire
 TUESDAY = datetime(2026, 11, 24, tzinfo=UTC)
@@ -255,7 +255,8 @@ def test_tick_function_answers_a_summary_never_a_traceback(
 def test_tick_module_imports_stay_light() -> None:
     code = (
         "import sys, coldcopy.functions.tick; "
-        "print(sorted(m for m in ('pg8000', 'zstandard', 'cryptography', 'coldcopy.backup', 'croniter') "
+        "print(sorted(m for m in ('pg8000', 'zstandard', 'cryptography', "
+        "'coldcopy.backup.logical', 'croniter') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -527,7 +528,7 @@ def test_tick_wakes_a_real_local_worker(coldcopy_env: dict[str, str], tmp_path: 
 def test_launchers_are_built_from_settings(
     coldcopy_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from coldcopy.launchers import AppPlatformLauncher, DockerLauncher, LocalLauncher
+    from coldcopy.ops.launchers import AppPlatformLauncher, DockerLauncher, LocalLauncher
 
     env_file = tmp_path / "runner.env"
     env_file.write_text(

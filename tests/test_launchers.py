@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from coldcopy.errors import ColdCopyError
-from coldcopy.launchers import (
+from coldcopy.ops.launchers import (
     IN_PROGRESS_PHASES,
     AppPlatformLauncher,
     DockerLauncher,

@@ -26,9 +26,9 @@ from coldcopy.localstack.demodata import (
     row_plan,
     table_row_counts,
 )
-from coldcopy.localstack.net import wait_until
-from coldcopy.localstack.pgcluster import PgCluster
 from coldcopy.localstack.s3server import S3Server
+from coldcopy.loopback import wait_until
+from coldcopy.postgres.cluster import PgCluster
 
 # -- the cluster -------------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coldcopy.alerts import Thresholds, WalGap, WalStatus, evaluate
-from coldcopy.catalog import Catalog
-from coldcopy.manifest import CatalogEntry, iso
-from coldcopy.metrics import render
+from coldcopy.core.alerts import Thresholds, WalGap, WalStatus, evaluate
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.metrics import render
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -152,9 +152,10 @@ def test_the_metrics_alerts_and_dashboard_path_imports_nothing_heavy() -> None:
     import sys
 
     code = (
-        "import sys, coldcopy.functions.web, coldcopy.notify, coldcopy.metrics, coldcopy.dashboard;"
-        "import coldcopy.jobs;"
-        "coldcopy.dashboard.page();"
+        "import sys, coldcopy.functions.web, coldcopy.alerting.notify, coldcopy.core.metrics, "
+        "coldcopy.api.dashboard;"
+        "import coldcopy.ops.queue;"
+        "coldcopy.api.dashboard.page();"
         "print([m for m in sys.modules if m.split('.')[0] in ('pg8000', 'zstandard', 'cryptography')])"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

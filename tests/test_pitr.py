@@ -25,13 +25,13 @@ import pg8000.native
 import pytest
 
 from cli_helpers import Result, run_cli
-from coldcopy.backup import context
+from coldcopy.backup.logical import context
 from coldcopy.config import load_settings
-from coldcopy.localstack.net import free_port
-from coldcopy.localstack.pgcluster import PgCluster
+from coldcopy.core.manifest import Manifest, manifest_key
 from coldcopy.localstack.s3server import S3Server
-from coldcopy.manifest import Manifest, manifest_key
-from coldcopy.walarchive import wal_key
+from coldcopy.loopback import free_port
+from coldcopy.postgres.cluster import PgCluster
+from coldcopy.wal.archive import wal_key
 
 OWNER = "postgres"
 
@@ -357,7 +357,7 @@ def test_wal_fetch_absent_and_history_files(storage_env: dict[str, str], tmp_pat
 
 # -- planning, pure ---------------------------------------------------------------------------------
 def _fake_base(name: str, start: str, stop: str, stop_time: str) -> Manifest:
-    from coldcopy.manifest import StoredObject
+    from coldcopy.core.manifest import StoredObject
 
     return Manifest(
         name=name, kind="base", database="db", cluster="c", started_at=stop_time, finished_at=stop_time,
@@ -369,8 +369,8 @@ def _fake_base(name: str, start: str, stop: str, stop_time: str) -> Manifest:
 
 
 def test_plan_refuses_gaps_and_targets_beyond_the_archive() -> None:
-    from coldcopy.recovery_plan import RecoveryRefused, Target, plan_recovery
-    from coldcopy.wal import Segment
+    from coldcopy.core.lsn import Segment
+    from coldcopy.core.recovery_plan import RecoveryRefused, Target, plan_recovery
 
     t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     base = _fake_base(
@@ -391,8 +391,8 @@ def test_plan_refuses_gaps_and_targets_beyond_the_archive() -> None:
 
 
 def test_wal_status_summary_is_pure_and_finds_unrecoverable_backups() -> None:
-    from coldcopy.wal import Segment
-    from coldcopy.walstatus import summarize
+    from coldcopy.core.archive_report import summarize
+    from coldcopy.core.lsn import Segment
 
     t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
     good = _fake_base(
@@ -517,12 +517,12 @@ def test_walclient_and_daemon_archive_and_survive_a_daemon_crash(archiving: Arch
         archiving.marker("daemon-back")
         last = archiving.switch_and_wait(timeout=90)
         assert last > lost and f"{lost} stored" in log.read_text()
-        from coldcopy.walarchive import archived_names
+        from coldcopy.wal.archive import archived_names
 
         names = [
             n for n, _ in archived_names(context(load_settings(archiving.env, env_file=Path(os.devnull))))
         ]
-        from coldcopy.wal import gaps
+        from coldcopy.core.lsn import gaps
 
         assert gaps(names, 16 << 20, timeline=1, first=first, last=last) == []
     finally:
@@ -551,7 +551,7 @@ def test_wal_pushd_stores_and_refuses_conflicts_and_a_second_daemon(
 
     from coldcopy import walclient
     from coldcopy.errors import ColdCopyError
-    from coldcopy.walpushd import WalPushServer, serve
+    from coldcopy.wal.pushd import WalPushServer, serve
 
     ctx = context(load_settings(storage_env))
     sock = tmp_path / "run" / "d.sock"
@@ -589,7 +589,7 @@ def test_wal_pushd_stores_and_refuses_conflicts_and_a_second_daemon(
 
 
 def unpack_stored(ctx: Any, name: str) -> bytes:
-    from coldcopy.walarchive import unpack
+    from coldcopy.wal.archive import unpack
 
     return unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
 
@@ -597,9 +597,9 @@ def unpack_stored(ctx: Any, name: str) -> bytes:
 def test_wal_fetch_prefetches_ahead_and_serves_from_the_spool(
     storage_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from coldcopy import walspool
-    from coldcopy.wal import Segment
-    from coldcopy.walarchive import push
+    from coldcopy.core.lsn import Segment
+    from coldcopy.wal import spool as walspool
+    from coldcopy.wal.archive import push
 
     ctx = context(load_settings(storage_env))
     wal = tmp_path / "pg_wal"
@@ -644,8 +644,8 @@ def test_wal_fetch_prefetches_ahead_and_serves_from_the_spool(
 
 
 def test_plan_follows_the_history_to_the_latest_timeline() -> None:
-    from coldcopy.recovery_plan import RecoveryRefused, Target, parse_history, plan_recovery
-    from coldcopy.wal import Segment
+    from coldcopy.core.lsn import Segment
+    from coldcopy.core.recovery_plan import RecoveryRefused, Target, parse_history, plan_recovery
 
     t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     base = _fake_base(
@@ -754,8 +754,8 @@ def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
     archiving.marker("swept")
     closed = archiving.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
     # The second sweep as a worker job (what the scheduler enqueues).
-    from coldcopy import jobs
-    from coldcopy.worker import run_worker
+    from coldcopy.ops import queue as jobs
+    from coldcopy.ops.worker import run_worker
 
     s = load_settings(env)
     storage = context(s).storage
@@ -766,7 +766,7 @@ def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
     assert closed in out2["pushed"] and out2["partial"] > closed
     assert not (folder / closed).exists()  # pushed, then removed locally
     assert storage.exists(wal_key(closed))
-    from coldcopy.walarchive import unpack
+    from coldcopy.wal.archive import unpack
 
     stored = unpack(context(s), storage.get_bytes(wal_key(closed)))
     assert len(stored) == 16 << 20
@@ -801,8 +801,8 @@ def several_segments(arch: Archiving) -> datetime:
 def test_pitr_start_serves_recovery_from_the_feeder(
     archiving: Archiving, recovered: tuple[Path, int]
 ) -> None:
-    from coldcopy.pitr import run_pitr
-    from coldcopy.recovery_plan import Target
+    from coldcopy.core.recovery_plan import Target
+    from coldcopy.restore.pitr import run_pitr
 
     target_dir, port = recovered
     target = several_segments(archiving)
@@ -826,8 +826,8 @@ def test_pitr_start_serves_recovery_from_the_feeder(
 def test_feeder_falls_back_to_wal_fetch_when_storage_fails(
     archiving: Archiving, recovered: tuple[Path, int]
 ) -> None:
-    from coldcopy.pitr import base_manifests, load_archive, prepare_recovery, start_recovery
-    from coldcopy.recovery_plan import Target, plan_recovery
+    from coldcopy.core.recovery_plan import Target, plan_recovery
+    from coldcopy.restore.pitr import base_manifests, load_archive, prepare_recovery, start_recovery
 
     target_dir, port = recovered
     target = several_segments(archiving)
@@ -854,10 +854,10 @@ def test_feeder_falls_back_to_wal_fetch_when_storage_fails(
 def test_feeder_fills_the_spool_in_order_owned_bounded_and_atomic(
     storage_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from coldcopy import walspool
-    from coldcopy.wal import Segment
-    from coldcopy.walarchive import push
-    from coldcopy.walfeeder import WalFeeder
+    from coldcopy.core.lsn import Segment
+    from coldcopy.wal import spool as walspool
+    from coldcopy.wal.archive import push
+    from coldcopy.wal.feeder import WalFeeder
 
     ctx = context(load_settings(storage_env))
     wal = tmp_path / "pg_wal"
@@ -913,12 +913,14 @@ def test_the_postmaster_is_found_without_ptrace_and_a_stranger_never_is(
     """In a container root lacks CAP_SYS_PTRACE and cannot read another user's /proc/<pid>/cwd: the
     postmaster is still recognised (from its public command line).  A pid file naming some other
     process (a crashed server whose pid was reused) is never taken for a server."""
-    from coldcopy.pgserver import postmaster_pid
+    from coldcopy.postgres.server import postmaster_pid
 
     expected = int((pg.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
     assert postmaster_pid(pg.data_dir) == expected
     if os.geteuid() == 0 and Path("/usr/bin/setpriv").exists():
-        code = "import sys; from pathlib import Path; from coldcopy.pgserver import postmaster_pid as p; "
+        code = (
+            "import sys; from pathlib import Path; from coldcopy.postgres.server import postmaster_pid as p; "
+        )
         code += "print(p(Path(sys.argv[1])))"
         proc = subprocess.run(
             ["setpriv", "--bounding-set", "-sys_ptrace", sys.executable, "-c", code, str(pg.data_dir)],
@@ -937,9 +939,9 @@ def test_a_history_file_archived_while_feeding_is_no_longer_answered_absent(
 ) -> None:
     """At its end recovery probes the next timelines' history again to pick a new timeline: one
     archived since the feeder started must not be answered "absent" (the copy would reuse its number)."""
-    from coldcopy import walspool
-    from coldcopy.walarchive import push
-    from coldcopy.walfeeder import WalFeeder
+    from coldcopy.wal import spool as walspool
+    from coldcopy.wal.archive import push
+    from coldcopy.wal.feeder import WalFeeder
 
     ctx = context(load_settings(storage_env))
     spool = tmp_path / "spool"

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy.alerts import PLANS, WalGap
-from coldcopy.catalog import Catalog
 from coldcopy.config import load_settings
-from coldcopy.manifest import CatalogEntry, iso
-from coldcopy.plans import ALIASES, Facts, build_plan
-from coldcopy.storage import Storage
-from coldcopy.walmonitor import STATE_KEY
+from coldcopy.core.alerts import PLANS, WalGap
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.runbooks import ALIASES, Facts, build_plan
+from coldcopy.storage.s3 import Storage
+from coldcopy.wal.monitor import STATE_KEY
 from test_recovery_time import MB, base, catalog, drill, entry, prepare_bucket, window
 
 NOW = datetime.now(UTC).replace(microsecond=0)

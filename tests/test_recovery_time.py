@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from cli_helpers import run_cli
-from coldcopy.alerts import WalGap, WalStatus
-from coldcopy.catalog import Catalog
-from coldcopy.catalog_store import CatalogStore
+from coldcopy.api.protocol import recovery_time_view
 from coldcopy.config import load_settings
-from coldcopy.crypto import MasterKey
-from coldcopy.http_api import recovery_time_view
-from coldcopy.manifest import CatalogEntry, iso
-from coldcopy.names import make_name
-from coldcopy.recovery_time import (
+from coldcopy.core.alerts import WalGap, WalStatus
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.names import make_name
+from coldcopy.core.recovery_time import (
     ASSUMED_REPLAY_RATE,
     ASSUMED_WAL_BYTES_PER_HOUR,
     DEFAULT_THROUGHPUT,
@@ -26,8 +24,10 @@ from coldcopy.recovery_time import (
     PROVISION_SECONDS,
     estimate,
 )
-from coldcopy.storage import Storage
-from coldcopy.walmonitor import STATE_KEY, load, refresh
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.s3 import Storage
+from coldcopy.stream.crypto import MasterKey
+from coldcopy.wal.monitor import STATE_KEY, load, refresh
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 MB = 1_000_000

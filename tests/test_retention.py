@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coldcopy.config import Settings
-from coldcopy.retention import (
+from coldcopy.core.retention import (
     Backup,
     RetentionPlan,
     RetentionPolicy,

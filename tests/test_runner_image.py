@@ -182,7 +182,7 @@ def test_the_copied_files_build_the_package(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wheel = next((tmp_path / "wheels").glob("coldcopy-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "coldcopy/cli.py" in names and "coldcopy/launchers.py" in names
+    assert "coldcopy/cli/main.py" in names and "coldcopy/ops/launchers.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "coldcopy = coldcopy.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -11,9 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coldcopy.config import Settings, load_settings
-from coldcopy.errors import ColdCopyError, InvalidNameError
-from coldcopy.jobs import Job, check_params, new_run_id, queue_key, run_id_time, slot_key, validate_run_id
-from coldcopy.schedule import (
+from coldcopy.core.schedule import (
     Slot,
     due_slots,
     is_stale,
@@ -21,6 +19,16 @@ from coldcopy.schedule import (
     parse_slot_time,
     schedule_table,
     slot_time,
+)
+from coldcopy.errors import ColdCopyError, InvalidNameError
+from coldcopy.ops.queue import (
+    Job,
+    check_params,
+    new_run_id,
+    queue_key,
+    run_id_time,
+    slot_key,
+    validate_run_id,
 )
 
 GRACE = timedelta(minutes=60)

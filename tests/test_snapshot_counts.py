@@ -8,7 +8,7 @@ import pytest
 
 from coldcopy.config import load_settings
 from coldcopy.errors import DatabaseError
-from coldcopy.pg import Postgres
+from coldcopy.postgres.client import Postgres
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from urllib.parse import urlparse
 import pytest
 
 from coldcopy.config import load_settings
+from coldcopy.core.manifest import StoredObject
 from coldcopy.errors import ConflictError, IntegrityError, StorageError
-from coldcopy.manifest import StoredObject
-from coldcopy.storage import Storage
-from coldcopy.volumes import VolumeWriter, read_volumes
+from coldcopy.storage.s3 import Storage
+from coldcopy.storage.volumes import VolumeWriter, read_volumes
 
 SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'

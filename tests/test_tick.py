@@ -7,10 +7,10 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from coldcopy import jobs
 from coldcopy.config import Settings, load_settings
 from coldcopy.functions import tick as tick_fn
-from coldcopy.storage import Storage
+from coldcopy.ops import queue as jobs
+from coldcopy.storage.s3 import Storage
 
 TUESDAY_NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # no default schedule fires at noon
 STRONG_SECRET = "moto-ignores-this-secret-" + secrets.token_hex(8)

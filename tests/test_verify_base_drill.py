@@ -22,24 +22,24 @@ from typing import Any
 import pytest
 
 from cli_helpers import spawn_cli
-from coldcopy.backup import context
-from coldcopy.catalog import Catalog
+from coldcopy.backup.logical import context
 from coldcopy.config import load_settings
-from coldcopy.localstack.net import wait_until
-from coldcopy.localstack.s3server import S3Server
-from coldcopy.manifest import CatalogEntry, iso, parse_iso
-from coldcopy.recovery_plan import reachable_segments
-from coldcopy.recovery_time import (
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.lsn import Segment, parse_lsn
+from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
+from coldcopy.core.recovery_plan import reachable_segments
+from coldcopy.core.recovery_time import (
     ASSUMED_REPLAY_RATE,
     base_throughput,
     replay_rate,
     throughput,
 )
-from coldcopy.verify_base_drill import choose_target, parse_waldump
-from coldcopy.verify_restore import schedule_selection
-from coldcopy.wal import Segment, parse_lsn
-from coldcopy.walarchive import wal_key
-from coldcopy.walmonitor import refresh
+from coldcopy.localstack.s3server import S3Server
+from coldcopy.loopback import wait_until
+from coldcopy.verify.base_drill import choose_target, parse_waldump
+from coldcopy.verify.scratch_restore import schedule_selection
+from coldcopy.wal.archive import wal_key
+from coldcopy.wal.monitor import refresh
 from test_http_api import TOKEN, Api, start_host
 from test_pitr import Archiving, _fake_base, base_backup, cli
 from test_pitr import archiving as archiving  # noqa: F401 - the fixture, used through `arch`
@@ -409,7 +409,7 @@ def test_a_sigterm_during_a_drill_still_removes_the_server_and_the_folder(arch: 
 
 
 def test_a_drill_of_a_missing_backup_fails_before_anything_is_made(s3_server: S3Server, bucket: str) -> None:
-    from coldcopy.verify_base_drill import run_base_drill
+    from coldcopy.verify.base_drill import run_base_drill
 
     env = {
         "COLDCOPY_CLUSTER": "drilltest",

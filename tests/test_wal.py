@@ -1,4 +1,4 @@
-"""WAL arithmetic (coldcopy.wal): pure, property-tested."""
+"""WAL arithmetic (coldcopy.core.lsn): pure, property-tested."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coldcopy import wal
+from coldcopy.core import lsn as wal
 
 SIZES = st.sampled_from([1 << 20, 16 << 20, 64 << 20, 1 << 30])
 LSNS = st.integers(min_value=0, max_value=wal.MAX_LSN)

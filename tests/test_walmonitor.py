@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from coldcopy.alerts import Thresholds, evaluate
-from coldcopy.catalog import Catalog
 from coldcopy.config import load_settings
-from coldcopy.manifest import iso
-from coldcopy.metrics import render
-from coldcopy.storage import Storage
-from coldcopy.wal import Segment, parse_segment
-from coldcopy.walmonitor import STATE_KEY, load, refresh, wal_rate
-from coldcopy.walstatus import BackupWindow
+from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.archive_report import BackupWindow
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.lsn import Segment, parse_segment
+from coldcopy.core.manifest import iso
+from coldcopy.core.metrics import render
+from coldcopy.storage.s3 import Storage
+from coldcopy.wal.monitor import STATE_KEY, load, refresh, wal_rate
 
 
 def test_no_archive_means_no_wal_status(coldcopy_env) -> None:  # type: ignore[no-untyped-def]

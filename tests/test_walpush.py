@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from coldcopy.backup import BackupContext, context
+from coldcopy.backup.logical import BackupContext, context
 from coldcopy.config import load_settings
-from coldcopy.crypto import MasterKey
 from coldcopy.errors import ConflictError, IntegrityError
 from coldcopy.localstack.s3server import S3Server
-from coldcopy.pipeline import Unpacker, pack_bytes, pack_frame
-from coldcopy.walarchive import WAL_LEVEL, fetch, push, wal_key
-from coldcopy.walpushd import WalPushServer, archive_command, serve
+from coldcopy.stream.crypto import MasterKey
+from coldcopy.stream.pipeline import Unpacker, pack_bytes, pack_frame
+from coldcopy.wal.archive import WAL_LEVEL, fetch, push, wal_key
+from coldcopy.wal.pushd import WalPushServer, archive_command, serve
 
 REPO = Path(__file__).resolve().parents[1]
 SEG = "000000010000000000000003"

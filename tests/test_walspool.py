@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coldcopy import walspool
+from coldcopy.wal import spool as walspool
 
 
 def _spool(tmp_path: Path, names: list[str], managed: bool) -> Path:

@@ -1,6 +1,6 @@
 """``python -m coldcopy``: the CLI, with a shortcut for restore_command's ``wal-fetch``.
 
-A ``wal-fetch`` whose file is in the spool is served with only :mod:`coldcopy.walspool` imported
+A ``wal-fetch`` whose file is in the spool is served with only :mod:`coldcopy.wal.spool` imported
 (standard library), about an interpreter start; anything else goes to the full CLI.
 """
 
@@ -9,12 +9,12 @@ import sys
 
 def main() -> int:
     if sys.argv[1:2] == ["wal-fetch"]:
-        from .walspool import fast_fetch
+        from coldcopy.wal.spool import fast_fetch
 
         served = fast_fetch(sys.argv[2:])
         if served is not None:
             return served
-    from .cli import main as cli_main
+    from coldcopy.cli.main import main as cli_main
 
     return cli_main()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import ConfigError
+from coldcopy.errors import ConfigError
 
 
 class Secret:
@@ -182,7 +182,7 @@ def _cluster(text: str) -> str:
 
 
 def _sanity(text: str) -> str:
-    from .sanity import parse_sanity_queries
+    from coldcopy.core.sanity import parse_sanity_queries
 
     parse_sanity_queries(text)  # raises ValueError naming the refused query
     return text.strip()
@@ -282,9 +282,9 @@ def load_settings(
 def _feature_problems(values: Mapping[str, str]) -> list[str]:
     """Settings that their features parse (alert thresholds, SMTP, retention tiers):
     checked here too, so a typo in any of them is reported with the rest, before anything connects."""
-    from .alert_email import smtp_from
-    from .alerts import thresholds_from
-    from .retention import tiers_from
+    from coldcopy.alerting.email import smtp_from
+    from coldcopy.core.alerts import thresholds_from
+    from coldcopy.core.retention import tiers_from
 
     problems: list[str] = []
     for parse in (thresholds_from, smtp_from, tiers_from):

@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import STORAGE, Settings, environment, load_settings, redact
-from ..errors import ColdCopyError
-from ..jobs import enqueue, iso, mark_stale, pending
-from ..schedule import due_slots, schedule_table
-from ..storage import Storage
+from coldcopy.config import STORAGE, Settings, environment, load_settings, redact
+from coldcopy.core.schedule import due_slots, schedule_table
+from coldcopy.errors import ColdCopyError
+from coldcopy.ops.queue import enqueue, iso, mark_stale, pending
+from coldcopy.storage.s3 import Storage
 
 if TYPE_CHECKING:
-    from ..launchers import Launcher
+    from coldcopy.ops.launchers import Launcher
 
 log = logging.getLogger("coldcopy.tick")
 
@@ -52,7 +52,7 @@ def launcher_for(settings: Settings, env_file: str | None = None) -> Launcher | 
 
     ``env_file`` is the settings file this process was given, so that the runner reads the same one.
     """
-    from ..launchers import launcher_from_settings
+    from coldcopy.ops.launchers import launcher_from_settings
 
     kind = settings.launcher
     if kind == "none":
@@ -122,14 +122,14 @@ def tick(
         log.error("could not check for stale runs: %s", exc.message)
         summary["errors"].append({"stale": True, "message": redact(exc.message, settings)})
     try:  # the WAL archive's summary for /metrics and /alerts (PITR)
-        from ..walmonitor import refresh
+        from coldcopy.wal.monitor import refresh
 
         refresh(storage)
     except ColdCopyError as exc:
         log.error("could not summarise the WAL archive: %s", redact(exc.message, settings))
         summary["errors"].append({"wal": True, "message": redact(exc.message, settings)})
     try:  # after the stale check, so a run it just failed is seen; an SMTP failure is not an error here
-        from ..notify import check_alerts
+        from coldcopy.alerting.notify import check_alerts
 
         summary["alerts"] = check_alerts(settings, storage, now, env_file=env_file)
     except ColdCopyError as exc:

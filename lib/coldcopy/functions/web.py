@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..config import STORAGE, Settings, environment, load_settings, redact
-from ..errors import ColdCopyError, ConfigError, InvalidNameError, NotFoundError, StorageError
-from ..http_api import (
+from coldcopy.api.protocol import (
     BY_FUNCTION,
     HTML_TYPE,
     PROMETHEUS_TYPE,
@@ -44,11 +42,13 @@ from ..http_api import (
     status_view,
     text_response,
 )
-from ..manifest import iso
+from coldcopy.config import STORAGE, Settings, environment, load_settings, redact
+from coldcopy.core.manifest import iso
+from coldcopy.errors import ColdCopyError, ConfigError, InvalidNameError, NotFoundError, StorageError
 
 if TYPE_CHECKING:
-    from ..catalog_store import CatalogStore
-    from ..storage import Storage
+    from coldcopy.storage.catalog_store import CatalogStore
+    from coldcopy.storage.s3 import Storage
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def _get_backend(cfg: _Config) -> _Backend:
         raise HttpError(503, "misconfigured", f"the server's storage settings are incomplete ({names})")
     with _lock:
         if _backend is None:
-            from ..catalog_store import CatalogStore
-            from ..storage import Storage
+            from coldcopy.storage.catalog_store import CatalogStore
+            from coldcopy.storage.s3 import Storage
 
             storage = Storage(cfg.settings)
             _backend = _Backend(cfg.settings, storage, CatalogStore(storage))
@@ -196,7 +196,7 @@ def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _backup_name(req: Request, *, required: bool) -> str | None:
-    from ..names import validate_name
+    from coldcopy.core.names import validate_name
 
     name = path_arg(req, "name")
     if name is None:
@@ -214,7 +214,7 @@ def _backup(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    from ..jobs import enqueue
+    from coldcopy.ops.queue import enqueue
 
     b = _get_backend(cfg)
     name = params.get("name")
@@ -229,7 +229,7 @@ def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def _wake(settings: Settings) -> tuple[bool, str]:
     """Wake the runner (the tick's way); a failure does not fail the request: the job is queued."""
-    from .tick import wake
+    from coldcopy.functions.tick import wake
 
     later = "the scheduler tick will start the run"
     try:
@@ -254,7 +254,7 @@ def _bounded_launcher(settings: Settings) -> Any:
     """
     if settings.launcher != "app-platform":
         return None
-    from ..launchers import launcher_from_settings
+    from coldcopy.ops.launchers import launcher_from_settings
 
     return launcher_from_settings(
         "app-platform",
@@ -284,7 +284,7 @@ def _restore_test(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
-    from ..jobs import get_run
+    from coldcopy.ops.queue import get_run
 
     run_id = path_arg(req, "run_id")
     if run_id is None:
@@ -296,7 +296,7 @@ def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
-    from ..notify import metrics_text
+    from coldcopy.alerting.notify import metrics_text
 
     b = _get_backend(cfg)
     return text_response(
@@ -305,21 +305,21 @@ def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
-    from ..notify import alerts_report
+    from coldcopy.alerting.notify import alerts_report
 
     b = _get_backend(cfg)
     return json_response(200, alerts_report(b.settings, b.storage, b.catalog.read_cached(), _now()))
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
-    from ..walmonitor import load
+    from coldcopy.wal.monitor import load
 
     b = _get_backend(cfg)
     return json_response(200, recovery_time_view(_now(), b.catalog.read_cached(), load(b.storage)))
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:
-    from ..dashboard import page
+    from coldcopy.api.dashboard import page
 
     return text_response(200, page(), HTML_TYPE)
 

@@ -19,7 +19,7 @@ import boto3
 from botocore.config import Config
 
 from coldcopy.errors import StorageError
-from coldcopy.localstack.net import free_port, wait_until
+from coldcopy.loopback import free_port, wait_until
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

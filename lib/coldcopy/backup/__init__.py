@@ -1,0 +1,1 @@
+"""Taking backups (logical dumps and physical base backups) and reading them back."""

@@ -1,0 +1,69 @@
+"""Reading a stored backup back: key confirmation first, then a checked stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from coldcopy.backup.logical import BackupContext
+from coldcopy.core.manifest import Manifest, StoredObject
+from coldcopy.core.names import validate_name
+from coldcopy.errors import IntegrityError, WrongKeyError
+from coldcopy.storage.volumes import read_volumes, stored_problem
+from coldcopy.stream.crypto import check_key, read_header
+from coldcopy.stream.pipeline import Progress, StreamStats, Unpacker, prefetch
+
+HEADER_PROBE = 64 * 1024
+CHUNK = 1 << 20
+
+
+def expected(obj: StoredObject) -> StreamStats:
+    return StreamStats(obj.raw_size, obj.raw_sha256, obj.stored_size, obj.stored_sha256)
+
+
+class BackupReader:
+    def __init__(self, ctx: BackupContext, name: str) -> None:
+        self.ctx = ctx
+        self.name = validate_name(name)
+        self.manifest: Manifest = ctx.catalog.manifest(self.name)
+
+    def confirm(self) -> None:
+        """Every object is there at its size and the configured key opens the data — before anything
+        is written anywhere."""
+        problem = stored_problem(self.ctx.storage, f"backups/{self.name}/", self.manifest.objects())
+        if problem:
+            raise IntegrityError(problem, "this backup is incomplete or was altered; use another backup")
+        first = self.manifest.data.pieces()[0][0]
+        head = self.ctx.storage.get_bytes(first, (0, HEADER_PROBE - 1))
+        header = read_header(head)
+        want = self.manifest.encryption.get("key_id")
+        if header.key_id != want:
+            raise IntegrityError(
+                f"the stored data was written with key id {header.key_id}, but the manifest says {want}",
+                "the backup's objects were mixed up",
+            )
+        try:
+            check_key(header, self.ctx.key)
+        except WrongKeyError:
+            raise
+        except IntegrityError as exc:
+            raise WrongKeyError(exc.message, exc.hint) from None
+
+    def stream(
+        self, obj: StoredObject, sink: Callable[[bytes], object], progress: Progress | None = None
+    ) -> StreamStats:
+        """Decrypt and decompress ``obj`` into ``sink``; raises IntegrityError on any mismatch.  The
+        volumes are read as one stream, so a missing, shortened, reordered or swapped volume
+        breaks the frame sequence (docs/encryption-format.md) like a damaged byte."""
+        unpacker = Unpacker(self.ctx.key)
+        for chunk in prefetch(read_volumes(self.ctx.storage, obj, CHUNK)):
+            raw = unpacker.feed(chunk)
+            if raw:
+                sink(raw)
+            if progress:
+                progress(unpacker.raw_size, unpacker.stored_size)
+        return unpacker.finish(expected(obj))
+
+    def read_small(self, obj: StoredObject) -> bytes:
+        out = bytearray()
+        self.stream(obj, out.extend)
+        return bytes(out)

@@ -1,0 +1,1 @@
+"""The ``coldcopy`` command line."""

@@ -1,0 +1,331 @@
+"""Alert rules: what is wrong right now, computed from the catalog and the run records.  Pure: no I/O.
+
+``evaluate(catalog, runs, wal, thresholds, now)`` answers the active alerts.  Each has a stable
+``id`` (the rule, plus what it is about: ``verification-failed:<backup>``), so the notifier can
+tell an alert that starts from one that goes on, and one that resolves.  ``since`` is when the
+condition began, as far as the records say (None when they cannot say: the notifier then uses
+the time it first saw the alert).  Messages name times, not ages, so they stay the same from one
+tick to the next.
+
+WAL archiving (PITR) feeds the rules through an optional :class:`WalStatus`; without one (no PITR
+in use) the WAL rules do not fire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from statistics import median
+from typing import Any
+
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
+from coldcopy.core.schedule import is_stale
+from coldcopy.errors import ConfigError
+
+CRITICAL, WARNING = "critical", "warning"
+SEVERITIES = (CRITICAL, WARNING)
+STALE_MARK = "no heartbeat since"  # how jobs.mark_stale begins the error of a run it failed
+
+# Rule -> the disaster-recovery plan that says what to do.
+PLANS = {
+    "no-recent-backup": "coldcopy plan missed-backup",
+    "last-backup-failed": "coldcopy plan failed-backup",
+    "verification-failed": "coldcopy plan failed-verification",
+    "verification-overdue": "coldcopy plan failed-verification",
+    "wal-archive-stale": "coldcopy plan wal-archive",
+    "wal-gap": "coldcopy plan wal-archive",
+    "recovery-window-short": "coldcopy plan recovery-window",
+    "backup-size": "coldcopy plan backup-size",
+    "stale-job": "coldcopy plan stale-job",
+    "manifest-unreadable": "coldcopy plan corrupt-backup",
+    "email-failing": "coldcopy alerts test-email",
+}
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: str
+    severity: str
+    since: str | None  # ISO 8601 UTC
+    message: str
+    plan_command: str
+
+    @property
+    def rule(self) -> str:
+        return self.id.split(":", 1)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rule": self.rule}
+
+
+def alert(rule: str, severity: str, since: datetime | str | None, message: str, about: str = "") -> Alert:
+    when = iso(since) if isinstance(since, datetime) else since
+    return Alert(f"{rule}:{about}" if about else rule, severity, when, message, PLANS[rule])
+
+
+@dataclass(frozen=True)
+class WalGap:
+    after: str  # the last segment archived before the gap
+    before: str  # the first segment archived after it
+    detected_at: str
+
+
+@dataclass(frozen=True)
+class WalStatus:
+    """What WAL archiving reports (PITR).  None everywhere means: PITR is not in use."""
+
+    last_archived_at: str | None
+    last_segment: str | None = None
+    gaps: tuple[WalGap, ...] = ()
+    window_start: str | None = None  # the recoverable window: earliest and latest recoverable time
+    window_end: str | None = None
+    wal_bytes_per_hour: float | None = None  # WAL the server writes, measured from the archive
+    wal_rate_basis: str | None = None  # how that rate was measured
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    backup_max_age_hours: float = 26.0
+    verify_max_age_days: float = 8.0
+    wal_max_age_minutes: float = 60.0
+    min_recovery_window_hours: float = 24.0
+    size_low_ratio: float = 0.5
+    size_high_ratio: float = 2.0
+    size_sample: int = 10
+    size_min_samples: int = 3
+    heartbeat_stale_seconds: int = 600
+
+
+# Environment variable -> (field, lowest allowed value).
+THRESHOLD_VARS: dict[str, tuple[str, float]] = {
+    "ALERT_BACKUP_MAX_AGE_HOURS": ("backup_max_age_hours", 1),
+    "ALERT_VERIFY_MAX_AGE_DAYS": ("verify_max_age_days", 1),
+    "ALERT_WAL_MAX_AGE_MINUTES": ("wal_max_age_minutes", 1),
+    "ALERT_MIN_RECOVERY_WINDOW_HOURS": ("min_recovery_window_hours", 0),
+    "ALERT_SIZE_LOW_RATIO": ("size_low_ratio", 0),
+    "ALERT_SIZE_HIGH_RATIO": ("size_high_ratio", 1),
+    "ALERT_SIZE_SAMPLE": ("size_sample", 2),
+}
+
+
+def thresholds_from(env: Mapping[str, str]) -> Thresholds:
+    """Thresholds from environment variables; unset ones keep their defaults."""
+    values: dict[str, Any] = {}
+    problems = []
+    ints = {"size_sample", "heartbeat_stale_seconds"}
+    for var, (name, lowest) in THRESHOLD_VARS.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw) if name in ints else float(raw)
+            if value < lowest:
+                raise ValueError
+        except ValueError:
+            problems.append(f"{var} must be a number of at least {lowest:g} (got {raw[:40]!r})")
+            continue
+        values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    return Thresholds(**values)
+
+
+# -- the rules ------------------------------------------------------------------------------------
+def evaluate(
+    cat: Catalog,
+    runs: Sequence[Mapping[str, Any]],
+    wal: WalStatus | None,
+    th: Thresholds,
+    now: datetime,
+) -> list[Alert]:
+    """Every active alert, critical first, then oldest first."""
+    entries = cat.entries()
+    out = [
+        *_backup_age(cat, entries, th, now),
+        *_failed_backup(cat, entries),
+        *_verification(cat, entries, th, now),
+        *_wal(wal, th, now),
+        *_sizes(entries, th),
+        *_stale_jobs(runs, th, now),
+        *_unreadable(cat),
+    ]
+    return sorted(out, key=lambda a: (SEVERITIES.index(a.severity), a.since or "", a.id))
+
+
+def _last_success(entries: Sequence[CatalogEntry]) -> datetime | None:
+    return max((parse_iso(e.finished_at) for e in entries), default=None)
+
+
+def _backup_age(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now: datetime) -> list[Alert]:
+    limit = timedelta(hours=th.backup_max_age_hours)
+    last = _last_success(entries)
+    if last is None:
+        first_failure = cat.failures[0].get("at") if cat.failures else None
+        return [alert("no-recent-backup", CRITICAL, first_failure, "no backup has completed yet")]
+    if now - last <= limit:
+        return []
+    return [
+        alert(
+            "no-recent-backup",
+            CRITICAL,
+            last + limit,
+            f"no successful backup since {iso(last)} (more than {th.backup_max_age_hours:g} hours)",
+        )
+    ]
+
+
+def _failed_backup(cat: Catalog, entries: list[CatalogEntry]) -> list[Alert]:
+    last = _last_success(entries)
+    streak = [f for f in cat.failures if last is None or parse_iso(str(f.get("at"))) > last]
+    if not streak:
+        return []
+    newest = streak[-1]
+    count = f" ({len(streak)} failed attempts in a row)" if len(streak) > 1 else ""
+    return [
+        alert(
+            "last-backup-failed",
+            CRITICAL,
+            str(streak[0].get("at")),
+            f"the last {newest.get('kind') or ''} backup attempt failed at {newest.get('at')}{count}: "
+            f"{str(newest.get('error') or 'no error recorded')[:300]}",
+        )
+    ]
+
+
+def _verification(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now: datetime) -> list[Alert]:
+    out = []
+    for name, v in sorted(cat.verifications.items()):
+        if v.get("ok") or name not in cat.backups:
+            continue
+        failed = [c for c in v.get("checks") or [] if isinstance(c, dict) and not c.get("ok")]
+        detail = f": {failed[0].get('name')}: {str(failed[0].get('detail', ''))[:200]}" if failed else ""
+        out.append(
+            alert(
+                "verification-failed",
+                CRITICAL,
+                str(v.get("at")),
+                f"verification of {name} failed at {v.get('at')}{detail}",
+                name,
+            )
+        )
+    limit = timedelta(days=th.verify_max_age_days)
+    ok_times = [parse_iso(str(v["at"])) for v in cat.verifications.values() if v.get("ok") and v.get("at")]
+    if ok_times:
+        last = max(ok_times)
+        if now - last > limit:
+            message = (
+                f"no successful verification since {iso(last)} (more than {th.verify_max_age_days:g} days)"
+            )
+            out.append(alert("verification-overdue", WARNING, last + limit, message))
+    elif entries:
+        oldest = min(parse_iso(e.finished_at) for e in entries)
+        if now - oldest > limit:
+            message = (
+                f"no backup has been verified yet; the oldest finished at {iso(oldest)} "
+                f"(more than {th.verify_max_age_days:g} days ago)"
+            )
+            out.append(alert("verification-overdue", WARNING, oldest + limit, message))
+    return out
+
+
+def wal_alerts(wal: WalStatus | None, th: Thresholds, now: datetime) -> list[Alert]:
+    """The WAL rules alone (`coldcopy status` shows them next to the catalog's problems)."""
+    return _wal(wal, th, now)
+
+
+def _wal(wal: WalStatus | None, th: Thresholds, now: datetime) -> list[Alert]:
+    if wal is None:
+        return []
+    out = []
+    limit = timedelta(minutes=th.wal_max_age_minutes)
+    if wal.last_archived_at is None:
+        out.append(alert("wal-archive-stale", CRITICAL, None, "no WAL segment has been archived yet"))
+    else:
+        last = parse_iso(wal.last_archived_at)
+        if now - last > limit:
+            segment = f" (segment {wal.last_segment})" if wal.last_segment else ""
+            message = (
+                f"no WAL archived since {iso(last)}{segment} (more than {th.wal_max_age_minutes:g} minutes)"
+            )
+            out.append(alert("wal-archive-stale", CRITICAL, last + limit, message))
+    if wal.gaps:
+        first = min(wal.gaps, key=lambda g: g.detected_at)
+        more = f" and {len(wal.gaps) - 1} more" if len(wal.gaps) > 1 else ""
+        message = f"the WAL archive has a gap between {first.after} and {first.before}{more}"
+        out.append(alert("wal-gap", CRITICAL, first.detected_at, message))
+    wanted = timedelta(hours=th.min_recovery_window_hours)
+    if wal.window_start is None or wal.window_end is None:
+        out.append(alert("recovery-window-short", WARNING, None, "there is no recoverable window yet"))
+    else:
+        span = parse_iso(wal.window_end) - parse_iso(wal.window_start)
+        if span < wanted:
+            message = (
+                f"the recoverable window ({wal.window_start} to {wal.window_end}) spans "
+                f"{span.total_seconds() / 3600:.1f} hours, less than {th.min_recovery_window_hours:g} hours"
+            )
+            out.append(alert("recovery-window-short", WARNING, None, message))
+    return out
+
+
+def _sizes(entries: list[CatalogEntry], th: Thresholds) -> list[Alert]:
+    groups: dict[tuple[str, str], list[CatalogEntry]] = {}
+    for e in entries:  # newest first
+        groups.setdefault((e.kind, e.database), []).append(e)
+    out = []
+    for (kind, db), group in sorted(groups.items()):
+        newest, previous = group[0], group[1 : 1 + th.size_sample]
+        if len(previous) < th.size_min_samples:
+            continue
+        usual = median(e.size_bytes for e in previous)
+        if usual <= 0:
+            continue
+        ratio = newest.size_bytes / usual
+        if th.size_low_ratio <= ratio <= th.size_high_ratio:
+            continue
+        word = "smaller" if ratio < 1 else "larger"
+        message = (
+            f"{newest.name} is {newest.size_bytes:,} bytes, {ratio:.2f}× the median of the previous "
+            f"{len(previous)} {kind} backups of {db} ({usual:,.0f} bytes): much {word} than usual"
+        )
+        out.append(alert("backup-size", WARNING, newest.finished_at, message, f"{kind}:{db}"))
+    return out
+
+
+def _stale_jobs(runs: Sequence[Mapping[str, Any]], th: Thresholds, now: datetime) -> list[Alert]:
+    """Per job kind, its newest run: still 'running' with a stale heartbeat, or failed for one."""
+    newest: dict[str, Mapping[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: str(r.get("run_id")), reverse=True):
+        newest.setdefault(str(run.get("kind")), run)
+    stale_after = timedelta(seconds=th.heartbeat_stale_seconds)
+    out = []
+    for kind, run in sorted(newest.items()):
+        state = run.get("state")
+        died = state == "failed" and STALE_MARK in str(run.get("error") or "")
+        if not (died or is_stale(dict(run), now, stale_after)):
+            continue
+        last = run.get("heartbeat_at") or run.get("started_at")
+        what = "was marked failed" if died else "is still marked running"
+        message = (
+            f"the {kind} job (run {run.get('run_id')}) stopped sending heartbeats "
+            f"after {last or 'it was claimed'} and {what}"
+        )
+        out.append(alert("stale-job", WARNING, str(last) if last else None, message, kind))
+    return out
+
+
+def _unreadable(cat: Catalog) -> list[Alert]:
+    return [
+        alert(
+            "manifest-unreadable", CRITICAL, None, f"the manifest of {name} cannot be read: {why[:300]}", name
+        )
+        for name, why in sorted(cat.unreadable.items())
+    ]
+
+
+def counts_by_severity(alerts: Sequence[Alert]) -> dict[str, int]:
+    counts = dict.fromkeys(SEVERITIES, 0)
+    for a in alerts:
+        counts[a.severity] = counts.get(a.severity, 0) + 1
+    return counts

@@ -1,0 +1,185 @@
+"""The catalog: a rebuildable cache over immutable records.  Pure: no I/O.
+
+Truth lives in create-only records: each backup's manifest, and a journal entry per event
+(``journal/<UTC timestamp>-<type>-<id>.json``) written right after it.  ``catalog.json`` is a
+snapshot of the journal applied up to a *watermark*.  A reader lists the journal from
+``watermark - SKEW`` (one ListObjectsV2 with StartAfter), fetches only the keys the snapshot has
+not applied, and applies them.  Applying is idempotent, so overlapping windows are harmless, and
+the skew window covers writers whose clocks or uploads lag behind a newer watermark.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
+
+CATALOG_FORMAT = "coldcopy-catalog/1"
+JOURNAL = "journal/"
+SKEW = timedelta(minutes=10)
+MAX_FAILURES = 200
+_STAMP = "%Y%m%dT%H%M%S.%fZ"
+
+
+def journal_key(kind: str, ident: str, when: datetime) -> str:
+    """Time-ordered, unique key for a journal record."""
+    stamp = when.astimezone(UTC).strftime(_STAMP)
+    return f"{JOURNAL}{stamp}-{kind}-{ident}-{secrets.token_hex(3)}.json"
+
+
+def key_time(key: str) -> datetime | None:
+    try:
+        return datetime.strptime(key[len(JOURNAL) :].split("-", 1)[0], _STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def start_after(watermark: str | None) -> str | None:
+    """Where a reader's journal listing starts: SKEW before the watermark."""
+    when = key_time(watermark) if watermark else None
+    if when is None:
+        return None
+    return f"{JOURNAL}{(when - SKEW).strftime(_STAMP)}"
+
+
+@dataclass
+class Catalog:
+    backups: dict[str, CatalogEntry] = field(default_factory=dict)
+    deleted: dict[str, str] = field(default_factory=dict)  # name -> when
+    failures: list[dict[str, Any]] = field(default_factory=list)  # newest last
+    verifications: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> latest result
+    unreadable: dict[str, str] = field(default_factory=dict)  # name -> why its manifest can't be read
+    watermark: str | None = None
+    applied: set[str] = field(default_factory=set)  # journal keys applied inside the skew window
+    generated_at: str | None = None
+
+    # -- applying records -------------------------------------------------------------------------
+    def apply(self, key: str, record: dict[str, Any], limit: str | None = None) -> None:
+        """Apply one record.  The watermark never moves past ``limit`` (now + SKEW): one writer
+        whose clock runs ahead must not push honest writers' records out of readers' window."""
+        if key in self.applied:
+            return
+        if not isinstance(record, dict):
+            record = {}
+        kind = record.get("type")
+        name = str(record.get("name", ""))
+        if kind == "backup" and name not in self.deleted:
+            try:
+                self.backups[name] = CatalogEntry.from_dict(record["entry"])
+                self.unreadable.pop(name, None)
+            except (KeyError, TypeError, AttributeError):
+                # A damaged journal record never breaks reading; the manifest stays the truth and
+                # `coldcopy catalog rebuild` reads it.
+                self.unreadable.setdefault(
+                    name, f"journal record {key} is damaged; run `coldcopy catalog rebuild`"
+                )
+        elif kind == "backup_deleted":
+            self.backups.pop(name, None)
+            self.unreadable.pop(name, None)
+            self.deleted[name] = str(record.get("at", ""))
+        elif kind == "backup_failed":
+            self.failures.append({k: record.get(k) for k in ("name", "kind", "at", "error")})
+            self.failures.sort(key=lambda f: str(f.get("at")))
+            del self.failures[:-MAX_FAILURES]
+        elif kind == "verification":
+            prev = self.verifications.get(name)
+            if prev is None or str(prev.get("at")) <= str(record.get("at")):
+                self.verifications[name] = {k: v for k, v in record.items() if k != "type"}
+        self.applied.add(key)
+        if (self.watermark is None or key > self.watermark) and (limit is None or key <= limit):
+            self.watermark = key
+
+    def merge(self, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None) -> None:
+        limit = f"{JOURNAL}{((now or datetime.now(UTC)) + SKEW).strftime(_STAMP)}"
+        for key, record in sorted(records, key=lambda kr: kr[0]):
+            self.apply(key, record, limit)
+        self._trim_applied()
+
+    def _trim_applied(self) -> None:
+        floor = start_after(self.watermark)
+        if floor:
+            self.applied = {k for k in self.applied if k > floor}
+
+    # -- reading ----------------------------------------------------------------------------------
+    def entries(self, kind: str | None = None) -> list[CatalogEntry]:
+        """Backups newest first; ties broken by name so the order is stable."""
+        items = [e for e in self.backups.values() if kind is None or e.kind == kind]
+        return sorted(items, key=lambda e: (e.created_at, e.name), reverse=True)
+
+    def last_failure(self) -> dict[str, Any] | None:
+        return self.failures[-1] if self.failures else None
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self, now: datetime | None = None) -> dict[str, Any]:
+        return {
+            "format": CATALOG_FORMAT,
+            "generated_at": iso(now or datetime.now(UTC)),
+            "watermark": self.watermark,
+            "applied": sorted(self.applied),
+            "backups": [e.to_dict() for e in self.entries()],
+            "deleted": self.deleted,
+            "failures": self.failures,
+            "verifications": self.verifications,
+            "unreadable": self.unreadable,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Catalog:
+        if d.get("format") != CATALOG_FORMAT:
+            raise ValueError(f"unknown catalog format {d.get('format')!r}")
+        cat = cls(
+            backups={e["name"]: CatalogEntry.from_dict(e) for e in d.get("backups", [])},
+            deleted=dict(d.get("deleted", {})),
+            failures=list(d.get("failures", [])),
+            verifications=dict(d.get("verifications", {})),
+            unreadable=dict(d.get("unreadable", {})),
+            watermark=d.get("watermark"),
+            applied=set(d.get("applied", [])),
+            generated_at=d.get("generated_at"),
+        )
+        return cat
+
+
+def summarize(cat: Catalog, now: datetime, encryption_configured: bool | None = None) -> dict[str, Any]:
+    """The `status` view: last backup, its age, counts, total size, and anything wrong."""
+    entries = cat.entries()
+    by_kind: dict[str, int] = {}
+    for e in entries:
+        by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
+    last = entries[0] if entries else None
+    problems: list[str] = []
+    age = None
+    if last is None:
+        problems.append("no backup has completed yet")
+    else:
+        age = (now - parse_iso(last.finished_at)).total_seconds()
+        if age > 26 * 3600:
+            problems.append(f"the last backup finished {age / 3600:.1f} hours ago (more than 26 hours)")
+        if not last.encrypted:
+            problems.append(
+                f"the last backup {last.name} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)"
+            )
+    failure = cat.last_failure()
+    if failure and (last is None or str(failure.get("at")) > last.finished_at):
+        problems.append(f"the last backup attempt failed at {failure.get('at')}: {failure.get('error')}")
+    for name, why in sorted(cat.unreadable.items()):
+        problems.append(f"manifest of {name} cannot be read: {why}")
+    failed_verifications = [n for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups]
+    for name in sorted(failed_verifications):
+        problems.append(f"verification of {name} failed")
+    if encryption_configured is False:
+        problems.append("BACKUP_ENCRYPTION_KEY is not set: new backups are stored unencrypted")
+    return {
+        "last_backup": last.to_dict() if last else None,
+        "last_backup_age_seconds": age,
+        "backup_count": len(entries),
+        "counts_by_kind": by_kind,
+        "total_size_bytes": sum(e.size_bytes for e in entries),
+        "last_failure": failure,
+        "problems": problems,
+        "ok": not problems,
+        **({} if encryption_configured is None else {"encryption_configured": encryption_configured}),
+    }

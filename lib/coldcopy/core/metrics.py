@@ -1,0 +1,273 @@
+"""Prometheus text exposition (format 0.0.4) of the catalog and the active alerts.  Pure: no I/O.
+
+Every metric has HELP and TYPE lines, label values are escaped, timestamps are Unix seconds, and
+the output passes ``promtool check metrics`` with no lint (tests/test_metrics.py runs it).
+
+The names our users already scrape are kept: ``coldcopy_backups_total`` (a counter: attempts
+recorded), ``coldcopy_backups_success``, ``coldcopy_backups_failed``, ``coldcopy_backup_size_bytes``
+(the newest backup), ``coldcopy_backup_duration_seconds`` (a histogram over the recorded backups),
+``coldcopy_last_backup_timestamp``, ``coldcopy_backup_count`` (the ``_count`` of a summary: a gauge
+of that name fails promtool's lint).  ``coldcopy_total_backup_size_gb``
+fails promtool's lint (an abbreviated unit), so it is only rendered on request (``legacy_gb``,
+``COLDCOPY_METRICS_LEGACY_GB=true``); ``coldcopy_total_backup_size_bytes`` is its lint-clean twin.
+
+Per-backup series carry ``kind`` and ``database`` labels (the database as it appears in backup
+names, so live, deleted and failed backups of one database share a label value).  Counts include
+backups that retention has since deleted (the catalog remembers deletions); failed attempts are
+the newest 200 the catalog keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from coldcopy.core.alerts import SEVERITIES, Alert, WalStatus, counts_by_severity
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import parse_iso
+from coldcopy.core.names import KINDS, parse_name
+from coldcopy.errors import InvalidNameError
+
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
+Labels = dict[str, str]
+Key = tuple[str, str]  # (kind, database)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _labels(labels: Labels) -> str:
+    shown = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    return f"{{{shown}}}" if shown else ""
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_: str, samples: Iterable[tuple[Labels, float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            self.lines.append(f"{name}{_labels(labels)} {_num(value)}")
+
+    def histogram(self, name: str, help_: str, series: dict[Key, list[float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} histogram")
+        for (kind, db), values in sorted(series.items()):
+            base = {"kind": kind, "database": db}
+            for bound in DURATION_BUCKETS:
+                count = sum(1 for v in values if v <= bound)
+                self.lines.append(f"{name}_bucket{_labels({**base, 'le': str(bound)})} {count}")
+            self.lines.append(f"{name}_bucket{_labels({**base, 'le': '+Inf'})} {len(values)}")
+            self.lines.append(f"{name}_sum{_labels(base)} {_num(float(sum(values)))}")
+            self.lines.append(f"{name}_count{_labels(base)} {len(values)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _key(name: str, kind: str | None = None) -> Key:
+    """(kind, database) from a backup name; what the record says when the name does not parse."""
+    try:
+        n = parse_name(name)
+        return n.kind, n.database
+    except InvalidNameError:
+        return kind or "unknown", "unknown"
+
+
+def _by_key(values: dict[Key, float]) -> list[tuple[Labels, float]]:
+    return [({"kind": k, "database": d}, v) for (k, d), v in sorted(values.items())]
+
+
+def render(
+    cat: Catalog,
+    now: datetime,
+    *,
+    alerts: Sequence[Alert] | None = None,
+    wal: WalStatus | None = None,
+    legacy_gb: bool = False,
+) -> str:
+    """The exposition text.  ``alerts`` None: the alert gauges are left out (nothing evaluated them)."""
+    entries = cat.entries()  # newest first
+    w = _Writer()
+    success: dict[Key, float] = {}
+    failed: dict[Key, float] = {}
+    newest_size: dict[Key, float] = {}
+    newest_time: dict[Key, float] = {}
+    durations: dict[Key, list[float]] = {}
+    for e in entries:
+        key = _key(e.name, e.kind)
+        success[key] = success.get(key, 0) + 1
+        durations.setdefault(key, []).append(float(e.duration_seconds))
+        if key not in newest_size:
+            newest_size[key] = e.size_bytes
+            newest_time[key] = parse_iso(e.finished_at).timestamp()
+    for name in cat.deleted:
+        key = _key(name)
+        success[key] = success.get(key, 0) + 1
+    for f in cat.failures:
+        key = _key(str(f.get("name", "")), str(f.get("kind") or "") or None)
+        failed[key] = failed.get(key, 0) + 1
+    attempts = {k: success.get(k, 0) + failed.get(k, 0) for k in {*success, *failed}}
+
+    w.metric(
+        "coldcopy_backups_total",
+        "counter",
+        "Backup attempts recorded (successful and failed).",
+        _by_key(attempts),
+    )
+    w.metric(
+        "coldcopy_backups_success",
+        "gauge",
+        "Successful backups recorded, including those retention has deleted since.",
+        _by_key(success),
+    )
+    w.metric(
+        "coldcopy_backups_failed",
+        "gauge",
+        "Failed backup attempts recorded (the newest 200).",
+        _by_key(failed),
+    )
+
+    counts = dict.fromkeys(KINDS, 0)
+    sizes = dict.fromkeys(KINDS, 0)
+    last_by_kind: dict[str, float] = {}
+    for e in entries:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+        sizes[e.kind] = sizes.get(e.kind, 0) + e.size_bytes
+        last_by_kind.setdefault(e.kind, parse_iso(e.finished_at).timestamp())
+    # A summary of stored sizes: its ``_count`` series is the ``coldcopy_backup_count`` users scrape
+    # (as a gauge, promtool would reject the ``_count`` suffix).
+    w.lines += [
+        "# HELP coldcopy_backup Backups in the catalog by kind: _count how many, _sum their stored bytes.",
+        "# TYPE coldcopy_backup summary",
+    ]
+    for k in sorted(counts):
+        w.lines += [
+            f'coldcopy_backup_sum{{kind="{k}"}} {sizes[k]}',
+            f'coldcopy_backup_count{{kind="{k}"}} {counts[k]}',
+        ]
+    w.metric(
+        "coldcopy_backup_stored_bytes",
+        "gauge",
+        "Bytes stored by the backups in the catalog, by kind.",
+        [({"kind": k}, n) for k, n in sorted(sizes.items())],
+    )
+    total = sum(sizes.values())
+    w.metric(
+        "coldcopy_total_backup_size_bytes",
+        "gauge",
+        "Bytes stored by all the backups in the catalog.",
+        [({}, total)],
+    )
+    if legacy_gb:
+        w.metric(
+            "coldcopy_total_backup_size_gb",
+            "gauge",
+            "Gigabytes (10^9 bytes) stored by all the backups (legacy name).",
+            [({}, total / 1e9)],
+        )
+    w.metric("coldcopy_backup_size_bytes", "gauge", "Stored size of the newest backup.", _by_key(newest_size))
+    w.histogram("coldcopy_backup_duration_seconds", "How long the backups in the catalog took.", durations)
+    w.metric(
+        "coldcopy_last_backup_timestamp",
+        "gauge",
+        "When the newest backup finished (Unix time).",
+        _by_key(newest_time),
+    )
+    w.metric(
+        "coldcopy_last_backup_timestamp_seconds",
+        "gauge",
+        "When the newest backup of each kind finished (Unix time).",
+        [({"kind": k}, t) for k, t in sorted(last_by_kind.items())],
+    )
+    _verification_metrics(w, cat)
+    if wal is not None:
+        _wal_metrics(w, wal, now)
+    w.metric(
+        "coldcopy_manifests_unreadable",
+        "gauge",
+        "Backups whose manifest cannot be read.",
+        [({}, len(cat.unreadable))],
+    )
+    if alerts is not None:
+        counts_sev = counts_by_severity(alerts)
+        w.metric(
+            "coldcopy_alerts_active",
+            "gauge",
+            "Active alerts, by severity.",
+            [({"severity": s}, counts_sev.get(s, 0)) for s in SEVERITIES],
+        )
+    return w.text()
+
+
+def _verification_metrics(w: _Writer, cat: Catalog) -> None:
+    done = [v for v in cat.verifications.values() if isinstance(v.get("at"), str)]
+    if done:
+        newest = max(done, key=lambda v: str(v["at"]))
+        w.metric(
+            "coldcopy_last_verification_timestamp_seconds",
+            "gauge",
+            "When the newest verification finished (Unix time), whatever its result.",
+            [({}, parse_iso(str(newest["at"])).timestamp())],
+        )
+        w.metric(
+            "coldcopy_last_verification_success",
+            "gauge",
+            "1 if the newest verification succeeded, 0 if it failed.",
+            [({}, 1 if newest.get("ok") else 0)],
+        )
+    ok = [parse_iso(str(v["at"])).timestamp() for v in done if v.get("ok")]
+    if ok:
+        w.metric(
+            "coldcopy_last_successful_verification_timestamp_seconds",
+            "gauge",
+            "When the newest successful verification finished (Unix time).",
+            [({}, max(ok))],
+        )
+    failed = sum(1 for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups)
+    w.metric(
+        "coldcopy_verification_failed_backups",
+        "gauge",
+        "Backups whose latest verification failed.",
+        [({}, failed)],
+    )
+
+
+def _wal_metrics(w: _Writer, wal: WalStatus, now: datetime) -> None:
+    if wal.last_archived_at is not None:
+        last = parse_iso(wal.last_archived_at)
+        w.metric(
+            "coldcopy_wal_last_archived_timestamp_seconds",
+            "gauge",
+            "When the newest WAL segment was archived (Unix time).",
+            [({}, last.timestamp())],
+        )
+        w.metric(
+            "coldcopy_wal_archive_age_seconds",
+            "gauge",
+            "Age of the newest archived WAL segment.",
+            [({}, max(0.0, round((now - last).total_seconds(), 3)))],
+        )
+    w.metric("coldcopy_wal_gaps", "gauge", "Gaps found in the WAL archive.", [({}, len(wal.gaps))])
+    if wal.window_start is not None and wal.window_end is not None:
+        w.metric(
+            "coldcopy_recovery_window_start_timestamp_seconds",
+            "gauge",
+            "Earliest time the database can be recovered to (Unix time).",
+            [({}, parse_iso(wal.window_start).timestamp())],
+        )
+        w.metric(
+            "coldcopy_recovery_window_end_timestamp_seconds",
+            "gauge",
+            "Latest time the database can be recovered to (Unix time).",
+            [({}, parse_iso(wal.window_end).timestamp())],
+        )

@@ -1,0 +1,480 @@
+"""Disaster-recovery runbooks computed from the bucket's real state.  Pure: no I/O.
+
+``build_plan(scenario, cat, facts, now, before=, on_date=, wal=)`` picks the backup that fits, fills
+the exact ``coldcopy`` commands in with real names, and says how long it should take, how much data
+would be lost, what to check afterwards and what would make the plan fail.  With a WAL archive whose
+recoverable window covers the time needed (``wal``, from ``walmonitor.load``), a deletion is undone by
+point-in-time recovery to just before it, and corruption/disaster plans name PITR as the option
+with the smallest data loss.  The alert rules'
+plan names (``missed-backup``, ``corrupt-backup``…) map onto the four runbooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from coldcopy.core.alerts import WalStatus
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
+from coldcopy.core.recovery_time import (
+    LOGICAL_KINDS,
+    PITR_UNAVAILABLE,
+    PROVISION_SECONDS,
+    base_for,
+    in_window,
+    pitr_estimate,
+    restore_seconds,
+    throughput,
+)
+
+SCENARIOS = ("corruption", "deletion", "disaster", "compliance")
+PITR_PORT = 5433  # the recovered server runs beside the live one
+PITR_FRESH_SECONDS = 3600  # a window ending this close to now counts as "PITR to now"
+# The alert rules' plan commands (alerts.PLANS) -> (runbook, what to do first for that alert).
+ALIASES: dict[str, tuple[str, str]] = {
+    "missed-backup": (
+        "disaster",
+        "No recent backup: take one now (`coldcopy backup`), then find out why "
+        "the schedule missed it (`coldcopy runs`).",
+    ),
+    "failed-backup": (
+        "disaster",
+        "The last backup failed: read its error (`coldcopy status`), fix it and run `coldcopy backup`.",
+    ),
+    "stale-job": ("disaster", "A job stopped reporting: check `coldcopy runs`, then run it again."),
+    "backup-size": (
+        "disaster",
+        "The backup size changed sharply: compare `coldcopy list-backups` with "
+        "the database before trusting the newest backup.",
+    ),
+    "failed-verification": (
+        "corruption",
+        "A verification failed: see why (`coldcopy list-backups`, "
+        "`coldcopy runs`) and verify the backup again at level restore.",
+    ),
+    "corrupt-backup": (
+        "corruption",
+        "A backup's manifest cannot be read: keep it for inspection and rely "
+        "on the newest verified backup below.",
+    ),
+    "wal-archive": (
+        "deletion",
+        "The WAL archive needs attention; until it is healthy only the dumps below can be restored.",
+    ),
+    "recovery-window": (
+        "deletion",
+        "The recovery window is shorter than required: only the dumps below can be restored.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the plan needs to know besides the catalog (the I/O wrapper fills it in)."""
+
+    db_name: str
+    key_id: str | None  # of the configured BACKUP_ENCRYPTION_KEY, None when unset
+    compliance_retention_days: int = 365
+
+
+@dataclass
+class Plan:
+    scenario: str
+    title: str
+    backup: dict[str, Any] | None
+    first: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    estimate: dict[str, Any] = field(default_factory=dict)
+    data_loss: dict[str, Any] = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)
+    risks: list[str] = field(default_factory=list)
+    blockers: list[str] = field(default_factory=list)  # why the plan cannot work as it stands
+    alert: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.blockers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _stamp(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y%m%d_%H%M")
+
+
+def _verification(cat: Catalog, name: str) -> dict[str, Any] | None:
+    v = cat.verifications.get(name)
+    return {"at": v.get("at"), "level": v.get("level"), "ok": v.get("ok")} if v else None
+
+
+def _verified(cat: Catalog, name: str) -> bool:
+    return bool((cat.verifications.get(name) or {}).get("ok"))
+
+
+def _backup_view(cat: Catalog, e: CatalogEntry) -> dict[str, Any]:
+    return {
+        "name": e.name,
+        "kind": e.kind,
+        "created_at": e.created_at,
+        "finished_at": e.finished_at,
+        "raw_size_bytes": e.raw_size_bytes,
+        "encrypted": e.encrypted,
+        "key_id": e.key_id,
+        "verification": _verification(cat, e.name),
+    }
+
+
+def _pick(cat: Catalog, not_after: datetime | None, prefer_verified: bool) -> CatalogEntry | None:
+    entries = [e for e in cat.entries() if e.kind in LOGICAL_KINDS]
+    if not_after is not None:
+        entries = [e for e in entries if parse_iso(e.created_at) <= not_after]
+    if prefer_verified:
+        verified = [e for e in entries if _verified(cat, e.name)]
+        if verified:
+            return verified[0]
+    return entries[0] if entries else None
+
+
+def _common(
+    plan: Plan,
+    cat: Catalog,
+    facts: Facts,
+    e: CatalogEntry | None,
+    now: datetime,
+    wal: WalStatus | None = None,
+) -> None:
+    """Backup, key and verification checks, the estimate and the data-loss window."""
+    if e is None:
+        plan.blockers.append("no backup fits: there is nothing to restore")
+        return
+    plan.backup = _backup_view(cat, e)
+    if e.encrypted and facts.key_id is None:
+        plan.blockers.append(
+            f"BACKUP_ENCRYPTION_KEY is not set but {e.name} is encrypted (key id {e.key_id})"
+        )
+    elif e.encrypted and e.key_id and facts.key_id != e.key_id:
+        plan.blockers.append(
+            f"the configured BACKUP_ENCRYPTION_KEY has key id {facts.key_id} but {e.name} needs key id "
+            f"{e.key_id}: find that passphrase first"
+        )
+    v = cat.verifications.get(e.name)
+    if not v:
+        plan.risks.append(f"{e.name} was never verified: verify it before relying on it (first command)")
+    elif not v.get("ok"):
+        plan.blockers.append(
+            f"the last verification of {e.name} FAILED ({v.get('at')}): choose another backup"
+        )
+    elif v.get("level") != "restore":
+        plan.risks.append(f"{e.name} was verified at level {v.get('level')}, not by a test restore")
+    if not any(_verified(cat, x.name) for x in cat.entries() if x.kind in LOGICAL_KINDS):
+        plan.risks.append("no backup in the bucket has a successful verification")
+    if wal is None or not wal.window_start or not wal.window_end:
+        plan.risks.append(f"point-in-time recovery is {PITR_UNAVAILABLE}")
+    rate = throughput(cat, now)
+    plan.estimate = {
+        "seconds": restore_seconds(e.raw_size_bytes, rate),
+        "basis": rate.basis,
+        "measured": rate.measured,
+    }
+
+
+def _loss(plan: Plan, e: CatalogEntry | None, until: datetime, what: str) -> None:
+    if e is None:
+        return
+    since = parse_iso(e.created_at)
+    secs = max((until - since).total_seconds(), 0.0)
+    plan.data_loss = {
+        "from": e.created_at,
+        "to": iso(until),
+        "seconds": round(secs),
+        "text": f"changes after {e.created_at} (the backup's snapshot) up to {what} are not in the backup "
+        f"({secs / 3600:.1f} h)",
+    }
+
+
+def build_plan(
+    scenario: str,
+    cat: Catalog,
+    facts: Facts,
+    now: datetime,
+    *,
+    before: datetime | None = None,
+    on_date: date | None = None,
+    wal: WalStatus | None = None,
+) -> Plan:
+    alert = None
+    if scenario in ALIASES:
+        alert = scenario
+        scenario, hint = ALIASES[scenario]
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown plan {scenario!r}: one of {', '.join(SCENARIOS + tuple(ALIASES))}")
+    plan = {
+        "corruption": _corruption,
+        "deletion": _deletion,
+        "disaster": _disaster,
+        "compliance": _compliance,
+    }[scenario](cat, facts, now, before, on_date, wal)
+    if alert:
+        plan.alert = alert
+        plan.first.insert(0, hint)
+    return plan
+
+
+def _pitr_dir(target: datetime) -> str:
+    return f"./coldcopy-pitr-{_stamp(target)}"
+
+
+def _pitr_cmd(target: datetime, base: CatalogEntry | None) -> str:
+    return (
+        f"coldcopy pitr --target-time {iso(target)} --target-dir {_pitr_dir(target)} --port {PITR_PORT} "
+        "--start" + (f" --backup {base.name}" if base else "")
+    )
+
+
+def _gaps(wal: WalStatus) -> str:
+    return "; ".join(f"after {g.after}, before {g.before}" for g in wal.gaps)
+
+
+def _pitr_to_now(p: Plan, cat: Catalog, wal: WalStatus | None, now: datetime, what: str) -> None:
+    """Name PITR as the option with the smallest data loss when the window reaches close to now."""
+    if wal is None or not wal.window_start or not wal.window_end:
+        return
+    end = parse_iso(wal.window_end)
+    if (now - end).total_seconds() > PITR_FRESH_SECONDS:
+        p.risks.append(
+            f"the WAL archive's recoverable window ends at {wal.window_end}, more than "
+            f"{PITR_FRESH_SECONDS // 60} min ago: point-in-time recovery would not reach now"
+        )
+        return
+    target = min(end, now)
+    base = base_for(cat, target)
+    if base is None:
+        return
+    p.first.append(
+        f"Smallest data loss: point-in-time recovery {what} (the WAL archive reaches {wal.window_end}, "
+        f"base backup {base.name}): `{_pitr_cmd(target, base)}` loses only what was written after "
+        f"{wal.window_end}; the dump restore below loses more."
+    )
+    if wal.gaps:
+        p.risks.append(f"the WAL archive has gap(s) ({_gaps(wal)}): check `coldcopy wal-status` first")
+
+
+def _verify_cmds(e: CatalogEntry) -> list[str]:
+    return [f"coldcopy verify {e.name} --level restore"]
+
+
+def _corruption(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
+    e = _pick(cat, before, prefer_verified=True)
+    p = Plan("corruption", "data in the live database is corrupt", None)
+    p.first = [
+        f"Keep the damaged database {f.db_name!r} as it is: restore next to it, never over it first.",
+        "Find when the corruption started (application errors, PostgreSQL logs); the backup must predate it"
+        + (
+            f" — if it started before {e.created_at}, pick an older one (`coldcopy list-backups`) and run "
+            f"`coldcopy plan corruption --before <time>`."
+            if e
+            else "."
+        ),
+    ]
+    _common(p, cat, f, e, now, wal)
+    _pitr_to_now(p, cat, wal, now, "to just before the corruption started (`--target-time`)")
+    if e is not None:
+        side = f"{f.db_name}_restored_{_stamp(now)}"
+        p.commands = [
+            *_verify_cmds(e),
+            f"coldcopy restore --backup-name {e.name} --target-db {side}",
+            f"# compare {side} with {f.db_name}; if it is right, replace {f.db_name} (the old one is kept):",
+            f"coldcopy restore --backup-name {e.name}",
+        ]
+        p.after = [
+            f"coldcopy verify {e.name} --level restore passed before the swap",
+            f"row counts of {side} match `coldcopy show {e.name}`",
+            "the application's own smoke tests pass against the restored database",
+            "coldcopy backup (start a fresh chain), then coldcopy status",
+        ]
+        _loss(p, e, now, "now")
+    return p
+
+
+def _deletion(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
+    p = Plan("deletion", "rows or tables were deleted by mistake", None)
+    if before is None:
+        p.blockers.append("give the time of the deletion: coldcopy plan deletion --before 2026-11-24T09:30Z")
+        before = now
+    elif wal is not None and wal.window_start and wal.window_end:
+        target = before - timedelta(seconds=1)
+        if in_window(wal, target) or (wal.gaps and parse_iso(wal.window_start) <= target):
+            return _deletion_pitr(p, cat, f, now, before, target, wal)
+    e = _pick(cat, before, prefer_verified=False)
+    if wal is not None and wal.window_start and wal.window_end:
+        why = (
+            f"not possible: {iso(before)} is outside the WAL archive's recoverable window "
+            f"{wal.window_start} .. {wal.window_end}"
+        )
+    else:
+        why = PITR_UNAVAILABLE
+    p.first = [
+        "Stop whatever is deleting (the job, the migration, the user) and note the time it happened.",
+        f"Point-in-time recovery to just before {iso(before)} is {why}; the plan restores the "
+        "newest dump taken before that time into a separate database and copies the lost rows back.",
+    ]
+    _common(p, cat, f, e, now, wal)
+    if e is not None:
+        side = f"{f.db_name}_before_{_stamp(before)}"
+        p.commands = [
+            *_verify_cmds(e),
+            f"coldcopy restore --backup-name {e.name} --target-db {side}",
+            "# copy the lost rows back, table by table (replace <table>):",
+            f"pg_dump --data-only --table=<table> {side} | psql {f.db_name}",
+        ]
+        p.after = [
+            f"the restored rows are present in {f.db_name} and their counts match {side}",
+            "foreign keys and sequences are consistent (setval where rows were re-inserted)",
+            f"drop {side} when done",
+        ]
+        _loss(p, e, before, f"the deletion at {iso(before)}")
+        p.data_loss["text"] += "; rows written in that window and then deleted cannot be recovered"
+    return p
+
+
+def _deletion_pitr(
+    p: Plan, cat: Catalog, f: Facts, now: datetime, before: datetime, target: datetime, wal: WalStatus
+) -> Plan:
+    """Undo a deletion by point-in-time recovery to one second before it, beside the live server."""
+    base = base_for(cat, target)
+    p.first = [
+        "Stop whatever is deleting (the job, the migration, the user) and note the time it happened.",
+        f"Recover a separate server to {iso(target)}, one second before the deletion at {iso(before)}, "
+        f"from the WAL archive (recoverable window {wal.window_start} .. {wal.window_end}); the live "
+        f"database {f.db_name!r} keeps running and its later changes are kept.",
+    ]
+    if not in_window(wal, target):
+        dump = _pick(cat, before, prefer_verified=False)
+        p.blockers.append(
+            f"a WAL gap ({_gaps(wal)}) lies between the base backup and {iso(target)}: the archive is "
+            f"recoverable only up to {wal.window_end}; restore a dump instead"
+            + (f" (the newest before the deletion: {dump.name})" if dump else "")
+        )
+    elif wal.gaps:
+        p.risks.append(
+            f"the WAL archive has gap(s) ({_gaps(wal)}): `coldcopy pitr` refuses if one lies between "
+            f"the base backup and {iso(target)}"
+        )
+    _common(p, cat, f, base, now, wal)
+    p.risks = [r.replace(" (first command)", "") for r in p.risks]  # no dump verification runs here
+    if base is None:
+        return p
+    est = pitr_estimate(cat, now, wal, target)
+    if est["available"]:
+        # Measured only when both the replay rate (drills) and the WAL volume (the archive) are.
+        measured = bool(est["replay_measured"] and est["wal_rate_measured"])
+        p.estimate = {"seconds": est["estimate_seconds"], "basis": est["how"], "measured": measured}
+    side = _pitr_dir(target)
+    p.commands = [
+        "coldcopy wal-status",
+        _pitr_cmd(target, base),
+        "# copy the lost rows back from the recovered server, table by table (replace <table>):",
+        f"pg_dump --data-only --table=<table> --port {PITR_PORT} {f.db_name} | psql {f.db_name}",
+        f"# when done: pg_ctl stop -D {side} and remove {side}",
+    ]
+    p.after = [
+        "`coldcopy wal-status` shows no gap between the base backup and the target before you start",
+        f"the recovered server (port {PITR_PORT}) is promoted and its log says it stopped before "
+        f"{iso(before)}",
+        f"marker queries on port {PITR_PORT}: the deleted rows are there (`SELECT count(*) FROM <table>`), "
+        f"and the newest row written just before {iso(before)} is there too",
+        f"the restored rows are present in {f.db_name} and their counts match the recovered server",
+        "foreign keys and sequences are consistent (setval where rows were re-inserted)",
+    ]
+    p.data_loss = {
+        "from": iso(before),
+        "to": iso(now),
+        "seconds": 0,
+        "text": f"none before {iso(before)} (the recovery replays WAL up to {iso(target)}); the live "
+        f"database keeps everything written after {iso(before)}, but whatever depended on the deleted "
+        "rows after that time must be re-applied by hand",
+    }
+    return p
+
+
+def _disaster(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
+    e = _pick(cat, before, prefer_verified=True)
+    p = Plan("disaster", "the database server is lost: restore onto a new server", None)
+    p.first = [
+        "Provision a new PostgreSQL server of the same or a newer major version"
+        + (f" (the backup came from {e.server_version})." if e else "."),
+        "Point ColdCopy at it: DB_HOST/DB_PORT/DB_USER/DB_PASSWORD of the new server, the same DO_SPACES_* "
+        "settings and the same BACKUP_ENCRYPTION_KEY.",
+        "Create the application's roles on the new server (coldcopy restores the database, not the roles).",
+    ]
+    _common(p, cat, f, e, now, wal)
+    _pitr_to_now(p, cat, wal, now, "to now onto the new server")
+    if e is not None:
+        p.commands = [
+            *_verify_cmds(e),
+            f"coldcopy restore --backup-name {e.name}",
+            "coldcopy backup",
+            "coldcopy status",
+        ]
+        p.after = [
+            f"row counts match `coldcopy show {e.name}`",
+            "the application connects and its smoke tests pass",
+            "the new backup appears in `coldcopy list-backups` and the schedule runs",
+        ]
+        if p.estimate:
+            p.estimate["seconds"] = round(PROVISION_SECONDS + p.estimate["seconds"], 1)
+            p.estimate["basis"] = (
+                f"{PROVISION_SECONDS // 60} min to provision (assumed) + the restore at "
+                + p.estimate["basis"]
+            )
+        _loss(p, e, now, "now")
+    return p
+
+
+def _compliance(
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
+) -> Plan:
+    p = Plan("compliance", "show the data as it was on a date (audit, legal request)", None)
+    if d is None:
+        p.blockers.append("give the date: coldcopy plan compliance --date 2026-06-30")
+        d = now.date()
+    end = datetime.combine(d, time.max, tzinfo=UTC)
+    oldest_kept = now - timedelta(days=f.compliance_retention_days)
+    if end < oldest_kept:
+        p.blockers.append(
+            f"{d} is outside the compliance retention of {f.compliance_retention_days} days "
+            f"(backups before {iso(oldest_kept)[:10]} are deleted by policy)"
+        )
+    e = _pick(cat, end, prefer_verified=False)
+    p.first = [f"Restore into a separate database; never touch {f.db_name!r} for an audit."]
+    _common(p, cat, f, e, now, wal)
+    if e is not None:
+        side = f"compliance_{d.strftime('%Y%m%d')}"
+        p.commands = [
+            *_verify_cmds(e),
+            f"coldcopy restore --backup-name {e.name} --target-db {side}",
+            f"# when the audit is done: psql -c 'DROP DATABASE {side}'",
+        ]
+        p.after = [
+            f"row counts of {side} match `coldcopy show {e.name}`",
+            f"record that {side} shows the data as of {e.created_at}",
+            f"access to {side} is limited to the auditors",
+        ]
+        gap = (end - parse_iso(e.created_at)).total_seconds()
+        p.data_loss = {
+            "from": e.created_at,
+            "to": iso(end),
+            "seconds": round(max(gap, 0)),
+            "text": f"the backup shows the data as of {e.created_at}; changes later on {d} are not in it",
+        }
+        p.risks = [r for r in p.risks if not r.startswith("point-in-time")]
+    return p

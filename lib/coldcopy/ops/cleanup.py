@@ -1,0 +1,229 @@
+"""`coldcopy cleanup`: apply the retention policy to the bucket (the I/O half of ``retention``).
+
+One plan, computed once from the catalog, the pins and the WAL listing.  A dry run shows it; a real
+run deletes exactly its list (a backup pinned while the run goes is skipped and reported), and
+records a ``backup_deleted`` journal record per backup plus one ``cleanup`` record for the run.
+A backup is deleted manifest FIRST (the manifest is the commit point: a half-deleted backup is
+never listed as good), then its data.  Backups without a manifest are inflight's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from coldcopy.backup.inflight import marker_key
+from coldcopy.config import Settings, environment
+from coldcopy.core.manifest import Manifest, iso, manifest_key
+from coldcopy.core.retention import (
+    Backup,
+    RetentionPlan,
+    RetentionPolicy,
+    WalFile,
+    plan_retention,
+    tiers_from,
+)
+from coldcopy.errors import ColdCopyError, ConflictError, NotFoundError
+from coldcopy.ops import queue as jobs
+from coldcopy.ops.pins import get_pin, read_pins
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.s3 import Storage
+
+log = logging.getLogger(__name__)
+WAL_PREFIX = "wal/"
+#: Keys a base backup's manifest.extra may carry its first needed WAL segment under.
+WAL_START_KEYS = ("start_wal_segment", "start_wal_file", "wal_start")
+
+
+def load_policy(
+    settings: Settings, env: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> RetentionPolicy:
+    return RetentionPolicy(
+        full_days=settings.full_retention_days,
+        compliance_days=settings.compliance_retention_days,
+        wal_days=settings.wal_retention_days,
+        **tiers_from(environment(env, env_file)),
+    )
+
+
+@dataclass
+class Inputs:
+    backups: list[Backup]
+    pins: dict[str, str]
+    verifications: dict[str, bool]
+    unreadable: dict[str, str]
+    wal: list[WalFile]
+
+
+def _wal_start(m: Manifest) -> str | None:
+    for key in WAL_START_KEYS:
+        value = m.extra.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _read_manifest(catalog: CatalogStore, name: str) -> Manifest | str | None:
+    """The manifest, why it cannot be read, or None when it is gone."""
+    try:
+        return catalog.manifest(name)
+    except NotFoundError:
+        return None
+    except ColdCopyError as exc:
+        return exc.message
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # e.g. JSON that is not an object
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def gather(catalog: CatalogStore) -> tuple[Inputs, list[str]]:
+    """The plan's inputs, each catalog backup's manifest read afresh; and the half-deleted backups.
+
+    Half-deleted: the catalog lists it, or the journal says it was deleted, yet objects remain under
+    ``backups/<name>/`` with no manifest and no in-flight marker (a cleanup stopped between the
+    manifest and the data).  A backup still being written has a marker and is not in the catalog.
+    """
+    storage = catalog.storage
+    cat = catalog.read()
+    names = [e.name for e in cat.entries()]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        manifests = dict(zip(names, pool.map(lambda n: _read_manifest(catalog, n), names), strict=True))
+    unreadable = dict(cat.unreadable)
+    backups: list[Backup] = []
+    gone = set()
+    for name, m in manifests.items():
+        if isinstance(m, Manifest):
+            backups.append(Backup.from_name(name, _wal_start(m) if m.kind == "base" else None))
+        elif isinstance(m, str):
+            unreadable[name] = m
+        else:
+            gone.add(name)
+    stored = {p.split("/")[1] for p in storage.list_prefixes("backups/")}
+    gone |= {n for n in stored & set(cat.deleted) if n not in cat.backups and n not in unreadable}
+    half_deleted = sorted(
+        n for n in gone if not storage.exists(manifest_key(n)) and not storage.exists(marker_key(n))
+    )
+    verifications = {n: v.get("ok") is True for n, v in cat.verifications.items()}
+    wal = [WalFile(o.key, o.last_modified) for o in storage.list(WAL_PREFIX)]
+    return Inputs(backups, read_pins(storage), verifications, unreadable, wal), half_deleted
+
+
+def plan_cleanup(catalog: CatalogStore, policy: RetentionPolicy, now: datetime) -> RetentionPlan:
+    i, half_deleted = gather(catalog)
+    plan = plan_retention(i.backups, i.pins, i.verifications, i.unreadable, i.wal, policy, now)
+    for name in half_deleted:
+        if name in i.pins:
+            plan.reported.append(f"{name} is pinned but its manifest is gone: left as it is")
+        else:
+            plan.delete.append((name, "finishing an interrupted deletion (its manifest is already gone)"))
+    return plan
+
+
+def delete_backup(storage: Storage, catalog: CatalogStore, name: str, reason: str, run_id: str) -> int:
+    """Manifest first, then the journal record, then every object and upload under backups/<name>/."""
+    storage.delete([manifest_key(name)])
+    catalog.record("backup_deleted", name, {"name": name, "reason": reason, "cleanup_run": run_id})
+    prefix = f"backups/{name}/"
+    for key, upload_id, _ in storage.incomplete_uploads(prefix):
+        storage.abort_upload(key, upload_id)
+    keys = [o.key for o in storage.list(prefix)]
+    if keys:
+        storage.delete(keys)
+    return len(keys) + 1
+
+
+def _plan_dict(plan: RetentionPlan, policy: RetentionPolicy, now: datetime, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "now": iso(now),
+        "policy": asdict(policy),
+        "plan_id": plan.plan_id,
+        "delete": [{"name": n, "reason": r} for n, r in plan.delete],
+        "keep": [{"name": n, "reasons": r} for n, r in plan.keep],
+        "wal_delete": [{"key": k, "reason": r} for k, r in plan.wal_delete],
+        "reported": plan.reported,
+    }
+
+
+def run_cleanup(
+    settings: Settings,
+    *,
+    dry_run: bool,
+    now: datetime | None = None,
+    expect: str | None = None,
+    policy: RetentionPolicy | None = None,
+    storage: Storage | None = None,
+) -> dict[str, Any]:
+    """Plan, and unless ``dry_run`` delete exactly the plan; ``expect``: refuse unless it is this plan id."""
+    storage = storage or Storage(settings)
+    catalog = CatalogStore(storage)
+    policy = policy or load_policy(settings)
+    now = now or datetime.now(UTC).replace(microsecond=0)
+    plan = plan_cleanup(catalog, policy, now)
+    out = _plan_dict(plan, policy, now, dry_run)
+    # Housekeeping, outside the plan id (no backup or WAL): job records older than the history.
+    records = jobs.prunable(storage, now - timedelta(days=settings.job_history_days))
+    out["job_records_delete"] = [{"key": k, "reason": r} for k, r in records]
+    if expect is not None and expect != plan.plan_id:
+        raise ConflictError(
+            f"the cleanup plan is {plan.plan_id}, not {expect}: backups, pins or WAL changed since",
+            "run `coldcopy cleanup --dry-run` again, review it, and pass its plan id",
+        )
+    if dry_run:
+        return out
+    run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
+    deleted: list[str] = []
+    skipped: list[dict[str, str]] = []
+    wal_deleted: list[str] = []
+    error: str | None = None
+    try:
+        for name, reason in plan.delete:
+            pinned = get_pin(storage, name)
+            if pinned is not None:  # pinned after the plan was made: the pin wins
+                skipped.append({"name": name, "reason": f"pinned while cleanup ran: {pinned.get('reason')}"})
+                continue
+            delete_backup(storage, catalog, name, reason, run_id)
+            deleted.append(name)
+            log.info("deleted %s: %s", name, reason)
+        keys = [k for k, _ in plan.wal_delete]
+        for i in range(0, len(keys), 1000):
+            storage.delete(keys[i : i + 1000])
+            wal_deleted.extend(keys[i : i + 1000])
+        old_records = [k for k, _ in records]
+        for i in range(0, len(old_records), 1000):
+            storage.delete(old_records[i : i + 1000])
+        out["job_records_deleted"] = len(old_records)
+    except ColdCopyError as exc:
+        error = exc.message
+        raise
+    finally:
+        out.update(run_id=run_id, deleted=deleted, skipped=skipped, wal_deleted=wal_deleted, error=error)
+        summary = {k: v for k, v in out.items() if k not in ("keep", "job_records_delete")}
+        summary["kept"] = [k["name"] for k in out["keep"]]
+        out["record"] = catalog.record("cleanup", run_id, summary)
+        catalog.refresh()
+    return out
+
+
+def cleanup_job(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """The worker's `cleanup` job (params: {"dry_run": bool})."""
+    out = run_cleanup(settings, dry_run=bool(params.get("dry_run", False)))
+    return {
+        k: out.get(k)
+        for k in (
+            "dry_run",
+            "plan_id",
+            "deleted",
+            "wal_deleted",
+            "skipped",
+            "reported",
+            "run_id",
+            "job_records_deleted",
+        )
+        if k in out
+    } | {"kept": len(out["keep"])}

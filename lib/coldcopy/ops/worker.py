@@ -1,0 +1,301 @@
+"""`coldcopy worker`: drain the job queue, one job at a time, then exit.
+
+The runner container (woken by the tick through a launcher) runs this.  For each job: claim it
+(create-only, so racing workers never run a job twice), run its handler in this process while a
+thread refreshes the run's heartbeat, record the outcome, and go on.  A job that raises is
+recorded as failed with its message (secrets redacted) and the next job still runs.
+
+Job kinds live in :data:`HANDLERS`, the one registry: a later kind is one more entry.  Handlers
+import the heavy modules (PostgreSQL driver, compression, crypto) only when they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coldcopy.config import Settings, redact
+from coldcopy.errors import ColdCopyError, ConfigError, NotFoundError
+from coldcopy.ops import queue as jobs
+from coldcopy.ops.cleanup import cleanup_job
+from coldcopy.storage.s3 import Storage
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Settings, dict[str, Any]], dict[str, Any]]
+DEFAULT_HEARTBEAT_SECONDS = 60.0  # Spaces limits writes to one object: never much more often than this
+
+
+class JobFailed(ColdCopyError):
+    """A job ran to the end and its outcome is a failure (with a result worth keeping)."""
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.result = result
+
+
+class NotImplementedJob(ColdCopyError):
+    pass
+
+
+# -- handlers --------------------------------------------------------------------------------------
+def _require_db(settings: Settings) -> None:
+    missing = [
+        var
+        for var, value in (
+            ("DB_HOST", settings.db_host),
+            ("DB_NAME", settings.db_name),
+            ("DB_USER", settings.db_user),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError([f"{var} is not set" for var in missing])
+
+
+def _backup(kind: str) -> Handler:
+    def handler(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+        from coldcopy.backup.logical import run_backup
+
+        _require_db(settings)
+        m = run_backup(settings, kind)
+        return {
+            "name": m.name,
+            "kind": m.kind,
+            "size_bytes": m.stored_size,
+            "raw_size_bytes": m.raw_size,
+            "duration_seconds": m.duration_seconds,
+            "tables": len(m.tables),
+            "encrypted": settings.encrypted,
+        }
+
+    handler.__name__ = f"backup_{kind}"
+    return handler
+
+
+def _verify(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """A named backup at ``level`` (default ``restore``); without a name, the weekly selection."""
+    from coldcopy.core.names import validate_name
+    from coldcopy.verify.run import run_verify
+    from coldcopy.verify.scratch_restore import run_scheduled
+
+    name = params.get("name")
+    level = str(params.get("level") or "restore")
+    if name is None:
+        report = run_scheduled(settings)
+        if not report["ok"]:
+            failed = ", ".join(r["name"] for r in report["results"] if not r["ok"])
+            raise JobFailed(f"scheduled verification failed for {failed}", report)
+        return report
+    result = run_verify(settings, validate_name(name), level=level)
+    if not result.ok:
+        failed = "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in result.checks if not c.ok)
+        raise JobFailed(
+            f"verification of {result.name} failed: {failed or 'no checks ran'}", result.to_dict()
+        )
+    return result.to_dict()
+
+
+def _restore_test(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """A timed test restore (level ``restore``) of the named backup, or of the newest one."""
+    from coldcopy.backup.logical import context
+
+    name = params.get("name")
+    if name is None:
+        entries = [e for e in context(settings).catalog.read().entries() if e.kind in ("full", "compliance")]
+        if not entries:
+            raise NotFoundError("there is no backup to test-restore", "take a backup first: coldcopy backup")
+        name = entries[0].name
+    return _verify(settings, {"name": name, "level": "restore"})
+
+
+def _not_implemented(kind: str, where: str) -> Handler:
+    def handler(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedJob(
+            f"not implemented yet: {kind} ({where})",
+            "nothing was done; this job kind arrives with a later release",
+        )
+
+    handler.__name__ = f"not_implemented_{kind.replace('-', '_')}"
+    return handler
+
+
+def _wal_sweep(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """Stream WAL from the replication slot and archive complete segments (params: dir, slot)."""
+    from pathlib import Path
+
+    from coldcopy.wal.sweep import run_sweep
+
+    _require_db(settings)
+    folder = params.get("dir")
+    return run_sweep(settings, Path(str(folder)) if folder else None, params.get("slot")).to_dict()
+
+
+#: Job kind -> handler.  The one place job kinds are defined.
+HANDLERS: dict[str, Handler] = {
+    "backup-full": _backup("full"),
+    "backup-compliance": _backup("compliance"),
+    "verify": _verify,
+    "cleanup": cleanup_job,
+    "restore-test": _restore_test,
+    "wal-sweep": _wal_sweep,
+}
+
+
+# -- the loop --------------------------------------------------------------------------------------
+@dataclass
+class WorkerReport:
+    worker_id: str
+    runs: list[dict[str, Any]] = field(default_factory=list)  # run_id, kind, state, error
+
+    @property
+    def count(self) -> int:
+        return len(self.runs)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.runs if r["state"] != jobs.SUCCEEDED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "jobs": self.count, "failed": self.failed, "runs": self.runs}
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}"
+
+
+class _Heartbeat:
+    """Refreshes the run's heartbeat every ``interval`` seconds until stopped."""
+
+    def __init__(self, storage: Storage, run: dict[str, Any], interval: float) -> None:
+        self.storage, self.run, self.interval = storage, run, interval
+        self.beats = 0
+        self.lost = False  # the tick marked this run failed: it was silent for too long
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run['run_id']}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not jobs.heartbeat(self.storage, self.run):
+                    self.lost = True
+                    log.warning(
+                        "run %s was marked failed while it was still running; heartbeats stop",
+                        self.run["run_id"],
+                    )
+                    return
+                self.beats += 1
+            except ColdCopyError as exc:  # keep going: the next beat may get through
+                log.warning("heartbeat of run %s failed: %s", self.run["run_id"], exc.message)
+
+
+def _message(exc: BaseException, settings: Settings) -> str:
+    if isinstance(exc, ColdCopyError):
+        text = str(exc)
+    elif isinstance(exc, KeyboardInterrupt):
+        text = "interrupted"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact(text, settings)[:2000]
+
+
+def _taken_over(storage: Storage, run_id: str) -> bool:
+    """Whether someone else (the tick) finished this run while it was still running here."""
+    try:
+        current = jobs.get_run(storage, run_id)
+    except ColdCopyError:
+        return False
+    return current is not None and current.get("state") != jobs.RUNNING
+
+
+def run_job(
+    settings: Settings,
+    storage: Storage,
+    job: jobs.Job,
+    run: dict[str, Any],
+    *,
+    handlers: Mapping[str, Handler],
+    heartbeat_seconds: float,
+) -> dict[str, Any]:
+    """Run one claimed job and record its outcome; never raises for a job's own failure."""
+    handler = handlers.get(job.kind)
+    log.info("run %s: %s started", job.run_id, job.kind)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    ok = False
+    beat = _Heartbeat(storage, run, heartbeat_seconds)
+    try:
+        with beat:
+            if handler is None:
+                raise NotImplementedJob(
+                    f"unknown job kind {job.kind!r}", f"known kinds: {', '.join(sorted(handlers))}"
+                )
+            result = handler(settings, dict(job.params))
+            ok = True
+    except JobFailed as exc:
+        result, error = exc.result, _message(exc, settings)
+    except (Exception, KeyboardInterrupt) as exc:
+        error = _message(exc, settings)
+        if isinstance(exc, KeyboardInterrupt):
+            jobs.finish(storage, run, ok=False, error=error)
+            raise
+        if not isinstance(exc, ColdCopyError):
+            log.debug("run %s raised", job.run_id, exc_info=True)
+    if beat.lost or _taken_over(storage, job.run_id):
+        run["note"] = (
+            "the scheduler tick marked this run failed because its heartbeat was late; "
+            "it kept running and this is its real outcome"
+        )
+    done = jobs.finish(storage, run, ok=ok, result=result, error=error)
+    if ok:
+        log.info("run %s: %s succeeded", job.run_id, job.kind)
+    else:
+        log.error("run %s: %s failed: %s", job.run_id, job.kind, error)
+    return done
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    max_jobs: int | None = None,
+    worker_id: str | None = None,
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+    handlers: Mapping[str, Handler] | None = None,
+    storage: Storage | None = None,
+) -> WorkerReport:
+    """Claim and run queued jobs one at a time until the queue is empty (or ``max_jobs`` ran)."""
+    storage = storage or Storage(settings)
+    report = WorkerReport(worker_id or default_worker_id())
+    table = HANDLERS if handlers is None else handlers
+    while max_jobs is None or report.count < max_jobs:
+        claimed = jobs.claim_next(storage, report.worker_id)
+        if claimed is None:
+            break
+        job, run = claimed
+        try:
+            done = run_job(settings, storage, job, run, handlers=table, heartbeat_seconds=heartbeat_seconds)
+        except ColdCopyError as exc:  # recording the outcome failed; the tick will mark it stale
+            log.error("run %s: could not record the outcome: %s", job.run_id, exc.message)
+            done = {**run, "state": "unknown", "error": exc.message}
+        report.runs.append({k: done.get(k) for k in ("run_id", "kind", "state", "error")})
+    log.info(
+        "worker %s: %d job(s), %d failed; queue %s",
+        report.worker_id,
+        report.count,
+        report.failed,
+        "empty" if max_jobs is None or report.count < max_jobs else "may have more",
+    )
+    return report

@@ -1,0 +1,349 @@
+"""The PostgreSQL adapter: connections (pg8000), client tools, and database administration."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pg8000.native
+
+from coldcopy.config import Settings, redact
+from coldcopy.errors import ConfigError, DatabaseError
+
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def major_of(version_num: int) -> int:
+    return version_num // 10000 if version_num >= 100000 else version_num // 100
+
+
+@dataclass(frozen=True)
+class ToolVersion:
+    path: str
+    major: int
+    text: str
+
+
+def tool_path(name: str, settings: Settings) -> str:
+    """PG_BIN_DIR, else the newest /usr/lib/postgresql/<major>/bin, else PATH."""
+    if settings.pg_bin_dir:
+        candidate = Path(settings.pg_bin_dir) / name
+        if not candidate.exists():
+            raise ConfigError([f"PG_BIN_DIR has no {name} ({candidate})"])
+        return str(candidate)
+    found = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(re.sub(r"\D", "", p.split("/")[4]) or 0),
+    )
+    if found:
+        return found[-1]
+    on_path = shutil.which(name)
+    if not on_path:
+        raise DatabaseError(
+            f"{name} is not installed",
+            "install the PostgreSQL client tools (postgresql-client) or set PG_BIN_DIR",
+        )
+    return on_path
+
+
+def tool_version(name: str, settings: Settings) -> ToolVersion:
+    path = tool_path(name, settings)
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    m = re.search(r"(\d+)(?:\.(\d+))?", out)
+    if not m:
+        raise DatabaseError(f"cannot tell the version of {path}: {out[:100]!r}")
+    return ToolVersion(path, int(m.group(1)), out)
+
+
+class Postgres:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+
+    # -- connections ------------------------------------------------------------------------------
+    def _ssl_context(self, mode: str) -> ssl.SSLContext | None:
+        if mode in ("disable", "allow"):
+            return None
+        if mode in ("verify-ca", "verify-full"):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = mode == "verify-full"
+            return ctx
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def connect(self, dbname: str | None = None) -> pg8000.native.Connection:
+        db = dbname or self.s.db_name
+        params: dict[str, Any] = {
+            "user": self.s.db_user,
+            "password": self.s.db_password.reveal() or None,
+            "host": self.s.db_host,
+            "port": self.s.db_port,
+            "database": db,
+            "timeout": 30,
+            "application_name": "coldcopy",
+        }
+        mode = self.s.db_sslmode
+        try:
+            try:
+                return pg8000.native.Connection(ssl_context=self._ssl_context(mode), **params)
+            except pg8000.exceptions.InterfaceError as exc:
+                if mode == "prefer" and "SSL" in str(exc):
+                    return pg8000.native.Connection(ssl_context=None, **params)
+                raise
+        except (pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError, OSError) as exc:
+            raise self._connect_error(exc, db) from None
+
+    def _connect_error(self, exc: Exception, db: str) -> DatabaseError:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, dict):
+            code, msg = detail.get("C", ""), detail.get("M", "")
+            if code in ("28P01", "28000"):
+                return DatabaseError(
+                    f"PostgreSQL refused the login of {self.s.db_user!r}: {msg}",
+                    "check DB_USER and DB_PASSWORD",
+                )
+            if code == "3D000":
+                return DatabaseError(f"database {db!r} does not exist", "check DB_NAME")
+            text = f"{code} {msg}"
+        else:
+            text = str(detail)
+        where = f"{self.s.db_host}:{self.s.db_port}/{db}"
+        return DatabaseError(
+            f"cannot connect to PostgreSQL at {where}: {redact(text, self.s)[:300]}",
+            "check DB_HOST, DB_PORT, DB_SSLMODE and that the server accepts connections",
+        )
+
+    @contextmanager
+    def session(self, dbname: str | None = None) -> Iterator[pg8000.native.Connection]:
+        conn = self.connect(dbname)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def maintenance_db(self) -> str:
+        return "postgres" if self.s.db_name != "postgres" else "template1"
+
+    # -- client tools -----------------------------------------------------------------------------
+    def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
+        """The environment of a client tool: no other secret of ours is passed on."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TZ")}
+        env.update(
+            PGHOST=self.s.db_host,
+            PGPORT=str(self.s.db_port),
+            PGUSER=self.s.db_user,
+            PGDATABASE=dbname or self.s.db_name,
+            PGSSLMODE=self.s.db_sslmode,
+            PGCONNECT_TIMEOUT="30",
+            PGAPPNAME="coldcopy",
+        )
+        if self.s.db_password:
+            env["PGPASSWORD"] = self.s.db_password.reveal()
+        return env
+
+    def tool(self, name: str) -> ToolVersion:
+        return tool_version(name, self.s)
+
+    # -- facts ------------------------------------------------------------------------------------
+    @staticmethod
+    def server_version(conn: pg8000.native.Connection) -> tuple[int, str]:
+        num = int(conn.run("SHOW server_version_num")[0][0])
+        text = str(conn.run("SHOW server_version")[0][0])
+        return num, text
+
+    @staticmethod
+    def table_row_counts(conn: pg8000.native.Connection, exact: bool = True) -> dict[str, int]:
+        tables = conn.run(
+            "SELECT n.nspname, c.relname, c.reltuples::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = "
+            "'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2"
+        )
+        counts: dict[str, int] = {}
+        for schema, table, estimate in tables:
+            qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
+            if exact:
+                counts[f"{schema}.{table}"] = int(conn.run(f"SELECT count(*) FROM ONLY {qualified}")[0][0])
+            else:
+                counts[f"{schema}.{table}"] = max(int(estimate), 0)
+        return counts
+
+    def counts_in_snapshot(self, snapshot: str, exact: bool) -> SnapshotCounts:
+        """Start counting rows in an exported snapshot on a second connection (see SnapshotCounts)."""
+        return SnapshotCounts(self, snapshot, exact)
+
+    # -- administration -----------------------------------------------------------------------------
+    def database_exists(self, conn: pg8000.native.Connection, name: str) -> bool:
+        return bool(conn.run("SELECT 1 FROM pg_database WHERE datname = :n", n=name))
+
+    def create_database(self, conn: pg8000.native.Connection, name: str) -> None:
+        conn.run(f"CREATE DATABASE {quote_ident(name)}")
+
+    def drop_database(self, conn: pg8000.native.Connection, name: str) -> None:
+        conn.run(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+    def copy_database_properties(self, conn: pg8000.native.Connection, src: str, dst: str) -> list[str]:
+        """Give ``dst`` what pg_restore without --create does not carry over from ``src``: its
+        owner, comment, database-level and per-role settings, and privileges.  Returns what could
+        not be copied (for the operator), instead of failing the restore over it."""
+        missed: list[str] = []
+
+        def attempt(sql: str, what: str) -> None:
+            try:
+                conn.run(sql)
+            except pg8000.exceptions.DatabaseError as exc:
+                detail = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
+                missed.append(f"{what}: {detail}")
+
+        row = conn.run(
+            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database "
+            "WHERE datname = :n",
+            n=src,
+        )
+        if not row:
+            return missed
+        owner, comment = row[0]
+        attempt(f"ALTER DATABASE {quote_ident(dst)} OWNER TO {quote_ident(owner)}", "owner")
+        if comment:
+            attempt(f"COMMENT ON DATABASE {quote_ident(dst)} IS {_literal(comment)}", "comment")
+        settings = conn.run(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig "
+            "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = :n",
+            n=src,
+        )
+        for role, config in settings:
+            for item in config or []:
+                name, _, value = str(item).partition("=")
+                target = f"ROLE {quote_ident(role)} IN DATABASE" if role else "DATABASE"
+                attempt(
+                    f"ALTER {target} {quote_ident(dst)} SET {quote_ident(name)} = {_literal(value)}",
+                    f"setting {name}",
+                )
+        grants = conn.run(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+            "a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
+            "WHERE d.datname = :n",
+            n=src,
+        )
+        for grantee, privilege, grantable in grants:
+            who = "PUBLIC" if grantee == "PUBLIC" else quote_ident(grantee)
+            attempt(
+                f"GRANT {privilege} ON DATABASE {quote_ident(dst)} TO {who}"
+                + (" WITH GRANT OPTION" if grantable else ""),
+                f"privilege {privilege} for {grantee}",
+            )
+        return missed
+
+    def rename_database(self, conn: pg8000.native.Connection, old: str, new: str) -> None:
+        """Rename a database others may be using: stop new sessions, end the current ones, rename.
+        Whatever fails, the database accepts connections again afterwards."""
+        conn.run(f"ALTER DATABASE {quote_ident(old)} WITH ALLOW_CONNECTIONS false")
+        current = old
+        try:
+            # One session at a time: a session we may not end (a superuser's on a managed service)
+            # must not stop us from ending the others; the rename then says what is still there.
+            pids = conn.run(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'",
+                n=old,
+            )
+            for (pid,) in pids:
+                with contextlib.suppress(pg8000.exceptions.DatabaseError):
+                    conn.run("SELECT pg_terminate_backend(:p)", p=pid)
+            try:
+                conn.run(f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(new)}")
+            except pg8000.exceptions.DatabaseError as exc:
+                detail = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
+                raise DatabaseError(
+                    f"could not rename database {old!r} to {new!r}: {detail}",
+                    "close the sessions still using it (or ask a superuser to), then run the restore again",
+                ) from None
+            current = new
+        finally:
+            conn.run(f"ALTER DATABASE {quote_ident(current)} WITH ALLOW_CONNECTIONS true")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def run_tool(
+    args: list[str], env: dict[str, str], settings: Settings, what: str, input_bytes: bytes | None = None
+) -> bytes:
+    """Run a client tool to completion; on failure raise DatabaseError with its redacted stderr."""
+    proc = subprocess.run(args, env=env, input=input_bytes, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise DatabaseError(
+            f"{what} failed (exit {proc.returncode}): "
+            f"{redact(proc.stderr.decode(errors='replace'), settings).strip()[-800:]}"
+        )
+    return proc.stdout
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+(-[0-9A-F]+)+$")
+
+
+class SnapshotCounts:
+    """Row counts taken in a background thread, in the snapshot the dump reads.
+
+    Counting while pg_dump streams rather than after it takes the counts off the backup's
+    critical path (on a remote server they cost the runner nothing).  A second connection imports
+    the snapshot, so the numbers match the dump exactly.
+    """
+
+    def __init__(self, pg: Postgres, snapshot: str, exact: bool) -> None:
+        if not _SNAPSHOT_ID.match(snapshot):
+            raise DatabaseError(f"unexpected snapshot id {snapshot!r} from the server")
+        self._conn = pg.connect()
+        self._pid = int(self._conn.run("SELECT pg_backend_pid()")[0][0])
+        self._conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        self._counts: dict[str, int] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(exact,), name="row-counts", daemon=True)
+        self._thread.start()
+
+    def _run(self, exact: bool) -> None:
+        try:
+            self._counts = Postgres.table_row_counts(self._conn, exact)
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+
+    def result(self) -> dict[str, int]:
+        """Wait for the counts; raises what the counting raised."""
+        self._thread.join()
+        self._close()
+        if self._error is not None:
+            raise self._error
+        assert self._counts is not None
+        return self._counts
+
+    def cancel(self, via: pg8000.native.Connection) -> None:
+        """Stop a count still running (the backup failed) and close the connection."""
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                via.run("SELECT pg_cancel_backend(:p)", p=self._pid)
+        self._thread.join()
+        self._close()
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()

@@ -1,0 +1,1 @@
+"""Getting data back: a logical restore into a database, point-in-time recovery into a folder."""

@@ -1,0 +1,159 @@
+"""`coldcopy restore`: into a new database, or safely back into DB_NAME through a staging database."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from coldcopy.backup.logical import _StderrTail, context
+from coldcopy.backup.reader import BackupReader
+from coldcopy.config import Settings, redact
+from coldcopy.core.names import validate_db_identifier
+from coldcopy.errors import ConflictError, DatabaseError
+from coldcopy.postgres.client import Postgres
+from coldcopy.stream.pipeline import Progress
+
+log = logging.getLogger(__name__)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+
+
+def _dated(base: str, label: str) -> str:
+    """``<base>_<label>_<timestamp>``, cut so the whole name fits PostgreSQL's 63 bytes."""
+    suffix = f"_{label}_{_stamp()}"
+    return base.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+
+
+def run_restore(
+    settings: Settings,
+    name: str,
+    target_db: str | None = None,
+    *,
+    clean: bool = False,
+    keep_old: bool | None = None,
+    no_owner: bool = False,
+    check_counts: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    t0 = time.monotonic()
+    ctx = context(settings)
+    reader = BackupReader(ctx, name)
+    reader.confirm()  # wrong key, missing or resized objects: refused before we touch any database
+    pg = Postgres(settings)
+    pg_restore = pg.tool("pg_restore")
+    dumped_by = re.search(r"(\d+)", reader.manifest.tool)
+    if dumped_by and pg_restore.major < int(dumped_by.group(1)):
+        raise DatabaseError(
+            f"the local pg_restore is version {pg_restore.major} but the backup was made "
+            f"with {reader.manifest.tool}",
+            "install a newer postgresql-client or set PG_BIN_DIR",
+        )
+    final = validate_db_identifier(target_db or settings.db_name, "target database")
+    in_place = target_db is None
+    with pg.session(pg.maintenance_db()) as admin:
+        exists = pg.database_exists(admin, final)
+        if exists and not in_place and not clean:
+            raise ConflictError(
+                f"database {final!r} already exists",
+                "choose another --target-db, or pass --clean to replace it",
+            )
+        if keep_old is None:
+            keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
+        staging = _dated(final, "ccstage") if exists else final
+        if pg.database_exists(admin, staging):
+            raise ConflictError(f"staging database {staging!r} already exists", "drop it or wait a second")
+        pg.create_database(admin, staging)
+    try:
+        _pg_restore(reader, pg, pg_restore.path, staging, settings, no_owner, progress)
+        exact = check_counts and reader.manifest.row_counts == "exact"
+        mismatches = _check_counts(pg, staging, reader.manifest.tables) if exact else []
+        if mismatches:
+            raise DatabaseError(
+                "the restored row counts differ from the backup's: " + "; ".join(mismatches[:5])
+            )
+    except BaseException:
+        with pg.session(pg.maintenance_db()) as admin:
+            pg.drop_database(admin, staging)  # the target stays as it was
+        raise
+    old_name = None
+    if exists:
+        old_name = _dated(final, "before_restore")
+        with pg.session(pg.maintenance_db()) as admin:
+            for problem in pg.copy_database_properties(admin, final, staging):
+                log.warning("not carried over to the restored database: %s", problem)
+            try:
+                pg.rename_database(admin, final, old_name)
+            except BaseException:
+                pg.drop_database(admin, staging)  # the target stays as it was
+                raise
+            try:
+                pg.rename_database(admin, staging, final)
+            except BaseException:
+                pg.rename_database(admin, old_name, final)
+                raise
+            if not keep_old:
+                pg.drop_database(admin, old_name)
+    return {
+        "name": reader.manifest.name,
+        "target_db": final,
+        "replaced": exists,
+        "previous_kept_as": old_name if exists and keep_old else None,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "raw_size_bytes": reader.manifest.data.raw_size,
+        "tables_checked": len(reader.manifest.tables) if check_counts else 0,
+    }
+
+
+def _pg_restore(
+    reader: BackupReader,
+    pg: Postgres,
+    tool: str,
+    dbname: str,
+    settings: Settings,
+    no_owner: bool,
+    progress: Progress | None,
+) -> None:
+    args = [tool, "--exit-on-error", "--no-password", f"--dbname={dbname}"]
+    if no_owner:
+        args += ["--no-owner", "--no-privileges"]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=pg.libpq_env(dbname),
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    errors = _StderrTail(proc.stderr)
+    stdin = proc.stdin
+    try:
+        reader.stream(reader.manifest.data, stdin.write, progress)
+        stdin.close()
+    except BrokenPipeError:
+        pass  # pg_restore stopped reading: its exit code and stderr say why
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    rc = proc.wait()
+    if rc != 0:
+        raise DatabaseError(
+            f"pg_restore failed (exit {rc}): {redact(errors.text(), settings)[-800:]}",
+            "the target was left as it was",
+        )
+
+
+def _check_counts(pg: Postgres, dbname: str, expected: dict[str, int]) -> list[str]:
+    with pg.session(dbname) as conn:
+        got = pg.table_row_counts(conn)
+    out = []
+    for table, rows in sorted(expected.items()):
+        if got.get(table) != rows:
+            out.append(f"{table}: backup {rows}, restored {got.get(table)}")
+    return out

@@ -1,0 +1,186 @@
+"""Reading and writing the catalog in the bucket (the I/O half of ``catalog``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from coldcopy.core.catalog import JOURNAL, Catalog, journal_key, start_after
+from coldcopy.core.manifest import Manifest, iso, manifest_key
+from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
+from coldcopy.storage.s3 import Storage
+
+log = logging.getLogger(__name__)
+CATALOG_KEY = "catalog.json"
+
+
+class CatalogStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        # read_cached(): the parsed snapshot with its ETag, and journal records already fetched.
+        self._lock = threading.Lock()
+        self._snapshot: tuple[str | None, Catalog | None] = (None, None)
+        self._records: dict[str, dict[str, Any]] = {}
+
+    # -- journal ----------------------------------------------------------------------------------
+    def record(self, kind: str, ident: str, payload: dict[str, Any], when: datetime | None = None) -> str:
+        """Write one create-only journal record; returns its key."""
+        when = when or datetime.now(UTC)
+        key = journal_key(kind, ident, when)
+        body = {"type": kind, "at": iso(when), **payload}
+        self.storage.put_json(key, body, create_only=True)
+        return key
+
+    def _fetch(self, keys: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        def get(key: str) -> tuple[str, dict[str, Any]] | None:
+            try:
+                return key, self.storage.get_json(key)
+            except (NotFoundError, ValueError):
+                log.warning("journal record %s is unreadable; skipped", key)
+                return None
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return [r for r in pool.map(get, keys) if r is not None]
+
+    # -- reading ----------------------------------------------------------------------------------
+    def load_snapshot(self) -> Catalog | None:
+        try:
+            return Catalog.from_dict(self.storage.get_json(CATALOG_KEY))
+        except NotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("catalog.json is unreadable (%s); reading the journal instead", exc)
+            return None
+
+    def read(self) -> Catalog:
+        """The snapshot merged with the journal records newer than its watermark."""
+        cat = self.load_snapshot() or Catalog()
+        after = start_after(cat.watermark)
+        new = [
+            o.key
+            for o in self.storage.list(JOURNAL, start_after=after)
+            if o.key.endswith(".json") and o.key not in cat.applied
+        ]
+        if new:
+            cat.merge(self._fetch(new))
+        return cat
+
+    def read_cached(self) -> Catalog:
+        """What read() answers, for long-lived readers (the web functions), without re-parsing.
+
+        Still one GET of catalog.json plus one journal listing per call, but the GET is
+        conditional (If-None-Match on the ETag of the parsed copy): an unchanged snapshot is not
+        downloaded or parsed again.  Journal records are immutable, so each is fetched once.
+        Returns a fresh Catalog the caller may change.  Safe to call from several threads.
+        """
+        with self._lock:
+            etag, snap = self._snapshot
+        try:
+            got = self.storage.get_bytes_if_changed(CATALOG_KEY, etag)
+        except NotFoundError:
+            etag, snap, got = None, None, None
+        if got is not None and got[1] != etag:
+            etag, snap = got[1], self._parse_snapshot(got[0])
+        with self._lock:
+            self._snapshot = (etag, snap)
+        cat = _copy(snap) if snap is not None else Catalog()
+        after = start_after(cat.watermark)
+        new = [
+            o.key
+            for o in self.storage.list(JOURNAL, start_after=after)
+            if o.key.endswith(".json") and o.key not in cat.applied
+        ]
+        with self._lock:
+            missing = [k for k in new if k not in self._records]
+        fetched = dict(self._fetch(missing)) if missing else {}
+        listed = set(new)
+        with self._lock:
+            self._records = {k: r for k, r in {**self._records, **fetched}.items() if k in listed}
+            records = [(k, self._records[k]) for k in new if k in self._records]
+        if records:
+            cat.merge(records)
+        return cat
+
+    @staticmethod
+    def _parse_snapshot(raw: bytes) -> Catalog | None:
+        try:
+            return Catalog.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("catalog.json is unreadable (%s); reading the journal instead", exc)
+            return None
+
+    # -- writing ----------------------------------------------------------------------------------
+    def save(self, cat: Catalog) -> None:
+        self.storage.put_json(CATALOG_KEY, cat.to_dict())
+
+    def refresh(self) -> Catalog:
+        """Read, merge and write back (writers call this after recording)."""
+        cat = self.read()
+        self.save(cat)
+        return cat
+
+    def rebuild(self) -> Catalog:
+        """Rebuild from the records themselves: every manifest, then the whole journal."""
+        cat = Catalog()
+        names = [p.split("/")[1] for p in self.storage.list_prefixes("backups/")]
+        manifests = self._manifests(names)
+        journal = [o.key for o in self.storage.list(JOURNAL) if o.key.endswith(".json")]
+        records = self._fetch(journal)
+        # Manifests are the truth about which backups exist; the journal adds failures,
+        # verifications and deletions.  A deletion only wins when the manifest is gone too.
+        cat.merge([(k, r) for k, r in records if r.get("type") != "backup"])
+        cat.deleted = {n: at for n, at in cat.deleted.items() if n not in manifests}
+        for name in names:
+            m = manifests.get(name)
+            if isinstance(m, Manifest):
+                cat.backups[name] = m.entry()
+            elif isinstance(m, str):
+                cat.unreadable[name] = m
+        self.save(cat)
+        return cat
+
+    def _manifests(self, names: list[str]) -> dict[str, Manifest | str]:
+        def one(name: str) -> tuple[str, Manifest | str | None]:
+            try:
+                return name, Manifest.from_dict(self.storage.get_json(manifest_key(name)))
+            except NotFoundError:
+                return name, None  # unfinished (or being cleaned up): not a backup
+            except IntegrityError as exc:
+                return name, exc.message
+            except (ValueError, ColdCopyError) as exc:
+                return name, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return {n: m for n, m in pool.map(one, names) if m is not None}
+
+    def manifest(self, name: str) -> Manifest:
+        try:
+            raw = self.storage.get_bytes(manifest_key(name))
+        except NotFoundError:
+            raise NotFoundError(
+                f"no backup named {name}", "run `coldcopy list-backups` to see the backups"
+            ) from None
+        try:
+            return Manifest.from_dict(json.loads(raw))
+        except ValueError:
+            raise IntegrityError(
+                f"manifest of {name} is not valid JSON", "the backup cannot be trusted; use another backup"
+            ) from None
+
+
+def _copy(cat: Catalog) -> Catalog:
+    """A copy that merging cannot change the original through (entries themselves are immutable)."""
+    return Catalog(
+        backups=dict(cat.backups),
+        deleted=dict(cat.deleted),
+        failures=list(cat.failures),
+        verifications=dict(cat.verifications),
+        unreadable=dict(cat.unreadable),
+        watermark=cat.watermark,
+        applied=set(cat.applied),
+        generated_at=cat.generated_at,
+    )

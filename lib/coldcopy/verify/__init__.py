@@ -1,0 +1,1 @@
+"""Proving backups restore: checksums, test restores into a scratch database, base-backup drills."""

@@ -1,0 +1,386 @@
+"""Test restores: verification levels ``full`` and ``restore``, and the weekly verification job.
+
+A test restore streams the backup (every chunk authenticated, sizes and checksums compared with
+the manifest) into ``pg_restore`` on a *scratch target*: a new database named ``cc_verify_<…>`` on
+the server named by ``VERIFY_DB_*``, or, without one, on a throwaway local cluster when the
+runner has the PostgreSQL server binaries.  Then it checks the restored database: every table's
+row count equals the manifest's (``full``), plus ``amcheck`` on every B-tree index where the
+extension is available and the configured sanity queries (``restore``).  The restore time and
+throughput are measured and kept in the verification record; the scratch database is always
+dropped, also when a check fails or the restore breaks.  Base backups get a restore drill instead
+(:mod:`coldcopy.verify.base_drill`); its record has the same shape plus the WAL replay measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pg8000.native
+
+from coldcopy.config import Secret, Settings
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.sanity import SanityQuery, parse_sanity_queries
+from coldcopy.errors import ColdCopyError, ConfigError, DatabaseError, NotFoundError
+from coldcopy.postgres.client import Postgres
+from coldcopy.stream.pipeline import Progress
+
+if TYPE_CHECKING:
+    from coldcopy.backup.reader import BackupReader
+    from coldcopy.verify.run import VerifyResult
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("checksum", "full", "restore")
+TEST_RESTORE_LEVELS = ("full", "restore")
+LOGICAL_KINDS = ("full", "compliance")
+DRILLED_KINDS = (*LOGICAL_KINDS, "base")  # what the weekly job test-restores (base: a PITR drill)
+SCRATCH_PREFIX = "cc_verify_"
+STALE_SCRATCH = timedelta(days=2)
+_STAMP = "%Y%m%d%H%M%S"
+_SCRATCH_RE = re.compile(r"cc_verify_(\d{14})_[0-9a-f]{6}")
+
+
+# -- the scratch target ----------------------------------------------------------------------------
+@dataclass
+class Scratch:
+    pg: Postgres
+    settings: Settings
+    dbname: str
+    where: str
+    dropped: bool = False
+    drop_error: str = ""
+    stale_dropped: tuple[str, ...] = ()  # left behind by runs that were killed
+
+
+def scratch_name(now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime(_STAMP)
+    return f"{SCRATCH_PREFIX}{stamp}_{secrets.token_hex(3)}"
+
+
+def stale_scratch(names: list[str], now: datetime) -> list[str]:
+    """Scratch databases older than STALE_SCRATCH: their run was killed before it could drop them."""
+    out = []
+    for name in names:
+        m = _SCRATCH_RE.fullmatch(name)
+        if m and now - datetime.strptime(m.group(1), _STAMP).replace(tzinfo=UTC) > STALE_SCRATCH:
+            out.append(name)
+    return out
+
+
+@contextmanager
+def scratch_database(settings: Settings) -> Iterator[Scratch]:
+    """A new, empty database for a test restore; dropped on the way out, whatever happened."""
+    dbname = scratch_name()
+    cluster = None
+    if settings.verify_db_host:
+        if not settings.verify_db_user:
+            raise ConfigError(["VERIFY_DB_USER is not set (VERIFY_DB_HOST is)"])
+        target = replace(
+            settings,
+            db_host=settings.verify_db_host,
+            db_port=settings.verify_db_port,
+            db_user=settings.verify_db_user,
+            db_password=settings.verify_db_password,
+            db_sslmode=settings.verify_db_sslmode,
+            db_name=dbname,
+        )
+        where = f"{settings.verify_db_host}:{settings.verify_db_port} (VERIFY_DB_HOST)"
+    else:
+        from coldcopy.postgres.cluster import PgCluster
+
+        try:
+            cluster = PgCluster(password=secrets.token_urlsafe(18)).start()
+        except ColdCopyError as exc:
+            raise DatabaseError(
+                f"no scratch target for a test restore: VERIFY_DB_HOST is not set and a local cluster "
+                f"cannot start ({exc.message})",
+                "set VERIFY_DB_HOST/PORT/USER/PASSWORD to a server where ColdCopy may create and drop "
+                "databases, or run where the PostgreSQL server binaries are installed",
+            ) from None
+        target = replace(
+            settings,
+            db_host=cluster.host,
+            db_port=cluster.port,
+            db_user=cluster.user,
+            db_password=Secret(cluster.password),
+            db_sslmode="disable",
+            db_name=dbname,
+        )
+        where = f"a throwaway local cluster on port {cluster.port}"
+    pg = Postgres(target)
+    try:
+        with pg.session(pg.maintenance_db()) as admin:
+            existing = [str(r[0]) for r in admin.run("SELECT datname FROM pg_database")]
+            stale = stale_scratch(existing, datetime.now(UTC))
+            for name in stale:
+                pg.drop_database(admin, name)
+            pg.create_database(admin, dbname)
+        scratch = Scratch(pg, target, dbname, where, stale_dropped=tuple(stale))
+        try:
+            yield scratch
+        finally:
+            try:
+                with pg.session(pg.maintenance_db()) as admin:
+                    pg.drop_database(admin, dbname)
+                scratch.dropped = True
+            except (ColdCopyError, pg8000.exceptions.DatabaseError) as exc:
+                scratch.drop_error = str(exc)[:300]
+                log.error("the scratch database %s could not be dropped: %s", dbname, exc)
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+
+# -- the test restore ------------------------------------------------------------------------------
+def run_test_restore(
+    settings: Settings, reader: BackupReader, result: VerifyResult, progress: Progress | None = None
+) -> None:
+    """Restore into a scratch database and check it; adds checks and the measurement to ``result``."""
+    manifest = reader.manifest
+    if manifest.kind not in LOGICAL_KINDS:
+        result.add("test restore", False, f"a {manifest.kind} backup cannot be test-restored with pg_restore")
+        return
+    sanity = parse_sanity_queries(settings.verify_sanity_queries) if result.level == "restore" else []
+    scratch: Scratch | None = None
+    try:
+        with scratch_database(settings) as scratch:
+            stale = f"; dropped {len(scratch.stale_dropped)} stale scratch database(s)"
+            result.add(
+                "scratch database created",
+                True,
+                f"{scratch.dbname} on {scratch.where}" + (stale if scratch.stale_dropped else ""),
+            )
+            _restore_and_check(settings, reader, scratch, result, sanity, progress)
+    except (ColdCopyError, pg8000.exceptions.Error) as exc:
+        detail = exc.message if isinstance(exc, ColdCopyError) else f"{type(exc).__name__}: {exc}"
+        result.add("test restore" if scratch else "scratch target", False, detail[:500])
+    if scratch is None:
+        return
+    if scratch.dropped:
+        result.add("scratch database dropped", True, scratch.dbname)
+    else:
+        result.add("scratch database dropped", False, f"{scratch.dbname}: {scratch.drop_error}")
+
+
+def _restore_and_check(
+    settings: Settings,
+    reader: BackupReader,
+    scratch: Scratch,
+    result: VerifyResult,
+    sanity: list[SanityQuery],
+    progress: Progress | None,
+) -> None:
+    from coldcopy.restore.logical import _pg_restore
+
+    manifest = reader.manifest
+    tool = scratch.pg.tool("pg_restore")
+    dumped_by = re.search(r"(\d+)", manifest.tool)
+    if dumped_by and tool.major < int(dumped_by.group(1)):
+        result.add(
+            "test restore",
+            False,
+            f"pg_restore {tool.major} cannot read a dump made with {manifest.tool}; set PG_BIN_DIR",
+        )
+        return
+    t0 = time.monotonic()
+    try:
+        _pg_restore(reader, scratch.pg, tool.path, scratch.dbname, scratch.settings, True, progress)
+    except ColdCopyError as exc:
+        result.add("test restore: chunks authenticate and pg_restore succeeds", False, exc.message)
+        return
+    seconds = max(time.monotonic() - t0, 1e-6)
+    raw, stored = manifest.data.raw_size, manifest.data.stored_size
+    result.measurement = {
+        "restore_seconds": round(seconds, 3),
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "throughput_bytes_per_second": round(raw / seconds, 1),
+        "target": scratch.where,
+        "server_version": _server_version(scratch),
+    }
+    result.add(
+        "test restore: chunks authenticate and pg_restore succeeds",
+        True,
+        f"{raw} bytes of dump restored in {seconds:.2f} s ({raw / seconds / 1e6:.1f} MB/s)",
+    )
+    _check_row_counts(scratch, manifest.tables, manifest.row_counts, result)
+    if result.level == "restore":
+        _check_amcheck(scratch, result)
+        _check_sanity(scratch, sanity, settings.verify_statement_timeout_seconds, result)
+
+
+def _server_version(scratch: Scratch) -> str:
+    with scratch.pg.session(scratch.dbname) as conn:
+        return Postgres.server_version(conn)[1]
+
+
+def _check_row_counts(scratch: Scratch, expected: dict[str, int], how: str, result: VerifyResult) -> None:
+    with scratch.pg.session(scratch.dbname) as conn:
+        got = Postgres.table_row_counts(conn)
+    if how != "exact":
+        missing = sorted(set(expected) - set(got))
+        result.add(
+            "every table restored (the manifest's counts are estimates)",
+            not missing,
+            f"{len(got)} tables" + (f"; missing: {', '.join(missing[:5])}" if missing else ""),
+        )
+        return
+    wrong = [
+        f"{t}: backup {n}, restored {got.get(t)}" for t, n in sorted(expected.items()) if got.get(t) != n
+    ]
+    result.add(
+        "every table's row count equals the manifest's",
+        not wrong,
+        f"{len(expected)} tables, {sum(expected.values())} rows" if not wrong else "; ".join(wrong[:5]),
+    )
+
+
+_INDEXES = (
+    "SELECT c.oid::bigint, n.nspname, c.relname FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "JOIN pg_am am ON am.oid = c.relam "
+    "WHERE am.amname = 'btree' AND i.indisvalid AND i.indisready AND c.relpersistence <> 't' "
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
+    "ORDER BY 2, 3"
+)
+
+
+def _check_amcheck(scratch: Scratch, result: VerifyResult) -> None:
+    with scratch.pg.session(scratch.dbname) as conn:
+        try:
+            conn.run("CREATE EXTENSION IF NOT EXISTS amcheck")
+        except pg8000.exceptions.DatabaseError as exc:
+            why = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
+            result.add("amcheck on B-tree indexes", True, f"skipped: amcheck is not available ({why[:200]})")
+            return
+        bad: list[str] = []
+        indexes = conn.run(_INDEXES)
+        for oid, schema, name in indexes:
+            try:
+                conn.run("SELECT bt_index_check(CAST(CAST(:o AS oid) AS regclass), true)", o=int(oid))
+            except pg8000.exceptions.DatabaseError as exc:
+                msg = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
+                bad.append(f"{schema}.{name}: {msg[:200]}")
+    result.add(
+        "amcheck on B-tree indexes",
+        not bad,
+        f"{len(indexes)} indexes checked (with heapallindexed)" if not bad else "; ".join(bad[:5]),
+    )
+
+
+def _check_sanity(scratch: Scratch, queries: list[SanityQuery], timeout_s: int, result: VerifyResult) -> None:
+    if not queries:
+        return
+    with scratch.pg.session(scratch.dbname) as conn:
+        for q in queries:
+            ok, detail = False, ""
+            try:
+                conn.run("START TRANSACTION READ ONLY")
+                conn.run(f"SET LOCAL statement_timeout = {int(timeout_s) * 1000}")
+                rows = conn.run(q.sql)
+                if len(rows) != 1 or len(rows[0]) != 1:
+                    detail = (
+                        f"returned {len(rows)} rows of {len(rows[0]) if rows else 0} columns, not one number"
+                    )
+                else:
+                    ok, detail = q.check(rows[0][0])
+            except pg8000.exceptions.DatabaseError as exc:
+                msg = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
+                detail = f"failed: {msg[:300]}"
+            finally:
+                with suppress(pg8000.exceptions.DatabaseError):
+                    conn.run("ROLLBACK")
+            result.add(f"sanity: {q.text}", ok, detail)
+
+
+# -- what verification remembers -------------------------------------------------------------------
+def restore_proof(record: dict[str, Any], at: str, prev: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The latest test restore of a backup, carried forward by records that did not restore it.
+
+    The catalog keeps only a backup's latest verification record, so each record repeats what the
+    test restores proved: ``{at, level, ok, measurement, restore_level_at}``."""
+    before = (prev or {}).get("restore_proof")
+    if record.get("level") not in TEST_RESTORE_LEVELS or (
+        record.get("ok") is False and not record.get("measurement")
+    ):
+        # Nothing was restored (a checksum pass, or the restore never got going: no scratch target,
+        # unreadable manifest, pg_restore broke): the last real test restore still stands.
+        return before if isinstance(before, dict) else None
+    level_at = at if record.get("level") == "restore" else (before or {}).get("restore_level_at")
+    return {
+        "at": at,
+        "level": record.get("level"),
+        "ok": bool(record.get("ok")),
+        "measurement": record.get("measurement"),
+        "restore_level_at": level_at,
+    }
+
+
+def week_seed(now: datetime) -> str:
+    year, week, _ = now.astimezone(UTC).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def schedule_selection(
+    entries: list[CatalogEntry], verifications: dict[str, dict[str, Any]], sample: int, seed: str
+) -> tuple[list[str], list[str]]:
+    """(new, sampled): backups never test-restored at level ``restore``, and a seeded random sample
+    of ``sample`` older ones.  Both newest first.  Base backups are drilled (restored and recovered
+    to a random time) like dumps are test-restored."""
+    logical = [e for e in sorted(entries, key=lambda e: (e.created_at, e.name), reverse=True)]
+    logical = [e for e in logical if e.kind in DRILLED_KINDS]
+
+    def proven(name: str) -> bool:
+        proof = (verifications.get(name) or {}).get("restore_proof") or {}
+        return bool(proof.get("restore_level_at"))
+
+    new = [e.name for e in logical if not proven(e.name)]
+    older = [e.name for e in logical if proven(e.name)]
+    picked = set(random.Random(seed).sample(older, min(sample, len(older))))
+    return new, [n for n in older if n in picked]
+
+
+def run_scheduled(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones.
+
+    Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them."""
+    from coldcopy.backup.logical import context
+    from coldcopy.verify.run import run_verify
+
+    now = now or datetime.now(UTC)
+    cat = context(settings).catalog.read()
+    if not cat.entries():
+        raise NotFoundError("there is no backup to verify", "take a backup first (`coldcopy backup`)")
+    new, sampled = schedule_selection(
+        cat.entries(), cat.verifications, settings.verify_sample_older, week_seed(now)
+    )
+    results = []
+    for name in [*new, *sampled]:
+        r = run_verify(settings, name, level="restore")
+        results.append(
+            {
+                "name": name,
+                "ok": r.ok,
+                "why": "new" if name in new else "sample",
+                "failed": [c.name for c in r.checks if not c.ok],
+                "measurement": r.measurement,
+            }
+        )
+    return {
+        "name": results[0]["name"] if results else None,  # the newest backup verified
+        "level": "restore",
+        "week": week_seed(now),
+        "new": new,
+        "sampled": sampled,
+        "results": results,
+        "ok": all(r["ok"] for r in results),
+    }
