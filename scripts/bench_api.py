@@ -49,7 +49,8 @@ COLD_TARGET_S = 1.0
 # -- seeding --------------------------------------------------------------------------------------
 def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
     from coldcopy.core.catalog import Catalog, journal_key, start_after
-    from coldcopy.core.manifest import Manifest, StoredObject, iso
+    from coldcopy.core.manifest import Manifest, StoredObject
+    from coldcopy.core.times import iso
     from coldcopy.ops.queue import new_run_id
 
     now = datetime.now(UTC)
@@ -306,9 +307,9 @@ def s3_calls_per_read(env: dict[str, str]) -> dict[str, int]:
     """Count the S3 operations of one warm catalog read (in this process, same code)."""
     from coldcopy.config import load_settings
     from coldcopy.storage.catalog_store import CatalogStore
-    from coldcopy.storage.s3 import Storage
+    from coldcopy.storage.s3 import open_store
 
-    storage = Storage(load_settings(env))
+    storage = open_store(load_settings(env))
     calls: dict[str, int] = {}
 
     def count(model: Any, **_: Any) -> None:
@@ -327,9 +328,9 @@ def s3_listing_ms(env: dict[str, str], n: int = 5) -> float:
     from coldcopy.config import load_settings
     from coldcopy.core.catalog import JOURNAL, start_after
     from coldcopy.storage.catalog_store import CatalogStore
-    from coldcopy.storage.s3 import Storage
+    from coldcopy.storage.s3 import open_store
 
-    storage = Storage(load_settings(env))
+    storage = open_store(load_settings(env))
     after = start_after(CatalogStore(storage).read_cached().watermark)
     times = []
     for _ in range(n):

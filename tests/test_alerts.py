@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coldcopy.core.alerts import (
-    PLANS,
-    Alert,
-    Thresholds,
-    WalGap,
-    WalStatus,
-    counts_by_severity,
-    evaluate,
-    thresholds_from,
-)
+from coldcopy.config import load_settings
+from coldcopy.core.alerts import PLANS, Alert, Thresholds, counts_by_severity, evaluate
+from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.times import iso
 from coldcopy.errors import ConfigError
 
+NO_FILE = Path(os.devnull)
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 TH = Thresholds()
 
@@ -59,7 +56,7 @@ def ids(alerts: list[Alert]) -> list[str]:
 def check(
     cat: Catalog,
     runs: list[dict[str, Any]] | None = None,
-    wal: WalStatus | None = None,
+    wal: WalHealth | None = None,
     th: Thresholds = TH,
     now: datetime = NOW,
 ) -> list[Alert]:
@@ -161,14 +158,14 @@ def test_never_verified_alerts_only_once_the_oldest_backup_is_8_days_old() -> No
     assert a.id == "verification-overdue" and "verified yet" in a.message
 
 
-def wal_ok(**kw: Any) -> WalStatus:
+def wal_ok(**kw: Any) -> WalHealth:
     base: dict[str, Any] = {
         "last_archived_at": iso(NOW - timedelta(minutes=5)),
         "last_segment": "000000010000000000000042",
         "window_start": iso(NOW - timedelta(days=7)),
         "window_end": iso(NOW - timedelta(minutes=5)),
     }
-    return WalStatus(**{**base, **kw})
+    return WalHealth(**{**base, **kw})
 
 
 def test_without_pitr_the_wal_rules_do_not_fire() -> None:
@@ -292,8 +289,12 @@ def test_order_counts_and_serialisation() -> None:
 
 
 def test_thresholds_from_the_environment() -> None:
-    th = thresholds_from({"ALERT_BACKUP_MAX_AGE_HOURS": "30", "ALERT_SIZE_SAMPLE": "5"})
+    th = load_settings(
+        {"ALERT_BACKUP_MAX_AGE_HOURS": "30", "ALERT_SIZE_SAMPLE": "5"}, env_file=NO_FILE
+    ).thresholds
     assert th.backup_max_age_hours == 30 and th.size_sample == 5 and th.verify_max_age_days == 8
     with pytest.raises(ConfigError) as exc:
-        thresholds_from({"ALERT_BACKUP_MAX_AGE_HOURS": "soon", "ALERT_SIZE_HIGH_RATIO": "0.5"})
+        load_settings(
+            {"ALERT_BACKUP_MAX_AGE_HOURS": "soon", "ALERT_SIZE_HIGH_RATIO": "0.5"}, env_file=NO_FILE
+        )
     assert len(exc.value.problems) == 2

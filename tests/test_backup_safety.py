@@ -11,15 +11,16 @@ import pytest
 
 from cli_helpers import run_cli
 from coldcopy.backup import inflight
-from coldcopy.backup.logical import commit, context
+from coldcopy.backup.session import commit
 from coldcopy.config import load_settings
+from coldcopy.context import open_context
 from coldcopy.errors import DatabaseError, IntegrityError
 from coldcopy.postgres.client import Postgres
 
 
 def test_marker_heartbeat_runs_in_the_background(coldcopy_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(inflight, "HEARTBEAT_SECONDS", 0.05)
-    ctx = context(load_settings(coldcopy_env))
+    ctx = open_context(load_settings(coldcopy_env))
     marker = inflight.Marker(ctx.storage, "full_backup_demo_20260101_000000")
     marker.create()
     key = inflight.marker_key(marker.name)
@@ -34,7 +35,7 @@ def test_marker_heartbeat_runs_in_the_background(coldcopy_env, monkeypatch) -> N
 def test_commit_refuses_when_an_object_went_missing(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
     r = run_cli(coldcopy_env, "backup", "--json")
     assert r.rc == 0, r.err
-    ctx = context(load_settings(coldcopy_env))
+    ctx = open_context(load_settings(coldcopy_env))
     m = ctx.catalog.manifest(json.loads(r.out)["name"])
     other = dataclasses.replace(
         m,

@@ -12,21 +12,23 @@ import pytest
 
 from cli_helpers import run_cli
 from coldcopy.config import Settings, load_settings
-from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key, iso, manifest_key
+from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key, manifest_key
 from coldcopy.core.names import make_name
 from coldcopy.core.retention import RetentionPolicy
+from coldcopy.core.times import iso
 from coldcopy.ops import queue as jobs
 from coldcopy.ops.cleanup import run_cleanup
 from coldcopy.ops.worker import run_worker
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
 
 
 def settings(env: dict[str, str]) -> Settings:
     return load_settings(env, env_file=Path(os.devnull))
 
 
-def keys(storage: Storage, prefix: str) -> list[str]:
+def keys(storage: ObjectStore, prefix: str) -> list[str]:
     return sorted(o.key for o in storage.list(prefix))
 
 
@@ -75,7 +77,7 @@ def prepare(
 
 def test_cleanup_cli_dry_run_equals_real_run(coldcopy_env: dict[str, str]) -> None:
     env = coldcopy_env
-    storage = Storage(settings(env))
+    storage = open_store(settings(env))
     store = CatalogStore(storage)
     real = run_cli(env, "backup", "--json")
     assert real.rc == 0, real.err
@@ -150,8 +152,8 @@ def test_cleanup_cli_dry_run_equals_real_run(coldcopy_env: dict[str, str]) -> No
     assert run_cli(env, "cleanup", "--now", "2999-01-01T00:00Z").rc == 1  # never a future clock
 
 
-class RecordingStorage(Storage):
-    """Storage that remembers the order of deletions."""
+class RecordingStorage(ObjectStore):
+    """ObjectStore that remembers the order of deletions."""
 
     def __init__(self, s: Settings) -> None:
         super().__init__(s)
@@ -210,7 +212,7 @@ def test_wal_and_base_backups(coldcopy_env: dict[str, str]) -> None:
 
 def test_cleanup_job_in_the_worker(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     store = CatalogStore(storage)
     now = datetime.now(UTC)
     keep = prepare(store, "full", now - timedelta(days=1), "app")
@@ -271,7 +273,7 @@ def test_a_pin_made_while_cleanup_runs_wins(
     from coldcopy.ops.pins import pin
 
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     store = CatalogStore(storage)
     now = datetime.now(UTC)
     prepare(store, "full", now - timedelta(days=1), "app")
@@ -298,7 +300,7 @@ def test_a_pin_made_while_cleanup_runs_wins(
 def test_manifests_are_read_afresh(coldcopy_env: dict[str, str]) -> None:
     """The catalog is a cache: a manifest damaged or removed since it was recorded is caught at cleanup."""
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     store = CatalogStore(storage)
     now = datetime.now(UTC)
     prepare(store, "full", now - timedelta(days=1), "app")
@@ -333,7 +335,7 @@ def test_manifests_are_read_afresh(coldcopy_env: dict[str, str]) -> None:
 def test_old_job_records_are_pruned_and_recent_or_unfinished_ones_kept(coldcopy_env: dict[str, str]) -> None:
     """runs/, jobs/claims/ and jobs/slots/ would grow forever: cleanup prunes what is past the history."""
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     now = datetime.now(UTC).replace(microsecond=0)
     old, recent = now - timedelta(days=s.job_history_days + 5), now - timedelta(days=2)
 

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from coldcopy.config import Secret, load_settings, redact
 from coldcopy.core.catalog import SKEW, Catalog, journal_key, start_after, summarize
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import make_name, parse_name, validate_db_identifier, validate_name
+from coldcopy.core.times import iso
 from coldcopy.errors import ConfigError, InvalidNameError
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)

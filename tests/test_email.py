@@ -26,12 +26,14 @@ from coldcopy.alerting.notify import check_alerts
 from coldcopy.config import Settings, load_settings
 from coldcopy.core.alert_state import STATE_KEY
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.times import iso
 from coldcopy.functions import tick as tick_fn
 from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 USER, PASSWORD = "alerts@example.org", "s3cret-smtp-pässword"
@@ -157,7 +159,7 @@ def entry(when: datetime) -> CatalogEntry:
     )
 
 
-def seed_old_backup(storage: Storage) -> CatalogStore:
+def seed_old_backup(storage: ObjectStore) -> CatalogStore:
     """One backup 30 hours old: exactly one alert (no-recent-backup) is active at NOW."""
     store = CatalogStore(storage)
     old = entry(NOW - timedelta(hours=30))
@@ -183,7 +185,7 @@ def smtp_env(port: int, **extra: str) -> dict[str, str]:
     }
 
 
-class CountingStorage(Storage):
+class CountingStorage(ObjectStore):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.state_writes = 0
@@ -243,7 +245,7 @@ def test_one_start_email_and_one_resolve_email_over_many_ticks(s3_env: dict[str,
 
 def test_the_scheduler_tick_runs_the_alert_check(s3_env: dict[str, str], smtp: Smtp, tmp_path: Path) -> None:
     s = settings_of(s3_env)
-    storage = Storage(s)
+    storage = open_store(s)
     seed_old_backup(storage)
     env_file = tmp_path / "alerts.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in smtp_env(smtp.port).items()))
@@ -261,7 +263,7 @@ def test_starttls_with_authentication(
     )
     try:
         s = settings_of(s3_env)
-        storage = Storage(s)
+        storage = open_store(s)
         seed_old_backup(storage)
         env = smtp_env(
             server.port,
@@ -290,7 +292,7 @@ def test_implicit_tls(s3_env: dict[str, str], cert: tuple[Path, Path]) -> None:
     server = start_smtp(ssl_context=server_tls(cert))
     try:
         s = settings_of(s3_env)
-        storage = Storage(s)
+        storage = open_store(s)
         seed_old_backup(storage)
         env = smtp_env(server.port, SMTP_SECURITY="tls", SMTP_CA_FILE=str(cert[0]))
         assert check_alerts(s, storage, NOW, env=env)["sent"] == 1
@@ -301,7 +303,7 @@ def test_implicit_tls(s3_env: dict[str, str], cert: tuple[Path, Path]) -> None:
 
 def test_a_refusing_server_keeps_the_notification_and_shows_it(s3_env: dict[str, str], smtp: Smtp) -> None:
     s = settings_of(s3_env)
-    storage = Storage(s)
+    storage = open_store(s)
     seed_old_backup(storage)
     smtp.inbox.refuse = "550 5.7.1 relaying denied"
     out = check_alerts(s, storage, NOW, env=smtp_env(smtp.port))
@@ -322,7 +324,7 @@ def test_a_refusing_server_keeps_the_notification_and_shows_it(s3_env: dict[str,
 
 def test_a_down_server_keeps_the_notification_until_it_is_back(s3_env: dict[str, str]) -> None:
     s = settings_of(s3_env)
-    storage = Storage(s)
+    storage = open_store(s)
     seed_old_backup(storage)
     port = free_port()  # nothing listens there yet
     env = smtp_env(port)
@@ -341,7 +343,7 @@ def test_a_down_server_keeps_the_notification_until_it_is_back(s3_env: dict[str,
 
 def test_an_alert_that_resolves_before_its_email_went_out_sends_nothing(s3_env: dict[str, str]) -> None:
     s = settings_of(s3_env)
-    storage = Storage(s)
+    storage = open_store(s)
     store = seed_old_backup(storage)
     env = smtp_env(free_port())
     assert check_alerts(s, storage, NOW, env=env)["pending"] == 1
@@ -352,7 +354,7 @@ def test_an_alert_that_resolves_before_its_email_went_out_sends_nothing(s3_env: 
 
 def test_without_smtp_settings_alerts_are_tracked_and_nothing_is_sent(s3_env: dict[str, str]) -> None:
     s = settings_of(s3_env)
-    storage = Storage(s)
+    storage = open_store(s)
     seed_old_backup(storage)
     out = check_alerts(s, storage, NOW, env={})
     assert out["started"] == ["no-recent-backup"] and out["pending"] == 0 and not out["email_configured"]
@@ -376,7 +378,7 @@ def test_a_stale_job_from_the_real_run_records_starts_an_alert(s3_env: dict[str,
     from coldcopy.ops import queue as jobs
 
     s = settings_of(s3_env)
-    storage = Storage(s)
+    storage = open_store(s)
     store = seed_old_backup(storage)
     add_fresh_backup(store)
     jobs.enqueue(storage, "backup-full", {}, now=NOW - timedelta(hours=1))

@@ -28,12 +28,13 @@ from cli_helpers import run_cli
 from coldcopy.api.protocol import MAX_BODY_BYTES, ROUTES, encode_cursor
 from coldcopy.config import Settings, load_settings
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.times import iso
 from coldcopy.functions import web
 from coldcopy.localstack.functions_host import LocalHost, make_server
 from coldcopy.loopback import free_port, wait_until
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
 from conftest import API_TOKEN
 
 TOKEN = API_TOKEN
@@ -174,7 +175,7 @@ def history(n: int, start: datetime = T0) -> list[CatalogEntry]:
 
 def seed(env: dict[str, str], entries: list[CatalogEntry], *, in_snapshot: int) -> CatalogStore:
     """The first ``in_snapshot`` entries in catalog.json, the rest as journal records (both paths)."""
-    store = CatalogStore(Storage(settings_of(env)))
+    store = CatalogStore(open_store(settings_of(env)))
     cat = Catalog(backups={e.name: e for e in entries[:in_snapshot]})
     store.save(cat)
     journal = entries[in_snapshot:]
@@ -612,7 +613,7 @@ def test_coldcopy_serve_process_wakes_the_local_runner(api_env: dict[str, str], 
 def test_catalog_cache_revalidates_with_one_conditional_get_and_one_listing(api_env: dict[str, str]) -> None:
     entries = history(30)
     seed(api_env, entries, in_snapshot=25)
-    storage = Storage(settings_of(api_env))
+    storage = open_store(settings_of(api_env))
     calls: list[tuple[str, int]] = []
 
     def seen(http_response: Any, model: Any, **_: Any) -> None:

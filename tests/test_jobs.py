@@ -24,7 +24,8 @@ from coldcopy.functions import tick as tick_fn
 from coldcopy.ops import queue as jobs
 from coldcopy.ops.launchers import LauncherError, LaunchResult
 from coldcopy.ops.worker import HANDLERS, Handler, WorkerReport, run_worker
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
 
 SUNDAY_FIRST = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # a Sunday and the 1st: all four schedules fire
 TUESDAY = datetime(2026, 11, 24, tzinfo=UTC)
@@ -43,7 +44,7 @@ def t(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def keys(storage: Storage, prefix: str) -> list[str]:
+def keys(storage: ObjectStore, prefix: str) -> list[str]:
     return sorted(o.key for o in storage.list(prefix))
 
 
@@ -72,7 +73,7 @@ class FakeLauncher:
         return LaunchResult(True, f"fake runner {self.calls}", str(self.calls))
 
 
-def journal_runs(storage: Storage) -> dict[str, dict[str, Any]]:
+def journal_runs(storage: ObjectStore) -> dict[str, dict[str, Any]]:
     out = {}
     for key in keys(storage, "journal/"):
         rec = storage.get_json(key)
@@ -90,7 +91,7 @@ def test_overlapping_ticks_enqueue_each_due_slot_exactly_once(coldcopy_env: dict
     results: list[dict[str, Any]] = [{} for _ in range(8)]
 
     def one(i: int) -> None:
-        storage = Storage(s)  # each tick is its own function invocation with its own client
+        storage = open_store(s)  # each tick is its own function invocation with its own client
         barrier.wait()
         results[i] = tick_fn.tick(s, SUNDAY_FIRST, launcher=launchers[i], storage=storage)
 
@@ -100,7 +101,7 @@ def test_overlapping_ticks_enqueue_each_due_slot_exactly_once(coldcopy_env: dict
     for t in threads:
         t.join(timeout=120)
     assert all(r for r in results), "every tick finished"
-    storage = Storage(s)
+    storage = open_store(s)
     again = tick_fn.tick(s, SUNDAY_FIRST + timedelta(minutes=5), launcher=FakeLauncher(), storage=storage)
     assert again["enqueued"] == []
 
@@ -128,7 +129,7 @@ def test_overlapping_ticks_enqueue_each_due_slot_exactly_once(coldcopy_env: dict
 
 def test_missed_slot_runs_once_within_grace(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env, COLDCOPY_SCHEDULE_GRACE_MINUTES="60")
-    storage = Storage(s)
+    storage = open_store(s)
     slot = TUESDAY + timedelta(hours=2)
     # The ticks at 02:00…02:25 never happened; the one at 02:30 catches up.
     first = tick_fn.tick(s, slot + timedelta(minutes=30), launcher=FakeLauncher(), storage=storage)
@@ -149,7 +150,7 @@ def test_missed_slot_runs_once_within_grace(coldcopy_env: dict[str, str]) -> Non
 
 def test_a_slot_taken_by_a_tick_that_died_is_queued_by_the_next(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     slot = "backup-full/2026-11-24T02:00Z"
     orphan = jobs.Job(
         jobs.new_run_id(TUESDAY + timedelta(hours=2), seed=slot),
@@ -168,7 +169,7 @@ def test_a_slot_taken_by_a_tick_that_died_is_queued_by_the_next(coldcopy_env: di
 
 def test_stale_heartbeat_is_marked_failed_and_a_fresh_one_left_alone(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env, COLDCOPY_HEARTBEAT_STALE_SECONDS="600")
-    storage = Storage(s)
+    storage = open_store(s)
     now = TUESDAY + timedelta(hours=12)
     ids = [jobs.enqueue(storage, "verify", {}, now=now - timedelta(hours=1, seconds=-i)) for i in range(4)]
     stale = jobs.claim_next(storage, "dead-worker", now=now - timedelta(minutes=30))
@@ -204,7 +205,7 @@ def test_stale_heartbeat_is_marked_failed_and_a_fresh_one_left_alone(coldcopy_en
 
 def test_tick_wakes_the_runner_only_when_jobs_wait(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     fake = FakeLauncher()
     quiet = TUESDAY + timedelta(hours=12)  # nothing scheduled at noon
     out = tick_fn.tick(s, quiet, launcher=fake, storage=storage)
@@ -268,12 +269,12 @@ def test_worker_exits_at_once_on_an_empty_queue(coldcopy_env: dict[str, str]) ->
     s = settings(coldcopy_env)
     report = run_worker(s, heartbeat_seconds=FAST_BEAT)
     assert (report.count, report.failed, report.runs) == (0, 0, [])
-    assert keys(Storage(s), "") == []
+    assert keys(open_store(s), "") == []
 
 
 def test_failing_jobs_are_recorded_and_the_next_job_still_runs(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     t0 = datetime.now(UTC)
 
     def leaky(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
@@ -326,7 +327,7 @@ def test_failing_jobs_are_recorded_and_the_next_job_still_runs(coldcopy_env: dic
 
 def test_racing_workers_run_each_job_once(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     ran: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -354,7 +355,7 @@ def test_racing_workers_run_each_job_once(coldcopy_env: dict[str, str]) -> None:
                 worker_id=f"w{i}",
                 heartbeat_seconds=FAST_BEAT,
                 handlers={"probe-count": record(f"w{i}")},
-                storage=Storage(s),
+                storage=open_store(s),
             )
         )
 
@@ -376,7 +377,7 @@ def test_racing_workers_run_each_job_once(coldcopy_env: dict[str, str]) -> None:
 
 def test_heartbeat_is_written_while_a_job_runs(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     started, release = threading.Event(), threading.Event()
 
     def blocking(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +426,7 @@ def test_a_run_marked_stale_while_alive_stops_beating_and_keeps_its_real_outcome
     coldcopy_env: dict[str, str],
 ) -> None:
     s = settings(coldcopy_env)
-    storage = Storage(s)
+    storage = open_store(s)
     started, release = threading.Event(), threading.Event()
 
     def blocking(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
@@ -455,7 +456,7 @@ def test_a_run_marked_stale_while_alive_stops_beating_and_keeps_its_real_outcome
 
 
 def test_bad_run_ids_never_reach_a_key(coldcopy_env: dict[str, str]) -> None:
-    storage = Storage(settings(coldcopy_env))
+    storage = open_store(settings(coldcopy_env))
     for bad in ("../catalog", "x" * 26 + "/", "ABCDEFGHJKMNPQRSTVWXYZ0123"):
         with pytest.raises(InvalidNameError):
             jobs.get_run(storage, bad)
@@ -513,7 +514,7 @@ def test_tick_wakes_a_real_local_worker(coldcopy_env: dict[str, str], tmp_path: 
     assert t.rc == 0, t.err
     woken = json.loads(t.out)["woken"]
     assert woken["launcher"] == "local" and woken["started"] is True
-    storage = Storage(settings(coldcopy_env))
+    storage = open_store(settings(coldcopy_env))
     done = wait_for(
         "the local worker to finish the job",
         lambda: (x := jobs.get_run(storage, run_id)) and x["state"] == "succeeded" and x,

@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coldcopy.core.alerts import Thresholds, WalGap, WalStatus, evaluate
+from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.metrics import render
+from coldcopy.core.times import iso
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -82,7 +84,7 @@ def test_an_empty_catalog_is_clean() -> None:
 
 def test_a_rich_catalog_with_alerts_and_wal_is_clean_and_right() -> None:
     cat = rich_catalog()
-    wal = WalStatus(
+    wal = WalHealth(
         iso(NOW - timedelta(minutes=3)),
         "000000010000000000000042",
         (WalGap("a", "b", iso(NOW)),),

@@ -25,13 +25,13 @@ import pg8000.native
 import pytest
 
 from cli_helpers import Result, run_cli
-from coldcopy.backup.logical import context
 from coldcopy.config import load_settings
+from coldcopy.context import open_context
+from coldcopy.core.lsn import wal_key
 from coldcopy.core.manifest import Manifest, manifest_key
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.loopback import free_port
 from coldcopy.postgres.cluster import PgCluster
-from coldcopy.wal.archive import wal_key
 
 OWNER = "postgres"
 
@@ -146,7 +146,7 @@ def base_backup(arch: Archiving) -> Manifest:
     assert r.rc == 0, r.err
     s = load_settings(arch.env, env_file=Path(os.devnull))
     name = json.loads(r.out)["name"]
-    return Manifest.from_dict(context(s).storage.get_json(manifest_key(name)))
+    return Manifest.from_dict(open_context(s).storage.get_json(manifest_key(name)))
 
 
 def test_basebackup_records_wal_positions_and_verifies(archiving: Archiving) -> None:
@@ -159,7 +159,7 @@ def test_basebackup_records_wal_positions_and_verifies(archiving: Archiving) -> 
     assert e["system_identifier"].isdigit() and e["wal_segment_size"] == 16 << 20
     # The backup's WAL is archived (pg_basebackup waited for it), so the archive has the start segment.
     s = load_settings(archiving.env, env_file=Path(os.devnull))
-    storage = context(s).storage
+    storage = open_context(s).storage
     assert storage.exists(wal_key(e["stop_wal_segment"]))
     listed = cli(archiving, "--json", "list-backups", "--kind", "base")
     assert listed.rc == 0 and m.name in listed.out
@@ -333,7 +333,7 @@ def test_wal_push_is_create_only_and_refuses_different_content(
     dest = tmp_path / "restored"
     assert run_cli(storage_env, "wal-fetch", seg.name, str(dest)).rc == 0
     assert dest.read_bytes() == original  # the first copy is still the stored one
-    stored = context(load_settings(storage_env)).storage.get_bytes(wal_key(seg.name))
+    stored = open_context(load_settings(storage_env)).storage.get_bytes(wal_key(seg.name))
     assert original[:1000] not in stored  # compressed and encrypted at rest
 
 
@@ -432,7 +432,7 @@ def test_archiving_survives_storage_outage(archiving: Archiving) -> None:
     last = archiving.switch_and_wait(timeout=90)
     assert last > seg
     s = load_settings(archiving.env, env_file=Path(os.devnull))
-    assert context(s).storage.exists(wal_key(seg))
+    assert open_context(s).storage.exists(wal_key(seg))
 
 
 # -- fast archiving: wal-pushd + the stdlib client ------------------------------------------------
@@ -483,7 +483,7 @@ def test_walclient_and_daemon_archive_and_survive_a_daemon_crash(archiving: Arch
         os.chown(run, owner.pw_uid, owner.pw_gid)
     sock, log = run / "walpushd.sock", archiving.env_file.parent / "walpushd.log"
     daemon = PushDaemon(archiving, sock, log)
-    storage = context(load_settings(archiving.env, env_file=Path(os.devnull))).storage
+    storage = open_context(load_settings(archiving.env, env_file=Path(os.devnull))).storage
     try:
         daemon.start()
         assert oct(sock.stat().st_mode & 0o777) == "0o600"
@@ -520,7 +520,8 @@ def test_walclient_and_daemon_archive_and_survive_a_daemon_crash(archiving: Arch
         from coldcopy.wal.archive import archived_names
 
         names = [
-            n for n, _ in archived_names(context(load_settings(archiving.env, env_file=Path(os.devnull))))
+            n
+            for n, _ in archived_names(open_context(load_settings(archiving.env, env_file=Path(os.devnull))))
         ]
         from coldcopy.core.lsn import gaps
 
@@ -553,7 +554,7 @@ def test_wal_pushd_stores_and_refuses_conflicts_and_a_second_daemon(
     from coldcopy.errors import ColdCopyError
     from coldcopy.wal.pushd import WalPushServer, serve
 
-    ctx = context(load_settings(storage_env))
+    ctx = open_context(load_settings(storage_env))
     sock = tmp_path / "run" / "d.sock"
     servers: list[WalPushServer] = []
     t = threading.Thread(target=serve, args=(ctx, sock), kwargs={"ready": servers.append}, daemon=True)
@@ -601,7 +602,7 @@ def test_wal_fetch_prefetches_ahead_and_serves_from_the_spool(
     from coldcopy.wal import spool as walspool
     from coldcopy.wal.archive import push
 
-    ctx = context(load_settings(storage_env))
+    ctx = open_context(load_settings(storage_env))
     wal = tmp_path / "pg_wal"
     wal.mkdir()
     names = [Segment(1, n).name() for n in range(1, 8)]
@@ -726,7 +727,7 @@ def test_pitr_promotes_to_timeline_2_archives_it_and_recovers_onto_it(archiving:
         copy.marker("tl2-after-target")
         seg = copy.switch_and_wait()
         assert seg.startswith("00000002")
-        storage = context(load_settings(archiving.env, env_file=Path(os.devnull))).storage
+        storage = open_context(load_settings(archiving.env, env_file=Path(os.devnull))).storage
         assert storage.exists(wal_key("00000002.history"))
         # Second PITR, onto timeline 2, from the timeline-1 base backup.
         r = pitr(archiving, copies[1].data_dir, ports[1], "--target-time", t2.isoformat())
@@ -758,7 +759,7 @@ def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
     from coldcopy.ops.worker import run_worker
 
     s = load_settings(env)
-    storage = context(s).storage
+    storage = open_context(s).storage
     run_id = str(jobs.enqueue(storage, "wal-sweep", {"dir": str(folder)}))
     report = run_worker(s, heartbeat_seconds=0.05, storage=storage)
     assert [r["state"] for r in report.runs] == ["succeeded"], report.runs
@@ -768,7 +769,7 @@ def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
     assert storage.exists(wal_key(closed))
     from coldcopy.wal.archive import unpack
 
-    stored = unpack(context(s), storage.get_bytes(wal_key(closed)))
+    stored = unpack(open_context(s), storage.get_bytes(wal_key(closed)))
     assert len(stored) == 16 << 20
     archiving.sql("SELECT pg_drop_replication_slot('coldcopy_sweeptest')")
 
@@ -832,13 +833,13 @@ def test_feeder_falls_back_to_wal_fetch_when_storage_fails(
     target_dir, port = recovered
     target = several_segments(archiving)
     settings = load_settings(archiving.env, env_file=Path(os.devnull))
-    ctx = context(settings)
+    ctx = open_context(settings)
     archive = load_archive(ctx)
     goal = Target("time", time=target)
     plan = plan_recovery(base_manifests(ctx), archive.names, goal, None, archive.histories)
     r = prepare_recovery(ctx, plan, goal, target_dir, port=port, command=archiving.command, timeout=120)
     # The feeder's storage is unreachable (nothing listens there); wal-fetch's own is fine.
-    broken = context(
+    broken = open_context(
         load_settings({**archiving.env, "DO_SPACES_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
                       env_file=Path(os.devnull))
     )  # fmt: skip
@@ -859,7 +860,7 @@ def test_feeder_fills_the_spool_in_order_owned_bounded_and_atomic(
     from coldcopy.wal.archive import push
     from coldcopy.wal.feeder import WalFeeder
 
-    ctx = context(load_settings(storage_env))
+    ctx = open_context(load_settings(storage_env))
     wal = tmp_path / "pg_wal"
     wal.mkdir()
     names = [Segment(2, n).name() for n in range(1, 7)]
@@ -943,7 +944,7 @@ def test_a_history_file_archived_while_feeding_is_no_longer_answered_absent(
     from coldcopy.wal.archive import push
     from coldcopy.wal.feeder import WalFeeder
 
-    ctx = context(load_settings(storage_env))
+    ctx = open_context(load_settings(storage_env))
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
     late = tmp_path / "00000003.history"

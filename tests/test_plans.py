@@ -14,11 +14,13 @@ import pytest
 
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
-from coldcopy.core.alerts import PLANS, WalGap
+from coldcopy.core.alerts import PLANS
+from coldcopy.core.archive_report import WalGap
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.runbooks import ALIASES, Facts, build_plan
-from coldcopy.storage.s3 import Storage
+from coldcopy.core.times import iso
+from coldcopy.storage.s3 import open_store
 from coldcopy.wal.monitor import STATE_KEY
 from test_recovery_time import MB, base, catalog, drill, entry, prepare_bucket, window
 
@@ -213,7 +215,7 @@ def test_corruption_and_disaster_name_pitr_to_now_when_the_window_reaches_now() 
 
 def test_plan_command_reads_the_stored_wal_status(prepared: tuple[dict[str, str], list[str]]) -> None:
     env, names = prepared
-    storage = Storage(load_settings(env, env_file=Path(os.devnull)))
+    storage = open_store(load_settings(env, env_file=Path(os.devnull)))
     base_name = prepare_bucket(env, backups=[("base", NOW - timedelta(days=4), 200 * MB)], drills=[])[0]
     wal = window(NOW - timedelta(days=4), NOW - timedelta(minutes=1))
     storage.put_json(STATE_KEY, {"wal": asdict(wal)})

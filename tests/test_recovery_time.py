@@ -12,9 +12,9 @@ from typing import Any
 from cli_helpers import run_cli
 from coldcopy.api.protocol import recovery_time_view
 from coldcopy.config import load_settings
-from coldcopy.core.alerts import WalGap, WalStatus
+from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import make_name
 from coldcopy.core.recovery_time import (
     ASSUMED_REPLAY_RATE,
@@ -24,8 +24,9 @@ from coldcopy.core.recovery_time import (
     PROVISION_SECONDS,
     estimate,
 )
+from coldcopy.core.times import iso
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
 from coldcopy.stream.crypto import MasterKey
 from coldcopy.wal.monitor import STATE_KEY, load, refresh
 
@@ -57,7 +58,7 @@ def prepare_bucket(env: dict[str, str], backups: list[Backup], drills: list[Dril
     Plans and estimates read only the catalog, so no payload is needed.  Returns the backup names.
     """
     s = load_settings(env, env_file=Path(os.devnull))
-    store = CatalogStore(Storage(s))
+    store = CatalogStore(open_store(s))
     key_id = MasterKey.from_passphrase(env["BACKUP_ENCRYPTION_KEY"]).key_id
     names = []
     for kind, created, raw in backups:
@@ -159,8 +160,8 @@ def base(created: datetime, raw: int) -> CatalogEntry:
     return entry(f"base_backup_app_{created:%Y%m%d_%H%M%S}", created, raw, "base")
 
 
-def window(start: datetime, end: datetime, gaps: tuple[WalGap, ...] = ()) -> WalStatus:
-    return WalStatus(iso(end), "000000010000000000000042", gaps, iso(start), iso(end))
+def window(start: datetime, end: datetime, gaps: tuple[WalGap, ...] = ()) -> WalHealth:
+    return WalHealth(iso(end), "000000010000000000000042", gaps, iso(start), iso(end))
 
 
 def test_pitr_scenarios_restore_the_base_backup_and_replay_the_wal_at_labelled_assumed_rates() -> None:
@@ -189,7 +190,7 @@ def test_pitr_scenarios_restore_the_base_backup_and_replay_the_wal_at_labelled_a
 
     no_bases = estimate(catalog([full], {}), NOW, wal)
     assert "no base backup in the catalog" in scenario(no_bases, "pitr-now")["how"]
-    no_window = estimate(cat, NOW, WalStatus(iso(NOW), "000000010000000000000042"))
+    no_window = estimate(cat, NOW, WalHealth(iso(NOW), "000000010000000000000042"))
     assert "gap-free" in scenario(no_window, "pitr-now")["how"]
     assert scenario(estimate(cat, NOW), "pitr-now")["how"] == PITR_UNAVAILABLE
 
@@ -217,7 +218,7 @@ def test_recovery_time_command_and_api_read_the_stored_wal_status(coldcopy_env: 
     now = datetime.now(UTC)
     env = coldcopy_env
     names = prepare_bucket(env, backups=[("base", now - timedelta(days=1), 300 * MB)], drills=[])
-    storage = Storage(load_settings(env, env_file=Path(os.devnull)))
+    storage = open_store(load_settings(env, env_file=Path(os.devnull)))
     for seg in ("000000010000000000000001", "000000010000000000000002"):
         storage.put_bytes(f"wal/00000001/{seg}", b"x")
     refresh(storage)  # no base manifest with WAL positions: an archive but no recoverable window

@@ -11,18 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coldcopy.config import Settings, load_settings
-from coldcopy.core.schedule import (
-    Slot,
-    due_slots,
-    is_stale,
-    latest_slot,
-    parse_slot_time,
-    schedule_table,
-    slot_time,
-)
-from coldcopy.errors import ColdCopyError, InvalidNameError
-from coldcopy.ops.queue import (
+from coldcopy.core.jobs import (
     Job,
+    Run,
     check_params,
     new_run_id,
     queue_key,
@@ -30,6 +21,15 @@ from coldcopy.ops.queue import (
     slot_key,
     validate_run_id,
 )
+from coldcopy.core.schedule import (
+    Slot,
+    due_slots,
+    latest_slot,
+    parse_slot_time,
+    schedule_table,
+    slot_time,
+)
+from coldcopy.errors import ColdCopyError, InvalidNameError
 
 GRACE = timedelta(minutes=60)
 DEFAULTS = schedule_table(Settings())
@@ -209,7 +209,7 @@ STALE = timedelta(minutes=10)
     ],
 )
 def test_is_stale(run: dict[str, object], stale: bool) -> None:
-    assert is_stale(run, NOW, STALE) is stale
+    assert Run.from_dict({"run_id": "r", "kind": "verify", **run}).is_stale(NOW, STALE) is stale
 
 
 # -- run ids and keys ------------------------------------------------------------------------------

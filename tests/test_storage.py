@@ -15,7 +15,8 @@ import pytest
 from coldcopy.config import load_settings
 from coldcopy.core.manifest import StoredObject
 from coldcopy.errors import ConflictError, IntegrityError, StorageError
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
 from coldcopy.storage.volumes import VolumeWriter, read_volumes
 
 SLOWDOWN = (
@@ -110,8 +111,8 @@ def proxy(s3_server) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
     p.server.shutdown()
 
 
-def _storage(env: dict[str, str], endpoint: str | None = None) -> Storage:
-    return Storage(
+def _storage(env: dict[str, str], endpoint: str | None = None) -> ObjectStore:
+    return open_store(
         load_settings({**env, **({"DO_SPACES_ENDPOINT": endpoint} if endpoint else {})}, need=("storage",))
     )
 

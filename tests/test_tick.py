@@ -10,7 +10,8 @@ from pathlib import Path
 from coldcopy.config import Settings, load_settings
 from coldcopy.functions import tick as tick_fn
 from coldcopy.ops import queue as jobs
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
 
 TUESDAY_NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # no default schedule fires at noon
 STRONG_SECRET = "moto-ignores-this-secret-" + secrets.token_hex(8)
@@ -20,7 +21,7 @@ def settings(env: dict[str, str], **extra: str) -> Settings:
     return load_settings({**env, "DO_SPACES_SECRET": STRONG_SECRET, **extra}, env_file=Path(os.devnull))
 
 
-def queued_kinds(storage: Storage) -> list[str]:
+def queued_kinds(storage: ObjectStore) -> list[str]:
     out = []
     for run_id in jobs.queued_ids(storage):
         run = jobs.get_run(storage, run_id)
@@ -31,7 +32,7 @@ def queued_kinds(storage: Storage) -> list[str]:
 
 def test_tick_enqueues_wal_sweep_when_scheduled(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env, COLDCOPY_SCHEDULE_WAL_SWEEP="*/5 * * * *", COLDCOPY_LAUNCHER="none")
-    storage = Storage(s)
+    storage = open_store(s)
     out = tick_fn.tick(s, TUESDAY_NOON + timedelta(minutes=1), storage=storage)
     assert [(e["kind"], e["slot"]) for e in out["enqueued"]] == [("wal-sweep", "wal-sweep/2026-11-24T12:00Z")]
     assert queued_kinds(storage) == ["wal-sweep"]
@@ -45,7 +46,7 @@ def test_tick_enqueues_wal_sweep_when_scheduled(coldcopy_env: dict[str, str]) ->
 def test_tick_never_enqueues_wal_sweep_when_unset(coldcopy_env: dict[str, str]) -> None:
     s = settings(coldcopy_env, COLDCOPY_LAUNCHER="none")
     assert s.schedule_wal_sweep == ""
-    storage = Storage(s)
+    storage = open_store(s)
     for minutes in (1, 6, 31, 61):  # every 5-minute tick of an hour would catch any */N schedule
         out = tick_fn.tick(s, TUESDAY_NOON + timedelta(minutes=minutes), storage=storage)
         assert out["enqueued"] == [] and out["errors"] == []

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 from cli_helpers import spawn_cli
-from coldcopy.backup.logical import context
 from coldcopy.config import load_settings
+from coldcopy.context import open_context
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.lsn import Segment, parse_lsn
-from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
+from coldcopy.core.drill import choose_target, parse_waldump
+from coldcopy.core.lsn import Segment, parse_lsn, wal_key
+from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.recovery_plan import reachable_segments
 from coldcopy.core.recovery_time import (
     ASSUMED_REPLAY_RATE,
@@ -34,11 +35,10 @@ from coldcopy.core.recovery_time import (
     replay_rate,
     throughput,
 )
+from coldcopy.core.times import iso, parse_iso
+from coldcopy.core.verification import schedule_selection
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.loopback import wait_until
-from coldcopy.verify.base_drill import choose_target, parse_waldump
-from coldcopy.verify.scratch_restore import schedule_selection
-from coldcopy.wal.archive import wal_key
 from coldcopy.wal.monitor import refresh
 from test_http_api import TOKEN, Api, start_host
 from test_pitr import Archiving, _fake_base, base_backup, cli
@@ -215,7 +215,7 @@ def test_drill_recovers_to_a_random_time_records_the_replay_and_feeds_recovery_t
     arch.marker("after-backup-2")
     last = arch.marker("after-backup-3")
     newest_segment = arch.switch_and_wait()
-    storage = context(load_settings(arch.env)).storage
+    storage = open_context(load_settings(arch.env)).storage
     refresh(storage)  # what the tick does: the WAL window recovery-time reads
 
     before = recovery_time(arch)
@@ -253,7 +253,7 @@ def test_drill_recovers_to_a_random_time_records_the_replay_and_feeds_recovery_t
     listed = json.loads(cli(arch, "--json", "list-backups", "--kind", "base").out)
     row = next(r for r in listed if r["name"] == m.name)
     assert row["verification_ok"] is True and row["verification_level"] == "restore"
-    proof = context(load_settings(arch.env)).catalog.read().verifications[m.name]["restore_proof"]
+    proof = open_context(load_settings(arch.env)).catalog.read().verifications[m.name]["restore_proof"]
     assert proof["ok"] is True and proof["measurement"]["replay_bytes"] == meas["replay_bytes"]
 
     # recovery-time sees the drill; it replayed a few MB (mostly the server's start-up), too little to
@@ -303,8 +303,8 @@ def test_failed_drills_are_recorded_and_leave_no_server_and_no_folder(arch: Arch
     m = base_backup(arch)
     arch.marker("after-backup")
     arch.switch_and_wait()
-    storage = context(load_settings(arch.env)).storage
-    catalog = context(load_settings(arch.env)).catalog
+    storage = open_context(load_settings(arch.env)).storage
+    catalog = open_context(load_settings(arch.env)).catalog
     first = wal_key(m.extra["start_wal_segment"])
     original = storage.get_bytes(first)
 
@@ -359,7 +359,7 @@ def test_a_backup_of_a_standby_is_drilled_from_the_archive_alone(arch: Archiving
         arch.sql("ALTER SYSTEM RESET primary_conninfo")
     arch.marker("after-backup")
     arch.switch_and_wait()
-    storage = context(load_settings(arch.env)).storage
+    storage = open_context(load_settings(arch.env)).storage
     first = wal_key(m.extra["start_wal_segment"])
     damaged = bytearray(storage.get_bytes(first))
     damaged[len(damaged) // 2] ^= 1

@@ -16,10 +16,10 @@ from cli_helpers import run_cli
 from coldcopy.config import load_settings
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.sanity import parse_one, parse_sanity_queries
+from coldcopy.core.verification import restore_proof, schedule_selection, week_seed
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.ops.worker import HANDLERS
 from coldcopy.postgres.cluster import PgCluster
-from coldcopy.verify.scratch_restore import restore_proof, schedule_selection, week_seed
 
 GOOD_SANITY = "SELECT count(*) FROM workspaces > 0; SELECT count(*) FROM users >= 1"
 

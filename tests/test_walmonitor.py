@@ -7,17 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 from coldcopy.config import load_settings
 from coldcopy.core.alerts import Thresholds, evaluate
-from coldcopy.core.archive_report import BackupWindow
+from coldcopy.core.archive_report import BackupWindow, wal_rate
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.lsn import Segment, parse_segment
-from coldcopy.core.manifest import iso
 from coldcopy.core.metrics import render
-from coldcopy.storage.s3 import Storage
-from coldcopy.wal.monitor import STATE_KEY, load, refresh, wal_rate
+from coldcopy.core.times import iso
+from coldcopy.storage.s3 import open_store
+from coldcopy.wal.monitor import STATE_KEY, load, refresh
 
 
 def test_no_archive_means_no_wal_status(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
-    storage = Storage(load_settings(coldcopy_env))
+    storage = open_store(load_settings(coldcopy_env))
     assert load(storage) is None  # before any tick
     assert refresh(storage) is None
     assert storage.get_json(STATE_KEY) == {"wal": None}
@@ -25,7 +25,7 @@ def test_no_archive_means_no_wal_status(coldcopy_env) -> None:  # type: ignore[n
 
 
 def test_a_gap_in_the_archive_reaches_alerts_and_metrics(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
-    storage = Storage(load_settings(coldcopy_env))
+    storage = open_store(load_settings(coldcopy_env))
     for seg in ("000000010000000000000001", "000000010000000000000002", "000000010000000000000005"):
         storage.put_bytes(f"wal/00000001/{seg}", b"x")
     refresh(storage)
@@ -79,7 +79,7 @@ def test_status_shows_the_wal_archive_and_fails_on_a_gap(coldcopy_env) -> None: 
     env = coldcopy_env
     before = json.loads(run_cli(env, "status", "--json").out)
     assert before["wal"] is None  # no archive: PITR not in use, nothing about WAL
-    storage = Storage(load_settings(coldcopy_env))
+    storage = open_store(load_settings(coldcopy_env))
     for seg in ("000000010000000000000001", "000000010000000000000002", "000000010000000000000005"):
         storage.put_bytes(f"wal/00000001/{seg}", b"x")
     r = run_cli(env, "status", "--json")

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from coldcopy.backup.logical import BackupContext, context
 from coldcopy.config import load_settings
+from coldcopy.context import Context, open_context
+from coldcopy.core.lsn import wal_key
 from coldcopy.errors import ConflictError, IntegrityError
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.stream.crypto import MasterKey
 from coldcopy.stream.pipeline import Unpacker, pack_bytes, pack_frame
-from coldcopy.wal.archive import WAL_LEVEL, fetch, push, wal_key
+from coldcopy.wal.archive import WAL_LEVEL, fetch, push
 from coldcopy.wal.pushd import WalPushServer, archive_command, serve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,13 +38,13 @@ def segment_bytes() -> bytes:
 
 
 @pytest.fixture
-def ctx(s3_server: S3Server, bucket: str) -> BackupContext:
+def ctx(s3_server: S3Server, bucket: str) -> Context:
     env = {
         "COLDCOPY_CLUSTER": "walpush",
         **s3_server.spaces_env(bucket),
         "BACKUP_ENCRYPTION_KEY": "walpush-test-key",
     }
-    return context(load_settings(env, env_file=Path(os.devnull)))
+    return open_context(load_settings(env, env_file=Path(os.devnull)))
 
 
 def test_pack_frame_reads_back_like_any_stored_object() -> None:
@@ -97,7 +98,7 @@ def test_pack_frame_is_readable_without_coldcopy(tmp_path: Path) -> None:
     assert frame.has_checksum and frame.content_size == len(data)
 
 
-def test_push_then_fetch_and_conflicts(ctx: BackupContext, tmp_path: Path) -> None:
+def test_push_then_fetch_and_conflicts(ctx: Context, tmp_path: Path) -> None:
     seg = tmp_path / SEG
     seg.write_bytes(segment_bytes())
     first = push(ctx, seg)
@@ -126,7 +127,7 @@ def test_push_then_fetch_and_conflicts(ctx: BackupContext, tmp_path: Path) -> No
 
 
 @pytest.fixture
-def daemon(ctx: BackupContext, tmp_path: Path) -> Iterator[Path]:
+def daemon(ctx: Context, tmp_path: Path) -> Iterator[Path]:
     sock = tmp_path / "run" / "wal.sock"
     ready = threading.Event()
     servers: list[WalPushServer] = []
@@ -143,7 +144,7 @@ def daemon(ctx: BackupContext, tmp_path: Path) -> Iterator[Path]:
     thread.join(30)
 
 
-def test_client_process_pushes_through_the_daemon(ctx: BackupContext, daemon: Path, tmp_path: Path) -> None:
+def test_client_process_pushes_through_the_daemon(ctx: Context, daemon: Path, tmp_path: Path) -> None:
     seg = tmp_path / SEG
     seg.write_bytes(segment_bytes())
     client = [sys.executable, "-S", "-m", "coldcopy.walclient", "--socket", str(daemon)]

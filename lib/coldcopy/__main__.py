@@ -9,12 +9,13 @@ import sys
 
 def main() -> int:
     if sys.argv[1:2] == ["wal-fetch"]:
+        # Imported here: a spool hit is served with the standard library alone (no CLI, no boto3).
         from coldcopy.wal.spool import fast_fetch
 
         served = fast_fetch(sys.argv[2:])
         if served is not None:
             return served
-    from coldcopy.cli.main import main as cli_main
+    from coldcopy.cli.main import main as cli_main  # only after the fast path could not serve it
 
     return cli_main()
 

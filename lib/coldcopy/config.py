@@ -1,8 +1,12 @@
-"""Settings from environment variables and an optional ``.env`` file.
+"""Settings: every environment variable ColdCopy reads, parsed once into one ``Settings`` object.
 
-The variable names are the ones our users already have (DB_*, DO_SPACES_*, BACKUP_ENCRYPTION_KEY).
-Validation collects every problem and raises one ConfigError (exit code 2) before anything
-connects.  Secrets are held in ``Secret`` so they never show up in a repr, a log line or a traceback.
+The variable names are the ones our users already have (DB_*, DO_SPACES_*, BACKUP_ENCRYPTION_KEY,
+SMTP_*, ALERT_*, COLDCOPY_*).  Values come from the process environment over an optional ``.env``
+file (``--env-file``, else ``COLDCOPY_ENV_FILE``, else ``./.env``).  Validation collects every
+problem — a missing value, a malformed number, a bad cron line, an SMTP port, an alert threshold,
+a retention tier — and raises one ConfigError (exit code 2) before anything connects.  Nothing
+else in ColdCopy reads the environment for settings.  Secrets are held in ``Secret`` so they never
+show up in a repr, a log line or a traceback.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from coldcopy.core.alerts import Thresholds
+from coldcopy.core.retention import RetentionPolicy
+from coldcopy.core.sanity import parse_sanity_queries
 from coldcopy.errors import ConfigError
 
 
@@ -58,6 +65,25 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    """Alert emails (``SMTP_*``, ``ALERT_EMAIL``); off until a host and a recipient are set."""
+
+    host: str = ""
+    port: int = 587
+    user: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    sender: str = ""
+    recipients: tuple[str, ...] = ()
+    security: str = "starttls"  # "starttls" | "tls" | "none"
+    ca_file: str = ""
+    timeout: float = 20.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.host and self.recipients)
+
+
+@dataclass(frozen=True)
 class Settings:
     # PostgreSQL
     db_host: str = ""
@@ -82,12 +108,13 @@ class Settings:
     upload_concurrency: int = 4
     stale_upload_seconds: int = 900
     row_counts: str = "exact"
-    # Retention (applied by `coldcopy cleanup`)
-    full_retention_days: int = 30
-    compliance_retention_days: int = 365
-    wal_retention_days: int = 30
-    # Monitor
+    # Retention (applied by `coldcopy cleanup`): days per kind, tiers, the bucket lifecycle rule
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # Monitor: the API's token, the alert rules' thresholds, alert emails, metric names
     monitor_token: Secret = field(default_factory=lambda: Secret(""))
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    metrics_legacy_gb: bool = False
     # Jobs: the scheduler tick's cron table (UTC) and how the runner is woken
     schedule_full: str = "0 2 * * *"
     schedule_verify: str = "0 3 * * 0"
@@ -95,7 +122,6 @@ class Settings:
     schedule_compliance: str = "0 1 1 * *"
     schedule_wal_sweep: str = ""  # empty: off (servers with archive_command need no sweep)
     schedule_grace_minutes: int = 60
-    heartbeat_stale_seconds: int = 600
     job_history_days: int = 90  # finished runs, claims and schedule slots older than this are pruned
     launcher: str = "local"
     do_api_token: Secret = field(default_factory=lambda: Secret(""))
@@ -108,9 +134,11 @@ class Settings:
     verify_db_user: str = ""
     verify_db_password: Secret = field(default_factory=lambda: Secret(""))
     verify_db_sslmode: str = "prefer"
-    verify_sanity_queries: str = ""  # validated by sanity.parse_sanity_queries
+    verify_sanity_queries: str = ""  # validated by core.sanity.parse_sanity_queries
     verify_sample_older: int = 2
     verify_statement_timeout_seconds: int = 60
+    # The variables these settings were read from, for a runner that inherits nothing (docker)
+    variables: tuple[tuple[str, Secret], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def prefix(self) -> str:
@@ -118,11 +146,20 @@ class Settings:
         return f"coldcopy/{self.cluster or self.db_name or 'default'}/"
 
     @property
+    def cluster_label(self) -> str:
+        """How messages name this protected database (alert emails, runbooks)."""
+        return self.cluster or self.db_name or "default"
+
+    @property
     def encrypted(self) -> bool:
         return bool(self.encryption_key)
 
+    def runner_env(self) -> dict[str, str]:
+        """The variables these settings came from, to hand to a runner process or container."""
+        return {name: value.reveal() for name, value in self.variables}
+
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
         return f"Settings({shown})"
 
 
@@ -143,6 +180,32 @@ def _int(lo: int, hi: int) -> _Conv:
     return conv
 
 
+def _whole(lo: int, hi: int) -> _Conv:
+    def conv(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise ValueError(f"must be a whole number between {lo} and {hi}")
+        return value
+
+    return conv
+
+
+def _at_least(lowest: float, integer: bool = False) -> _Conv:
+    def conv(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = lowest - 1
+        if value < lowest:
+            raise ValueError(f"must be a number of at least {lowest:g}")
+        return value
+
+    return conv
+
+
 def _choice(*allowed: str) -> _Conv:
     def conv(text: str) -> str:
         if text not in allowed:
@@ -150,6 +213,10 @@ def _choice(*allowed: str) -> _Conv:
         return text
 
     return conv
+
+
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
 
 
 def _endpoint(text: str) -> str:
@@ -160,6 +227,8 @@ def _endpoint(text: str) -> str:
 
 
 def _cron(text: str) -> str:
+    # Imported here: croniter costs ~70 ms, and the web functions load settings on every cold start
+    # without ever needing it (their environment holds no schedule).
     from croniter import croniter
 
     if text.strip().lower() == "off":
@@ -182,13 +251,36 @@ def _cluster(text: str) -> str:
 
 
 def _sanity(text: str) -> str:
-    from coldcopy.core.sanity import parse_sanity_queries
-
     parse_sanity_queries(text)  # raises ValueError naming the refused query
     return text.strip()
 
 
-# env var -> (field, converter, required-by group or None)
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+
+
+def _recipients(text: str) -> tuple[str, ...]:
+    found = tuple(r.strip() for r in text.split(",") if r.strip())
+    bad = [r for r in found if "@" not in r or any(c in r for c in "\r\n<>")]
+    if bad:
+        raise ValueError(f"has addresses that are not email addresses: {', '.join(bad)[:100]}")
+    return found
+
+
+# env var -> (where it goes: a Settings field or "<part>.<field>", converter, required-by group or None)
 _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "DB_HOST": ("db_host", str, DB),
     "DB_PORT": ("db_port", _int(1, 65535), None),
@@ -210,17 +302,39 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_UPLOAD_CONCURRENCY": ("upload_concurrency", _int(1, 32), None),
     "COLDCOPY_STALE_UPLOAD_SECONDS": ("stale_upload_seconds", _int(300, 7 * 86400), None),
     "COLDCOPY_ROW_COUNTS": ("row_counts", _choice("exact", "estimate"), None),
-    "FULL_RETENTION_DAYS": ("full_retention_days", _int(1, 36500), None),
-    "COMPLIANCE_RETENTION_DAYS": ("compliance_retention_days", _int(1, 36500), None),
-    "WAL_RETENTION_DAYS": ("wal_retention_days", _int(1, 36500), None),
+    "FULL_RETENTION_DAYS": ("retention.full_days", _int(1, 36500), None),
+    "COMPLIANCE_RETENTION_DAYS": ("retention.compliance_days", _int(1, 36500), None),
+    "WAL_RETENTION_DAYS": ("retention.wal_days", _int(1, 36500), None),
+    "COLDCOPY_KEEP_DAILY": ("retention.keep_daily", _whole(0, 100000), None),
+    "COLDCOPY_KEEP_WEEKLY": ("retention.keep_weekly", _whole(0, 100000), None),
+    "COLDCOPY_KEEP_MONTHLY": ("retention.keep_monthly", _whole(0, 100000), None),
+    "COLDCOPY_KEEP_YEARLY": ("retention.keep_yearly", _whole(0, 100000), None),
+    "COLDCOPY_LIFECYCLE_ABORT_DAYS": ("retention.abort_upload_days", _whole(1, 365), None),
     "MONITOR_TOKEN": ("monitor_token", Secret, None),
+    "ALERT_BACKUP_MAX_AGE_HOURS": ("thresholds.backup_max_age_hours", _at_least(1), None),
+    "ALERT_VERIFY_MAX_AGE_DAYS": ("thresholds.verify_max_age_days", _at_least(1), None),
+    "ALERT_WAL_MAX_AGE_MINUTES": ("thresholds.wal_max_age_minutes", _at_least(1), None),
+    "ALERT_MIN_RECOVERY_WINDOW_HOURS": ("thresholds.min_recovery_window_hours", _at_least(0), None),
+    "ALERT_SIZE_LOW_RATIO": ("thresholds.size_low_ratio", _at_least(0), None),
+    "ALERT_SIZE_HIGH_RATIO": ("thresholds.size_high_ratio", _at_least(1), None),
+    "ALERT_SIZE_SAMPLE": ("thresholds.size_sample", _at_least(2, integer=True), None),
+    "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("thresholds.heartbeat_stale_seconds", _int(30, 86400), None),
+    "SMTP_HOST": ("smtp.host", str, None),
+    "SMTP_PORT": ("smtp.port", _port, None),
+    "SMTP_USER": ("smtp.user", str, None),
+    "SMTP_PASSWORD": ("smtp.password", Secret, None),
+    "SMTP_FROM": ("smtp.sender", str, None),
+    "SMTP_SECURITY": ("smtp.security", lambda t: _choice("starttls", "tls", "none")(t.lower()), None),
+    "SMTP_CA_FILE": ("smtp.ca_file", str, None),
+    "SMTP_TIMEOUT_SECONDS": ("smtp.timeout", _seconds, None),
+    "ALERT_EMAIL": ("smtp.recipients", _recipients, None),
+    "COLDCOPY_METRICS_LEGACY_GB": ("metrics_legacy_gb", _flag, None),
     "COLDCOPY_SCHEDULE_FULL": ("schedule_full", _cron, None),
     "COLDCOPY_SCHEDULE_VERIFY": ("schedule_verify", _cron, None),
     "COLDCOPY_SCHEDULE_CLEANUP": ("schedule_cleanup", _cron, None),
     "COLDCOPY_SCHEDULE_COMPLIANCE": ("schedule_compliance", _cron, None),
     "COLDCOPY_SCHEDULE_WAL_SWEEP": ("schedule_wal_sweep", _cron, None),
     "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(5, 7 * 1440), None),
-    "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("heartbeat_stale_seconds", _int(30, 86400), None),
     # At least 8 days: longer than the longest grace window, so a pruned slot can never be due again.
     "COLDCOPY_JOB_HISTORY_DAYS": ("job_history_days", _int(8, 36500), None),
     "COLDCOPY_LAUNCHER": ("launcher", _choice("local", "docker", "app-platform", "none"), None),
@@ -237,9 +351,18 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "VERIFY_SAMPLE_OLDER": ("verify_sample_older", _int(0, 1000), None),
     "VERIFY_STATEMENT_TIMEOUT_SECONDS": ("verify_statement_timeout_seconds", _int(1, 86400), None),
 }
+#: The parts of Settings that are objects of their own, by the prefix of their spec entries.
+_PARTS: dict[str, Callable[..., Any]] = {
+    "retention": RetentionPolicy,
+    "thresholds": Thresholds,
+    "smtp": SmtpConfig,
+}
+VARIABLES = tuple(_SPEC)  # every variable ColdCopy reads (.env.example documents each one)
+ENV_FILE_VAR = "COLDCOPY_ENV_FILE"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
+    # Imported here: python-dotenv costs ~70 ms, and most deployments have no .env file to read.
     from dotenv import dotenv_values
 
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
@@ -248,59 +371,79 @@ def read_env_file(path: Path) -> dict[str, str]:
 def environment(env: Mapping[str, str] | None = None, env_file: Path | None = None) -> dict[str, str]:
     """The process environment over the .env file (the environment wins, as with doctl)."""
     base = dict(os.environ if env is None else env)
-    path = env_file or Path(base.get("COLDCOPY_ENV_FILE", ".env"))
+    path = env_file or Path(base.get(ENV_FILE_VAR, ".env"))
     merged = read_env_file(path) if path.is_file() else {}
     merged.update(base)
     return merged
 
 
-def load_settings(
+def _smtp_defaults(smtp: SmtpConfig, given: Mapping[str, Any]) -> SmtpConfig:
+    """Defaults that depend on other values: TLS on port 465, the sender from the user name."""
+    security = smtp.security if "security" in given else ("tls" if smtp.port == 465 else "starttls")
+    sender = smtp.sender or (smtp.user if "@" in smtp.user else "coldcopy@localhost")
+    return replace(smtp, security=security, sender=sender)
+
+
+def read_settings(
     env: Mapping[str, str] | None = None, *, need: tuple[str, ...] = (), env_file: Path | None = None
-) -> Settings:
-    """Build Settings; every missing or malformed value is reported at once."""
+) -> tuple[Settings, list[str]]:
+    """Settings and every problem found; a malformed value is left at its default.
+
+    For callers that must still answer something when the settings are not usable (the web
+    functions answer 503 and name the variables); everything else calls :func:`load_settings`.
+    """
     values = environment(env, env_file)
     problems: list[str] = []
     kwargs: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
+    seen: list[tuple[str, Secret]] = []
     for var, (name, conv, group) in _SPEC.items():
         raw = values.get(var, "").strip()
         if not raw:
             if group in need:
                 problems.append(f"{var} is not set")
             continue
+        seen.append((var, Secret(raw)))
         try:
-            kwargs[name] = conv(raw)
+            value = conv(raw)
         except ValueError as exc:
             # Never echo a secret's value back.
             shown = "" if var in SECRET_VARS else f" (got {raw[:60]!r})"
             problems.append(f"{var} {exc}{shown}")
-    problems += _feature_problems(values)
+            continue
+        part, _, attr = name.rpartition(".")
+        (parts[part] if part else kwargs)[attr] = value
+    for part, make in _PARTS.items():
+        kwargs[part] = make(**parts[part])
+    kwargs["smtp"] = _smtp_defaults(kwargs["smtp"], parts["smtp"])
+    return Settings(**kwargs, variables=tuple(seen)), problems
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, need: tuple[str, ...] = (), env_file: Path | None = None
+) -> Settings:
+    """Build Settings; every missing or malformed value is reported at once (ConfigError, exit 2)."""
+    settings, problems = read_settings(env, need=need, env_file=env_file)
     if problems:
         raise ConfigError(problems)
-    return Settings(**kwargs)
+    return settings
 
 
-def _feature_problems(values: Mapping[str, str]) -> list[str]:
-    """Settings that their features parse (alert thresholds, SMTP, retention tiers):
-    checked here too, so a typo in any of them is reported with the rest, before anything connects."""
-    from coldcopy.alerting.email import smtp_from
-    from coldcopy.core.alerts import thresholds_from
-    from coldcopy.core.retention import tiers_from
-
-    problems: list[str] = []
-    for parse in (thresholds_from, smtp_from, tiers_from):
-        try:
-            parse(values)
-        except ConfigError as exc:
-            problems += exc.problems
-    return problems
+def missing(settings: Settings, group: str) -> list[str]:
+    """The variables of ``group`` that ``settings`` lacks."""
+    return [var for var, (name, _, g) in _SPEC.items() if g == group and not getattr(settings, name)]
 
 
 def redact(text: str, settings: Settings | None) -> str:
     """Remove every configured secret from a string (for logs and error messages from subprocesses)."""
     if settings is None:
         return text
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if isinstance(value, Secret) and len(value.reveal()) >= 3:
-            text = text.replace(value.reveal(), "***")
+    for secret in _secrets(settings):
+        if len(secret) >= 3:
+            text = text.replace(secret, "***")
     return text
+
+
+def _secrets(settings: Settings) -> list[str]:
+    found = [getattr(settings, f.name) for f in fields(settings)] + [settings.smtp.password]
+    return [s.reveal() for s in found if isinstance(s, Secret)]

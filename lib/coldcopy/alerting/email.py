@@ -1,6 +1,6 @@
 """Alert emails: SMTP settings, the messages, and sending them (smtplib).
 
-SMTP settings (read from the environment and .env): ``SMTP_HOST``, ``SMTP_PORT`` (587),
+SMTP settings (``Settings.smtp``, from the environment and .env): ``SMTP_HOST``, ``SMTP_PORT`` (587),
 ``SMTP_USER``, ``SMTP_PASSWORD``, ``SMTP_FROM``, ``SMTP_SECURITY`` (``starttls``, the default;
 ``tls``, the default on port 465; ``none`` for a relay on loopback), ``SMTP_CA_FILE`` (to trust a
 private CA), ``SMTP_TIMEOUT_SECONDS`` (20), ``ALERT_EMAIL`` (recipients, comma-separated).  The
@@ -14,15 +14,14 @@ import html
 import smtplib
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from coldcopy.config import Secret
+from coldcopy.config import SmtpConfig
 from coldcopy.core.alert_state import START
-from coldcopy.core.manifest import iso
+from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, ConfigError
 
 
@@ -32,66 +31,6 @@ class EmailError(ColdCopyError):
     def __init__(self, message: str, hint: str | None = None, *, sent: int = 0) -> None:
         super().__init__(message, hint)
         self.sent = sent  # messages that went out before the failure
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    host: str = ""
-    port: int = 587
-    user: str = ""
-    password: Secret = field(default_factory=lambda: Secret(""))
-    sender: str = ""
-    recipients: tuple[str, ...] = ()
-    security: str = "starttls"  # "starttls" | "tls" | "none"
-    ca_file: str = ""
-    timeout: float = 20.0
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.host and self.recipients)
-
-
-def smtp_from(env: Mapping[str, str]) -> SmtpConfig:
-    def get(name: str) -> str:
-        return env.get(name, "").strip()
-
-    problems = []
-    port = 587
-    if get("SMTP_PORT"):
-        try:
-            port = int(get("SMTP_PORT"))
-            if not 0 < port < 65536:
-                raise ValueError
-        except ValueError:
-            problems.append(f"SMTP_PORT must be a port number (got {get('SMTP_PORT')[:20]!r})")
-    security = get("SMTP_SECURITY").lower() or ("tls" if port == 465 else "starttls")
-    if security not in ("starttls", "tls", "none"):
-        problems.append("SMTP_SECURITY must be starttls, tls or none")
-    timeout = 20.0
-    if get("SMTP_TIMEOUT_SECONDS"):
-        try:
-            timeout = float(get("SMTP_TIMEOUT_SECONDS"))
-        except ValueError:
-            problems.append("SMTP_TIMEOUT_SECONDS must be a number of seconds")
-    recipients = tuple(r.strip() for r in get("ALERT_EMAIL").split(",") if r.strip())
-    bad = [r for r in recipients if "@" not in r or any(c in r for c in "\r\n<>")]
-    if bad:
-        problems.append(f"ALERT_EMAIL has addresses that are not email addresses: {', '.join(bad)[:100]}")
-    if problems:
-        raise ConfigError(problems)
-    user = get("SMTP_USER")
-    sender = get("SMTP_FROM") or (user if "@" in user else "coldcopy@localhost")
-    return SmtpConfig(
-        get("SMTP_HOST"),
-        port,
-        user,
-        Secret(env.get("SMTP_PASSWORD", "")),
-        sender,
-        recipients,
-        security,
-        get("SMTP_CA_FILE"),
-        timeout,
-    )
 
 
 # -- the messages ---------------------------------------------------------------------------------

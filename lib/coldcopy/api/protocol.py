@@ -31,10 +31,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from coldcopy.core.alerts import WalStatus
-from coldcopy.core.catalog import Catalog, summarize
-from coldcopy.core.manifest import CatalogEntry, iso
+from coldcopy.core.archive_report import WalHealth
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import KINDS
+from coldcopy.core.recovery_time import estimate
 
 PACKAGE = "monitor"
 MAX_BODY_BYTES = 64 * 1024
@@ -345,29 +346,10 @@ def paginate(
 
 
 # -- views ----------------------------------------------------------------------------------------
-def backup_item(entry: CatalogEntry, verification: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A listing row: the catalog entry plus its last verification (same fields as `list-backups`)."""
-    return {
-        **entry.to_dict(),
-        "last_verification": verification.get("at") if verification else None,
-        "verification_ok": verification.get("ok") if verification else None,
-        "verification_level": verification.get("level") if verification else None,
-    }
-
-
-def status_view(cat: Catalog, *, encrypted: bool, now: datetime) -> dict[str, Any]:
-    """What `coldcopy status --json` says, plus when it was computed."""
-    st = summarize(cat, now, encryption_configured=encrypted)
-    st["checked_at"] = iso(now)
-    return st
-
-
 def recovery_time_view(
-    now: datetime, cat: Catalog | None = None, wal: WalStatus | None = None
+    now: datetime, cat: Catalog | None = None, wal: WalHealth | None = None
 ) -> dict[str, Any]:
     """What `coldcopy recovery-time --json` says (see :mod:`coldcopy.core.recovery_time`)."""
-    from coldcopy.core.recovery_time import estimate
-
     return estimate(cat or Catalog(), now, wal)
 
 

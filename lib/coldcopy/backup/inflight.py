@@ -15,9 +15,10 @@ import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
-from coldcopy.core.manifest import iso, manifest_key, parse_iso
+from coldcopy.core.manifest import manifest_key
+from coldcopy.core.times import iso, parse_iso
 from coldcopy.errors import ColdCopyError, ConflictError, NotFoundError
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 PREFIX = "inflight/"
@@ -50,7 +51,7 @@ class Marker:
     """The in-flight marker, refreshed by a background thread from ``create()`` to ``remove()``
     (through pg_dump, the row counts and the roles alike) so no phase can look abandoned."""
 
-    def __init__(self, storage: Storage, name: str) -> None:
+    def __init__(self, storage: ObjectStore, name: str) -> None:
         self.storage, self.name = storage, name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,7 +87,7 @@ class Marker:
         self.storage.delete([marker_key(self.name)])
 
 
-def is_stale(marker: dict[str, object], modified: datetime, stale_after: float, now: datetime) -> bool:
+def marker_is_stale(marker: dict[str, object], modified: datetime, stale_after: float, now: datetime) -> bool:
     same_host = (
         marker.get("host") == socket.gethostname()
         and marker.get("pidns") == _pid_namespace()
@@ -99,7 +100,7 @@ def is_stale(marker: dict[str, object], modified: datetime, stale_after: float, 
     return now - max(last, modified) > timedelta(seconds=stale_after)
 
 
-def remove_partial(storage: Storage, name: str) -> int:
+def remove_partial(storage: ObjectStore, name: str) -> int:
     """Abort the uploads and delete the objects of a backup that never got a manifest."""
     if storage.exists(manifest_key(name)):
         return 0
@@ -111,7 +112,7 @@ def remove_partial(storage: Storage, name: str) -> int:
     return len(keys)
 
 
-def clean_stale(storage: Storage, stale_after: float, now: datetime | None = None) -> list[str]:
+def clean_stale(storage: ObjectStore, stale_after: float, now: datetime | None = None) -> list[str]:
     """Clean up after killed backups; returns the names cleaned."""
     now = now or datetime.now(UTC)
     cleaned: list[str] = []
@@ -124,7 +125,7 @@ def clean_stale(storage: Storage, stale_after: float, now: datetime | None = Non
         if (
             not name
             or marker_key(name) != obj.key
-            or not is_stale(marker, obj.last_modified, stale_after, now)
+            or not marker_is_stale(marker, obj.last_modified, stale_after, now)
         ):
             continue
         remove_partial(storage, name)

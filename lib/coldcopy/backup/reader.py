@@ -1,10 +1,15 @@
-"""Reading a stored backup back: key confirmation first, then a checked stream."""
+"""Reading a stored backup back: key confirmation first, then a checked stream (and a base
+backup's tar, read from that stream)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
 
-from coldcopy.backup.logical import BackupContext
+from coldcopy.context import Context
 from coldcopy.core.manifest import Manifest, StoredObject
 from coldcopy.core.names import validate_name
 from coldcopy.errors import IntegrityError, WrongKeyError
@@ -21,7 +26,7 @@ def expected(obj: StoredObject) -> StreamStats:
 
 
 class BackupReader:
-    def __init__(self, ctx: BackupContext, name: str) -> None:
+    def __init__(self, ctx: Context, name: str) -> None:
         self.ctx = ctx
         self.name = validate_name(name)
         self.manifest: Manifest = ctx.catalog.manifest(self.name)
@@ -67,3 +72,44 @@ class BackupReader:
         out = bytearray()
         self.stream(obj, out.extend)
         return bytes(out)
+
+
+@contextlib.contextmanager
+def open_tar(reader: BackupReader) -> Iterator[tarfile.TarFile]:
+    """The backup's tar in stream mode (``r|``), decrypted and checked while it is read.
+
+    The checked stream (``reader.stream``) runs in a thread into a pipe; an integrity error there
+    surfaces when the tar is closed, even if the tar itself looked complete.
+    """
+    rfd, wfd = os.pipe()
+    failure: list[BaseException] = []
+
+    def pump() -> None:
+        try:
+            with open(wfd, "wb", buffering=0) as out:
+                reader.stream(reader.manifest.data, out.write)
+        except BaseException as exc:  # handed to the reader side
+            failure.append(exc)
+
+    thread = threading.Thread(target=pump, name="tar-stream", daemon=True)
+    thread.start()
+    src = open(rfd, "rb")  # noqa: SIM115 - closed in every path below, before the thread is joined
+    try:
+        with tarfile.open(fileobj=src, mode="r|") as tar:
+            yield tar
+        while src.read(1 << 20):  # the tail after the end-of-archive blocks is checked too
+            pass
+    except BaseException as exc:
+        src.close()
+        thread.join(timeout=60)
+        if failure and not isinstance(failure[0], BrokenPipeError):
+            raise failure[0] from None  # the stream's own error explains a tar that ends early
+        if isinstance(exc, tarfile.TarError):
+            raise IntegrityError(
+                f"the base backup's tar cannot be read: {exc}", "the backup cannot be used; use another one"
+            ) from None
+        raise
+    src.close()
+    thread.join(timeout=60)
+    if failure and not isinstance(failure[0], BrokenPipeError):
+        raise failure[0]

@@ -1,10 +1,15 @@
-"""Human and JSON rendering for the CLI, and logging that cannot leak secrets."""
+"""How the CLI speaks: one presenter for JSON or human text, progress lines, and logging that cannot
+leak secrets."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from coldcopy.config import Settings, redact
@@ -42,6 +47,50 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def present(args: argparse.Namespace, data: Any, human: Callable[[], str] | str) -> None:
+    """The one place that decides how a result is shown: ``data`` as JSON with ``--json``, else the
+    text ``human`` gives (a string, or a function making it: only called when text is wanted)."""
+    if args.json:
+        emit_json(data)
+        return
+    text = human() if callable(human) else human
+    if text:
+        print(text)
+
+
+class RateMeter:
+    """Formats a progress line at most every ``interval`` seconds."""
+
+    def __init__(self, write: Callable[[str], None], interval: float = 0.5) -> None:
+        self.write, self.interval = write, interval
+        self.start = self._last = time.monotonic()
+
+    def __call__(self, raw: int, stored: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        rate = raw / max(now - self.start, 1e-6)
+        self.write(f"\r  {raw / 1e6:,.1f} MB read, {stored / 1e6:,.1f} MB stored, {rate / 1e6:,.1f} MB/s   ")
+
+
+@contextlib.contextmanager
+def progress_meter(args: argparse.Namespace) -> Iterator[RateMeter | None]:
+    """A progress line on stderr while a stream runs, for people at a terminal (never with --json)."""
+    if args.json or not sys.stderr.isatty():
+        yield None
+        return
+
+    def show(line: str) -> None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+    try:
+        yield RateMeter(show)
+    finally:
+        sys.stderr.write("\n")
 
 
 class RedactingFilter(logging.Filter):

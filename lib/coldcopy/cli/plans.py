@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, date, datetime
 from typing import Any
 
-from coldcopy.cli.common import AddCommand, settings_for, utc_time
-from coldcopy.cli.output import emit_json, human_age, human_bytes
+from coldcopy.cli.common import settings_for
+from coldcopy.cli.output import human_age, human_bytes, present
+from coldcopy.context import open_context
+from coldcopy.core.recovery_time import estimate
+from coldcopy.core.runbooks import Facts, build_plan
+from coldcopy.core.times import utc_now
+from coldcopy.wal.monitor import load
 
 
 def _duration(seconds: float | None) -> str:
@@ -16,61 +20,45 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else human_age(seconds)
 
 
-def cmd_recovery_time(args: argparse.Namespace) -> int:
-    from coldcopy.backup.logical import context
-    from coldcopy.core.recovery_time import estimate
-    from coldcopy.wal.monitor import load
-
-    s = settings_for(args)
-    ctx = context(s)
-    est = estimate(ctx.catalog.read(), datetime.now(UTC), load(ctx.storage))
-    if args.json:
-        emit_json(est)
-        return 0
-    print(f"basis: {est['basis']}")
+def _estimate_text(est: dict[str, Any]) -> str:
+    lines = [f"basis: {est['basis']}"]
     if not est["estimated"]:
-        print(f"NOTE: {est['reason']} — {est['how_to_measure']}")
+        lines.append(f"NOTE: {est['reason']} — {est['how_to_measure']}")
     for sc in est["scenarios"]:
         shown = _duration(sc["estimate_seconds"]) if sc["available"] else "-"
-        print(f"  {sc['title']:45} {shown:>10}  {sc['how']}")
+        lines.append(f"  {sc['title']:45} {shown:>10}  {sc['how']}")
+    return "\n".join(lines)
+
+
+def cmd_recovery_time(args: argparse.Namespace) -> int:
+    ctx = open_context(settings_for(args))
+    est = estimate(ctx.catalog.read(), utc_now(), load(ctx.storage))
+    present(args, est, lambda: _estimate_text(est))
     return 0
 
 
-def _date(text: str) -> date:
-    """argparse type: a calendar date."""
-    try:
-        return date.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a date; use e.g. 2026-06-30") from None
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from coldcopy.backup.logical import context
-    from coldcopy.core.runbooks import Facts, build_plan
-    from coldcopy.wal.monitor import load
-
     s = settings_for(args)
-    ctx = context(s)
+    ctx = open_context(s)
     facts = Facts(
-        s.db_name or s.cluster or "postgres", ctx.key.key_id if ctx.key else None, s.compliance_retention_days
+        s.db_name or s.cluster or "postgres", ctx.key.key_id if ctx.key else None, s.retention.compliance_days
     )
     plan = build_plan(
         args.scenario,
         ctx.catalog.read(),
         facts,
-        datetime.now(UTC),
+        utc_now(),
         before=args.before,
         on_date=args.date,
         wal=load(ctx.storage),
     )
-    if args.json:
-        emit_json(plan.to_dict())
-    else:
-        print(render(plan.to_dict()))
+    d = plan.to_dict()
+    present(args, d, lambda: render(d))
     return 0 if plan.ok else 1
 
 
 def render(p: dict[str, Any]) -> str:
+    """A runbook as people read it."""
     out = [f"PLAN: {p['scenario']} — {p['title']}" + (f" (alert: {p['alert']})" if p["alert"] else "")]
     if p["blockers"]:
         out.append("THIS PLAN CANNOT WORK AS IT STANDS:")
@@ -103,20 +91,3 @@ def render(p: dict[str, Any]) -> str:
     if p["data_loss"]:
         out.append(f"data-loss window: {p['data_loss']['text']}")
     return "\n".join(out)
-
-
-def add_plan_commands(add: AddCommand) -> None:
-    from coldcopy.core.runbooks import ALIASES, SCENARIOS
-
-    p = add("plan", cmd_plan, "a disaster-recovery runbook computed from the bucket's real state")
-    p.add_argument(
-        "scenario",
-        choices=[*SCENARIOS, *ALIASES],
-        metavar="SCENARIO",
-        help=f"one of {', '.join(SCENARIOS)} (or an alert's plan: {', '.join(ALIASES)})",
-    )
-    p.add_argument(
-        "--before", type=utc_time, help="deletion: the time of the deletion (ISO 8601, UTC if no zone)"
-    )
-    p.add_argument("--date", type=_date, help="compliance: the date whose data is needed (YYYY-MM-DD)")
-    add("recovery-time", cmd_recovery_time, "how long recovery would take, from measured test restores")

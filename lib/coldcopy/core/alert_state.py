@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from coldcopy.core.alerts import WARNING, Alert, alert
-from coldcopy.core.manifest import iso
+from coldcopy.core.times import iso
 
 STATE_KEY = "alerts/state.json"
 STATE_FORMAT = "coldcopy-alert-state/1"

@@ -7,26 +7,26 @@ condition began, as far as the records say (None when they cannot say: the notif
 the time it first saw the alert).  Messages name times, not ages, so they stay the same from one
 tick to the next.
 
-WAL archiving (PITR) feeds the rules through an optional :class:`WalStatus`; without one (no PITR
+WAL archiving (PITR) feeds the rules through an optional :class:`coldcopy.core.archive_report.WalHealth`; without one (no PITR
 in use) the WAL rules do not fire.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from statistics import median
 from typing import Any
 
+from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
-from coldcopy.core.schedule import is_stale
-from coldcopy.errors import ConfigError
+from coldcopy.core.jobs import FAILED, STALE_MARK, Run
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.times import iso, parse_iso
 
 CRITICAL, WARNING = "critical", "warning"
 SEVERITIES = (CRITICAL, WARNING)
-STALE_MARK = "no heartbeat since"  # how jobs.mark_stale begins the error of a run it failed
 
 # Rule -> the disaster-recovery plan that says what to do.
 PLANS = {
@@ -66,26 +66,6 @@ def alert(rule: str, severity: str, since: datetime | str | None, message: str, 
 
 
 @dataclass(frozen=True)
-class WalGap:
-    after: str  # the last segment archived before the gap
-    before: str  # the first segment archived after it
-    detected_at: str
-
-
-@dataclass(frozen=True)
-class WalStatus:
-    """What WAL archiving reports (PITR).  None everywhere means: PITR is not in use."""
-
-    last_archived_at: str | None
-    last_segment: str | None = None
-    gaps: tuple[WalGap, ...] = ()
-    window_start: str | None = None  # the recoverable window: earliest and latest recoverable time
-    window_end: str | None = None
-    wal_bytes_per_hour: float | None = None  # WAL the server writes, measured from the archive
-    wal_rate_basis: str | None = None  # how that rate was measured
-
-
-@dataclass(frozen=True)
 class Thresholds:
     backup_max_age_hours: float = 26.0
     verify_max_age_days: float = 8.0
@@ -98,45 +78,11 @@ class Thresholds:
     heartbeat_stale_seconds: int = 600
 
 
-# Environment variable -> (field, lowest allowed value).
-THRESHOLD_VARS: dict[str, tuple[str, float]] = {
-    "ALERT_BACKUP_MAX_AGE_HOURS": ("backup_max_age_hours", 1),
-    "ALERT_VERIFY_MAX_AGE_DAYS": ("verify_max_age_days", 1),
-    "ALERT_WAL_MAX_AGE_MINUTES": ("wal_max_age_minutes", 1),
-    "ALERT_MIN_RECOVERY_WINDOW_HOURS": ("min_recovery_window_hours", 0),
-    "ALERT_SIZE_LOW_RATIO": ("size_low_ratio", 0),
-    "ALERT_SIZE_HIGH_RATIO": ("size_high_ratio", 1),
-    "ALERT_SIZE_SAMPLE": ("size_sample", 2),
-}
-
-
-def thresholds_from(env: Mapping[str, str]) -> Thresholds:
-    """Thresholds from environment variables; unset ones keep their defaults."""
-    values: dict[str, Any] = {}
-    problems = []
-    ints = {"size_sample", "heartbeat_stale_seconds"}
-    for var, (name, lowest) in THRESHOLD_VARS.items():
-        raw = env.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            value = int(raw) if name in ints else float(raw)
-            if value < lowest:
-                raise ValueError
-        except ValueError:
-            problems.append(f"{var} must be a number of at least {lowest:g} (got {raw[:40]!r})")
-            continue
-        values[name] = value
-    if problems:
-        raise ConfigError(problems)
-    return Thresholds(**values)
-
-
 # -- the rules ------------------------------------------------------------------------------------
 def evaluate(
     cat: Catalog,
-    runs: Sequence[Mapping[str, Any]],
-    wal: WalStatus | None,
+    runs: Sequence[Run],
+    wal: WalHealth | None,
     th: Thresholds,
     now: datetime,
 ) -> list[Alert]:
@@ -230,12 +176,12 @@ def _verification(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now
     return out
 
 
-def wal_alerts(wal: WalStatus | None, th: Thresholds, now: datetime) -> list[Alert]:
+def wal_alerts(wal: WalHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
     """The WAL rules alone (`coldcopy status` shows them next to the catalog's problems)."""
     return _wal(wal, th, now)
 
 
-def _wal(wal: WalStatus | None, th: Thresholds, now: datetime) -> list[Alert]:
+def _wal(wal: WalHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
     if wal is None:
         return []
     out = []
@@ -293,25 +239,24 @@ def _sizes(entries: list[CatalogEntry], th: Thresholds) -> list[Alert]:
     return out
 
 
-def _stale_jobs(runs: Sequence[Mapping[str, Any]], th: Thresholds, now: datetime) -> list[Alert]:
+def _stale_jobs(runs: Sequence[Run], th: Thresholds, now: datetime) -> list[Alert]:
     """Per job kind, its newest run: still 'running' with a stale heartbeat, or failed for one."""
-    newest: dict[str, Mapping[str, Any]] = {}
-    for run in sorted(runs, key=lambda r: str(r.get("run_id")), reverse=True):
-        newest.setdefault(str(run.get("kind")), run)
+    newest: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: r.run_id, reverse=True):
+        newest.setdefault(run.kind, run)
     stale_after = timedelta(seconds=th.heartbeat_stale_seconds)
     out = []
     for kind, run in sorted(newest.items()):
-        state = run.get("state")
-        died = state == "failed" and STALE_MARK in str(run.get("error") or "")
-        if not (died or is_stale(dict(run), now, stale_after)):
+        died = run.state == FAILED and STALE_MARK in (run.error or "")
+        if not (died or run.is_stale(now, stale_after)):
             continue
-        last = run.get("heartbeat_at") or run.get("started_at")
+        last = run.heartbeat_at or run.started_at
         what = "was marked failed" if died else "is still marked running"
         message = (
-            f"the {kind} job (run {run.get('run_id')}) stopped sending heartbeats "
+            f"the {kind} job (run {run.run_id}) stopped sending heartbeats "
             f"after {last or 'it was claimed'} and {what}"
         )
-        out.append(alert("stale-job", WARNING, str(last) if last else None, message, kind))
+        out.append(alert("stale-job", WARNING, last, message, kind))
     return out
 
 

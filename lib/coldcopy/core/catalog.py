@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.times import iso
 
 CATALOG_FORMAT = "coldcopy-catalog/1"
 JOURNAL = "journal/"
@@ -141,45 +142,3 @@ class Catalog:
             generated_at=d.get("generated_at"),
         )
         return cat
-
-
-def summarize(cat: Catalog, now: datetime, encryption_configured: bool | None = None) -> dict[str, Any]:
-    """The `status` view: last backup, its age, counts, total size, and anything wrong."""
-    entries = cat.entries()
-    by_kind: dict[str, int] = {}
-    for e in entries:
-        by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
-    last = entries[0] if entries else None
-    problems: list[str] = []
-    age = None
-    if last is None:
-        problems.append("no backup has completed yet")
-    else:
-        age = (now - parse_iso(last.finished_at)).total_seconds()
-        if age > 26 * 3600:
-            problems.append(f"the last backup finished {age / 3600:.1f} hours ago (more than 26 hours)")
-        if not last.encrypted:
-            problems.append(
-                f"the last backup {last.name} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)"
-            )
-    failure = cat.last_failure()
-    if failure and (last is None or str(failure.get("at")) > last.finished_at):
-        problems.append(f"the last backup attempt failed at {failure.get('at')}: {failure.get('error')}")
-    for name, why in sorted(cat.unreadable.items()):
-        problems.append(f"manifest of {name} cannot be read: {why}")
-    failed_verifications = [n for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups]
-    for name in sorted(failed_verifications):
-        problems.append(f"verification of {name} failed")
-    if encryption_configured is False:
-        problems.append("BACKUP_ENCRYPTION_KEY is not set: new backups are stored unencrypted")
-    return {
-        "last_backup": last.to_dict() if last else None,
-        "last_backup_age_seconds": age,
-        "backup_count": len(entries),
-        "counts_by_kind": by_kind,
-        "total_size_bytes": sum(e.size_bytes for e in entries),
-        "last_failure": failure,
-        "problems": problems,
-        "ok": not problems,
-        **({} if encryption_configured is None else {"encryption_configured": encryption_configured}),
-    }

@@ -12,12 +12,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from coldcopy.errors import InvalidNameError
+
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _SEGMENT_RE = re.compile(r"^([0-9A-Fa-f]{8})([0-9A-Fa-f]{8})([0-9A-Fa-f]{8})$")
 #: Every file name PostgreSQL hands to archive_command / restore_command that we store.
 ARCHIVE_NAME_RE = re.compile(r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
 MAX_LSN = (1 << 64) - 1
+WAL_PREFIX = "wal/"  # the archive's keys: wal/<timeline>/<file name>
 
 
 def parse_lsn(text: str) -> int:
@@ -164,3 +167,20 @@ def gaps(
         if expect <= hi:
             out.append((Segment(tli, expect).name(segment_size), Segment(tli, hi).name(segment_size)))
     return out
+
+
+def check_archive_name(name: str) -> str:
+    """A file name PostgreSQL hands to archive_command / restore_command; InvalidNameError otherwise."""
+    if not isinstance(name, str) or not ARCHIVE_NAME_RE.match(name):
+        raise InvalidNameError(
+            f"{str(name)[:60]!r} is not a WAL file name",
+            "expected a segment (24 hex digits), a timeline history (00000002.history) "
+            "or a backup history file",
+        )
+    return name
+
+
+def wal_key(name: str) -> str:
+    """``wal/<timeline>/<name>`` for a validated archive file name."""
+    check_archive_name(name)
+    return f"{WAL_PREFIX}{timeline_of(name):08X}/{name}"

@@ -7,7 +7,6 @@ A manifest is written last and create-only; a backup exists exactly when its man
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 from coldcopy.core.names import parse_name
@@ -159,11 +158,3 @@ class CatalogEntry:
     def from_dict(cls, d: dict[str, Any]) -> CatalogEntry:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from coldcopy.core.alerts import SEVERITIES, Alert, WalStatus, counts_by_severity
+from coldcopy.core.alerts import SEVERITIES, Alert, counts_by_severity
+from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import parse_iso
 from coldcopy.core.names import KINDS, parse_name
+from coldcopy.core.times import parse_iso
 from coldcopy.errors import InvalidNameError
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
@@ -92,7 +93,7 @@ def render(
     now: datetime,
     *,
     alerts: Sequence[Alert] | None = None,
-    wal: WalStatus | None = None,
+    wal: WalHealth | None = None,
     legacy_gb: bool = False,
 ) -> str:
     """The exposition text.  ``alerts`` None: the alert gauges are left out (nothing evaluated them)."""
@@ -242,7 +243,7 @@ def _verification_metrics(w: _Writer, cat: Catalog) -> None:
     )
 
 
-def _wal_metrics(w: _Writer, wal: WalStatus, now: datetime) -> None:
+def _wal_metrics(w: _Writer, wal: WalHealth, now: datetime) -> None:
     if wal.last_archived_at is not None:
         last = parse_iso(wal.last_archived_at)
         w.metric(

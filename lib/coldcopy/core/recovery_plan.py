@@ -2,7 +2,7 @@
 
 A target (time, LSN, transaction, restore point, or the end of the backup) and what is stored (the
 base backups' manifests, the archived WAL names with their storage times, the timeline histories)
-in; a ``Plan`` (which backup, the timeline, the WAL from its first segment to the target, what
+in; a ``RecoveryPlan`` (which backup, the timeline, the WAL from its first segment to the target, what
 recovery will ask ``restore_command`` for) or ``RecoveryRefused`` with the reason out.
 
 How far the archive "reaches" for a time target: PostgreSQL knows it has passed a time only when
@@ -29,7 +29,8 @@ from coldcopy.core.lsn import (
     parse_segment,
     segment_of,
 )
-from coldcopy.core.manifest import Manifest, parse_iso
+from coldcopy.core.manifest import Manifest
+from coldcopy.core.times import parse_iso
 from coldcopy.errors import ColdCopyError
 
 TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
@@ -73,7 +74,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Plan:
+class RecoveryPlan:
     backup: str
     timeline: int
     first_segment: str
@@ -170,7 +171,7 @@ def plan_recovery(
     target: Target,
     backup: str | None = None,
     histories: dict[int, list[tuple[int, int]]] | None = None,
-) -> Plan:
+) -> RecoveryPlan:
     """Pick the base backup and the WAL range for ``target``; RecoveryRefused with the reason otherwise.
 
     Pure: ``manifests`` are the base backups, ``archive`` the archived file names with the time
@@ -280,7 +281,7 @@ def plan_recovery(
         notes.append("the transaction must have committed after the chosen base backup started")
     if len(legs) > 1:
         notes.append("follows timelines " + " → ".join(str(leg.timeline) for leg in legs))
-    return Plan(
+    return RecoveryPlan(
         m.name, timeline_at(last), first_name, last_name, size, e["stop_time"], notes,
         m.server_version_num // 10000, history_files, absent, segments,
     )  # fmt: skip

@@ -5,7 +5,7 @@ throughput (bytes of dump restored per second) in the verification record.  An e
 median throughput of the newest measurements and scales it by the size of the backup that would be
 restored; it says which measurements it used and how old they are.  Without measurements it says
 so and uses a labelled default throughput.  Point-in-time scenarios need a base backup and a WAL
-archive with a recoverable window (``alerts.WalStatus``, from ``walmonitor.load``): restoring the base
+archive with a recoverable window (``WalHealth``, from ``coldcopy.wal.monitor.load``): restoring the base
 backup plus replaying the WAL written since.  Base-backup drills (``verify_base_drill``) measure both:
 the restore throughput of the tar and the WAL replay rate (bytes replayed from the backup's start
 LSN to the LSN reached, over the seconds from start to promotion).  Without drills the base backup
@@ -23,16 +23,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from coldcopy.core.alerts import WalStatus
+from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
-from coldcopy.core.names import parse_name
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.names import LOGICAL_KINDS, parse_name
+from coldcopy.core.times import iso, parse_iso
 from coldcopy.errors import InvalidNameError
 
 DEFAULT_THROUGHPUT = 10_000_000  # bytes of dump per second: an assumption, used only without measurements
 PROVISION_SECONDS = 1800  # a new PostgreSQL server, network access and ColdCopy's settings (assumption)
 MAX_MEASUREMENTS = 5
-LOGICAL_KINDS = ("full", "compliance")
 PITR_UNAVAILABLE = (
     "not available: no base backups/WAL archive (point-in-time recovery arrives with physical backups)"
 )
@@ -209,13 +209,13 @@ def base_for(cat: Catalog, target: datetime) -> CatalogEntry | None:
     return None
 
 
-def in_window(wal: WalStatus | None, target: datetime) -> bool:
+def in_window(wal: WalHealth | None, target: datetime) -> bool:
     if wal is None or not wal.window_start or not wal.window_end:
         return False
     return parse_iso(wal.window_start) <= target <= parse_iso(wal.window_end)
 
 
-def pitr_estimate(cat: Catalog, now: datetime, wal: WalStatus | None, target: datetime) -> dict[str, Any]:
+def pitr_estimate(cat: Catalog, now: datetime, wal: WalHealth | None, target: datetime) -> dict[str, Any]:
     """Restore the base backup that fits ``target``, then replay the WAL up to it.
 
     Returns ``available``, ``estimate_seconds``, ``how`` and, when available, ``backup``/``target``
@@ -268,7 +268,7 @@ def pitr_estimate(cat: Catalog, now: datetime, wal: WalStatus | None, target: da
     }
 
 
-def estimate(cat: Catalog, now: datetime, wal: WalStatus | None = None) -> dict[str, Any]:
+def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[str, Any]:
     """Every scenario's estimate, with how it was reached (the `recovery-time` and API answer).
 
     ``wal`` is the WAL archive's summary (``walmonitor.load``); None means PITR is not in use.

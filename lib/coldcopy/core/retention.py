@@ -32,39 +32,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from coldcopy.core.names import parse_name
-from coldcopy.errors import ConfigError
 
 WAL_NAME_RE = re.compile(r"^(?P<tli>[0-9A-Fa-f]{8})(?P<log>[0-9A-Fa-f]{8})(?P<seg>[0-9A-Fa-f]{8})(\..*)?$")
 ABORT_RULE_PREFIX = "coldcopy-abort-incomplete-uploads"
-
-
-#: Environment variables for the tiers, with their defaults (validated with every other setting).
-TIER_VARS = {
-    "COLDCOPY_KEEP_DAILY": ("keep_daily", 0),
-    "COLDCOPY_KEEP_WEEKLY": ("keep_weekly", 0),
-    "COLDCOPY_KEEP_MONTHLY": ("keep_monthly", 0),
-    "COLDCOPY_KEEP_YEARLY": ("keep_yearly", 0),
-    "COLDCOPY_LIFECYCLE_ABORT_DAYS": ("abort_upload_days", 3),
-}
-_LIMITS = {"abort_upload_days": (1, 365)}
-
-
-def tiers_from(values: Mapping[str, str]) -> dict[str, int]:
-    """The tier settings from environment values; ConfigError naming every malformed one."""
-    problems: list[str] = []
-    tiers: dict[str, int] = {}
-    for var, (attr, default) in TIER_VARS.items():
-        raw = values.get(var, "").strip()
-        lo, hi = _LIMITS.get(attr, (0, 100000))
-        try:
-            tiers[attr] = int(raw) if raw else default
-            if not lo <= tiers[attr] <= hi:
-                raise ValueError
-        except ValueError:
-            problems.append(f"{var} must be a whole number between {lo} and {hi} (got {raw[:40]!r})")
-    if problems:
-        raise ConfigError(problems)
-    return tiers
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from coldcopy.core.alerts import WalStatus
+from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry, iso, parse_iso
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.recovery_time import (
-    LOGICAL_KINDS,
     PITR_UNAVAILABLE,
     PROVISION_SECONDS,
     base_for,
@@ -28,6 +28,7 @@ from coldcopy.core.recovery_time import (
     restore_seconds,
     throughput,
 )
+from coldcopy.core.times import iso, parse_iso
 
 SCENARIOS = ("corruption", "deletion", "disaster", "compliance")
 PITR_PORT = 5433  # the recovered server runs beside the live one
@@ -80,7 +81,7 @@ class Facts:
 
 
 @dataclass
-class Plan:
+class Runbook:
     scenario: str
     title: str
     backup: dict[str, Any] | None
@@ -139,12 +140,12 @@ def _pick(cat: Catalog, not_after: datetime | None, prefer_verified: bool) -> Ca
 
 
 def _common(
-    plan: Plan,
+    plan: Runbook,
     cat: Catalog,
     facts: Facts,
     e: CatalogEntry | None,
     now: datetime,
-    wal: WalStatus | None = None,
+    wal: WalHealth | None = None,
 ) -> None:
     """Backup, key and verification checks, the estimate and the data-loss window."""
     if e is None:
@@ -181,7 +182,7 @@ def _common(
     }
 
 
-def _loss(plan: Plan, e: CatalogEntry | None, until: datetime, what: str) -> None:
+def _loss(plan: Runbook, e: CatalogEntry | None, until: datetime, what: str) -> None:
     if e is None:
         return
     since = parse_iso(e.created_at)
@@ -203,8 +204,8 @@ def build_plan(
     *,
     before: datetime | None = None,
     on_date: date | None = None,
-    wal: WalStatus | None = None,
-) -> Plan:
+    wal: WalHealth | None = None,
+) -> Runbook:
     alert = None
     if scenario in ALIASES:
         alert = scenario
@@ -234,11 +235,11 @@ def _pitr_cmd(target: datetime, base: CatalogEntry | None) -> str:
     )
 
 
-def _gaps(wal: WalStatus) -> str:
+def _gaps(wal: WalHealth) -> str:
     return "; ".join(f"after {g.after}, before {g.before}" for g in wal.gaps)
 
 
-def _pitr_to_now(p: Plan, cat: Catalog, wal: WalStatus | None, now: datetime, what: str) -> None:
+def _pitr_to_now(p: Runbook, cat: Catalog, wal: WalHealth | None, now: datetime, what: str) -> None:
     """Name PITR as the option with the smallest data loss when the window reaches close to now."""
     if wal is None or not wal.window_start or not wal.window_end:
         return
@@ -267,10 +268,10 @@ def _verify_cmds(e: CatalogEntry) -> list[str]:
 
 
 def _corruption(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
-) -> Plan:
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+) -> Runbook:
     e = _pick(cat, before, prefer_verified=True)
-    p = Plan("corruption", "data in the live database is corrupt", None)
+    p = Runbook("corruption", "data in the live database is corrupt", None)
     p.first = [
         f"Keep the damaged database {f.db_name!r} as it is: restore next to it, never over it first.",
         "Find when the corruption started (application errors, PostgreSQL logs); the backup must predate it"
@@ -302,9 +303,9 @@ def _corruption(
 
 
 def _deletion(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
-) -> Plan:
-    p = Plan("deletion", "rows or tables were deleted by mistake", None)
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+) -> Runbook:
+    p = Runbook("deletion", "rows or tables were deleted by mistake", None)
     if before is None:
         p.blockers.append("give the time of the deletion: coldcopy plan deletion --before 2026-11-24T09:30Z")
         before = now
@@ -345,8 +346,8 @@ def _deletion(
 
 
 def _deletion_pitr(
-    p: Plan, cat: Catalog, f: Facts, now: datetime, before: datetime, target: datetime, wal: WalStatus
-) -> Plan:
+    p: Runbook, cat: Catalog, f: Facts, now: datetime, before: datetime, target: datetime, wal: WalHealth
+) -> Runbook:
     """Undo a deletion by point-in-time recovery to one second before it, beside the live server."""
     base = base_for(cat, target)
     p.first = [
@@ -405,10 +406,10 @@ def _deletion_pitr(
 
 
 def _disaster(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
-) -> Plan:
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+) -> Runbook:
     e = _pick(cat, before, prefer_verified=True)
-    p = Plan("disaster", "the database server is lost: restore onto a new server", None)
+    p = Runbook("disaster", "the database server is lost: restore onto a new server", None)
     p.first = [
         "Provision a new PostgreSQL server of the same or a newer major version"
         + (f" (the backup came from {e.server_version})." if e else "."),
@@ -441,9 +442,9 @@ def _disaster(
 
 
 def _compliance(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalStatus | None
-) -> Plan:
-    p = Plan("compliance", "show the data as it was on a date (audit, legal request)", None)
+    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+) -> Runbook:
+    p = Runbook("compliance", "show the data as it was on a date (audit, legal request)", None)
     if d is None:
         p.blockers.append("give the date: coldcopy plan compliance --date 2026-06-30")
         d = now.date()

@@ -12,7 +12,7 @@ runs once, not once per missed slot (three back-to-back full backups help nobody
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 # Job kinds the schedule drives, in the order they are enqueued when due together.
 SCHEDULED_KINDS = ("backup-compliance", "backup-full", "verify", "cleanup", "wal-sweep")
@@ -97,23 +97,3 @@ def due_slots(table: dict[str, str], now: datetime, grace: timedelta) -> list[Sl
         if now - grace < at <= now:
             out.append(Slot(kind, at))
     return sorted(out, key=lambda s: (s.at, order.get(s.kind, len(order)), s.kind))
-
-
-def is_stale(run: dict[str, Any], now: datetime, stale_after: timedelta) -> bool:
-    """A running run whose last sign of life (heartbeat, else start) is older than ``stale_after``.
-
-    Queued, finished and unreadable runs are never stale: only a worker that claimed a job and
-    then went silent is.
-    """
-    if run.get("state") != "running":
-        return False
-    last = run.get("heartbeat_at") or run.get("started_at")
-    if not isinstance(last, str):
-        return True  # running with no time at all: nothing will ever refresh it
-    try:
-        beat = datetime.fromisoformat(last.replace("Z", "+00:00"))
-    except ValueError:
-        return True
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=UTC)
-    return _utc(now) - beat > stale_after

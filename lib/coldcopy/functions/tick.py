@@ -11,79 +11,21 @@ Imports stay light (no PostgreSQL driver, compression or crypto): this runs as a
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
-from coldcopy.config import STORAGE, Settings, environment, load_settings, redact
+from coldcopy.alerting.notify import check_alerts
+from coldcopy.config import STORAGE, Settings, load_settings, redact
 from coldcopy.core.schedule import due_slots, schedule_table
+from coldcopy.core.times import iso, utc_now
 from coldcopy.errors import ColdCopyError
-from coldcopy.ops.queue import enqueue, iso, mark_stale, pending
-from coldcopy.storage.s3 import Storage
-
-if TYPE_CHECKING:
-    from coldcopy.ops.launchers import Launcher
+from coldcopy.ops.launchers import Launcher, wake
+from coldcopy.ops.queue import enqueue, mark_stale, pending
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
+from coldcopy.wal.monitor import refresh
 
 log = logging.getLogger("coldcopy.tick")
-
-# Variables a runner started by the docker launcher needs (it does not inherit our environment).
-_RUNNER_ENV_PREFIXES = (
-    "DB_",
-    "DO_SPACES_",
-    "COLDCOPY_",
-    "BACKUP_",
-    "PG_BIN_DIR",
-    "FULL_RETENTION_",
-    "COMPLIANCE_RETENTION_",
-    "WAL_RETENTION_",
-    "VERIFY_DB_",
-    "SMTP_",
-    "ALERT_",
-)
-
-
-def runner_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(_RUNNER_ENV_PREFIXES)}
-
-
-def launcher_for(settings: Settings, env_file: str | None = None) -> Launcher | None:
-    """The launcher configured by COLDCOPY_LAUNCHER (None for ``none``: something else runs workers).
-
-    ``env_file`` is the settings file this process was given, so that the runner reads the same one.
-    """
-    from coldcopy.ops.launchers import launcher_from_settings
-
-    kind = settings.launcher
-    if kind == "none":
-        return None
-    if kind == "app-platform":
-        return launcher_from_settings(
-            kind,
-            token=settings.do_api_token.reveal(),
-            app_id=settings.runner_app_id,
-            base_url=settings.do_api_url,
-        )
-    if kind == "docker":  # a container inherits nothing: hand it the settings themselves
-        source = environment(None, Path(env_file) if env_file else None)
-        return launcher_from_settings(kind, image=settings.runner_image, env=runner_env(source))
-    return launcher_from_settings(kind, env={"COLDCOPY_ENV_FILE": env_file} if env_file else {})
-
-
-def wake(
-    settings: Settings, launcher: Launcher | None = None, *, env_file: str | None = None
-) -> dict[str, Any] | None:
-    """Wake the runner; a summary of what happened (None when no launcher is configured)."""
-    try:
-        launcher = launcher or launcher_for(settings, env_file)
-        if launcher is None:
-            return None
-        r = launcher.wake()
-    except ColdCopyError as exc:
-        log.error("could not wake the runner: %s", redact(str(exc), settings))
-        return {"started": False, "error": redact(exc.message, settings)}
-    log.info("runner wake (%s): %s", launcher.name, r.detail)
-    return {"launcher": launcher.name, "started": r.started, "detail": redact(r.detail, settings), "id": r.id}
 
 
 def tick(
@@ -91,13 +33,13 @@ def tick(
     now: datetime | None = None,
     *,
     launcher: Launcher | None = None,
-    storage: Storage | None = None,
+    storage: ObjectStore | None = None,
     wake_runner: bool = True,
     env_file: str | None = None,
 ) -> dict[str, Any]:
     """Enqueue due slots, mark stale runs failed, and wake the runner if work is waiting."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    storage = storage or Storage(settings)
+    now = now or utc_now()
+    storage = storage or open_store(settings)
     grace = timedelta(minutes=settings.schedule_grace_minutes)
     summary: dict[str, Any] = {
         "now": iso(now),
@@ -117,21 +59,19 @@ def tick(
         if run_id is not None:
             summary["enqueued"].append({"run_id": run_id, "kind": slot.kind, "slot": slot.id})
     try:
-        summary["stale"] = mark_stale(storage, now, timedelta(seconds=settings.heartbeat_stale_seconds))
+        summary["stale"] = mark_stale(
+            storage, now, timedelta(seconds=settings.thresholds.heartbeat_stale_seconds)
+        )
     except ColdCopyError as exc:
         log.error("could not check for stale runs: %s", exc.message)
         summary["errors"].append({"stale": True, "message": redact(exc.message, settings)})
     try:  # the WAL archive's summary for /metrics and /alerts (PITR)
-        from coldcopy.wal.monitor import refresh
-
         refresh(storage)
     except ColdCopyError as exc:
         log.error("could not summarise the WAL archive: %s", redact(exc.message, settings))
         summary["errors"].append({"wal": True, "message": redact(exc.message, settings)})
     try:  # after the stale check, so a run it just failed is seen; an SMTP failure is not an error here
-        from coldcopy.alerting.notify import check_alerts
-
-        summary["alerts"] = check_alerts(settings, storage, now, env_file=env_file)
+        summary["alerts"] = check_alerts(settings, storage, now)
     except ColdCopyError as exc:
         log.error("the alert check failed: %s", redact(exc.message, settings))
         summary["errors"].append({"alerts": True, "message": redact(exc.message, settings)})

@@ -16,9 +16,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
+from coldcopy.alerting.notify import alerts_report, metrics_text
+from coldcopy.api.dashboard import page
 from coldcopy.api.protocol import (
     BY_FUNCTION,
     HTML_TYPE,
@@ -26,7 +28,6 @@ from coldcopy.api.protocol import (
     HttpError,
     Request,
     authorize,
-    backup_item,
     check_method,
     decode_cursor,
     encode_cursor,
@@ -39,16 +40,18 @@ from coldcopy.api.protocol import (
     path_arg,
     queued_view,
     recovery_time_view,
-    status_view,
     text_response,
 )
-from coldcopy.config import STORAGE, Settings, environment, load_settings, redact
-from coldcopy.core.manifest import iso
-from coldcopy.errors import ColdCopyError, ConfigError, InvalidNameError, NotFoundError, StorageError
-
-if TYPE_CHECKING:
-    from coldcopy.storage.catalog_store import CatalogStore
-    from coldcopy.storage.s3 import Storage
+from coldcopy.config import STORAGE, Settings, missing, read_settings, redact
+from coldcopy.core.names import validate_name
+from coldcopy.core.times import Clock, iso, utc_now
+from coldcopy.core.views import listing_row, status_view
+from coldcopy.errors import ColdCopyError, InvalidNameError, NotFoundError, StorageError
+from coldcopy.ops.launchers import wake
+from coldcopy.ops.queue import enqueue, get_run
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.store import ObjectStore
+from coldcopy.wal.monitor import load
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ log = logging.getLogger(__name__)
 # -- per-process state ----------------------------------------------------------------------------
 @dataclass
 class _Config:
-    settings: Settings | None  # None when even the optional values are malformed
+    settings: Settings  # malformed values left at their defaults (``problems`` names them)
     problems: list[str]  # variable names that stop the storage from working
     token: str
 
@@ -64,7 +67,7 @@ class _Config:
 @dataclass
 class _Backend:
     settings: Settings
-    storage: Storage  # imported when first needed: boto3 is the slow import
+    storage: ObjectStore
     catalog: CatalogStore
 
 
@@ -72,13 +75,15 @@ _lock = threading.Lock()
 _override: Settings | None = None
 _config: _Config | None = None
 _backend: _Backend | None = None
+_clock: Clock = utc_now
 
 
-def use_settings(settings: Settings | None) -> None:
-    """Serve with these settings instead of the environment (``coldcopy serve`` with settings, tests)."""
-    global _override
+def use_settings(settings: Settings | None, clock: Clock = utc_now) -> None:
+    """Serve with these settings instead of the environment (``coldcopy serve`` with settings, tests),
+    and with this clock."""
+    global _override, _clock
     with _lock:
-        _override = settings
+        _override, _clock = settings, clock
     reset()
 
 
@@ -89,31 +94,13 @@ def reset() -> None:
         _config, _backend = None, None
 
 
-def _var_names(problems: list[str]) -> list[str]:
-    return sorted({p.split(" ", 1)[0] for p in problems})
-
-
 def _load_config() -> _Config:
     if _override is not None:
-        s = _override
-        required = (
-            ("DO_SPACES_KEY", s.spaces_key),
-            ("DO_SPACES_SECRET", bool(s.spaces_secret)),
-            ("DO_SPACES_BUCKET", s.spaces_bucket),
-        )
-        missing = [var for var, ok in required if not ok]
-        return _Config(s, missing, s.monitor_token.reveal())
-    try:
-        s = load_settings(need=(STORAGE,))
-        return _Config(s, [], s.monitor_token.reveal())
-    except ConfigError as exc:
-        log.error("the monitor's configuration is not usable: %s", exc)
-        problems = _var_names(exc.problems)
-    token = environment().get("MONITOR_TOKEN", "").strip()
-    try:
-        return _Config(load_settings(), problems, token)
-    except ConfigError:
-        return _Config(None, problems, token)
+        return _Config(_override, missing(_override, STORAGE), _override.monitor_token.reveal())
+    settings, problems = read_settings(need=(STORAGE,))
+    if problems:
+        log.error("the monitor's configuration is not usable: %s", "; ".join(problems))
+    return _Config(settings, sorted({p.split(" ", 1)[0] for p in problems}), settings.monitor_token.reveal())
 
 
 def _get_config() -> _Config:
@@ -126,22 +113,24 @@ def _get_config() -> _Config:
 
 def _get_backend(cfg: _Config) -> _Backend:
     global _backend
-    if cfg.settings is None or cfg.problems:
-        names = ", ".join(cfg.problems) or "see the function log"
-        raise HttpError(503, "misconfigured", f"the server's storage settings are incomplete ({names})")
+    if cfg.problems:
+        raise HttpError(
+            503, "misconfigured", f"the server's storage settings are incomplete ({', '.join(cfg.problems)})"
+        )
     with _lock:
         if _backend is None:
-            from coldcopy.storage.catalog_store import CatalogStore
-            from coldcopy.storage.s3 import Storage
+            # Imported at the first call that needs the bucket: boto3 is the slow import of a cold
+            # start, and the dashboard's page needs none of it.
+            from coldcopy.storage.s3 import open_store
 
-            storage = Storage(cfg.settings)
+            storage = open_store(cfg.settings)
             _backend = _Backend(cfg.settings, storage, CatalogStore(storage))
         return _backend
 
 
 # -- handlers -------------------------------------------------------------------------------------
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return _clock()
 
 
 def _health(req: Request, cfg: _Config) -> dict[str, Any]:
@@ -168,8 +157,11 @@ def _health(req: Request, cfg: _Config) -> dict[str, Any]:
 
 def _status(req: Request, cfg: _Config) -> dict[str, Any]:
     b = _get_backend(cfg)
-    cat = b.catalog.read_cached()
-    return json_response(200, status_view(cat, encrypted=b.settings.encrypted, now=_now()))
+    s = b.settings
+    view = status_view(
+        b.catalog.read_cached(), _now(), encrypted=s.encrypted, wal=load(b.storage), thresholds=s.thresholds
+    )
+    return json_response(200, view)
 
 
 def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
@@ -178,10 +170,10 @@ def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
     after = decode_cursor(req.param("cursor"))
     cat = _get_backend(cfg).catalog.read_cached()
     entries = cat.entries(kind)
-    page, next_key = paginate(entries, limit, after)
+    rows, next_key = paginate(entries, limit, after)
     body: dict[str, Any] = {
-        "backups": [backup_item(e, cat.verifications.get(e.name)) for e in page],
-        "count": len(page),
+        "backups": [listing_row(e, cat.verifications.get(e.name)) for e in rows],
+        "count": len(rows),
         "total": len(entries),
         "limit": limit,
         "kind": kind,
@@ -196,8 +188,6 @@ def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _backup_name(req: Request, *, required: bool) -> str | None:
-    from coldcopy.core.names import validate_name
-
     name = path_arg(req, "name")
     if name is None:
         if required:
@@ -214,8 +204,6 @@ def _backup(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    from coldcopy.ops.queue import enqueue
-
     b = _get_backend(cfg)
     name = params.get("name")
     if name is not None and name not in b.catalog.read_cached().backups:
@@ -228,44 +216,20 @@ def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wake(settings: Settings) -> tuple[bool, str]:
-    """Wake the runner (the tick's way); a failure does not fail the request: the job is queued."""
-    from coldcopy.functions.tick import wake
-
+    """Wake the runner (the tick's way, with short retries); a failure does not fail the request:
+    the job is queued, and the next tick starts the run."""
     later = "the scheduler tick will start the run"
     try:
-        summary = wake(settings, _bounded_launcher(settings))
-    except ColdCopyError as exc:  # the launcher could not even be built (a missing DO_API_TOKEN …)
-        summary = {"started": False, "error": redact(exc.message, settings)}
-        log.warning("the run is queued but the runner could not be woken: %s", summary["error"])
+        summary = wake(settings, quick=True)
     except Exception:  # noqa: BLE001 - queued is queued; never fail the request over the wake-up
         log.exception("the run is queued but waking the runner failed unexpectedly")
         return False, f"the runner could not be woken now; {later}"
     if summary is None:
         return False, f"no launcher is configured (COLDCOPY_LAUNCHER=none); {later}"
     if summary.get("error"):
+        log.warning("the run is queued but the runner could not be woken: %s", summary["error"])
         return False, f"the runner could not be woken now ({summary['error']}); {later}"
     return bool(summary.get("started")), str(summary.get("detail", ""))
-
-
-def _bounded_launcher(settings: Settings) -> Any:
-    """For app-platform: few, short retries (a web call must answer in seconds; the tick retries).
-
-    None for the other launchers: ``wake`` builds them the usual way.
-    """
-    if settings.launcher != "app-platform":
-        return None
-    from coldcopy.ops.launchers import launcher_from_settings
-
-    return launcher_from_settings(
-        "app-platform",
-        token=settings.do_api_token.reveal(),
-        app_id=settings.runner_app_id,
-        base_url=settings.do_api_url,
-        max_attempts=2,
-        backoff=0.5,
-        max_delay=2.0,
-        timeout=(3.0, 10.0),
-    )
 
 
 def _verify(req: Request, cfg: _Config) -> dict[str, Any]:
@@ -284,20 +248,16 @@ def _restore_test(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.ops.queue import get_run
-
     run_id = path_arg(req, "run_id")
     if run_id is None:
         raise HttpError(400, "missing_run_id", "give a run id: /runs/<id> (POST /verify/<name> returns one)")
     run = get_run(_get_backend(cfg).storage, run_id)  # InvalidNameError → 400
     if run is None:
         raise NotFoundError(f"no run {run_id}")
-    return json_response(200, run)
+    return json_response(200, run.to_dict())
 
 
 def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.alerting.notify import metrics_text
-
     b = _get_backend(cfg)
     return text_response(
         200, metrics_text(b.settings, b.storage, b.catalog.read_cached(), _now()), PROMETHEUS_TYPE
@@ -305,22 +265,16 @@ def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.alerting.notify import alerts_report
-
     b = _get_backend(cfg)
     return json_response(200, alerts_report(b.settings, b.storage, b.catalog.read_cached(), _now()))
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.wal.monitor import load
-
     b = _get_backend(cfg)
     return json_response(200, recovery_time_view(_now(), b.catalog.read_cached(), load(b.storage)))
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.api.dashboard import page
-
     return text_response(200, page(), HTML_TYPE)
 
 

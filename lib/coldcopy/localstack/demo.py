@@ -20,8 +20,17 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from coldcopy.backup.logical import run_backup
 from coldcopy.cli.output import human_bytes
 from coldcopy.config import Settings, load_settings
+from coldcopy.context import open_context
+from coldcopy.localstack.dbcompare import compare_databases
+from coldcopy.localstack.demodata import load_demo_data
+from coldcopy.localstack.functions_host import serve as serve_functions
+from coldcopy.localstack.s3server import S3Server
+from coldcopy.postgres.cluster import PgCluster
+from coldcopy.restore.logical import run_restore
+from coldcopy.verify.run import run_verify
 
 DEMO_DB = "saas"
 DEMO_BUCKET = "coldcopy-demo"
@@ -64,14 +73,6 @@ def demo_env(pg: Any, s3: Any, key: str) -> dict[str, str]:
 
 
 def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, port: int = 8090) -> int:
-    from coldcopy.backup.logical import context, run_backup
-    from coldcopy.localstack.dbcompare import compare_databases
-    from coldcopy.localstack.demodata import load_demo_data
-    from coldcopy.localstack.s3server import S3Server
-    from coldcopy.postgres.cluster import PgCluster
-    from coldcopy.restore.logical import run_restore
-    from coldcopy.verify.run import run_verify
-
     # SIGTERM (a `timeout`, a closed terminal) must still stop the throwaway servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rep = Report(as_json)
@@ -105,7 +106,7 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
                 raw_bytes=m.raw_size,
             )
         with rep.step("coldcopy list-backups") as info:
-            entries = context(settings).catalog.read().entries()
+            entries = open_context(settings).catalog.read().entries()
             info.update(detail=", ".join(e.name for e in entries), count=len(entries))
         with rep.step("coldcopy verify") as info:
             v = run_verify(settings, m.name)
@@ -147,8 +148,6 @@ def _me() -> str:
 
 
 def _serve_forever(settings: Settings, env: dict[str, str], port: int) -> None:
-    from coldcopy.localstack.functions_host import serve
-
     env_file = Path(tempfile.mkdtemp(prefix="coldcopy-demo-")) / "demo.env"
     env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
     env_file.chmod(0o600)
@@ -163,4 +162,4 @@ def _serve_forever(settings: Settings, env: dict[str, str], port: int) -> None:
     print(f"  curl -H 'Authorization: Bearer {token}' {base}/backups")
     print(f"  dashboard: {base}/  (token: {token})")
     with suppress(KeyboardInterrupt):
-        serve(settings, port)
+        serve_functions(settings, port)

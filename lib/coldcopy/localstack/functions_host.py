@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from coldcopy.api.protocol import BY_FUNCTION, JSON_TYPE, PACKAGE, error_response, resolve_short_path
 from coldcopy.config import Settings
 from coldcopy.errors import ColdCopyError
+from coldcopy.functions.web import handle, use_settings
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ class Function:
 
     def _load(self) -> Main:
         if self.source is None:
-            from coldcopy.functions.web import handle
-
             name = self.name
             return lambda event, context=None: handle(name, event, context)
         mod_name = f"_coldcopy_fn_{self.package}_{self.name}".replace("-", "_")
@@ -434,8 +433,6 @@ def make_server(
 ) -> LocalHost:
     """Bind (``port=0`` picks a free port) without serving yet; call ``serve_forever()``."""
     if settings is not None:
-        from coldcopy.functions.web import use_settings
-
         use_settings(settings)
     project = find_project(project_dir)
     functions = load_functions(project)

@@ -11,45 +11,33 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from coldcopy.backup.inflight import marker_key
-from coldcopy.config import Settings, environment
-from coldcopy.core.manifest import Manifest, iso, manifest_key
+from coldcopy.config import Settings
+from coldcopy.core.lsn import WAL_PREFIX
+from coldcopy.core.manifest import Manifest, manifest_key
 from coldcopy.core.retention import (
     Backup,
     RetentionPlan,
     RetentionPolicy,
     WalFile,
     plan_retention,
-    tiers_from,
 )
+from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, ConflictError, NotFoundError
 from coldcopy.ops import queue as jobs
 from coldcopy.ops.pins import get_pin, read_pins
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
-WAL_PREFIX = "wal/"
 #: Keys a base backup's manifest.extra may carry its first needed WAL segment under.
 WAL_START_KEYS = ("start_wal_segment", "start_wal_file", "wal_start")
-
-
-def load_policy(
-    settings: Settings, env: Mapping[str, str] | None = None, env_file: Path | None = None
-) -> RetentionPolicy:
-    return RetentionPolicy(
-        full_days=settings.full_retention_days,
-        compliance_days=settings.compliance_retention_days,
-        wal_days=settings.wal_retention_days,
-        **tiers_from(environment(env, env_file)),
-    )
 
 
 @dataclass
@@ -124,7 +112,7 @@ def plan_cleanup(catalog: CatalogStore, policy: RetentionPolicy, now: datetime) 
     return plan
 
 
-def delete_backup(storage: Storage, catalog: CatalogStore, name: str, reason: str, run_id: str) -> int:
+def delete_backup(storage: ObjectStore, catalog: CatalogStore, name: str, reason: str, run_id: str) -> int:
     """Manifest first, then the journal record, then every object and upload under backups/<name>/."""
     storage.delete([manifest_key(name)])
     catalog.record("backup_deleted", name, {"name": name, "reason": reason, "cleanup_run": run_id})
@@ -157,12 +145,12 @@ def run_cleanup(
     now: datetime | None = None,
     expect: str | None = None,
     policy: RetentionPolicy | None = None,
-    storage: Storage | None = None,
+    storage: ObjectStore | None = None,
 ) -> dict[str, Any]:
     """Plan, and unless ``dry_run`` delete exactly the plan; ``expect``: refuse unless it is this plan id."""
-    storage = storage or Storage(settings)
+    storage = storage or open_store(settings)
     catalog = CatalogStore(storage)
-    policy = policy or load_policy(settings)
+    policy = policy or settings.retention
     now = now or datetime.now(UTC).replace(microsecond=0)
     plan = plan_cleanup(catalog, policy, now)
     out = _plan_dict(plan, policy, now, dry_run)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from coldcopy.config import ENV_FILE_VAR, Settings, redact
 from coldcopy.errors import ColdCopyError
 
 if TYPE_CHECKING:
@@ -312,6 +313,48 @@ class AppPlatformLauncher:
         delay = min(max(delay, 0.0), self.max_delay)
         log.warning("DigitalOcean API %s: %s; retrying in %.1f s", what, problem, delay)
         self._sleep(delay)
+
+
+def launcher_for(settings: Settings, env_file: str | None = None, *, quick: bool = False) -> Launcher | None:
+    """The launcher COLDCOPY_LAUNCHER names (None for ``none``: something else runs workers).
+
+    ``env_file`` is the settings file this process was given, so that a local runner reads the
+    same one; a docker runner inherits nothing and gets the settings' variables themselves.
+    ``quick``: few, short retries (a web request must answer in seconds; the tick retries later).
+    """
+    kind = settings.launcher
+    if kind == "none":
+        return None
+    if kind == "app-platform":
+        limits: dict[str, Any] = (
+            {"max_attempts": 2, "backoff": 0.5, "max_delay": 2.0, "timeout": (3.0, 10.0)} if quick else {}
+        )
+        return launcher_from_settings(
+            kind,
+            token=settings.do_api_token.reveal(),
+            app_id=settings.runner_app_id,
+            base_url=settings.do_api_url,
+            **limits,
+        )
+    if kind == "docker":
+        return launcher_from_settings(kind, image=settings.runner_image, env=settings.runner_env())
+    return launcher_from_settings(kind, env={ENV_FILE_VAR: env_file} if env_file else {})
+
+
+def wake(
+    settings: Settings, launcher: Launcher | None = None, *, env_file: str | None = None, quick: bool = False
+) -> dict[str, Any] | None:
+    """Wake the runner; a summary of what happened (None when no launcher is configured)."""
+    try:
+        launcher = launcher or launcher_for(settings, env_file, quick=quick)
+        if launcher is None:
+            return None
+        r = launcher.wake()
+    except ColdCopyError as exc:
+        log.error("could not wake the runner: %s", redact(str(exc), settings))
+        return {"started": False, "error": redact(exc.message, settings)}
+    log.info("runner wake (%s): %s", launcher.name, r.detail)
+    return {"launcher": launcher.name, "started": r.started, "detail": redact(r.detail, settings), "id": r.id}
 
 
 def launcher_from_settings(kind: str, **kwargs: Any) -> Launcher:

@@ -12,11 +12,11 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from coldcopy.core.manifest import iso
 from coldcopy.core.names import validate_name
+from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, ConflictError, InvalidNameError, NotFoundError
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 PREFIX = "pins/"
@@ -34,7 +34,7 @@ def default_operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def read_pins(storage: Storage) -> dict[str, str]:
+def read_pins(storage: ObjectStore) -> dict[str, str]:
     """name -> reason.  A pin record that cannot be read still pins its backup."""
     pins: dict[str, str] = {}
     for obj in storage.list(PREFIX):
@@ -54,7 +54,7 @@ def read_pins(storage: Storage) -> dict[str, str]:
     return pins
 
 
-def get_pin(storage: Storage, name: str) -> dict[str, Any] | None:
+def get_pin(storage: ObjectStore, name: str) -> dict[str, Any] | None:
     try:
         record = storage.get_json(pin_key(name))
     except NotFoundError:

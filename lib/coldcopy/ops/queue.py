@@ -1,4 +1,4 @@
-"""The job queue and run records in the bucket (DESIGN.md §2 and §3).
+"""The job queue and run records in the bucket: the I/O half of :mod:`coldcopy.core.jobs`.
 
 Keys, relative to the cluster prefix:
 
@@ -16,181 +16,50 @@ Keys, relative to the cluster prefix:
     heartbeat at most once a minute: Spaces limits writes to one object), except that the tick
     rewrites it once to mark a silent run failed.
 
-Run ids are 26 characters of lowercase Crockford base32 — 48 bits of milliseconds then 80 bits
-of randomness — so keys sort by time.  A scheduled slot's run id is derived from the slot, so
-even two ticks that both believed they won a slot would write the same job, not two.
-
 A finished run is also written to the journal (``CatalogStore.record("run", …)``) so monitoring
-reads outcomes from there.
+reads outcomes from there.  docs/architecture.md shows where the queue sits.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-import secrets
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from coldcopy.core.schedule import is_stale, parse_slot_time
+from coldcopy.core.jobs import (
+    CLAIMS,
+    QUEUE,
+    QUEUED,
+    RUNNING,
+    RUNS,
+    SLOTS,
+    STALE_MARK,
+    Job,
+    Run,
+    check_params,
+    claim_key,
+    new_run_id,
+    queue_key,
+    queued_run_id,
+    run_id_of,
+    run_ids_after,
+    run_key,
+    select_prunable,
+    slot_key,
+    validate_kind,
+)
+from coldcopy.core.schedule import parse_slot_time
+from coldcopy.core.times import iso, utc_now
 from coldcopy.errors import ColdCopyError, ConflictError, IntegrityError, InvalidNameError, NotFoundError
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-QUEUE = "jobs/queue/"
-SLOTS = "jobs/slots/"
-CLAIMS = "jobs/claims/"
-RUNS = "runs/"
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-TERMINAL = frozenset({SUCCEEDED, FAILED})
-MAX_PARAMS_BYTES = 4096
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lowercase
-_RUN_ID_RE = re.compile(r"[0-9a-z]{26}")
-_KIND_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
-_STAMP = "%Y%m%dT%H%M%SZ"
-_QUEUE_RE = re.compile(r"jobs/queue/\d{8}T\d{6}Z-(?P<id>[0-9a-z]{26})\.json")
-
-
-# -- names -----------------------------------------------------------------------------------------
-def _b32(value: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
-
-
-def new_run_id(when: datetime, seed: str | None = None) -> str:
-    """A time-ordered run id; deterministic when ``seed`` is given (scheduled slots)."""
-    ms = int(when.timestamp() * 1000)
-    rand = hashlib.sha256(seed.encode()).digest()[:10] if seed is not None else secrets.token_bytes(10)
-    return _b32(ms, 10) + _b32(int.from_bytes(rand, "big"), 16)
-
-
-def run_id_time(run_id: str) -> datetime:
-    ms = 0
-    for ch in validate_run_id(run_id)[:10]:
-        index = _ALPHABET.find(ch)
-        if index < 0:
-            raise InvalidNameError(f"invalid run id {run_id!r}")
-        ms = ms * 32 + index
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def validate_run_id(text: object) -> str:
-    """Run ids arrive from URLs and the command line: check them before they touch a key."""
-    if not isinstance(text, str) or not _RUN_ID_RE.fullmatch(text):
-        shown = text[:40] if isinstance(text, str) else type(text).__name__
-        raise InvalidNameError(
-            f"invalid run id {shown!r}",
-            "run ids are 26 lowercase letters and digits; `coldcopy runs` lists them",
-        )
-    return text
-
-
-def validate_kind(text: object) -> str:
-    if not isinstance(text, str) or not _KIND_RE.fullmatch(text):
-        shown = text[:40] if isinstance(text, str) else type(text).__name__
-        raise InvalidNameError(f"invalid job kind {shown!r}", "kinds look like backup-full or verify")
-    return text
-
-
-def run_key(run_id: str) -> str:
-    return f"{RUNS}{validate_run_id(run_id)}.json"
-
-
-def queue_key(run_id: str) -> str:
-    return f"{QUEUE}{run_id_time(run_id).strftime(_STAMP)}-{run_id}.json"
-
-
-def claim_key(run_id: str) -> str:
-    return f"{CLAIMS}{validate_run_id(run_id)}.json"
-
-
-def slot_key(slot: str) -> str:
-    kind, _, at = slot.partition("/")
-    parse_slot_time(at)  # ValueError on anything but YYYY-MM-DDTHH:MMZ
-    return f"{SLOTS}{validate_kind(kind)}/{at}.json"
-
-
-def iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _now(now: datetime | None) -> datetime:
-    return (now or datetime.now(UTC)).astimezone(UTC)
-
-
-# -- the job ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Job:
-    run_id: str
-    kind: str
-    params: dict[str, Any] = field(default_factory=dict)
-    enqueued_at: str = ""
-    slot: str | None = None
-
-    @property
-    def queue_key(self) -> str:
-        return queue_key(self.run_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "params": self.params,
-            "enqueued_at": self.enqueued_at,
-            "slot": self.slot,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Any) -> Job:
-        if not isinstance(d, dict) or not isinstance(d.get("params", {}), dict):
-            raise ValueError("a job must be a JSON object with object params")
-        slot = d.get("slot")
-        return cls(
-            validate_run_id(d.get("run_id")),
-            validate_kind(d.get("kind")),
-            dict(d.get("params") or {}),
-            str(d.get("enqueued_at", "")),
-            str(slot) if slot else None,
-        )
-
-    def run_record(self) -> dict[str, Any]:
-        return {
-            **self.to_dict(),
-            "state": QUEUED,
-            "started_at": None,
-            "heartbeat_at": None,
-            "finished_at": None,
-            "worker": None,
-            "result": None,
-            "error": None,
-        }
-
-
-def check_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """Params are a small JSON object; a ``name`` is a backup name and must follow its grammar."""
-    from coldcopy.core.names import validate_name
-
-    params = dict(params or {})
-    if not all(isinstance(k, str) for k in params):
-        raise InvalidNameError("job parameters must have string keys")
-    if len(json.dumps(params, default=str)) > MAX_PARAMS_BYTES:
-        raise InvalidNameError(f"job parameters are larger than {MAX_PARAMS_BYTES} bytes")
-    if params.get("name") is not None:
-        params["name"] = validate_name(params["name"])
-    return params
-
-
-def _create(storage: Storage, key: str, obj: Any) -> bool:
+def _create(storage: ObjectStore, key: str, obj: Any) -> bool:
     """Create-only write; False when the key already exists."""
     try:
         storage.put_json(key, obj, create_only=True)
@@ -201,7 +70,7 @@ def _create(storage: Storage, key: str, obj: Any) -> bool:
 
 # -- enqueueing ------------------------------------------------------------------------------------
 def enqueue(
-    storage: Storage,
+    storage: ObjectStore,
     kind: str,
     params: dict[str, Any] | None = None,
     *,
@@ -209,16 +78,16 @@ def enqueue(
     now: datetime | None = None,
 ) -> str | None:
     """Queue a job; returns its run id, or None when ``slot`` was already enqueued."""
-    now = _now(now)
+    at = now or utc_now()
     kind = validate_kind(kind)
-    params = check_params(params)
+    checked = check_params(params)
     if slot is None:
-        job = Job(new_run_id(now), kind, params, iso(now), None)
+        job = Job(new_run_id(at), kind, checked, iso(at), None)
     else:
-        slot_kind, _, at = slot.partition("/")
+        slot_kind, _, slot_at = slot.partition("/")
         if slot_kind != kind:
             raise InvalidNameError(f"slot {slot!r} does not belong to job kind {kind!r}")
-        job = Job(new_run_id(parse_slot_time(at), seed=slot), kind, params, iso(now), slot)
+        job = Job(new_run_id(parse_slot_time(slot_at), seed=slot), kind, checked, iso(at), slot)
         if not _create(storage, slot_key(slot), job.to_dict()):
             _complete_slot(storage, slot)
             return None
@@ -227,13 +96,13 @@ def enqueue(
     return job.run_id
 
 
-def _publish(storage: Storage, job: Job) -> None:
+def _publish(storage: ObjectStore, job: Job) -> None:
     # The run record first, then the queue entry: a queued job always has a run record.
-    _create(storage, run_key(job.run_id), job.run_record())
+    _create(storage, run_key(job.run_id), job.run().to_dict())
     _create(storage, job.queue_key, job.to_dict())
 
 
-def _complete_slot(storage: Storage, slot: str) -> None:
+def _complete_slot(storage: ObjectStore, slot: str) -> None:
     """A slot already taken: finish its enqueueing if the tick that took it died half-way."""
     try:
         job = Job.from_dict(storage.get_json(slot_key(slot)))
@@ -241,59 +110,50 @@ def _complete_slot(storage: Storage, slot: str) -> None:
         log.warning("slot %s is taken but its record is unreadable (%s)", slot, exc)
         return
     run = get_run(storage, job.run_id)
-    if run is None or (run.get("state") == QUEUED and not storage.exists(job.queue_key)):
+    if run is None or (run.state == QUEUED and not storage.exists(job.queue_key)):
         log.warning("slot %s was taken but its job %s was never queued; queueing it now", slot, job.run_id)
         _publish(storage, job)
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def get_run(storage: Storage, run_id: str) -> dict[str, Any] | None:
+def get_run(storage: ObjectStore, run_id: str) -> Run | None:
+    """The run record, or None when there is none; IntegrityError when it cannot be read."""
     key = run_key(run_id)  # validates the grammar first
     try:
-        run = storage.get_json(key)
+        raw = storage.get_json(key)
     except NotFoundError:
         return None
     except ValueError:
         raise IntegrityError(f"the record of run {run_id} is not valid JSON") from None
-    if not isinstance(run, dict):
+    if not isinstance(raw, dict):
         raise IntegrityError(f"the record of run {run_id} is not a JSON object")
-    return run
+    return Run.from_dict(raw)
 
 
-def list_runs(storage: Storage, *, limit: int = 20, since: datetime | None = None) -> list[dict[str, Any]]:
+def list_runs(storage: ObjectStore, *, limit: int = 20, since: datetime | None = None) -> list[Run]:
     """The newest runs first (at most ``limit``), optionally only those queued after ``since``."""
-    after = f"{RUNS}{new_run_id(since)[:10]}" if since else None
+    after = f"{RUNS}{run_ids_after(since)}" if since else None
     ids = sorted(
-        (
-            o.key[len(RUNS) : -5]
-            for o in storage.list(RUNS, start_after=after)
-            if o.key.endswith(".json") and _RUN_ID_RE.fullmatch(o.key[len(RUNS) : -5])
-        ),
-        reverse=True,
+        (i for o in storage.list(RUNS, start_after=after) if (i := run_id_of(o.key, RUNS))), reverse=True
     )
 
-    def one(run_id: str) -> dict[str, Any]:
+    def one(run_id: str) -> Run:
         try:
             run = get_run(storage, run_id)
-            return run or {"run_id": run_id, "state": "unknown", "error": "record vanished"}
+            return run or Run(run_id, "unknown", state="unknown", error="record vanished")
         except ColdCopyError as exc:
-            return {"run_id": run_id, "state": "unknown", "error": exc.message}
+            return Run(run_id, "unknown", state="unknown", error=exc.message)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, ids[: max(0, limit)]))
 
 
-def queued_ids(storage: Storage) -> list[str]:
+def queued_ids(storage: ObjectStore) -> list[str]:
     """Run ids in the queue, oldest first (claimed ones included)."""
-    out = []
-    for obj in storage.list(QUEUE):
-        m = _QUEUE_RE.fullmatch(obj.key)
-        if m:
-            out.append(m["id"])
-    return sorted(out)
+    return sorted(i for o in storage.list(QUEUE) if (i := queued_run_id(o.key)))
 
 
-def claimed_ids(storage: Storage, among: Iterable[str]) -> set[str]:
+def claimed_ids(storage: ObjectStore, among: Iterable[str]) -> set[str]:
     """Which of ``among`` have a claim: one listing, starting at the oldest id's time."""
     wanted = set(among)
     if not wanted:
@@ -302,7 +162,7 @@ def claimed_ids(storage: Storage, among: Iterable[str]) -> set[str]:
     return {o.key[len(CLAIMS) : -5] for o in storage.list(CLAIMS, start_after=after)} & wanted
 
 
-def pending(storage: Storage) -> list[str]:
+def pending(storage: ObjectStore) -> list[str]:
     """Queued run ids that no worker has claimed yet."""
     ids = queued_ids(storage)
     claimed = claimed_ids(storage, ids)
@@ -311,8 +171,8 @@ def pending(storage: Storage) -> list[str]:
 
 # -- claiming and running --------------------------------------------------------------------------
 def claim_next(
-    storage: Storage, worker_id: str, *, now: datetime | None = None
-) -> tuple[Job, dict[str, Any]] | None:
+    storage: ObjectStore, worker_id: str, *, now: datetime | None = None
+) -> tuple[Job, Run] | None:
     """Claim the oldest unclaimed job; returns it with its (running) run record, or None."""
     for run_id in pending(storage):
         key = queue_key(run_id)
@@ -322,7 +182,7 @@ def claim_next(
             continue  # finished or cleaned up since the listing
         except ValueError:
             raw = None
-        at = _now(now)
+        at = now or utc_now()
         claim = {"run_id": run_id, "worker": worker_id, "claimed_at": iso(at)}
         if not _create(storage, claim_key(run_id), claim):
             continue  # another worker won it
@@ -332,179 +192,110 @@ def claim_next(
                 raise ValueError(f"the entry names run {job.run_id}")
         except (ValueError, ColdCopyError) as exc:
             log.error("queue entry %s is unreadable (%s); recorded as failed", key, exc)
-            bad = Job(run_id, "unknown", {}, "", None)
-            finish(storage, bad.run_record(), ok=False, error=f"the queue entry is unreadable: {exc}", now=at)
+            bad = Run(run_id, "unknown")
+            finish(storage, bad, ok=False, error=f"the queue entry is unreadable: {exc}", now=at)
             continue
-        run = {
-            **job.run_record(),
-            "state": RUNNING,
-            "started_at": iso(at),
-            "heartbeat_at": iso(at),
-            "worker": worker_id,
-        }
-        storage.put_json(run_key(run_id), run)
+        run = job.run().claimed(worker_id, at)
+        storage.put_json(run_key(run_id), run.to_dict())
         log.info("worker %s claimed %s job %s", worker_id, job.kind, run_id)
         return job, run
     return None
 
 
-def heartbeat(storage: Storage, run: dict[str, Any], *, now: datetime | None = None) -> bool:
-    """Refresh ``run["heartbeat_at"]`` in the bucket (``run`` is updated in place).
+def heartbeat(storage: ObjectStore, run: Run, *, now: datetime | None = None) -> Run | None:
+    """Refresh the run's heartbeat in the bucket; the refreshed run.
 
-    Returns False, without writing, when the stored run is no longer running: the tick marked it
-    failed because it was silent too long.
+    None, without writing, when the stored run is no longer running: the tick marked it failed
+    because it was silent too long.
     """
-    current = get_run(storage, str(run["run_id"]))
-    if current is not None and current.get("state") != RUNNING:
-        return False
-    run["heartbeat_at"] = iso(_now(now))
-    storage.put_json(run_key(str(run["run_id"])), run)
-    return True
+    current = get_run(storage, run.run_id)
+    if current is not None and current.state != RUNNING:
+        return None
+    beat = run.beat(now or utc_now())
+    storage.put_json(run_key(run.run_id), beat.to_dict())
+    return beat
 
 
 def finish(
-    storage: Storage,
-    run: dict[str, Any],
+    storage: ObjectStore,
+    run: Run,
     *,
     ok: bool,
     result: dict[str, Any] | None = None,
     error: str | None = None,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> Run:
     """Record the outcome: the run record, a journal record, then the queue entry goes away."""
-    from coldcopy.storage.catalog_store import CatalogStore
-
-    at = _now(now)
-    done = {
-        **run,
-        "state": SUCCEEDED if ok else FAILED,
-        "finished_at": iso(at),
-        "result": result,
-        "error": None if ok else (error or "failed"),
-    }
-    started = done.get("started_at")
-    if isinstance(started, str):
-        done["duration_seconds"] = round(
-            (at - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds(), 3
-        )
-    run_id = str(done["run_id"])
-    storage.put_json(run_key(run_id), done)
+    at = now or utc_now()
+    done = run.outcome(ok=ok, at=at, result=result, error=error)
+    storage.put_json(run_key(done.run_id), done.to_dict())
     try:
-        CatalogStore(storage).record(
-            "run",
-            run_id,
-            {
-                k: done.get(k)
-                for k in (
-                    "run_id",
-                    "kind",
-                    "state",
-                    "slot",
-                    "params",
-                    "started_at",
-                    "finished_at",
-                    "duration_seconds",
-                    "worker",
-                    "error",
-                    "result",
-                )
-            },
-            when=at,
-        )
+        CatalogStore(storage).record("run", done.run_id, done.journal_entry(), when=at)
     except ColdCopyError as exc:
         log.warning(
-            "run %s is recorded, but its journal record could not be written: %s", run_id, exc.message
+            "run %s is recorded, but its journal record could not be written: %s", done.run_id, exc.message
         )
     try:
-        storage.delete([queue_key(run_id)])
+        storage.delete([queue_key(done.run_id)])
     except ColdCopyError as exc:
         log.warning(
-            "could not remove the queue entry of finished run %s (%s); the tick will", run_id, exc.message
+            "could not remove the queue entry of finished run %s (%s); the tick will",
+            done.run_id,
+            exc.message,
         )
     return done
 
 
 # -- the tick's housekeeping -----------------------------------------------------------------------
-def mark_stale(storage: Storage, now: datetime, stale_after: timedelta) -> list[str]:
+def mark_stale(storage: ObjectStore, now: datetime, stale_after: timedelta) -> list[str]:
     """Mark claimed runs whose worker went silent as failed; drop queue entries of finished runs."""
-    ids = queued_ids(storage)
     out = []
-    for run_id in sorted(claimed_ids(storage, ids)):
+    for run_id in sorted(claimed_ids(storage, queued_ids(storage))):
         run = get_run(storage, run_id)
-        if run is not None and run.get("state") in TERMINAL:
+        if run is not None and run.finished:
             storage.delete([queue_key(run_id)])  # its worker died between recording and cleaning up
             continue
         probe = run
-        if run is None or run.get("state") == QUEUED:
+        if run is None or run.state == QUEUED:
             # Claimed, but the worker never wrote "running": its claim time is its last sign of life.
             try:
                 claim = storage.get_json(claim_key(run_id))
             except (NotFoundError, ValueError):
                 claim = {}
             claimed_at = claim.get("claimed_at") if isinstance(claim, dict) else None
-            probe = {"state": RUNNING, "heartbeat_at": claimed_at}
-            run = run or {**Job(run_id, "unknown").run_record(), "state": RUNNING}
-        if probe is None or not is_stale(probe, now, stale_after):
+            probe = Run(run_id, "unknown", state=RUNNING, heartbeat_at=claimed_at)
+            run = run or Run(run_id, "unknown", state=RUNNING)
+        if probe is None or not probe.is_stale(now, stale_after):
             continue
-        last = probe.get("heartbeat_at") or probe.get("started_at") or "never"
+        last = probe.heartbeat_at or probe.started_at or "never"
         minutes = int(stale_after.total_seconds() // 60)
         error = (
-            f"no heartbeat since {last} (more than {minutes} min): worker {run.get('worker') or '?'} "
+            f"{STALE_MARK} {last} (more than {minutes} min): worker {run.worker or '?'} "
             f"presumably died; marked failed by the scheduler tick"
         )
-        log.warning("run %s (%s): %s", run_id, run.get("kind"), error)
+        log.warning("run %s (%s): %s", run_id, run.kind, error)
         finish(storage, run, ok=False, error=error, now=now)
         out.append(run_id)
     return out
 
 
 # -- pruning old records (the cleanup job) ---------------------------------------------------------
-def select_prunable(
-    runs: dict[str, str | None],
-    claims: Iterable[str],
-    slots: Iterable[tuple[str, datetime]],
-    queued: set[str],
-    cutoff: datetime,
-) -> list[tuple[str, str]]:
-    """Which job records older than ``cutoff`` can go, with why.  Pure.
-
-    ``runs`` maps run ids to their state (None: unreadable).  A run record goes once it is finished;
-    a claim once its job left the queue (only queued jobs are ever claimed); a slot once it is older
-    than any grace window, so no tick can find it due again.  Unreadable or unfinished runs stay.
-    """
-    out: list[tuple[str, str]] = []
-    for run_id, state in sorted(runs.items()):
-        if run_id_time(run_id) < cutoff and state in TERMINAL and run_id not in queued:
-            out.append((run_key(run_id), f"run {state}, queued before {iso(cutoff)}"))
-    for run_id in sorted(claims):
-        if run_id_time(run_id) < cutoff and run_id not in queued:
-            out.append((claim_key(run_id), f"claim of a job no longer queued, before {iso(cutoff)}"))
-    for key, at in sorted(slots):
-        if at < cutoff:
-            out.append((key, f"schedule slot before {iso(cutoff)}: never due again"))
-    return out
-
-
-def prunable(storage: Storage, cutoff: datetime) -> list[tuple[str, str]]:
+def prunable(storage: ObjectStore, cutoff: datetime) -> list[tuple[str, str]]:
     """The job records older than ``cutoff`` that may be deleted (reads only what is that old)."""
-    stop = f"{RUNS}{new_run_id(cutoff)[:10]}"
+    stop = f"{RUNS}{run_ids_after(cutoff)}"
     runs: dict[str, str | None] = {}
     for o in storage.list(RUNS):
-        run_id = o.key[len(RUNS) : -5]
         if o.key >= stop:
             break  # run ids sort by time
-        if not (o.key.endswith(".json") and _RUN_ID_RE.fullmatch(run_id)):
+        run_id = run_id_of(o.key, RUNS)
+        if run_id is None:
             continue
         try:
             run = get_run(storage, run_id)
-            runs[run_id] = str(run.get("state")) if run else None
+            runs[run_id] = run.state if run else None
         except ColdCopyError:
             runs[run_id] = None
-    claims = [
-        o.key[len(CLAIMS) : -5]
-        for o in storage.list(CLAIMS)
-        if o.key.endswith(".json") and _RUN_ID_RE.fullmatch(o.key[len(CLAIMS) : -5])
-    ]
+    claims = [i for o in storage.list(CLAIMS) if (i := run_id_of(o.key, CLAIMS))]
     slots = []
     for o in storage.list(SLOTS):
         at = o.key.rsplit("/", 1)[-1].removesuffix(".json")

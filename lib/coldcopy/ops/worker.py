@@ -5,8 +5,7 @@ The runner container (woken by the tick through a launcher) runs this.  For each
 thread refreshes the run's heartbeat, record the outcome, and go on.  A job that raises is
 recorded as failed with its message (secrets redacted) and the next job still runs.
 
-Job kinds live in :data:`HANDLERS`, the one registry: a later kind is one more entry.  Handlers
-import the heavy modules (PostgreSQL driver, compression, crypto) only when they run.
+Job kinds live in :data:`HANDLERS`, the one registry: a later kind is one more entry.
 """
 
 from __future__ import annotations
@@ -16,14 +15,24 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from coldcopy.config import Settings, redact
+from coldcopy.backup.logical import run_backup
+from coldcopy.config import DB, Settings, missing, redact
+from coldcopy.context import open_context
+from coldcopy.core.jobs import RUNNING, SUCCEEDED, Job, Run
+from coldcopy.core.names import LOGICAL_KINDS, validate_name
+from coldcopy.core.views import backup_summary
 from coldcopy.errors import ColdCopyError, ConfigError, NotFoundError
-from coldcopy.ops import queue as jobs
+from coldcopy.ops import queue
 from coldcopy.ops.cleanup import cleanup_job
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
+from coldcopy.verify.run import run_verify
+from coldcopy.verify.scheduled import run_scheduled
+from coldcopy.wal.sweep import run_sweep
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +48,21 @@ class JobFailed(ColdCopyError):
         self.result = result
 
 
-class NotImplementedJob(ColdCopyError):
-    pass
+class UnknownJob(ColdCopyError):
+    """A queued job of a kind this runner does not know."""
 
 
 # -- handlers --------------------------------------------------------------------------------------
 def _require_db(settings: Settings) -> None:
-    missing = [
-        var
-        for var, value in (
-            ("DB_HOST", settings.db_host),
-            ("DB_NAME", settings.db_name),
-            ("DB_USER", settings.db_user),
-        )
-        if not value
-    ]
-    if missing:
-        raise ConfigError([f"{var} is not set" for var in missing])
+    absent = missing(settings, DB)
+    if absent:
+        raise ConfigError([f"{var} is not set" for var in absent])
 
 
 def _backup(kind: str) -> Handler:
     def handler(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
-        from coldcopy.backup.logical import run_backup
-
         _require_db(settings)
-        m = run_backup(settings, kind)
-        return {
-            "name": m.name,
-            "kind": m.kind,
-            "size_bytes": m.stored_size,
-            "raw_size_bytes": m.raw_size,
-            "duration_seconds": m.duration_seconds,
-            "tables": len(m.tables),
-            "encrypted": settings.encrypted,
-        }
+        return backup_summary(run_backup(settings, kind), encrypted=settings.encrypted)
 
     handler.__name__ = f"backup_{kind}"
     return handler
@@ -80,10 +70,6 @@ def _backup(kind: str) -> Handler:
 
 def _verify(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     """A named backup at ``level`` (default ``restore``); without a name, the weekly selection."""
-    from coldcopy.core.names import validate_name
-    from coldcopy.verify.run import run_verify
-    from coldcopy.verify.scratch_restore import run_scheduled
-
     name = params.get("name")
     level = str(params.get("level") or "restore")
     if name is None:
@@ -103,34 +89,17 @@ def _verify(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
 
 def _restore_test(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     """A timed test restore (level ``restore``) of the named backup, or of the newest one."""
-    from coldcopy.backup.logical import context
-
     name = params.get("name")
     if name is None:
-        entries = [e for e in context(settings).catalog.read().entries() if e.kind in ("full", "compliance")]
+        entries = [e for e in open_context(settings).catalog.read().entries() if e.kind in LOGICAL_KINDS]
         if not entries:
             raise NotFoundError("there is no backup to test-restore", "take a backup first: coldcopy backup")
         name = entries[0].name
     return _verify(settings, {"name": name, "level": "restore"})
 
 
-def _not_implemented(kind: str, where: str) -> Handler:
-    def handler(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedJob(
-            f"not implemented yet: {kind} ({where})",
-            "nothing was done; this job kind arrives with a later release",
-        )
-
-    handler.__name__ = f"not_implemented_{kind.replace('-', '_')}"
-    return handler
-
-
 def _wal_sweep(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     """Stream WAL from the replication slot and archive complete segments (params: dir, slot)."""
-    from pathlib import Path
-
-    from coldcopy.wal.sweep import run_sweep
-
     _require_db(settings)
     folder = params.get("dir")
     return run_sweep(settings, Path(str(folder)) if folder else None, params.get("slot")).to_dict()
@@ -159,7 +128,7 @@ class WorkerReport:
 
     @property
     def failed(self) -> int:
-        return sum(1 for r in self.runs if r["state"] != jobs.SUCCEEDED)
+        return sum(1 for r in self.runs if r["state"] != SUCCEEDED)
 
     def to_dict(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "jobs": self.count, "failed": self.failed, "runs": self.runs}
@@ -170,14 +139,14 @@ def default_worker_id() -> str:
 
 
 class _Heartbeat:
-    """Refreshes the run's heartbeat every ``interval`` seconds until stopped."""
+    """Refreshes the run's heartbeat every ``interval`` seconds until stopped; ``run`` is the latest."""
 
-    def __init__(self, storage: Storage, run: dict[str, Any], interval: float) -> None:
+    def __init__(self, storage: ObjectStore, run: Run, interval: float) -> None:
         self.storage, self.run, self.interval = storage, run, interval
         self.beats = 0
         self.lost = False  # the tick marked this run failed: it was silent for too long
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run['run_id']}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run.run_id}", daemon=True)
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -190,16 +159,18 @@ class _Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if not jobs.heartbeat(self.storage, self.run):
-                    self.lost = True
-                    log.warning(
-                        "run %s was marked failed while it was still running; heartbeats stop",
-                        self.run["run_id"],
-                    )
-                    return
-                self.beats += 1
+                beat = queue.heartbeat(self.storage, self.run)
             except ColdCopyError as exc:  # keep going: the next beat may get through
-                log.warning("heartbeat of run %s failed: %s", self.run["run_id"], exc.message)
+                log.warning("heartbeat of run %s failed: %s", self.run.run_id, exc.message)
+                continue
+            if beat is None:
+                self.lost = True
+                log.warning(
+                    "run %s was marked failed while it was still running; heartbeats stop", self.run.run_id
+                )
+                return
+            self.run = beat
+            self.beats += 1
 
 
 def _message(exc: BaseException, settings: Settings) -> str:
@@ -212,24 +183,24 @@ def _message(exc: BaseException, settings: Settings) -> str:
     return redact(text, settings)[:2000]
 
 
-def _taken_over(storage: Storage, run_id: str) -> bool:
+def _taken_over(storage: ObjectStore, run_id: str) -> bool:
     """Whether someone else (the tick) finished this run while it was still running here."""
     try:
-        current = jobs.get_run(storage, run_id)
+        current = queue.get_run(storage, run_id)
     except ColdCopyError:
         return False
-    return current is not None and current.get("state") != jobs.RUNNING
+    return current is not None and current.state != RUNNING
 
 
 def run_job(
     settings: Settings,
-    storage: Storage,
-    job: jobs.Job,
-    run: dict[str, Any],
+    storage: ObjectStore,
+    job: Job,
+    run: Run,
     *,
     handlers: Mapping[str, Handler],
     heartbeat_seconds: float,
-) -> dict[str, Any]:
+) -> Run:
     """Run one claimed job and record its outcome; never raises for a job's own failure."""
     handler = handlers.get(job.kind)
     log.info("run %s: %s started", job.run_id, job.kind)
@@ -240,7 +211,7 @@ def run_job(
     try:
         with beat:
             if handler is None:
-                raise NotImplementedJob(
+                raise UnknownJob(
                     f"unknown job kind {job.kind!r}", f"known kinds: {', '.join(sorted(handlers))}"
                 )
             result = handler(settings, dict(job.params))
@@ -250,16 +221,18 @@ def run_job(
     except (Exception, KeyboardInterrupt) as exc:
         error = _message(exc, settings)
         if isinstance(exc, KeyboardInterrupt):
-            jobs.finish(storage, run, ok=False, error=error)
+            queue.finish(storage, beat.run, ok=False, error=error)
             raise
         if not isinstance(exc, ColdCopyError):
             log.debug("run %s raised", job.run_id, exc_info=True)
+    latest = beat.run
     if beat.lost or _taken_over(storage, job.run_id):
-        run["note"] = (
-            "the scheduler tick marked this run failed because its heartbeat was late; "
-            "it kept running and this is its real outcome"
+        latest = replace(
+            latest,
+            note="the scheduler tick marked this run failed because its heartbeat was late; "
+            "it kept running and this is its real outcome",
         )
-    done = jobs.finish(storage, run, ok=ok, result=result, error=error)
+    done = queue.finish(storage, latest, ok=ok, result=result, error=error)
     if ok:
         log.info("run %s: %s succeeded", job.run_id, job.kind)
     else:
@@ -274,14 +247,14 @@ def run_worker(
     worker_id: str | None = None,
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
     handlers: Mapping[str, Handler] | None = None,
-    storage: Storage | None = None,
+    storage: ObjectStore | None = None,
 ) -> WorkerReport:
     """Claim and run queued jobs one at a time until the queue is empty (or ``max_jobs`` ran)."""
-    storage = storage or Storage(settings)
+    storage = storage or open_store(settings)
     report = WorkerReport(worker_id or default_worker_id())
     table = HANDLERS if handlers is None else handlers
     while max_jobs is None or report.count < max_jobs:
-        claimed = jobs.claim_next(storage, report.worker_id)
+        claimed = queue.claim_next(storage, report.worker_id)
         if claimed is None:
             break
         job, run = claimed
@@ -289,8 +262,10 @@ def run_worker(
             done = run_job(settings, storage, job, run, handlers=table, heartbeat_seconds=heartbeat_seconds)
         except ColdCopyError as exc:  # recording the outcome failed; the tick will mark it stale
             log.error("run %s: could not record the outcome: %s", job.run_id, exc.message)
-            done = {**run, "state": "unknown", "error": exc.message}
-        report.runs.append({k: done.get(k) for k in ("run_id", "kind", "state", "error")})
+            done = replace(run, state="unknown", error=exc.message)
+        report.runs.append(
+            {"run_id": done.run_id, "kind": done.kind, "state": done.state, "error": done.error}
+        )
     log.info(
         "worker %s: %d job(s), %d failed; queue %s",
         report.worker_id,

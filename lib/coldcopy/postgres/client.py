@@ -1,73 +1,26 @@
-"""The PostgreSQL adapter: connections (pg8000), client tools, and database administration."""
+"""The PostgreSQL adapter: connections (pg8000), the client programs' environment, and database
+administration (create, drop, rename, copy properties, row counts)."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import re
-import shutil
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pg8000.native
 
 from coldcopy.config import Settings, redact
-from coldcopy.errors import ConfigError, DatabaseError
-
-SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+from coldcopy.errors import DatabaseError
+from coldcopy.postgres.tools import ToolVersion, tool_version
 
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def major_of(version_num: int) -> int:
-    return version_num // 10000 if version_num >= 100000 else version_num // 100
-
-
-@dataclass(frozen=True)
-class ToolVersion:
-    path: str
-    major: int
-    text: str
-
-
-def tool_path(name: str, settings: Settings) -> str:
-    """PG_BIN_DIR, else the newest /usr/lib/postgresql/<major>/bin, else PATH."""
-    if settings.pg_bin_dir:
-        candidate = Path(settings.pg_bin_dir) / name
-        if not candidate.exists():
-            raise ConfigError([f"PG_BIN_DIR has no {name} ({candidate})"])
-        return str(candidate)
-    found = sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-        key=lambda p: int(re.sub(r"\D", "", p.split("/")[4]) or 0),
-    )
-    if found:
-        return found[-1]
-    on_path = shutil.which(name)
-    if not on_path:
-        raise DatabaseError(
-            f"{name} is not installed",
-            "install the PostgreSQL client tools (postgresql-client) or set PG_BIN_DIR",
-        )
-    return on_path
-
-
-def tool_version(name: str, settings: Settings) -> ToolVersion:
-    path = tool_path(name, settings)
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    m = re.search(r"(\d+)(?:\.(\d+))?", out)
-    if not m:
-        raise DatabaseError(f"cannot tell the version of {path}: {out[:100]!r}")
-    return ToolVersion(path, int(m.group(1)), out)
 
 
 class Postgres:
@@ -283,19 +236,6 @@ class Postgres:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def run_tool(
-    args: list[str], env: dict[str, str], settings: Settings, what: str, input_bytes: bytes | None = None
-) -> bytes:
-    """Run a client tool to completion; on failure raise DatabaseError with its redacted stderr."""
-    proc = subprocess.run(args, env=env, input=input_bytes, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise DatabaseError(
-            f"{what} failed (exit {proc.returncode}): "
-            f"{redact(proc.stderr.decode(errors='replace'), settings).strip()[-800:]}"
-        )
-    return proc.stdout
 
 
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+(-[0-9A-F]+)+$")

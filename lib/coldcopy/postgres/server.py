@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from coldcopy.config import Settings
-from coldcopy.postgres.client import tool_path
+from coldcopy.postgres.tools import tool_path
 
 log = logging.getLogger(__name__)
 OWNER = "postgres"

@@ -9,12 +9,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from coldcopy.backup.logical import _StderrTail, context
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
+from coldcopy.context import open_context
 from coldcopy.core.names import validate_db_identifier
 from coldcopy.errors import ConflictError, DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.tools import StderrTail
 from coldcopy.stream.pipeline import Progress
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def run_restore(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
-    ctx = context(settings)
+    ctx = open_context(settings)
     reader = BackupReader(ctx, name)
     reader.confirm()  # wrong key, missing or resized objects: refused before we touch any database
     pg = Postgres(settings)
@@ -70,7 +71,7 @@ def run_restore(
             raise ConflictError(f"staging database {staging!r} already exists", "drop it or wait a second")
         pg.create_database(admin, staging)
     try:
-        _pg_restore(reader, pg, pg_restore.path, staging, settings, no_owner, progress)
+        pg_restore_into(reader, pg, pg_restore.path, staging, settings, no_owner, progress)
         exact = check_counts and reader.manifest.row_counts == "exact"
         mismatches = _check_counts(pg, staging, reader.manifest.tables) if exact else []
         if mismatches:
@@ -110,7 +111,7 @@ def run_restore(
     }
 
 
-def _pg_restore(
+def pg_restore_into(
     reader: BackupReader,
     pg: Postgres,
     tool: str,
@@ -130,7 +131,7 @@ def _pg_restore(
         env=pg.libpq_env(dbname),
     )
     assert proc.stdin is not None and proc.stderr is not None
-    errors = _StderrTail(proc.stderr)
+    errors = StderrTail(proc.stderr)
     stdin = proc.stdin
     try:
         reader.stream(reader.manifest.data, stdin.write, progress)

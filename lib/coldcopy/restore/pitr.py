@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coldcopy.backup.base import open_tar
-from coldcopy.backup.logical import BackupContext, context
-from coldcopy.backup.reader import BackupReader
+from coldcopy.backup.reader import BackupReader, open_tar
 from coldcopy.config import Settings
+from coldcopy.context import Context, open_context
 from coldcopy.core.manifest import Manifest
-from coldcopy.core.recovery_plan import Plan, RecoveryRefused, Target, parse_history, plan_recovery
+from coldcopy.core.recovery_plan import RecoveryPlan, RecoveryRefused, Target, parse_history, plan_recovery
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.server import as_owner, chown_tree, control_state, postmaster_pid, server_tool
 from coldcopy.wal import spool as walspool
@@ -53,7 +52,7 @@ class PitrResult:
     log_file: str = ""
     steps: list[str] = field(default_factory=list)
     server_major: int = 0
-    plan: Plan | None = field(default=None, repr=False)  # for the WAL feeder of start_recovery
+    plan: RecoveryPlan | None = field(default=None, repr=False)  # for the WAL feeder of start_recovery
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -69,7 +68,7 @@ class Archive:
     histories: dict[int, list[tuple[int, int]]]
 
 
-def load_archive(ctx: BackupContext) -> Archive:
+def load_archive(ctx: Context) -> Archive:
     names = archived_names(ctx)
     histories = {
         int(n[:8], 16): parse_history(read_archived(ctx, n).decode("utf-8", "replace"))
@@ -79,7 +78,7 @@ def load_archive(ctx: BackupContext) -> Archive:
     return Archive(names, histories)
 
 
-def base_manifests(ctx: BackupContext) -> list[Manifest]:
+def base_manifests(ctx: Context) -> list[Manifest]:
     names = [e.name for e in ctx.catalog.read().entries("base")]
     out = [ctx.catalog.manifest(n) for n in names]
     return sorted((m for m in out if m.extra.get("start_wal_segment")), key=lambda m: m.extra["stop_time"])
@@ -123,7 +122,7 @@ def run_pitr(
     command: str | None = None,
     timeout: float = 600,
 ) -> PitrResult:
-    ctx = context(settings)
+    ctx = open_context(settings)
     target_dir = target_dir.absolute()
     if target_dir.exists() and (not target_dir.is_dir() or any(target_dir.iterdir())):
         raise RecoveryRefused(f"{target_dir} exists and is not empty", "give a new or empty folder")
@@ -146,8 +145,8 @@ def _beside(target_dir: Path) -> tuple[Path, Path, Path]:
 
 
 def prepare_recovery(
-    ctx: BackupContext,
-    plan: Plan,
+    ctx: Context,
+    plan: RecoveryPlan,
     target: Target,
     target_dir: Path,
     *,
@@ -248,7 +247,7 @@ def _start_command(settings: Settings, target_dir: Path, major: int, timeout: fl
 
 
 def start_recovery(
-    settings: Settings, result: PitrResult, timeout: float, *, ctx: BackupContext | None = None
+    settings: Settings, result: PitrResult, timeout: float, *, ctx: Context | None = None
 ) -> None:
     """Start a prepared folder's server and wait for its promotion (DatabaseError if it does not come).
 
@@ -261,7 +260,7 @@ def start_recovery(
     feeder = None
     if result.plan and result.plan.segments:
         try:
-            feeder = _start_feeder(ctx or context(settings), result)
+            feeder = _start_feeder(ctx or open_context(settings), result)
         except Exception as exc:  # noqa: BLE001 - without a feeder every wal-fetch fetches for itself
             log.warning("recovering without the WAL feeder: %s", exc)
     try:
@@ -276,7 +275,7 @@ def start_recovery(
     shutil.rmtree(_beside(target_dir)[2], ignore_errors=True)  # promoted: recovery asks for no more WAL
 
 
-def _start_feeder(ctx: BackupContext, result: PitrResult) -> WalFeeder:
+def _start_feeder(ctx: Context, result: PitrResult) -> WalFeeder:
     assert result.plan is not None
     plan, spool = result.plan, _beside(Path(result.target_dir))[2]
     st = Path(result.target_dir).stat()  # PostgreSQL runs as the data folder's owner

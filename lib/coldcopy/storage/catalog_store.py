@@ -10,16 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coldcopy.core.catalog import JOURNAL, Catalog, journal_key, start_after
-from coldcopy.core.manifest import Manifest, iso, manifest_key
+from coldcopy.core.manifest import Manifest, manifest_key
+from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
-from coldcopy.storage.s3 import Storage
+from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 CATALOG_KEY = "catalog.json"
 
 
 class CatalogStore:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: ObjectStore) -> None:
         self.storage = storage
         # read_cached(): the parsed snapshot with its ETag, and journal records already fetched.
         self._lock = threading.Lock()

@@ -25,7 +25,7 @@ from typing import Any
 
 from coldcopy.core.manifest import StoredObject, volume_key
 from coldcopy.errors import ConflictError, IntegrityError, StorageError
-from coldcopy.storage.s3 import READ_ERRORS, Storage
+from coldcopy.storage.store import ObjectStore, ReadInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ DOUBLE_EVERY = 1000  # volumes between doublings of the volume size
 READ_ATTEMPTS = 4  # reads of one volume that may break in a row, without progress, before giving up
 
 
-def stored_problem(storage: Storage, prefix: str, objects: Iterable[StoredObject]) -> str | None:
+def stored_problem(storage: ObjectStore, prefix: str, objects: Iterable[StoredObject]) -> str | None:
     """The first object of ``objects`` (all under ``prefix``) that is missing from the bucket or not
     its recorded size, described; None when all are there.  One listing, however many volumes;
     a key the listing lacks is asked for directly (a store's index may trail a PUT that just
@@ -54,7 +54,7 @@ def stored_problem(storage: Storage, prefix: str, objects: Iterable[StoredObject
 class VolumeWriter:
     """Cuts a byte stream into volumes and stores each with one create-only PUT, in parallel."""
 
-    def __init__(self, storage: Storage, key: str, *, volume_size: int, concurrency: int) -> None:
+    def __init__(self, storage: ObjectStore, key: str, *, volume_size: int, concurrency: int) -> None:
         self.storage, self.key, self.volume_size = storage, key, volume_size
         self._chunks: list[bytes] = []
         self._pending = 0
@@ -177,7 +177,7 @@ class VolumeWriter:
                 log.warning("could not delete the stored volumes of %s: %s", self.key, exc)
 
 
-def read_volumes(storage: Storage, obj: StoredObject, chunk_size: int) -> Iterator[bytes]:
+def read_volumes(storage: ObjectStore, obj: StoredObject, chunk_size: int) -> Iterator[bytes]:
     """The stored stream of ``obj``: its volumes (or its one object) in order, in chunks.
 
     The next volume's GET is sent while the current one is read, so its latency to the first byte
@@ -203,7 +203,7 @@ def read_volumes(storage: Storage, obj: StoredObject, chunk_size: int) -> Iterat
                         done += len(chunk)
                         yield chunk
                     break
-                except READ_ERRORS as exc:
+                except ReadInterrupted as exc:
                     body.close()
                     # Attempts count per stall: a read that moved on since the last break starts over.
                     failures = 1 if done > at else failures + 1

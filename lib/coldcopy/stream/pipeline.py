@@ -12,7 +12,6 @@ import hashlib
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
@@ -206,19 +205,3 @@ def prefetch(chunks: Iterator[bytes], depth: int = 8) -> Iterator[bytes]:
             yield item
     finally:
         stop.set()
-
-
-class RateMeter:
-    """Formats a progress line at most every ``interval`` seconds."""
-
-    def __init__(self, write: Callable[[str], None], interval: float = 0.5) -> None:
-        self.write, self.interval = write, interval
-        self.start = self._last = time.monotonic()
-
-    def __call__(self, raw: int, stored: int) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            return
-        self._last = now
-        rate = raw / max(now - self.start, 1e-6)
-        self.write(f"\r  {raw / 1e6:,.1f} MB read, {stored / 1e6:,.1f} MB stored, {rate / 1e6:,.1f} MB/s   ")

@@ -32,23 +32,26 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pg8000.native
 
-from coldcopy.backup.logical import BackupContext, context
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
+from coldcopy.context import Context, open_context
+from coldcopy.core.drill import Commit, choose_target, drill_settings, parse_waldump, stop_time_from_log
 from coldcopy.core.lsn import format_lsn, parse_lsn
-from coldcopy.core.manifest import Manifest, iso, parse_iso
+from coldcopy.core.manifest import Manifest
 from coldcopy.core.recovery_plan import Target, plan_recovery, reachable_segments
+from coldcopy.core.times import iso, parse_iso
+from coldcopy.core.verification import VerifyResult
 from coldcopy.errors import ColdCopyError, DatabaseError, IntegrityError
 from coldcopy.loopback import free_port
 from coldcopy.postgres.server import OWNER, postmaster_pid, server_tool, stop_server
 from coldcopy.restore.pitr import PitrResult, load_archive, prepare_recovery, start_recovery
-from coldcopy.verify.run import VerifyResult, _record
+from coldcopy.verify.record import record_result
 from coldcopy.wal.archive import fetch
 
 log = logging.getLogger(__name__)
@@ -58,68 +61,12 @@ SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 DRILL_PREFIX = "coldcopy-drill-"
 STALE_MARGIN = 3600.0  # a drill folder older than DRILL_TIMEOUT + this was left by a killed run
 HBA = "local all all trust\n"  # the socket sits in a 0700 folder of the server's OS user
-_COMMIT = re.compile(
-    r"lsn: ([0-9A-F]+/[0-9A-F]+),.*?desc: (?:COMMIT|ABORT)\S* (?:\d+: )?"
-    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
-)
-
-
-# -- pure ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Commit:
-    lsn: int
-    at: datetime
-
-
-def parse_waldump(text: str) -> list[Commit]:
-    """Commit and abort records (both end a recovery to a time) from ``TZ=UTC pg_waldump`` output."""
-    out = []
-    for m in _COMMIT.finditer(text):
-        when = datetime.strptime(m[2], "%Y-%m-%d %H:%M:%S.%f" if "." in m[2] else "%Y-%m-%d %H:%M:%S")
-        out.append(Commit(parse_lsn(m[1]), when.replace(tzinfo=UTC)))
-    return out
-
-
-def choose_target(consistent_at: datetime, newest_commit: datetime | None, rng: random.Random) -> Target:
-    """A random time in [consistent_at, newest_commit): a commit after it ends the recovery.
-
-    ``consistent_at`` is the backup's stop time (server clock, read after pg_basebackup ended), so
-    every commit before the backup's end LSN is older and recovery is consistent before it stops.
-    Without a commit after it: the end of the backup (immediate).
-    """
-    if newest_commit is None or newest_commit <= consistent_at:
-        return Target("immediate")
-    span = (newest_commit - consistent_at) // timedelta(microseconds=1)
-    return Target("time", time=consistent_at + timedelta(microseconds=rng.randrange(span)))
-
-
-def drill_settings(folder: Path) -> dict[str, str]:
-    """Settings that make the recovered copy private and able to start on a small machine.
-
-    Private means it reaches nothing either (``prepare_recovery`` already drops a standby's
-    primary_conninfo and standby.signal): no logical-replication apply workers (a promoted copy
-    would consume the real subscriber's slot), no preloaded libraries (pg_cron would run jobs,
-    pg_net would send queued requests).
-    """
-    return {
-        "listen_addresses": "",
-        "unix_socket_directories": str(folder),
-        "hba_file": str(folder / "pg_hba.conf"),
-        "hot_standby": "off",
-        "shared_buffers": "128MB",
-        "logging_collector": "off",
-        "ssl": "off",
-        "max_logical_replication_workers": "0",
-        "shared_preload_libraries": "",
-        "recovery_end_command": "",
-        "external_pid_file": "",
-    }
 
 
 # -- the drill -------------------------------------------------------------------------------------
 @dataclass
 class _Drill:
-    ctx: BackupContext
+    ctx: Context
     manifest: Manifest
     result: VerifyResult
     folder: Path
@@ -143,7 +90,7 @@ def run_base_drill(
 ) -> VerifyResult:
     """Restore base backup ``name`` into a throwaway folder, recover it to a random time and check it."""
     t0 = time.monotonic()
-    ctx = context(settings)
+    ctx = open_context(settings)
     result = VerifyResult(name, level)
     sweep_stale_drills(settings)
     folder = None
@@ -168,7 +115,7 @@ def run_base_drill(
         finally:
             _clean_up(drill)
     result.duration_seconds = round(time.monotonic() - t0, 3)
-    _record(ctx, result)
+    record_result(ctx, result)
     return result
 
 
@@ -436,23 +383,6 @@ def _check_server(
             if stopped_at
             else "the server log has no 'recovery stopping before commit' line",
         )
-
-
-_STOPPING = re.compile(
-    r"recovery stopping before (?:commit|abort) of transaction \d+, time "
-    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)([+-]\d\d)(?::?(\d\d))?"
-)
-
-
-def stop_time_from_log(text: str) -> datetime | None:
-    """When the commit recovery stopped before was made, from the server log (any time zone)."""
-    m = _STOPPING.search(text)
-    if m is None:
-        return None
-    when = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S.%f" if "." in m[1] else "%Y-%m-%d %H:%M:%S")
-    sign = -1 if m[2].startswith("-") else 1
-    offset = timedelta(hours=int(m[2][1:]), minutes=int(m[3] or 0)) * sign
-    return (when - offset).replace(tzinfo=UTC)
 
 
 def _clean_up(d: _Drill) -> None:

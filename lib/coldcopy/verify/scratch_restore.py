@@ -14,7 +14,6 @@ dropped, also when a check fails or the restore breaks.  Base backups get a rest
 from __future__ import annotations
 
 import logging
-import random
 import re
 import secrets
 import time
@@ -22,27 +21,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
 import pg8000.native
 
+from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Secret, Settings
-from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.sanity import SanityQuery, parse_sanity_queries
-from coldcopy.errors import ColdCopyError, ConfigError, DatabaseError, NotFoundError
+from coldcopy.core.verification import VerifyResult
+from coldcopy.errors import ColdCopyError, ConfigError, DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.cluster import PgCluster
+from coldcopy.restore.logical import pg_restore_into
 from coldcopy.stream.pipeline import Progress
-
-if TYPE_CHECKING:
-    from coldcopy.backup.reader import BackupReader
-    from coldcopy.verify.run import VerifyResult
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("checksum", "full", "restore")
-TEST_RESTORE_LEVELS = ("full", "restore")
-LOGICAL_KINDS = ("full", "compliance")
-DRILLED_KINDS = (*LOGICAL_KINDS, "base")  # what the weekly job test-restores (base: a PITR drill)
 SCRATCH_PREFIX = "cc_verify_"
 STALE_SCRATCH = timedelta(days=2)
 _STAMP = "%Y%m%d%H%M%S"
@@ -95,8 +89,6 @@ def scratch_database(settings: Settings) -> Iterator[Scratch]:
         )
         where = f"{settings.verify_db_host}:{settings.verify_db_port} (VERIFY_DB_HOST)"
     else:
-        from coldcopy.postgres.cluster import PgCluster
-
         try:
             cluster = PgCluster(password=secrets.token_urlsafe(18)).start()
         except ColdCopyError as exc:
@@ -179,8 +171,6 @@ def _restore_and_check(
     sanity: list[SanityQuery],
     progress: Progress | None,
 ) -> None:
-    from coldcopy.restore.logical import _pg_restore
-
     manifest = reader.manifest
     tool = scratch.pg.tool("pg_restore")
     dumped_by = re.search(r"(\d+)", manifest.tool)
@@ -193,7 +183,7 @@ def _restore_and_check(
         return
     t0 = time.monotonic()
     try:
-        _pg_restore(reader, scratch.pg, tool.path, scratch.dbname, scratch.settings, True, progress)
+        pg_restore_into(reader, scratch.pg, tool.path, scratch.dbname, scratch.settings, True, progress)
     except ColdCopyError as exc:
         result.add("test restore: chunks authenticate and pg_restore succeeds", False, exc.message)
         return
@@ -300,87 +290,3 @@ def _check_sanity(scratch: Scratch, queries: list[SanityQuery], timeout_s: int, 
                 with suppress(pg8000.exceptions.DatabaseError):
                     conn.run("ROLLBACK")
             result.add(f"sanity: {q.text}", ok, detail)
-
-
-# -- what verification remembers -------------------------------------------------------------------
-def restore_proof(record: dict[str, Any], at: str, prev: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The latest test restore of a backup, carried forward by records that did not restore it.
-
-    The catalog keeps only a backup's latest verification record, so each record repeats what the
-    test restores proved: ``{at, level, ok, measurement, restore_level_at}``."""
-    before = (prev or {}).get("restore_proof")
-    if record.get("level") not in TEST_RESTORE_LEVELS or (
-        record.get("ok") is False and not record.get("measurement")
-    ):
-        # Nothing was restored (a checksum pass, or the restore never got going: no scratch target,
-        # unreadable manifest, pg_restore broke): the last real test restore still stands.
-        return before if isinstance(before, dict) else None
-    level_at = at if record.get("level") == "restore" else (before or {}).get("restore_level_at")
-    return {
-        "at": at,
-        "level": record.get("level"),
-        "ok": bool(record.get("ok")),
-        "measurement": record.get("measurement"),
-        "restore_level_at": level_at,
-    }
-
-
-def week_seed(now: datetime) -> str:
-    year, week, _ = now.astimezone(UTC).isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def schedule_selection(
-    entries: list[CatalogEntry], verifications: dict[str, dict[str, Any]], sample: int, seed: str
-) -> tuple[list[str], list[str]]:
-    """(new, sampled): backups never test-restored at level ``restore``, and a seeded random sample
-    of ``sample`` older ones.  Both newest first.  Base backups are drilled (restored and recovered
-    to a random time) like dumps are test-restored."""
-    logical = [e for e in sorted(entries, key=lambda e: (e.created_at, e.name), reverse=True)]
-    logical = [e for e in logical if e.kind in DRILLED_KINDS]
-
-    def proven(name: str) -> bool:
-        proof = (verifications.get(name) or {}).get("restore_proof") or {}
-        return bool(proof.get("restore_level_at"))
-
-    new = [e.name for e in logical if not proven(e.name)]
-    older = [e.name for e in logical if proven(e.name)]
-    picked = set(random.Random(seed).sample(older, min(sample, len(older))))
-    return new, [n for n in older if n in picked]
-
-
-def run_scheduled(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones.
-
-    Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them."""
-    from coldcopy.backup.logical import context
-    from coldcopy.verify.run import run_verify
-
-    now = now or datetime.now(UTC)
-    cat = context(settings).catalog.read()
-    if not cat.entries():
-        raise NotFoundError("there is no backup to verify", "take a backup first (`coldcopy backup`)")
-    new, sampled = schedule_selection(
-        cat.entries(), cat.verifications, settings.verify_sample_older, week_seed(now)
-    )
-    results = []
-    for name in [*new, *sampled]:
-        r = run_verify(settings, name, level="restore")
-        results.append(
-            {
-                "name": name,
-                "ok": r.ok,
-                "why": "new" if name in new else "sample",
-                "failed": [c.name for c in r.checks if not c.ok],
-                "measurement": r.measurement,
-            }
-        )
-    return {
-        "name": results[0]["name"] if results else None,  # the newest backup verified
-        "level": "restore",
-        "week": week_seed(now),
-        "new": new,
-        "sampled": sampled,
-        "results": results,
-        "ok": all(r["ok"] for r in results),
-    }

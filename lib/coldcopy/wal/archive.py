@@ -23,35 +23,20 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
 
-from coldcopy.backup.logical import BackupContext
-from coldcopy.core.lsn import ARCHIVE_NAME_RE, timeline_of
-from coldcopy.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
+from coldcopy.context import Context
+from coldcopy.core.lsn import ARCHIVE_NAME_RE, WAL_PREFIX, check_archive_name, wal_key
+from coldcopy.errors import ConflictError, IntegrityError, NotFoundError
 from coldcopy.stream.pipeline import Unpacker, pack_frame
+from coldcopy.wal import spool as walspool
 
 log = logging.getLogger(__name__)
-WAL_PREFIX = "wal/"
 WAL_LEVEL = 1  # zstd level for segments: per-segment latency matters more than ~10 % size (bench_pitr)
-
-
-def check_archive_name(name: str) -> str:
-    if not isinstance(name, str) or not ARCHIVE_NAME_RE.match(name):
-        raise InvalidNameError(
-            f"{str(name)[:60]!r} is not a WAL file name",
-            "expected a segment (24 hex digits), a timeline history (00000002.history) "
-            "or a backup history file",
-        )
-    return name
-
-
-def wal_key(name: str) -> str:
-    """``wal/<timeline>/<name>`` for a validated archive file name."""
-    check_archive_name(name)
-    return f"{WAL_PREFIX}{timeline_of(name):08X}/{name}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +52,7 @@ class PushResult:
         return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in self.timings.items())
 
 
-def unpack(ctx: BackupContext, blob: bytes) -> bytes:
+def unpack(ctx: Context, blob: bytes) -> bytes:
     unpacker = Unpacker(ctx.key)
     raw = unpacker.feed(blob)
     unpacker.finish(None)
@@ -122,7 +107,7 @@ def _workspace() -> Iterator[_Workspace]:
                 _workspaces.append(ws)
 
 
-def push(ctx: BackupContext, path: Path) -> PushResult:
+def push(ctx: Context, path: Path) -> PushResult:
     """Store one WAL file; returns only once it is stored (or already stored with the same bytes)."""
     name = check_archive_name(path.name)
     key = wal_key(name)
@@ -158,21 +143,17 @@ def push(ctx: BackupContext, path: Path) -> PushResult:
     return PushResult(name, key, len(raw), len(blob), True)
 
 
-def fetch(ctx: BackupContext, name: str, dest: Path, *, prefetch: int = 0, spool: Path | None = None) -> int:
+def fetch(ctx: Context, name: str, dest: Path, *, prefetch: int = 0, spool: Path | None = None) -> int:
     """Write archived file ``name`` to ``dest`` atomically; NotFoundError when it is not archived.
 
     With a ``spool`` and ``prefetch`` > 0 (segments only), the next ``prefetch`` segments are
     fetched in parallel with this one into the spool (best effort: a missing or failing one is
     skipped; the next wal-fetch of it goes to the archive).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from coldcopy.wal import spool as walspool
-
     key = wal_key(name)
     wanted = [n for n in walspool.ahead(name, prefetch) if not walspool.has(spool, n)] if spool else []
     with ThreadPoolExecutor(max_workers=1 + len(wanted)) as pool:
-        extra = [pool.submit(_prefetch_one, ctx, n, spool) for n in wanted if spool is not None]
+        extra = [pool.submit(prefetch_one, ctx, n, spool) for n in wanted if spool is not None]
         try:
             blob = ctx.storage.get_bytes(key)
         except NotFoundError:
@@ -187,15 +168,13 @@ def fetch(ctx: BackupContext, name: str, dest: Path, *, prefetch: int = 0, spool
     return len(data)
 
 
-def read_archived(ctx: BackupContext, name: str) -> bytes:
+def read_archived(ctx: Context, name: str) -> bytes:
     """The raw bytes of one archived file (a timeline history, say); NotFoundError when absent."""
     return unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
 
 
-def _prefetch_one(ctx: BackupContext, name: str, spool: Path, owner: tuple[int, int] | None = None) -> bool:
+def prefetch_one(ctx: Context, name: str, spool: Path, owner: tuple[int, int] | None = None) -> bool:
     """Fetch ``name`` into the spool (owned by ``owner``); False when absent or failed (best effort)."""
-    from coldcopy.wal import spool as walspool
-
     try:
         data = unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
         walspool.put(spool, name, data, owner)
@@ -207,7 +186,7 @@ def _prefetch_one(ctx: BackupContext, name: str, spool: Path, owner: tuple[int, 
     return True
 
 
-def archived_names(ctx: BackupContext, timeline: int | None = None) -> list[tuple[str, float]]:
+def archived_names(ctx: Context, timeline: int | None = None) -> list[tuple[str, float]]:
     """(file name, archived at as a POSIX time) of everything in the archive (or one timeline)."""
     prefix = WAL_PREFIX if timeline is None else f"{WAL_PREFIX}{timeline:08X}/"
     out: list[tuple[str, float]] = []

@@ -22,9 +22,10 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from coldcopy.backup.logical import BackupContext
+from coldcopy.context import Context
+from coldcopy.core.lsn import wal_key
 from coldcopy.wal import spool as walspool
-from coldcopy.wal.archive import _prefetch_one, wal_key
+from coldcopy.wal.archive import prefetch_one
 
 log = logging.getLogger(__name__)
 WINDOW = 16  # segments in the spool at most: 16 × 16 MiB of disk next to the data folder
@@ -36,7 +37,7 @@ POLL = 0.05  # seconds between looks at the spool while the window is full
 class WalFeeder:
     def __init__(
         self,
-        ctx: BackupContext,
+        ctx: Context,
         spool: Path,
         *,
         histories: list[str],
@@ -101,7 +102,7 @@ class WalFeeder:
         try:
             if self._stop.is_set():
                 return False
-            ok = _prefetch_one(self.ctx, name, self.spool, self.owner)
+            ok = prefetch_one(self.ctx, name, self.spool, self.owner)
             (self.fed if ok else self.failed).append(name)
             return ok
         finally:

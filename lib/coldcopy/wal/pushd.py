@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coldcopy.backup.logical import BackupContext
+from coldcopy import walclient
+from coldcopy.context import Context
 from coldcopy.errors import ColdCopyError
 from coldcopy.wal.archive import push
 
@@ -71,7 +72,7 @@ class _Handler(socketserver.StreamRequestHandler):
 class WalPushServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, sock_path: Path, ctx: BackupContext) -> None:
+    def __init__(self, sock_path: Path, ctx: Context) -> None:
         self.ctx = ctx
         self.sock_path = sock_path
         self.pushed = 0
@@ -146,13 +147,11 @@ def archive_command(sock_path: Path) -> str:
     ``-S`` an installed package is not importable by name), and neither ``site`` nor ``runpy``
     is imported, so the client costs what a bare interpreter start costs (``-m`` adds ~5 ms).
     """
-    from coldcopy import walclient
-
     client = str(Path(walclient.__file__).resolve())
     return f"{shlex.join([sys.executable, '-I', '-S', client, '--socket', str(sock_path)])} %p"
 
 
-def serve(ctx: BackupContext, sock_path: Path, ready: Any = None) -> WalPushServer:
+def serve(ctx: Context, sock_path: Path, ready: Any = None) -> WalPushServer:
     """Run until SIGTERM/SIGINT (in the main thread) or ``server.shutdown()``; returns the server."""
     server = WalPushServer(sock_path, ctx)
     if threading.current_thread() is threading.main_thread():

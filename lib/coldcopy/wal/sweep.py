@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coldcopy.backup.logical import context
 from coldcopy.config import Settings
+from coldcopy.context import open_context
 from coldcopy.core.lsn import ARCHIVE_NAME_RE
 from coldcopy.errors import DatabaseError
-from coldcopy.postgres.client import Postgres, tool_path
+from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.tools import tool_path
 from coldcopy.wal.archive import push
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run_sweep(settings: Settings, folder: Path | None = None, slot: str | None =
         conn.run("SET synchronous_commit = on")
         conn.run("SELECT txid_current()")
     _receivewal(settings, env, "-D", str(folder), "--slot", slot, "--endpos", end, "--no-loop")
-    ctx = context(settings)
+    ctx = open_context(settings)
     result = SweepResult(slot, str(folder), end)
     for path in sorted(folder.iterdir(), key=lambda p: (not p.name.endswith(".history"), p.name)):
         if path.name.endswith(".partial"):

@@ -1,0 +1,184 @@
+"""Commands for logical backups: `backup`, `list-backups`, `show`, `status`, `verify`, `restore`,
+`catalog rebuild`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from coldcopy.backup.logical import run_backup
+from coldcopy.cli.common import settings_for
+from coldcopy.cli.output import human_age, human_bytes, present, progress_meter, table
+from coldcopy.config import DB, STORAGE
+from coldcopy.context import open_context
+from coldcopy.core.manifest import Manifest
+from coldcopy.core.names import validate_name
+from coldcopy.core.times import utc_now
+from coldcopy.core.views import backup_summary, listing_row, status_view
+from coldcopy.restore.logical import run_restore
+from coldcopy.verify.run import run_verify
+from coldcopy.wal.monitor import compute
+
+log = logging.getLogger("coldcopy")
+UNENCRYPTED_WARNING = (
+    "WARNING: BACKUP_ENCRYPTION_KEY is not set — backups are stored UNENCRYPTED. "
+    "Set it (and keep a copy somewhere safe) to encrypt new backups."
+)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    s = settings_for(args, (DB, STORAGE))
+    if not s.encrypted:
+        log.warning(UNENCRYPTED_WARNING)
+    with progress_meter(args) as meter:
+        m = run_backup(s, args.kind, progress=meter)
+    out = backup_summary(m, encrypted=s.encrypted)
+    ratio = m.raw_size / m.stored_size if m.stored_size else 0
+    present(
+        args,
+        out,
+        f"backup {m.name} stored: {human_bytes(m.stored_size)} "
+        f"({human_bytes(m.raw_size)} dump, {ratio:.1f}x) in {m.duration_seconds:.1f} s, "
+        f"{len(m.tables)} tables, {'encrypted' if s.encrypted else 'NOT ENCRYPTED'}"
+        + ("" if m.globals else f"; {m.globals_note}"),
+    )
+    return 0
+
+
+def _listing_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no backups yet — run `coldcopy backup`"
+    verified = {True: "ok", False: "FAILED", None: "-"}
+    return table(
+        [
+            [
+                r["name"],
+                r["kind"],
+                r["created_at"],
+                human_bytes(r["size_bytes"]),
+                f"{r['duration_seconds']:.1f} s",
+                "yes" if r["encrypted"] else "NO",
+                verified[r["verification_ok"]]
+                + (f" ({r['verification_level']})" if r["verification_level"] else ""),
+            ]
+            for r in rows
+        ],
+        ["NAME", "KIND", "CREATED (UTC)", "SIZE", "DURATION", "ENCRYPTED", "VERIFIED"],
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cat = open_context(settings_for(args)).catalog.read()
+    rows = [listing_row(e, cat.verifications.get(e.name)) for e in cat.entries(args.kind)]
+    present(args, rows, lambda: _listing_text(rows))
+    return 0
+
+
+def _manifest_text(m: Manifest) -> str:
+    d = m.to_dict()
+    keys = ("name", "kind", "database", "cluster", "started_at", "finished_at", "duration_seconds")
+    lines = [f"{k:20} {d[k]}" for k in (*keys, "server_version", "tool", "row_counts", "coldcopy_version")]
+    pieces = m.data.pieces()
+    where = pieces[0][0] if len(pieces) == 1 else f"{pieces[0][0]} … {pieces[-1][0]} ({len(pieces)} volumes)"
+    lines += [
+        f"{'stored size':20} {human_bytes(m.stored_size)} ({m.stored_size} bytes)",
+        f"{'dump size':20} {human_bytes(m.raw_size)} ({m.raw_size} bytes)",
+        f"{'compression':20} {m.compression}",
+        f"{'encryption':20} {m.encryption}",
+        f"{'data':20} {where}",
+        f"{'':20} sha256 {m.data.stored_sha256} (dump sha256 {m.data.raw_sha256})",
+        f"{'roles':20} {m.globals.key if m.globals else m.globals_note or 'not saved'}",
+        *(f"{k:20} {v}" for k, v in m.extra.items()),
+        f"tables ({len(m.tables)}):",
+        *(f"  {t:40} {n:>12,}" for t, n in sorted(m.tables.items())),
+    ]
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    m = open_context(settings_for(args)).catalog.manifest(validate_name(args.name))
+    present(args, m.to_dict(), lambda: _manifest_text(m))
+    return 0
+
+
+def _status_text(st: dict[str, Any], encrypted: bool) -> str:
+    last = st["last_backup"]
+    ago = (
+        f" ({human_age(st['last_backup_age_seconds'])} ago, {human_bytes(last['size_bytes'])})"
+        if last
+        else ""
+    )
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(st["counts_by_kind"].items())) or "none"
+    lines = [
+        f"last backup:  {last['name'] if last else 'none'}{ago}",
+        f"backups:      {st['backup_count']} ({counts}), {human_bytes(st['total_size_bytes'])} stored",
+        f"encryption:   {'on' if encrypted else 'OFF'}",
+    ]
+    wal = st["wal"]
+    if wal is not None:
+        age = f", {human_age(wal['last_archived_age_seconds'])} ago" if wal["last_archived_at"] else ""
+        lines.append(f"WAL archive:  newest {wal['last_segment'] or 'none'}{age}; {len(wal['gaps'])} gap(s)")
+        window = f"{wal['window_start']} .. {wal['window_end']}" if wal["window_start"] else "none yet"
+        lines.append(f"recoverable:  {window}")
+        lines += [f"  ~ {w}" for w in wal["warnings"]]
+    if st["problems"]:
+        lines += ["problems:", *(f"  ! {p}" for p in st["problems"])]
+    else:
+        lines.append("status:       ok")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    s = settings_for(args)
+    ctx = open_context(s)
+    # The WAL archive listed now (the API reads the tick's stored summary of the same listing).
+    st = status_view(
+        ctx.catalog.read(),
+        utc_now(),
+        encrypted=s.encrypted,
+        wal=compute(ctx.storage),
+        thresholds=s.thresholds,
+    )
+    present(args, st, lambda: _status_text(st, s.encrypted))
+    return 0 if st["ok"] else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    s = settings_for(args)
+    with progress_meter(args) as meter:
+        r = run_verify(s, args.name, level=args.level, progress=meter)
+    lines = [
+        f"  {'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail else "") for c in r.checks
+    ]
+    verdict = "verified" if r.ok else "VERIFICATION FAILED"
+    lines.append(f"{r.name}: {verdict} at level {r.level} in {r.duration_seconds:.1f} s")
+    present(args, r.to_dict(), "\n".join(lines))
+    return 0 if r.ok else 4
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    s = settings_for(args, (DB, STORAGE))
+    with progress_meter(args) as meter:
+        r = run_restore(
+            s,
+            args.backup_name,
+            args.target_db,
+            clean=args.clean,
+            keep_old=args.keep_old,
+            no_owner=args.no_owner,
+            progress=meter,
+        )
+    kept = f"; the previous database is kept as {r['previous_kept_as']}" if r["previous_kept_as"] else ""
+    present(args, r, f"restored {r['name']} into {r['target_db']} in {r['duration_seconds']:.1f} s{kept}")
+    return 0
+
+
+def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
+    cat = open_context(settings_for(args)).catalog.rebuild()
+    out = {"backups": len(cat.backups), "unreadable": cat.unreadable, "watermark": cat.watermark}
+    bad = (
+        f", {len(cat.unreadable)} unreadable manifests: {', '.join(cat.unreadable)}" if cat.unreadable else ""
+    )
+    present(args, out, f"catalog rebuilt: {len(cat.backups)} backups{bad}")
+    return 0

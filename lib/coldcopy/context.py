@@ -1,0 +1,34 @@
+"""The composition root: from settings to what the commands work with.
+
+A :class:`Context` is built once per command, job or request handler: the settings, the bucket
+(``ObjectStore``), the catalog over it, and the master key derived from BACKUP_ENCRYPTION_KEY
+(None when backups are not encrypted; derived on first use, because the KDF is deliberately slow
+and many commands never touch encrypted data).  Everything below takes its parts as arguments.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from coldcopy.config import Settings
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.s3 import open_store
+from coldcopy.storage.store import ObjectStore
+from coldcopy.stream.crypto import MasterKey
+
+
+class Context:
+    def __init__(self, settings: Settings, storage: ObjectStore) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.catalog = CatalogStore(storage)
+
+    @cached_property
+    def key(self) -> MasterKey | None:
+        s = self.settings
+        return MasterKey.from_passphrase(s.encryption_key.reveal()) if s.encrypted else None
+
+
+def open_context(settings: Settings, storage: ObjectStore | None = None) -> Context:
+    """The context of ``settings``: its bucket (or ``storage``: tests pass a MemoryStore)."""
+    return Context(settings, storage if storage is not None else open_store(settings))

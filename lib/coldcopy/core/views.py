@@ -1,0 +1,111 @@
+"""What the CLI, the monitor API and the job runner show, each computed by one function.  Pure.
+
+``status_view`` is `coldcopy status --json` and ``GET /status``; ``listing_row`` one row of
+`coldcopy list-backups --json` and ``GET /backups``; ``backup_summary`` what `coldcopy backup`
+prints and a backup job's run records.  Callers bring the inputs (the catalog, the WAL archive's
+health, the settings' thresholds); the views decide what is wrong the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from coldcopy.core.alerts import CRITICAL, Thresholds, wal_alerts
+from coldcopy.core.archive_report import WalHealth
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry, Manifest
+from coldcopy.core.times import iso, parse_iso
+
+
+def listing_row(entry: CatalogEntry, verification: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A backup in a listing: its catalog entry plus its last verification."""
+    return {
+        **entry.to_dict(),
+        "last_verification": verification.get("at") if verification else None,
+        "verification_ok": verification.get("ok") if verification else None,
+        "verification_level": verification.get("level") if verification else None,
+    }
+
+
+def backup_summary(m: Manifest, *, encrypted: bool) -> dict[str, Any]:
+    """A backup just taken, in brief."""
+    return {
+        "name": m.name,
+        "kind": m.kind,
+        "database": m.database,
+        "size_bytes": m.stored_size,
+        "raw_size_bytes": m.raw_size,
+        "duration_seconds": m.duration_seconds,
+        "encrypted": encrypted,
+        "tables": len(m.tables),
+        "roles_saved": m.globals is not None,
+        "created_at": m.started_at,
+    }
+
+
+def wal_view(wal: WalHealth, th: Thresholds, now: datetime) -> dict[str, Any]:
+    """The WAL archive as the status shows it: its health, the newest segment's age, and the WAL
+    alert rules' findings (critical ones are problems that fail the status, the others warnings)."""
+    out: dict[str, Any] = asdict(wal)
+    last = wal.last_archived_at
+    out["last_archived_age_seconds"] = (now - parse_iso(last)).total_seconds() if last else None
+    found = wal_alerts(wal, th, now)
+    out["problems"] = [a.message for a in found if a.severity == CRITICAL]
+    out["warnings"] = [a.message for a in found if a.severity != CRITICAL]
+    return out
+
+
+def status_view(
+    cat: Catalog, now: datetime, *, encrypted: bool, wal: WalHealth | None, thresholds: Thresholds
+) -> dict[str, Any]:
+    """The last backup, its age, counts, total size, the WAL archive (None without PITR), and every
+    problem; ``ok`` when there is none."""
+    entries = cat.entries()
+    by_kind: dict[str, int] = {}
+    for e in entries:
+        by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
+    last = entries[0] if entries else None
+    problems: list[str] = []
+    age = None
+    if last is None:
+        problems.append("no backup has completed yet")
+    else:
+        age = (now - parse_iso(last.finished_at)).total_seconds()
+        limit = thresholds.backup_max_age_hours
+        if age > limit * 3600:
+            problems.append(
+                f"the last backup finished {age / 3600:.1f} hours ago (more than {limit:g} hours)"
+            )
+        if not last.encrypted:
+            problems.append(
+                f"the last backup {last.name} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)"
+            )
+    failure = cat.last_failure()
+    if failure and (last is None or str(failure.get("at")) > last.finished_at):
+        problems.append(f"the last backup attempt failed at {failure.get('at')}: {failure.get('error')}")
+    for name, why in sorted(cat.unreadable.items()):
+        problems.append(f"manifest of {name} cannot be read: {why}")
+    failed_verifications = [n for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups]
+    for name in sorted(failed_verifications):
+        problems.append(f"verification of {name} failed")
+    if not encrypted:
+        problems.append("BACKUP_ENCRYPTION_KEY is not set: new backups are stored unencrypted")
+    wal_part = None if wal is None else wal_view(wal, thresholds, now)
+    if wal_part is not None:
+        problems += wal_part["problems"]
+    return {
+        "last_backup": last.to_dict() if last else None,
+        "last_backup_age_seconds": age,
+        "backup_count": len(entries),
+        "counts_by_kind": by_kind,
+        "total_size_bytes": sum(e.size_bytes for e in entries),
+        "last_failure": failure,
+        "wal": wal_part,
+        "problems": problems,
+        "ok": not problems,
+        "encryption_configured": encrypted,
+        "checked_at": iso(now),
+    }

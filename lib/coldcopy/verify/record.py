@@ -1,0 +1,21 @@
+"""Recording a verification: one journal record, carrying forward the latest test restore."""
+
+from __future__ import annotations
+
+from coldcopy.context import Context
+from coldcopy.core.times import iso, utc_now
+from coldcopy.core.verification import VerifyResult, restore_proof
+from coldcopy.errors import ColdCopyError
+
+
+def record_result(ctx: Context, result: VerifyResult) -> None:
+    """Journal the result (best effort: a verification that ran is not failed by its record)."""
+    try:
+        now = utc_now()
+        payload = result.to_dict()
+        prev = ctx.catalog.read().verifications.get(result.name)
+        payload["restore_proof"] = restore_proof(payload, iso(now), prev)
+        ctx.catalog.record("verification", result.name, payload, when=now)
+        ctx.catalog.refresh()
+    except ColdCopyError:
+        pass

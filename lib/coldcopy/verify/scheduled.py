@@ -1,0 +1,51 @@
+"""The weekly verification job: test-restore what was never test-restored, and a sample of the rest.
+
+Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from coldcopy.config import Settings
+from coldcopy.context import open_context
+from coldcopy.core.times import utc_now
+from coldcopy.core.verification import schedule_selection, week_seed
+from coldcopy.errors import NotFoundError
+from coldcopy.verify.run import run_verify
+
+
+def run_scheduled(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones.
+
+    Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them."""
+
+    now = now or utc_now()
+    cat = open_context(settings).catalog.read()
+    if not cat.entries():
+        raise NotFoundError("there is no backup to verify", "take a backup first (`coldcopy backup`)")
+    new, sampled = schedule_selection(
+        cat.entries(), cat.verifications, settings.verify_sample_older, week_seed(now)
+    )
+    results = []
+    for name in [*new, *sampled]:
+        r = run_verify(settings, name, level="restore")
+        results.append(
+            {
+                "name": name,
+                "ok": r.ok,
+                "why": "new" if name in new else "sample",
+                "failed": [c.name for c in r.checks if not c.ok],
+                "measurement": r.measurement,
+            }
+        )
+    return {
+        "name": results[0]["name"] if results else None,  # the newest backup verified
+        "level": "restore",
+        "week": week_seed(now),
+        "new": new,
+        "sampled": sampled,
+        "results": results,
+        "ok": all(r["ok"] for r in results),
+    }
