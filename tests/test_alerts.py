@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from coldcopy.config import load_settings
 from coldcopy.core.alerts import PLANS, Alert, Thresholds, counts_by_severity, evaluate
 from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.jobs import Run
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.times import iso
 from coldcopy.errors import ConfigError
@@ -55,7 +57,7 @@ def ids(alerts: list[Alert]) -> list[str]:
 
 def check(
     cat: Catalog,
-    runs: list[dict[str, Any]] | None = None,
+    runs: list[Run] | None = None,
     wal: WalHealth | None = None,
     th: Thresholds = TH,
     now: datetime = NOW,
@@ -230,17 +232,15 @@ def test_size_rule_needs_enough_history_and_compares_within_kind_and_database() 
     assert check(other_db) == []
 
 
-def run(
-    kind: str, state: str, heartbeat: datetime | None, run_id: str, error: str | None = None
-) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "kind": kind,
-        "state": state,
-        "started_at": iso(NOW - timedelta(hours=1)),
-        "heartbeat_at": iso(heartbeat) if heartbeat else None,
-        "error": error,
-    }
+def run(kind: str, state: str, heartbeat: datetime | None, run_id: str, error: str | None = None) -> Run:
+    return Run(
+        run_id,
+        kind,
+        state=state,
+        started_at=iso(NOW - timedelta(hours=1)),
+        heartbeat_at=iso(heartbeat) if heartbeat else None,
+        error=error,
+    )
 
 
 def test_a_stale_job_is_raised_and_resolved_by_a_newer_run() -> None:
@@ -248,7 +248,7 @@ def test_a_stale_job_is_raised_and_resolved_by_a_newer_run() -> None:
     [a] = check(healthy(), runs=[stale])
     assert a.id == "stale-job:backup-full" and a.since == iso(NOW - timedelta(minutes=30))
     # The tick marks it failed: still alerting (the job did not happen) ...
-    died = {**stale, "state": "failed", "error": "no heartbeat since 2026-11-24T11:30:00Z (more than 10 min)"}
+    died = replace(stale, state="failed", error="no heartbeat since 2026-11-24T11:30:00Z (more than 10 min)")
     [b] = check(healthy(), runs=[died])
     assert b.id == a.id and "marked failed" in b.message
     # ... until a newer run of the same kind is alive or done.
@@ -256,7 +256,7 @@ def test_a_stale_job_is_raised_and_resolved_by_a_newer_run() -> None:
     assert check(healthy(), runs=[died, newer]) == []
     fresh = run("backup-full", "running", NOW - timedelta(minutes=1), "01aaaaaaaaaaaaaaaaaaaaaaaa")
     assert check(healthy(), runs=[fresh]) == []
-    plain_failure = {**stale, "state": "failed", "error": "pg_dump failed"}
+    plain_failure = replace(stale, state="failed", error="pg_dump failed")
     assert check(healthy(), runs=[plain_failure]) == []
 
 

@@ -9,10 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coldcopy.config import Secret, load_settings, redact
-from coldcopy.core.catalog import SKEW, Catalog, journal_key, start_after, summarize
+from coldcopy.core.alerts import Thresholds
+from coldcopy.core.catalog import SKEW, Catalog, journal_key, start_after
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import make_name, parse_name, validate_db_identifier, validate_name
 from coldcopy.core.times import iso
+from coldcopy.core.views import status_view
 from coldcopy.errors import ConfigError, InvalidNameError
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
@@ -182,10 +184,10 @@ def test_deletion_and_failures_and_summary() -> None:
         ]
     )
     assert gone not in cat.backups
-    s = summarize(cat, T0 + timedelta(hours=6))
+    s = status_view(cat, T0 + timedelta(hours=6), encrypted=True, wal=None, thresholds=Thresholds())
     assert s["backup_count"] == 2 and s["total_size_bytes"] == 200
     assert any("failed" in p for p in s["problems"]) and not s["ok"]
-    s_old = summarize(cat, T0 + timedelta(days=3))
+    s_old = status_view(cat, T0 + timedelta(days=3), encrypted=True, wal=None, thresholds=Thresholds())
     assert any("more than 26 hours" in p for p in s_old["problems"])
 
 

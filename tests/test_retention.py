@@ -10,8 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coldcopy.config import Settings
+from coldcopy.config import load_settings
 from coldcopy.core.retention import (
+import os
+from pathlib import Path
     Backup,
     RetentionPlan,
     RetentionPolicy,
@@ -56,13 +58,10 @@ def seg(tli: int, pos: int) -> str:
 
 # -- examples ------------------------------------------------------------------------------------------
 def test_defaults_are_todays_settings() -> None:
-    s = Settings()
+    s = load_settings({}, env_file=Path(os.devnull)).retention  # nothing set: the documented defaults
     p = RetentionPolicy()
-    assert (p.full_days, p.compliance_days, p.wal_days) == (
-        s.full_retention_days,
-        s.compliance_retention_days,
-        s.wal_retention_days,
-    )
+    assert (p.full_days, p.compliance_days, p.wal_days) == (s.full_days, s.compliance_days, s.wal_days)
+    assert (s.full_days, s.compliance_days, s.wal_days) == (30, 365, 30)
     assert (p.keep_daily, p.keep_weekly, p.keep_monthly, p.keep_yearly) == (0, 0, 0, 0)
 
 
