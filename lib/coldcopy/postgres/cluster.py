@@ -210,15 +210,6 @@ class PgCluster:
         chown_to_owner(path)
         return path
 
-    def make_owned_dir(self, name: str) -> Path:
-        """A folder the server may write, such as a WAL archive; destroy() removes it."""
-        path = self.base_dir / name
-        path.mkdir(mode=0o755, exist_ok=True)
-        chown_to_owner(path)
-        if self.base_dir not in self._owned_paths:
-            self._owned_paths.append(path)
-        return path
-
     def create_database(self, name: str) -> None:
         self._admin(f"CREATE DATABASE {pg8000.native.identifier(name)}")
 
