@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +14,6 @@ from hypothesis import strategies as st
 
 from coldcopy.config import load_settings
 from coldcopy.core.retention import (
-import os
-from pathlib import Path
     Backup,
     RetentionPlan,
     RetentionPolicy,

@@ -8,11 +8,10 @@ As root, ``initdb``, ``pg_ctl`` and ``postgres`` run as the ``postgres`` OS user
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import pwd
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import weakref
@@ -23,12 +22,21 @@ from typing import Self
 import pg8000.native
 
 from coldcopy.errors import DatabaseError
-from coldcopy.loopback import free_port, wait_until
+from coldcopy.loopback import free_port
+from coldcopy.postgres.server import (
+    OWNER,
+    SOCKET_PATH_MAX,
+    as_owner,
+    chown_to_owner,
+    chown_tree,
+    conf_quote,
+    kill_server,
+    postmaster_pid,
+)
 
-OWNER = "postgres"
+log = logging.getLogger(__name__)
 _STOP_MODES = ("smart", "fast", "immediate")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-_SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 _BIND_FAILURE = re.compile(r"could not bind|could not create any TCP/IP sockets|Address already in use")
 _LOG_TAIL_LINES = 20
 _CONF_FILE = "coldcopy-localstack.conf"  # our settings, included at the end of postgresql.conf
@@ -58,7 +66,8 @@ class PgCluster:
     ``start()`` runs initdb on first use, then starts the server on 127.0.0.1:``port``; the
     ``postgres`` role logs in with ``password`` over TCP (scram-sha-256) and without one over the
     unix socket in ``socket_dir``.  ``destroy()`` stops the server and deletes every file the
-    cluster made; it also runs at interpreter exit and when the object is garbage collected.
+    cluster made; it also runs at interpreter exit and when the object is garbage collected.  The
+    server is found, stopped and killed by the rules of :mod:`coldcopy.postgres.server`.
     """
 
     host = "127.0.0.1"
@@ -97,7 +106,7 @@ class PgCluster:
         self.log_path = self.base_dir / "postgres.log"
         if self.base_dir not in self._owned_paths:
             self._owned_paths += [self.data_dir, self.socket_dir, self.log_path]
-        if len(str(self.socket_dir / ".s.PGSQL.65535.lock")) > _SOCKET_PATH_MAX:
+        if len(str(self.socket_dir / ".s.PGSQL.65535.lock")) > SOCKET_PATH_MAX:
             self.socket_dir = Path(tempfile.mkdtemp(prefix="ccpg-"))
             self.socket_dir.chmod(0o755)
             self._owned_paths.append(self.socket_dir)
@@ -116,7 +125,7 @@ class PgCluster:
         self._prepare_paths()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
-        self._adopt_data_dir()
+        chown_tree(self.data_dir)  # what root made there: pg_basebackup output, recovery.signal…
         self._write_config()
         self._start_server()
         self._set_password()
@@ -135,11 +144,14 @@ class PgCluster:
             raise self._failure("pg_ctl stop", proc)
 
     def destroy(self) -> None:
-        """Stop the server however it is doing and delete the cluster's files; safe to call twice."""
+        """Stop the server however it is doing and delete the cluster's files; safe to call twice.
+
+        A server that cannot be stopped, nor killed, keeps its files (an error is logged).
+        """
         self._finalizer()
 
     def is_running(self) -> bool:
-        return _postmaster_pid(self.data_dir) is not None
+        return postmaster_pid(self.data_dir) is not None
 
     def __enter__(self) -> Self:
         try:
@@ -182,7 +194,7 @@ class PgCluster:
         server started this way would otherwise inherit.
         """
         return subprocess.run(
-            _as_owner(args),
+            as_owner(args),
             capture_output=True,
             text=True,
             cwd="/",  # the owner may not be able to enter our working directory
@@ -195,16 +207,7 @@ class PgCluster:
         """Write a file inside the data folder (``recovery.signal``…) owned by the cluster's owner."""
         path = self.data_dir / relative_path
         path.write_text(text)
-        _chown_to_owner(path)
-        return path
-
-    def make_owned_dir(self, name: str) -> Path:
-        """A folder the server may write, such as a WAL archive; destroy() removes it."""
-        path = self.base_dir / name
-        path.mkdir(mode=0o755, exist_ok=True)
-        _chown_to_owner(path)
-        if self.base_dir not in self._owned_paths:
-            self._owned_paths.append(path)
+        chown_to_owner(path)
         return path
 
     def create_database(self, name: str) -> None:
@@ -247,7 +250,7 @@ class PgCluster:
         self.socket_dir.mkdir(mode=0o755, exist_ok=True)
         self.log_path.touch()
         for path in (self.data_dir, self.socket_dir, self.log_path):
-            _chown_to_owner(path)
+            chown_to_owner(path)
 
     def _initdb(self) -> None:
         proc = self.run_as_owner(
@@ -274,16 +277,6 @@ class PgCluster:
             with hba.open("a") as f:
                 f.write(line + "\n")
 
-    def _adopt_data_dir(self) -> None:
-        """Give the owner what root made in the data folder (pg_basebackup output, recovery.signal…)."""
-        if os.geteuid() != 0:
-            return
-        owner = pwd.getpwnam(OWNER)
-        for folder, dirs, files in os.walk(self.data_dir):
-            for path in (folder, *(os.path.join(folder, name) for name in dirs + files)):
-                if os.lstat(path).st_uid != owner.pw_uid:
-                    os.lchown(path, owner.pw_uid, owner.pw_gid)
-
     def _write_config(self) -> None:
         # Our settings live in their own file, rewritten on every start (the port may have changed);
         # lines that others append to postgresql.conf after the include still win, and are kept.
@@ -300,7 +293,7 @@ class PgCluster:
             "max_replication_slots": "10",
             **self.settings,
         }
-        lines = "".join(f"{name} = {_conf_quote(value)}\n" for name, value in values.items())
+        lines = "".join(f"{name} = {conf_quote(value)}\n" for name, value in values.items())
         self.write_data_file(_CONF_FILE, f"# written by coldcopy.localstack on every start\n{lines}")
         conf = self.data_dir / "postgresql.conf"
         include = f"include '{_CONF_FILE}'"
@@ -352,63 +345,17 @@ class PgCluster:
 
 
 def _teardown(data_dir: Path, paths: list[Path]) -> None:
-    pid = _postmaster_pid(data_dir)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGQUIT)  # the postmaster's "immediate shutdown"
-        wait_until(lambda: _postmaster_pid(data_dir) is None, timeout=10)
-    # Whatever is still alive (a hung postmaster, orphaned backends of a crashed one) is killed.
-    for leftover in _server_processes(data_dir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(leftover, signal.SIGKILL)
-    wait_until(lambda: not _server_processes(data_dir), timeout=10)
+    # Immediate shutdown, killed if it will not go; a server still alive keeps its files (deleting
+    # them under it would leave a server running on nothing, and its port and memory taken).
+    if not kill_server(data_dir, grace=10, timeout=10):
+        log.error("the PostgreSQL server in %s could not be stopped: its files are left in place", data_dir)
+        return
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-def _postmaster_pid(data_dir: Path) -> int | None:
-    """The postmaster's pid from postmaster.pid if that process is alive, else None."""
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, owned by someone else
-    return pid if pid in _server_processes(data_dir) or not Path("/proc").is_dir() else None
-
-
-def _server_processes(data_dir: Path) -> set[int]:
-    """PostgreSQL processes working in ``data_dir`` (every server process chdirs into it)."""
-    target = str(data_dir.resolve())
-    pids: set[int] = set()
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if (
-                os.readlink(entry / "cwd") == target
-                and os.path.basename(os.readlink(entry / "exe")) == "postgres"
-            ):
-                pids.add(int(entry.name))
-        except OSError:
-            continue  # exited meanwhile, or not ours to inspect
-    return pids
-
-
-def _as_owner(args: list[str]) -> list[str]:
-    return ["runuser", "-u", OWNER, "--", *args] if os.geteuid() == 0 else args
-
-
-def _chown_to_owner(path: Path) -> None:
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam(OWNER)
-        os.chown(path, owner.pw_uid, owner.pw_gid)
 
 
 def _tool_env() -> dict[str, str]:
@@ -423,11 +370,6 @@ def _check_setting(name: str, value: str) -> None:
         raise ValueError(f"not a PostgreSQL setting name: {name!r}")
     if "\n" in value or "\r" in value:
         raise ValueError(f"setting {name} must be one line")
-
-
-def _conf_quote(value: str) -> str:
-    # Every setting accepts a quoted value; inside quotes, backslash and quote must be escaped.
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _read_from(path: Path, offset: int) -> str:

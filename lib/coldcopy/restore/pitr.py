@@ -29,7 +29,14 @@ from coldcopy.context import Context, open_context
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.recovery_plan import RecoveryPlan, RecoveryRefused, Target, parse_history, plan_recovery
 from coldcopy.errors import DatabaseError
-from coldcopy.postgres.server import as_owner, chown_tree, control_state, postmaster_pid, server_tool
+from coldcopy.postgres.server import (
+    as_owner,
+    chown_tree,
+    conf_quote,
+    control_state,
+    postmaster_pid,
+    server_tool,
+)
 from coldcopy.wal import spool as walspool
 from coldcopy.wal.archive import archived_names, read_archived
 from coldcopy.wal.feeder import WalFeeder
@@ -82,10 +89,6 @@ def base_manifests(ctx: Context) -> list[Manifest]:
     names = [e.name for e in ctx.catalog.read().entries("base")]
     out = [ctx.catalog.manifest(n) for n in names]
     return sorted((m for m in out if m.extra.get("start_wal_segment")), key=lambda m: m.extra["stop_time"])
-
-
-def _conf_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _env_quote(value: str) -> str:
@@ -195,7 +198,7 @@ def prepare_recovery(
             "port": str(port),
             **(extra or {}),
         }
-        lines = "".join(f"{k} = {_conf_quote(v)}\n" for k, v in values.items())
+        lines = "".join(f"{k} = {conf_quote(v)}\n" for k, v in values.items())
         with (target_dir / "postgresql.auto.conf").open("a") as f:
             f.write(
                 f"\n# point-in-time recovery by coldcopy from {plan.backup} to {target.describe()}\n{lines}"

@@ -49,7 +49,13 @@ from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import VerifyResult
 from coldcopy.errors import ColdCopyError, DatabaseError, IntegrityError
 from coldcopy.loopback import free_port
-from coldcopy.postgres.server import OWNER, postmaster_pid, server_tool, stop_server
+from coldcopy.postgres.server import (
+    SOCKET_PATH_MAX,
+    chown_to_owner,
+    postmaster_pid,
+    server_tool,
+    stop_server,
+)
 from coldcopy.restore.pitr import PitrResult, load_archive, prepare_recovery, start_recovery
 from coldcopy.verify.record import record_result
 from coldcopy.wal.archive import fetch
@@ -57,7 +63,6 @@ from coldcopy.wal.archive import fetch
 log = logging.getLogger(__name__)
 DRILL_TIMEOUT = 3600.0  # seconds for recovery to promote; a week of WAL can take a while
 SCAN_SEGMENTS = 32  # newest segments searched for the last commit before falling back to immediate
-SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 DRILL_PREFIX = "coldcopy-drill-"
 STALE_MARGIN = 3600.0  # a drill folder older than DRILL_TIMEOUT + this was left by a killed run
 HBA = "local all all trust\n"  # the socket sits in a 0700 folder of the server's OS user
@@ -162,11 +167,7 @@ def _prepare_folder(folder: Path, m: Manifest) -> Path:
             f"in {folder.parent}",
             "point TMPDIR at a larger disk",
         )
-    if os.geteuid() == 0:  # the server runs as the postgres OS user; only it (and root) may enter
-        import pwd
-
-        owner = pwd.getpwnam(OWNER)
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    chown_to_owner(folder)  # the server runs as its OS user; only it (and root) may enter
     folder.chmod(0o700)
     return folder
 
@@ -304,11 +305,7 @@ def _verify_files(d: _Drill, major: int) -> None:
 def _write_owned(path: Path, text: str) -> None:
     path.write_text(text)
     path.chmod(0o600)
-    if os.geteuid() == 0:
-        import pwd
-
-        owner = pwd.getpwnam(OWNER)
-        os.chown(path, owner.pw_uid, owner.pw_gid)
+    chown_to_owner(path)
 
 
 def _connect(d: _Drill, port: int) -> pg8000.native.Connection:
