@@ -8,8 +8,11 @@ import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from typing import Any
 
 from coldcopy.cli.main import main
+from coldcopy.ops.queue import get_run
+from coldcopy.storage.store import ObjectStore
 
 
 @dataclass
@@ -48,3 +51,9 @@ def spawn_cli(env: dict[str, str], *args: str, **kw: object) -> subprocess.Popen
         stderr=subprocess.PIPE,
         **kw,
     )  # type: ignore[call-overload]
+
+
+def stored_run(storage: ObjectStore, run_id: str) -> dict[str, Any] | None:
+    """A run record as ``coldcopy runs --json`` and ``GET /runs/<id>`` show it (None if absent)."""
+    run = get_run(storage, run_id)
+    return run.to_dict() if run is not None else None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, stored_run
 from coldcopy.config import Settings, load_settings
 from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key, manifest_key
 from coldcopy.core.names import make_name
@@ -20,6 +20,7 @@ from coldcopy.ops import queue as jobs
 from coldcopy.ops.cleanup import run_cleanup
 from coldcopy.ops.worker import run_worker
 from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.memory import MemoryStore
 from coldcopy.storage.s3 import open_store
 from coldcopy.storage.store import ObjectStore
 
@@ -152,11 +153,11 @@ def test_cleanup_cli_dry_run_equals_real_run(coldcopy_env: dict[str, str]) -> No
     assert run_cli(env, "cleanup", "--now", "2999-01-01T00:00Z").rc == 1  # never a future clock
 
 
-class RecordingStorage(ObjectStore):
-    """ObjectStore that remembers the order of deletions."""
+class RecordingStorage(MemoryStore):
+    """A bucket that remembers the order of deletions."""
 
     def __init__(self, s: Settings) -> None:
-        super().__init__(s)
+        super().__init__(s.spaces_bucket, s.prefix)
         self.deleted: list[str] = []
 
     def delete(self, keys: list[str]) -> None:
@@ -221,7 +222,7 @@ def test_cleanup_job_in_the_worker(coldcopy_env: dict[str, str]) -> None:
     run_id = str(jobs.enqueue(storage, "cleanup", {}))
     report = run_worker(s, heartbeat_seconds=0.05, storage=storage)
     assert [r["state"] for r in report.runs] == ["succeeded"], report.runs
-    result = (jobs.get_run(storage, run_id) or {}).get("result") or {}
+    result = (stored_run(storage, run_id) or {}).get("result") or {}
     assert result["deleted"] == [drop] and result["kept"] == 1
     assert keys(storage, f"backups/{drop}/") == [] and manifest_key(keep) in keys(storage, "backups/")
 

@@ -32,7 +32,7 @@ from coldcopy.functions import tick as tick_fn
 from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import open_store
+from coldcopy.storage.s3 import S3Store, open_store
 from coldcopy.storage.store import ObjectStore
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -185,9 +185,10 @@ def smtp_env(port: int, **extra: str) -> dict[str, str]:
     }
 
 
-class CountingStorage(ObjectStore):
+class CountingStorage(S3Store):
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+        base = open_store(settings)
+        super().__init__(base.bucket, base.prefix, base.client)
         self.state_writes = 0
 
     def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
@@ -195,8 +196,8 @@ class CountingStorage(ObjectStore):
         super().put_json(key, obj, create_only=create_only)
 
 
-def alerts_endpoint(settings: Settings) -> dict[str, Any]:
-    web.use_settings(settings)
+def alerts_endpoint(settings: Settings, now: datetime = NOW) -> dict[str, Any]:
+    web.use_settings(settings, clock=lambda: now)
     try:
         r = web.handle(
             "alerts", {"http": {"method": "GET", "path": "", "headers": {"authorization": f"Bearer {TOKEN}"}}}
@@ -214,16 +215,16 @@ def test_one_start_email_and_one_resolve_email_over_many_ticks(s3_env: dict[str,
     storage = CountingStorage(s)
     store = seed_old_backup(storage)
     env = smtp_env(smtp.port)
-    first = check_alerts(s, storage, NOW, env=env)
+    first = check_alerts(settings_of({**s3_env, **env}), storage, NOW)
     assert first["started"] == ["no-recent-backup"] and first["sent"] == 1 and first["pending"] == 0
     for minutes in (5, 10, 15):
-        again = check_alerts(s, storage, NOW + timedelta(minutes=minutes), env=env)
+        again = check_alerts(settings_of({**s3_env, **env}), storage, NOW + timedelta(minutes=minutes))
         assert again["started"] == [] and again["sent"] == 0 and again["active"] == 1
     assert storage.state_writes == 1  # rewritten only when something changed
     add_fresh_backup(store)
-    resolved = check_alerts(s, storage, NOW + timedelta(minutes=20), env=env)
+    resolved = check_alerts(settings_of({**s3_env, **env}), storage, NOW + timedelta(minutes=20))
     assert resolved["resolved"] == ["no-recent-backup"] and resolved["sent"] == 1
-    check_alerts(s, storage, NOW + timedelta(minutes=25), env=env)
+    check_alerts(settings_of({**s3_env, **env}), storage, NOW + timedelta(minutes=25))
     assert storage.state_writes == 2
 
     start, end = smtp.inbox.messages
@@ -244,12 +245,12 @@ def test_one_start_email_and_one_resolve_email_over_many_ticks(s3_env: dict[str,
 
 
 def test_the_scheduler_tick_runs_the_alert_check(s3_env: dict[str, str], smtp: Smtp, tmp_path: Path) -> None:
-    s = settings_of(s3_env)
-    storage = open_store(s)
-    seed_old_backup(storage)
     env_file = tmp_path / "alerts.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in smtp_env(smtp.port).items()))
-    out = tick_fn.tick(s, NOW, storage=storage, wake_runner=False, env_file=str(env_file))
+    s = load_settings(s3_env, env_file=env_file)  # SMTP from the file, as the tick reads its settings
+    storage = open_store(s)
+    seed_old_backup(storage)
+    out = tick_fn.tick(s, NOW, storage=storage, wake_runner=False)
     assert out["alerts"]["started"] == ["no-recent-backup"] and out["alerts"]["sent"] == 1
     assert out["errors"] == [] and len(smtp.inbox.messages) == 1
 
@@ -272,7 +273,7 @@ def test_starttls_with_authentication(
             SMTP_USER=USER,
             SMTP_PASSWORD=PASSWORD,
         )
-        out = check_alerts(s, storage, NOW, env=env)
+        out = check_alerts(settings_of({**s3_env, **env}), storage, NOW)
         assert out["sent"] == 1 and out["email_error"] is None
         assert server.inbox.sessions == [
             {"tls": True, "auth": True, "rcpt": ["ops@example.org", "dba@example.org"]}
@@ -280,7 +281,7 @@ def test_starttls_with_authentication(
         # A wrong password: refused, kept pending, and the password appears nowhere.
         wrong = {**env, "SMTP_PASSWORD": "not-the-password"}
         add_fresh_backup(CatalogStore(storage))
-        out = check_alerts(s, storage, NOW + timedelta(minutes=5), env=wrong)
+        out = check_alerts(settings_of({**s3_env, **wrong}), storage, NOW + timedelta(minutes=5))
         assert out["sent"] == 0 and out["pending"] == 1 and "535" in out["email_error"]
         assert "not-the-password" not in json.dumps(storage.get_json(STATE_KEY))
         assert "not-the-password" not in caplog.text and PASSWORD not in caplog.text
@@ -295,7 +296,7 @@ def test_implicit_tls(s3_env: dict[str, str], cert: tuple[Path, Path]) -> None:
         storage = open_store(s)
         seed_old_backup(storage)
         env = smtp_env(server.port, SMTP_SECURITY="tls", SMTP_CA_FILE=str(cert[0]))
-        assert check_alerts(s, storage, NOW, env=env)["sent"] == 1
+        assert check_alerts(settings_of({**s3_env, **env}), storage, NOW)["sent"] == 1
         assert server.inbox.sessions[0]["tls"] is False  # aiosmtpd's flag is for STARTTLS only
     finally:
         server.controller.stop()
@@ -306,20 +307,22 @@ def test_a_refusing_server_keeps_the_notification_and_shows_it(s3_env: dict[str,
     storage = open_store(s)
     seed_old_backup(storage)
     smtp.inbox.refuse = "550 5.7.1 relaying denied"
-    out = check_alerts(s, storage, NOW, env=smtp_env(smtp.port))
+    out = check_alerts(settings_of({**s3_env, **smtp_env(smtp.port)}), storage, NOW)
     assert out["sent"] == 0 and out["pending"] == 1 and "550" in out["email_error"]
     body = alerts_endpoint(s)
     failing = [a for a in body["alerts"] if a["id"] == "email-failing"]
     assert failing and "relaying denied" in failing[0]["message"] and failing[0]["severity"] == "warning"
     assert body["email"]["pending"] == 1 and body["email"]["last_error"]["since"] == iso(NOW)
     # Another failing tick keeps "since"; the next good tick delivers the one email and clears the error.
-    check_alerts(s, storage, NOW + timedelta(minutes=5), env=smtp_env(smtp.port))
-    assert alerts_endpoint(s)["email"]["last_error"]["since"] == iso(NOW)
+    check_alerts(settings_of({**s3_env, **smtp_env(smtp.port)}), storage, NOW + timedelta(minutes=5))
+    assert alerts_endpoint(s, NOW + timedelta(minutes=5))["email"]["last_error"]["since"] == iso(NOW)
     smtp.inbox.refuse = None
-    out = check_alerts(s, storage, NOW + timedelta(minutes=10), env=smtp_env(smtp.port))
+    out = check_alerts(settings_of({**s3_env, **smtp_env(smtp.port)}), storage, NOW + timedelta(minutes=10))
     assert out["sent"] == 1 and out["pending"] == 0 and out["email_error"] is None
     assert len(smtp.inbox.messages) == 1
-    assert not [a for a in alerts_endpoint(s)["alerts"] if a["id"] == "email-failing"]
+    assert not [
+        a for a in alerts_endpoint(s, NOW + timedelta(minutes=10))["alerts"] if a["id"] == "email-failing"
+    ]
 
 
 def test_a_down_server_keeps_the_notification_until_it_is_back(s3_env: dict[str, str]) -> None:
@@ -328,12 +331,12 @@ def test_a_down_server_keeps_the_notification_until_it_is_back(s3_env: dict[str,
     seed_old_backup(storage)
     port = free_port()  # nothing listens there yet
     env = smtp_env(port)
-    out = check_alerts(s, storage, NOW, env=env)
+    out = check_alerts(settings_of({**s3_env, **env}), storage, NOW)
     assert out["sent"] == 0 and out["pending"] == 1 and "no SMTP server answers" in out["email_error"]
     assert [a["id"] for a in alerts_endpoint(s)["alerts"]] == ["no-recent-backup", "email-failing"]
     server = start_smtp(port)
     try:
-        out = check_alerts(s, storage, NOW + timedelta(minutes=5), env=env)
+        out = check_alerts(settings_of({**s3_env, **env}), storage, NOW + timedelta(minutes=5))
         assert out["sent"] == 1 and out["pending"] == 0
         assert len(server.inbox.messages) == 1  # the start email, once
         assert server.inbox.messages[0]["Subject"].startswith("[ColdCopy CRITICAL]")
@@ -346,9 +349,9 @@ def test_an_alert_that_resolves_before_its_email_went_out_sends_nothing(s3_env: 
     storage = open_store(s)
     store = seed_old_backup(storage)
     env = smtp_env(free_port())
-    assert check_alerts(s, storage, NOW, env=env)["pending"] == 1
+    assert check_alerts(settings_of({**s3_env, **env}), storage, NOW)["pending"] == 1
     add_fresh_backup(store)
-    out = check_alerts(s, storage, NOW + timedelta(minutes=5), env=env)
+    out = check_alerts(settings_of({**s3_env, **env}), storage, NOW + timedelta(minutes=5))
     assert out["resolved"] == ["no-recent-backup"] and out["pending"] == 0 and out["email_error"] is None
 
 
@@ -356,7 +359,7 @@ def test_without_smtp_settings_alerts_are_tracked_and_nothing_is_sent(s3_env: di
     s = settings_of(s3_env)
     storage = open_store(s)
     seed_old_backup(storage)
-    out = check_alerts(s, storage, NOW, env={})
+    out = check_alerts(s, storage, NOW)
     assert out["started"] == ["no-recent-backup"] and out["pending"] == 0 and not out["email_configured"]
 
 
@@ -384,16 +387,16 @@ def test_a_stale_job_from_the_real_run_records_starts_an_alert(s3_env: dict[str,
     jobs.enqueue(storage, "backup-full", {}, now=NOW - timedelta(hours=1))
     claimed = jobs.claim_next(storage, "dead-worker", now=NOW - timedelta(hours=1))
     assert claimed is not None
-    out = check_alerts(s, storage, NOW, env=smtp_env(smtp.port))
+    out = check_alerts(settings_of({**s3_env, **smtp_env(smtp.port)}), storage, NOW)
     assert out["started"] == ["stale-job:backup-full"] and out["sent"] == 1
     # The tick marks the run failed; the alert goes on (no second email) ...
     assert jobs.mark_stale(storage, NOW, timedelta(minutes=10)) == [claimed[0].run_id]
-    out = check_alerts(s, storage, NOW + timedelta(minutes=5), env=smtp_env(smtp.port))
+    out = check_alerts(settings_of({**s3_env, **smtp_env(smtp.port)}), storage, NOW + timedelta(minutes=5))
     assert out["started"] == [] and out["resolved"] == [] and out["active"] == 1
     # ... until the next run of that kind is alive.
     jobs.enqueue(storage, "backup-full", {}, now=NOW + timedelta(minutes=6))
     jobs.claim_next(storage, "live-worker", now=NOW + timedelta(minutes=6))
-    out = check_alerts(s, storage, NOW + timedelta(minutes=10), env=smtp_env(smtp.port))
+    out = check_alerts(settings_of({**s3_env, **smtp_env(smtp.port)}), storage, NOW + timedelta(minutes=10))
     assert out["resolved"] == ["stale-job:backup-full"] and out["sent"] == 1
     assert [m["Subject"].split("]")[0] for m in smtp.inbox.messages] == [
         "[ColdCopy WARNING",

@@ -17,12 +17,13 @@ from typing import Any
 import psutil
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, stored_run
 from coldcopy.config import Settings, load_settings
+from coldcopy.context import Context
 from coldcopy.errors import ColdCopyError, InvalidNameError
 from coldcopy.functions import tick as tick_fn
 from coldcopy.ops import queue as jobs
-from coldcopy.ops.launchers import LauncherError, LaunchResult
+from coldcopy.ops.launchers import LauncherError, LaunchResult, launcher_for, wake
 from coldcopy.ops.worker import HANDLERS, Handler, WorkerReport, run_worker
 from coldcopy.storage.s3 import open_store
 from coldcopy.storage.store import ObjectStore
@@ -120,7 +121,7 @@ def test_overlapping_ticks_enqueue_each_due_slot_exactly_once(coldcopy_env: dict
     assert {q["slot"] for q in queued} == expected
     assert {q["run_id"] for q in queued} == {e["run_id"] for e in reported}
     assert len(keys(storage, jobs.SLOTS)) == 4
-    runs = [jobs.get_run(storage, q["run_id"]) for q in queued]
+    runs = [stored_run(storage, q["run_id"]) for q in queued]
     for r in runs:
         assert r is not None and r["state"] == "queued" and r["kind"] == r["slot"].split("/")[0]
     assert len(keys(storage, jobs.RUNS)) == 4
@@ -163,7 +164,7 @@ def test_a_slot_taken_by_a_tick_that_died_is_queued_by_the_next(coldcopy_env: di
     out = tick_fn.tick(s, TUESDAY + timedelta(hours=2, minutes=6), launcher=FakeLauncher(), storage=storage)
     assert out["enqueued"] == []
     assert keys(storage, jobs.QUEUE) == [orphan.queue_key]
-    run = jobs.get_run(storage, orphan.run_id)
+    run = stored_run(storage, orphan.run_id)
     assert run is not None and run["state"] == "queued"
 
 
@@ -179,18 +180,18 @@ def test_stale_heartbeat_is_marked_failed_and_a_fresh_one_left_alone(coldcopy_en
     jobs.heartbeat(storage, stale[1], now=now - timedelta(minutes=11))
     jobs.heartbeat(storage, fresh[1], now=now - timedelta(minutes=9))
     # This worker died between its claim and its first "running" write.
-    storage.put_json(jobs.run_key(silent[0].run_id), silent[0].run_record())
+    storage.put_json(jobs.run_key(silent[0].run_id), silent[0].run().to_dict())
 
     out = tick_fn.tick(s, now, launcher=FakeLauncher(), storage=storage)
 
     assert sorted(out["stale"]) == sorted([stale[0].run_id, silent[0].run_id])
-    dead = jobs.get_run(storage, stale[0].run_id)
+    dead = stored_run(storage, stale[0].run_id)
     assert dead is not None and dead["state"] == "failed"
     assert "no heartbeat since 2026-11-24T11:49:00Z" in dead["error"] and "dead-worker" in dead["error"]
     assert dead["finished_at"] == "2026-11-24T12:00:00Z"
-    crashed = jobs.get_run(storage, silent[0].run_id)
+    crashed = stored_run(storage, silent[0].run_id)
     assert crashed is not None and crashed["state"] == "failed" and "no heartbeat" in crashed["error"]
-    alive = jobs.get_run(storage, fresh[0].run_id)
+    alive = stored_run(storage, fresh[0].run_id)
     assert alive is not None and alive["state"] == "running"
     assert alive["heartbeat_at"] == "2026-11-24T11:51:00Z"
     # Failed runs leave the queue and reach the journal; the live one and the unclaimed one stay.
@@ -277,8 +278,8 @@ def test_failing_jobs_are_recorded_and_the_next_job_still_runs(coldcopy_env: dic
     storage = open_store(s)
     t0 = datetime.now(UTC)
 
-    def leaky(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
-        raise RuntimeError(f"connection to {settings.encryption_key.reveal()} refused")
+    def leaky(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError(f"connection to {ctx.settings.encryption_key.reveal()} refused")
 
     handlers: dict[str, Handler] = {**HANDLERS, "probe-leaky": leaky}
     plan = [
@@ -300,7 +301,7 @@ def test_failing_jobs_are_recorded_and_the_next_job_still_runs(coldcopy_env: dic
     assert [r["run_id"] for r in report.runs] == ids, "in queue order, each once"
     states = [r["state"] for r in report.runs]
     assert states == ["failed"] * 2 + ["succeeded"] + ["failed"] * 2 + ["succeeded"] * 2, report.runs
-    runs = {i: jobs.get_run(storage, str(i)) for i in ids}
+    runs = {i: stored_run(storage, str(i)) for i in ids}
     err = [str((runs[i] or {}).get("error")) for i in ids]
     assert "verification of full_backup_nosuch_20260101_000000 failed" in err[0]
     assert "manifest readable" in err[0] and "no backup named" in err[0]
@@ -332,7 +333,7 @@ def test_racing_workers_run_each_job_once(coldcopy_env: dict[str, str]) -> None:
     lock = threading.Lock()
 
     def record(worker: str) -> Handler:
-        def handler(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+        def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
             with lock:
                 ran.append((params["n"], worker))
             return {"n": params["n"]}
@@ -368,7 +369,7 @@ def test_racing_workers_run_each_job_once(coldcopy_env: dict[str, str]) -> None:
     assert sorted(n for n, _ in ran) == sorted(str(i) for i in range(12)), "every job ran exactly once"
     assert sorted(r["run_id"] for rep in reports for r in rep.runs) == sorted(ids)
     for run_id in ids:
-        run = jobs.get_run(storage, str(run_id))
+        run = stored_run(storage, str(run_id))
         assert run is not None and run["state"] == "succeeded"
         claim = storage.get_json(jobs.claim_key(str(run_id)))
         assert (run["worker"], run["result"]["n"]) in {(w, n) for n, w in ran}
@@ -380,7 +381,7 @@ def test_heartbeat_is_written_while_a_job_runs(coldcopy_env: dict[str, str]) -> 
     storage = open_store(s)
     started, release = threading.Event(), threading.Event()
 
-    def blocking(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    def blocking(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         started.set()
         if not release.wait(60):
             raise RuntimeError("the test never released the job")
@@ -398,26 +399,26 @@ def test_heartbeat_is_written_while_a_job_runs(coldcopy_env: dict[str, str]) -> 
         assert started.wait(30)
         first = wait_for(
             "the run to be running",
-            lambda: (r := jobs.get_run(storage, run_id)) and r["state"] == "running" and r,
+            lambda: (r := stored_run(storage, run_id)) and r["state"] == "running" and r,
         )
         beats = wait_for(
             "a heartbeat after the start",
             lambda: (
-                (r := jobs.get_run(storage, run_id)) and t(r["heartbeat_at"]) > t(first["started_at"]) and r
+                (r := stored_run(storage, run_id)) and t(r["heartbeat_at"]) > t(first["started_at"]) and r
             ),
         )
         assert beats["state"] == "running" and beats["worker"] == first["worker"]
         later = wait_for(
             "a newer heartbeat",
             lambda: (
-                (r := jobs.get_run(storage, run_id)) and t(r["heartbeat_at"]) > t(beats["heartbeat_at"]) and r
+                (r := stored_run(storage, run_id)) and t(r["heartbeat_at"]) > t(beats["heartbeat_at"]) and r
             ),
         )
         assert later["state"] == "running"
     finally:
         release.set()
         w.join(timeout=60)
-    done = jobs.get_run(storage, run_id)
+    done = stored_run(storage, run_id)
     assert done is not None and done["state"] == "succeeded" and done["result"] == {"released": True}
     assert box[0].count == 1 and box[0].failed == 0
 
@@ -429,7 +430,7 @@ def test_a_run_marked_stale_while_alive_stops_beating_and_keeps_its_real_outcome
     storage = open_store(s)
     started, release = threading.Event(), threading.Event()
 
-    def blocking(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    def blocking(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         started.set()
         release.wait(60)
         return {}
@@ -446,12 +447,12 @@ def test_a_run_marked_stale_while_alive_stops_beating_and_keeps_its_real_outcome
         assert started.wait(30)
         later = datetime.now(UTC) + timedelta(hours=1)
         assert jobs.mark_stale(storage, later, timedelta(minutes=10)) == [run_id]
-        failed = jobs.get_run(storage, run_id)
+        failed = stored_run(storage, run_id)
         assert failed is not None and failed["state"] == "failed"
     finally:
         release.set()
         w.join(timeout=60)
-    final = jobs.get_run(storage, run_id)
+    final = stored_run(storage, run_id)
     assert final is not None and final["state"] == "succeeded" and "marked this run failed" in final["note"]
 
 
@@ -459,8 +460,8 @@ def test_bad_run_ids_never_reach_a_key(coldcopy_env: dict[str, str]) -> None:
     storage = open_store(settings(coldcopy_env))
     for bad in ("../catalog", "x" * 26 + "/", "ABCDEFGHJKMNPQRSTVWXYZ0123"):
         with pytest.raises(InvalidNameError):
-            jobs.get_run(storage, bad)
-    assert jobs.get_run(storage, "0" * 26) is None
+            stored_run(storage, bad)
+    assert stored_run(storage, "0" * 26) is None
     with pytest.raises(ColdCopyError):
         jobs.enqueue(storage, "verify", {"name": "../../catalog.json"})
     assert keys(storage, "") == []
@@ -517,7 +518,7 @@ def test_tick_wakes_a_real_local_worker(coldcopy_env: dict[str, str], tmp_path: 
     storage = open_store(settings(coldcopy_env))
     done = wait_for(
         "the local worker to finish the job",
-        lambda: (x := jobs.get_run(storage, run_id)) and x["state"] == "succeeded" and x,
+        lambda: (x := stored_run(storage, run_id)) and x["state"] == "succeeded" and x,
         timeout=60,
     )
     assert done["result"]["deleted"] == []
@@ -535,17 +536,18 @@ def test_launchers_are_built_from_settings(
     env_file.write_text(
         f"DB_HOST=db.internal\nDO_SPACES_BUCKET=from-file\nBACKUP_ENCRYPTION_KEY={STRONG_SECRET}\n"
     )
-    monkeypatch.setenv("DO_SPACES_BUCKET", "from-environment")
-    monkeypatch.setenv("UNRELATED_SECRET", "not-for-the-runner")
-    docker = tick_fn.launcher_for(
-        settings(coldcopy_env, COLDCOPY_LAUNCHER="docker", RUNNER_IMAGE="cc:1"), str(env_file)
+    # The settings as the tick loads them: the process environment over its .env file.
+    environ = {"DO_SPACES_BUCKET": "from-environment", "UNRELATED_SECRET": "not-for-the-runner"}
+    docker = launcher_for(
+        load_settings({**environ, "COLDCOPY_LAUNCHER": "docker", "RUNNER_IMAGE": "cc:1"}, env_file=env_file),
+        str(env_file),
     )
     assert isinstance(docker, DockerLauncher) and docker.image == "cc:1"
     assert docker._env["DB_HOST"] == "db.internal" and docker._env["DO_SPACES_BUCKET"] == "from-environment"
     assert docker._env["BACKUP_ENCRYPTION_KEY"] == STRONG_SECRET and "UNRELATED_SECRET" not in docker._env
-    local = tick_fn.launcher_for(settings(coldcopy_env), str(env_file))
+    local = launcher_for(settings(coldcopy_env), str(env_file))
     assert isinstance(local, LocalLauncher) and local._env == {"COLDCOPY_ENV_FILE": str(env_file)}
-    app = tick_fn.launcher_for(
+    app = launcher_for(
         settings(
             coldcopy_env,
             COLDCOPY_LAUNCHER="app-platform",
@@ -556,7 +558,7 @@ def test_launchers_are_built_from_settings(
     )
     assert isinstance(app, AppPlatformLauncher) and app.app_id == "abc-123"
     assert app.base_url == "http://127.0.0.1:9"
-    assert tick_fn.launcher_for(settings(coldcopy_env, COLDCOPY_LAUNCHER="none")) is None
+    assert launcher_for(settings(coldcopy_env, COLDCOPY_LAUNCHER="none")) is None
     # Misconfigured: reported by wake, never raised.
-    missing = tick_fn.wake(settings(coldcopy_env, COLDCOPY_LAUNCHER="app-platform", RUNNER_APP_ID="abc"))
+    missing = wake(settings(coldcopy_env, COLDCOPY_LAUNCHER="app-platform", RUNNER_APP_ID="abc"))
     assert missing == {"started": False, "error": "no DigitalOcean API token is set"}

@@ -24,7 +24,7 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from cli_helpers import Result, run_cli
+from cli_helpers import Result, run_cli, stored_run
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
 from coldcopy.core.lsn import wal_key
@@ -763,7 +763,7 @@ def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
     run_id = str(jobs.enqueue(storage, "wal-sweep", {"dir": str(folder)}))
     report = run_worker(s, heartbeat_seconds=0.05, storage=storage)
     assert [r["state"] for r in report.runs] == ["succeeded"], report.runs
-    out2 = (jobs.get_run(storage, run_id) or {}).get("result") or {}
+    out2 = (stored_run(storage, run_id) or {}).get("result") or {}
     assert closed in out2["pushed"] and out2["partial"] > closed
     assert not (folder / closed).exists()  # pushed, then removed locally
     assert storage.exists(wal_key(closed))

@@ -7,6 +7,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cli_helpers import stored_run
 from coldcopy.config import Settings, load_settings
 from coldcopy.functions import tick as tick_fn
 from coldcopy.ops import queue as jobs
@@ -24,7 +25,7 @@ def settings(env: dict[str, str], **extra: str) -> Settings:
 def queued_kinds(storage: ObjectStore) -> list[str]:
     out = []
     for run_id in jobs.queued_ids(storage):
-        run = jobs.get_run(storage, run_id)
+        run = stored_run(storage, run_id)
         assert run is not None
         out.append(str(run["kind"]))
     return sorted(out)

@@ -14,6 +14,7 @@ import pytest
 
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
+from coldcopy.context import open_context
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.sanity import parse_one, parse_sanity_queries
 from coldcopy.core.verification import restore_proof, schedule_selection, week_seed
@@ -248,17 +249,19 @@ def test_without_a_verify_server_a_throwaway_local_cluster_is_the_scratch_target
 def test_restore_test_and_the_weekly_job_verify_new_backups_then_a_sample(env: dict[str, str]) -> None:
     s = load_settings({**env, "VERIFY_SAMPLE_OLDER": "0"}, env_file=Path(os.devnull))
     with pytest.raises(Exception, match="no backup"):
-        HANDLERS["verify"](s, {})
+        HANDLERS["verify"](open_context(s), {})
     name = _backup(env)
-    older = HANDLERS["restore-test"](s, {})  # POST /restore-test without a name: the newest backup
+    older = HANDLERS["restore-test"](
+        open_context(s), {}
+    )  # POST /restore-test without a name: the newest backup
     assert older["name"] == name and older["level"] == "restore" and older["ok"] is True
 
     newer = _backup(env)
-    report = HANDLERS["verify"](s, {})
+    report = HANDLERS["verify"](open_context(s), {})
     assert report["new"] == [newer] and report["sampled"] == [], "the proven backup is not re-read"
     assert [r["name"] for r in report["results"]] == [newer] and report["ok"] is True
 
-    report = HANDLERS["verify"](s, {})
+    report = HANDLERS["verify"](open_context(s), {})
     assert report["new"] == [] and report["results"] == [], "nothing new, no sample asked for"
 
     s2 = load_settings({**env, "VERIFY_SAMPLE_OLDER": "1"}, env_file=Path(os.devnull))

@@ -8,8 +8,9 @@ from typing import Any
 from coldcopy.alerting.email import send_test
 from coldcopy.alerting.notify import alerts_report
 from coldcopy.cli.common import settings_for
-from coldcopy.cli.output import present, table
+from coldcopy.cli.output import present
 from coldcopy.context import open_context
+from coldcopy.core.humanize import table
 from coldcopy.core.times import utc_now
 
 

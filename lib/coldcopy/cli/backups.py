@@ -9,9 +9,10 @@ from typing import Any
 
 from coldcopy.backup.logical import run_backup
 from coldcopy.cli.common import settings_for
-from coldcopy.cli.output import human_age, human_bytes, present, progress_meter, table
+from coldcopy.cli.output import present, progress_meter
 from coldcopy.config import DB, STORAGE
 from coldcopy.context import open_context
+from coldcopy.core.humanize import human_age, human_bytes, table
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
 from coldcopy.core.times import utc_now

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from coldcopy.cli.common import settings_for
-from coldcopy.cli.output import present, table
+from coldcopy.cli.output import present
+from coldcopy.core.humanize import table
 from coldcopy.errors import InvalidNameError, NotFoundError
 from coldcopy.functions.tick import tick
 from coldcopy.ops.launchers import wake

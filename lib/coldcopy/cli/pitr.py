@@ -9,10 +9,11 @@ from typing import Any
 
 from coldcopy.backup.base import run_basebackup
 from coldcopy.cli.common import settings_for
-from coldcopy.cli.output import human_bytes, present
+from coldcopy.cli.output import present
 from coldcopy.config import DB, STORAGE
 from coldcopy.context import open_context
 from coldcopy.core.archive_report import ArchiveReport, summarize
+from coldcopy.core.humanize import human_bytes
 from coldcopy.core.recovery_plan import parse_target
 from coldcopy.core.times import utc_now
 from coldcopy.errors import ColdCopyError

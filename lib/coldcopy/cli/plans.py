@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from coldcopy.cli.common import settings_for
-from coldcopy.cli.output import human_age, human_bytes, present
+from coldcopy.cli.output import present
 from coldcopy.context import open_context
+from coldcopy.core.humanize import human_age, human_bytes
 from coldcopy.core.recovery_time import estimate
 from coldcopy.core.runbooks import Facts, build_plan
 from coldcopy.core.times import utc_now

@@ -7,8 +7,9 @@ from datetime import timedelta
 from typing import Any
 
 from coldcopy.cli.common import settings_for
-from coldcopy.cli.output import present, table
+from coldcopy.cli.output import present
 from coldcopy.config import Settings
+from coldcopy.core.humanize import table
 from coldcopy.core.retention import RetentionPolicy, lifecycle_problems, lifecycle_rules
 from coldcopy.core.times import utc_now
 from coldcopy.errors import ColdCopyError

@@ -7,8 +7,9 @@ condition began, as far as the records say (None when they cannot say: the notif
 the time it first saw the alert).  Messages name times, not ages, so they stay the same from one
 tick to the next.
 
-WAL archiving (PITR) feeds the rules through an optional :class:`coldcopy.core.archive_report.WalHealth`; without one (no PITR
-in use) the WAL rules do not fire.
+WAL archiving (PITR) feeds the rules through an optional
+:class:`coldcopy.core.archive_report.WalHealth`; without one (no PITR in use) the WAL rules do not
+fire.
 """
 
 from __future__ import annotations

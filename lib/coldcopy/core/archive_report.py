@@ -1,8 +1,9 @@
 """What a WAL archive holds, which recovery windows it gives, and its health.  Pure: no I/O.
 
-``summarize`` (what `coldcopy wal-status` shows): archived names with their storage times, and the base backups' manifests,
-in; per timeline the range, count and gaps, and per base backup the window it can recover to
-(from its end to the newest segment reachable without a gap), out.
+``summarize`` (what `coldcopy wal-status` shows): archived names with their storage times, and the
+base backups' manifests, in; per timeline the range, count and gaps, and per base backup the window
+it can recover to (from its end to the newest segment reachable without a gap), out.  ``health_of``
+condenses that report into what alerts, metrics, runbooks and estimates read (``WalHealth``).
 """
 
 from __future__ import annotations

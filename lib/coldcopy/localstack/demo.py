@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from coldcopy.backup.logical import run_backup
-from coldcopy.cli.output import human_bytes
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import open_context
+from coldcopy.core.humanize import human_bytes
 from coldcopy.localstack.dbcompare import compare_databases
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.functions_host import serve as serve_functions

@@ -18,6 +18,7 @@ from typing import Any
 
 from coldcopy.backup.inflight import marker_key
 from coldcopy.config import Settings
+from coldcopy.context import Context
 from coldcopy.core.lsn import WAL_PREFIX
 from coldcopy.core.manifest import Manifest, manifest_key
 from coldcopy.core.retention import (
@@ -198,9 +199,9 @@ def run_cleanup(
     return out
 
 
-def cleanup_job(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+def cleanup_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     """The worker's `cleanup` job (params: {"dry_run": bool})."""
-    out = run_cleanup(settings, dry_run=bool(params.get("dry_run", False)))
+    out = run_cleanup(ctx.settings, dry_run=bool(params.get("dry_run", False)), storage=ctx.storage)
     return {
         k: out.get(k)
         for k in (

@@ -21,14 +21,13 @@ from typing import Any
 
 from coldcopy.backup.logical import run_backup
 from coldcopy.config import DB, Settings, missing, redact
-from coldcopy.context import open_context
+from coldcopy.context import Context, open_context
 from coldcopy.core.jobs import RUNNING, SUCCEEDED, Job, Run
 from coldcopy.core.names import LOGICAL_KINDS, validate_name
 from coldcopy.core.views import backup_summary
 from coldcopy.errors import ColdCopyError, ConfigError, NotFoundError
 from coldcopy.ops import queue
 from coldcopy.ops.cleanup import cleanup_job
-from coldcopy.storage.s3 import open_store
 from coldcopy.storage.store import ObjectStore
 from coldcopy.verify.run import run_verify
 from coldcopy.verify.scheduled import run_scheduled
@@ -36,7 +35,7 @@ from coldcopy.wal.sweep import run_sweep
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Settings, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[Context, dict[str, Any]], dict[str, Any]]  # the worker's context, the job's params
 DEFAULT_HEARTBEAT_SECONDS = 60.0  # Spaces limits writes to one object: never much more often than this
 
 
@@ -60,16 +59,17 @@ def _require_db(settings: Settings) -> None:
 
 
 def _backup(kind: str) -> Handler:
-    def handler(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
-        _require_db(settings)
-        return backup_summary(run_backup(settings, kind), encrypted=settings.encrypted)
+    def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+        _require_db(ctx.settings)
+        return backup_summary(run_backup(ctx.settings, kind), encrypted=ctx.settings.encrypted)
 
     handler.__name__ = f"backup_{kind}"
     return handler
 
 
-def _verify(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+def _verify(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     """A named backup at ``level`` (default ``restore``); without a name, the weekly selection."""
+    settings = ctx.settings
     name = params.get("name")
     level = str(params.get("level") or "restore")
     if name is None:
@@ -87,22 +87,22 @@ def _verify(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     return result.to_dict()
 
 
-def _restore_test(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+def _restore_test(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     """A timed test restore (level ``restore``) of the named backup, or of the newest one."""
     name = params.get("name")
     if name is None:
-        entries = [e for e in open_context(settings).catalog.read().entries() if e.kind in LOGICAL_KINDS]
+        entries = [e for e in ctx.catalog.read().entries() if e.kind in LOGICAL_KINDS]
         if not entries:
             raise NotFoundError("there is no backup to test-restore", "take a backup first: coldcopy backup")
         name = entries[0].name
-    return _verify(settings, {"name": name, "level": "restore"})
+    return _verify(ctx, {"name": name, "level": "restore"})
 
 
-def _wal_sweep(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+def _wal_sweep(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     """Stream WAL from the replication slot and archive complete segments (params: dir, slot)."""
-    _require_db(settings)
+    _require_db(ctx.settings)
     folder = params.get("dir")
-    return run_sweep(settings, Path(str(folder)) if folder else None, params.get("slot")).to_dict()
+    return run_sweep(ctx.settings, Path(str(folder)) if folder else None, params.get("slot")).to_dict()
 
 
 #: Job kind -> handler.  The one place job kinds are defined.
@@ -193,8 +193,7 @@ def _taken_over(storage: ObjectStore, run_id: str) -> bool:
 
 
 def run_job(
-    settings: Settings,
-    storage: ObjectStore,
+    ctx: Context,
     job: Job,
     run: Run,
     *,
@@ -202,6 +201,7 @@ def run_job(
     heartbeat_seconds: float,
 ) -> Run:
     """Run one claimed job and record its outcome; never raises for a job's own failure."""
+    settings, storage = ctx.settings, ctx.storage
     handler = handlers.get(job.kind)
     log.info("run %s: %s started", job.run_id, job.kind)
     result: dict[str, Any] | None = None
@@ -214,7 +214,7 @@ def run_job(
                 raise UnknownJob(
                     f"unknown job kind {job.kind!r}", f"known kinds: {', '.join(sorted(handlers))}"
                 )
-            result = handler(settings, dict(job.params))
+            result = handler(ctx, dict(job.params))
             ok = True
     except JobFailed as exc:
         result, error = exc.result, _message(exc, settings)
@@ -250,16 +250,16 @@ def run_worker(
     storage: ObjectStore | None = None,
 ) -> WorkerReport:
     """Claim and run queued jobs one at a time until the queue is empty (or ``max_jobs`` ran)."""
-    storage = storage or open_store(settings)
+    ctx = open_context(settings, storage)
     report = WorkerReport(worker_id or default_worker_id())
     table = HANDLERS if handlers is None else handlers
     while max_jobs is None or report.count < max_jobs:
-        claimed = queue.claim_next(storage, report.worker_id)
+        claimed = queue.claim_next(ctx.storage, report.worker_id)
         if claimed is None:
             break
         job, run = claimed
         try:
-            done = run_job(settings, storage, job, run, handlers=table, heartbeat_seconds=heartbeat_seconds)
+            done = run_job(ctx, job, run, handlers=table, heartbeat_seconds=heartbeat_seconds)
         except ColdCopyError as exc:  # recording the outcome failed; the tick will mark it stale
             log.error("run %s: could not record the outcome: %s", job.run_id, exc.message)
             done = replace(run, state="unknown", error=exc.message)
