@@ -82,13 +82,14 @@ def test_the_checkers_find_what_they_look_for() -> None:
         "    # the web functions' cold start\n"
         "    from coldcopy.storage import s3\n"
         "    from coldcopy.storage import memory\n"
+        "def h():\n"
         "    from coldcopy.a import _b\n"
         "def g():\n"
         '    """Documented."""\n'
     )
-    assert late_imports(bad) == [3, 7]
+    assert late_imports(bad) == [3, 8]
     assert private_imports(bad) == ["coldcopy.a._b"]
-    assert undocumented(bad) == ["f"]
+    assert undocumented(bad) == ["f", "h"]
 
 
 def test_coldcopy_imports_sit_at_the_top_unless_a_comment_says_why() -> None:

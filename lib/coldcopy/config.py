@@ -357,7 +357,6 @@ _PARTS: dict[str, Callable[..., Any]] = {
     "thresholds": Thresholds,
     "smtp": SmtpConfig,
 }
-VARIABLES = tuple(_SPEC)  # every variable ColdCopy reads (.env.example documents each one)
 ENV_FILE_VAR = "COLDCOPY_ENV_FILE"
 
 

@@ -31,6 +31,7 @@ START, RESOLVE = "start", "resolve"
 
 
 def empty_state() -> dict[str, Any]:
+    """A state that remembers nothing: no alert seen, nothing to send."""
     return {"format": STATE_FORMAT, "active": {}, "pending": [], "last_error": None, "last_delivery_at": None}
 
 

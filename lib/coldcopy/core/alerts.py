@@ -47,6 +47,8 @@ PLANS = {
 
 @dataclass(frozen=True)
 class Alert:
+    """One active alert: what is wrong (``message``), since when, how bad, and the plan to follow."""
+
     id: str
     severity: str
     since: str | None  # ISO 8601 UTC
@@ -62,12 +64,15 @@ class Alert:
 
 
 def alert(rule: str, severity: str, since: datetime | str | None, message: str, about: str = "") -> Alert:
+    """An :class:`Alert` of ``rule`` (about one thing, when ``about`` is given), with the rule's plan."""
     when = iso(since) if isinstance(since, datetime) else since
     return Alert(f"{rule}:{about}" if about else rule, severity, when, message, PLANS[rule])
 
 
 @dataclass(frozen=True)
 class Thresholds:
+    """When the rules fire (``ALERT_*`` settings; the defaults are the seed's)."""
+
     backup_max_age_hours: float = 26.0
     verify_max_age_days: float = 8.0
     wal_max_age_minutes: float = 60.0
@@ -271,6 +276,7 @@ def _unreadable(cat: Catalog) -> list[Alert]:
 
 
 def counts_by_severity(alerts: Sequence[Alert]) -> dict[str, int]:
+    """How many alerts of each severity (every severity present, zero included)."""
     counts = dict.fromkeys(SEVERITIES, 0)
     for a in alerts:
         counts[a.severity] = counts.get(a.severity, 0) + 1

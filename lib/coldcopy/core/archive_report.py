@@ -18,6 +18,8 @@ from coldcopy.core.times import iso_from_timestamp, parse_iso
 
 @dataclass
 class TimelineStatus:
+    """One timeline of the archive: its first and last segment, how many, the newest time, gaps."""
+
     timeline: int
     first: str
     last: str
@@ -28,6 +30,8 @@ class TimelineStatus:
 
 @dataclass
 class BackupWindow:
+    """What one base backup can recover to: from its end to the last segment reachable without a gap."""
+
     name: str
     timeline: int
     start_wal_segment: str
@@ -40,6 +44,8 @@ class BackupWindow:
 
 @dataclass
 class ArchiveReport:
+    """What `coldcopy wal-status` shows: every timeline, every base backup's window, the histories."""
+
     timelines: list[TimelineStatus]
     backups: list[BackupWindow]
     history_files: list[str]
@@ -64,6 +70,7 @@ def _ts(text: str) -> float:
 def summarize(
     archive: list[tuple[str, float]], bases: list[Manifest], segment_size: int = DEFAULT_SEGMENT_SIZE
 ) -> ArchiveReport:
+    """The report of an archive (names with the time each was stored) and the base backups' manifests."""
     by_tli: dict[int, dict[int, float]] = {}
     history: list[str] = []
     for name, at in archive:
@@ -124,6 +131,8 @@ def summarize(
 # -- the health summary ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WalGap:
+    """A gap in the archive: the segments between ``after`` and ``before`` are missing."""
+
     after: str  # the last segment archived before the gap
     before: str  # the first segment archived after it
     detected_at: str

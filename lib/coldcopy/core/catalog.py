@@ -32,6 +32,7 @@ def journal_key(kind: str, ident: str, when: datetime) -> str:
 
 
 def key_time(key: str) -> datetime | None:
+    """The time a journal key was written at (its prefix), or None for another key."""
     try:
         return datetime.strptime(key[len(JOURNAL) :].split("-", 1)[0], _STAMP).replace(tzinfo=UTC)
     except ValueError:
@@ -48,6 +49,8 @@ def start_after(watermark: str | None) -> str | None:
 
 @dataclass
 class Catalog:
+    """Every backup, deletion, failure and verification the records tell of, as of the watermark."""
+
     backups: dict[str, CatalogEntry] = field(default_factory=dict)
     deleted: dict[str, str] = field(default_factory=dict)  # name -> when
     failures: list[dict[str, Any]] = field(default_factory=list)  # newest last

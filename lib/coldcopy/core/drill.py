@@ -25,6 +25,8 @@ _COMMIT = re.compile(
 
 @dataclass(frozen=True)
 class Commit:
+    """A commit (or abort) record: where it is in the WAL and when it was made."""
+
     lsn: int
     at: datetime
 

@@ -32,6 +32,7 @@ def parse_lsn(text: str) -> int:
 
 
 def format_lsn(lsn: int) -> str:
+    """``23803720`` → ``"0/16B3748"``."""
     if not 0 <= lsn <= MAX_LSN:
         raise ValueError(f"LSN out of range: {lsn}")
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
@@ -45,6 +46,8 @@ def _per_log(segment_size: int) -> int:
 
 @dataclass(frozen=True, order=True)
 class Segment:
+    """One WAL segment: its timeline and its absolute number (``lsn // segment_size``)."""
+
     timeline: int
     segno: int  # absolute segment number: lsn // segment_size
 
@@ -73,10 +76,6 @@ def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segmen
     return Segment(timeline, log * per_log + seg)
 
 
-def segment_name(timeline: int, log: int, seg: int) -> str:
-    return f"{timeline:08X}{log:08X}{seg:08X}"
-
-
 def segment_parts(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int, int]:
     """(timeline, log, seg) of a segment name."""
     s = parse_segment(name, segment_size)
@@ -93,6 +92,7 @@ def segment_of(lsn: int, timeline: int, segment_size: int = DEFAULT_SEGMENT_SIZE
 
 
 def segment_name_of(lsn: int, timeline: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    """The name of the segment holding the byte at ``lsn``."""
     return segment_of(lsn, timeline, segment_size).name(segment_size)
 
 
@@ -100,10 +100,6 @@ def last_segment_needed(stop_lsn: int, timeline: int, segment_size: int = DEFAUL
     """The last segment whose WAL a backup ending at ``stop_lsn`` needs (an end exactly on a segment
     boundary needs only the previous segment, as PostgreSQL's XLByteToPrevSeg)."""
     return segment_of(max(stop_lsn - 1, 0), timeline, segment_size)
-
-
-def history_name(timeline: int) -> str:
-    return f"{timeline:08X}.history"
 
 
 def timeline_of(archive_name: str) -> int:

@@ -17,6 +17,7 @@ READABLE_FORMATS = ("coldcopy-manifest/1", MANIFEST_FORMAT)
 
 
 def data_key(name: str) -> str:
+    """``backups/<name>/data``: where a backup's stream is stored (as volumes ``data.NNNNNN``)."""
     return f"backups/{name}/data"
 
 
@@ -26,15 +27,19 @@ def volume_key(key: str, index: int) -> str:
 
 
 def globals_key(name: str) -> str:
+    """``backups/<name>/globals``: the roles and tablespaces of a logical backup."""
     return f"backups/{name}/globals"
 
 
 def manifest_key(name: str) -> str:
+    """``backups/<name>/manifest.json``: written last; the backup exists when it does."""
     return f"backups/{name}/manifest.json"
 
 
 @dataclass(frozen=True)
 class StoredObject:
+    """A payload as stored: its sizes and SHA-256 before and after packing, and its volumes."""
+
     key: str
     stored_size: int
     stored_sha256: str
@@ -61,6 +66,8 @@ class StoredObject:
 
 @dataclass(frozen=True)
 class Manifest:
+    """What a finished backup is (the JSON of ``manifest.json``)."""
+
     name: str
     kind: str
     database: str
@@ -138,6 +145,8 @@ class Manifest:
 
 @dataclass(frozen=True)
 class CatalogEntry:
+    """A backup in brief, as the catalog and listings carry it."""
+
     name: str
     kind: str
     database: str

@@ -21,6 +21,8 @@ _TS_FORMAT = "%Y%m%d_%H%M%S"
 
 @dataclass(frozen=True)
 class BackupName:
+    """A parsed backup name: its kind, database and time."""
+
     kind: str
     database: str
     created_at: datetime
@@ -38,6 +40,7 @@ def db_name_part(database: str) -> str:
 
 
 def make_name(kind: str, database: str, when: datetime) -> BackupName:
+    """The name of a backup of ``kind`` of ``database`` taken at ``when`` (UTC, whole seconds)."""
     if kind not in KINDS:
         raise InvalidNameError(f"unknown backup kind {kind!r}", f"use one of: {', '.join(KINDS)}")
     return BackupName(kind, db_name_part(database), when.astimezone(UTC).replace(microsecond=0))
@@ -61,6 +64,7 @@ def parse_name(text: str) -> BackupName:
 
 
 def validate_name(text: str) -> str:
+    """``text`` when it is a backup name; InvalidNameError (with the expected form) otherwise."""
     return str(parse_name(text))
 
 

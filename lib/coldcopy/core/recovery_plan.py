@@ -33,8 +33,6 @@ from coldcopy.core.manifest import Manifest
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import ColdCopyError
 
-TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
-
 
 class RecoveryRefused(ColdCopyError):
     """The requested target cannot be reached from what is stored; nothing was written."""
@@ -44,6 +42,8 @@ class RecoveryRefused(ColdCopyError):
 
 @dataclass(frozen=True)
 class Target:
+    """Where a recovery stops: a time, an LSN, a transaction, a restore point, or the backup's end."""
+
     kind: str  # time | lsn | xid | name | immediate
     time: datetime | None = None
     lsn: int | None = None
@@ -75,6 +75,8 @@ class Target:
 
 @dataclass(frozen=True)
 class RecoveryPlan:
+    """How a recovery to a target goes: the base backup, the timeline, the WAL it reads."""
+
     backup: str
     timeline: int
     first_segment: str
@@ -93,6 +95,7 @@ class RecoveryPlan:
 def parse_target(
     time_: datetime | None, lsn: str | None, name: str | None, immediate: bool, xid: str | None = None
 ) -> Target:
+    """The one target the command line gives; RecoveryRefused for none, two, or a malformed one."""
     given = [x for x in (time_, lsn, name, immediate or None, xid) if x is not None]
     if len(given) != 1:
         raise RecoveryRefused(

@@ -46,6 +46,8 @@ WEEK = timedelta(days=7)
 
 @dataclass(frozen=True)
 class Measurement:
+    """One measured restore (or WAL replay): how many bytes in how many seconds, and when."""
+
     name: str
     at: str
     raw_bytes: int
@@ -157,6 +159,7 @@ def base_throughput(cat: Catalog, now: datetime) -> Throughput:
 
 
 def throughput(cat: Catalog, now: datetime) -> Throughput:
+    """How fast a dump restores: the median of the newest test restores, else a labelled default."""
     found = measurements(cat)[:MAX_MEASUREMENTS]
     if not found:
         return Throughput(
@@ -181,6 +184,7 @@ def _median(found: list[Measurement], now: datetime, what: str, of: str) -> Thro
 
 
 def restore_seconds(raw_bytes: int, rate: Throughput) -> float:
+    """The time to restore ``raw_bytes`` at ``rate``."""
     return round(raw_bytes / rate.bytes_per_second, 1) if rate.bytes_per_second > 0 else 0.0
 
 
@@ -210,6 +214,7 @@ def base_for(cat: Catalog, target: datetime) -> CatalogEntry | None:
 
 
 def in_window(wal: WalHealth | None, target: datetime) -> bool:
+    """Whether ``target`` lies in the WAL archive's recoverable window."""
     if wal is None or not wal.window_start or not wal.window_end:
         return False
     return parse_iso(wal.window_start) <= target <= parse_iso(wal.window_end)

@@ -39,6 +39,8 @@ ABORT_RULE_PREFIX = "coldcopy-abort-incomplete-uploads"
 
 @dataclass(frozen=True)
 class RetentionPolicy:
+    """What cleanup keeps: days per kind, the tiers, and the bucket's upload-abort rule."""
+
     full_days: int = 30
     compliance_days: int = 365
     wal_days: int = 30
@@ -70,6 +72,8 @@ class RetentionPolicy:
 
 @dataclass(frozen=True)
 class Backup:
+    """A backup as retention sees it: its name's parts and, for a base backup, its first WAL segment."""
+
     name: str
     kind: str
     database: str
@@ -84,12 +88,16 @@ class Backup:
 
 @dataclass(frozen=True)
 class WalFile:
+    """An archived WAL object and when it was stored."""
+
     key: str  # wal/<timeline>/<segment>[.suffix]
     archived_at: datetime
 
 
 @dataclass
 class RetentionPlan:
+    """What cleanup would delete and keep, with the reasons, and what it reports."""
+
     delete: list[tuple[str, str]] = field(default_factory=list)  # (name, reason), oldest first
     keep: list[tuple[str, list[str]]] = field(default_factory=list)  # (name, reasons), newest first
     wal_delete: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)

@@ -82,6 +82,8 @@ class Facts:
 
 @dataclass
 class Runbook:
+    """A disaster-recovery plan: the backup, the commands, the estimate, the data-loss window, the checks."""
+
     scenario: str
     title: str
     backup: dict[str, Any] | None
@@ -206,6 +208,7 @@ def build_plan(
     on_date: date | None = None,
     wal: WalHealth | None = None,
 ) -> Runbook:
+    """The runbook of ``scenario`` (or of an alert's plan name) from the catalog and the WAL archive."""
     alert = None
     if scenario in ALIASES:
         alert = scenario

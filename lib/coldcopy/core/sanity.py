@@ -55,6 +55,8 @@ _FORBIDDEN_FUNCS = re.compile(
 
 @dataclass(frozen=True)
 class SanityQuery:
+    """One ``SELECT … <op> <number>`` check of a test-restored database."""
+
     sql: str
     op: str
     expected: Decimal
@@ -88,6 +90,7 @@ def parse_sanity_queries(text: str) -> list[SanityQuery]:
 
 
 def parse_one(part: str) -> SanityQuery:
+    """One query of the setting, validated; ValueError naming what is refused."""
     shown = part if len(part) <= 80 else part[:77] + "..."
     if len(part) > MAX_LENGTH:
         raise ValueError(f"query is longer than {MAX_LENGTH} characters: {shown!r}")

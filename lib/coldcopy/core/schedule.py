@@ -20,6 +20,8 @@ SLOT_FORMAT = "%Y-%m-%dT%H:%MZ"
 
 
 class Slot(NamedTuple):
+    """One firing of a job kind's schedule: enqueued at most once."""
+
     kind: str
     at: datetime  # UTC, on a whole minute
 
@@ -30,10 +32,12 @@ class Slot(NamedTuple):
 
 
 def slot_time(at: datetime) -> str:
+    """``2026-11-24T02:00Z``: a slot's time as its key writes it."""
     return at.astimezone(UTC).strftime(SLOT_FORMAT)
 
 
 def parse_slot_time(text: str) -> datetime:
+    """The inverse of :func:`slot_time`; ValueError for anything else."""
     return datetime.strptime(text, SLOT_FORMAT).replace(tzinfo=UTC)
 
 

@@ -23,6 +23,8 @@ DRILLED_KINDS = (*LOGICAL_KINDS, "base")  # what the weekly job test-restores (b
 
 @dataclass
 class Check:
+    """One check of a verification: its name, whether it passed, and what it found."""
+
     name: str
     ok: bool
     detail: str = ""
@@ -30,6 +32,8 @@ class Check:
 
 @dataclass
 class VerifyResult:
+    """A verification: its checks, its duration, and a test restore's or drill's measurement."""
+
     name: str
     level: str
     checks: list[Check] = field(default_factory=list)
@@ -78,6 +82,7 @@ def restore_proof(record: dict[str, Any], at: str, prev: dict[str, Any] | None) 
 
 
 def week_seed(now: datetime) -> str:
+    """``2026-W48``: the seed of the week's random sample (the same all week, new each week)."""
     year, week, _ = now.astimezone(UTC).isocalendar()
     return f"{year}-W{week:02d}"
 
