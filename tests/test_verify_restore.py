@@ -251,9 +251,8 @@ def test_restore_test_and_the_weekly_job_verify_new_backups_then_a_sample(env: d
     with pytest.raises(Exception, match="no backup"):
         HANDLERS["verify"](open_context(s), {})
     name = _backup(env)
-    older = HANDLERS["restore-test"](
-        open_context(s), {}
-    )  # POST /restore-test without a name: the newest backup
+    # POST /restore-test without a name: the newest backup
+    older = HANDLERS["restore-test"](open_context(s), {})
     assert older["name"] == name and older["level"] == "restore" and older["ok"] is True
 
     newer = _backup(env)
@@ -265,6 +264,6 @@ def test_restore_test_and_the_weekly_job_verify_new_backups_then_a_sample(env: d
     assert report["new"] == [] and report["results"] == [], "nothing new, no sample asked for"
 
     s2 = load_settings({**env, "VERIFY_SAMPLE_OLDER": "1"}, env_file=Path(os.devnull))
-    report = HANDLERS["verify"](s2, {})
+    report = HANDLERS["verify"](open_context(s2), {})
     assert report["new"] == [] and len(report["sampled"]) == 1 and report["sampled"][0] in (name, newer)
     assert report["results"][0]["why"] == "sample" and report["results"][0]["measurement"]["raw_bytes"] > 0

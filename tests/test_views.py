@@ -1,0 +1,90 @@
+"""One view, one answer: `coldcopy status` and ``GET /status`` agree, because both are
+``core.views.status_view`` of the same catalog and WAL archive; settings come from ``--env-file``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli_helpers import run_cli
+from coldcopy.cli import backups as cli_backups
+from coldcopy.config import Settings, load_settings
+from coldcopy.core.times import utc_now
+from coldcopy.functions import web
+from coldcopy.functions.tick import tick
+from coldcopy.storage.s3 import open_store
+
+TOKEN = "views-test-token"
+LATER = timedelta(hours=2)  # the newest WAL segment is this old when the status is asked for
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return load_settings(env, env_file=Path(os.devnull))
+
+
+def api_status(s: Settings, clock: Any) -> dict[str, Any]:
+    web.use_settings(s, clock=clock)
+    try:
+        r = web.handle(
+            "status", {"http": {"method": "GET", "path": "", "headers": {"authorization": f"Bearer {TOKEN}"}}}
+        )
+    finally:
+        web.use_settings(None)
+    assert r["statusCode"] == 200, r
+    body: dict[str, Any] = json.loads(r["body"])
+    return body
+
+
+@pytest.fixture
+def archived(coldcopy_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A bucket whose WAL archive holds three segments, stored now, and a tick's summary of it."""
+    env = {**coldcopy_env, "MONITOR_TOKEN": TOKEN, "COLDCOPY_LAUNCHER": "none"}
+    s = settings_of(env)
+    storage = open_store(s)
+    for n in (1, 2, 3):
+        storage.put_bytes(f"wal/00000001/0000000100000000000000{n:02X}", b"segment")
+    tick(s, utc_now(), storage=storage, wake_runner=False)  # stores the archive's health for the API
+    yield env
+
+
+def test_with_wal_archiving_stalled_the_cli_and_the_api_agree(
+    archived: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = utc_now() + LATER
+    monkeypatch.setattr(cli_backups, "utc_now", lambda: later)  # the CLI's clock, injected
+    r = run_cli(archived, "status", "--json")
+    cli = json.loads(r.out)
+    api = api_status(settings_of(archived), lambda: later)
+    assert r.rc == 1 and cli["ok"] is False and api["ok"] is False
+    assert any("no WAL archived since" in p for p in cli["problems"])
+    assert api["problems"] == cli["problems"]
+    assert api["wal"]["last_segment"] == cli["wal"]["last_segment"] == "000000010000000000000003"
+    drop = ("checked_at", "last_backup_age_seconds")
+    assert {k: v for k, v in api.items() if k not in (*drop, "wal")} == {
+        k: v for k, v in cli.items() if k not in (*drop, "wal")
+    }
+
+
+def test_status_reads_the_wal_thresholds_from_the_env_file_it_was_given(
+    archived: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = utc_now() + LATER
+    monkeypatch.setattr(cli_backups, "utc_now", lambda: later)
+    monkeypatch.chdir(tmp_path)
+    Path(".env").write_text("ALERT_WAL_MAX_AGE_MINUTES=1\n")  # ./.env: 2 hours is far too old
+    patient = tmp_path / "patient.env"
+    patient.write_text("ALERT_WAL_MAX_AGE_MINUTES=1000\n")  # --env-file: 2 hours is fine
+    env = {k: v for k, v in archived.items() if k != "COLDCOPY_ENV_FILE"}
+    stale = json.loads(run_cli({**env, "COLDCOPY_ENV_FILE": ".env"}, "status", "--json").out)
+    assert any("no WAL archived since" in p for p in stale["problems"])
+    # The environment still names ./.env, but --env-file wins for every setting, thresholds included.
+    fine = json.loads(
+        run_cli({**env, "COLDCOPY_ENV_FILE": ".env"}, "--env-file", str(patient), "status", "--json").out
+    )
+    assert not any("WAL" in p for p in fine["problems"]), fine["problems"]
