@@ -31,6 +31,7 @@ from coldcopy.core.manifest import Manifest
 from coldcopy.core.recovery_plan import Plan, RecoveryRefused, Target, parse_history, plan_recovery
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.server import as_owner, chown_tree, control_state, postmaster_pid, server_tool
+from coldcopy.restore.safe_tar import extract_all
 from coldcopy.wal import spool as walspool
 from coldcopy.wal.archive import archived_names, read_archived
 from coldcopy.wal.feeder import WalFeeder
@@ -168,7 +169,7 @@ def prepare_recovery(
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         with open_tar(reader) as tar:
-            tar.extractall(target_dir, filter="data")
+            extract_all(tar, target_dir)  # by the "data" filter's rules, on any Python 3.11
         target_dir.chmod(0o700)
         with contextlib.suppress(FileNotFoundError):
             env_file.unlink()
