@@ -31,7 +31,6 @@ from coldcopy.core.manifest import Manifest
 from coldcopy.core.recovery_plan import Plan, RecoveryRefused, Target, parse_history, plan_recovery
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.server import as_owner, chown_tree, control_state, postmaster_pid, server_tool
-from coldcopy.restore.safe_tar import extract_all
 from coldcopy.wal import spool as walspool
 from coldcopy.wal.archive import archived_names, read_archived
 from coldcopy.wal.feeder import WalFeeder
@@ -161,6 +160,8 @@ def prepare_recovery(
 
     ``extra`` settings follow ours in postgresql.auto.conf.  Whatever fails, nothing written stays.
     """
+    from coldcopy.restore.safe_tar import extract_all
+
     settings = ctx.settings
     reader = BackupReader(ctx, plan.backup)
     reader.confirm()
