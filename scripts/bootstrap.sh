@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: the virtualenv in .venv with coldcopy installed, and (with --dev)
 # the test tools: Debian packages (PostgreSQL client/server are in the base image), the
-# deployer library for project.yml checks.  Idempotent; safe to run again.
+# deployer library for project.yml checks, and .venv-system: coldcopy on Debian's own
+# /usr/bin/python3 (what the postgres user runs) when .venv uses another Python.
+# Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -10,6 +12,20 @@ dev=0
 need_apt=()
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+PY=${PYTHON:-python3}
+SYSTEM_PY=/usr/bin/python3
+real_py() { "$1" -c 'import os, sys; print(os.path.realpath(sys.executable))'; }
+can_venv() { "$1" -c 'import ensurepip, venv' >/dev/null 2>&1; }  # Debian: python3-venv
+main_py=$PY
+[ -x .venv/bin/python ] && main_py=.venv/bin/python
+system=0  # the same rule as scripts/test.sh
+if [ "$dev" = 1 ] && [ -x "$SYSTEM_PY" ] && [ "$(real_py "$SYSTEM_PY")" != "$(real_py "$main_py")" ]; then
+  system=1
+fi
+[ -x .venv/bin/python ] || can_venv "$PY" || need_apt+=(python3-venv)
+if [ "$system" = 1 ] && [ ! -x .venv-system/bin/pip ] && ! can_venv "$SYSTEM_PY"; then
+  need_apt+=(python3-venv)
+fi
 if [ "$dev" = 1 ]; then
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
@@ -25,7 +41,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
@@ -36,4 +51,10 @@ if [ "$dev" = 1 ]; then
 else
   .venv/bin/pip install -q -e '.[local]'
 fi
-echo "bootstrap done: .venv ready"
+if [ "$system" = 1 ]; then
+  [ -x .venv-system/bin/pip ] || "$SYSTEM_PY" -m venv .venv-system
+  .venv-system/bin/pip install -q -e '.[dev]'
+  echo "bootstrap done: .venv and .venv-system ($("$SYSTEM_PY" --version)) ready"
+else
+  echo "bootstrap done: .venv ready"
+fi

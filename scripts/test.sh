@@ -1,6 +1,32 @@
 #!/usr/bin/env bash
-# The test command (README): the whole suite against real PostgreSQL, a real S3 server, …
+# The test command (README): the whole suite against real PostgreSQL, a real S3 server, …; then,
+# when .venv uses another Python than Debian's /usr/bin/python3 (which the postgres user runs for
+# archive and restore commands), the commands again under it in .venv-system: every module and
+# command starts, tar extraction, pitr end to end.  With arguments: pytest on those, in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SYSTEM_PY=/usr/bin/python3
+SYSTEM_TESTS=(
+  tests/test_commands_smoke.py
+  tests/test_safe_tar.py
+  tests/test_pitr.py::test_pitr_to_a_time_between_markers
+  tests/test_pitr.py::test_target_before_the_oldest_backup_is_refused_before_writing
+)
+real_py() { "$1" -c 'import os, sys; print(os.path.realpath(sys.executable))'; }
+
 [ -x .venv/bin/pytest ] || scripts/bootstrap.sh --dev
-exec .venv/bin/pytest -q "$@"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/pytest -q "$@"
+fi
+system=0 # the same rule as scripts/bootstrap.sh
+if [ -x "$SYSTEM_PY" ] && [ "$(real_py "$SYSTEM_PY")" != "$(real_py .venv/bin/python)" ]; then
+  system=1
+  [ -x .venv-system/bin/pytest ] || scripts/bootstrap.sh --dev
+fi
+rc=0
+.venv/bin/pytest -q || rc=$?
+if [ "$system" = 1 ]; then
+  echo "== again under $SYSTEM_PY ($("$SYSTEM_PY" --version)), in .venv-system"
+  COLDCOPY_TEST_PYTHON=$SYSTEM_PY .venv-system/bin/pytest -q "${SYSTEM_TESTS[@]}" || rc=$?
+fi
+exit "$rc"

@@ -195,9 +195,12 @@ def recovered(archiving: Archiving) -> Iterator[tuple[Path, int]]:
 
 
 def pitr(arch: Archiving, target_dir: Path, port: int, *target: str) -> Result:
+    # restore_command's default (this interpreter) whenever the postgres OS user can run it
+    default = arch.command == shlex.join([sys.executable, "-m", "coldcopy"])
+    command = [] if default else ["--coldcopy-command", arch.command]
     return cli(
         arch, "--json", "pitr", *target, "--target-dir", str(target_dir), "--port", str(port),
-        "--start", "--coldcopy-command", arch.command, "--timeout", "120",
+        "--start", *command, "--timeout", "120",
     )  # fmt: skip
 
 
@@ -236,6 +239,8 @@ def test_pitr_to_a_time_between_markers(archiving: Archiving, recovered: tuple[P
     assert (target_dir / "recovery.signal").exists() is False  # removed by PostgreSQL on promotion
     assert oct(target_dir.stat().st_mode & 0o777) == "0o700"
     assert not (target_dir.parent / "data.coldcopy-walspool").exists()  # removed once promoted
+    # What PostgreSQL ran: under scripts/test.sh's second run, .venv-system's /usr/bin/python3
+    assert f"{archiving.command} wal-fetch " in (target_dir / "postgresql.auto.conf").read_text()
 
 
 def test_pitr_immediate_and_restore_point(archiving: Archiving, tmp_path: Path) -> None:

@@ -162,6 +162,8 @@ def prepare_recovery(
 
     ``extra`` settings follow ours in postgresql.auto.conf.  Whatever fails, nothing written stays.
     """
+    from coldcopy.restore.safe_tar import extract_all
+
     settings = ctx.settings
     reader = BackupReader(ctx, plan.backup)
     reader.confirm()
@@ -170,7 +172,7 @@ def prepare_recovery(
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         with open_tar(reader) as tar:
-            tar.extractall(target_dir, filter="data")
+            extract_all(tar, target_dir)  # by the "data" filter's rules, on any Python 3.11
         target_dir.chmod(0o700)
         with contextlib.suppress(FileNotFoundError):
             env_file.unlink()
