@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README): the whole suite against real PostgreSQL, a real S3 server, …; then,
-# when .venv uses another Python than Debian's /usr/bin/python3 (which the postgres user runs for
-# archive and restore commands), the commands again under it in .venv-system: every module and
-# command starts, tar extraction, pitr end to end.  With arguments: pytest on those, in .venv.
+# The test command (README): ruff, mypy --strict, then the whole suite against real PostgreSQL, a
+# real S3 server, …; then, when .venv uses another Python than Debian's /usr/bin/python3 (which the
+# postgres user runs for archive and restore commands), the commands again under it in
+# .venv-system: every module and command starts, tar extraction, pitr end to end.
+# With arguments: pytest on those, in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SYSTEM_PY=/usr/bin/python3
@@ -24,6 +25,11 @@ if [ -x "$SYSTEM_PY" ] && [ "$(real_py "$SYSTEM_PY")" != "$(real_py .venv/bin/py
   [ -x .venv-system/bin/pytest ] || scripts/bootstrap.sh --dev
 fi
 rc=0
+# The code's own checks first (seconds): lint, formatting, strict types.  The layer contracts
+# (lint-imports) run inside the suite, in tests/test_architecture.py.
+.venv/bin/ruff check lib tests scripts packages || rc=$?
+.venv/bin/ruff format --check --quiet lib tests scripts packages || rc=$?
+.venv/bin/mypy || rc=$?
 .venv/bin/pytest -q || rc=$?
 if [ "$system" = 1 ]; then
   echo "== again under $SYSTEM_PY ($("$SYSTEM_PY" --version)), in .venv-system"

@@ -37,6 +37,7 @@ from coldcopy.postgres.server import (
     postmaster_pid,
     server_tool,
 )
+from coldcopy.restore.safe_tar import extract_all
 from coldcopy.wal import spool as walspool
 from coldcopy.wal.archive import archived_names, read_archived
 from coldcopy.wal.feeder import WalFeeder
@@ -162,8 +163,6 @@ def prepare_recovery(
 
     ``extra`` settings follow ours in postgresql.auto.conf.  Whatever fails, nothing written stays.
     """
-    from coldcopy.restore.safe_tar import extract_all
-
     settings = ctx.settings
     reader = BackupReader(ctx, plan.backup)
     reader.confirm()
