@@ -17,12 +17,14 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from coldcopy.cli import common as cli_common
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.postgres.cluster import PgCluster
@@ -161,3 +163,13 @@ def api_env(coldcopy_env: dict[str, str]) -> dict[str, str]:
         "COLDCOPY_LAUNCHER": "none",
         "COLDCOPY_ENV_FILE": os.devnull,
     }
+
+
+@pytest.fixture
+def cli_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[datetime], None]:
+    """``cli_clock(t)``: the commands run in-process (``run_cli``) take ``t`` as now."""
+
+    def set_now(when: datetime) -> None:
+        monkeypatch.setattr(cli_common, "clock", lambda: when)
+
+    return set_now

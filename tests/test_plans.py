@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,11 @@ from coldcopy.wal.monitor import STATE_KEY
 from test_recovery_time import MB, base, catalog, drill, entry, prepare_bucket, window
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _commands_take_now_as_now(cli_clock: Callable[[datetime], None]) -> None:
+    cli_clock(NOW)  # the plans' windows are measured from NOW, however long the suite has run
 
 
 @pytest.fixture

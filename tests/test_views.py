@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy.cli import backups as cli_backups
 from coldcopy.config import Settings, load_settings
 from coldcopy.core.times import utc_now
 from coldcopy.functions import web
@@ -54,10 +53,10 @@ def archived(coldcopy_env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 
 def test_with_wal_archiving_stalled_the_cli_and_the_api_agree(
-    archived: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    archived: dict[str, str], cli_clock: Callable[[datetime], None]
 ) -> None:
     later = utc_now() + LATER
-    monkeypatch.setattr(cli_backups, "utc_now", lambda: later)  # the CLI's clock, injected
+    cli_clock(later)
     r = run_cli(archived, "status", "--json")
     cli = json.loads(r.out)
     api = api_status(settings_of(archived), lambda: later)
@@ -72,10 +71,12 @@ def test_with_wal_archiving_stalled_the_cli_and_the_api_agree(
 
 
 def test_status_reads_the_wal_thresholds_from_the_env_file_it_was_given(
-    archived: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    archived: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_clock: Callable[[datetime], None],
 ) -> None:
-    later = utc_now() + LATER
-    monkeypatch.setattr(cli_backups, "utc_now", lambda: later)
+    cli_clock(utc_now() + LATER)
     monkeypatch.chdir(tmp_path)
     Path(".env").write_text("ALERT_WAL_MAX_AGE_MINUTES=1\n")  # ./.env: 2 hours is far too old
     patient = tmp_path / "patient.env"

@@ -7,11 +7,10 @@ from typing import Any
 
 from coldcopy.alerting.email import send_test
 from coldcopy.alerting.notify import alerts_report
-from coldcopy.cli.common import settings_for
+from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.context import open_context
 from coldcopy.core.humanize import table
-from coldcopy.core.times import utc_now
 
 
 def _alerts_text(report: dict[str, Any]) -> str:
@@ -38,7 +37,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     """The active alerts; exit 1 while any is active (for scripts and cron)."""
     s = settings_for(args)
     ctx = open_context(s)
-    report = alerts_report(s, ctx.storage, ctx.catalog.read(), utc_now())
+    report = alerts_report(s, ctx.storage, ctx.catalog.read(), now())
     present(args, report, lambda: _alerts_text(report))
     return 1 if report["alerts"] else 0
 
@@ -46,7 +45,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_test_email(args: argparse.Namespace) -> int:
     s = settings_for(args)
     cfg = s.smtp
-    send_test(cfg, s.cluster_label, utc_now())
+    send_test(cfg, s.cluster_label, now())
     present(
         args,
         {"sent": True, "to": list(cfg.recipients), "server": f"{cfg.host}:{cfg.port}"},

@@ -8,14 +8,13 @@ import logging
 from typing import Any
 
 from coldcopy.backup.logical import run_backup
-from coldcopy.cli.common import settings_for
+from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present, progress_meter
 from coldcopy.config import DB, STORAGE
 from coldcopy.context import open_context
 from coldcopy.core.humanize import human_age, human_bytes, table
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
-from coldcopy.core.times import utc_now
 from coldcopy.core.views import backup_summary, listing_row, status_view
 from coldcopy.restore.logical import run_restore
 from coldcopy.verify.run import run_verify
@@ -136,7 +135,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     # The WAL archive listed now (the API reads the tick's stored summary of the same listing).
     st = status_view(
         ctx.catalog.read(),
-        utc_now(),
+        now(),
         encrypted=s.encrypted,
         wal=compute(ctx.storage),
         thresholds=s.thresholds,

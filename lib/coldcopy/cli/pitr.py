@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from coldcopy.backup.base import run_basebackup
-from coldcopy.cli.common import settings_for
+from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.config import DB, STORAGE
 from coldcopy.context import open_context
 from coldcopy.core.archive_report import ArchiveReport, summarize
 from coldcopy.core.humanize import human_bytes
 from coldcopy.core.recovery_plan import parse_target
-from coldcopy.core.times import utc_now
 from coldcopy.errors import ColdCopyError
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.pitr import PitrResult, base_manifests, run_pitr
@@ -74,7 +73,7 @@ def cmd_pitr(args: argparse.Namespace) -> int:
     target = parse_target(
         args.target_time, args.target_lsn, args.target_name, args.target == "immediate", args.target_xid
     )
-    target_dir = Path(args.target_dir or f"coldcopy-pitr-{utc_now().strftime('%Y%m%d_%H%M%S')}")
+    target_dir = Path(args.target_dir or f"coldcopy-pitr-{now().strftime('%Y%m%d_%H%M%S')}")
     r = run_pitr(
         s,
         target,

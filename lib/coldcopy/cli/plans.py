@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from coldcopy.cli.common import settings_for
+from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.context import open_context
 from coldcopy.core.humanize import human_age, human_bytes
 from coldcopy.core.recovery_time import estimate
 from coldcopy.core.runbooks import Facts, build_plan
-from coldcopy.core.times import utc_now
 from coldcopy.wal.monitor import load
 
 
@@ -33,7 +32,7 @@ def _estimate_text(est: dict[str, Any]) -> str:
 
 def cmd_recovery_time(args: argparse.Namespace) -> int:
     ctx = open_context(settings_for(args))
-    est = estimate(ctx.catalog.read(), utc_now(), load(ctx.storage))
+    est = estimate(ctx.catalog.read(), now(), load(ctx.storage))
     present(args, est, lambda: _estimate_text(est))
     return 0
 
@@ -48,7 +47,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.scenario,
         ctx.catalog.read(),
         facts,
-        utc_now(),
+        now(),
         before=args.before,
         on_date=args.date,
         wal=load(ctx.storage),

@@ -6,12 +6,11 @@ import argparse
 from datetime import timedelta
 from typing import Any
 
-from coldcopy.cli.common import settings_for
+from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.config import Settings
 from coldcopy.core.humanize import table
 from coldcopy.core.retention import RetentionPolicy, lifecycle_problems, lifecycle_rules
-from coldcopy.core.times import utc_now
 from coldcopy.errors import ColdCopyError
 from coldcopy.ops.cleanup import run_cleanup
 from coldcopy.ops.pins import pin, unpin
@@ -48,12 +47,14 @@ def _cleanup_text(out: dict[str, Any], policy: RetentionPolicy, dry_run: bool) -
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     s = settings_for(args)
-    if args.now is not None and args.now > utc_now() + NOW_SKEW:
+    if args.now is not None and args.now > now() + NOW_SKEW:
         raise ColdCopyError(
             "--now is in the future",
             "use the time a dry run printed, or leave --now out (it defaults to now)",
         )
-    out = run_cleanup(s, dry_run=args.dry_run, now=args.now, expect=args.expect)
+    out = run_cleanup(
+        s, dry_run=args.dry_run, now=args.now or now().replace(microsecond=0), expect=args.expect
+    )
     present(args, out, lambda: _cleanup_text(out, s.retention, args.dry_run))
     return 0
 
