@@ -173,3 +173,19 @@ def cli_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[datetime], None]:
         monkeypatch.setattr(cli_common, "clock", lambda: when)
 
     return set_now
+
+
+@pytest.fixture
+def memory_env() -> dict[str, str]:
+    """Settings for tests whose bucket is a MemoryStore: nothing listens at the endpoint, so anything
+    that reached for a real bucket would fail instead of passing by accident."""
+    return {
+        "DO_SPACES_KEY": "memory",
+        "DO_SPACES_SECRET": "memory-store-secret",
+        "DO_SPACES_BUCKET": "memory",
+        "DO_SPACES_ENDPOINT": "http://127.0.0.1:9",
+        "COLDCOPY_CLUSTER": "memory",
+        "DB_NAME": "app",
+        "BACKUP_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "COLDCOPY_LAUNCHER": "none",
+    }

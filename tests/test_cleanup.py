@@ -165,8 +165,8 @@ class RecordingStorage(MemoryStore):
         super().delete(keys)
 
 
-def test_wal_and_base_backups(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env)
+def test_wal_and_base_backups(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env)
     storage = RecordingStorage(s)
     store = CatalogStore(storage)
     # WAL objects are "archived" now (the server sets the time); evaluate 40 days later.
@@ -211,9 +211,9 @@ def test_wal_and_base_backups(coldcopy_env: dict[str, str]) -> None:
     assert held["wal_delete"] == [] and any("no WAL deleted" in r for r in held["reported"])
 
 
-def test_cleanup_job_in_the_worker(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+def test_cleanup_job_in_the_worker(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     store = CatalogStore(storage)
     now = datetime.now(UTC)
     keep = prepare(store, "full", now - timedelta(days=1), "app")
@@ -262,19 +262,19 @@ def test_storage_lifecycle(coldcopy_env: dict[str, str], s3_server: Any) -> None
 
 
 @pytest.mark.parametrize("value", ["-1", "x"])
-def test_bad_tier_setting_is_a_config_error(coldcopy_env: dict[str, str], value: str) -> None:
-    r = run_cli({**coldcopy_env, "COLDCOPY_KEEP_DAILY": value}, "cleanup", "--dry-run")
+def test_bad_tier_setting_is_a_config_error(memory_env: dict[str, str], value: str) -> None:
+    r = run_cli({**memory_env, "COLDCOPY_KEEP_DAILY": value}, "cleanup", "--dry-run")
     assert r.rc == 2 and "COLDCOPY_KEEP_DAILY must be a whole number" in r.err
 
 
 def test_a_pin_made_while_cleanup_runs_wins(
-    coldcopy_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    memory_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import coldcopy.ops.cleanup as cleanup
     from coldcopy.ops.pins import pin
 
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     store = CatalogStore(storage)
     now = datetime.now(UTC)
     prepare(store, "full", now - timedelta(days=1), "app")
@@ -298,10 +298,10 @@ def test_a_pin_made_while_cleanup_runs_wins(
     assert manifest_key(second) in keys(storage, "backups/") and keys(storage, f"backups/{first}/") == []
 
 
-def test_manifests_are_read_afresh(coldcopy_env: dict[str, str]) -> None:
+def test_manifests_are_read_afresh(memory_env: dict[str, str]) -> None:
     """The catalog is a cache: a manifest damaged or removed since it was recorded is caught at cleanup."""
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     store = CatalogStore(storage)
     now = datetime.now(UTC)
     prepare(store, "full", now - timedelta(days=1), "app")
@@ -333,10 +333,10 @@ def test_manifests_are_read_afresh(coldcopy_env: dict[str, str]) -> None:
     assert not [k for k in left if k.startswith((f"backups/{vanished}/", f"backups/{interrupted}/"))]
 
 
-def test_old_job_records_are_pruned_and_recent_or_unfinished_ones_kept(coldcopy_env: dict[str, str]) -> None:
+def test_old_job_records_are_pruned_and_recent_or_unfinished_ones_kept(memory_env: dict[str, str]) -> None:
     """runs/, jobs/claims/ and jobs/slots/ would grow forever: cleanup prunes what is past the history."""
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     now = datetime.now(UTC).replace(microsecond=0)
     old, recent = now - timedelta(days=s.job_history_days + 5), now - timedelta(days=2)
 
@@ -371,6 +371,6 @@ def test_old_job_records_are_pruned_and_recent_or_unfinished_ones_kept(coldcopy_
     assert run_cleanup(s, dry_run=True, now=now, storage=storage)["job_records_delete"] == []
 
 
-def test_job_history_shorter_than_a_grace_window_is_refused(coldcopy_env: dict[str, str]) -> None:
-    r = run_cli({**coldcopy_env, "COLDCOPY_JOB_HISTORY_DAYS": "3"}, "cleanup", "--dry-run")
+def test_job_history_shorter_than_a_grace_window_is_refused(memory_env: dict[str, str]) -> None:
+    r = run_cli({**memory_env, "COLDCOPY_JOB_HISTORY_DAYS": "3"}, "cleanup", "--dry-run")
     assert r.rc == 2 and "COLDCOPY_JOB_HISTORY_DAYS" in r.err

@@ -25,6 +25,7 @@ from coldcopy.functions import tick as tick_fn
 from coldcopy.ops import queue as jobs
 from coldcopy.ops.launchers import LauncherError, LaunchResult, launcher_for, wake
 from coldcopy.ops.worker import HANDLERS, Handler, WorkerReport, run_worker
+from coldcopy.storage.memory import MemoryStore
 from coldcopy.storage.s3 import open_store
 from coldcopy.storage.store import ObjectStore
 
@@ -128,9 +129,9 @@ def test_overlapping_ticks_enqueue_each_due_slot_exactly_once(coldcopy_env: dict
     assert sum(launcher.calls for launcher in launchers) >= 1
 
 
-def test_missed_slot_runs_once_within_grace(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env, COLDCOPY_SCHEDULE_GRACE_MINUTES="60")
-    storage = open_store(s)
+def test_missed_slot_runs_once_within_grace(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env, COLDCOPY_SCHEDULE_GRACE_MINUTES="60")
+    storage = MemoryStore(prefix=s.prefix)
     slot = TUESDAY + timedelta(hours=2)
     # The ticks at 02:00…02:25 never happened; the one at 02:30 catches up.
     first = tick_fn.tick(s, slot + timedelta(minutes=30), launcher=FakeLauncher(), storage=storage)
@@ -149,9 +150,9 @@ def test_missed_slot_runs_once_within_grace(coldcopy_env: dict[str, str]) -> Non
     assert late["enqueued"] == []
 
 
-def test_a_slot_taken_by_a_tick_that_died_is_queued_by_the_next(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+def test_a_slot_taken_by_a_tick_that_died_is_queued_by_the_next(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     slot = "backup-full/2026-11-24T02:00Z"
     orphan = jobs.Job(
         jobs.new_run_id(TUESDAY + timedelta(hours=2), seed=slot),
@@ -168,9 +169,9 @@ def test_a_slot_taken_by_a_tick_that_died_is_queued_by_the_next(coldcopy_env: di
     assert run is not None and run["state"] == "queued"
 
 
-def test_stale_heartbeat_is_marked_failed_and_a_fresh_one_left_alone(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env, COLDCOPY_HEARTBEAT_STALE_SECONDS="600")
-    storage = open_store(s)
+def test_stale_heartbeat_is_marked_failed_and_a_fresh_one_left_alone(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env, COLDCOPY_HEARTBEAT_STALE_SECONDS="600")
+    storage = MemoryStore(prefix=s.prefix)
     now = TUESDAY + timedelta(hours=12)
     ids = [jobs.enqueue(storage, "verify", {}, now=now - timedelta(hours=1, seconds=-i)) for i in range(4)]
     stale = jobs.claim_next(storage, "dead-worker", now=now - timedelta(minutes=30))
@@ -204,9 +205,9 @@ def test_stale_heartbeat_is_marked_failed_and_a_fresh_one_left_alone(coldcopy_en
     assert not jobs.heartbeat(storage, stale[1], now=now), "a worker learns that its run was marked failed"
 
 
-def test_tick_wakes_the_runner_only_when_jobs_wait(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+def test_tick_wakes_the_runner_only_when_jobs_wait(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     fake = FakeLauncher()
     quiet = TUESDAY + timedelta(hours=12)  # nothing scheduled at noon
     out = tick_fn.tick(s, quiet, launcher=fake, storage=storage)
@@ -228,7 +229,7 @@ def test_tick_wakes_the_runner_only_when_jobs_wait(coldcopy_env: dict[str, str])
     jobs.enqueue(storage, "cleanup", {})
     broken = tick_fn.tick(s, quiet, launcher=FakeLauncher(fail=True), storage=storage)
     assert broken["woken"] == {"started": False, "error": "the fake API is down"}
-    none = settings(coldcopy_env, COLDCOPY_LAUNCHER="none")
+    none = settings(memory_env, COLDCOPY_LAUNCHER="none")
     assert tick_fn.tick(none, quiet, storage=storage)["woken"] is None
 
 
@@ -266,11 +267,12 @@ def test_tick_module_imports_stay_light() -> None:
 
 
 # -- the worker ------------------------------------------------------------------------------------
-def test_worker_exits_at_once_on_an_empty_queue(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env)
-    report = run_worker(s, heartbeat_seconds=FAST_BEAT)
+def test_worker_exits_at_once_on_an_empty_queue(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
+    report = run_worker(s, heartbeat_seconds=FAST_BEAT, storage=storage)
     assert (report.count, report.failed, report.runs) == (0, 0, [])
-    assert keys(open_store(s), "") == []
+    assert keys(storage, "") == []
 
 
 def test_failing_jobs_are_recorded_and_the_next_job_still_runs(coldcopy_env: dict[str, str]) -> None:
@@ -376,9 +378,9 @@ def test_racing_workers_run_each_job_once(coldcopy_env: dict[str, str]) -> None:
         assert claim["worker"] == run["worker"]
 
 
-def test_heartbeat_is_written_while_a_job_runs(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+def test_heartbeat_is_written_while_a_job_runs(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     started, release = threading.Event(), threading.Event()
 
     def blocking(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -391,7 +393,7 @@ def test_heartbeat_is_written_while_a_job_runs(coldcopy_env: dict[str, str]) -> 
     box: list[Any] = []
     w = threading.Thread(
         target=lambda: box.append(
-            run_worker(s, heartbeat_seconds=FAST_BEAT, handlers={"probe-block": blocking})
+            run_worker(s, heartbeat_seconds=FAST_BEAT, handlers={"probe-block": blocking}, storage=storage)
         )
     )
     w.start()
@@ -424,10 +426,10 @@ def test_heartbeat_is_written_while_a_job_runs(coldcopy_env: dict[str, str]) -> 
 
 
 def test_a_run_marked_stale_while_alive_stops_beating_and_keeps_its_real_outcome(
-    coldcopy_env: dict[str, str],
+    memory_env: dict[str, str],
 ) -> None:
-    s = settings(coldcopy_env)
-    storage = open_store(s)
+    s = settings(memory_env)
+    storage = MemoryStore(prefix=s.prefix)
     started, release = threading.Event(), threading.Event()
 
     def blocking(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -440,7 +442,7 @@ def test_a_run_marked_stale_while_alive_stops_beating_and_keeps_its_real_outcome
     w = threading.Thread(
         target=run_worker,
         args=(s,),
-        kwargs={"heartbeat_seconds": 3600, "handlers": {"probe-block": blocking}},
+        kwargs={"heartbeat_seconds": 3600, "handlers": {"probe-block": blocking}, "storage": storage},
     )
     w.start()
     try:
@@ -456,8 +458,8 @@ def test_a_run_marked_stale_while_alive_stops_beating_and_keeps_its_real_outcome
     assert final is not None and final["state"] == "succeeded" and "marked this run failed" in final["note"]
 
 
-def test_bad_run_ids_never_reach_a_key(coldcopy_env: dict[str, str]) -> None:
-    storage = open_store(settings(coldcopy_env))
+def test_bad_run_ids_never_reach_a_key(memory_env: dict[str, str]) -> None:
+    storage = MemoryStore(prefix=settings(memory_env).prefix)
     for bad in ("../catalog", "x" * 26 + "/", "ABCDEFGHJKMNPQRSTVWXYZ0123"):
         with pytest.raises(InvalidNameError):
             stored_run(storage, bad)

@@ -11,7 +11,7 @@ from cli_helpers import stored_run
 from coldcopy.config import Settings, load_settings
 from coldcopy.functions import tick as tick_fn
 from coldcopy.ops import queue as jobs
-from coldcopy.storage.s3 import open_store
+from coldcopy.storage.memory import MemoryStore
 from coldcopy.storage.store import ObjectStore
 
 TUESDAY_NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # no default schedule fires at noon
@@ -31,9 +31,9 @@ def queued_kinds(storage: ObjectStore) -> list[str]:
     return sorted(out)
 
 
-def test_tick_enqueues_wal_sweep_when_scheduled(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env, COLDCOPY_SCHEDULE_WAL_SWEEP="*/5 * * * *", COLDCOPY_LAUNCHER="none")
-    storage = open_store(s)
+def test_tick_enqueues_wal_sweep_when_scheduled(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env, COLDCOPY_SCHEDULE_WAL_SWEEP="*/5 * * * *", COLDCOPY_LAUNCHER="none")
+    storage = MemoryStore(prefix=s.prefix)
     out = tick_fn.tick(s, TUESDAY_NOON + timedelta(minutes=1), storage=storage)
     assert [(e["kind"], e["slot"]) for e in out["enqueued"]] == [("wal-sweep", "wal-sweep/2026-11-24T12:00Z")]
     assert queued_kinds(storage) == ["wal-sweep"]
@@ -44,10 +44,10 @@ def test_tick_enqueues_wal_sweep_when_scheduled(coldcopy_env: dict[str, str]) ->
     assert queued_kinds(storage) == ["wal-sweep", "wal-sweep"]
 
 
-def test_tick_never_enqueues_wal_sweep_when_unset(coldcopy_env: dict[str, str]) -> None:
-    s = settings(coldcopy_env, COLDCOPY_LAUNCHER="none")
+def test_tick_never_enqueues_wal_sweep_when_unset(memory_env: dict[str, str]) -> None:
+    s = settings(memory_env, COLDCOPY_LAUNCHER="none")
     assert s.schedule_wal_sweep == ""
-    storage = open_store(s)
+    storage = MemoryStore(prefix=s.prefix)
     for minutes in (1, 6, 31, 61):  # every 5-minute tick of an hour would catch any */N schedule
         out = tick_fn.tick(s, TUESDAY_NOON + timedelta(minutes=minutes), storage=storage)
         assert out["enqueued"] == [] and out["errors"] == []
