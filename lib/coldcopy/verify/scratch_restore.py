@@ -1,4 +1,4 @@
-"""Test restores: verification levels ``full`` and ``restore``, and the weekly verification job.
+"""Test restores: verification levels ``full`` and ``restore`` (the weekly job: ``verify.scheduled``).
 
 A test restore streams the backup (every chunk authenticated, sizes and checksums compared with
 the manifest) into ``pg_restore`` on a *scratch target*: a new database named ``cc_verify_<…>`` on

@@ -12,7 +12,7 @@ repeated storage errors.  A file in flight is marked, so a wal-fetch asking for 
 
 Nothing here can fail a recovery: a file the feeder could not fetch is simply not in the spool,
 and the restore_command fetches it itself (the existing miss path).  Files are written through
-``walspool.put`` (temporary name, fsync, rename), 0600 and owned by the data folder's owner.
+``spool.put`` (temporary name, fsync, rename), 0600 and owned by the data folder's owner.
 """
 
 from __future__ import annotations
