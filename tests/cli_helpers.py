@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from coldcopy.cli.main import main
+from coldcopy.config import Settings
+from coldcopy.core.times import Clock
+from coldcopy.functions import web
 from coldcopy.ops.queue import get_run
 from coldcopy.storage.store import ObjectStore
 
@@ -57,3 +61,17 @@ def stored_run(storage: ObjectStore, run_id: str) -> dict[str, Any] | None:
     """A run record as ``coldcopy runs --json`` and ``GET /runs/<id>`` show it (None if absent)."""
     run = get_run(storage, run_id)
     return run.to_dict() if run is not None else None
+
+
+def web_get(settings: Settings, function: str, token: str, clock: Clock) -> dict[str, Any]:
+    """GET a monitor function the way the platform calls it, with these settings and this clock;
+    the JSON body of its 200 answer."""
+    web.use_settings(settings, clock=clock)
+    try:
+        headers = {"authorization": f"Bearer {token}"}
+        r = web.handle(function, {"http": {"method": "GET", "path": "", "headers": headers}})
+    finally:
+        web.use_settings(None)
+    assert r["statusCode"] == 200, r
+    body: dict[str, Any] = json.loads(r["body"])
+    return body

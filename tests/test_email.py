@@ -21,7 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, web_get
 from coldcopy.alerting.notify import check_alerts
 from coldcopy.config import Settings, load_settings
 from coldcopy.core.alert_state import STATE_KEY
@@ -29,7 +29,6 @@ from coldcopy.core.catalog import Catalog
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.times import iso
 from coldcopy.functions import tick as tick_fn
-from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.s3 import S3Store, open_store
@@ -197,16 +196,7 @@ class CountingStorage(S3Store):
 
 
 def alerts_endpoint(settings: Settings, now: datetime = NOW) -> dict[str, Any]:
-    web.use_settings(settings, clock=lambda: now)
-    try:
-        r = web.handle(
-            "alerts", {"http": {"method": "GET", "path": "", "headers": {"authorization": f"Bearer {TOKEN}"}}}
-        )
-    finally:
-        web.use_settings(None)
-    assert r["statusCode"] == 200, r
-    body: dict[str, Any] = json.loads(r["body"])
-    return body
+    return web_get(settings, "alerts", TOKEN, lambda: now)
 
 
 # -- the tests ------------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, web_get
 from coldcopy.config import Settings, load_settings
-from coldcopy.core.times import utc_now
-from coldcopy.functions import web
+from coldcopy.core.times import Clock, utc_now
 from coldcopy.functions.tick import tick
 from coldcopy.storage.s3 import open_store
 
@@ -27,17 +26,8 @@ def settings_of(env: dict[str, str]) -> Settings:
     return load_settings(env, env_file=Path(os.devnull))
 
 
-def api_status(s: Settings, clock: Any) -> dict[str, Any]:
-    web.use_settings(s, clock=clock)
-    try:
-        r = web.handle(
-            "status", {"http": {"method": "GET", "path": "", "headers": {"authorization": f"Bearer {TOKEN}"}}}
-        )
-    finally:
-        web.use_settings(None)
-    assert r["statusCode"] == 200, r
-    body: dict[str, Any] = json.loads(r["body"])
-    return body
+def api_status(s: Settings, clock: Clock) -> dict[str, Any]:
+    return web_get(s, "status", TOKEN, clock)
 
 
 @pytest.fixture

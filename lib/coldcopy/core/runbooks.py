@@ -2,10 +2,10 @@
 
 ``build_plan(scenario, cat, facts, now, before=, on_date=, wal=)`` picks the backup that fits, fills
 the exact ``coldcopy`` commands in with real names, and says how long it should take, how much data
-would be lost, what to check afterwards and what would make the plan fail.  With a WAL archive whose
-recoverable window covers the time needed (``wal``, from ``coldcopy.wal.monitor.load``), a deletion is undone by
-point-in-time recovery to just before it, and corruption/disaster plans name PITR as the option
-with the smallest data loss.  The alert rules'
+would be lost, what to check afterwards and what would make the plan fail.  With a WAL archive
+whose recoverable window covers the time needed (``wal``, from ``coldcopy.wal.monitor.load``), a
+deletion is undone by point-in-time recovery to just before it, and corruption/disaster plans name
+PITR as the option with the smallest data loss.  The alert rules'
 plan names (``missed-backup``, ``corrupt-backup``…) map onto the four runbooks.
 """
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ConflictError, NotFoundError
-from coldcopy.storage.store import ObjectInfo, check_key
+from coldcopy.storage.store import ObjectInfo, check_key, encode_json
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ class MemoryStore:
             self._objects[key] = obj
 
     def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
-        body = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
-        self.put_bytes(key, body, create_only=create_only, content_type="application/json")
+        self.put_bytes(key, encode_json(obj), create_only=create_only, content_type="application/json")
 
     def _get(self, key: str) -> _Object:
         check_key(key)

@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from coldcopy.config import Settings
 from coldcopy.errors import ConflictError, NotFoundError, StorageError
-from coldcopy.storage.store import ObjectInfo, ReadInterrupted, check_key
+from coldcopy.storage.store import ObjectInfo, ReadInterrupted, check_key, encode_json
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -170,8 +170,7 @@ class S3Store:
         self._call(f"write {key}", put, key)
 
     def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
-        body = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
-        self.put_bytes(key, body, create_only=create_only, content_type="application/json")
+        self.put_bytes(key, encode_json(obj), create_only=create_only, content_type="application/json")
 
     def _get(self, key: str, byte_range: str | None = None) -> Any:
         extra: dict[str, Any] = {"Range": byte_range} if byte_range else {}

@@ -17,6 +17,7 @@ implementation keeps:
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -110,6 +111,11 @@ class ObjectStore(Protocol):
         ...
 
     def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+
+def encode_json(obj: Any) -> bytes:
+    """How every store writes a JSON object (records are read by other processes and versions)."""
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
 
 
 def check_key(key: str) -> str:
