@@ -82,16 +82,7 @@ def _stream(
     ctx, pg, conn, name = ses.ctx, ses.pg, ses.conn, ses.name
     s = ctx.settings
     t0 = time.monotonic()
-    args = [
-        pg.tool("pg_basebackup").path,
-        "--format=tar",
-        "--wal-method=none",
-        "--checkpoint=fast",
-        "--pgdata=-",
-        "--manifest-checksums=SHA256",
-        f"--label={name}",
-        "--no-password",
-    ]
+    args = _basebackup_args(pg.tool("pg_basebackup").path, name)
     writer = ses.data_writer()
     watcher = TarWatcher()
     start_time = _server_clock(conn)
@@ -142,6 +133,20 @@ def _stream(
     )
     commit(ctx, manifest)  # the commit point
     return manifest
+
+
+def _basebackup_args(tool: str, label: str) -> list[str]:
+    """pg_basebackup writing one tar with a SHA-256 backup_manifest to stdout, without WAL."""
+    return [
+        tool,
+        "--format=tar",
+        "--wal-method=none",
+        "--checkpoint=fast",
+        "--pgdata=-",
+        "--manifest-checksums=SHA256",
+        f"--label={label}",
+        "--no-password",
+    ]
 
 
 # -- reading a base backup back ------------------------------------------------------------------

@@ -40,14 +40,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     # One exported snapshot for pg_dump and for the row counts, so the counts match the dump.
     conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
-    args = [
-        pg.tool("pg_dump").path,
-        "--format=custom",
-        "--compress=0",
-        f"--snapshot={snapshot}",
-        "--no-password",
-        s.db_name,
-    ]
+    args = _pg_dump_args(pg.tool("pg_dump").path, snapshot, s.db_name)
     writer = ses.data_writer()
 
     counts = pg.counts_in_snapshot(snapshot, exact=s.row_counts == "exact")  # overlaps the dump
@@ -95,6 +88,11 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     )
     commit(ctx, manifest)
     return manifest
+
+
+def _pg_dump_args(tool: str, snapshot: str, dbname: str) -> list[str]:
+    """pg_dump of ``dbname`` in the exported ``snapshot``, uncompressed custom format to stdout."""
+    return [tool, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password", dbname]
 
 
 def _globals(ctx: Context, pg: Postgres, name: str) -> tuple[StoredObject | None, str]:

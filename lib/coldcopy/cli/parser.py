@@ -241,6 +241,30 @@ def _pitr_commands(add: AddCommand) -> None:
         "pitr:cmd_basebackup",
         "take a physical base backup (pg_basebackup) for point-in-time recovery",
     )
+    _wal_commands(add)
+    p = add(
+        "pitr", "pitr:cmd_pitr", "recover a new data folder to a point in time (base backup + archived WAL)"
+    )
+    p.add_argument("--target-time", type=utc_time, help="ISO time, UTC unless it has an offset")
+    p.add_argument("--target-lsn", help="an LSN such as 0/16B3748")
+    p.add_argument("--target-xid", help="a transaction id: recover up to and including its commit")
+    p.add_argument("--target-name", help="a restore point (coldcopy restore-point NAME)")
+    p.add_argument("--target", choices=["immediate"], help="stop as soon as the base backup is consistent")
+    p.add_argument(
+        "--target-dir", help="a new or empty folder for the data (default: ./coldcopy-pitr-<time>)"
+    )
+    p.add_argument("--port", type=int, default=5432, help="port of the recovered server")
+    p.add_argument("--start", action="store_true", help="start it with pg_ctl and wait for promotion")
+    p.add_argument("--backup", help="use this base backup instead of the newest that fits")
+    p.add_argument(
+        "--coldcopy-command",
+        help="how the postgres OS user runs coldcopy in restore_command "
+        "(default: COLDCOPY_SERVER_COMMAND, else this Python -m coldcopy)",
+    )
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for promotion")
+
+
+def _wal_commands(add: AddCommand) -> None:
     wp = add("wal-push", "wal:cmd_wal_push", "archive one WAL file (use as archive_command: wal-push %%p)")
     wp.add_argument("path")
     wd = add(
@@ -274,23 +298,3 @@ def _pitr_commands(add: AddCommand) -> None:
         "pitr:cmd_wal_status",
         "the WAL archive: timelines, gaps, and each base backup's recovery window",
     )
-    p = add(
-        "pitr", "pitr:cmd_pitr", "recover a new data folder to a point in time (base backup + archived WAL)"
-    )
-    p.add_argument("--target-time", type=utc_time, help="ISO time, UTC unless it has an offset")
-    p.add_argument("--target-lsn", help="an LSN such as 0/16B3748")
-    p.add_argument("--target-xid", help="a transaction id: recover up to and including its commit")
-    p.add_argument("--target-name", help="a restore point (coldcopy restore-point NAME)")
-    p.add_argument("--target", choices=["immediate"], help="stop as soon as the base backup is consistent")
-    p.add_argument(
-        "--target-dir", help="a new or empty folder for the data (default: ./coldcopy-pitr-<time>)"
-    )
-    p.add_argument("--port", type=int, default=5432, help="port of the recovered server")
-    p.add_argument("--start", action="store_true", help="start it with pg_ctl and wait for promotion")
-    p.add_argument("--backup", help="use this base backup instead of the newest that fits")
-    p.add_argument(
-        "--coldcopy-command",
-        help="how the postgres OS user runs coldcopy in restore_command "
-        "(default: COLDCOPY_SERVER_COMMAND, else this Python -m coldcopy)",
-    )
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for promotion")

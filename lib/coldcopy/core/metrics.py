@@ -25,6 +25,7 @@ from datetime import datetime
 from coldcopy.core.alerts import SEVERITIES, Alert, counts_by_severity
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import KINDS, parse_name
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import InvalidNameError
@@ -99,18 +100,30 @@ def render(
     """The exposition text.  ``alerts`` None: the alert gauges are left out (nothing evaluated them)."""
     entries = cat.entries()  # newest first
     w = _Writer()
+    _backup_counters(w, cat, entries)
+    _size_metrics(w, entries, legacy_gb)
+    _newest_backup_metrics(w, entries)
+    _verification_metrics(w, cat)
+    if wal is not None:
+        _wal_metrics(w, wal, now)
+    w.metric(
+        "coldcopy_manifests_unreadable",
+        "gauge",
+        "Backups whose manifest cannot be read.",
+        [({}, len(cat.unreadable))],
+    )
+    if alerts is not None:
+        _alert_metrics(w, alerts)
+    return w.text()
+
+
+def _backup_counters(w: _Writer, cat: Catalog, entries: list[CatalogEntry]) -> None:
+    """Attempts, successes (deleted backups included) and failures, by kind and database."""
     success: dict[Key, float] = {}
     failed: dict[Key, float] = {}
-    newest_size: dict[Key, float] = {}
-    newest_time: dict[Key, float] = {}
-    durations: dict[Key, list[float]] = {}
     for e in entries:
         key = _key(e.name, e.kind)
         success[key] = success.get(key, 0) + 1
-        durations.setdefault(key, []).append(float(e.duration_seconds))
-        if key not in newest_size:
-            newest_size[key] = e.size_bytes
-            newest_time[key] = parse_iso(e.finished_at).timestamp()
     for name in cat.deleted:
         key = _key(name)
         success[key] = success.get(key, 0) + 1
@@ -118,7 +131,6 @@ def render(
         key = _key(str(f.get("name", "")), str(f.get("kind") or "") or None)
         failed[key] = failed.get(key, 0) + 1
     attempts = {k: success.get(k, 0) + failed.get(k, 0) for k in {*success, *failed}}
-
     w.metric(
         "coldcopy_backups_total",
         "counter",
@@ -138,13 +150,14 @@ def render(
         _by_key(failed),
     )
 
+
+def _size_metrics(w: _Writer, entries: list[CatalogEntry], legacy_gb: bool) -> None:
+    """How many backups the catalog holds and the bytes they store, by kind and in total."""
     counts = dict.fromkeys(KINDS, 0)
     sizes = dict.fromkeys(KINDS, 0)
-    last_by_kind: dict[str, float] = {}
     for e in entries:
         counts[e.kind] = counts.get(e.kind, 0) + 1
         sizes[e.kind] = sizes.get(e.kind, 0) + e.size_bytes
-        last_by_kind.setdefault(e.kind, parse_iso(e.finished_at).timestamp())
     # A summary of stored sizes: its ``_count`` series is the ``coldcopy_backup_count`` users scrape
     # (as a gauge, promtool would reject the ``_count`` suffix).
     w.lines += [
@@ -176,6 +189,21 @@ def render(
             "Gigabytes (10^9 bytes) stored by all the backups (legacy name).",
             [({}, total / 1e9)],
         )
+
+
+def _newest_backup_metrics(w: _Writer, entries: list[CatalogEntry]) -> None:
+    """The newest backup's size and finish time, and the histogram of backup durations."""
+    newest_size: dict[Key, float] = {}
+    newest_time: dict[Key, float] = {}
+    durations: dict[Key, list[float]] = {}
+    last_by_kind: dict[str, float] = {}
+    for e in entries:
+        key = _key(e.name, e.kind)
+        durations.setdefault(key, []).append(float(e.duration_seconds))
+        if key not in newest_size:
+            newest_size[key] = e.size_bytes
+            newest_time[key] = parse_iso(e.finished_at).timestamp()
+        last_by_kind.setdefault(e.kind, parse_iso(e.finished_at).timestamp())
     w.metric("coldcopy_backup_size_bytes", "gauge", "Stored size of the newest backup.", _by_key(newest_size))
     w.histogram("coldcopy_backup_duration_seconds", "How long the backups in the catalog took.", durations)
     w.metric(
@@ -190,24 +218,16 @@ def render(
         "When the newest backup of each kind finished (Unix time).",
         [({"kind": k}, t) for k, t in sorted(last_by_kind.items())],
     )
-    _verification_metrics(w, cat)
-    if wal is not None:
-        _wal_metrics(w, wal, now)
+
+
+def _alert_metrics(w: _Writer, alerts: Sequence[Alert]) -> None:
+    counts_sev = counts_by_severity(alerts)
     w.metric(
-        "coldcopy_manifests_unreadable",
+        "coldcopy_alerts_active",
         "gauge",
-        "Backups whose manifest cannot be read.",
-        [({}, len(cat.unreadable))],
+        "Active alerts, by severity.",
+        [({"severity": s}, counts_sev.get(s, 0)) for s in SEVERITIES],
     )
-    if alerts is not None:
-        counts_sev = counts_by_severity(alerts)
-        w.metric(
-            "coldcopy_alerts_active",
-            "gauge",
-            "Active alerts, by severity.",
-            [({"severity": s}, counts_sev.get(s, 0)) for s in SEVERITIES],
-        )
-    return w.text()
 
 
 def _verification_metrics(w: _Writer, cat: Catalog) -> None:

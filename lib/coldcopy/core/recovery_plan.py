@@ -180,6 +180,32 @@ def plan_recovery(
     Pure: ``manifests`` are the base backups, ``archive`` the archived file names with the time
     each was stored.
     """
+    m = _choose_backup(manifests, target, backup)
+    e = m.extra
+    size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
+    tli = int(e["timeline"])
+    legs = _legs(m, histories)
+    segs = sorted((seg.segno, at) for seg, at in _on_path(legs, archive, size))
+    first = parse_segment(e["start_wal_segment"], size)
+    stop = parse_segment(e["stop_wal_segment"], size)
+    if not segs:
+        raise RecoveryRefused(
+            f"the WAL archive has no segment of timeline {tli}",
+            "check archive_command (`coldcopy wal-push %p`) and pg_stat_archiver on the server",
+        )
+    newest = segs[-1][0]
+    last = _last_needed(target, segs, stop.segno, tli, size)
+    if stop.segno > newest:
+        raise RecoveryRefused(
+            f"the WAL that makes {m.name} consistent (up to {stop.name(size)}) is not archived",
+            "check the archiver on the server (pg_stat_archiver)",
+        )
+    _check_continuity(legs, archive, size, first, last)
+    return _build_plan(m, target, legs, archive, first, last)
+
+
+def _choose_backup(manifests: list[Manifest], target: Target, backup: str | None) -> Manifest:
+    """The base backup to recover from: the newest (or the one named) that ends before ``target``."""
     if not manifests:
         raise RecoveryRefused("there is no base backup", "run `coldcopy basebackup` first")
     if backup:
@@ -210,28 +236,20 @@ def plan_recovery(
             )
     else:
         fits = candidates
-    m = fits[-1]
-    e = m.extra
-    size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
-    tli = int(e["timeline"])
-    legs = _legs(m, histories)
+    return fits[-1]
 
-    def timeline_at(segno: int) -> int:
-        return _timeline_at(legs, segno)
 
-    segs = sorted((seg.segno, at) for seg, at in _on_path(legs, archive, size))
-    first = parse_segment(e["start_wal_segment"], size)
-    stop = parse_segment(e["stop_wal_segment"], size)
-    if not segs:
-        raise RecoveryRefused(
-            f"the WAL archive has no segment of timeline {tli}",
-            "check archive_command (`coldcopy wal-push %p`) and pg_stat_archiver on the server",
-        )
+def _last_needed(target: Target, segs: list[tuple[int, float]], stop: int, tli: int, size: int) -> int:
+    """The number of the last segment recovery to ``target`` needs; RecoveryRefused if not archived.
+
+    ``segs`` are the archived segments on the path as (number, time stored), oldest first; ``stop``
+    is the number of the segment that makes the backup consistent.
+    """
     newest = segs[-1][0]
     if target.kind == "time":
         assert target.time is not None
         when = target.time.timestamp()
-        after = [no for no, at in segs if at >= when and no >= stop.segno]
+        after = [no for no, at in segs if at >= when and no >= stop]
         if not after:
             last_at = datetime.fromtimestamp(max(at for _, at in segs), UTC).isoformat()
             raise RecoveryRefused(
@@ -240,10 +258,10 @@ def plan_recovery(
                 "choose an earlier target, or wait until the WAL holding the target is archived "
                 "(SELECT pg_switch_wal() on the server closes the current segment)",
             )
-        last = after[0]
-    elif target.kind == "lsn":
+        return after[0]
+    if target.kind == "lsn":
         assert target.lsn is not None
-        last = max(segment_of(target.lsn, tli, size).segno, stop.segno)  # segno does not depend on tli
+        last = max(segment_of(target.lsn, tli, size).segno, stop)  # segno does not depend on tli
         if last > newest:
             raise RecoveryRefused(
                 f"the WAL archive does not reach {target.describe()}: "
@@ -251,16 +269,16 @@ def plan_recovery(
                 f"{format_lsn((newest + 1) * size)}",
                 "choose an earlier target, or wait until that WAL is archived",
             )
-    elif target.kind == "immediate":
-        last = stop.segno
-    else:
-        last = newest
-    if stop.segno > newest:
-        raise RecoveryRefused(
-            f"the WAL that makes {m.name} consistent (up to {stop.name(size)}) is not archived",
-            "check the archiver on the server (pg_stat_archiver)",
-        )
-    first_name, last_name = first.name(size), Segment(timeline_at(last), last).name(size)
+        return last
+    if target.kind == "immediate":
+        return stop
+    return newest
+
+
+def _check_continuity(
+    legs: list[Leg], archive: list[tuple[str, float]], size: int, first: Segment, last: int
+) -> None:
+    """RecoveryRefused if the archive has a gap from ``first`` to segment number ``last`` along ``legs``."""
     missing = []
     for leg in legs:
         lo, hi = max(leg.lo, first.segno), last if leg.hi is None else min(leg.hi, last)
@@ -270,13 +288,25 @@ def plan_recovery(
                 first=Segment(leg.timeline, lo).name(size), last=Segment(leg.timeline, hi).name(size),
             )  # fmt: skip
     if missing:
+        first_name = first.name(size)
+        last_name = Segment(_timeline_at(legs, last), last).name(size)
         shown = ", ".join(a if a == b else f"{a}..{b}" for a, b in missing[:5])
         raise RecoveryRefused(
             f"the WAL archive has gaps between {first_name} and {last_name}: {shown}",
             "recovery would stop at the first gap; choose a target before it, or a base backup after it",
         )
+
+
+def _build_plan(
+    m: Manifest, target: Target, legs: list[Leg], archive: list[tuple[str, float]], first: Segment, last: int
+) -> RecoveryPlan:
+    """The plan for recovering ``m`` along ``legs`` from ``first`` to segment number ``last``."""
+    e = m.extra
+    size = int(e.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
+    tli = int(e["timeline"])
     history_files, absent = _history_probes(tli, {n for n, _ in archive if n.endswith(".history")})
-    segments = tuple(Segment(timeline_at(no), no).name(size) for no in range(first.segno, last + 1))
+    first_name, last_name = first.name(size), Segment(_timeline_at(legs, last), last).name(size)
+    segments = tuple(Segment(_timeline_at(legs, no), no).name(size) for no in range(first.segno, last + 1))
     notes = []
     if target.kind == "name":
         notes.append("the restore point must have been created after the chosen base backup started")
@@ -285,7 +315,7 @@ def plan_recovery(
     if len(legs) > 1:
         notes.append("follows timelines " + " → ".join(str(leg.timeline) for leg in legs))
     return RecoveryPlan(
-        m.name, timeline_at(last), first_name, last_name, size, e["stop_time"], notes,
+        m.name, _timeline_at(legs, last), first_name, last_name, size, e["stop_time"], notes,
         m.server_version_num // 10000, history_files, absent, segments,
     )  # fmt: skip
 

@@ -279,35 +279,65 @@ def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[
     ``wal`` is the WAL archive's summary (``walmonitor.load``); None means PITR is not in use.
     """
     rate = throughput(cat, now)
-    latest = latest_backup(cat)
-    scenarios: list[dict[str, Any]] = []
+    restore = _restore_scenario(latest_backup(cat), rate)
+    scenarios = [restore, *_pitr_scenarios(cat, now, wal), _disaster_scenario(restore)]
+    out: dict[str, Any] = {
+        "estimated": rate.measured,
+        "estimate_seconds": restore["estimate_seconds"],
+        "basis": rate.basis,
+        "throughput_bytes_per_second": round(rate.bytes_per_second, 1),
+        "measured_at": rate.newest_at,
+        "measurement_age_seconds": None if rate.age_seconds is None else round(rate.age_seconds, 1),
+        "measurements": [_measurement_view(m) for m in rate.used],
+        "scenarios": scenarios,
+        "replay": _replay_view(replay_rate(cat, now)),
+        "wal_window": None
+        if wal is None
+        else {"start": wal.window_start, "end": wal.window_end, "gaps": len(wal.gaps)},
+        "checked_at": iso(now),
+    }
+    if not rate.measured:
+        out["reason"] = "no test restores measured yet; the figures use a labelled default throughput"
+        out["how_to_measure"] = "`coldcopy verify NAME --level restore` or POST /restore-test"
+    return out
+
+
+def _restore_scenario(latest: CatalogEntry | None, rate: Throughput) -> dict[str, Any]:
+    """Restoring the latest full backup at ``rate``."""
     if latest is None:
-        restore: dict[str, Any] = {
+        return {
             "scenario": "restore-latest",
             "title": "restore the latest full backup",
             "available": False,
             "estimate_seconds": None,
             "how": "not available: there is no backup to restore",
         }
-    else:
-        secs = restore_seconds(latest.raw_size_bytes, rate)
-        restore = {
-            "scenario": "restore-latest",
-            "title": "restore the latest full backup",
-            "available": True,
-            "estimate_seconds": secs,
-            "backup": latest.name,
-            "backup_raw_bytes": latest.raw_size_bytes,
-            "how": f"{latest.raw_size_bytes} bytes of dump in {latest.name} at {rate.basis}",
-        }
-    scenarios.append(restore)
+    return {
+        "scenario": "restore-latest",
+        "title": "restore the latest full backup",
+        "available": True,
+        "estimate_seconds": restore_seconds(latest.raw_size_bytes, rate),
+        "backup": latest.name,
+        "backup_raw_bytes": latest.raw_size_bytes,
+        "how": f"{latest.raw_size_bytes} bytes of dump in {latest.name} at {rate.basis}",
+    }
+
+
+def _pitr_scenarios(cat: Catalog, now: datetime, wal: WalHealth | None) -> list[dict[str, Any]]:
+    """Point-in-time recovery to now and to a week ago."""
     # "Now" is as far as the archive reaches: the window's end (later changes are not archived yet).
     latest_recoverable = parse_iso(wal.window_end) if wal is not None and wal.window_end else now
-    for key, title, target in (
-        ("pitr-now", "point-in-time recovery to now", min(latest_recoverable, now)),
-        ("pitr-week-ago", "point-in-time recovery to a week ago", now - WEEK),
-    ):
-        scenarios.append({"scenario": key, "title": title, **pitr_estimate(cat, now, wal, target)})
+    return [
+        {"scenario": key, "title": title, **pitr_estimate(cat, now, wal, target)}
+        for key, title, target in (
+            ("pitr-now", "point-in-time recovery to now", min(latest_recoverable, now)),
+            ("pitr-week-ago", "point-in-time recovery to a week ago", now - WEEK),
+        )
+    ]
+
+
+def _disaster_scenario(restore: dict[str, Any]) -> dict[str, Any]:
+    """Provisioning a new server, then the ``restore`` scenario."""
     disaster: dict[str, Any] = {
         "scenario": "disaster-new-server",
         "title": "complete disaster: restore onto a new server",
@@ -322,35 +352,17 @@ def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[
             f"{PROVISION_SECONDS // 60} min to provision a server and set ColdCopy up (assumed) + "
             f"the restore: {restore['how']}"
         )
-    scenarios.append(disaster)
-    out: dict[str, Any] = {
-        "estimated": rate.measured,
-        "estimate_seconds": restore["estimate_seconds"],
-        "basis": rate.basis,
-        "throughput_bytes_per_second": round(rate.bytes_per_second, 1),
-        "measured_at": rate.newest_at,
-        "measurement_age_seconds": None if rate.age_seconds is None else round(rate.age_seconds, 1),
-        "measurements": [
-            {
-                "name": m.name,
-                "at": m.at,
-                "raw_bytes": m.raw_bytes,
-                "restore_seconds": m.seconds,
-                "throughput_bytes_per_second": round(m.throughput, 1),
-            }
-            for m in rate.used
-        ],
-        "scenarios": scenarios,
-        "replay": _replay_view(replay_rate(cat, now)),
-        "wal_window": None
-        if wal is None
-        else {"start": wal.window_start, "end": wal.window_end, "gaps": len(wal.gaps)},
-        "checked_at": iso(now),
+    return disaster
+
+
+def _measurement_view(m: Measurement) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "at": m.at,
+        "raw_bytes": m.raw_bytes,
+        "restore_seconds": m.seconds,
+        "throughput_bytes_per_second": round(m.throughput, 1),
     }
-    if not rate.measured:
-        out["reason"] = "no test restores measured yet; the figures use a labelled default throughput"
-        out["how_to_measure"] = "`coldcopy verify NAME --level restore` or POST /restore-test"
-    return out
 
 
 def _replay_view(r: Throughput) -> dict[str, Any]:

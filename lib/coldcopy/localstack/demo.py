@@ -24,6 +24,7 @@ from coldcopy.backup.logical import run_backup
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import open_context
 from coldcopy.core.humanize import human_bytes
+from coldcopy.core.manifest import Manifest
 from coldcopy.localstack.dbcompare import compare_databases
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.functions_host import serve as serve_functions
@@ -85,43 +86,9 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
         key = secrets.token_urlsafe(24)
         env = demo_env(pg, s3, key)
         settings: Settings = load_settings(env, env_file=Path(os.devnull))
-        with rep.step(f"loading demo data (scale {scale:g})") as info:
-            pg.create_database(DEMO_DB)
-            conn = pg.connect(DEMO_DB)
-            counts = load_demo_data(conn, scale)
-            size = int(conn.run("SELECT pg_database_size(current_database())")[0][0])
-            conn.close()
-            info.update(
-                detail=f"{sum(counts.values()):,} rows in {len(counts)} tables, {human_bytes(size)}",
-                database_bytes=size,
-                rows=counts,
-            )
-        with rep.step("coldcopy backup") as info:
-            m = run_backup(settings)
-            info.update(
-                detail=f"{m.name}: {human_bytes(m.raw_size)} dump → {human_bytes(m.stored_size)} stored, "
-                "compressed and encrypted",
-                name=m.name,
-                stored_bytes=m.stored_size,
-                raw_bytes=m.raw_size,
-            )
-        with rep.step("coldcopy list-backups") as info:
-            entries = open_context(settings).catalog.read().entries()
-            info.update(detail=", ".join(e.name for e in entries), count=len(entries))
-        with rep.step("coldcopy verify") as info:
-            v = run_verify(settings, m.name)
-            info.update(detail="all checks passed" if v.ok else "FAILED", ok=v.ok)
-        target = f"{DEMO_DB}_restored"
-        with rep.step(f"coldcopy restore --target-db {target}") as info:
-            r = run_restore(settings, m.name, target)
-            info.update(detail=f"{r['tables_checked']} tables' row counts match the manifest")
-        with rep.step("comparing every table, row for row") as info:
-            a, b = pg.connect(DEMO_DB), pg.connect(target)
-            diffs = compare_databases(a, b)
-            a.close()
-            b.close()
-            info.update(detail="identical" if not diffs else f"{len(diffs)} differences", differences=diffs)
-        ok = v.ok and not diffs
+        _load_data(rep, pg, scale)
+        m = _backup(rep, settings)
+        ok = _verify_and_restore(rep, pg, settings, m)
         if as_json:
             print(json.dumps({"ok": ok, "steps": rep.steps}, indent=2, default=str))
         else:
@@ -133,6 +100,55 @@ def run_demo(scale: float = 1.0, as_json: bool = False, serve: bool = False, por
     finally:
         s3.stop()
         pg.destroy()
+
+
+def _load_data(rep: Report, pg: PgCluster, scale: float) -> None:
+    with rep.step(f"loading demo data (scale {scale:g})") as info:
+        pg.create_database(DEMO_DB)
+        conn = pg.connect(DEMO_DB)
+        counts = load_demo_data(conn, scale)
+        size = int(conn.run("SELECT pg_database_size(current_database())")[0][0])
+        conn.close()
+        info.update(
+            detail=f"{sum(counts.values()):,} rows in {len(counts)} tables, {human_bytes(size)}",
+            database_bytes=size,
+            rows=counts,
+        )
+
+
+def _backup(rep: Report, settings: Settings) -> Manifest:
+    """`coldcopy backup`, then `coldcopy list-backups`."""
+    with rep.step("coldcopy backup") as info:
+        m = run_backup(settings)
+        info.update(
+            detail=f"{m.name}: {human_bytes(m.raw_size)} dump → {human_bytes(m.stored_size)} stored, "
+            "compressed and encrypted",
+            name=m.name,
+            stored_bytes=m.stored_size,
+            raw_bytes=m.raw_size,
+        )
+    with rep.step("coldcopy list-backups") as info:
+        entries = open_context(settings).catalog.read().entries()
+        info.update(detail=", ".join(e.name for e in entries), count=len(entries))
+    return m
+
+
+def _verify_and_restore(rep: Report, pg: PgCluster, settings: Settings, m: Manifest) -> bool:
+    """`coldcopy verify` and `coldcopy restore` of ``m``; whether it verified and restored identical."""
+    with rep.step("coldcopy verify") as info:
+        v = run_verify(settings, m.name)
+        info.update(detail="all checks passed" if v.ok else "FAILED", ok=v.ok)
+    target = f"{DEMO_DB}_restored"
+    with rep.step(f"coldcopy restore --target-db {target}") as info:
+        r = run_restore(settings, m.name, target)
+        info.update(detail=f"{r['tables_checked']} tables' row counts match the manifest")
+    with rep.step("comparing every table, row for row") as info:
+        a, b = pg.connect(DEMO_DB), pg.connect(target)
+        diffs = compare_databases(a, b)
+        a.close()
+        b.close()
+        info.update(detail="identical" if not diffs else f"{len(diffs)} differences", differences=diffs)
+    return v.ok and not diffs
 
 
 def _print_next_steps(env: dict[str, str], key: str) -> None:

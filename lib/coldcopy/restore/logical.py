@@ -15,7 +15,7 @@ from coldcopy.context import open_context
 from coldcopy.core.names import validate_db_identifier
 from coldcopy.errors import ConflictError, DatabaseError
 from coldcopy.postgres.client import Postgres
-from coldcopy.postgres.tools import StderrTail
+from coldcopy.postgres.tools import StderrTail, ToolVersion
 from coldcopy.stream.pipeline import Progress
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,27 @@ def run_restore(
     reader = BackupReader(ctx, name)
     reader.confirm()  # wrong key, missing or resized objects: refused before we touch any database
     pg = Postgres(settings)
+    pg_restore = _pg_restore_for(pg, reader)
+    final = validate_db_identifier(target_db or settings.db_name, "target database")
+    in_place = target_db is None
+    if keep_old is None:
+        keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
+    exists, staging = _create_staging(pg, final, in_place, clean)
+    _restore_checked(reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress)
+    old_name = _swap_in(pg, final, staging, keep_old) if exists else None
+    return {
+        "name": reader.manifest.name,
+        "target_db": final,
+        "replaced": exists,
+        "previous_kept_as": old_name if exists and keep_old else None,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "raw_size_bytes": reader.manifest.data.raw_size,
+        "tables_checked": len(reader.manifest.tables) if check_counts else 0,
+    }
+
+
+def _pg_restore_for(pg: Postgres, reader: BackupReader) -> ToolVersion:
+    """The local pg_restore; DatabaseError if it is older than the pg_dump that made the backup."""
     pg_restore = pg.tool("pg_restore")
     dumped_by = re.search(r"(\d+)", reader.manifest.tool)
     if dumped_by and pg_restore.major < int(dumped_by.group(1)):
@@ -55,8 +76,11 @@ def run_restore(
             f"with {reader.manifest.tool}",
             "install a newer postgresql-client or set PG_BIN_DIR",
         )
-    final = validate_db_identifier(target_db or settings.db_name, "target database")
-    in_place = target_db is None
+    return pg_restore
+
+
+def _create_staging(pg: Postgres, final: str, in_place: bool, clean: bool) -> tuple[bool, str]:
+    """(whether ``final`` exists, the new database to restore into: ``final`` itself if it did not)."""
     with pg.session(pg.maintenance_db()) as admin:
         exists = pg.database_exists(admin, final)
         if exists and not in_place and not clean:
@@ -64,14 +88,26 @@ def run_restore(
                 f"database {final!r} already exists",
                 "choose another --target-db, or pass --clean to replace it",
             )
-        if keep_old is None:
-            keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
         staging = _dated(final, "ccstage") if exists else final
         if pg.database_exists(admin, staging):
             raise ConflictError(f"staging database {staging!r} already exists", "drop it or wait a second")
         pg.create_database(admin, staging)
+    return exists, staging
+
+
+def _restore_checked(
+    reader: BackupReader,
+    pg: Postgres,
+    tool: str,
+    staging: str,
+    settings: Settings,
+    no_owner: bool,
+    check_counts: bool,
+    progress: Progress | None,
+) -> None:
+    """The backup restored into ``staging``, its row counts checked; ``staging`` dropped if either fails."""
     try:
-        pg_restore_into(reader, pg, pg_restore.path, staging, settings, no_owner, progress)
+        pg_restore_into(reader, pg, tool, staging, settings, no_owner, progress)
         exact = check_counts and reader.manifest.row_counts == "exact"
         mismatches = _check_counts(pg, staging, reader.manifest.tables) if exact else []
         if mismatches:
@@ -82,33 +118,30 @@ def run_restore(
         with pg.session(pg.maintenance_db()) as admin:
             pg.drop_database(admin, staging)  # the target stays as it was
         raise
-    old_name = None
-    if exists:
-        old_name = _dated(final, "before_restore")
-        with pg.session(pg.maintenance_db()) as admin:
-            for problem in pg.copy_database_properties(admin, final, staging):
-                log.warning("not carried over to the restored database: %s", problem)
-            try:
-                pg.rename_database(admin, final, old_name)
-            except BaseException:
-                pg.drop_database(admin, staging)  # the target stays as it was
-                raise
-            try:
-                pg.rename_database(admin, staging, final)
-            except BaseException:
-                pg.rename_database(admin, old_name, final)
-                raise
-            if not keep_old:
-                pg.drop_database(admin, old_name)
-    return {
-        "name": reader.manifest.name,
-        "target_db": final,
-        "replaced": exists,
-        "previous_kept_as": old_name if exists and keep_old else None,
-        "duration_seconds": round(time.monotonic() - t0, 3),
-        "raw_size_bytes": reader.manifest.data.raw_size,
-        "tables_checked": len(reader.manifest.tables) if check_counts else 0,
-    }
+
+
+def _swap_in(pg: Postgres, final: str, staging: str, keep_old: bool) -> str:
+    """``final`` renamed aside (dropped unless ``keep_old``) and ``staging`` renamed to ``final``.
+
+    Returns the name ``final`` was renamed to.  If a rename fails, ``final`` stays as it was.
+    """
+    old_name = _dated(final, "before_restore")
+    with pg.session(pg.maintenance_db()) as admin:
+        for problem in pg.copy_database_properties(admin, final, staging):
+            log.warning("not carried over to the restored database: %s", problem)
+        try:
+            pg.rename_database(admin, final, old_name)
+        except BaseException:
+            pg.drop_database(admin, staging)  # the target stays as it was
+            raise
+        try:
+            pg.rename_database(admin, staging, final)
+        except BaseException:
+            pg.rename_database(admin, old_name, final)
+            raise
+        if not keep_old:
+            pg.drop_database(admin, old_name)
+    return old_name
 
 
 def pg_restore_into(

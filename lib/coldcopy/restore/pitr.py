@@ -170,59 +170,104 @@ def prepare_recovery(
     created = not target_dir.exists()
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        with open_tar(reader) as tar:
-            extract_all(tar, target_dir)  # by the "data" filter's rules, on any Python 3.11
-        target_dir.chmod(0o700)
-        with contextlib.suppress(FileNotFoundError):
-            env_file.unlink()
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(f"{k}={_env_quote(v)}\n" for k, v in restore_env(settings).items()))
+        _extract(reader, target_dir)
+        _write_env_file(env_file, settings)
         log_file.touch()
-        shutil.rmtree(spool, ignore_errors=True)
-        spool.mkdir(mode=0o700)
-        (spool / walspool.MANAGED).touch()  # removed with the spool after promotion: takes may link
-        cmd = command or settings.server_command or shlex.join([sys.executable, "-m", "coldcopy"])
-        values = {
-            "restore_command": f"COLDCOPY_ENV_FILE={shlex.quote(str(env_file))} {cmd} wal-fetch "
-            f"--spool {shlex.quote(str(spool))} %f %p",
-            **target.settings(),
-            "recovery_target_action": "promote",
-            # The planned timeline, not 'latest': a newer timeline that branched before this backup
-            # ended is not reachable from it, and recovery must follow the path that was checked.
-            "recovery_target_timeline": str(plan.timeline),
-            "archive_mode": "off",
-            # From the archive alone: a standby's backup names its primary (and slot), and streaming
-            # from it would paper over a damaged archive and use the real server's slot.
-            "primary_conninfo": "",
-            "primary_slot_name": "",
-            "port": str(port),
-            **(extra or {}),
-        }
-        lines = "".join(f"{k} = {conf_quote(v)}\n" for k, v in values.items())
-        with (target_dir / "postgresql.auto.conf").open("a") as f:
-            f.write(
-                f"\n# point-in-time recovery by coldcopy from {plan.backup} to {target.describe()}\n{lines}"
-            )
-        (target_dir / "recovery.signal").touch()
-        # standby.signal (kept in a standby's backup) would win over recovery.signal: a standby.
-        for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
-            with contextlib.suppress(FileNotFoundError):
-                (target_dir / stale).unlink()
-        chown_tree(target_dir)
-        chown_tree(env_file)
-        chown_tree(log_file)
-        chown_tree(spool)
+        _new_spool(spool)
+        values = _recovery_settings(settings, plan, target, env_file, spool, port, command, extra)
+        _write_recovery_settings(target_dir, plan, target, values)
+        for path in (target_dir, env_file, log_file, spool):
+            chown_tree(path)
     except BaseException:
-        if created:
-            shutil.rmtree(target_dir, ignore_errors=True)
-        else:
-            for child in target_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            env_file.unlink()
-        shutil.rmtree(spool, ignore_errors=True)
+        _remove_written(target_dir, created, env_file, spool)
         raise
+    return _prepared(settings, plan, target, target_dir, port, timeout)
+
+
+def _extract(reader: BackupReader, target_dir: Path) -> None:
+    """The base backup's tar into ``target_dir``, its stream checked chunk by chunk."""
+    with open_tar(reader) as tar:
+        extract_all(tar, target_dir)  # by the "data" filter's rules, on any Python 3.11
+    target_dir.chmod(0o700)
+
+
+def _write_env_file(env_file: Path, settings: Settings) -> None:
+    """What wal-fetch needs (``restore_env``), in a new file only its owner can read."""
+    with contextlib.suppress(FileNotFoundError):
+        env_file.unlink()
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{k}={_env_quote(v)}\n" for k, v in restore_env(settings).items()))
+
+
+def _new_spool(spool: Path) -> None:
+    """An empty spool for wal-fetch, marked as managed by us."""
+    shutil.rmtree(spool, ignore_errors=True)
+    spool.mkdir(mode=0o700)
+    (spool / walspool.MANAGED).touch()  # removed with the spool after promotion: takes may link
+
+
+def _recovery_settings(
+    settings: Settings,
+    plan: RecoveryPlan,
+    target: Target,
+    env_file: Path,
+    spool: Path,
+    port: int,
+    command: str | None,
+    extra: dict[str, str] | None,
+) -> dict[str, str]:
+    """The settings recovery runs with: wal-fetch as restore_command, the target, the timeline."""
+    cmd = command or settings.server_command or shlex.join([sys.executable, "-m", "coldcopy"])
+    return {
+        "restore_command": f"COLDCOPY_ENV_FILE={shlex.quote(str(env_file))} {cmd} wal-fetch "
+        f"--spool {shlex.quote(str(spool))} %f %p",
+        **target.settings(),
+        "recovery_target_action": "promote",
+        # The planned timeline, not 'latest': a newer timeline that branched before this backup
+        # ended is not reachable from it, and recovery must follow the path that was checked.
+        "recovery_target_timeline": str(plan.timeline),
+        "archive_mode": "off",
+        # From the archive alone: a standby's backup names its primary (and slot), and streaming
+        # from it would paper over a damaged archive and use the real server's slot.
+        "primary_conninfo": "",
+        "primary_slot_name": "",
+        "port": str(port),
+        **(extra or {}),
+    }
+
+
+def _write_recovery_settings(
+    target_dir: Path, plan: RecoveryPlan, target: Target, values: dict[str, str]
+) -> None:
+    """``values`` appended to postgresql.auto.conf, recovery.signal, and no stale server files."""
+    lines = "".join(f"{k} = {conf_quote(v)}\n" for k, v in values.items())
+    with (target_dir / "postgresql.auto.conf").open("a") as f:
+        f.write(f"\n# point-in-time recovery by coldcopy from {plan.backup} to {target.describe()}\n{lines}")
+    (target_dir / "recovery.signal").touch()
+    # standby.signal (kept in a standby's backup) would win over recovery.signal: a standby.
+    for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+        with contextlib.suppress(FileNotFoundError):
+            (target_dir / stale).unlink()
+
+
+def _remove_written(target_dir: Path, created: bool, env_file: Path, spool: Path) -> None:
+    """Everything ``prepare_recovery`` wrote: the folder (or its contents), the env file, the spool."""
+    if created:
+        shutil.rmtree(target_dir, ignore_errors=True)
+    else:
+        for child in target_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        env_file.unlink()
+    shutil.rmtree(spool, ignore_errors=True)
+
+
+def _prepared(
+    settings: Settings, plan: RecoveryPlan, target: Target, target_dir: Path, port: int, timeout: float
+) -> PitrResult:
+    """The result of a prepared folder, with the steps left to the operator."""
+    env_file, log_file, spool = _beside(target_dir)
     return PitrResult(
         backup=plan.backup,
         target=target.describe(),

@@ -44,7 +44,7 @@ from coldcopy.context import Context, open_context
 from coldcopy.core.drill import Commit, choose_target, drill_settings, parse_waldump, stop_time_from_log
 from coldcopy.core.lsn import format_lsn, parse_lsn
 from coldcopy.core.manifest import Manifest
-from coldcopy.core.recovery_plan import Target, plan_recovery, reachable_segments
+from coldcopy.core.recovery_plan import RecoveryPlan, Target, plan_recovery, reachable_segments
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import VerifyResult
 from coldcopy.errors import ColdCopyError, DatabaseError, IntegrityError
@@ -56,7 +56,7 @@ from coldcopy.postgres.server import (
     server_tool,
     stop_server,
 )
-from coldcopy.restore.pitr import PitrResult, load_archive, prepare_recovery, start_recovery
+from coldcopy.restore.pitr import Archive, PitrResult, load_archive, prepare_recovery, start_recovery
 from coldcopy.verify.record import record_result
 from coldcopy.wal.archive import fetch
 
@@ -173,21 +173,42 @@ def _prepare_folder(folder: Path, m: Manifest) -> Path:
 
 
 def _run(d: _Drill) -> None:
-    m, result, settings = d.manifest, d.result, d.ctx.settings
-    e = m.extra
+    m, result = d.manifest, d.result
     major = m.server_version_num // 10000
-    _check_server_binaries(settings, major)
+    _check_server_binaries(d.ctx.settings, major)
     archive = load_archive(d.ctx)
+    reach = _reachable(m, archive)
+    consistent_at = parse_iso(m.extra["stop_time"])
+    newest = _newest_commit(d, reach, consistent_at, major)
+    target = choose_target(consistent_at, newest.at if newest else None, d.rng)
+    _add_target_check(result, target, consistent_at, newest, reach)
+    plan = _plan(d, archive, target, newest)
+    port = free_port()
+    measurement = _measurement(m, target, consistent_at, newest, major, port)
+    result.measurement = measurement
+    pitr = _restore(d, plan, target, port, measurement)
+    _verify_files(d, major)
+    _write_server_files(d)
+    _recover(d, pitr, target, measurement)
+
+
+def _reachable(m: Manifest, archive: Archive) -> list[str]:
+    """The WAL recovery from ``m`` replays without a gap; DatabaseError if it stops short of consistency."""
     reach = reachable_segments(m, archive.names, archive.histories)
     if not reach:
+        e = m.extra
         raise DatabaseError(
             f"the WAL that makes {m.name} consistent (from {e['start_wal_segment']} to "
             f"{e['stop_wal_segment']}) is not all archived",
             "check `coldcopy wal-status` and the archiver on the server (pg_stat_archiver)",
         )
-    consistent_at = parse_iso(e["stop_time"])
-    newest = _newest_commit(d, reach, consistent_at, major)
-    target = choose_target(consistent_at, newest.at if newest else None, d.rng)
+    return reach
+
+
+def _add_target_check(
+    result: VerifyResult, target: Target, consistent_at: datetime, newest: Commit | None, reach: list[str]
+) -> None:
+    """The chosen recovery target as a check, with the window it was drawn from."""
     window = f"{iso(consistent_at)} .. {iso(newest.at)}" if newest else ""
     if target.kind == "time":
         result.add("recovery target", True, f"{target.describe()}, at random in the window {window} "
@@ -197,14 +218,26 @@ def _run(d: _Drill) -> None:
         result.add("recovery target", True, "the end of the backup (--target immediate): no transaction "
                    f"committed after the backup in the newest {scanned} archived segment(s), up to "
                    f"{reach[-1]}")  # fmt: skip
+
+
+def _plan(d: _Drill, archive: Archive, target: Target, newest: Commit | None) -> RecoveryPlan:
+    """The recovery plan for ``target``, recorded as a check."""
     # Planned up to the commit that ends the recovery, by its LSN: storage times (whole seconds on S3)
     # are too coarse to tell whether the segment holding it was stored after the target.
+    m = d.manifest
     upto = Target("lsn", lsn=newest.lsn) if newest and target.kind == "time" else target
     plan = plan_recovery([m], archive.names, upto, m.name, archive.histories)
     notes = "".join(f"; {n}" for n in plan.notes)
-    result.add("WAL planned without gaps", True, f"{plan.first_segment} .. {plan.last_segment}{notes}")
-    port = free_port()
-    measurement: dict[str, Any] = {
+    d.result.add("WAL planned without gaps", True, f"{plan.first_segment} .. {plan.last_segment}{notes}")
+    return plan
+
+
+def _measurement(
+    m: Manifest, target: Target, consistent_at: datetime, newest: Commit | None, major: int, port: int
+) -> dict[str, Any]:
+    """The drill's measurement before the restore: the target, its window and the backup's WAL range."""
+    e = m.extra
+    return {
         "kind": "base",
         "target": f"a throwaway local data folder (PostgreSQL {major}, unix socket, port {port})",
         "recovery_target": target.describe(),
@@ -215,7 +248,13 @@ def _run(d: _Drill) -> None:
         "stop_lsn": e["stop_lsn"],
         "promoted": False,
     }
-    result.measurement = measurement
+
+
+def _restore(
+    d: _Drill, plan: RecoveryPlan, target: Target, port: int, measurement: dict[str, Any]
+) -> PitrResult:
+    """``pitr.prepare_recovery`` into the folder, timed (the restore throughput, into ``measurement``)."""
+    m = d.manifest
     t0 = time.monotonic()
     pitr = prepare_recovery(
         d.ctx, plan, target, d.data, port=port, command=d.command, timeout=d.timeout,
@@ -229,24 +268,32 @@ def _run(d: _Drill) -> None:
         stored_bytes=stored,
         throughput_bytes_per_second=round(raw / seconds, 1),
     )
-    result.add(
+    d.result.add(
         "base backup restored: chunks authenticate, the tar extracts",
         True,
         f"{raw} bytes restored in {seconds:.2f} s ({raw / seconds / 1e6:.1f} MB/s)",
     )
-    _verify_files(d, major)
+    return pitr
+
+
+def _write_server_files(d: _Drill) -> None:
+    """The private server's pg_hba.conf, and an empty postgresql.conf where the backup has none."""
     _write_owned(d.folder / "pg_hba.conf", HBA)
     if not (d.data / "postgresql.conf").exists():  # Debian keeps it in /etc, outside the backup
         _write_owned(d.data / "postgresql.conf", "")
+
+
+def _recover(d: _Drill, pitr: PitrResult, target: Target, measurement: dict[str, Any]) -> None:
+    """``pitr.start_recovery``, timed (the WAL replay, into ``measurement``), then the server's checks."""
     t1 = time.monotonic()
     try:
-        start_recovery(settings, pitr, d.timeout, ctx=d.ctx)
+        start_recovery(d.ctx.settings, pitr, d.timeout, ctx=d.ctx)
     except ColdCopyError as exc:
-        result.add("recovered and promoted", False, exc.message[-1500:])
+        d.result.add("recovered and promoted", False, exc.message[-1500:])
         return
     replay_seconds = max(time.monotonic() - t1, 1e-6)
     measurement["promoted"] = True
-    result.add("recovered and promoted", True, pitr.reached)
+    d.result.add("recovered and promoted", True, pitr.reached)
     _check_server(d, pitr, target, measurement, replay_seconds)
 
 
