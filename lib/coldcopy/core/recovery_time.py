@@ -3,16 +3,17 @@
 Every test restore (``coldcopy verify --level full|restore``) records its restore time and
 throughput (bytes of dump restored per second) in the verification record.  An estimate takes the
 median throughput of the newest measurements and scales it by the size of the backup that would be
-restored; it says which measurements it used and how old they are.  Without measurements it says
-so and uses a labelled default throughput.  Point-in-time scenarios need a base backup and a WAL
-archive with a recoverable window (``WalHealth``, from ``coldcopy.wal.monitor.load``): restoring the base
-backup plus replaying the WAL written since.  Base-backup drills (``verify_base_drill``) measure both:
-the restore throughput of the tar and the WAL replay rate (bytes replayed from the backup's start
-LSN to the LSN reached, over the seconds from start to promotion).  Without drills the base backup
-restores at the dump throughput and WAL replays at a labelled ASSUMED rate.  The WAL volume per hour
-is measured from the archive (``walmonitor.wal_rate``: the widest base backup window's segments over
-its hours) once a window spans an hour; before that it is a labelled assumption.  Without a window
-the scenarios are reported as not available, never invented.
+restored; it says which measurements it used and how old they are.  Without measurements it says so
+and uses a labelled default throughput.  Point-in-time scenarios need a base backup and a WAL
+archive with a recoverable window (``WalHealth``, from ``coldcopy.wal.monitor.load``): restoring the
+base backup plus replaying the WAL written since.  Base-backup drills
+(``coldcopy.verify.base_drill``) measure both: the restore throughput of the tar and the WAL replay
+rate (bytes replayed from the backup's start LSN to the LSN reached, over the seconds from start to
+promotion). Without drills the base backup restores at the dump throughput and WAL replays at a
+labelled ASSUMED rate.  The WAL volume per hour is measured from the archive
+(``archive_report.wal_rate``: the widest base backup window's segments over its hours) once a window
+spans an hour; before that it is a labelled assumption.  Without a window the scenarios are reported
+as not available, never invented.
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def pitr_estimate(cat: Catalog, now: datetime, wal: WalHealth | None, target: da
 def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[str, Any]:
     """Every scenario's estimate, with how it was reached (the `recovery-time` and API answer).
 
-    ``wal`` is the WAL archive's summary (``walmonitor.load``); None means PITR is not in use.
+    ``wal`` is the WAL archive's summary (``coldcopy.wal.monitor.load``); None means PITR is not in use.
     """
     rate = throughput(cat, now)
     restore = _restore_scenario(latest_backup(cat), rate)

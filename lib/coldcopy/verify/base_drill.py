@@ -3,17 +3,17 @@
 A drill proves what point-in-time recovery would do on the bad day, with the same code
 (:mod:`coldcopy.restore.pitr`):
 
-1. Plan.  The WAL this backup replays without a gap (``recovery_plan.reachable_segments``, along the timeline
-   path recovery takes).  The newest commit in it, read with ``pg_waldump`` from the newest
+1. Plan.  The WAL this backup replays without a gap (``core.recovery_plan.reachable_segments``,
+   along the timeline path recovery takes).  The newest commit in it, read with ``pg_waldump`` from the newest
    segments, ends the window: recovery to a time stops at the first commit after that time, so a
    target needs a commit after it.  The target is a random time between the backup's end (its
    ``stop_time``) and that commit; without a commit after the backup, ``--target immediate``.
-2. Restore.  ``pitr.prepare_recovery`` into a throwaway folder (timed: the restore throughput),
-   ``pg_verifybackup`` against the backup's own manifest, and settings for a private server: a unix
-   socket in the folder with trust authentication and no TCP, no hot standby (so the source's
-   connection limits do not matter), small shared_buffers, the log in the folder.
-3. Recover.  ``pitr.start_recovery`` (timed: the WAL replay), then queries: the server is out of
-   recovery, takes a write, and reports the LSN and commit time it reached.
+2. Restore.  ``restore.pitr.prepare_recovery`` into a throwaway folder (timed: the restore
+   throughput), ``pg_verifybackup`` against the backup's own manifest, and settings for a private
+   server: a unix socket in the folder with trust authentication and no TCP, no hot standby (so
+   the source's connection limits do not matter), small shared_buffers, the log in the folder.
+3. Recover.  ``restore.pitr.start_recovery`` (timed: the WAL replay), then queries: the server is
+   out of recovery, takes a write, and reports the LSN and commit time it reached.
 4. Always, also on failure: stop the server and delete the folder.
 
 The measurement (restore time and throughput, target, time and LSN reached, WAL bytes replayed and
@@ -253,7 +253,7 @@ def _measurement(
 def _restore(
     d: _Drill, plan: RecoveryPlan, target: Target, port: int, measurement: dict[str, Any]
 ) -> PitrResult:
-    """``pitr.prepare_recovery`` into the folder, timed (the restore throughput, into ``measurement``)."""
+    """Prepare the recovery into the folder, timed (the restore throughput, into ``measurement``)."""
     m = d.manifest
     t0 = time.monotonic()
     pitr = prepare_recovery(
@@ -284,7 +284,7 @@ def _write_server_files(d: _Drill) -> None:
 
 
 def _recover(d: _Drill, pitr: PitrResult, target: Target, measurement: dict[str, Any]) -> None:
-    """``pitr.start_recovery``, timed (the WAL replay, into ``measurement``), then the server's checks."""
+    """Start the recovery, timed (the WAL replay, into ``measurement``), then check the server."""
     t1 = time.monotonic()
     try:
         start_recovery(d.ctx.settings, pitr, d.timeout, ctx=d.ctx)
