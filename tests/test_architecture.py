@@ -6,6 +6,7 @@ breaks it, so that a checker that silently finds nothing fails here too.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import re
@@ -14,6 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from coldcopy.cli.main import handler_of
+from coldcopy.cli.parser import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = REPO / "lib" / "coldcopy"
@@ -149,3 +153,23 @@ def test_the_layer_contracts_hold(tool: list[str]) -> None:
     exe = Path(sys.executable).parent / tool[0]
     proc = subprocess.run([str(exe), *tool[1:]], capture_output=True, text=True, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_every_command_names_a_handler_that_exists() -> None:
+    """The parser names handlers as strings (imported when the command runs): a typo must fail here,
+    not as an 'unexpected AttributeError' in front of a user."""
+    handlers = []
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        default = parser.get_default("handler")
+        if default is not None:
+            handlers.append(default)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    assert len(handlers) >= 29  # every command and action (walk found them)
+    for name in handlers:
+        assert callable(handler_of(argparse.Namespace(handler=name))), name

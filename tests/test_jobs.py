@@ -539,7 +539,13 @@ def test_launchers_are_built_from_settings(
         f"DB_HOST=db.internal\nDO_SPACES_BUCKET=from-file\nBACKUP_ENCRYPTION_KEY={STRONG_SECRET}\n"
     )
     # The settings as the tick loads them: the process environment over its .env file.
-    environ = {"DO_SPACES_BUCKET": "from-environment", "UNRELATED_SECRET": "not-for-the-runner"}
+    environ = {
+        "DO_SPACES_BUCKET": "from-environment",
+        "UNRELATED_SECRET": "not-for-the-runner",
+        "DO_API_TOKEN": "dop_v1_the-launchers-own",  # the tick's, never a job's
+        "MONITOR_TOKEN": "the-monitors-own",
+        "SMTP_PASSWORD": " spaced secret ",  # handed on as given
+    }
     docker = launcher_for(
         load_settings({**environ, "COLDCOPY_LAUNCHER": "docker", "RUNNER_IMAGE": "cc:1"}, env_file=env_file),
         str(env_file),
@@ -547,6 +553,8 @@ def test_launchers_are_built_from_settings(
     assert isinstance(docker, DockerLauncher) and docker.image == "cc:1"
     assert docker._env["DB_HOST"] == "db.internal" and docker._env["DO_SPACES_BUCKET"] == "from-environment"
     assert docker._env["BACKUP_ENCRYPTION_KEY"] == STRONG_SECRET and "UNRELATED_SECRET" not in docker._env
+    assert "DO_API_TOKEN" not in docker._env and "MONITOR_TOKEN" not in docker._env
+    assert docker._env["SMTP_PASSWORD"] == " spaced secret "
     local = launcher_for(settings(coldcopy_env), str(env_file))
     assert isinstance(local, LocalLauncher) and local._env == {"COLDCOPY_ENV_FILE": str(env_file)}
     app = launcher_for(

@@ -40,9 +40,17 @@ def store(request: pytest.FixtureRequest) -> Iterator[ObjectStore]:
 
 def test_keys_live_under_the_prefix_and_cannot_leave_it(store: ObjectStore) -> None:
     assert store.full_key("a/b.json") == f"{store.prefix}a/b.json"
+    store.put_bytes("a", b"kept")
     for bad in ("../x", "a/../../x", "/etc/passwd"):
         with pytest.raises(StorageError):
             store.put_bytes(bad, b"x")
+        with pytest.raises(StorageError):
+            list(store.list(bad))
+        with pytest.raises(StorageError):
+            list(store.list_prefixes(bad + "/"))
+        with pytest.raises(StorageError):
+            store.delete(["a", bad])  # refused before anything is deleted
+    assert store.get_bytes("a") == b"kept"
 
 
 def test_create_only_writes_and_plain_overwrites(store: ObjectStore) -> None:
@@ -70,6 +78,8 @@ def test_bytes_ranges_heads_and_etags(store: ObjectStore) -> None:
     store.put_bytes("blob", body)
     assert store.get_bytes("blob") == body
     assert store.get_bytes("blob", (10, 19)) == body[10:20]
+    with pytest.raises(StorageError):
+        store.get_bytes("blob", (len(body), len(body) + 10))  # starts past the end: 416
     info = store.head("blob")
     assert info is not None and info.key == "blob" and info.size == len(body)
     assert info.etag.strip('"') == hashlib.md5(body, usedforsecurity=False).hexdigest()  # a single PUT's
@@ -96,6 +106,8 @@ def test_streaming_bodies_from_a_byte_on(store: ObjectStore) -> None:
         assert b"".join(whole.iter_chunks(65536)) == body
     finally:
         whole.close()
+    with pytest.raises(StorageError):
+        store.open("stream", start=len(body))
     tail = store.open("stream", start=123_456)
     try:
         assert tail.read(10) == body[123_456:123_466]
@@ -144,6 +156,13 @@ def test_lifecycle_rules_round_trip(store: ObjectStore) -> None:
     }
     store.put_lifecycle([])
     assert store.get_lifecycle() == []
+
+
+def test_multipart_leftovers(store: ObjectStore) -> None:
+    """Volumes made multipart uploads unnecessary; the leftovers of older versions are listed and
+    aborted, and an upload that is already gone is not an error (a lifecycle rule may be first)."""
+    assert store.incomplete_uploads("backups/") == []
+    store.abort_upload("backups/x/data", "no-such-upload-id")
 
 
 def test_the_memory_store_keeps_whole_second_times_from_its_clock() -> None:

@@ -143,7 +143,7 @@ class Settings:
     @property
     def prefix(self) -> str:
         """Key prefix of this protected database inside the bucket: ``coldcopy/<cluster>/``."""
-        return f"coldcopy/{self.cluster or self.db_name or 'default'}/"
+        return f"coldcopy/{self.cluster_label}/"
 
     @property
     def cluster_label(self) -> str:
@@ -155,8 +155,9 @@ class Settings:
         return bool(self.encryption_key)
 
     def runner_env(self) -> dict[str, str]:
-        """The variables these settings came from, to hand to a runner process or container."""
-        return {name: value.reveal() for name, value in self.variables}
+        """The variables these settings came from that a job runner needs (``RUNNER_PREFIXES``), as
+        given, to hand to a runner container that inherits nothing."""
+        return {name: value.reveal() for name, value in self.variables if name.startswith(RUNNER_PREFIXES)}
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
@@ -168,6 +169,14 @@ DB = "db"
 STORAGE = "storage"
 
 _Conv = Callable[[str], Any]
+
+
+class Refused(ValueError):
+    """A value a converter refuses, with how much of it the message may show (None: none of it)."""
+
+    def __init__(self, message: str, shown: int | None = 60) -> None:
+        super().__init__(message)
+        self.shown = shown
 
 
 def _int(lo: int, hi: int) -> _Conv:
@@ -187,7 +196,7 @@ def _whole(lo: int, hi: int) -> _Conv:
         except ValueError:
             value = lo - 1
         if not lo <= value <= hi:
-            raise ValueError(f"must be a whole number between {lo} and {hi}")
+            raise Refused(f"must be a whole number between {lo} and {hi}", shown=40)
         return value
 
     return conv
@@ -200,7 +209,7 @@ def _at_least(lowest: float, integer: bool = False) -> _Conv:
         except ValueError:
             value = lowest - 1
         if value < lowest:
-            raise ValueError(f"must be a number of at least {lowest:g}")
+            raise Refused(f"must be a number of at least {lowest:g}", shown=40)
         return value
 
     return conv
@@ -261,22 +270,28 @@ def _port(text: str) -> int:
     except ValueError:
         value = 0
     if not 0 < value < 65536:
-        raise ValueError("must be a port number")
+        raise Refused("must be a port number", shown=20)
     return value
+
+
+def _security(text: str) -> str:
+    if text.lower() not in ("starttls", "tls", "none"):
+        raise Refused("must be starttls, tls or none", shown=None)
+    return text.lower()
 
 
 def _seconds(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError("must be a number of seconds") from None
+        raise Refused("must be a number of seconds", shown=None) from None
 
 
 def _recipients(text: str) -> tuple[str, ...]:
     found = tuple(r.strip() for r in text.split(",") if r.strip())
     bad = [r for r in found if "@" not in r or any(c in r for c in "\r\n<>")]
     if bad:
-        raise ValueError(f"has addresses that are not email addresses: {', '.join(bad)[:100]}")
+        raise Refused(f"has addresses that are not email addresses: {', '.join(bad)[:100]}", shown=None)
     return found
 
 
@@ -305,36 +320,14 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "FULL_RETENTION_DAYS": ("retention.full_days", _int(1, 36500), None),
     "COMPLIANCE_RETENTION_DAYS": ("retention.compliance_days", _int(1, 36500), None),
     "WAL_RETENTION_DAYS": ("retention.wal_days", _int(1, 36500), None),
-    "COLDCOPY_KEEP_DAILY": ("retention.keep_daily", _whole(0, 100000), None),
-    "COLDCOPY_KEEP_WEEKLY": ("retention.keep_weekly", _whole(0, 100000), None),
-    "COLDCOPY_KEEP_MONTHLY": ("retention.keep_monthly", _whole(0, 100000), None),
-    "COLDCOPY_KEEP_YEARLY": ("retention.keep_yearly", _whole(0, 100000), None),
-    "COLDCOPY_LIFECYCLE_ABORT_DAYS": ("retention.abort_upload_days", _whole(1, 365), None),
     "MONITOR_TOKEN": ("monitor_token", Secret, None),
-    "ALERT_BACKUP_MAX_AGE_HOURS": ("thresholds.backup_max_age_hours", _at_least(1), None),
-    "ALERT_VERIFY_MAX_AGE_DAYS": ("thresholds.verify_max_age_days", _at_least(1), None),
-    "ALERT_WAL_MAX_AGE_MINUTES": ("thresholds.wal_max_age_minutes", _at_least(1), None),
-    "ALERT_MIN_RECOVERY_WINDOW_HOURS": ("thresholds.min_recovery_window_hours", _at_least(0), None),
-    "ALERT_SIZE_LOW_RATIO": ("thresholds.size_low_ratio", _at_least(0), None),
-    "ALERT_SIZE_HIGH_RATIO": ("thresholds.size_high_ratio", _at_least(1), None),
-    "ALERT_SIZE_SAMPLE": ("thresholds.size_sample", _at_least(2, integer=True), None),
-    "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("thresholds.heartbeat_stale_seconds", _int(30, 86400), None),
-    "SMTP_HOST": ("smtp.host", str, None),
-    "SMTP_PORT": ("smtp.port", _port, None),
-    "SMTP_USER": ("smtp.user", str, None),
-    "SMTP_PASSWORD": ("smtp.password", Secret, None),
-    "SMTP_FROM": ("smtp.sender", str, None),
-    "SMTP_SECURITY": ("smtp.security", lambda t: _choice("starttls", "tls", "none")(t.lower()), None),
-    "SMTP_CA_FILE": ("smtp.ca_file", str, None),
-    "SMTP_TIMEOUT_SECONDS": ("smtp.timeout", _seconds, None),
-    "ALERT_EMAIL": ("smtp.recipients", _recipients, None),
-    "COLDCOPY_METRICS_LEGACY_GB": ("metrics_legacy_gb", _flag, None),
     "COLDCOPY_SCHEDULE_FULL": ("schedule_full", _cron, None),
     "COLDCOPY_SCHEDULE_VERIFY": ("schedule_verify", _cron, None),
     "COLDCOPY_SCHEDULE_CLEANUP": ("schedule_cleanup", _cron, None),
     "COLDCOPY_SCHEDULE_COMPLIANCE": ("schedule_compliance", _cron, None),
     "COLDCOPY_SCHEDULE_WAL_SWEEP": ("schedule_wal_sweep", _cron, None),
     "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(5, 7 * 1440), None),
+    "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("thresholds.heartbeat_stale_seconds", _int(30, 86400), None),
     # At least 8 days: longer than the longest grace window, so a pruned slot can never be due again.
     "COLDCOPY_JOB_HISTORY_DAYS": ("job_history_days", _int(8, 36500), None),
     "COLDCOPY_LAUNCHER": ("launcher", _choice("local", "docker", "app-platform", "none"), None),
@@ -350,6 +343,29 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "VERIFY_SANITY_QUERIES": ("verify_sanity_queries", _sanity, None),
     "VERIFY_SAMPLE_OLDER": ("verify_sample_older", _int(0, 1000), None),
     "VERIFY_STATEMENT_TIMEOUT_SECONDS": ("verify_statement_timeout_seconds", _int(1, 86400), None),
+    # Features that parse their own part of the settings, checked with the rest (as before).
+    "COLDCOPY_METRICS_LEGACY_GB": ("metrics_legacy_gb", _flag, None),
+    "ALERT_BACKUP_MAX_AGE_HOURS": ("thresholds.backup_max_age_hours", _at_least(1), None),
+    "ALERT_VERIFY_MAX_AGE_DAYS": ("thresholds.verify_max_age_days", _at_least(1), None),
+    "ALERT_WAL_MAX_AGE_MINUTES": ("thresholds.wal_max_age_minutes", _at_least(1), None),
+    "ALERT_MIN_RECOVERY_WINDOW_HOURS": ("thresholds.min_recovery_window_hours", _at_least(0), None),
+    "ALERT_SIZE_LOW_RATIO": ("thresholds.size_low_ratio", _at_least(0), None),
+    "ALERT_SIZE_HIGH_RATIO": ("thresholds.size_high_ratio", _at_least(1), None),
+    "ALERT_SIZE_SAMPLE": ("thresholds.size_sample", _at_least(2, integer=True), None),
+    "SMTP_HOST": ("smtp.host", str, None),
+    "SMTP_PORT": ("smtp.port", _port, None),
+    "SMTP_SECURITY": ("smtp.security", _security, None),
+    "SMTP_TIMEOUT_SECONDS": ("smtp.timeout", _seconds, None),
+    "ALERT_EMAIL": ("smtp.recipients", _recipients, None),
+    "SMTP_USER": ("smtp.user", str, None),
+    "SMTP_PASSWORD": ("smtp.password", Secret, None),
+    "SMTP_FROM": ("smtp.sender", str, None),
+    "SMTP_CA_FILE": ("smtp.ca_file", str, None),
+    "COLDCOPY_KEEP_DAILY": ("retention.keep_daily", _whole(0, 100000), None),
+    "COLDCOPY_KEEP_WEEKLY": ("retention.keep_weekly", _whole(0, 100000), None),
+    "COLDCOPY_KEEP_MONTHLY": ("retention.keep_monthly", _whole(0, 100000), None),
+    "COLDCOPY_KEEP_YEARLY": ("retention.keep_yearly", _whole(0, 100000), None),
+    "COLDCOPY_LIFECYCLE_ABORT_DAYS": ("retention.abort_upload_days", _whole(1, 365), None),
 }
 #: The parts of Settings that are objects of their own, by the prefix of their spec entries.
 _PARTS: dict[str, Callable[..., Any]] = {
@@ -358,6 +374,22 @@ _PARTS: dict[str, Callable[..., Any]] = {
     "smtp": SmtpConfig,
 }
 ENV_FILE_VAR = "COLDCOPY_ENV_FILE"
+UNSTRIPPED = ("SMTP_PASSWORD",)  # used as given: a password may begin or end with a space
+#: What a runner that inherits nothing (the docker launcher) is handed: the settings a job uses,
+#: never the API tokens of the monitor or the launcher.
+RUNNER_PREFIXES = (
+    "DB_",
+    "DO_SPACES_",
+    "COLDCOPY_",
+    "BACKUP_",
+    "PG_BIN_DIR",
+    "FULL_RETENTION_",
+    "COMPLIANCE_RETENTION_",
+    "WAL_RETENTION_",
+    "VERIFY_DB_",
+    "SMTP_",
+    "ALERT_",
+)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -397,17 +429,19 @@ def read_settings(
     parts: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
     seen: list[tuple[str, Secret]] = []
     for var, (name, conv, group) in _SPEC.items():
-        raw = values.get(var, "").strip()
-        if not raw:
+        given = values.get(var, "")
+        raw = given if var in UNSTRIPPED else given.strip()
+        if not raw.strip():
             if group in need:
                 problems.append(f"{var} is not set")
             continue
-        seen.append((var, Secret(raw)))
+        seen.append((var, Secret(given)))
         try:
             value = conv(raw)
         except ValueError as exc:
+            length = exc.shown if isinstance(exc, Refused) else 60
             # Never echo a secret's value back.
-            shown = "" if var in SECRET_VARS else f" (got {raw[:60]!r})"
+            shown = "" if var in SECRET_VARS or length is None else f" (got {raw[:length]!r})"
             problems.append(f"{var} {exc}{shown}")
             continue
         part, _, attr = name.rpartition(".")

@@ -1,6 +1,6 @@
-"""Alert emails: SMTP settings, the messages, and sending them (smtplib).
+"""Alert emails: the messages, and sending them (smtplib).
 
-SMTP settings (``Settings.smtp``, from the environment and .env): ``SMTP_HOST``, ``SMTP_PORT`` (587),
+The SMTP settings are ``Settings.smtp`` (``coldcopy.config``): ``SMTP_HOST``, ``SMTP_PORT`` (587),
 ``SMTP_USER``, ``SMTP_PASSWORD``, ``SMTP_FROM``, ``SMTP_SECURITY`` (``starttls``, the default;
 ``tls``, the default on port 465; ``none`` for a relay on loopback), ``SMTP_CA_FILE`` (to trust a
 private CA), ``SMTP_TIMEOUT_SECONDS`` (20), ``ALERT_EMAIL`` (recipients, comma-separated).  The

@@ -1,4 +1,4 @@
-"""`coldcopy basebackup`: a physical base backup streamed into Spaces, and its verification.
+"""`coldcopy basebackup`: a physical base backup streamed into Spaces (its checks: verify/).
 
 ``pg_basebackup -Ft -X none -c fast -D -`` writes one tar to stdout (PostgreSQL injects its
 ``backup_manifest`` as the last member); it goes through the same pipeline as a dump into the
@@ -25,9 +25,10 @@ from typing import Any
 
 from coldcopy.backup.session import Session, commit, manifest_for, run_stream_backup
 from coldcopy.config import Settings, redact
+from coldcopy.context import Context
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.pg_basebackup import TarWatcher, wal_positions
-from coldcopy.core.times import iso
+from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.tools import StderrTail
 from coldcopy.stream.pipeline import Packer, Progress, prefetch, read_chunks
@@ -41,14 +42,16 @@ TAR_FORMAT = "tar (pg_basebackup -Ft -X none, backup_manifest injected), zstd-co
 def run_basebackup(
     settings: Settings,
     progress: Progress | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    now: Clock = utc_now,
+    *,
+    ctx: Context | None = None,
 ) -> Manifest:
     """A physical base backup (pg_basebackup, tar with its backup_manifest) for point-in-time recovery."""
 
     def body(ses: Session) -> Manifest:
         return _stream(ses, _server_facts(ses.conn), progress, now)
 
-    return run_stream_backup(settings, "base", "pg_basebackup", body, now)
+    return run_stream_backup(settings, "base", "pg_basebackup", body, now, ctx=ctx)
 
 
 def _server_facts(conn: Any) -> dict[str, Any]:

@@ -24,13 +24,15 @@ def run_backup(
     kind: str = "full",
     progress: Progress | None = None,
     now: Clock = utc_now,
+    *,
+    ctx: Context | None = None,
 ) -> Manifest:
-    """A logical backup (pg_dump) of DB_NAME."""
+    """A logical backup (pg_dump) of DB_NAME (into ``ctx``'s bucket, when the caller has a context)."""
 
     def body(ses: Session) -> Manifest:
         return _dump(ses, kind, progress, now)
 
-    return run_stream_backup(settings, kind, "pg_dump", body, now)
+    return run_stream_backup(settings, kind, "pg_dump", body, now, ctx=ctx)
 
 
 def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Manifest:

@@ -67,11 +67,13 @@ def run_stream_backup(
     tool_name: str,
     body: Callable[[Session], Manifest],
     now: Clock,
+    *,
+    ctx: Context | None = None,
 ) -> Manifest:
     """The life of every backup, logical or physical: connect, check the tool against the server,
     clean up after killed runs, claim a name, run ``body`` (which commits the manifest), leave
     nothing behind on failure and record it, then index the backup in the catalog."""
-    ctx = open_context(settings)
+    ctx = ctx or open_context(settings)
     started = now()
     claimed: list[str] = []
     try:

@@ -75,12 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(handler=handler)
         return sp
 
+    # In the order `coldcopy --help` has always listed them.
     _backup_commands(add, action)
+    _demo_command(add)
     _job_commands(add)
     _alert_commands(add, action)
     _retention_commands(add, action)
+    _serve_command(add)
     _plan_commands(add)
     _pitr_commands(add)
+    return p
+
+
+Action = Callable[..., argparse.ArgumentParser]
+
+
+def _serve_command(add: AddCommand) -> None:
     s = add(
         "serve",
         "serve:cmd_serve",
@@ -94,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder holding project.yml and packages/ (default: this checkout, else the current folder)",
     )
+
+
+def _demo_command(add: AddCommand) -> None:
     d = add(
         "demo",
         "demo:cmd_demo",
@@ -108,10 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the local stack and the monitor running at the end",
     )
     d.add_argument("--port", type=int, default=8090)
-    return p
-
-
-Action = Callable[..., argparse.ArgumentParser]
 
 
 def _backup_commands(add: AddCommand, action: Action) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 
 from coldcopy.config import ENV_FILE_VAR, STORAGE, read_settings
+from coldcopy.errors import ConfigError
 from coldcopy.localstack.functions_host import serve
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings, problems = read_settings(need=(STORAGE,))
     if problems:
         log.warning(
-            "the functions will answer 503 'misconfigured' until this is fixed: %s", "; ".join(problems)
+            "the functions will answer 503 'misconfigured' until this is fixed: %s", ConfigError(problems)
         )
     elif not settings.monitor_token:
         log.warning("MONITOR_TOKEN is not set: every endpoint but /health answers 503 until it is")

@@ -9,6 +9,7 @@ even two ticks that both believed they won a slot would write the same job, not 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -202,8 +203,16 @@ class Run:
     error: str | None = None
     duration_seconds: float | None = None
     note: str | None = None
+    readable: bool = True  # False: a listing's stand-in for a record that vanished or cannot be read
+
+    @classmethod
+    def unreadable(cls, run_id: str, error: str) -> Run:
+        """What a listing shows for a record it cannot read: the id, the state "unknown", why."""
+        return cls(run_id, "", state="unknown", error=error, readable=False)
 
     def to_dict(self) -> dict[str, Any]:
+        if not self.readable:
+            return {"run_id": self.run_id, "state": self.state, "error": self.error}
         d: dict[str, Any] = {
             "run_id": self.run_id,
             "kind": self.kind,
@@ -268,7 +277,8 @@ class Run:
         """Finished at ``at``: succeeded with ``result``, or failed with ``error``."""
         duration = self.duration_seconds
         if self.started_at is not None:
-            duration = round((at - parse_iso(self.started_at)).total_seconds(), 3)
+            with contextlib.suppress(ValueError, TypeError):  # a start time we cannot read: no duration
+                duration = round((at - parse_iso(self.started_at)).total_seconds(), 3)
         return replace(
             self,
             state=SUCCEEDED if ok else FAILED,

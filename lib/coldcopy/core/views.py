@@ -19,6 +19,10 @@ from coldcopy.core.catalog import Catalog
 from coldcopy.core.manifest import CatalogEntry, Manifest
 from coldcopy.core.times import iso, parse_iso
 
+# The seed's rule for `status`: a backup older than this is a problem.  (The alert of the same name
+# has its own setting, ALERT_BACKUP_MAX_AGE_HOURS; `status` has always said 26 hours.)
+STATUS_MAX_AGE_HOURS = 26
+
 
 def listing_row(entry: CatalogEntry, verification: Mapping[str, Any] | None) -> dict[str, Any]:
     """A backup in a listing: its catalog entry plus its last verification."""
@@ -62,7 +66,7 @@ def status_view(
     cat: Catalog, now: datetime, *, encrypted: bool, wal: WalHealth | None, thresholds: Thresholds
 ) -> dict[str, Any]:
     """The last backup, its age, counts, total size, the WAL archive (None without PITR), and every
-    problem; ``ok`` when there is none."""
+    problem; ``ok`` when there is none.  ``thresholds`` are the WAL rules' (the alerts' settings)."""
     entries = cat.entries()
     by_kind: dict[str, int] = {}
     for e in entries:
@@ -74,11 +78,9 @@ def status_view(
         problems.append("no backup has completed yet")
     else:
         age = (now - parse_iso(last.finished_at)).total_seconds()
-        limit = thresholds.backup_max_age_hours
+        limit = STATUS_MAX_AGE_HOURS
         if age > limit * 3600:
-            problems.append(
-                f"the last backup finished {age / 3600:.1f} hours ago (more than {limit:g} hours)"
-            )
+            problems.append(f"the last backup finished {age / 3600:.1f} hours ago (more than {limit} hours)")
         if not last.encrypted:
             problems.append(
                 f"the last backup {last.name} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)"

@@ -152,7 +152,7 @@ def _web_function(project: Path, pkg: dict[str, Any], fn: Any) -> Function | Non
 
 # -- the context object ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Context:
+class FunctionContext:
     """What DigitalOcean passes as ``context`` (the attributes its docs list)."""
 
     activation_id: str
@@ -168,7 +168,7 @@ class Context:
         return max(0, self.deadline - int(time.time() * 1000))
 
 
-def _call(main: Main, event: dict[str, Any], context: Context) -> Any:
+def _call(main: Main, event: dict[str, Any], context: FunctionContext) -> Any:
     try:
         params = inspect.signature(main).parameters
         takes_context = len(params) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params.values())
@@ -330,7 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = self._event_headers()
         event = build_event(self.command.upper(), rest, url.query, headers, body, raw=fn.raw)
         now_ms = int(time.time() * 1000)
-        context = Context(
+        context = FunctionContext(
             activation_id=uuid.uuid4().hex,
             api_host=self.server.url,
             api_key="",

@@ -140,9 +140,9 @@ def list_runs(storage: ObjectStore, *, limit: int = 20, since: datetime | None =
     def one(run_id: str) -> Run:
         try:
             run = get_run(storage, run_id)
-            return run or Run(run_id, "unknown", state="unknown", error="record vanished")
+            return run or Run.unreadable(run_id, "record vanished")
         except ColdCopyError as exc:
-            return Run(run_id, "unknown", state="unknown", error=exc.message)
+            return Run.unreadable(run_id, exc.message)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, ids[: max(0, limit)]))
@@ -159,7 +159,7 @@ def claimed_ids(storage: ObjectStore, among: Iterable[str]) -> set[str]:
     if not wanted:
         return set()
     after = f"{CLAIMS}{min(wanted)[:10]}"
-    return {o.key[len(CLAIMS) : -5] for o in storage.list(CLAIMS, start_after=after)} & wanted
+    return {i for o in storage.list(CLAIMS, start_after=after) if (i := run_id_of(o.key, CLAIMS))} & wanted
 
 
 def pending(storage: ObjectStore) -> list[str]:

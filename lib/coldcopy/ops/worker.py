@@ -61,7 +61,7 @@ def _require_db(settings: Settings) -> None:
 def _backup(kind: str) -> Handler:
     def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         _require_db(ctx.settings)
-        return backup_summary(run_backup(ctx.settings, kind), encrypted=ctx.settings.encrypted)
+        return backup_summary(run_backup(ctx.settings, kind, ctx=ctx), encrypted=ctx.settings.encrypted)
 
     handler.__name__ = f"backup_{kind}"
     return handler
@@ -73,12 +73,12 @@ def _verify(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     name = params.get("name")
     level = str(params.get("level") or "restore")
     if name is None:
-        report = run_scheduled(settings)
+        report = run_scheduled(settings, ctx=ctx)
         if not report["ok"]:
             failed = ", ".join(r["name"] for r in report["results"] if not r["ok"])
             raise JobFailed(f"scheduled verification failed for {failed}", report)
         return report
-    result = run_verify(settings, validate_name(name), level=level)
+    result = run_verify(settings, validate_name(name), level=level, ctx=ctx)
     if not result.ok:
         failed = "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in result.checks if not c.ok)
         raise JobFailed(

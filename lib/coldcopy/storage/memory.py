@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from coldcopy.core.times import Clock, utc_now
-from coldcopy.errors import ConflictError, NotFoundError
-from coldcopy.storage.store import ObjectInfo, check_key, encode_json
+from coldcopy.errors import ConflictError, NotFoundError, StorageError
+from coldcopy.storage.store import ObjectInfo, encode_json, safe_key
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class MemoryStore:
 
     # -- keys -------------------------------------------------------------------------------------
     def full_key(self, key: str) -> str:
-        return self.prefix + check_key(key)
+        return self.prefix + safe_key(key)
 
     # -- single objects -----------------------------------------------------------------------------
     def put_bytes(
@@ -75,7 +75,7 @@ class MemoryStore:
         create_only: bool = False,
         content_type: str = "application/octet-stream",
     ) -> None:
-        check_key(key)
+        safe_key(key)
         etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
         obj = _Object(bytes(data), self._clock().replace(microsecond=0), etag, content_type)
         with self._lock:
@@ -87,7 +87,7 @@ class MemoryStore:
         self.put_bytes(key, encode_json(obj), create_only=create_only, content_type="application/json")
 
     def _get(self, key: str) -> _Object:
-        check_key(key)
+        safe_key(key)
         with self._lock:
             obj = self._objects.get(key)
         if obj is None:
@@ -96,7 +96,10 @@ class MemoryStore:
 
     def get_bytes(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         data = self._get(key).data
-        return data[byte_range[0] : byte_range[1] + 1] if byte_range else data
+        if byte_range is None:
+            return data
+        _check_range(key, byte_range[0], len(data))
+        return data[byte_range[0] : byte_range[1] + 1]
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
@@ -106,7 +109,10 @@ class MemoryStore:
         return None if etag and etag == obj.etag else (obj.data, obj.etag)
 
     def open(self, key: str, start: int = 0) -> MemoryBody:
-        return MemoryBody(self._get(key).data[start:])
+        data = self._get(key).data
+        if start:
+            _check_range(key, start, len(data))
+        return MemoryBody(data[start:])
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -119,12 +125,17 @@ class MemoryStore:
         return self.head(key) is not None
 
     def delete(self, keys: builtins.list[str]) -> None:
+        for key in keys:  # every key checked before anything is deleted, as one S3 request would
+            safe_key(key)
         with self._lock:
             for key in keys:
-                self._objects.pop(check_key(key), None)
+                self._objects.pop(key, None)
 
     # -- listings -----------------------------------------------------------------------------------
     def _keys_after(self, prefix: str, start_after: str | None) -> builtins.list[str]:
+        safe_key(prefix)
+        if start_after:
+            safe_key(start_after)
         with self._lock:
             keys = sorted(self._objects)
         first = bisect_right(keys, start_after) if start_after else 0
@@ -162,3 +173,9 @@ class MemoryStore:
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         return None
+
+
+def _check_range(key: str, start: int, size: int) -> None:
+    """A range that starts past the end: S3 answers 416 InvalidRange, a storage error."""
+    if start >= size:
+        raise StorageError(f"storage error InvalidRange while trying to read {key}")

@@ -25,20 +25,20 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from coldcopy.config import Settings
 from coldcopy.errors import ConflictError, NotFoundError, StorageError
-from coldcopy.storage.store import ObjectInfo, ReadInterrupted, check_key, encode_json
+from coldcopy.storage.store import ObjectInfo, ReadInterrupted, encode_json, safe_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import LifecycleRuleOutputTypeDef
 
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
 _NOT_MODIFIED = {"304", "NotModified"}
 # What reading an open body raises when the connection breaks or stalls (botocore wraps most of
 # them; urllib3's and the socket's own can still come through).
 _READ_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
-_NETWORK_HINT = "check DO_SPACES_ENDPOINT and the network to it, then run the command again"
+_NETWORK_HINT = "check DO_SPACES_ENDPOINT and the network"
 T = TypeVar("T")
 
 
@@ -65,7 +65,14 @@ def make_client(settings: Settings) -> S3Client:
 
 def open_store(settings: Settings) -> S3Store:
     """The store of these settings: bucket, prefix and a client of their own."""
-    return S3Store(settings.spaces_bucket, settings.prefix, make_client(settings))
+    try:
+        client = make_client(settings)
+    except BotoCoreError as exc:  # e.g. a DO_SPACES_REGION botocore refuses
+        raise StorageError(
+            f"the storage client cannot be set up: {type(exc).__name__}",
+            "check DO_SPACES_REGION and DO_SPACES_ENDPOINT",
+        ) from None
+    return S3Store(settings.spaces_bucket, settings.prefix, client)
 
 
 def _code(exc: ClientError) -> str:
@@ -103,6 +110,7 @@ class _Body:
         return ReadInterrupted(
             f"reading {self._key} broke off ({type(exc).__name__})",
             "check the network to the storage endpoint and run the command again",
+            cause=type(exc).__name__,
         )
 
     def iter_chunks(self, chunk_size: int) -> Iterator[bytes]:
@@ -130,21 +138,22 @@ class S3Store:
 
     # -- keys -------------------------------------------------------------------------------------
     def full_key(self, key: str) -> str:
-        return self.prefix + check_key(key)
+        return self.prefix + safe_key(key)
 
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) :]
 
-    def _call(self, action: str, fn: Callable[[], T], key: str = "") -> T:
-        """Run one client call; every botocore error becomes one of ours."""
+    def _call(self, action: str, fn: Callable[[], T], where: str = "") -> T:
+        """Run one client call; every botocore error becomes one of ours (``where``: the bucket key
+        or prefix the call is about, for the not-found and conflict messages)."""
         try:
             return fn()
         except ClientError as exc:
             code = _code(exc)
             if code in _NOT_FOUND:
-                raise NotFoundError(f"{key} not found") from None
+                raise NotFoundError(f"{where} not found") from None
             if code in _PRECONDITION:
-                raise ConflictError(f"{key} already exists") from None
+                raise ConflictError(f"{where} already exists") from None
             raise storage_error(exc, action, self.bucket) from None
         except BotoCoreError as exc:
             raise storage_error(exc, action, self.bucket) from None
@@ -167,7 +176,7 @@ class S3Store:
             put = lambda: self.client.put_object(  # noqa: E731
                 Bucket=self.bucket, Key=full, Body=data, ContentType=content_type
             )
-        self._call(f"write {key}", put, key)
+        self._call(f"write {key}", put, full)
 
     def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
         self.put_bytes(key, encode_json(obj), create_only=create_only, content_type="application/json")
@@ -176,7 +185,7 @@ class S3Store:
         extra: dict[str, Any] = {"Range": byte_range} if byte_range else {}
         full = self.full_key(key)
         return self._call(
-            f"read {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=full, **extra), key
+            f"read {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=full, **extra), full
         )
 
     def get_bytes(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
@@ -200,7 +209,7 @@ class S3Store:
                     return None
                 raise
 
-        resp = self._call(f"read {key}", get, key)
+        resp = self._call(f"read {key}", get, full)
         if resp is None:
             return None
         return _Body(resp["Body"], key).read(), str(resp.get("ETag", ""))
@@ -220,7 +229,7 @@ class S3Store:
         full = self.full_key(key)
         try:
             resp = self._call(
-                f"inspect {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=full), key
+                f"inspect {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=full), full
             )
         except NotFoundError:
             return None
@@ -315,6 +324,7 @@ class S3Store:
             resp = self._call(
                 "list multipart uploads",
                 lambda: self.client.list_multipart_uploads(Bucket=self.bucket, **kwargs),
+                kwargs["Prefix"],
             )
             for up in resp.get("Uploads", []):
                 out.append((self._rel(up["Key"]), up["UploadId"], up["Initiated"]))
@@ -329,5 +339,5 @@ class S3Store:
             self._call(
                 f"abort upload of {key}",
                 lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id),
-                key,
+                full,
             )

@@ -37,6 +37,10 @@ class ObjectInfo:
 class ReadInterrupted(StorageError):
     """Reading an open body broke off (connection reset, stall, truncated reply): resumable."""
 
+    def __init__(self, message: str, hint: str | None = None, *, cause: str = "") -> None:
+        super().__init__(message, hint)
+        self.cause = cause  # what broke it (ReadTimeoutError, ProtocolError …), for the messages
+
 
 class Body(Protocol):
     """An open object's streaming body (``ObjectStore.open``)."""
@@ -118,7 +122,7 @@ def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
 
 
-def check_key(key: str) -> str:
+def safe_key(key: str) -> str:
     """A relative key that cannot leave the prefix."""
     if key.startswith("/") or ".." in key.split("/"):
         raise StorageError(f"refusing unsafe key {key[:80]!r}", "keys come from validated names only")

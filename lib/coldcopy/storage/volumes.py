@@ -209,11 +209,13 @@ def read_volumes(storage: ObjectStore, obj: StoredObject, chunk_size: int) -> It
                     failures = 1 if done > at else failures + 1
                     if failures >= READ_ATTEMPTS or done >= size:
                         raise StorageError(
-                            f"reading {key} failed at byte {done} of {size} ({type(exc).__name__}), "
+                            f"reading {key} failed at byte {done} of {size} ({exc.cause or 'broken'}), "
                             f"{failures} attempts",
                             "check the network to the storage endpoint and run the command again",
                         ) from None
-                    log.warning("reading %s broke at byte %d (%s); resuming", key, done, type(exc).__name__)
+                    log.warning(
+                        "reading %s broke at byte %d (%s); resuming", key, done, exc.cause or "broken"
+                    )
                     body = storage.open(key, start=done)
             body.close()
             body = None

@@ -1,1 +1,1 @@
-"""The stream pipeline's stages: zstd, chunked AES-256-GCM, checksums (DESIGN.md §4)."""
+"""The stream pipeline's stages: zstd, chunked AES-256-GCM, checksums (docs/encryption-format.md)."""

@@ -9,7 +9,7 @@ import time
 
 from coldcopy.backup.reader import BackupReader, open_tar
 from coldcopy.config import Settings
-from coldcopy.context import open_context
+from coldcopy.context import Context, open_context
 from coldcopy.core.names import validate_name
 from coldcopy.core.pg_basebackup import CAPTURE, check_backup_manifest
 from coldcopy.core.verification import VerifyResult
@@ -17,10 +17,10 @@ from coldcopy.errors import ColdCopyError, IntegrityError
 from coldcopy.verify.record import record_result
 
 
-def verify_base(settings: Settings, name: str) -> VerifyResult:
+def verify_base(settings: Settings, name: str, *, ctx: Context | None = None) -> VerifyResult:
     """Chunks authenticate, checksums match, the tar reads, and every file matches backup_manifest."""
     t0 = time.monotonic()
-    ctx = open_context(settings)
+    ctx = ctx or open_context(settings)
     result = VerifyResult(validate_name(name), "checksum")
     try:
         reader = BackupReader(ctx, name)

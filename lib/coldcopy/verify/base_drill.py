@@ -92,10 +92,11 @@ def run_base_drill(
     rng: random.Random | None = None,
     command: str | None = None,
     timeout: float = DRILL_TIMEOUT,
+    ctx: Context | None = None,
 ) -> VerifyResult:
     """Restore base backup ``name`` into a throwaway folder, recover it to a random time and check it."""
     t0 = time.monotonic()
-    ctx = open_context(settings)
+    ctx = ctx or open_context(settings)
     result = VerifyResult(name, level)
     sweep_stale_drills(settings)
     folder = None

@@ -28,18 +28,24 @@ from coldcopy.verify.scratch_restore import run_test_restore
 
 
 def run_verify(
-    settings: Settings, name: str, level: str = "checksum", progress: Progress | None = None
+    settings: Settings,
+    name: str,
+    level: str = "checksum",
+    progress: Progress | None = None,
+    *,
+    ctx: Context | None = None,
 ) -> VerifyResult:
-    """Verify backup ``name`` at ``level`` and record the result in the catalog."""
+    """Verify backup ``name`` at ``level`` and record the result in the catalog (of ``ctx``, when
+    the caller has a context already: a job runner)."""
     if level not in LEVELS:
         raise ConfigError([f"verification level must be one of {', '.join(LEVELS)} (got {level[:20]!r})"])
     t0 = time.monotonic()
     name = validate_name(name)
     if parse_name(name).kind == "base":  # a physical backup
         if level == "checksum":  # the tar and its backup_manifest
-            return verify_base(settings, name)
-        return run_base_drill(settings, name, level)  # a restore and a PITR to a random time
-    ctx = open_context(settings)
+            return verify_base(settings, name, ctx=ctx)
+        return run_base_drill(settings, name, level, ctx=ctx)  # a restore and a PITR to a random time
+    ctx = ctx or open_context(settings)
     result = VerifyResult(name, level)
     try:
         _verify(ctx, settings, name, result, progress)

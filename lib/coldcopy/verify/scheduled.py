@@ -9,20 +9,20 @@ from datetime import datetime
 from typing import Any
 
 from coldcopy.config import Settings
-from coldcopy.context import open_context
+from coldcopy.context import Context, open_context
 from coldcopy.core.times import utc_now
 from coldcopy.core.verification import schedule_selection, week_seed
 from coldcopy.errors import NotFoundError
 from coldcopy.verify.run import run_verify
 
 
-def run_scheduled(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones.
-
-    Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them."""
-
+def run_scheduled(
+    settings: Settings, now: datetime | None = None, *, ctx: Context | None = None
+) -> dict[str, Any]:
+    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones."""
     now = now or utc_now()
-    cat = open_context(settings).catalog.read()
+    ctx = ctx or open_context(settings)
+    cat = ctx.catalog.read()
     if not cat.entries():
         raise NotFoundError("there is no backup to verify", "take a backup first (`coldcopy backup`)")
     new, sampled = schedule_selection(
@@ -30,7 +30,7 @@ def run_scheduled(settings: Settings, now: datetime | None = None) -> dict[str, 
     )
     results = []
     for name in [*new, *sampled]:
-        r = run_verify(settings, name, level="restore")
+        r = run_verify(settings, name, level="restore", ctx=ctx)
         results.append(
             {
                 "name": name,
