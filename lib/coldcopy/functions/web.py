@@ -3,7 +3,8 @@
 Each ``packages/monitor/<fn>/__main__.py`` calls ``handle`` with its own name; ``coldcopy serve``
 calls those same ``main`` functions locally.  Settings come from the environment (project.yml's
 ``environment``), loaded once per process with the storage client and a parsed-catalog cache, so
-a warm call costs one conditional GET of catalog.json plus one journal listing.
+a warm call costs one conditional GET of catalog.json plus one journal listing (``/status``,
+``/alerts``, ``/metrics`` and ``/recovery-time`` also read the WAL summary the tick stores).
 
 Nothing here lets an exception escape: bad input is a 4xx, a server-side problem a JSON 5xx, and
 tracebacks go to the function's log only.  Heavy modules (pg8000, zstandard, cryptography) are
