@@ -557,12 +557,12 @@ def test_wal_pushd_stores_and_refuses_conflicts_and_a_second_daemon(
 
     from coldcopy import walclient
     from coldcopy.errors import ColdCopyError
-    from coldcopy.wal.pushd import WalPushServer, serve
+    from coldcopy.wal.pushd import WalPushServer, run_pushd
 
     ctx = open_context(load_settings(storage_env))
     sock = tmp_path / "run" / "d.sock"
     servers: list[WalPushServer] = []
-    t = threading.Thread(target=serve, args=(ctx, sock), kwargs={"ready": servers.append}, daemon=True)
+    t = threading.Thread(target=run_pushd, args=(ctx, sock), kwargs={"ready": servers.append}, daemon=True)
     t.start()
     deadline = time.monotonic() + 10
     while not servers:
@@ -894,15 +894,15 @@ def test_feeder_fills_the_spool_in_order_owned_bounded_and_atomic(
         dest = tmp_path / "RECOVERYXLOG"
         # History files are served again and again; an absent one answers "not archived".
         for _ in range(2):
-            assert walspool.serve(spool, "00000002.history", dest) == 0
+            assert walspool.serve_file(spool, "00000002.history", dest) == 0
             assert dest.read_bytes() == b"00000002.history" * 100
-        assert walspool.serve(spool, "00000003.history", dest) == 1
-        assert walspool.serve(spool, "00000004.history", dest) is None
+        assert walspool.serve_file(spool, "00000003.history", dest) == 1
+        assert walspool.serve_file(spool, "00000004.history", dest) is None
         for name in names:
             deadline = time.monotonic() + 30
             while not walspool.has(spool, name) and feeder.alive and time.monotonic() < deadline:
                 feeder.wait_done(0.05)
-            assert walspool.serve(spool, name, dest) == 0, name
+            assert walspool.serve_file(spool, name, dest) == 0, name
             assert dest.read_bytes() == name.encode() * 100
         assert feeder.wait_done(30)  # ends by itself after the last planned segment
         # fetched two at a time, so completion order may differ; the window above shows the order asked
@@ -967,4 +967,6 @@ def test_a_history_file_archived_while_feeding_is_no_longer_answered_absent(
     finally:
         feeder.stop()
     assert not (spool / ("00000003.history" + walspool.ABSENT_SUFFIX)).exists()
-    assert walspool.serve(spool, "00000003.history", tmp_path / "RECOVERYHISTORY") is None  # ask the archive
+    assert (
+        walspool.serve_file(spool, "00000003.history", tmp_path / "RECOVERYHISTORY") is None
+    )  # ask the archive

@@ -24,7 +24,7 @@ from coldcopy.localstack.s3server import S3Server
 from coldcopy.stream.crypto import MasterKey
 from coldcopy.stream.pipeline import Unpacker, pack_bytes, pack_frame
 from coldcopy.wal.archive import WAL_LEVEL, fetch, push
-from coldcopy.wal.pushd import WalPushServer, archive_command, serve
+from coldcopy.wal.pushd import WalPushServer, archive_command, run_pushd
 
 REPO = Path(__file__).resolve().parents[1]
 SEG = "000000010000000000000003"
@@ -136,7 +136,7 @@ def daemon(ctx: Context, tmp_path: Path) -> Iterator[Path]:
         servers.append(server)
         ready.set()
 
-    thread = threading.Thread(target=serve, args=(ctx, sock, on_ready), daemon=True)
+    thread = threading.Thread(target=run_pushd, args=(ctx, sock, on_ready), daemon=True)
     thread.start()
     assert ready.wait(30), "wal-pushd did not start"
     yield sock

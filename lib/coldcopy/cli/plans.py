@@ -53,11 +53,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         wal=load(ctx.storage),
     )
     d = plan.to_dict()
-    present(args, d, lambda: render(d))
+    present(args, d, lambda: runbook_text(d))
     return 0 if plan.ok else 1
 
 
-def render(p: dict[str, Any]) -> str:
+def runbook_text(p: dict[str, Any]) -> str:
     """A runbook as people read it."""
     out = [f"PLAN: {p['scenario']} — {p['title']}" + (f" (alert: {p['alert']})" if p["alert"] else "")]
     if p["blockers"]:

@@ -10,7 +10,7 @@ from coldcopy.cli.common import settings_for
 from coldcopy.config import STORAGE
 from coldcopy.context import open_context
 from coldcopy.wal.archive import push
-from coldcopy.wal.pushd import serve
+from coldcopy.wal.pushd import run_pushd
 
 log = logging.getLogger("coldcopy")
 
@@ -22,5 +22,5 @@ def cmd_wal_push(args: argparse.Namespace) -> int:
 
 
 def cmd_wal_pushd(args: argparse.Namespace) -> int:
-    serve(open_context(settings_for(args, (STORAGE,))), Path(args.socket).absolute())
+    run_pushd(open_context(settings_for(args, (STORAGE,))), Path(args.socket).absolute())
     return 0

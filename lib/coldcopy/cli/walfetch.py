@@ -21,7 +21,7 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
     spool = (Path(args.spool) if args.spool else walspool.default_spool()) if args.prefetch > 0 else None
     if spool is not None:
         tried = os.environ.pop(walspool.TRIED_ENV, "") == "1"  # the fast path waited already
-        served = walspool.serve(spool, args.name, Path(args.dest), wait=not tried)
+        served = walspool.serve_file(spool, args.name, Path(args.dest), wait=not tried)
         if served is not None:
             return served  # prefetched earlier (or known not archived): no storage client, no network
         # One line per miss in the server's log (restore_command's stderr): what the spool costs.

@@ -151,7 +151,7 @@ def archive_command(sock_path: Path) -> str:
     return f"{shlex.join([sys.executable, '-I', '-S', client, '--socket', str(sock_path)])} %p"
 
 
-def serve(ctx: Context, sock_path: Path, ready: Any = None) -> WalPushServer:
+def run_pushd(ctx: Context, sock_path: Path, ready: Any = None) -> WalPushServer:
     """Run until SIGTERM/SIGINT (in the main thread) or ``server.shutdown()``; returns the server."""
     server = WalPushServer(sock_path, ctx)
     if threading.current_thread() is threading.main_thread():

@@ -115,7 +115,7 @@ def _being_fed(marker: Path) -> bool:
     return True
 
 
-def serve(spool: Path, name: str, dest: Path, *, wait: bool = True) -> int | None:
+def serve_file(spool: Path, name: str, dest: Path, *, wait: bool = True) -> int | None:
     """restore_command from the spool: 0 served, 1 known not archived, None: ask the archive.
 
     A segment the feeder is fetching right now is waited for (a GET away) rather than fetched a
@@ -218,7 +218,7 @@ def wal_fetch_args(argv: list[str]) -> tuple[str, str, int, str | None] | None:
 def fast_fetch(argv: list[str]) -> int | None:
     """``wal-fetch`` served from the spool before anything heavy is imported; None: not served here.
 
-    The same spool rules as the CLI's ``wal-fetch`` (which calls :func:`serve` too): no spool
+    The same spool rules as the CLI's ``wal-fetch`` (which calls :func:`serve_file` too): no spool
     without prefetch, ``--spool`` or the default next to the data folder.
     """
     args = wal_fetch_args(argv)
@@ -229,7 +229,7 @@ def fast_fetch(argv: list[str]) -> int | None:
     if spool is None:
         return None
     try:
-        return serve(spool, name, Path(dest))
+        return serve_file(spool, name, Path(dest))
     except OSError:
         return None  # the CLI tries again and reports it
     finally:
