@@ -57,7 +57,10 @@ def host(coldcopy_env: dict[str, str]) -> Iterator[Host]:
     v = run_cli(env, "verify", names[0])
     assert v.rc == 0, v.err
     server = make_server(load_settings(env, env_file=Path(os.devnull)), port=0)
-    thread = threading.Thread(target=server.serve_forever, name="coldcopy-serve", daemon=True)
+    # A short poll: shutdown() waits for it, after every test.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="coldcopy-serve", daemon=True
+    )
     thread.start()
     try:
         yield Host(server, server.url, names, env)

@@ -129,7 +129,10 @@ class Running:
 
 def start_host(settings: Settings, project_dir: Path | None = None) -> Running:
     server = make_server(settings, port=0, project_dir=project_dir)
-    thread = threading.Thread(target=server.serve_forever, name="coldcopy-serve", daemon=True)
+    # A short poll: shutdown() waits for it, after every test.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="coldcopy-serve", daemon=True
+    )
     thread.start()
     return Running(server, thread)
 
