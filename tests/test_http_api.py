@@ -452,7 +452,18 @@ def test_oversized_bodies_are_413(api: Api) -> None:
         "Bearer ☃".encode(),
     ],
     # Named, not shown: the token is random (and a secret), and every process must collect the same ids.
-    ids=["none", "scheme-only", "scheme-space", "short", "long", "basic", "no-scheme", "case", "latin1", "utf8"],
+    ids=[
+        "none",
+        "scheme-only",
+        "scheme-space",
+        "short",
+        "long",
+        "basic",
+        "no-scheme",
+        "case",
+        "latin1",
+        "utf8",
+    ],
 )
 def test_missing_or_wrong_token_is_401_everywhere(api: Api, auth: str | bytes | None) -> None:
     headers = {"Authorization": auth} if auth is not None else {}
