@@ -7,12 +7,17 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import boto3
 import pytest
 
 from cli_helpers import run_cli, spawn_cli
+from coldcopy.config import load_settings
 from coldcopy.localstack.dbcompare import compare_databases
+from coldcopy.storage.s3 import make_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +37,8 @@ def big_db(pg):  # type: ignore[no-untyped-def]
     pg.drop_database(name)
 
 
-def s3_client(env: dict[str, str]):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=env["DO_SPACES_ENDPOINT"],
-        aws_access_key_id=env["DO_SPACES_KEY"],
-        aws_secret_access_key=env["DO_SPACES_SECRET"],
-        region_name="us-east-1",
-    )
+def s3_client(env: dict[str, str]) -> S3Client:
+    return make_client(load_settings(env, env_file=Path(os.devnull)))
 
 
 def keys(env: dict[str, str], prefix: str = "") -> list[str]:

@@ -10,14 +10,12 @@ import threading
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from coldcopy.config import load_settings
 from coldcopy.core.manifest import StoredObject
 from coldcopy.errors import ConflictError, IntegrityError, StorageError
-from coldcopy.storage.s3 import S3Store, open_store
+from coldcopy.storage.s3 import S3Store, make_client, open_store
 from coldcopy.storage.store import ObjectStore
 from coldcopy.storage.volumes import VolumeWriter, read_volumes
 
@@ -124,20 +122,7 @@ def _storage(env: dict[str, str], endpoint: str | None = None) -> ObjectStore:
 def _impatient(env: dict[str, str], endpoint: str) -> S3Store:
     """The store of ``_storage`` with a client that retries once."""
     s = load_settings({**env, "DO_SPACES_ENDPOINT": endpoint}, need=("storage",))
-    config = Config(
-        region_name=s.spaces_region,
-        retries={"max_attempts": 2, "mode": "standard"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={"addressing_style": "path"},
-    )
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=s.spaces_key,
-        aws_secret_access_key=s.spaces_secret.reveal(),
-        config=config,
-    )
+    client = make_client(s, attempts=2)
     return S3Store(s.spaces_bucket, s.prefix, client)
 
 

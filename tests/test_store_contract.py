@@ -10,9 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
@@ -20,7 +18,7 @@ from coldcopy.errors import ConflictError, NotFoundError, StorageError
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.loopback import free_port
 from coldcopy.storage.memory import MemoryStore
-from coldcopy.storage.s3 import S3Store, open_store
+from coldcopy.storage.s3 import S3Store, make_client, open_store
 from coldcopy.storage.store import ObjectStore
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
@@ -179,14 +177,7 @@ def test_an_unreachable_endpoint_is_a_storage_error_everywhere(coldcopy_env: dic
     down = f"http://127.0.0.1:{free_port()}"
     s = load_settings({**coldcopy_env, "DO_SPACES_ENDPOINT": down}, env_file=Path(os.devnull))
     # Without botocore's retries (they only add time here): what is tested is the translation.
-    client = boto3.client(
-        "s3",
-        endpoint_url=down,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2),
-    )
+    client = make_client(s, attempts=1)
     store = S3Store(s.spaces_bucket, s.prefix, client)
     calls = {
         "list": lambda: list(store.list("x/")),

@@ -15,11 +15,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-import boto3
-from botocore.config import Config
-
+from coldcopy.config import Secret, Settings
 from coldcopy.errors import StorageError
 from coldcopy.loopback import free_port, wait_until
+from coldcopy.storage.s3 import make_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -107,14 +106,14 @@ class S3Server:
         self.stop()
 
     def client(self) -> S3Client:
-        """A boto3 S3 client for this server."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+        """A boto3 S3 client for this server (ColdCopy's own factory, pointed at it)."""
+        return make_client(
+            Settings(
+                spaces_key=self.access_key,
+                spaces_secret=Secret(self.secret_key),
+                spaces_region=self.region,
+                spaces_endpoint=self.endpoint_url,
+            )
         )
 
     def spaces_env(self, bucket: str) -> dict[str, str]:

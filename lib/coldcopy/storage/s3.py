@@ -42,11 +42,14 @@ _NETWORK_HINT = "check DO_SPACES_ENDPOINT and the network"
 T = TypeVar("T")
 
 
-def make_client(settings: Settings) -> S3Client:
-    """The one boto3 client factory (retries, checksum and addressing settings for Spaces)."""
+def make_client(settings: Settings, *, attempts: int = 6) -> S3Client:
+    """The one boto3 client factory (retries, checksum and addressing settings for Spaces).
+
+    ``attempts``: how many times a request is tried, with backoff on 5xx, 429 and SlowDown.
+    """
     cfg = Config(
         region_name=settings.spaces_region,
-        retries={"max_attempts": 6, "mode": "standard"},  # backoff on 5xx, 429 and SlowDown
+        retries={"max_attempts": attempts, "mode": "standard"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"},
