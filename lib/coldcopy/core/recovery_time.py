@@ -141,13 +141,13 @@ def replay_rate(cat: Catalog, now: datetime) -> Throughput:
         )
     replayed, seconds = sum(m.raw_bytes for m in found), sum(m.seconds for m in found)
     rate = replayed / seconds
-    newest = found[0].at
-    age = (now - parse_iso(newest)).total_seconds()
-    basis = (
+    return _measured(
+        rate,
+        found,
+        now,
         f"the measured WAL replay of the {len(found)} newest base-backup drill(s): {replayed / 1e6:.1f} MB "
-        f"in {seconds:.1f} s = {rate / 1e6:.2f} MB/s (newest {newest}, {age / 3600:.1f} h old)"
+        f"in {seconds:.1f} s = {rate / 1e6:.2f} MB/s",
     )
-    return Throughput(rate, True, basis, tuple(found), newest, age)
 
 
 def base_throughput(cat: Catalog, now: datetime) -> Throughput:
@@ -175,13 +175,21 @@ def throughput(cat: Catalog, now: datetime) -> Throughput:
 def _median(found: list[Measurement], now: datetime, what: str, of: str) -> Throughput:
     """The median throughput of ``found`` (newest first), labelled with its measurements' age."""
     rate = statistics.median(m.throughput for m in found)
+    return _measured(
+        rate,
+        found,
+        now,
+        f"median throughput of the {len(found)} newest {what}: {rate / 1e6:.2f} MB/s of {of}",
+    )
+
+
+def _measured(rate: float, found: list[Measurement], now: datetime, basis: str) -> Throughput:
+    """A measured rate, its basis labelled with the age of the newest of ``found`` (newest first)."""
     newest = found[0].at
     age = (now - parse_iso(newest)).total_seconds()
-    basis = (
-        f"median throughput of the {len(found)} newest {what}: {rate / 1e6:.2f} MB/s of {of} "
-        f"(newest {newest}, {age / 3600:.1f} h old)"
+    return Throughput(
+        rate, True, f"{basis} (newest {newest}, {age / 3600:.1f} h old)", tuple(found), newest, age
     )
-    return Throughput(rate, True, basis, tuple(found), newest, age)
 
 
 def restore_seconds(raw_bytes: int, rate: Throughput) -> float:
