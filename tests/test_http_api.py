@@ -722,16 +722,33 @@ def test_the_host_builds_digitaloceans_event_and_the_functions_read_every_shape(
     assert parse_event(None).method == "GET"  # a bare invocation (doctl sls fn invoke) is a GET
 
 
-def test_the_web_path_stays_light(api_env: dict[str, str]) -> None:
-    """A function's cold start imports no PostgreSQL driver, compression, crypto or YAML."""
+# What a function's cold start must not import: third-party weights, and ColdCopy's modules that
+# only other endpoints use (each function is a process of its own serving one endpoint).
+OTHER_ENDPOINTS = (
+    "coldcopy.alerting",
+    "coldcopy.ops",
+    "coldcopy.api.dashboard",
+    "coldcopy.core.recovery_time",
+)
+
+
+@pytest.mark.parametrize(
+    ("function", "also_not"),
+    [("status", OTHER_ENDPOINTS), ("health", (*OTHER_ENDPOINTS, "coldcopy.wal"))],
+)
+def test_the_web_path_stays_light(api_env: dict[str, str], function: str, also_not: tuple[str, ...]) -> None:
+    """A function's cold start imports no PostgreSQL driver, compression, crypto or YAML, and none
+    of the modules of other endpoints."""
     code = (
         "import json, sys\n"
         "from coldcopy.functions.web import handle\n"
         "event = {'http': {'method': 'GET', 'path': '', 'headers': {'authorization': sys.argv[1]}}}\n"
-        "r = handle('status', event)\n"
+        f"r = handle({function!r}, event)\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'pg8000', 'zstandard', 'cryptography', 'yaml', 'croniter', 'dotenv', 'docker', 'requests'})\n"
-        "print(json.dumps({'status': r['statusCode'], 'heavy': heavy}))\n"
+        "{'pg8000', 'zstandard', 'cryptography', 'yaml', 'croniter', 'dotenv', 'docker', 'requests',"
+        " 'smtplib'})\n"
+        f"other = sorted(m for m in sys.modules if m.startswith({also_not!r}))\n"
+        "print(json.dumps({'status': r['statusCode'], 'heavy': heavy, 'other': other}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, f"Bearer {TOKEN}"],
@@ -741,4 +758,4 @@ def test_the_web_path_stays_light(api_env: dict[str, str]) -> None:
         timeout=60,
         check=True,
     )
-    assert json.loads(out.stdout) == {"status": 200, "heavy": []}, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"status": 200, "heavy": [], "other": []}, out.stderr[-2000:]

@@ -27,15 +27,11 @@ import json
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from coldcopy.core.archive_report import WalHealth
-from coldcopy.core.catalog import Catalog
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import KINDS
-from coldcopy.core.recovery_time import estimate
 
 PACKAGE = "monitor"
 MAX_BODY_BYTES = 64 * 1024
@@ -346,13 +342,6 @@ def paginate(
 
 
 # -- views ----------------------------------------------------------------------------------------
-def recovery_time_view(
-    now: datetime, cat: Catalog | None = None, wal: WalHealth | None = None
-) -> dict[str, Any]:
-    """What `coldcopy recovery-time --json` says (see :mod:`coldcopy.core.recovery_time`)."""
-    return estimate(cat or Catalog(), now, wal)
-
-
 def queued_view(run_id: str, kind: str, woken: bool, detail: str) -> dict[str, Any]:
     return {
         "run_id": run_id,

@@ -8,7 +8,9 @@ a warm call costs one conditional GET of catalog.json plus one journal listing (
 
 Nothing here lets an exception escape: bad input is a 4xx, a server-side problem a JSON 5xx, and
 tracebacks go to the function's log only.  Heavy modules (pg8000, zstandard, cryptography) are
-never imported on this path.
+never imported on this path, and each function is a process of its own that serves one endpoint:
+a module only some endpoints need (mail, the queue, the launchers, the page) is imported by their
+handlers, so that a cold start loads what its endpoint uses and no more.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from coldcopy.alerting.notify import alerts_report, metrics_text
-from coldcopy.api.dashboard import page
 from coldcopy.api.protocol import (
     BY_FUNCTION,
     HTML_TYPE,
@@ -40,7 +40,6 @@ from coldcopy.api.protocol import (
     parse_event,
     path_arg,
     queued_view,
-    recovery_time_view,
     text_response,
 )
 from coldcopy.config import STORAGE, Settings, missing, read_settings, redact
@@ -48,11 +47,8 @@ from coldcopy.core.names import validate_name
 from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.core.views import listing_row, status_view
 from coldcopy.errors import ColdCopyError, InvalidNameError, NotFoundError, StorageError
-from coldcopy.ops.launchers import wake
-from coldcopy.ops.queue import enqueue, get_run
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.store import ObjectStore
-from coldcopy.wal.monitor import load
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +153,9 @@ def _health(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _status(req: Request, cfg: _Config) -> dict[str, Any]:
+    # Late imports in the handlers: this endpoint's own modules (see the module docstring).
+    from coldcopy.wal.monitor import load
+
     b = _get_backend(cfg)
     s = b.settings
     view = status_view(
@@ -205,6 +204,8 @@ def _backup(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    from coldcopy.ops.queue import enqueue  # this endpoint's own module
+
     b = _get_backend(cfg)
     name = params.get("name")
     if name is not None and name not in b.catalog.read_cached().backups:
@@ -219,6 +220,8 @@ def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
 def _wake(settings: Settings) -> tuple[bool, str]:
     """Wake the runner (the tick's way, with short retries); a failure does not fail the request:
     the job is queued, and the next tick starts the run."""
+    from coldcopy.ops.launchers import wake  # this endpoint's own module
+
     later = "the scheduler tick will start the run"
     try:
         summary = wake(settings, quick=True)
@@ -249,6 +252,8 @@ def _restore_test(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
+    from coldcopy.ops.queue import get_run  # this endpoint's own module
+
     run_id = path_arg(req, "run_id")
     if run_id is None:
         raise HttpError(400, "missing_run_id", "give a run id: /runs/<id> (POST /verify/<name> returns one)")
@@ -259,6 +264,8 @@ def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
+    from coldcopy.alerting.notify import metrics_text  # this endpoint's own module
+
     b = _get_backend(cfg)
     return text_response(
         200, metrics_text(b.settings, b.storage, b.catalog.read_cached(), _now()), PROMETHEUS_TYPE
@@ -266,16 +273,24 @@ def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
+    from coldcopy.alerting.notify import alerts_report  # this endpoint's own module
+
     b = _get_backend(cfg)
     return json_response(200, alerts_report(b.settings, b.storage, b.catalog.read_cached(), _now()))
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
+    # This endpoint's own modules.
+    from coldcopy.core.recovery_time import estimate
+    from coldcopy.wal.monitor import load
+
     b = _get_backend(cfg)
-    return json_response(200, recovery_time_view(_now(), b.catalog.read_cached(), load(b.storage)))
+    return json_response(200, estimate(b.catalog.read_cached(), _now(), load(b.storage)))
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:
+    from coldcopy.api.dashboard import page  # this endpoint's own module
+
     return text_response(200, page(), HTML_TYPE)
 
 
