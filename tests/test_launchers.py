@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from coldcopy.config import load_settings
 from coldcopy.errors import ColdCopyError
 from coldcopy.ops.launchers import (
     IN_PROGRESS_PHASES,
@@ -391,3 +393,25 @@ def test_launcher_from_settings_rejects_unknown_kinds() -> None:
     assert info.value.hint is not None
     for kind in ("app-platform", "docker", "local"):
         assert kind in info.value.hint
+
+
+def test_a_docker_runner_gets_every_setting_but_the_api_tokens() -> None:
+    """A container inherits nothing: it is handed the settings' variables, as given, except the
+    monitor's and the launcher's tokens (no job uses them), and nothing that is not a setting."""
+    given = {
+        "DB_HOST": "db.internal",
+        "DB_NAME": "app",
+        "DO_SPACES_BUCKET": "backups",
+        "VERIFY_SANITY_QUERIES": "SELECT count(*) FROM users > 0",
+        "VERIFY_STATEMENT_TIMEOUT_SECONDS": "30",
+        "SMTP_PASSWORD": " spaced ",
+        "ALERT_EMAIL": "ops@example.com",
+        "COLDCOPY_LAUNCHER": "docker",
+        "MONITOR_TOKEN": "monitor-token-value",
+        "DO_API_TOKEN": "do-api-token-value",
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+    }
+    settings = load_settings(given, env_file=Path(os.devnull))
+    expected = {k: v for k, v in given.items() if k not in ("MONITOR_TOKEN", "DO_API_TOKEN", "PATH", "HOME")}
+    assert settings.runner_env() == expected

@@ -155,9 +155,9 @@ class Settings:
         return bool(self.encryption_key)
 
     def runner_env(self) -> dict[str, str]:
-        """The variables these settings came from that a job runner needs (``RUNNER_PREFIXES``), as
-        given, to hand to a runner container that inherits nothing."""
-        return {name: value.reveal() for name, value in self.variables if name.startswith(RUNNER_PREFIXES)}
+        """The variables these settings came from, as given, but the tokens a job never uses
+        (``RUNNER_WITHHELD``): for a runner container that inherits nothing."""
+        return {name: value.reveal() for name, value in self.variables if name not in RUNNER_WITHHELD}
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
@@ -375,21 +375,9 @@ _PARTS: dict[str, Callable[..., Any]] = {
 }
 ENV_FILE_VAR = "COLDCOPY_ENV_FILE"
 UNSTRIPPED = ("SMTP_PASSWORD",)  # used as given: a password may begin or end with a space
-#: What a runner that inherits nothing (the docker launcher) is handed: the settings a job uses,
-#: never the API tokens of the monitor or the launcher.
-RUNNER_PREFIXES = (
-    "DB_",
-    "DO_SPACES_",
-    "COLDCOPY_",
-    "BACKUP_",
-    "PG_BIN_DIR",
-    "FULL_RETENTION_",
-    "COMPLIANCE_RETENTION_",
-    "WAL_RETENTION_",
-    "VERIFY_DB_",
-    "SMTP_",
-    "ALERT_",
-)
+#: What a runner that inherits nothing (the docker launcher) is not handed: the API tokens of the
+#: monitor and of the launcher (a job uses every other setting).
+RUNNER_WITHHELD = ("MONITOR_TOKEN", "DO_API_TOKEN")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
