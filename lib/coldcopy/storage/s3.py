@@ -171,15 +171,14 @@ class S3Store:
         content_type: str = "application/octet-stream",
     ) -> None:
         full = self.full_key(key)
-        if create_only:
-            put = lambda: self.client.put_object(  # noqa: E731 - one call, two shapes
-                Bucket=self.bucket, Key=full, Body=data, ContentType=content_type, IfNoneMatch="*"
-            )
-        else:
-            put = lambda: self.client.put_object(  # noqa: E731
-                Bucket=self.bucket, Key=full, Body=data, ContentType=content_type
-            )
-        self._call(f"write {key}", put, full)
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if create_only else {}
+        self._call(
+            f"write {key}",
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=data, ContentType=content_type, **extra
+            ),
+            full,
+        )
 
     def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
         self.put_bytes(key, encode_json(obj), create_only=create_only, content_type="application/json")
