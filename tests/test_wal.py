@@ -20,7 +20,7 @@ def test_known_values() -> None:
     assert wal.segment_name_of(wal.parse_lsn("0/16B3748"), 1) == "000000010000000000000001"
     assert wal.segment_name_of(wal.parse_lsn("1/FF000000"), 2) == "0000000200000001000000FF"
     assert wal.parse_segment("0000000100000001000000FF").next().name() == "000000010000000200000000"
-    assert wal.segment_parts("0000000300000002000000A0") == (3, 2, 0xA0)
+    assert wal.parse_segment("0000000300000002000000A0") == wal.Segment(3, 2 * 0x100 + 0xA0)
     assert wal.last_segment_needed(wal.parse_lsn("0/3000000"), 1).name() == "000000010000000000000002"
     assert wal.last_segment_needed(wal.parse_lsn("0/3000001"), 1).name() == "000000010000000000000003"
     assert wal.timeline_of("00000002.history") == 2
@@ -61,7 +61,7 @@ def test_segment_contains_lsn(lsn: int, tli: int, size: int) -> None:
     name = seg.name(size)
     assert len(name) == 24 and name == name.upper()
     assert wal.parse_segment(name, size) == seg
-    t, log, no = wal.segment_parts(name, size)
+    t, log, no = int(name[:8], 16), int(name[8:16], 16), int(name[16:], 16)  # the name's three fields
     assert (t, log * ((1 << 32) // size) + no) == (tli, seg.segno)
 
 

@@ -38,6 +38,11 @@ RUN_ID_RE = re.compile(r"[0-9a-z]{26}")
 _KIND_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _STAMP = "%Y%m%dT%H%M%SZ"
 _QUEUE_RE = re.compile(r"jobs/queue/\d{8}T\d{6}Z-(?P<id>[0-9a-z]{26})\.json")
+# What the journal keeps of a finished run.
+_JOURNALED = (
+    "run_id", "kind", "state", "slot", "params", "started_at", "finished_at", "duration_seconds",
+    "worker", "error", "result",
+)  # fmt: skip
 
 
 # -- names -----------------------------------------------------------------------------------------
@@ -291,8 +296,7 @@ class Run:
     def journal_entry(self) -> dict[str, Any]:
         """What the journal keeps of a finished run (monitoring reads outcomes from there)."""
         d = self.to_dict()
-        keep = ("run_id", "kind", "state", "slot", "params", "started_at", "finished_at", "duration_seconds")
-        return {k: d.get(k) for k in (*keep, "worker", "error", "result")}
+        return {k: d.get(k) for k in _JOURNALED}
 
     def is_stale(self, now: datetime, stale_after: timedelta) -> bool:
         """A running run whose last sign of life (heartbeat, else start) is older than ``stale_after``.

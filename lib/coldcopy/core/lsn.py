@@ -76,13 +76,6 @@ def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segmen
     return Segment(timeline, log * per_log + seg)
 
 
-def segment_parts(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int, int]:
-    """(timeline, log, seg) of a segment name."""
-    s = parse_segment(name, segment_size)
-    per_log = _per_log(segment_size)
-    return s.timeline, s.segno // per_log, s.segno % per_log
-
-
 def segment_of(lsn: int, timeline: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
     """The segment holding the byte at ``lsn``."""
     _per_log(segment_size)
