@@ -41,6 +41,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# The Supabase stand-in projects of the tests (tests/fixtures/supabase): pg_cron, pgaudit, pgjwt and
+# supautils for PostgreSQL 15.  Root only, as make-project.sh itself.
+if [ "$dev" = 1 ] && [ "$(id -u)" = 0 ] && [ -d /usr/lib/postgresql/15 ]; then
+  tests/fixtures/supabase/setup.sh
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -67,3 +67,10 @@ class ConflictError(ColdCopyError):
     """Something already exists that we refuse to overwrite."""
 
     exit_code = 7
+
+
+class EnvironmentProblem(ColdCopyError):
+    """Something the machine or a server lacks (an extension, a tool, a scratch server); the
+    backup is not at fault."""
+
+    exit_code = 8

@@ -13,6 +13,7 @@ from coldcopy.core.manifest import Manifest, StoredObject, globals_key
 from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ColdCopyError, DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.shape import read_facts, read_shape
 from coldcopy.postgres.tools import StderrTail, run_tool
 from coldcopy.stream.pipeline import Progress, pack_bytes, pack_stream
 
@@ -46,6 +47,12 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     writer = ses.data_writer()
 
     counts = pg.counts_in_snapshot(snapshot, exact=s.row_counts == "exact")  # overlaps the dump
+    try:
+        facts = read_facts(conn)
+        shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
+    except BaseException:
+        counts.cancel(via=conn)
+        raise
     try:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
     except BaseException:
@@ -87,6 +94,8 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
         globals=glob_obj,
         globals_note=glob_note,
         extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"},
+        platform=facts.to_dict(),
+        shape=shape,
     )
     commit(ctx, manifest)
     return manifest

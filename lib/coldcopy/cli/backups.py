@@ -15,6 +15,7 @@ from coldcopy.context import open_context
 from coldcopy.core.humanize import human_age, human_bytes, table
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
+from coldcopy.core.shape import summary as shape_summary
 from coldcopy.core.views import backup_summary, listing_row, status_view
 from coldcopy.restore.logical import run_restore
 from coldcopy.verify.run import run_verify
@@ -89,11 +90,20 @@ def _manifest_text(m: Manifest) -> str:
         f"{'data':20} {where}",
         f"{'':20} sha256 {m.data.stored_sha256} (dump sha256 {m.data.raw_sha256})",
         f"{'roles':20} {m.globals.key if m.globals else m.globals_note or 'not saved'}",
+        f"{'platform':20} {_platform_text(m.platform)}",
+        f"{'shape':20} {shape_summary(m.shape)}",
         *(f"{k:20} {v}" for k, v in m.extra.items()),
         f"tables ({len(m.tables)}):",
         *(f"  {t:40} {n:>12,}" for t, n in sorted(m.tables.items())),
     ]
     return "\n".join(lines)
+
+
+def _platform_text(platform: dict[str, Any]) -> str:
+    if not platform:
+        return "not recorded"
+    attrs = [k for k, v in platform.get("attributes", {}).items() if v]
+    return f"{platform.get('platform')}, as {platform.get('role')} ({', '.join(attrs) or 'no attributes'})"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -149,12 +159,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with progress_meter(args) as meter:
         r = run_verify(s, args.name, level=args.level, progress=meter)
     lines = [
-        f"  {'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.detail}" if c.detail else "") for c in r.checks
+        f"  {'skip' if c.skipped else 'ok  ' if c.ok else 'FAIL'} {c.name}"
+        + (f": {c.detail}" if c.detail else "")
+        for c in r.checks
     ]
-    verdict = "verified" if r.ok else "VERIFICATION FAILED"
+    verdict = (
+        "verified"
+        if r.ok
+        else "NOT VERIFIED: the scratch environment"
+        if r.exit_code == 8
+        else "VERIFICATION FAILED"
+    )
     lines.append(f"{r.name}: {verdict} at level {r.level} in {r.duration_seconds:.1f} s")
     present(args, r.to_dict(), "\n".join(lines))
-    return 0 if r.ok else 4
+    return r.exit_code
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

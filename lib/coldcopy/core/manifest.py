@@ -86,6 +86,11 @@ class Manifest:
     globals: StoredObject | None = None
     globals_note: str = ""  # why roles are missing, when they are
     extra: dict[str, Any] = field(default_factory=dict)  # kind-specific (LSNs for base backups …)
+    # Logical backups: the platform and the connecting role's attributes ({"platform": "supabase",
+    # "role": …, "attributes": {…}}) and the database's shape (core/shape.py), what a restore must
+    # give back and is checked against.  Empty in backups made before they were recorded.
+    platform: dict[str, Any] = field(default_factory=dict)
+    shape: dict[str, Any] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
     coldcopy_version: str = ""
 

@@ -28,6 +28,8 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    skipped: bool = False  # not run (printed as "skip", never as ok)
+    environment: bool = False  # failed for want of something on the machine, not the backup
 
 
 @dataclass
@@ -44,9 +46,21 @@ class VerifyResult:
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
-    def add(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append(Check(name, ok, detail))
+    def add(self, name: str, ok: bool, detail: str = "", *, environment: bool = False) -> bool:
+        self.checks.append(Check(name, ok, detail, environment=environment and not ok))
         return ok
+
+    def skip(self, name: str, why: str) -> None:
+        """A check that could not run here: it does not fail the verification, nor pass as ok."""
+        self.checks.append(Check(name, True, why, skipped=True))
+
+    @property
+    def exit_code(self) -> int:
+        """0 verified; 8 only the environment failed (the backup may be fine); 4 otherwise."""
+        failed = [c for c in self.checks if not c.ok]
+        if not failed:
+            return 0
+        return 8 if all(c.environment for c in failed) else 4
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -71,7 +71,6 @@ class PgCluster:
     """
 
     host = "127.0.0.1"
-    user = "postgres"
 
     def __init__(
         self,
@@ -79,9 +78,11 @@ class PgCluster:
         port: int | None = None,
         settings: dict[str, str] | None = None,
         password: str = "coldcopy-local",
+        user: str = "postgres",
     ) -> None:
         self.bin_dir = find_bin_dir()
         self.password = password
+        self.user = user  # the bootstrap superuser
         self.settings = dict(settings or {})
         for name, value in self.settings.items():
             _check_setting(name, value)
@@ -216,6 +217,10 @@ class PgCluster:
     def drop_database(self, name: str) -> None:
         """Drop ``name`` if it exists, disconnecting its sessions."""
         self._admin(f"DROP DATABASE IF EXISTS {pg8000.native.identifier(name)} WITH (FORCE)")
+
+    def has_library(self, name: str) -> bool:
+        """Whether the server can load the shared library ``name`` (e.g. ``pg_cron``)."""
+        return (self.bin_dir.parent / "lib" / f"{name}.so").exists()
 
     def server_version_num(self) -> int:
         conn = self.connect()

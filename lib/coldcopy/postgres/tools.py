@@ -79,15 +79,16 @@ def run_tool(
 class StderrTail:
     """Drains a child's stderr in a thread (so it can never block) and keeps the last lines."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], keep: int = 40) -> None:
         self.lines: list[str] = []
+        self.keep = keep
         self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
         self._thread.start()
 
     def _drain(self, stream: IO[bytes]) -> None:
         for line in stream:
             self.lines.append(line.decode(errors="replace").rstrip())
-            del self.lines[:-40]
+            del self.lines[: -self.keep]
 
     def text(self) -> str:
         self._thread.join(timeout=5)

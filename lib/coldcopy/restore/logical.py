@@ -15,7 +15,9 @@ from coldcopy.context import open_context
 from coldcopy.core.names import validate_db_identifier
 from coldcopy.errors import ConflictError, DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.shape import Facts, read_facts
 from coldcopy.postgres.tools import StderrTail, ToolVersion
+from coldcopy.restore.project import restore_into
 from coldcopy.stream.pipeline import Progress
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ def run_restore(
     pg_restore = _pg_restore_for(pg, reader)
     final = validate_db_identifier(target_db or settings.db_name, "target database")
     in_place = target_db is None
+    platform = _platform_of(pg, final if in_place else pg.maintenance_db())
+    if platform.platform == "supabase" or reader.manifest.platform.get("platform") == "supabase":
+        return _restore_project(reader, pg, settings, final, in_place, clean, platform, progress, t0)
     if keep_old is None:
         keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
     exists, staging = _create_staging(pg, final, in_place, clean)
@@ -63,6 +68,59 @@ def run_restore(
         "duration_seconds": round(time.monotonic() - t0, 3),
         "raw_size_bytes": reader.manifest.data.raw_size,
         "tables_checked": len(reader.manifest.tables) if check_counts else 0,
+    }
+
+
+def _platform_of(pg: Postgres, dbname: str) -> Facts:
+    with pg.session(dbname) as conn:
+        return read_facts(conn)
+
+
+def _restore_project(
+    reader: BackupReader,
+    pg: Postgres,
+    settings: Settings,
+    final: str,
+    in_place: bool,
+    clean: bool,
+    facts: Facts,
+    progress: Progress | None,
+    t0: float,
+) -> dict[str, Any]:
+    """A Supabase backup, or a Supabase target: the backup is given back inside the database in
+    one transaction (restore/project.py), never by renaming or dropping the project's database."""
+    created = False
+    if not in_place:
+        with pg.session(pg.maintenance_db()) as admin:
+            if pg.database_exists(admin, final):
+                if not clean:
+                    raise ConflictError(
+                        f"database {final!r} already exists",
+                        "choose another --target-db, or pass --clean to replace it",
+                    )
+                pg.drop_database(admin, final)
+            pg.create_database(admin, final)
+            created = True
+        facts = _platform_of(pg, final)
+    try:
+        done = restore_into(
+            reader, pg, final, facts, settings, cron_available=facts.cron_available, progress=progress
+        )
+    except BaseException:
+        if created:
+            with pg.session(pg.maintenance_db()) as admin:
+                pg.drop_database(admin, final)  # nothing half-restored stays under the name asked for
+        raise
+    return {
+        "name": reader.manifest.name,
+        "target_db": final,
+        "replaced": in_place,
+        "previous_kept_as": None,
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "raw_size_bytes": reader.manifest.data.raw_size,
+        "tables_checked": done.tables_checked,
+        "platform": facts.platform,
+        **done.to_dict(),
     }
 
 

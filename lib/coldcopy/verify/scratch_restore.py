@@ -28,11 +28,14 @@ from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Secret, Settings
 from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.sanity import SanityQuery, parse_sanity_queries
+from coldcopy.core.shape import summary as shape_summary
 from coldcopy.core.verification import VerifyResult
-from coldcopy.errors import ColdCopyError, ConfigError, DatabaseError
+from coldcopy.errors import ColdCopyError, ConfigError, EnvironmentProblem
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.cluster import PgCluster
+from coldcopy.postgres.shape import read_facts
 from coldcopy.restore.logical import pg_restore_into
+from coldcopy.restore.project import ShapeMismatch, restore_into
 from coldcopy.stream.pipeline import Progress
 
 log = logging.getLogger(__name__)
@@ -70,9 +73,15 @@ def stale_scratch(names: list[str], now: datetime) -> list[str]:
     return out
 
 
+# The throwaway cluster's superuser: never a role name a dump carries (Supabase's is ``postgres``).
+SCRATCH_SUPERUSER = "coldcopy_scratch"
+
+
 @contextmanager
-def scratch_database(settings: Settings) -> Iterator[Scratch]:
-    """A new, empty database for a test restore; dropped on the way out, whatever happened."""
+def scratch_database(settings: Settings, *, cron: bool = False) -> Iterator[Scratch]:
+    """A new, empty database for a test restore; dropped on the way out, whatever happened.
+    ``cron``: the dump has pg_cron, so a throwaway cluster preloads it (when installed here) with
+    the scratch database as ``cron.database_name``."""
     dbname = scratch_name()
     cluster = None
     if settings.verify_db_host:
@@ -90,9 +99,12 @@ def scratch_database(settings: Settings) -> Iterator[Scratch]:
         where = f"{settings.verify_db_host}:{settings.verify_db_port} (VERIFY_DB_HOST)"
     else:
         try:
-            cluster = PgCluster(password=secrets.token_urlsafe(18)).start()
+            cluster = PgCluster(password=secrets.token_urlsafe(18), user=SCRATCH_SUPERUSER)
+            if cron and cluster.has_library("pg_cron"):
+                cluster.settings.update(shared_preload_libraries="pg_cron", **{"cron.database_name": dbname})
+            cluster.start()
         except ColdCopyError as exc:
-            raise DatabaseError(
+            raise EnvironmentProblem(
                 f"no scratch target for a test restore: VERIFY_DB_HOST is not set and a local cluster "
                 f"cannot start ({exc.message})",
                 "set VERIFY_DB_HOST/PORT/USER/PASSWORD to a server where ColdCopy may create and drop "
@@ -143,15 +155,24 @@ def run_test_restore(
         return
     sanity = parse_sanity_queries(settings.verify_sanity_queries) if result.level == "restore" else []
     scratch: Scratch | None = None
+    supabase = manifest.platform.get("platform") == "supabase"
     try:
-        with scratch_database(settings) as scratch:
+        with scratch_database(settings, cron="pg_cron" in manifest.shape.get("extensions", {})) as scratch:
             stale = f"; dropped {len(scratch.stale_dropped)} stale scratch database(s)"
             result.add(
                 "scratch database created",
                 True,
                 f"{scratch.dbname} on {scratch.where}" + (stale if scratch.stale_dropped else ""),
             )
-            _restore_and_check(settings, reader, scratch, result, sanity, progress)
+            if supabase:
+                _restore_project_and_check(reader, scratch, result, progress)
+            else:
+                _restore_and_check(reader, scratch, result, progress)
+            if result.ok and result.level == "restore":
+                _check_amcheck(scratch, result)
+                _check_sanity(scratch, sanity, settings.verify_statement_timeout_seconds, result)
+    except EnvironmentProblem as exc:
+        result.add("scratch target", False, exc.message[:500], environment=True)
     except (ColdCopyError, pg8000.exceptions.Error) as exc:
         detail = exc.message if isinstance(exc, ColdCopyError) else f"{type(exc).__name__}: {exc}"
         result.add("test restore" if scratch else "scratch target", False, detail[:500])
@@ -164,12 +185,7 @@ def run_test_restore(
 
 
 def _restore_and_check(
-    settings: Settings,
-    reader: BackupReader,
-    scratch: Scratch,
-    result: VerifyResult,
-    sanity: list[SanityQuery],
-    progress: Progress | None,
+    reader: BackupReader, scratch: Scratch, result: VerifyResult, progress: Progress | None
 ) -> None:
     manifest = reader.manifest
     tool = scratch.pg.tool("pg_restore")
@@ -187,8 +203,13 @@ def _restore_and_check(
     except ColdCopyError as exc:
         result.add("test restore: chunks authenticate and pg_restore succeeds", False, exc.message)
         return
+    _measured(reader, scratch, result, t0, "test restore: chunks authenticate and pg_restore succeeds")
+    _check_row_counts(scratch, manifest.tables, manifest.row_counts, result)
+
+
+def _measured(reader: BackupReader, scratch: Scratch, result: VerifyResult, t0: float, check: str) -> None:
     seconds = max(time.monotonic() - t0, 1e-6)
-    raw, stored = manifest.data.raw_size, manifest.data.stored_size
+    raw, stored = reader.manifest.data.raw_size, reader.manifest.data.stored_size
     result.measurement = {
         "restore_seconds": round(seconds, 3),
         "raw_bytes": raw,
@@ -198,14 +219,64 @@ def _restore_and_check(
         "server_version": _server_version(scratch),
     }
     result.add(
-        "test restore: chunks authenticate and pg_restore succeeds",
-        True,
-        f"{raw} bytes of dump restored in {seconds:.2f} s ({raw / seconds / 1e6:.1f} MB/s)",
+        check, True, f"{raw} bytes of dump restored in {seconds:.2f} s ({raw / seconds / 1e6:.1f} MB/s)"
     )
-    _check_row_counts(scratch, manifest.tables, manifest.row_counts, result)
-    if result.level == "restore":
-        _check_amcheck(scratch, result)
-        _check_sanity(scratch, sanity, settings.verify_statement_timeout_seconds, result)
+
+
+def _restore_project_and_check(
+    reader: BackupReader, scratch: Scratch, result: VerifyResult, progress: Progress | None
+) -> None:
+    """A Supabase backup: restored by restore's own code (roles applied, one transaction, the shape
+    and row counts checked before it commits) into the scratch database."""
+    manifest = reader.manifest
+    with scratch.pg.session(scratch.dbname) as conn:
+        facts = read_facts(conn)
+        available = {str(r[0]) for r in conn.run("SELECT name FROM pg_available_extensions")}
+    needed = set(manifest.shape.get("extensions", {})) - {"pg_cron"}  # without pg_cron: its check skipped
+    missing = sorted(needed - available)
+    if missing:
+        result.add(
+            "extensions the dump needs are installed on the scratch server",
+            False,
+            f"missing on {scratch.where}: {', '.join(missing)}; install them there, or set VERIFY_DB_HOST "
+            "to a server that has them",
+            environment=True,
+        )
+        return
+    result.add(
+        "extensions the dump needs are installed on the scratch server", True, f"{len(needed)} extensions"
+    )
+    t0 = time.monotonic()
+    check = "test restore: chunks authenticate and the restore (roles, one transaction) succeeds"
+    try:
+        done = restore_into(
+            reader,
+            scratch.pg,
+            scratch.dbname,
+            facts,
+            scratch.settings,
+            cron_available=facts.cron_available,
+            progress=progress,
+        )
+    except ShapeMismatch as exc:
+        result.add(check, True, "restored, then rolled back by the check below")
+        result.add("the restored shape and row counts equal the manifest's", False, exc.message)
+        return
+    except ColdCopyError as exc:
+        result.add(check, False, exc.message)
+        return
+    _measured(reader, scratch, result, t0, check)
+    result.add(
+        "the restored shape equals the manifest's",
+        True,
+        f"{shape_summary(manifest.shape)}; {done.tables_checked} tables' row counts equal",
+    )
+    if manifest.shape.get("cron_jobs") and not (facts.cron_available and facts.cron_here):
+        result.skip(
+            "cron jobs", "pg_cron is not installed where the scratch runs: its jobs were not compared"
+        )
+    if done.left_out:
+        result.skip("what the scratch cannot hold", "; ".join(done.left_out)[:500])
 
 
 def _server_version(scratch: Scratch) -> str:
@@ -250,7 +321,7 @@ def _check_amcheck(scratch: Scratch, result: VerifyResult) -> None:
             conn.run("CREATE EXTENSION IF NOT EXISTS amcheck")
         except pg8000.exceptions.DatabaseError as exc:
             why = exc.args[0].get("M", "") if exc.args and isinstance(exc.args[0], dict) else str(exc)
-            result.add("amcheck on B-tree indexes", True, f"skipped: amcheck is not available ({why[:200]})")
+            result.skip("amcheck on B-tree indexes", f"amcheck is not available ({why[:200]})")
             return
         bad: list[str] = []
         indexes = conn.run(_INDEXES)
