@@ -393,3 +393,48 @@ def test_backup_and_restore_refuse_where_libpq_would(
     name = json.loads(made.out)["name"]
     r = run_cli({**env, "DB_NAME": tls_source}, "restore", "--backup-name", name, "--target-db", "never")
     assert r.rc == 5 and said in r.err, r.err
+
+
+@pytest.mark.parametrize("root", ["right", "wrong"])
+def test_the_replication_programs_get_the_same_tls(
+    servers: dict[str, PgCluster], certs: Certs, root: str
+) -> None:
+    """pg_receivewal and pg_basebackup (the WAL sweep, base backups) over a replication connection."""
+    pg = Postgres(load_settings(env_for(servers["good"], "verify-full", roots(certs)[root])))
+    slot = f"tls_{root}"
+    runs = [
+        [tool_path("pg_receivewal", pg.s), "--no-password", "--slot", slot, "--create-slot"],
+        [tool_path("pg_receivewal", pg.s), "--no-password", "--slot", slot, "--drop-slot"],
+        [tool_path("pg_basebackup", pg.s), "--no-password", "-D", "-", "-Ft", "-X", "none", "--no-manifest"],
+    ]
+    for args in runs:
+        proc = subprocess.run(args, env=pg.libpq_env(), capture_output=True, check=False)
+        if root == "right":
+            assert proc.returncode == 0, proc.stderr
+        else:
+            assert proc.returncode != 0 and b"certificate verify failed" in proc.stderr, proc.stderr
+
+
+def test_test_restores_on_a_scratch_server_with_its_own_ca(
+    coldcopy_env: dict[str, str], servers: dict[str, PgCluster], certs: Certs, tls_source: str
+) -> None:
+    scratch = servers["good"]
+    base = tls_env(coldcopy_env, scratch, tls_source, "verify-full", roots(certs)["right"])
+    env = {
+        **base,
+        "VERIFY_DB_HOST": scratch.host,
+        "VERIFY_DB_PORT": str(scratch.port),
+        "VERIFY_DB_USER": scratch.user,
+        "VERIFY_DB_PASSWORD": scratch.password,
+        "VERIFY_DB_SSLMODE": "verify-full",
+        "VERIFY_DB_SSLROOTCERT": str(certs.ca("ca")),
+    }
+    made = run_cli(env, "backup", "--json")
+    assert made.rc == 0, made.err
+    name = json.loads(made.out)["name"]
+    ok = run_cli(env, "verify", name, "--level", "full", "--json")
+    assert ok.rc == 0 and json.loads(ok.out)["ok"] is True, ok.out + ok.err
+    wrong = run_cli(
+        {**env, "VERIFY_DB_SSLROOTCERT": str(certs.ca("wrong-ca"))}, "verify", name, "--level", "full"
+    )
+    assert wrong.rc != 0 and "not signed by the CA in VERIFY_DB_SSLROOTCERT" in wrong.out + wrong.err
