@@ -81,7 +81,7 @@ class RootCert:
     from (empty: given as a value).
     """
 
-    pem: str
+    pem: str = field(repr=False)  # public, but long: a repr names the file, or says it was a value
     path: str = ""
 
 
