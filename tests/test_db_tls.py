@@ -25,7 +25,7 @@ from coldcopy.localstack.dbcompare import compare_databases
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.postgres.server import chown_to_owner
-from coldcopy.postgres.tls import NO_FILE, libpq_tls_env
+from coldcopy.postgres.tls import NO_FILE, libpq_tls_env, libpq_tls_hint
 from coldcopy.postgres.tools import tool_path
 
 IS_SSL = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -438,3 +438,15 @@ def test_test_restores_on_a_scratch_server_with_its_own_ca(
         {**env, "VERIFY_DB_SSLROOTCERT": str(certs.ca("wrong-ca"))}, "verify", name, "--level", "full"
     )
     assert wrong.rc != 0 and "not signed by the CA in VERIFY_DB_SSLROOTCERT" in wrong.out + wrong.err
+
+
+def test_a_client_programs_tls_failure_gets_a_hint_from_libpqs_words(
+    servers: dict[str, PgCluster], certs: Certs
+) -> None:
+    wrong_ca = psql_outcome(env_for(servers["good"], "verify-full", roots(certs)["wrong"]))[1]
+    other_host = psql_outcome(env_for(servers["other"], "verify-full", roots(certs)["right"]))[1]
+    expired = psql_outcome(env_for(servers["expired"], "verify-ca", roots(certs)["right"]))[1]
+    assert "VERIFY_DB_SSLROOTCERT" in (libpq_tls_hint(wrong_ca, "VERIFY_DB_") or "")
+    assert "expired" in (libpq_tls_hint(expired) or "")
+    assert "DB_HOST" in (libpq_tls_hint(other_host) or "") and OTHER_HOST in other_host
+    assert libpq_tls_hint('FATAL:  password authentication failed for user "postgres"') is None

@@ -209,3 +209,20 @@ def tls_error(
         f"the TLS handshake with {where} failed: {exc.reason or exc}",
         f"check {names}SSLMODE and that the server at {where} is a PostgreSQL server",
     )
+
+
+def libpq_tls_hint(stderr: str, names: str = "DB_") -> str | None:
+    """What to do about a client program's TLS failure, from libpq's own words (None: not one)."""
+    if "does not match host name" in stderr:
+        return (
+            f"the server's certificate is issued for another host name (libpq names both above): set "
+            f"{names}HOST to the certificate's, or use {names}SSLMODE=verify-ca to check only the CA"
+        )
+    if "certificate verify failed" in stderr:
+        return (
+            f"the server's certificate failed verification: check that {names}SSLROOTCERT is the CA that "
+            f"signed it ({SUPABASE_CA_HINT}) and that the certificate has not expired"
+        )
+    if "server does not support SSL" in stderr:
+        return f"the server does not accept TLS, which {names}SSLMODE requires"
+    return None

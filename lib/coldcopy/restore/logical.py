@@ -15,6 +15,7 @@ from coldcopy.context import open_context
 from coldcopy.core.names import validate_db_identifier
 from coldcopy.errors import ConflictError, DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, ToolVersion
 from coldcopy.stream.pipeline import Progress
 
@@ -177,9 +178,10 @@ def pg_restore_into(
         raise
     rc = proc.wait()
     if rc != 0:
+        text = errors.text()
         raise DatabaseError(
-            f"pg_restore failed (exit {rc}): {redact(errors.text(), settings)[-800:]}",
-            "the target was left as it was",
+            f"pg_restore failed (exit {rc}): {redact(text, settings)[-800:]}",
+            libpq_tls_hint(text, pg.names) or "the target was left as it was",
         )
 
 
