@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coldcopy.config import load_settings, normalise_pem
+from coldcopy.errors import ConfigError
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "deploy.sh"
 EXAMPLE = REPO / "deploy" / "functions.env.example"
@@ -190,3 +193,30 @@ def test_real_run_refuses_without_a_functions_namespace(tmp_path: Path, fake_doc
     assert proc.returncode != 0
     assert "doctl serverless connect" in proc.stderr
     assert "serverless deploy" not in Path(fake_doctl["FAKE_DOCTL_LOG"]).read_text()
+
+
+def test_the_runner_gets_the_database_ca_as_a_value(tmp_path: Path, fake_doctl: dict[str, str]) -> None:
+    """The one-line PEM of deploy/functions.env.example reaches the runner job as a certificate."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-days", "1", "-subj", "/CN=Deploy test CA", "-keyout", "ca.key", "-out", "ca.crt"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=True,
+    )
+    pem = (tmp_path / "ca.crt").read_text()
+    one_line = "\\n".join(pem.strip().splitlines())  # what the example's awk line prints
+    env_file = write_env(tmp_path / ".env", DB_SSLROOTCERT=one_line)
+
+    proc = deploy("--env", str(env_file), env=fake_doctl)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rendered = yaml.safe_load(Path(fake_doctl["FAKE_DOCTL_LOG"] + ".spec").read_text())
+    envs = {e["key"]: e["value"] for e in rendered["jobs"][0]["envs"]}
+    assert envs["DB_SSLMODE"] == "verify-full"
+    root = load_settings({"DB_SSLROOTCERT": envs["DB_SSLROOTCERT"], "COLDCOPY_ENV_FILE": os.devnull})
+    assert root.db_sslrootcert is not None and root.db_sslrootcert.pem == normalise_pem(pem)
+    # The example's placeholder is refused when the runner starts, never taken for a certificate.
+    example = next(ln for ln in EXAMPLE.read_text().splitlines() if ln.startswith("DB_SSLROOTCERT="))
+    with pytest.raises(ConfigError):
+        load_settings({"DB_SSLROOTCERT": example.split("=", 1)[1], "COLDCOPY_ENV_FILE": os.devnull})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -62,6 +63,26 @@ SECRET_VARS = (
 )
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: The modes in which libpq refuses to connect without a root certificate.
+SSL_MODES_NEEDING_ROOT = ("verify-ca", "verify-full")
+#: Where hosted Supabase users get their project's CA (said wherever a root certificate is missing).
+SUPABASE_CA_HINT = (
+    "hosted Supabase: Project Settings → Database → SSL Configuration → Download certificate "
+    "(prod-ca-2021.crt)"
+)
+
+
+@dataclass(frozen=True)
+class RootCert:
+    """The CA certificate(s) a database server's certificate must be signed by (``DB_SSLROOTCERT``).
+
+    Given as a file's path, or as the PEM text itself (functions and App Platform jobs have no file
+    to mount one from).  ``pem`` is the certificates, normalised; ``path`` the file they were read
+    from (empty: given as a value).
+    """
+
+    pem: str = field(repr=False)  # public, but long: a repr names the file, or says it was a value
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ class Settings:
     db_user: str = ""
     db_password: Secret = field(default_factory=lambda: Secret(""))
     db_sslmode: str = "prefer"
+    db_sslrootcert: RootCert | None = None
     pg_bin_dir: str = ""
     server_command: str = ""  # how the PostgreSQL server's OS user runs coldcopy (restore_command)
     # Spaces
@@ -134,6 +156,7 @@ class Settings:
     verify_db_user: str = ""
     verify_db_password: Secret = field(default_factory=lambda: Secret(""))
     verify_db_sslmode: str = "prefer"
+    verify_db_sslrootcert: RootCert | None = None
     verify_sanity_queries: str = ""  # validated by core.sanity.parse_sanity_queries
     verify_sample_older: int = 2
     verify_statement_timeout_seconds: int = 60
@@ -287,6 +310,47 @@ def _seconds(text: str) -> float:
         raise Refused("must be a number of seconds", shown=None) from None
 
 
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
+
+
+def normalise_pem(text: str) -> str:
+    """The certificates in ``text``, each re-wrapped as PEM; a value pasted into an environment
+    variable may have lost its line breaks, or carry them as the two characters ``\\n``."""
+    blocks = []
+    for body in _PEM_BLOCK.findall(text):
+        flat = re.sub(r"\\n|\s", "", body)
+        lines = [flat[i : i + 64] for i in range(0, len(flat), 64)]
+        blocks.append("\n".join(["-----BEGIN CERTIFICATE-----", *lines, "-----END CERTIFICATE-----"]))
+    return "\n".join(blocks) + "\n" if blocks else ""
+
+
+def _rootcert(text: str) -> RootCert:
+    if "-----BEGIN" in text:
+        path, content = "", text
+    else:
+        path = str(Path(text).expanduser())
+        try:
+            content = Path(path).read_text(errors="replace")
+        except OSError as exc:
+            raise Refused(
+                f"is neither PEM text (-----BEGIN CERTIFICATE-----…) nor a file that can be read "
+                f"({exc.strerror or exc})",
+                shown=200,
+            ) from None
+    pem = normalise_pem(content)
+    try:
+        if not pem:
+            raise ssl.SSLError("no certificate")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except ssl.SSLError:
+        where = f"the file {path}" if path else "the value"
+        raise Refused(
+            f"must be a CA certificate in PEM form (-----BEGIN CERTIFICATE-----…), but {where} holds none",
+            shown=None,
+        ) from None
+    return RootCert(pem, path)
+
+
 def _recipients(text: str) -> tuple[str, ...]:
     found = tuple(r.strip() for r in text.split(",") if r.strip())
     bad = [r for r in found if "@" not in r or any(c in r for c in "\r\n<>")]
@@ -303,6 +367,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "DB_USER": ("db_user", str, DB),
     "DB_PASSWORD": ("db_password", Secret, None),
     "DB_SSLMODE": ("db_sslmode", _choice(*SSL_MODES), None),
+    "DB_SSLROOTCERT": ("db_sslrootcert", _rootcert, None),
     "PG_BIN_DIR": ("pg_bin_dir", str, None),
     "COLDCOPY_SERVER_COMMAND": ("server_command", str, None),
     "DO_SPACES_KEY": ("spaces_key", str, STORAGE),
@@ -340,6 +405,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "VERIFY_DB_USER": ("verify_db_user", str, None),
     "VERIFY_DB_PASSWORD": ("verify_db_password", Secret, None),
     "VERIFY_DB_SSLMODE": ("verify_db_sslmode", _choice(*SSL_MODES), None),
+    "VERIFY_DB_SSLROOTCERT": ("verify_db_sslrootcert", _rootcert, None),
     "VERIFY_SANITY_QUERIES": ("verify_sanity_queries", _sanity, None),
     "VERIFY_SAMPLE_OLDER": ("verify_sample_older", _int(0, 1000), None),
     "VERIFY_STATEMENT_TIMEOUT_SECONDS": ("verify_statement_timeout_seconds", _int(1, 86400), None),
@@ -434,10 +500,25 @@ def read_settings(
             continue
         part, _, attr = name.rpartition(".")
         (parts[part] if part else kwargs)[attr] = value
+    problems += _root_needed(kwargs, values)
     for part, make in _PARTS.items():
         kwargs[part] = make(**parts[part])
     kwargs["smtp"] = _smtp_defaults(kwargs["smtp"], parts["smtp"])
     return Settings(**kwargs, variables=tuple(seen)), problems
+
+
+def _root_needed(kwargs: Mapping[str, Any], values: Mapping[str, str]) -> list[str]:
+    """verify-ca and verify-full without a root certificate: libpq refuses, so we do, up front."""
+    found = []
+    for prefix in ("DB_", "VERIFY_DB_"):
+        mode = kwargs.get(f"{prefix.lower()}sslmode", "")
+        given = values.get(f"{prefix}SSLROOTCERT", "").strip()
+        if mode in SSL_MODES_NEEDING_ROOT and not given:
+            found.append(
+                f"{prefix}SSLMODE={mode} needs {prefix}SSLROOTCERT: the CA certificate that signed the "
+                f"server's, as a file's path or as its PEM text ({SUPABASE_CA_HINT})"
+            )
+    return found
 
 
 def load_settings(

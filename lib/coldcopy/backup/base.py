@@ -30,6 +30,7 @@ from coldcopy.core.manifest import Manifest
 from coldcopy.core.pg_basebackup import TarWatcher, wal_positions
 from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.errors import DatabaseError
+from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail
 from coldcopy.stream.pipeline import Packer, Progress, prefetch, read_chunks
 
@@ -102,9 +103,11 @@ def _stream(
         stats = packer.close()
         rc = proc.wait()
         if rc != 0:
+            text = errors.text()
             raise DatabaseError(
-                f"pg_basebackup failed (exit {rc}): {redact(errors.text(), s)[-800:]}",
-                "nothing was stored; a base backup needs a user with the REPLICATION attribute, a "
+                f"pg_basebackup failed (exit {rc}): {redact(text, s)[-800:]}",
+                libpq_tls_hint(text, pg.names)
+                or "nothing was stored; a base backup needs a user with the REPLICATION attribute, a "
                 "replication line in pg_hba.conf, a free WAL sender and a working archive_command",
             )
         positions = wal_positions(watcher, facts["wal_segment_size"])

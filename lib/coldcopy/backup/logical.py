@@ -14,6 +14,7 @@ from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ColdCopyError, DatabaseError
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import read_facts, read_shape
+from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, run_tool
 from coldcopy.stream.pipeline import Progress, pack_bytes, pack_stream
 
@@ -65,9 +66,11 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
         log.debug("dump streamed: %d bytes in %.2f s", stats.raw_size, time.monotonic() - t0)
         rc = proc.wait()
         if rc != 0:
+            text = errors.text()
             raise DatabaseError(
-                f"pg_dump failed (exit {rc}): {redact(errors.text(), s)[-800:]}",
-                "nothing was stored; fix the cause above and run the backup again",
+                f"pg_dump failed (exit {rc}): {redact(text, s)[-800:]}",
+                libpq_tls_hint(text, pg.names)
+                or "nothing was stored; fix the cause above and run the backup again",
             )
         volumes = writer.complete()
         log.debug("upload complete after %.2f s", time.monotonic() - t0)

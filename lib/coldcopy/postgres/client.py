@@ -14,8 +14,9 @@ from typing import Any
 
 import pg8000.native
 
-from coldcopy.config import Settings, redact
+from coldcopy.config import SUPABASE_CA_HINT, Settings, redact
 from coldcopy.errors import DatabaseError
+from coldcopy.postgres.tls import attempts, libpq_tls_env, tls_error
 from coldcopy.postgres.tools import ToolVersion, tool_version
 
 
@@ -24,23 +25,16 @@ def quote_ident(name: str) -> str:
 
 
 class Postgres:
-    def __init__(self, settings: Settings) -> None:
+    """Connections to one server.  ``names`` is the prefix of the settings that describe it
+    (``DB_``, or ``VERIFY_DB_`` for the test restores' scratch server), for messages."""
+
+    def __init__(self, settings: Settings, names: str = "DB_") -> None:
         self.s = settings
+        self.names = names
 
     # -- connections ------------------------------------------------------------------------------
-    def _ssl_context(self, mode: str) -> ssl.SSLContext | None:
-        if mode in ("disable", "allow"):
-            return None
-        if mode in ("verify-ca", "verify-full"):
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = mode == "verify-full"
-            return ctx
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     def connect(self, dbname: str | None = None) -> pg8000.native.Connection:
+        """A connection made as libpq would make it in DB_SSLMODE (see ``postgres.tls``)."""
         db = dbname or self.s.db_name
         params: dict[str, Any] = {
             "user": self.s.db_user,
@@ -51,35 +45,54 @@ class Postgres:
             "timeout": 30,
             "application_name": "coldcopy",
         }
-        mode = self.s.db_sslmode
-        try:
+        plan = attempts(self.s.db_sslmode, self.s.db_sslrootcert)
+        failures: list[Exception] = []
+        for ssl_context in plan:
             try:
-                return pg8000.native.Connection(ssl_context=self._ssl_context(mode), **params)
-            except pg8000.exceptions.InterfaceError as exc:
-                if mode == "prefer" and "SSL" in str(exc):
-                    return pg8000.native.Connection(ssl_context=None, **params)
-                raise
-        except (pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError, OSError) as exc:
-            raise self._connect_error(exc, db) from None
+                return pg8000.native.Connection(ssl_context=ssl_context, **params)
+            except (pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError, OSError) as exc:
+                failures.append(exc)
+                if _unreachable(exc):
+                    break  # libpq tries the other way only once it has reached the server
+        raise self._connect_error(failures, db) from None
 
-    def _connect_error(self, exc: Exception, db: str) -> DatabaseError:
+    def _connect_error(self, failures: list[Exception], db: str) -> DatabaseError:
+        # A failed TLS check says more than the plain attempt that followed it (prefer), or came
+        # before it (allow): libpq reports both, we report the certificate.
+        for exc in failures:
+            if isinstance(exc, ssl.SSLError):
+                return tls_error(exc, self.s.db_host, self.s.db_port, self.s.db_sslmode, self.names)
+        exc = failures[-1]
+        n = self.names
         detail = exc.args[0] if exc.args else exc
         if isinstance(detail, dict):
             code, msg = detail.get("C", ""), detail.get("M", "")
+            if code == "28000" and "no encryption" in msg:
+                return DatabaseError(
+                    f"PostgreSQL at {self.s.db_host}:{self.s.db_port} accepts only encrypted connections "
+                    f"({n}SSLMODE={self.s.db_sslmode}): {msg}",
+                    f"set {n}SSLMODE=verify-full and {n}SSLROOTCERT to the server's CA ({SUPABASE_CA_HINT})",
+                )
             if code in ("28P01", "28000"):
                 return DatabaseError(
                     f"PostgreSQL refused the login of {self.s.db_user!r}: {msg}",
-                    "check DB_USER and DB_PASSWORD",
+                    f"check {n}USER and {n}PASSWORD",
                 )
             if code == "3D000":
                 return DatabaseError(f"database {db!r} does not exist", "check DB_NAME")
             text = f"{code} {msg}"
+        elif str(detail) == "Server refuses SSL":
+            return DatabaseError(
+                f"PostgreSQL at {self.s.db_host}:{self.s.db_port} does not accept TLS, which "
+                f"{n}SSLMODE={self.s.db_sslmode} requires",
+                f"enable ssl on the server, or set {n}SSLMODE=prefer to connect unencrypted",
+            )
         else:
             text = str(detail)
         where = f"{self.s.db_host}:{self.s.db_port}/{db}"
         return DatabaseError(
             f"cannot connect to PostgreSQL at {where}: {redact(text, self.s)[:300]}",
-            "check DB_HOST, DB_PORT, DB_SSLMODE and that the server accepts connections",
+            f"check {n}HOST, {n}PORT, {n}SSLMODE and that the server accepts connections",
         )
 
     @contextmanager
@@ -102,10 +115,10 @@ class Postgres:
             PGPORT=str(self.s.db_port),
             PGUSER=self.s.db_user,
             PGDATABASE=dbname or self.s.db_name,
-            PGSSLMODE=self.s.db_sslmode,
             PGCONNECT_TIMEOUT="30",
             PGAPPNAME="coldcopy",
         )
+        env.update(libpq_tls_env(self.s.db_sslmode, self.s.db_sslrootcert))
         if self.s.db_password:
             env["PGPASSWORD"] = self.s.db_password.reveal()
         return env
@@ -232,6 +245,12 @@ class Postgres:
             current = new
         finally:
             conn.run(f"ALTER DATABASE {quote_ident(current)} WITH ALLOW_CONNECTIONS true")
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The attempt failed before reaching the server (no TCP connection): a second one would too."""
+    refused = str(exc).startswith("Can't create a connection")
+    return isinstance(exc, pg8000.exceptions.InterfaceError) and refused
 
 
 def _literal(text: str) -> str:

@@ -18,6 +18,7 @@ from typing import IO
 
 from coldcopy.config import Settings, redact
 from coldcopy.errors import ConfigError, DatabaseError
+from coldcopy.postgres.tls import libpq_tls_hint
 
 
 def major_of(version_num: int) -> int:
@@ -69,9 +70,10 @@ def run_tool(
     """Run a client tool to completion; on failure raise DatabaseError with its redacted stderr."""
     proc = subprocess.run(args, env=env, input=input_bytes, capture_output=True, check=False)
     if proc.returncode != 0:
+        text = proc.stderr.decode(errors="replace")
         raise DatabaseError(
-            f"{what} failed (exit {proc.returncode}): "
-            f"{redact(proc.stderr.decode(errors='replace'), settings).strip()[-800:]}"
+            f"{what} failed (exit {proc.returncode}): {redact(text, settings).strip()[-800:]}",
+            libpq_tls_hint(text),
         )
     return proc.stdout
 

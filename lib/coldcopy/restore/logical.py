@@ -16,6 +16,7 @@ from coldcopy.core.names import validate_db_identifier
 from coldcopy.errors import ConflictError, DatabaseError
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import Facts, read_facts
+from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, ToolVersion
 from coldcopy.restore.project import restore_into
 from coldcopy.stream.pipeline import Progress
@@ -235,9 +236,10 @@ def pg_restore_into(
         raise
     rc = proc.wait()
     if rc != 0:
+        text = errors.text()
         raise DatabaseError(
-            f"pg_restore failed (exit {rc}): {redact(errors.text(), settings)[-800:]}",
-            "the target was left as it was",
+            f"pg_restore failed (exit {rc}): {redact(text, settings)[-800:]}",
+            libpq_tls_hint(text, pg.names) or "the target was left as it was",
         )
 
 

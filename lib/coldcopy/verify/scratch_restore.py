@@ -94,8 +94,10 @@ def scratch_database(settings: Settings, *, cron: bool = False) -> Iterator[Scra
             db_user=settings.verify_db_user,
             db_password=settings.verify_db_password,
             db_sslmode=settings.verify_db_sslmode,
+            db_sslrootcert=settings.verify_db_sslrootcert,
             db_name=dbname,
         )
+        names = "VERIFY_DB_"
         where = f"{settings.verify_db_host}:{settings.verify_db_port} (VERIFY_DB_HOST)"
     else:
         try:
@@ -117,10 +119,12 @@ def scratch_database(settings: Settings, *, cron: bool = False) -> Iterator[Scra
             db_user=cluster.user,
             db_password=Secret(cluster.password),
             db_sslmode="disable",
+            db_sslrootcert=None,
             db_name=dbname,
         )
+        names = "DB_"
         where = f"a throwaway local cluster on port {cluster.port}"
-    pg = Postgres(target)
+    pg = Postgres(target, names)
     try:
         with pg.session(pg.maintenance_db()) as admin:
             existing = [str(r[0]) for r in admin.run("SELECT datname FROM pg_database")]

@@ -25,6 +25,7 @@ from coldcopy.context import open_context
 from coldcopy.core.lsn import ARCHIVE_NAME_RE
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import tool_path
 from coldcopy.wal.archive import push
 
@@ -60,7 +61,8 @@ def _receivewal(settings: Settings, env: dict[str, str], *args: str) -> None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise DatabaseError(
             f"pg_receivewal failed (rc {proc.returncode}): {tail}",
-            "the role needs the REPLICATION attribute and pg_hba.conf a 'replication' line for this host",
+            libpq_tls_hint(tail)
+            or "the role needs the REPLICATION attribute and pg_hba.conf a 'replication' line for this host",
         )
 
 
