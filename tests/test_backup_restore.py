@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -416,3 +417,42 @@ def test_a_backup_stored_as_one_object_still_restores(pg, coldcopy_env, big_db) 
     s3.put_object(Bucket=bucket, Key=data_key(env, name), Body=stream[:-10])
     v = run_cli(env, "verify", name)
     assert v.rc == 4 and "bytes but the manifest says" in v.out
+
+
+def test_in_place_refused_while_a_session_it_cannot_end_is_connected(pg, coldcopy_env, fresh_db) -> None:  # type: ignore[no-untyped-def]
+    """A non-superuser owner of the database (as on a managed server) with a superuser's session in
+    it: the restore refuses before it writes anything, and nobody is disconnected."""
+    role, password = f"owner_{fresh_db}", secrets.token_urlsafe(12)
+    admin = pg.connect()
+    admin.run(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'")
+    admin.run(f"ALTER DATABASE {fresh_db} OWNER TO {role}")
+    admin.close()
+    env = {**coldcopy_env, "DB_NAME": fresh_db, "DB_USER": role, "DB_PASSWORD": password}
+    own = pg.connect(fresh_db)
+    own.run(f"SET ROLE {role}")
+    own.run("CREATE TABLE marker (v text)")
+    own.run("INSERT INTO marker VALUES ('before')")
+    own.close()
+    name = backup(env)["name"]
+    superuser = pg.connect(fresh_db)  # e.g. the provider's monitoring, which this role may not end
+    try:
+        superuser.run("UPDATE marker SET v = 'after'")
+        pid = superuser.run("SELECT pg_backend_pid()")[0][0]
+        r = run_cli(env, "restore", "--backup-name", name)
+        assert r.rc == 7, r.err
+        assert "sessions this role may not end" in r.err and f"pid {pid} (postgres" in r.err
+        assert superuser.run("SELECT pg_backend_pid(), v FROM marker") == [[pid, "after"]]  # still connected
+        leftovers = superuser.run("SELECT datname FROM pg_database WHERE datname LIKE :p", p=f"{fresh_db}_%")
+        assert leftovers == []  # no staging database was made
+    finally:
+        superuser.close()
+    r = run_cli(env, "restore", "--backup-name", name, "--json")  # once it is gone, the restore runs
+    assert r.rc == 0, r.err
+    c = pg.connect(fresh_db)
+    assert c.run("SELECT v FROM marker") == [["before"]]
+    c.close()
+    pg.drop_database(json.loads(r.out)["previous_kept_as"])
+    c = pg.connect(fresh_db)
+    c.run(f"REASSIGN OWNED BY {role} TO postgres")
+    c.run(f"DROP ROLE {role}")
+    c.close()

@@ -73,4 +73,4 @@ class EnvironmentProblem(ColdCopyError):
     """Something the machine or a server lacks (an extension, a tool, a scratch server); the
     backup is not at fault."""
 
-    exit_code = 8
+    exit_code = 9

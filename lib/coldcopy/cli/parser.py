@@ -159,7 +159,11 @@ def _backup_commands(add: AddCommand, action: Action) -> None:
         default=None,
         help="keep the replaced database under a dated name (default: keep when replacing DB_NAME)",
     )
-    r.add_argument("--no-owner", action="store_true", help="do not restore ownership and privileges")
+    r.add_argument(
+        "--no-owner",
+        action="store_true",
+        help="do not restore ownership: the connecting role owns every object (grants are kept)",
+    )
     cat = add("catalog", None, "catalog maintenance")
     actions = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     action(actions, "rebuild", "backups:cmd_catalog_rebuild", "rebuild catalog.json from the records")

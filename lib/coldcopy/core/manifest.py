@@ -145,7 +145,19 @@ class Manifest:
             key_id=self.encryption.get("key_id"),
             server_version=self.server_version,
             status="complete",
+            platform=self.platform_brief(),
         )
+
+    def platform_brief(self) -> dict[str, Any]:
+        """What a plan needs of the platform: its name, the extensions and the custom roles."""
+        if not self.platform:
+            return {}
+        return {
+            "platform": self.platform.get("platform", ""),
+            "extensions": sorted(self.shape.get("extensions", {})),
+            "roles": list(self.shape.get("roles", [])),
+            "cron_jobs": len(self.shape.get("cron_jobs", [])),
+        }
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,11 @@ class CatalogEntry:
     key_id: str | None
     server_version: str
     status: str = "complete"
+    platform: dict[str, Any] = field(default_factory=dict)  # Manifest.platform_brief (logical backups)
+
+    @property
+    def supabase(self) -> bool:
+        return self.platform.get("platform") == "supabase"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -301,6 +301,13 @@ def _corruption(
             "the application's own smoke tests pass against the restored database",
             "coldcopy backup (start a fresh chain), then coldcopy status",
         ]
+        if e.supabase:
+            p.first.append(
+                f"This is a Supabase project: {side} is a new database in it, where pg_cron cannot run and "
+                "the platform's roles own nothing (the restore names both); the replacing restore gives "
+                f"everything back inside {f.db_name!r} in one transaction while the platform's services "
+                "stay connected, and changes nothing if its check finds a difference."
+            )
         _loss(p, e, now, "now")
     return p
 
@@ -412,6 +419,8 @@ def _disaster(
     cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
 ) -> Runbook:
     e = _pick(cat, before, prefer_verified=True)
+    if e is not None and e.supabase:
+        return _supabase_disaster(cat, f, now, e, wal)
     p = Runbook("disaster", "the database server is lost: restore onto a new server", None)
     p.first = [
         "Provision a new PostgreSQL server of the same or a newer major version"
@@ -441,6 +450,62 @@ def _disaster(
                 + p.estimate["basis"]
             )
         _loss(p, e, now, "now")
+    return p
+
+
+# What a database backup of a Supabase project does not hold, to redo by hand on a new project.
+SUPABASE_NOT_IN_A_DUMP = (
+    "Storage files (the objects' rows come back, the files themselves are not in a database backup)",
+    "Edge Functions (deploy them again from your repository: supabase functions deploy)",
+    "Auth settings: providers and their secrets, SMTP, redirect URLs, email templates, JWT expiry",
+    "the new project's API URL and keys (anon, service_role): update the application's configuration",
+    "network restrictions, custom domain, the database password and other dashboard settings",
+)
+
+
+def _supabase_disaster(
+    cat: Catalog, f: Facts, now: datetime, e: CatalogEntry, wal: WalHealth | None
+) -> Runbook:
+    """The project is lost: a new Supabase project, the same extensions, the restore into it."""
+    p = Runbook("disaster", "the Supabase project is lost: restore into a new project", None)
+    extensions = ", ".join(x for x in e.platform.get("extensions", []) if x != "plpgsql") or "none"
+    roles = e.platform.get("roles", [])
+    p.first = [
+        f"Create a new Supabase project on the same PostgreSQL major version (the backup came from "
+        f"{e.server_version}), in the region you want.",
+        f"Enable the same extensions in it (Database → Extensions): {extensions}.",
+        "Point ColdCopy at it: DB_HOST=db.<new-project-ref>.supabase.co (the direct connection; or the "
+        "session pooler, port 5432, user postgres.<new-project-ref>), DB_USER=postgres, DB_PASSWORD of "
+        "the new project, DB_NAME=postgres; the same DO_SPACES_* settings and BACKUP_ENCRYPTION_KEY.",
+    ]
+    _common(p, cat, f, e, now, wal)
+    p.commands = [
+        *_verify_cmds(e),
+        f"coldcopy restore --backup-name {e.name}",
+        "coldcopy backup",
+        "coldcopy status",
+    ]
+    p.after = [
+        "the restore's output lists nothing under left_out that the application needs",
+        *(
+            [
+                "re-enter the custom roles' passwords (no dump can read them without superuser): "
+                + "; ".join(f"ALTER ROLE {r} WITH PASSWORD '…'" for r in roles)
+            ]
+            if roles
+            else []
+        ),
+        *(["the cron jobs are listed in cron.job of the new project"] if e.platform.get("cron_jobs") else []),
+        "redo what a database backup does not hold: " + "; ".join(SUPABASE_NOT_IN_A_DUMP),
+        "the application connects with the new URL and keys and its smoke tests pass",
+    ]
+    if p.estimate:
+        p.estimate["seconds"] = round(PROVISION_SECONDS + p.estimate["seconds"], 1)
+        p.estimate["basis"] = (
+            f"{PROVISION_SECONDS // 60} min to create the project (assumed) + the restore at "
+            + p.estimate["basis"]
+        )
+    _loss(p, e, now, "now")
     return p
 
 

@@ -56,11 +56,11 @@ class VerifyResult:
 
     @property
     def exit_code(self) -> int:
-        """0 verified; 8 only the environment failed (the backup may be fine); 4 otherwise."""
+        """0 verified; 9 only the environment failed (the backup may be fine); 4 otherwise."""
         failed = [c for c in self.checks if not c.ok]
         if not failed:
             return 0
-        return 8 if all(c.environment for c in failed) else 4
+        return 9 if all(c.environment for c in failed) else 4
 
     def to_dict(self) -> dict[str, Any]:
         return {

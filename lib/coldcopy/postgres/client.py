@@ -15,13 +15,31 @@ from typing import Any
 import pg8000.native
 
 from coldcopy.config import SUPABASE_CA_HINT, Settings, redact
-from coldcopy.errors import DatabaseError
+from coldcopy.errors import ConfigError, DatabaseError
 from coldcopy.postgres.tls import attempts, libpq_tls_env, tls_error
 from coldcopy.postgres.tools import ToolVersion, tool_version
 
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+# Supabase's pooler (Supavisor) serves transaction mode on this port: consecutive transactions
+# may run on different server sessions, so pg_dump's exported snapshot (and a restore's single
+# transaction spread over statements) cannot hold there.
+TRANSACTION_POOLER_PORT = 6543
+
+
+def refuse_transaction_pooler(host: str, port: int) -> None:
+    """ConfigError for a connection through a transaction-mode pooler (Supabase's port 6543)."""
+    if port == TRANSACTION_POOLER_PORT:
+        raise ConfigError(
+            [
+                f"DB_PORT {port} is Supabase's transaction-mode pooler ({host}): a backup's snapshot and a "
+                "restore's transaction cannot hold there; use the session pooler (port 5432, user "
+                "postgres.<project-ref>) or the direct connection (db.<project-ref>.supabase.co:5432)"
+            ]
+        )
 
 
 class Postgres:
@@ -35,6 +53,7 @@ class Postgres:
     # -- connections ------------------------------------------------------------------------------
     def connect(self, dbname: str | None = None) -> pg8000.native.Connection:
         """A connection made as libpq would make it in DB_SSLMODE (see ``postgres.tls``)."""
+        refuse_transaction_pooler(self.s.db_host, self.s.db_port)
         db = dbname or self.s.db_name
         params: dict[str, Any] = {
             "user": self.s.db_user,
@@ -217,6 +236,27 @@ class Postgres:
                 f"privilege {privilege} for {grantee}",
             )
         return missed
+
+    @staticmethod
+    def sessions_we_cannot_end(conn: pg8000.native.Connection, dbname: str) -> list[str]:
+        """The sessions on ``dbname`` the connecting role may not terminate (a superuser's on a
+        managed server, a background worker such as pg_cron's launcher), one line each."""
+        rows = conn.run(
+            "SELECT a.pid, coalesce(a.usename, '-'), a.application_name, a.backend_type "
+            "FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid "
+            "WHERE a.datname = :n AND a.pid <> pg_backend_pid() "
+            "AND coalesce(a.backend_type, '') <> 'autovacuum worker' "  # hidden from others: NULL
+            "AND NOT (coalesce(a.backend_type, 'client backend') IN ('client backend', 'walsender') AND ("
+            "  (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+            "  OR pg_has_role(current_user, a.usesysid, 'MEMBER')"
+            "  OR (pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') "
+            "      AND NOT coalesce(r.rolsuper, true))))"
+            " ORDER BY 1",
+            n=dbname,
+        )
+        return [
+            f"pid {pid} ({user}, {app or 'no application name'}, {kind})" for pid, user, app, kind in rows
+        ]
 
     def rename_database(self, conn: pg8000.native.Connection, old: str, new: str) -> None:
         """Rename a database others may be using: stop new sessions, end the current ones, rename.

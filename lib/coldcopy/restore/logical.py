@@ -9,13 +9,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pg8000.native
+
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
 from coldcopy.context import open_context
 from coldcopy.core.names import validate_db_identifier
+from coldcopy.core.shape import differences, expected_for
 from coldcopy.errors import ConflictError, DatabaseError
 from coldcopy.postgres.client import Postgres
-from coldcopy.postgres.shape import Facts, read_facts
+from coldcopy.postgres.shape import Facts, read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, ToolVersion
 from coldcopy.restore.project import restore_into
@@ -58,6 +61,7 @@ def run_restore(
         return _restore_project(reader, pg, settings, final, in_place, clean, platform, progress, t0)
     if keep_old is None:
         keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
+    _refuse_unendable_sessions(pg, final)  # before anything is written or anyone disconnected
     exists, staging = _create_staging(pg, final, in_place, clean)
     _restore_checked(reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress)
     old_name = _swap_in(pg, final, staging, keep_old) if exists else None
@@ -125,6 +129,25 @@ def _restore_project(
     }
 
 
+def _refuse_unendable_sessions(
+    pg: Postgres, dbname: str, admin: pg8000.native.Connection | None = None
+) -> None:
+    """ConflictError listing the sessions on ``dbname`` the swap would have to end but may not."""
+    if admin is None:
+        with pg.session(pg.maintenance_db()) as conn:
+            return _refuse_unendable_sessions(pg, dbname, conn)
+    if not pg.database_exists(admin, dbname):
+        return None
+    stuck = pg.sessions_we_cannot_end(admin, dbname)
+    if stuck:
+        raise ConflictError(
+            f"database {dbname!r} has sessions this role may not end, so it cannot be replaced; nothing "
+            f"was changed and nobody was disconnected: {'; '.join(stuck[:10])}",
+            "ask whoever runs them (or a superuser) to disconnect, or restore with --target-db",
+        )
+    return None
+
+
 def _pg_restore_for(pg: Postgres, reader: BackupReader) -> ToolVersion:
     """The local pg_restore; DatabaseError if it is older than the pg_dump that made the backup."""
     pg_restore = pg.tool("pg_restore")
@@ -173,10 +196,33 @@ def _restore_checked(
             raise DatabaseError(
                 "the restored row counts differ from the backup's: " + "; ".join(mismatches[:5])
             )
+        differs = shape_problems(pg, staging, reader.manifest.shape)
+        if differs:
+            raise DatabaseError(
+                "the restored database differs from the backup (the target was left as it was):\n  "
+                + "\n  ".join(differs),
+                "report this with the output of coldcopy show; the backup itself may be fine",
+            )
     except BaseException:
         with pg.session(pg.maintenance_db()) as admin:
             pg.drop_database(admin, staging)  # the target stays as it was
         raise
+
+
+def shape_problems(
+    pg: Postgres, dbname: str, shape: dict[str, Any], leave_out: tuple[str, ...] = ()
+) -> list[str]:
+    """How ``dbname`` differs from the recorded ``shape`` (nothing for backups made before shapes
+    were recorded); parts named in ``leave_out`` are not compared."""
+    if not shape:
+        return []
+    with pg.session(dbname) as conn:
+        facts = read_facts(conn)
+        actual = read_shape(conn, facts)
+    expected = expected_for(shape, cron_here=facts.cron_here and facts.cron_installed, roles_given_back=True)
+    for part in leave_out:
+        expected.pop(part, None)
+    return differences(expected, actual)
 
 
 def _swap_in(pg: Postgres, final: str, staging: str, keep_old: bool) -> str:
@@ -186,6 +232,11 @@ def _swap_in(pg: Postgres, final: str, staging: str, keep_old: bool) -> str:
     """
     old_name = _dated(final, "before_restore")
     with pg.session(pg.maintenance_db()) as admin:
+        try:
+            _refuse_unendable_sessions(pg, final, admin)  # one may have connected while we restored
+        except ConflictError:
+            pg.drop_database(admin, staging)
+            raise
         for problem in pg.copy_database_properties(admin, final, staging):
             log.warning("not carried over to the restored database: %s", problem)
         try:
@@ -211,10 +262,14 @@ def pg_restore_into(
     settings: Settings,
     no_owner: bool,
     progress: Progress | None,
+    *,
+    no_privileges: bool = False,
 ) -> None:
     args = [tool, "--exit-on-error", "--no-password", f"--dbname={dbname}"]
     if no_owner:
-        args += ["--no-owner", "--no-privileges"]
+        args += ["--no-owner"]
+    if no_privileges:
+        args += ["--no-privileges"]
     proc = subprocess.Popen(
         args,
         stdin=subprocess.PIPE,
