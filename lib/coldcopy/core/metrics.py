@@ -21,8 +21,10 @@ the newest 200 the catalog keeps.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 
 from coldcopy.core.alerts import SEVERITIES, Alert, counts_by_severity
 from coldcopy.core.archive_report import WalHealth
@@ -74,8 +76,9 @@ class _Writer:
         self.lines.append(f"# TYPE {name} histogram")
         for (kind, db), values in sorted(series.items()):
             base = {"kind": kind, "database": db}
+            ordered = sorted(v for v in values if v == v)  # NaN is in no bucket but +Inf
             for bound in DURATION_BUCKETS:
-                count = sum(1 for v in values if v <= bound)
+                count = bisect_right(ordered, bound)  # how many are <= bound
                 self.lines.append(f"{name}_bucket{_labels({**base, 'le': str(bound)})} {count}")
             self.lines.append(f"{name}_bucket{_labels({**base, 'le': '+Inf'})} {len(values)}")
             self.lines.append(f"{name}_sum{_labels(base)} {_num(float(sum(values)))}")
@@ -85,6 +88,7 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
+@lru_cache(maxsize=1 << 18)  # names never change meaning: a warm scrape parses none of them again
 def _key(name: str, kind: str | None = None) -> Key:
     """(kind, database) from a backup name; what the record says when the name does not parse."""
     try:
@@ -232,7 +236,8 @@ def _newest_backup_metrics(w: _Writer, entries: list[CatalogEntry]) -> None:
         if key not in newest_size:
             newest_size[key] = e.size_bytes
             newest_time[key] = parse_iso(e.finished_at).timestamp()
-        last_by_kind.setdefault(e.kind, parse_iso(e.finished_at).timestamp())
+        if e.kind not in last_by_kind:
+            last_by_kind[e.kind] = parse_iso(e.finished_at).timestamp()
     w.metric("coldcopy_backup_size_bytes", "gauge", "Stored size of the newest backup.", _by_key(newest_size))
     w.histogram("coldcopy_backup_duration_seconds", "How long the backups in the catalog took.", durations)
     w.metric(
