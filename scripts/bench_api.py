@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""Monitor API benchmark: GET /status and GET /backups over a big history, through the local host.
+"""Monitor API benchmark: every read endpoint over a big history, through the local host.
 
 Seeds an S3 bucket with 10,000 backups (catalog.json snapshot + one manifest each) and 100,000
 other records (journal, runs, verifications, WAL segments), plus a few fresh journal records the
-snapshot has not applied yet.  Then, through `coldcopy serve` (a separate process calling the
-packaged functions over real HTTP), measures:
+snapshot has not applied yet, and runs the tick's alert check once (it stores the monitor state
+the endpoints read).  The same is seeded at a tenth of the size.  Then, through `coldcopy serve`
+(a separate process calling the packaged functions over real HTTP), measures for each size:
 
-  warm   median / p95 of GET /status, GET /backups, GET /backups?limit=500 and a cursor page,
-         over one keep-alive connection          (target: under 100 ms)
-  cold   a fresh process's first answer, imports included (target: under 1 s), two ways:
-         - a fresh `python` that loads packages/monitor/status/__main__.py and calls main(event),
-           as a new function container would (interpreter start to exit);
-         - a fresh `coldcopy serve` process, from spawn to its first GET /status answer.
+  warm   median / p95 of every read endpoint (/status, every kind of /backups page including the
+         dashboard's and the last one, /metrics, /alerts, /recovery-time, /runs/<id>, /health),
+         over one keep-alive connection                                 (target: p95 under 100 ms)
+  S3     the HTTP requests moto's server received per warm call (counted at the server)
+  cold   a fresh `python` that loads packages/monitor/<fn>/__main__.py and calls main(event), as a
+         new function container would (interpreter start to the answer)  (target: under 1 s),
+         and a fresh `coldcopy serve` process from spawn to its first GET /status answer.
 
-and the S3 calls one warm catalog read makes (a conditional GET plus one listing).
+and projects each figure to 10x the history (100,000 backups, 1,000,000 records) from the
+measured per-backup cost between the two sizes (requests: as measured, they do not grow), naming
+what would break first.
 
-Seeding: moto's S3 server runs in this process (ThreadedMotoServer), and the 120,000 objects are
-written straight into its in-memory backend (no HTTP; seconds instead of the ~6 minutes 340 PUT/s
-would take).  Everything that is measured goes over HTTP: client → coldcopy serve → moto.
+Seeding: moto's S3 server runs in this process (ThreadedMotoServer), and the objects are written
+straight into its in-memory backend (no HTTP; seconds instead of the ~6 minutes 340 PUT/s would
+take).  Everything that is measured goes over HTTP: client -> coldcopy serve -> moto.
 
     .venv/bin/python scripts/bench_api.py [--backups 10000] [--others 100000] [--requests 200]
 """
@@ -32,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,12 +52,13 @@ COLD_TARGET_S = 1.0
 
 
 # -- seeding --------------------------------------------------------------------------------------
-def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
+def seed(backend: Any, n_backups: int, n_others: int, cluster: str = CLUSTER) -> dict[str, Any]:
     from coldcopy.core.catalog import Catalog, journal_key, start_after
+    from coldcopy.core.jobs import new_run_id
     from coldcopy.core.manifest import Manifest, StoredObject
     from coldcopy.core.times import iso
-    from coldcopy.ops.queue import new_run_id
 
+    prefix = f"coldcopy/{cluster}/"
     now = datetime.now(UTC)
     put = backend.put_object
     started = time.monotonic()
@@ -68,7 +74,7 @@ def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
             name=name,
             kind=kind,
             database="app",
-            cluster=CLUSTER,
+            cluster=cluster,
             started_at=iso(when),
             finished_at=iso(when + timedelta(seconds=95)),
             duration_seconds=95.0,
@@ -81,7 +87,7 @@ def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
             tables={f"public.t{t}": 1000 * t for t in range(40)},
             coldcopy_version="0.1.0",
         )
-        put(BUCKET, f"{PREFIX}backups/{name}/manifest.json", json.dumps(m.to_dict()).encode())
+        put(BUCKET, f"{prefix}backups/{name}/manifest.json", json.dumps(m.to_dict()).encode())
         manifests += 1
         names.append(name)
         if i < n_backups - 2:  # the two newest arrive through the journal, after the snapshot
@@ -100,6 +106,7 @@ def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
     counts = {"journal": 0, "runs": 0, "verifications": 0, "wal": 0}
     shares = {"journal": 0.2, "runs": 0.2, "verifications": 0.1}
     newest_journal = ""
+    sample_run = ""
     journal_keys: list[str] = []
     n_journal = int(n_others * shares["journal"])
     for i in range(n_journal):
@@ -108,7 +115,7 @@ def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
         key = journal_key("backup" if i % 2 else "verification", name, when)
         put(
             BUCKET,
-            PREFIX + key,
+            prefix + key,
             json.dumps({"type": "verification", "name": name, "ok": True, "at": iso(when)}).encode(),
         )
         newest_journal = max(newest_journal, key)
@@ -116,41 +123,43 @@ def seed(backend: Any, n_backups: int, n_others: int) -> dict[str, Any]:
         counts["journal"] += 1
     for i in range(int(n_others * shares["runs"])):
         run_id = new_run_id(old - timedelta(minutes=i))
+        sample_run = sample_run or run_id
         put(
             BUCKET,
-            f"{PREFIX}runs/{run_id}.json",
+            f"{prefix}runs/{run_id}.json",
             json.dumps({"run_id": run_id, "kind": "backup-full", "state": "succeeded"}).encode(),
         )
         counts["runs"] += 1
     for i in range(int(n_others * shares["verifications"])):
         name = names[i % len(names)]
-        put(BUCKET, f"{PREFIX}verifications/{name}/{i:08d}.json", b'{"ok": true}')
+        put(BUCKET, f"{prefix}verifications/{name}/{i:08d}.json", b'{"ok": true}')
         counts["verifications"] += 1
     for i in range(n_others - sum(counts.values())):
-        put(BUCKET, f"{PREFIX}wal/00000001/{i:016X}{i % 256:08X}.zst", b"w" * 64)
+        put(BUCKET, f"{prefix}wal/00000001/{i:016X}{i % 256:08X}.zst", b"w" * 64)
         counts["wal"] += 1
 
     cat.watermark = newest_journal
     # As a writer leaves it: the keys inside the skew window below the watermark are marked applied.
     floor = start_after(newest_journal) or ""
     cat.applied = {k for k in journal_keys if k > floor}
-    put(BUCKET, PREFIX + "catalog.json", json.dumps(cat.to_dict(now=old)).encode())
+    put(BUCKET, prefix + "catalog.json", json.dumps(cat.to_dict(now=old)).encode())
     # Fresh journal records (newer than the watermark): two new backups and a verification.
     for name in names[-2:]:
         e = Manifest.from_dict(
-            json.loads(backend.get_object(BUCKET, f"{PREFIX}backups/{name}/manifest.json").value)
+            json.loads(backend.get_object(BUCKET, f"{prefix}backups/{name}/manifest.json").value)
         ).entry()
         put(
             BUCKET,
-            PREFIX + journal_key("backup", name, now),
+            prefix + journal_key("backup", name, now),
             json.dumps({"type": "backup", "at": iso(now), "name": name, "entry": e.to_dict()}).encode(),
         )
     put(
         BUCKET,
-        PREFIX + journal_key("verification", names[-1], now),
+        prefix + journal_key("verification", names[-1], now),
         json.dumps({"type": "verification", "at": iso(now), "name": names[-1], "ok": True}).encode(),
     )
     return {
+        "run_id": sample_run,
         "backups": manifests,
         "others": counts,
         "seconds": time.monotonic() - started,
@@ -215,17 +224,54 @@ def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, float]
     return resp.status, body, (time.perf_counter() - t0) * 1000
 
 
-def warm(port: int, path: str, n: int) -> dict[str, float]:
+class RequestCounter:
+    """Counts the HTTP requests moto's server receives (in this process), by S3 operation."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def install(self) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+        original = DomainDispatcherApplication.__call__
+        counter = self
+
+        def counted(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
+            counter.seen(environ)
+            return original(app, environ, start_response)
+
+        DomainDispatcherApplication.__call__ = counted  # type: ignore[method-assign, assignment]
+
+    def seen(self, environ: dict[str, Any]) -> None:
+        method, query = environ.get("REQUEST_METHOD", ""), environ.get("QUERY_STRING", "")
+        parts = environ.get("PATH_INFO", "").strip("/").split("/", 1)
+        if method == "GET" and len(parts) == 1:
+            op = "ListObjectsV2" if "list-type=2" in query else "ListObjects"
+        else:
+            op = {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject"}.get(method, method)
+        with self.lock:
+            self.counts[op] = self.counts.get(op, 0) + 1
+
+    def take(self) -> dict[str, int]:
+        with self.lock:
+            out, self.counts = self.counts, {}
+        return out
+
+
+def warm(port: int, path: str, n: int, counter: RequestCounter) -> dict[str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         status, body, _ = get(conn, path)  # warm-up: the process has parsed the catalog once
         if status != 200:
             raise SystemExit(f"GET {path} answered {status}: {body[:300]!r}")
+        counter.take()
         times = []
         for _ in range(n):
             status, body, ms = get(conn, path)
             assert status == 200, (status, body[:200])
             times.append(ms)
+        requests = counter.take()
     finally:
         conn.close()
     times.sort()
@@ -234,6 +280,8 @@ def warm(port: int, path: str, n: int) -> dict[str, float]:
         "p95": times[int(0.95 * (len(times) - 1))],
         "max": times[-1],
         "bytes": float(len(body)),
+        "s3": {op: count / n for op, count in sorted(requests.items())},
+        "body": body,
     }
 
 
@@ -257,22 +305,23 @@ import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("main__", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-event = {"http": {"method": "GET", "path": "", "headers": {"authorization": "Bearer " + sys.argv[2]}}}
+headers = {"authorization": "Bearer " + sys.argv[2]}
+event = {"http": {"method": "GET", "path": sys.argv[3], "headers": headers}}
 result = module.main(event, None)
 print(result["statusCode"], time.time(), flush=True)
 """
 
 
-def cold_function(env: dict[str, str]) -> float:
-    """A fresh interpreter loads packages/monitor/status/__main__.py and calls main(event) once.
+def cold_function(env: dict[str, str], function: str = "status", path: str = "") -> float:
+    """A fresh interpreter loads packages/monitor/<function>/__main__.py and calls main(event) once.
 
     Timed from just before the spawn to the moment the child has the answer (its clock, the same
     machine's); the interpreter's exit afterwards is not part of answering.
     """
-    main_py = str(REPO / "packages/monitor/status/__main__.py")
+    main_py = str(REPO / f"packages/monitor/{function}/__main__.py")
     t0 = time.time()
     out = subprocess.run(
-        [sys.executable, "-c", COLD_FUNCTION, main_py, TOKEN],
+        [sys.executable, "-c", COLD_FUNCTION, main_py, TOKEN, path],
         env=env,
         capture_output=True,
         text=True,
@@ -284,7 +333,8 @@ def cold_function(env: dict[str, str]) -> float:
     return float(answered) - t0
 
 
-def cold_serve(env: dict[str, str]) -> float:
+def spawn_serve(env: dict[str, str]) -> tuple[int, float, subprocess.Popen[bytes]]:
+    """A `coldcopy serve` process on a free port: (port, when it was spawned, the process)."""
     from coldcopy.loopback import free_port
 
     port = free_port()
@@ -296,6 +346,11 @@ def cold_serve(env: dict[str, str]) -> float:
         stderr=subprocess.DEVNULL,
         cwd=REPO,
     )
+    return port, t0, proc
+
+
+def cold_serve(env: dict[str, str]) -> float:
+    port, t0, proc = spawn_serve(env)
     try:
         return wait_first_answer(port, proc, t0)
     finally:
@@ -355,13 +410,164 @@ def check_listing(backend: Any, original: Any) -> bool:
     return True
 
 
+def bench_env(endpoint: str, cluster: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DO_", "COLDCOPY_", "MONITOR_"))},
+        "DO_SPACES_KEY": "test",
+        "DO_SPACES_SECRET": "test",
+        "DO_SPACES_BUCKET": BUCKET,
+        "DO_SPACES_REGION": "us-east-1",
+        "DO_SPACES_ENDPOINT": endpoint,
+        "COLDCOPY_CLUSTER": cluster,
+        "MONITOR_TOKEN": TOKEN,
+        "COLDCOPY_LAUNCHER": "none",
+        "COLDCOPY_ENV_FILE": os.devnull,
+        "BACKUP_ENCRYPTION_KEY": "bench-key-not-used",
+    }
+
+
+def run_tick_check(env: dict[str, str]) -> float:
+    """The tick's alert check (it stores the monitor state); its seconds."""
+    from coldcopy.alerting.notify import check_alerts
+    from coldcopy.config import load_settings
+    from coldcopy.storage.s3 import open_store
+
+    settings = load_settings(env)
+    t0 = time.perf_counter()
+    check_alerts(settings, open_store(settings), datetime.now(UTC))
+    return time.perf_counter() - t0
+
+
+# (label, path, function for the cold call, its path suffix): every read endpoint and page kind.
+Endpoint = tuple[str, str, str, str]
+
+
+def endpoints(port: int, run_id: str) -> list[Endpoint]:
+    """Every read endpoint; /backups at each kind of page (walks every page of 500 to the last)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        second = json.loads(get(conn, "/backups?limit=50")[1])["links"]["next"]
+        path, pages = "/backups?limit=500", 0
+        while True:
+            body = json.loads(get(conn, path)[1])
+            pages += 1
+            if body["next_cursor"] is None:
+                break
+            path = body["links"]["next"]
+    finally:
+        conn.close()
+    return [
+        ("/status", "/status", "status", ""),
+        ("/backups (first page of 50)", "/backups", "backups", ""),
+        ("/backups?limit=200 (the dashboard's)", "/backups?limit=200", "", ""),
+        ("/backups?limit=500", "/backups?limit=500", "", ""),
+        ("/backups page 2 (cursor)", second, "", ""),
+        ("/backups last page (limit=500)", path, "", ""),
+        ("/backups?kind=compliance", "/backups?kind=compliance", "", ""),
+        ("/metrics", "/metrics", "metrics", ""),
+        ("/alerts", "/alerts", "alerts", ""),
+        ("/recovery-time", "/recovery-time", "recovery-time", ""),
+        ("/runs/<id>", f"/runs/{run_id}", "runs", f"/{run_id}"),
+        ("/health", "/health", "health", ""),
+    ]
+
+
+def measure(
+    env: dict[str, str], run_id: str, args: argparse.Namespace, counter: RequestCounter
+) -> dict[str, Any]:
+    """Warm figures and S3 requests of every endpoint through one `coldcopy serve`, then cold ones."""
+    port, spawned, proc = spawn_serve(env)
+    out: dict[str, Any] = {"warm": {}, "cold": {}}
+    try:
+        out["first_serve_answer"] = wait_first_answer(port, proc, spawned)
+        table = endpoints(port, run_id)
+        for label, path, _, _ in table:
+            out["warm"][label] = warm(port, path, args.requests, counter)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    out["status"] = json.loads(out["warm"]["/status"]["body"])
+    for label, _, function, suffix in table:
+        if function:
+            runs = sorted(cold_function(env, function, suffix) for _ in range(args.cold_runs))
+            out["cold"][label] = {"median": statistics.median(runs), "max": runs[-1]}
+    runs = sorted(cold_serve(env) for _ in range(args.cold_runs))
+    out["cold"]["coldcopy serve: spawn -> GET /status"] = {"median": statistics.median(runs), "max": runs[-1]}
+    return out
+
+
+def s3_text(per_call: dict[str, float]) -> str:
+    return ", ".join(f"{op} {n:g}" for op, n in per_call.items()) or "none"
+
+
+def report(size: str, m: dict[str, Any]) -> bool:
+    """Print one size's figures against the targets; True when every target is met."""
+    ok = True
+    print(f"\n{size}: warm answers, keep-alive (p95 target < {WARM_TARGET_MS:.0f} ms); S3 requests per call:")
+    for label, r in m["warm"].items():
+        met = r["p95"] < WARM_TARGET_MS
+        ok &= met
+        print(
+            f"  GET {label:38} median {r['median']:6.1f} ms  p95 {r['p95']:6.1f} ms  max {r['max']:6.1f} ms"
+            f"  {r['bytes'] / 1000:5.0f} kB  S3/call: {s3_text(r['s3']):32} {'ok' if met else 'OVER TARGET'}"
+        )
+    print(f"{size}: first answer of a fresh process, imports included (target < {COLD_TARGET_S:.0f} s):")
+    for label, r in m["cold"].items():
+        met = r["max"] < COLD_TARGET_S
+        ok &= met
+        print(
+            f"  {label:42} median {r['median']:5.2f} s  max {r['max']:5.2f} s  "
+            + ("ok" if met else "OVER TARGET")
+        )
+    state = m["status"].get("state", {})
+    print(f"  monitor state: {state.get('source')}, {state.get('age_seconds')} s old when measured")
+    return ok
+
+
+def project(small: dict[str, Any], large: dict[str, Any], n_small: int, n_large: int) -> None:
+    """10x the large history, from the cost per backup measured between the two sizes."""
+    factor = 10
+    n_far = n_large * factor
+    print(
+        f"\nprojection to {factor}x ({n_far:,} backups, {n_far * 10:,} other records), linear in the "
+        f"backups from the cost per backup between {n_small:,} and {n_large:,} (S3 requests as measured):"
+    )
+    worst: list[tuple[float, str]] = []
+
+    def far(a: float, b: float) -> float:
+        per_backup = max(0.0, (b - a) / (n_large - n_small))
+        return b + per_backup * (n_far - n_large)
+
+    for label, r in large["warm"].items():
+        # The slope from the medians (p95s on a shared machine are too noisy to subtract), added to
+        # the p95 measured at the large size.
+        a, b = small["warm"][label]["p95"], r["p95"]
+        p = b + far(small["warm"][label]["median"], r["median"]) - r["median"]
+        same = small["warm"][label]["s3"] == r["s3"]
+        worst.append(
+            (p / WARM_TARGET_MS, f"warm GET {label}: p95 {p:.0f} ms (target {WARM_TARGET_MS:.0f} ms)")
+        )
+        print(
+            f"  GET {label:38} p95 {a:6.1f} -> {b:6.1f} -> {p:7.1f} ms   S3/call {s3_text(r['s3'])}"
+            f" ({'the same at both sizes' if same else 'CHANGED between the sizes'})"
+        )
+    for label, r in large["cold"].items():
+        a, b = small["cold"][label]["median"], r["median"]
+        p = far(a, b)
+        worst.append((p / COLD_TARGET_S, f"cold {label}: {p:.2f} s (target {COLD_TARGET_S:.0f} s)"))
+        print(f"  cold {label:42} {a:5.2f} -> {b:5.2f} -> {p:5.2f} s")
+    worst.sort(reverse=True)
+    print("what breaks first at 10x (projected / target):")
+    for ratio, what in worst[:3]:
+        print(f"  {ratio:5.2f}x  {what}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backups", type=int, default=10_000)
     ap.add_argument("--others", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--cold-runs", type=int, default=5)
-    ap.add_argument("--reference-requests", type=int, default=5, help="for /metrics and /health (no target)")
+    ap.add_argument("--cold-runs", type=int, default=3)
     args = ap.parse_args()
 
     import boto3
@@ -369,9 +575,9 @@ def main() -> int:
     from moto.s3.models import s3_backends
     from moto.server import ThreadedMotoServer
 
-    from coldcopy.loopback import free_port
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
+    counter = RequestCounter()
+    counter.install()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, s3_port = server.get_host_and_port()
@@ -384,27 +590,21 @@ def main() -> int:
         region_name="us-east-1",
     ).create_bucket(Bucket=BUCKET)
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    seeded = seed(backend, args.backups, args.others)
-    others = seeded["others"]
-    print(
-        f"seeded {seeded['backups']:,} backups and {sum(others.values()):,} other records "
-        f"({', '.join(f'{k} {v:,}' for k, v in others.items())}); catalog.json "
-        f"{seeded['catalog_bytes'] / 1e6:.1f} MB; {seeded['seconds']:.1f} s"
-    )
+    sizes = [
+        (f"{CLUSTER}-tenth", args.backups // 10, args.others // 10),
+        (CLUSTER, args.backups, args.others),
+    ]
+    seeded = {}
+    for cluster, n_backups, n_others in sizes:
+        seeded[cluster] = seed(backend, n_backups, n_others, cluster)
+        others = seeded[cluster]["others"]
+        print(
+            f"seeded {cluster}: {seeded[cluster]['backups']:,} backups and {sum(others.values()):,} other "
+            f"records ({', '.join(f'{k} {v:,}' for k, v in others.items())}); catalog.json "
+            f"{seeded[cluster]['catalog_bytes'] / 1e6:.1f} MB; {seeded[cluster]['seconds']:.1f} s"
+        )
 
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DO_", "COLDCOPY_", "MONITOR_"))},
-        "DO_SPACES_KEY": "test",
-        "DO_SPACES_SECRET": "test",
-        "DO_SPACES_BUCKET": BUCKET,
-        "DO_SPACES_REGION": "us-east-1",
-        "DO_SPACES_ENDPOINT": endpoint,
-        "COLDCOPY_CLUSTER": CLUSTER,
-        "MONITOR_TOKEN": TOKEN,
-        "COLDCOPY_LAUNCHER": "none",
-        "COLDCOPY_ENV_FILE": os.devnull,
-        "BACKUP_ENCRYPTION_KEY": "bench-key-not-used",
-    }
+    env = bench_env(endpoint, CLUSTER)
     print(f"S3 calls per warm catalog read: {s3_calls_per_read(env)}")
     stock = s3_listing_ms(env)
     original = index_moto_listing(type(backend))
@@ -416,64 +616,20 @@ def main() -> int:
     )
     if not same:
         raise SystemExit("the indexed listing disagrees with moto's")
-
-    port = free_port()
-    spawned = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coldcopy", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-    )
-    ok = True
-    try:
-        first = wait_first_answer(port, proc, spawned)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        _, body, _ = get(conn, "/backups?limit=50")
-        cursor = json.loads(body)["next_cursor"]
-        status = json.loads(get(conn, "/status")[1])
-        conn.close()
-        assert status["backup_count"] == args.backups, status["backup_count"]
+    for cluster, _, _ in sizes:
+        took = run_tick_check(bench_env(endpoint, cluster))
         print(
-            f"\nwarm answers through the local host ({args.requests} requests each, "
-            f"{args.reference_requests} for the untargeted ones; keep-alive):"
+            f"the tick's alert check on {cluster} (lists 8 days of runs, stores the monitor state): "
+            f"{took:.2f} s"
         )
-        for path in (
-            "/status",
-            "/backups",
-            "/backups?limit=500",
-            f"/backups?limit=50&cursor={cursor}",
-            "/metrics",
-            "/health",
-        ):
-            targeted = path.startswith(("/status", "/backups"))  # the issue's targets; others for reference
-            r = warm(port, path, args.requests if targeted else args.reference_requests)
-            verdict = "ok" if r["p95"] < WARM_TARGET_MS else "OVER TARGET"
-            ok &= r["p95"] < WARM_TARGET_MS or not targeted
-            shown = path if len(path) < 40 else path[:37] + "..."
-            print(
-                f"  GET {shown:40} median {r['median']:6.1f} ms  p95 {r['p95']:6.1f} ms  "
-                f"max {r['max']:6.1f} ms  ({r['bytes'] / 1000:.0f} kB)  "
-                + (f"{verdict} (p95 < {WARM_TARGET_MS:.0f} ms)" if targeted else "(no target)")
-            )
-        print(f"  (the first answer of that serve process came {first:.2f} s after it was spawned)")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
-    print(f"\nfirst answer of a fresh process, imports included ({args.cold_runs} runs each):")
-    for label, fn in (
-        ("function: python + __main__.main(event)", cold_function),
-        ("coldcopy serve: spawn → first GET /status", cold_serve),
-    ):
-        runs = sorted(fn(env) for _ in range(args.cold_runs))
-        verdict = "ok" if runs[-1] < COLD_TARGET_S else "OVER TARGET"
-        ok &= runs[-1] < COLD_TARGET_S
-        print(
-            f"  {label:44} median {statistics.median(runs):5.2f} s  max {runs[-1]:5.2f} s  "
-            f"{verdict} (< {COLD_TARGET_S:.0f} s)"
-        )
+    results = {}
+    for cluster, n_backups, _ in sizes:
+        results[cluster] = measure(bench_env(endpoint, cluster), seeded[cluster]["run_id"], args, counter)
+        assert results[cluster]["status"]["backup_count"] == n_backups, results[cluster]["status"]
+    report(f"{sizes[0][1]:,} backups (a tenth; for the projection only)", results[sizes[0][0]])
+    ok = report(f"{args.backups:,} backups + {args.others:,} records", results[CLUSTER])
+    project(results[sizes[0][0]], results[CLUSTER], sizes[0][1], args.backups)
     server.stop()
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1

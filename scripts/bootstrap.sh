@@ -27,7 +27,8 @@ if [ "$system" = 1 ] && [ ! -x .venv-system/bin/pip ] && ! can_venv "$SYSTEM_PY"
   need_apt+=(python3-venv)
 fi
 if [ "$dev" = 1 ]; then
-  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  # Debian's prometheus: promtool (tests/test_metrics.py) and the server (tests/test_prometheus.py)
+  { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from coldcopy.cli.main import main
@@ -63,9 +64,9 @@ def stored_run(storage: ObjectStore, run_id: str) -> dict[str, Any] | None:
     return run.to_dict() if run is not None else None
 
 
-def web_get(settings: Settings, function: str, token: str, clock: Clock) -> dict[str, Any]:
+def web_call(settings: Settings, function: str, token: str, clock: Clock) -> dict[str, Any]:
     """GET a monitor function the way the platform calls it, with these settings and this clock;
-    the JSON body of its 200 answer."""
+    its 200 answer (``statusCode``, ``headers``, ``body``)."""
     web.use_settings(settings, clock=clock)
     try:
         headers = {"authorization": f"Bearer {token}"}
@@ -73,5 +74,22 @@ def web_get(settings: Settings, function: str, token: str, clock: Clock) -> dict
     finally:
         web.use_settings(None)
     assert r["statusCode"] == 200, r
-    body: dict[str, Any] = json.loads(r["body"])
+    return r
+
+
+def web_get(settings: Settings, function: str, token: str, clock: Clock) -> dict[str, Any]:
+    """The JSON body of ``web_call``'s answer."""
+    body: dict[str, Any] = json.loads(web_call(settings, function, token, clock)["body"])
     return body
+
+
+def spawn_serve(env: dict[str, str], port: int, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """A real `coldcopy serve` process on ``port``, its output in ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "coldcopy", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+        )

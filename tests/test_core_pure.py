@@ -228,3 +228,28 @@ def test_feature_settings_are_checked_with_the_rest(tmp_path) -> None:  # type: 
     text = str(err.value)
     for var in ("DB_HOST", "ALERT_EMAIL", "COLDCOPY_KEEP_DAILY", "ALERT_SIZE_SAMPLE"):
         assert var in text
+
+
+@given(
+    st.from_regex(r"\A\d{8}_\d{6}\Z")
+    | st.sampled_from(
+        [
+            "20261301_000000",
+            "20260230_120000",
+            "00000101_000000",
+            "20261124_236060",
+            "20261124_000060",
+            "20240229_235959",
+        ]
+    )
+)
+def test_a_names_timestamp_is_read_as_strptime_reads_it(ts: str) -> None:
+    try:
+        expected: datetime | None = datetime.strptime(ts, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        expected = None
+    try:
+        got: datetime | None = parse_name(f"full_backup_app_{ts}").created_at
+    except InvalidNameError:
+        got = None
+    assert got == expected

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, spawn_serve
 from coldcopy.api.protocol import MAX_BODY_BYTES, ROUTES, encode_cursor
 from coldcopy.config import Settings, load_settings
 from coldcopy.core.catalog import Catalog
@@ -591,14 +591,7 @@ def test_coldcopy_serve_process_wakes_the_local_runner(api_env: dict[str, str], 
     port = free_port()
     env = {**api_env, "COLDCOPY_LAUNCHER": "local"}
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "coldcopy", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    proc = spawn_serve(env, port, log, REPO)
     try:
         a = Api(f"http://127.0.0.1:{port}")
 

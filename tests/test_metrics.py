@@ -162,3 +162,46 @@ def test_the_metrics_alerts_and_dashboard_path_imports_nothing_heavy() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def families_without_a_sample(text: str) -> list[str]:
+    declared = re.findall(r"^# TYPE (\S+) (\S+)", text, re.M)
+    sampled = {
+        re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.splitlines() if not line.startswith("#")
+    }
+    suffixes = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count", "")}
+    return [
+        name for name, kind in declared if not any(name + s in sampled for s in suffixes.get(kind, ("",)))
+    ]
+
+
+@pytest.mark.parametrize(
+    "cat",
+    [
+        Catalog(),
+        Catalog(backups={e.name: e for e in [entry(NOW - timedelta(days=1), 10, 5.0)]}),
+        rich_catalog(),
+    ],
+    ids=["empty", "one-backup-never-failed", "rich"],
+)
+def test_every_metric_has_a_sample_from_the_first_scrape(cat: Catalog) -> None:
+    text = render(cat, NOW, alerts=[], legacy_gb=True, computed_at=iso(NOW))
+    assert families_without_a_sample(text) == []
+    assert sample(text, "coldcopy_monitor_state_timestamp_seconds") == NOW.timestamp()
+
+
+def test_nothing_failed_is_a_zero_not_a_missing_series() -> None:
+    text = render(Catalog(backups={e.name: e for e in [entry(NOW, 10, 5.0)]}), NOW)
+    assert_clean(text)
+    assert sample(text, 'coldcopy_backups_failed{database="app",kind="full"}') == 0
+    assert sample(text, 'coldcopy_backups_total{database="app",kind="full"}') == 1
+    empty = render(Catalog(), NOW)
+    assert_clean(empty)
+    for name in ("coldcopy_backups_total", "coldcopy_backups_success", "coldcopy_backups_failed"):
+        assert sample(empty, name) == 0
+    # With no backup, there is no newest one: those families are left out, not rendered empty.
+    assert "coldcopy_backup_size_bytes" not in empty and "coldcopy_backup_duration_seconds" not in empty
+
+
+def test_the_checker_finds_a_family_without_samples() -> None:
+    assert families_without_a_sample("# HELP a x\n# TYPE a gauge\n# HELP b y\n# TYPE b gauge\nb 1\n") == ["a"]

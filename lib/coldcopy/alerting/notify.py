@@ -4,8 +4,11 @@
 state in the bucket and sends what is pending (``alerting.email``), one email per alert that starts
 and one per alert that resolves.  An SMTP failure keeps the notifications pending for the next
 tick and shows up in ``/alerts`` (and the metrics) as an ``email-failing`` alert.
-``alerts_report`` is what ``GET /alerts`` and ``coldcopy alerts`` answer; ``metrics_text`` what
-``GET /metrics`` answers.
+After the check it stores what it gathered (the newest runs, the WAL summary, the notifier's
+state: ``core.monitor_state``) so that the web functions apply the same rules without listing the
+run records.  ``alerts_report`` is what ``GET /alerts`` and ``coldcopy alerts`` answer;
+``metrics_text`` what ``GET /metrics`` answers; both take those inputs, stored by the tick (the web)
+or gathered now (the CLI, and the web before the first tick).
 
 Imports stay light (no PostgreSQL driver, compression or crypto): this runs in small functions.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -26,10 +30,12 @@ from coldcopy.core.alerts import Alert, counts_by_severity, evaluate
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.jobs import RUNS, Run, run_id_of, run_ids_after
 from coldcopy.core.metrics import render
+from coldcopy.core.monitor_state import MonitorState, build, freshness
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, NotFoundError
 from coldcopy.ops.queue import get_run
 from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.state_store import load_monitor_state, save_monitor_state
 from coldcopy.storage.store import ObjectStore
 from coldcopy.wal.monitor import load
 
@@ -78,9 +84,22 @@ def load_state(storage: ObjectStore) -> dict[str, Any]:
         return parse_state(None)
 
 
-def active_alerts(settings: Settings, storage: ObjectStore, cat: Catalog, now: datetime) -> list[Alert]:
+def gather(storage: ObjectStore, now: datetime) -> MonitorState:
+    """The rules' inputs besides the catalog, read from the records now (the tick, the CLI): the
+    recent run records, the stored WAL summary and the notifier's state."""
+    return build(now, recent_runs(storage, now), load(storage), load_state(storage))
+
+
+def stored_or_gathered(storage: ObjectStore, now: datetime) -> tuple[MonitorState, bool]:
+    """The tick's stored state (one GET), or, before the first tick, the same gathered now;
+    True when it came from the tick."""
+    state = load_monitor_state(storage)
+    return (state, True) if state is not None else (gather(storage, now), False)
+
+
+def active_alerts(settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime) -> list[Alert]:
     """The rules' alerts now (WAL rules from the tick's stored archive summary, when PITR is in use)."""
-    return evaluate(cat, recent_runs(storage, now), load(storage), settings.thresholds, now)
+    return evaluate(cat, inputs.runs, inputs.wal, settings.thresholds, now)
 
 
 # -- the tick's check and the views ---------------------------------------------------------------
@@ -92,8 +111,9 @@ def check_alerts(
 ) -> dict[str, Any]:
     """Evaluate, advance the state, send what is pending; a summary for the tick."""
     cfg = settings.smtp
-    alerts = active_alerts(settings, storage, CatalogStore(storage).read(), now)
-    before = load_state(storage)
+    inputs = gather(storage, now)
+    alerts = active_alerts(settings, CatalogStore(storage).read(), inputs, now)
+    before = inputs.alert_state
     state = advance(before, alerts, now, notify=cfg.configured)
     started = sorted(set(state["active"]) - set(before["active"]))
     resolved = sorted(set(before["active"]) - set(state["active"]))
@@ -114,6 +134,8 @@ def check_alerts(
             )
     if state != before:
         storage.put_json(STATE_KEY, state)
+    # What /metrics, /alerts, /status and /recovery-time read instead of the records.
+    save_monitor_state(storage, replace(inputs, alert_state=state))
     return {
         "active": len(alerts),
         "started": started,
@@ -130,10 +152,13 @@ def _with_delivery(alerts: list[Alert], state: dict[str, Any]) -> list[Alert]:
     return alerts if failing is None else [*alerts, failing]
 
 
-def alerts_report(settings: Settings, storage: ObjectStore, cat: Catalog, now: datetime) -> dict[str, Any]:
-    """What ``GET /alerts`` and ``coldcopy alerts`` answer."""
-    state = load_state(storage)
-    alerts = _with_delivery(active_alerts(settings, storage, cat, now), state)
+def alerts_report(
+    settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime, *, from_tick: bool
+) -> dict[str, Any]:
+    """What ``GET /alerts`` and ``coldcopy alerts`` answer; ``from_tick``: ``inputs`` is the tick's
+    stored state (its age is in the answer), else gathered now."""
+    state = inputs.alert_state
+    alerts = _with_delivery(active_alerts(settings, cat, inputs, now), state)
     return {
         "alerts": [a.to_dict() for a in alerts],
         "counts": counts_by_severity(alerts),
@@ -145,10 +170,19 @@ def alerts_report(settings: Settings, storage: ObjectStore, cat: Catalog, now: d
             "last_error": state["last_error"],
             "last_delivery_at": state["last_delivery_at"],
         },
+        "state": freshness(inputs.computed_at if from_tick else None, now),
     }
 
 
-def metrics_text(settings: Settings, storage: ObjectStore, cat: Catalog, now: datetime) -> str:
-    """What ``GET /metrics`` answers: the catalog's metrics with the active alerts by severity."""
-    alerts = _with_delivery(active_alerts(settings, storage, cat, now), load_state(storage))
-    return render(cat, now, alerts=alerts, legacy_gb=settings.metrics_legacy_gb, wal=load(storage))
+def metrics_text(settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime) -> str:
+    """What ``GET /metrics`` answers: the catalog's metrics with the active alerts by severity, and
+    when ``inputs`` were computed."""
+    alerts = _with_delivery(active_alerts(settings, cat, inputs, now), inputs.alert_state)
+    return render(
+        cat,
+        now,
+        alerts=alerts,
+        legacy_gb=settings.metrics_legacy_gb,
+        wal=inputs.wal,
+        computed_at=inputs.computed_at,
+    )

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from coldcopy.alerting.email import send_test
-from coldcopy.alerting.notify import alerts_report
+from coldcopy.alerting.notify import alerts_report, gather
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.context import open_context
@@ -37,7 +37,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     """The active alerts; exit 1 while any is active (for scripts and cron)."""
     s = settings_for(args)
     ctx = open_context(s)
-    report = alerts_report(s, ctx.storage, ctx.catalog.read(), now())
+    when = now()
+    report = alerts_report(s, ctx.catalog.read(), gather(ctx.storage, when), when, from_tick=False)
     present(args, report, lambda: _alerts_text(report))
     return 1 if report["alerts"] else 0
 

@@ -94,9 +94,10 @@ def evaluate(
 ) -> list[Alert]:
     """Every active alert, critical first, then oldest first."""
     entries = cat.entries()
+    last = _last_success(entries)
     out = [
-        *_backup_age(cat, entries, th, now),
-        *_failed_backup(cat, entries),
+        *_backup_age(cat, last, th, now),
+        *_failed_backup(cat, last),
         *_verification(cat, entries, th, now),
         *_wal(wal, th, now),
         *_sizes(entries, th),
@@ -110,9 +111,8 @@ def _last_success(entries: Sequence[CatalogEntry]) -> datetime | None:
     return max((parse_iso(e.finished_at) for e in entries), default=None)
 
 
-def _backup_age(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now: datetime) -> list[Alert]:
+def _backup_age(cat: Catalog, last: datetime | None, th: Thresholds, now: datetime) -> list[Alert]:
     limit = timedelta(hours=th.backup_max_age_hours)
-    last = _last_success(entries)
     if last is None:
         first_failure = cat.failures[0].get("at") if cat.failures else None
         return [alert("no-recent-backup", CRITICAL, first_failure, "no backup has completed yet")]
@@ -128,8 +128,7 @@ def _backup_age(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now: 
     ]
 
 
-def _failed_backup(cat: Catalog, entries: list[CatalogEntry]) -> list[Alert]:
-    last = _last_success(entries)
+def _failed_backup(cat: Catalog, last: datetime | None) -> list[Alert]:
     streak = [f for f in cat.failures if last is None or parse_iso(str(f.get("at"))) > last]
     if not streak:
         return []

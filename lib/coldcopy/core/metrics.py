@@ -1,7 +1,9 @@
 """Prometheus text exposition (format 0.0.4) of the catalog and the active alerts.  Pure: no I/O.
 
-Every metric has HELP and TYPE lines, label values are escaped, timestamps are Unix seconds, and
-the output passes ``promtool check metrics`` with no lint (tests/test_metrics.py runs it).
+Every metric has HELP and TYPE lines and at least one sample (a family with nothing to say is left
+out rather than rendered empty, so whatever a scrape lists has a series), label values are escaped,
+timestamps are Unix seconds, and the output passes ``promtool check metrics`` with no lint
+(tests/test_metrics.py runs it).
 
 The names our users already scrape are kept: ``coldcopy_backups_total`` (a counter: attempts
 recorded), ``coldcopy_backups_success``, ``coldcopy_backups_failed``, ``coldcopy_backup_size_bytes``
@@ -19,8 +21,10 @@ the newest 200 the catalog keeps.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 
 from coldcopy.core.alerts import SEVERITIES, Alert, counts_by_severity
 from coldcopy.core.archive_report import WalHealth
@@ -55,18 +59,26 @@ class _Writer:
         self.lines: list[str] = []
 
     def metric(self, name: str, kind: str, help_: str, samples: Iterable[tuple[Labels, float]]) -> None:
+        """A family with its samples; none at all leaves the family out (a family of only HELP and
+        TYPE lines gives a scraper no series: "no data" where a dashboard expects a value)."""
+        samples = list(samples)
+        if not samples:
+            return
         self.lines.append(f"# HELP {name} {help_}")
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
             self.lines.append(f"{name}{_labels(labels)} {_num(value)}")
 
     def histogram(self, name: str, help_: str, series: dict[Key, list[float]]) -> None:
+        if not series:
+            return
         self.lines.append(f"# HELP {name} {help_}")
         self.lines.append(f"# TYPE {name} histogram")
         for (kind, db), values in sorted(series.items()):
             base = {"kind": kind, "database": db}
+            ordered = sorted(v for v in values if v == v)  # NaN is in no bucket but +Inf
             for bound in DURATION_BUCKETS:
-                count = sum(1 for v in values if v <= bound)
+                count = bisect_right(ordered, bound)  # how many are <= bound
                 self.lines.append(f"{name}_bucket{_labels({**base, 'le': str(bound)})} {count}")
             self.lines.append(f"{name}_bucket{_labels({**base, 'le': '+Inf'})} {len(values)}")
             self.lines.append(f"{name}_sum{_labels(base)} {_num(float(sum(values)))}")
@@ -76,6 +88,7 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
+@lru_cache(maxsize=1 << 18)  # names never change meaning: a warm scrape parses none of them again
 def _key(name: str, kind: str | None = None) -> Key:
     """(kind, database) from a backup name; what the record says when the name does not parse."""
     try:
@@ -89,6 +102,11 @@ def _by_key(values: dict[Key, float]) -> list[tuple[Labels, float]]:
     return [({"kind": k, "database": d}, v) for (k, d), v in sorted(values.items())]
 
 
+def _counts_by_key(values: dict[Key, float]) -> list[tuple[Labels, float]]:
+    """Like ``_by_key``; no key at all is one unlabelled 0 (nothing recorded yet is a count of 0)."""
+    return _by_key(values) if values else [({}, 0)]
+
+
 def render(
     cat: Catalog,
     now: datetime,
@@ -96,8 +114,10 @@ def render(
     alerts: Sequence[Alert] | None = None,
     wal: WalHealth | None = None,
     legacy_gb: bool = False,
+    computed_at: str | None = None,
 ) -> str:
-    """The exposition text.  ``alerts`` None: the alert gauges are left out (nothing evaluated them)."""
+    """The exposition text.  ``alerts`` None: the alert gauges are left out (nothing evaluated them).
+    ``computed_at``: when the tick gathered the run and WAL inputs (a gauge of its own)."""
     entries = cat.entries()  # newest first
     w = _Writer()
     _backup_counters(w, cat, entries)
@@ -114,6 +134,14 @@ def render(
     )
     if alerts is not None:
         _alert_metrics(w, alerts)
+    if computed_at is not None:
+        w.metric(
+            "coldcopy_monitor_state_timestamp_seconds",
+            "gauge",
+            "When the scheduler tick last gathered the run records and WAL summary behind these "
+            "metrics (Unix time).",
+            [({}, parse_iso(computed_at).timestamp())],
+        )
     return w.text()
 
 
@@ -130,24 +158,29 @@ def _backup_counters(w: _Writer, cat: Catalog, entries: list[CatalogEntry]) -> N
     for f in cat.failures:
         key = _key(str(f.get("name", "")), str(f.get("kind") or "") or None)
         failed[key] = failed.get(key, 0) + 1
-    attempts = {k: success.get(k, 0) + failed.get(k, 0) for k in {*success, *failed}}
+    # The three share their series, so each has a sample from the first scrape: a database that
+    # never failed answers coldcopy_backups_failed 0, and a bucket without any backup 0 unlabelled.
+    keys = {*success, *failed}
+    success = {k: success.get(k, 0) for k in keys}
+    failed = {k: failed.get(k, 0) for k in keys}
+    attempts = {k: success[k] + failed[k] for k in keys}
     w.metric(
         "coldcopy_backups_total",
         "counter",
         "Backup attempts recorded (successful and failed).",
-        _by_key(attempts),
+        _counts_by_key(attempts),
     )
     w.metric(
         "coldcopy_backups_success",
         "gauge",
         "Successful backups recorded, including those retention has deleted since.",
-        _by_key(success),
+        _counts_by_key(success),
     )
     w.metric(
         "coldcopy_backups_failed",
         "gauge",
         "Failed backup attempts recorded (the newest 200).",
-        _by_key(failed),
+        _counts_by_key(failed),
     )
 
 
@@ -203,7 +236,8 @@ def _newest_backup_metrics(w: _Writer, entries: list[CatalogEntry]) -> None:
         if key not in newest_size:
             newest_size[key] = e.size_bytes
             newest_time[key] = parse_iso(e.finished_at).timestamp()
-        last_by_kind.setdefault(e.kind, parse_iso(e.finished_at).timestamp())
+        if e.kind not in last_by_kind:
+            last_by_kind[e.kind] = parse_iso(e.finished_at).timestamp()
     w.metric("coldcopy_backup_size_bytes", "gauge", "Stored size of the newest backup.", _by_key(newest_size))
     w.histogram("coldcopy_backup_duration_seconds", "How long the backups in the catalog took.", durations)
     w.metric(

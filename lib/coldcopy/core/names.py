@@ -46,13 +46,23 @@ def make_name(kind: str, database: str, when: datetime) -> BackupName:
     return BackupName(kind, db_name_part(database), when.astimezone(UTC).replace(microsecond=0))
 
 
+def _timestamp(ts: str) -> datetime:
+    """``datetime.strptime(ts, _TS_FORMAT)`` in UTC for the 15 characters the grammar matched
+    (``\\d{8}_\\d{6}``), without strptime's cost (a twentieth: /metrics parses every name in the
+    catalog).  The same answers: each field has exactly two digits (four for the year) here, and
+    the constructor refuses what strptime refuses (month 13, 30 February, second 60, year 0)."""
+    return datetime(
+        int(ts[0:4]), int(ts[4:6]), int(ts[6:8]), int(ts[9:11]), int(ts[11:13]), int(ts[13:15]), tzinfo=UTC
+    )
+
+
 def parse_name(text: str) -> BackupName:
     """Parse and validate a backup name; raise InvalidNameError with the expected form otherwise."""
     m = _NAME_RE.fullmatch(text) if isinstance(text, str) and len(text) <= 120 else None
     try:
         if not m:
             raise ValueError
-        when = datetime.strptime(m["ts"], _TS_FORMAT).replace(tzinfo=UTC)
+        when = _timestamp(m["ts"])
     except ValueError:
         shown = text[:80] if isinstance(text, str) else type(text).__name__
         raise InvalidNameError(

@@ -4,7 +4,10 @@ Each ``packages/monitor/<fn>/__main__.py`` calls ``handle`` with its own name; `
 calls those same ``main`` functions locally.  Settings come from the environment (project.yml's
 ``environment``), loaded once per process with the storage client and a parsed-catalog cache, so
 a warm call costs one conditional GET of catalog.json plus one journal listing (``/status``,
-``/alerts``, ``/metrics`` and ``/recovery-time`` also read the WAL summary the tick stores).
+``/alerts``, ``/metrics`` and ``/recovery-time`` also GET the monitor state the tick stores, with the
+newest runs, the WAL summary and the alert notifier's state: ``core.monitor_state``; its age is in
+each answer).  No call lists the run records, the WAL archive or the verifications: the number of
+requests does not grow with the history.
 
 Nothing here lets an exception escape: bad input is a 4xx, a server-side problem a JSON 5xx, and
 tracebacks go to the function's log only.  Heavy modules (pg8000, zstandard, cryptography) are
@@ -43,11 +46,14 @@ from coldcopy.api.protocol import (
     text_response,
 )
 from coldcopy.config import STORAGE, Settings, missing, read_settings, redact
+from coldcopy.core.archive_report import WalHealth
+from coldcopy.core.monitor_state import freshness
 from coldcopy.core.names import validate_name
 from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.core.views import listing_row, status_view
 from coldcopy.errors import ColdCopyError, InvalidNameError, NotFoundError, StorageError
 from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.state_store import load_monitor_state
 from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -152,16 +158,25 @@ def _health(req: Request, cfg: _Config) -> dict[str, Any]:
     return json_response(200 if reachable else 503, body)
 
 
-def _status(req: Request, cfg: _Config) -> dict[str, Any]:
-    # Late imports in the handlers: this endpoint's own modules (see the module docstring).
+def _wal_and_freshness(storage: ObjectStore, now: datetime) -> tuple[WalHealth | None, dict[str, Any]]:
+    """The WAL summary from the tick's monitor state (one GET) and how old it is; before the first
+    tick that stores one, the WAL summary alone (its own object, of unknown age)."""
+    state = load_monitor_state(storage)
+    if state is not None:
+        return state.wal, freshness(state.computed_at, now)
+    # Late import: only until the first tick (see the module docstring).
     from coldcopy.wal.monitor import load
 
+    return load(storage), {**freshness(None, now), "source": "WAL summary (no monitor state yet)"}
+
+
+def _status(req: Request, cfg: _Config) -> dict[str, Any]:
     b = _get_backend(cfg)
     s = b.settings
-    view = status_view(
-        b.catalog.read_cached(), _now(), encrypted=s.encrypted, wal=load(b.storage), thresholds=s.thresholds
-    )
-    return json_response(200, view)
+    now = _now()
+    wal, fresh = _wal_and_freshness(b.storage, now)
+    view = status_view(b.catalog.read_cached(), now, encrypted=s.encrypted, wal=wal, thresholds=s.thresholds)
+    return json_response(200, {**view, "state": fresh})
 
 
 def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
@@ -264,28 +279,33 @@ def _runs(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.alerting.notify import metrics_text  # this endpoint's own module
+    # This endpoint's own module.
+    from coldcopy.alerting.notify import metrics_text, stored_or_gathered
 
     b = _get_backend(cfg)
-    return text_response(
-        200, metrics_text(b.settings, b.storage, b.catalog.read_cached(), _now()), PROMETHEUS_TYPE
-    )
+    now = _now()
+    inputs, _ = stored_or_gathered(b.storage, now)
+    return text_response(200, metrics_text(b.settings, b.catalog.read_cached(), inputs, now), PROMETHEUS_TYPE)
 
 
 def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.alerting.notify import alerts_report  # this endpoint's own module
+    # This endpoint's own module.
+    from coldcopy.alerting.notify import alerts_report, stored_or_gathered
 
     b = _get_backend(cfg)
-    return json_response(200, alerts_report(b.settings, b.storage, b.catalog.read_cached(), _now()))
+    now = _now()
+    inputs, from_tick = stored_or_gathered(b.storage, now)
+    report = alerts_report(b.settings, b.catalog.read_cached(), inputs, now, from_tick=from_tick)
+    return json_response(200, report)
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
-    # This endpoint's own modules.
-    from coldcopy.core.recovery_time import estimate
-    from coldcopy.wal.monitor import load
+    from coldcopy.core.recovery_time import estimate  # this endpoint's own module
 
     b = _get_backend(cfg)
-    return json_response(200, estimate(b.catalog.read_cached(), _now(), load(b.storage)))
+    now = _now()
+    wal, fresh = _wal_and_freshness(b.storage, now)
+    return json_response(200, {**estimate(b.catalog.read_cached(), now, wal), "state": fresh})
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:

@@ -12,8 +12,9 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from coldcopy.core.archive_report import WalGap, WalHealth, health_of, summarize
+from coldcopy.core.archive_report import WalHealth, health_of, summarize
 from coldcopy.core.lsn import ARCHIVE_NAME_RE
+from coldcopy.core.monitor_state import wal_of
 from coldcopy.errors import ColdCopyError, NotFoundError
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.store import ObjectStore
@@ -56,11 +57,7 @@ def load(storage: ObjectStore) -> WalHealth | None:
         raw: Any = storage.get_json(STATE_KEY).get("wal")
     except (NotFoundError, ValueError, AttributeError):
         return None
-    if not isinstance(raw, dict):
-        return None
-    try:
-        gaps = tuple(WalGap(**g) for g in raw.get("gaps", ()))
-        return WalHealth(**{**raw, "gaps": gaps})
-    except TypeError:
+    wal = wal_of(raw)
+    if wal is None and isinstance(raw, dict):
         log.warning("%s is unreadable; ignored until the next tick rewrites it", STATE_KEY)
-        return None
+    return wal

@@ -1,0 +1,275 @@
+"""The tick's monitor state: /metrics and /alerts answer from it exactly what computing everything
+from the records answers, with a number of S3 requests that does not grow with the history, and
+say how old it is.  moto's S3 server over HTTP; the clock is injected everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli_helpers import web_call
+from coldcopy.alerting.email import EmailError
+from coldcopy.alerting.notify import check_alerts, load_state, recent_runs
+from coldcopy.config import Settings, SmtpConfig, load_settings
+from coldcopy.core.alert_state import delivery_alert
+from coldcopy.core.alerts import evaluate
+from coldcopy.core.archive_report import WalHealth
+from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_key
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.metrics import render
+from coldcopy.core.monitor_state import STALE_AFTER, STATE_KEY
+from coldcopy.core.times import iso
+from coldcopy.functions import web
+from coldcopy.localstack.s3server import S3Server
+from coldcopy.storage import s3 as s3_module
+from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.s3 import S3Store, open_store
+from coldcopy.storage.store import ObjectStore
+from coldcopy.wal import monitor as wal_monitor
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+TOKEN = "monitor-token-for-state-tests"
+STATE_METRIC = "coldcopy_monitor_state_timestamp_seconds"
+
+
+@pytest.fixture
+def settings(s3_server: S3Server, bucket: str) -> Settings:
+    env = {
+        **s3_server.spaces_env(bucket),
+        "MONITOR_TOKEN": TOKEN,
+        "COLDCOPY_LAUNCHER": "none",
+        "COLDCOPY_METRICS_LEGACY_GB": "true",
+        # Email configured, but the sender below always fails: the email-failing alert is on.
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": "2525",
+        "SMTP_SECURITY": "none",
+        "SMTP_FROM": "coldcopy@example.org",
+        "ALERT_EMAIL": "ops@example.org",
+    }
+    return load_settings(env, env_file=Path(os.devnull))
+
+
+@pytest.fixture
+def storage(settings: Settings) -> S3Store:
+    return open_store(settings)
+
+
+def failing_sender(cfg: SmtpConfig, messages: list[EmailMessage]) -> int:
+    raise EmailError("connection refused by 127.0.0.1:2525")
+
+
+def entry(when: datetime, size: int = 1000, kind: str = "full", db: str = "app") -> CatalogEntry:
+    return CatalogEntry(
+        name=f"{kind}_backup_{db}_{when:%Y%m%d_%H%M%S}",
+        kind=kind,
+        database=db,
+        created_at=iso(when),
+        finished_at=iso(when + timedelta(seconds=60)),
+        duration_seconds=60.0,
+        size_bytes=size,
+        raw_size_bytes=size * 3,
+        encrypted=True,
+        key_id="k1",
+        server_version="15.18",
+    )
+
+
+def put_run(storage: ObjectStore, run: Run) -> None:
+    storage.put_json(run_key(run.run_id), run.to_dict())
+
+
+def seed(storage: ObjectStore, *, backups: int, runs: int, start: int = 0) -> None:
+    """A history that makes most rules fire: a failure after the last success, a failed
+    verification, a much smaller newest backup, an unreadable manifest, a job whose heartbeat
+    stopped, a stale WAL archive with a gap; ``runs`` finished runs besides."""
+    store = CatalogStore(storage)
+    cat = store.read()
+    for i in range(start, start + backups):
+        e = entry(NOW - timedelta(days=30) + timedelta(hours=6 * i), size=1000 + i)
+        cat.backups[e.name] = e
+    small = entry(NOW - timedelta(hours=30), size=10)
+    cat.backups[small.name] = small
+    cat.failures = [
+        {"name": "full_backup_app_20261124_020000", "kind": "full", "at": iso(NOW - timedelta(hours=10))}
+    ]
+    cat.verifications[small.name] = {"ok": False, "at": iso(NOW - timedelta(hours=20)), "checks": []}
+    cat.unreadable["full_backup_app_20261001_000000"] = "unknown manifest format"
+    store.save(cat)
+    for i in range(start, start + runs):  # inside the tick's 8-day window
+        when = NOW - timedelta(days=7) + timedelta(minutes=15 * i)
+        put_run(storage, Run(new_run_id(when), "verify", state=SUCCEEDED, enqueued_at=iso(when)))
+    late = NOW - timedelta(minutes=40)
+    put_run(
+        storage,
+        Run(
+            new_run_id(late, "stale"),
+            "backup-full",
+            state=RUNNING,
+            enqueued_at=iso(late),
+            started_at=iso(late),
+            heartbeat_at=iso(late + timedelta(minutes=5)),
+        ),
+    )
+    failed = NOW - timedelta(hours=3)
+    put_run(storage, Run(new_run_id(failed, "old"), "backup-full", state=FAILED, enqueued_at=iso(failed)))
+    wal = WalHealth(
+        iso(NOW - timedelta(hours=2)), "000000010000000000000042", (), iso(NOW - timedelta(days=2)), iso(NOW)
+    )
+    storage.put_json(wal_monitor.STATE_KEY, {"wal": asdict(wal)})
+
+
+def from_the_records(settings: Settings, storage: ObjectStore, now: datetime) -> tuple[str, list[Any]]:
+    """What /metrics and /alerts computed before the tick stored its state: every input read from
+    the records at the call (the run listing, the WAL summary, the notifier's state)."""
+    cat = CatalogStore(storage).read()
+    wal = wal_monitor.load(storage)
+    alerts = evaluate(cat, recent_runs(storage, now), wal, settings.thresholds, now)
+    failing = delivery_alert(load_state(storage))
+    alerts = alerts if failing is None else [*alerts, failing]
+    text = render(cat, now, alerts=alerts, legacy_gb=settings.metrics_legacy_gb, wal=wal)
+    return text, [a.to_dict() for a in alerts]
+
+
+def call(settings: Settings, function: str, now: datetime) -> dict[str, Any]:
+    return web_call(settings, function, TOKEN, lambda: now)
+
+
+def without_state_metric(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if STATE_METRIC not in line)
+
+
+@pytest.fixture
+def s3_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The S3 operations the web functions' storage client makes (its open_store is wrapped)."""
+    calls: list[str] = []
+    real = s3_module.open_store
+
+    def counting(settings: Settings) -> S3Store:
+        store = real(settings)
+        store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+        return store
+
+    monkeypatch.setattr(s3_module, "open_store", counting)
+    yield calls
+
+
+def test_metrics_and_alerts_from_the_tick_state_equal_those_from_the_records(
+    settings: Settings, storage: S3Store
+) -> None:
+    seed(storage, backups=12, runs=40)
+    out = check_alerts(settings, storage, NOW, sender=failing_sender)
+    assert out["email_error"] and out["active"] >= 6
+    stored = storage.get_json(STATE_KEY)
+    assert stored["computed_at"] == iso(NOW)
+    assert [r["kind"] for r in stored["runs"]] == ["backup-full", "verify"]  # the newest of each kind
+    # Answered later than the tick: the time-dependent values move the same way in both.
+    for later in (timedelta(0), timedelta(minutes=3)):
+        now = NOW + later
+        text, alerts = from_the_records(settings, storage, now)
+        metrics = call(settings, "metrics", now)["body"]
+        assert without_state_metric(metrics) == without_state_metric(text)
+        assert f"{STATE_METRIC} {NOW.timestamp():.0f}" in metrics.splitlines()
+        report = json.loads(call(settings, "alerts", now)["body"])
+        assert report["alerts"] == alerts
+        assert report["state"] == {
+            "source": "tick",
+            "computed_at": iso(NOW),
+            "age_seconds": later.total_seconds(),
+            "stale": False,
+        }
+    rules = {a["rule"] for a in alerts}
+    assert {"stale-job", "email-failing", "last-backup-failed", "verification-failed"} <= rules
+    assert 'coldcopy_alerts_active{severity="warning"}' in metrics
+
+
+def test_the_requests_per_call_do_not_grow_with_the_history(
+    settings: Settings, storage: S3Store, s3_calls: list[str]
+) -> None:
+    def per_call() -> dict[str, list[str]]:
+        out = {}
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        for function in ("metrics", "alerts", "status", "recovery-time", "backups"):
+            web.use_settings(settings, clock=lambda: NOW)  # a fresh process: cold caches
+            try:
+                for _ in range(2):  # the second call is warm
+                    s3_calls.clear()
+                    r = web.handle(function, {"http": {"method": "GET", "path": "", "headers": headers}})
+                    assert r["statusCode"] == 200, r
+            finally:
+                web.use_settings(None)
+            out[function] = sorted(s3_calls)
+        return out
+
+    seed(storage, backups=5, runs=5)
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    small = per_call()
+    seed(storage, backups=300, runs=600, start=5)  # 60 times the runs, 60 times the backups
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    assert per_call() == small
+    state = ["GetObject", "GetObject", "ListObjectsV2"]  # catalog.json (conditional), monitor state, journal
+    assert small == {
+        "metrics": state,
+        "alerts": state,
+        "status": state,
+        "recovery-time": state,
+        "backups": ["GetObject", "ListObjectsV2"],
+    }
+
+
+def test_answers_say_how_old_the_tick_state_is_and_when_it_is_stale(
+    settings: Settings, storage: S3Store
+) -> None:
+    seed(storage, backups=3, runs=3)
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    late = NOW + STALE_AFTER + timedelta(seconds=1)
+    for function in ("alerts", "status", "recovery-time"):
+        state = json.loads(call(settings, function, late)["body"])["state"]
+        assert state == {
+            "source": "tick",
+            "computed_at": iso(NOW),
+            "age_seconds": STALE_AFTER.total_seconds() + 1,
+            "stale": True,
+        }, function
+    fresh = json.loads(call(settings, "status", NOW + timedelta(minutes=4))["body"])["state"]
+    assert fresh["stale"] is False and fresh["age_seconds"] == 240
+
+
+def test_before_the_first_tick_the_answers_are_computed_at_the_call(
+    settings: Settings, storage: S3Store
+) -> None:
+    seed(storage, backups=3, runs=3)
+    text, alerts = from_the_records(settings, storage, NOW)
+    report = json.loads(call(settings, "alerts", NOW)["body"])
+    assert report["alerts"] == alerts and any(a["rule"] == "stale-job" for a in alerts)
+    assert report["state"]["source"] == "computed now"
+    metrics = call(settings, "metrics", NOW)["body"]
+    assert without_state_metric(metrics) == without_state_metric(text)
+    status = json.loads(call(settings, "status", NOW)["body"])
+    assert status["state"]["source"].startswith("WAL summary") and status["wal"]["last_segment"]
+
+
+def test_the_tick_still_emails_what_it_did_and_stores_the_state_each_time(
+    settings: Settings, storage: S3Store
+) -> None:
+    seed(storage, backups=3, runs=3)
+    sent: list[list[str]] = []
+
+    def sender(cfg: SmtpConfig, messages: list[EmailMessage]) -> int:
+        sent.append([str(m["Subject"]) for m in messages])
+        return len(messages)
+
+    first = check_alerts(settings, storage, NOW, sender=sender)
+    assert first["sent"] == len(first["started"]) == first["active"] > 0 and len(sent) == 1
+    again = check_alerts(settings, storage, NOW + timedelta(minutes=5), sender=sender)
+    assert again["sent"] == 0 and len(sent) == 1  # nothing new: no email
+    assert storage.get_json(STATE_KEY)["computed_at"] == iso(NOW + timedelta(minutes=5))
+    assert storage.get_json(STATE_KEY)["alert_state"]["pending"] == []
+    assert len(sent[0]) == len(first["started"])  # one email per alert that started
