@@ -273,3 +273,48 @@ def _prefix(env: dict[str, str]) -> str:
 
 def make_client_for(env: dict[str, str]) -> S3Client:
     return make_client(load_settings(env, env_file=Path(os.devnull)))
+
+
+def test_plans_print_commands_that_work_there_and_the_platform_steps(source, backed_up, before) -> None:  # type: ignore[no-untyped-def]
+    env, name = backed_up
+    disaster = json.loads(run_cli(env, "--json", "plan", "disaster").out)
+    assert disaster["backup"]["name"] == name
+    assert f"coldcopy restore --backup-name {name}" in disaster["commands"]
+    steps = " ".join(disaster["first"] + disaster["after"])
+    for needed in (
+        "new Supabase project",
+        "same PostgreSQL major version",
+        "citext",
+        "pg_cron",
+        "ALTER ROLE reporting WITH PASSWORD",
+        "Storage files",
+        "Edge Functions",
+        "Auth settings",
+    ):
+        assert needed in steps, needed
+    corruption = json.loads(run_cli(env, "--json", "plan", "corruption").out)
+    commands = [c for c in corruption["commands"] if c.startswith("coldcopy ")]
+    assert any("--target-db" in c for c in commands) and f"coldcopy restore --backup-name {name}" in commands
+    # Every command runs as printed, on the project: verify, the side restore, then the replacement.
+    for command in commands:
+        r = run_cli(env, *command.split()[1:])
+        assert r.rc == 0, (command, r.err)
+    side = next(c.split("--target-db ")[1] for c in commands if "--target-db" in c)
+    conn = source.connect(side)
+    try:
+        assert conn.run("SELECT count(*) FROM public.notes")[0][0] == len(before["rows"]["public.notes"])
+    finally:
+        conn.close()
+    admin = source.connect()
+    try:
+        admin.run(f'DROP DATABASE "{side}" WITH (FORCE)')
+    finally:
+        admin.close()
+    assert shape_of(source) == before["shape"]
+
+
+def test_a_transaction_pooler_is_refused_up_front(backed_up) -> None:  # type: ignore[no-untyped-def]
+    env, _ = backed_up
+    r = run_cli({**env, "DB_PORT": "6543"}, "backup")
+    assert r.rc == 2
+    assert "transaction-mode pooler" in r.err and "session pooler (port 5432" in r.err

@@ -378,6 +378,8 @@ def role_statements(sql: str, *, role: str, superuser: bool, reserved: Reserved)
             granted, member = _unquote(m.group(1)), _unquote(m.group(2))
             if (member != role and off_limits(member)) or (not superuser and granted in reserved.memberships):
                 continue
+            if member == role and (granted in reserved.roles or granted.startswith("pg_")):
+                continue  # the platform's grants to the connecting role are the platform's
             if not superuser and granted in reserved.roles and granted not in reserved.grantable:
                 continue
             plan.statements.append(f"GRANT {m.group(1)} TO {m.group(2)}{m.group(3)};")

@@ -95,6 +95,11 @@ def _restore_project(
     """A Supabase backup, or a Supabase target: the backup is given back inside the database in
     one transaction (restore/project.py), never by renaming or dropping the project's database."""
     created = False
+    if in_place and facts.platform != "supabase":
+        raise ConflictError(
+            f"{reader.manifest.name} is a Supabase backup and {final!r} is not a Supabase project's database",
+            "restore it into a new database with --target-db, or point DB_* at a Supabase project",
+        )
     if not in_place:
         with pg.session(pg.maintenance_db()) as admin:
             if pg.database_exists(admin, final):
