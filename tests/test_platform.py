@@ -20,8 +20,8 @@ LISTING = """;
 3811; 0 0 ACL - SCHEMA billing postgres
 2; 2615 16500 SCHEMA - auth supabase_admin
 12; 2615 16501 SCHEMA - billing postgres
-8; 3079 16842 EXTENSION - pg_cron 
-9; 0 0 COMMENT - EXTENSION pg_cron 
+8; 3079 16842 EXTENSION - pg_cron {no_owner}
+9; 0 0 COMMENT - EXTENSION pg_cron {no_owner}
 10; 1255 16912 FUNCTION public handle_new_user() postgres
 11; 1255 16913 FUNCTION auth uid() supabase_auth_admin
 3783; 0 16458 TABLE DATA auth users supabase_auth_admin
@@ -36,7 +36,7 @@ LISTING = """;
 2340; 826 16453 DEFAULT ACL public DEFAULT PRIVILEGES FOR TABLES supabase_admin
 2341; 826 16454 DEFAULT ACL public DEFAULT PRIVILEGES FOR TABLES postgres
 4000; 3466 16999 EVENT TRIGGER - pgrst_ddl_watch supabase_admin
-"""
+""".format(no_owner="")  # an extension's line ends in an empty owner
 
 PROJECT = Target(
     "postgres", False, True, True, frozenset({"supabase_auth_admin"}), frozenset({"public", "billing"})
