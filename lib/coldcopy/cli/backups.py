@@ -187,9 +187,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
             no_owner=args.no_owner,
             progress=meter,
         )
-    kept = f"; the previous database is kept as {r['previous_kept_as']}" if r["previous_kept_as"] else ""
-    present(args, r, f"restored {r['name']} into {r['target_db']} in {r['duration_seconds']:.1f} s{kept}")
+    present(args, r, lambda: _restore_text(r))
     return 0
+
+
+def _restore_text(r: dict[str, Any]) -> str:
+    kept = f"; the previous database is kept as {r['previous_kept_as']}" if r["previous_kept_as"] else ""
+    lines = [f"restored {r['name']} into {r['target_db']} in {r['duration_seconds']:.1f} s{kept}"]
+    if r.get("platform") == "supabase":
+        lines.append(
+            f"  in one transaction, checked before it committed: the shape and {r['tables_checked']} tables' "
+            f"row counts equal the backup's; roles given back: {', '.join(r['roles_given_back']) or 'none'}"
+        )
+    lines += [f"  not given back: {x}" for x in r.get("left_out", [])]
+    lines += [
+        f"  run as a superuser or set in the dashboard: {sql}" for sql in r.get("settings_to_apply", [])
+    ]
+    return "\n".join(lines)
 
 
 def cmd_catalog_rebuild(args: argparse.Namespace) -> int:

@@ -443,14 +443,18 @@ def _disaster(
             "the application connects and its smoke tests pass",
             "the new backup appears in `coldcopy list-backups` and the schedule runs",
         ]
-        if p.estimate:
-            p.estimate["seconds"] = round(PROVISION_SECONDS + p.estimate["seconds"], 1)
-            p.estimate["basis"] = (
-                f"{PROVISION_SECONDS // 60} min to provision (assumed) + the restore at "
-                + p.estimate["basis"]
-            )
+        _provisioned(p, "provision")
         _loss(p, e, now, "now")
     return p
+
+
+def _provisioned(p: Runbook, what: str) -> None:
+    """The restore's estimate with the time to provision the new server or project added."""
+    if p.estimate:
+        p.estimate["seconds"] = round(PROVISION_SECONDS + p.estimate["seconds"], 1)
+        p.estimate["basis"] = (
+            f"{PROVISION_SECONDS // 60} min to {what} (assumed) + the restore at " + p.estimate["basis"]
+        )
 
 
 # What a database backup of a Supabase project does not hold, to redo by hand on a new project.
@@ -499,12 +503,7 @@ def _supabase_disaster(
         "redo what a database backup does not hold: " + "; ".join(SUPABASE_NOT_IN_A_DUMP),
         "the application connects with the new URL and keys and its smoke tests pass",
     ]
-    if p.estimate:
-        p.estimate["seconds"] = round(PROVISION_SECONDS + p.estimate["seconds"], 1)
-        p.estimate["basis"] = (
-            f"{PROVISION_SECONDS // 60} min to create the project (assumed) + the restore at "
-            + p.estimate["basis"]
-        )
+    _provisioned(p, "create the project")
     _loss(p, e, now, "now")
     return p
 
