@@ -135,7 +135,9 @@ def as_role(p: Project, role: str, sql: str, claims: dict[str, Any] | None = Non
     try:
         conn.run("BEGIN")
         if claims is not None:
+            # Both forms PostgREST has set (auth.uid() reads one or the other, by platform version).
             conn.run("SELECT set_config('request.jwt.claims', :c, true)", c=json.dumps(claims))
+            conn.run("SELECT set_config('request.jwt.claim.sub', :s, true)", s=str(claims.get("sub", "")))
         conn.run(f"SET LOCAL ROLE {role}")
         try:
             rows: list[list[Any]] = conn.run(sql)

@@ -42,7 +42,8 @@ READS = [
     ("supabase_auth_admin", None, "SELECT count(*) FROM auth.users"),
     ("supabase_auth_admin", None, "SELECT count(*) FROM auth.identities"),
     ("supabase_storage_admin", None, "SELECT count(*) FROM storage.objects"),
-    ("reporting", None, "SELECT count(*) FROM public.notes"),
+    ("reporting", None, "SELECT count(*) FROM public.audit"),
+    ("reporting", None, "SELECT count(*) FROM public.notes"),  # RLS and no policy for it: none
 ]
 
 
@@ -152,6 +153,7 @@ def test_round_trip_into_a_fresh_project(backed_up, before) -> None:  # type: ig
         assert shape_of(fresh) == before["shape"]
         assert rows_of(fresh) == before["rows"]  # profiles and audit rows not made twice by the trigger
         assert api_view(fresh) == before["api"]
+        assert before["api"][2] == [[4]] and before["api"][3] == [["user1@example.com", "pro"]]  # RLS by JWT
         # The user's trigger on auth.users works again: a new sign-up gets its profile.
         fresh.run_sql(
             "insert into auth.users (instance_id, id, aud, role, email) values "
