@@ -29,6 +29,12 @@ fi
 if [ "$dev" = 1 ]; then
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  # the change archive's output plugin (coldcopy changes; hosted Supabase has it installed)
+  for pgdir in /usr/lib/postgresql/*/lib; do
+    [ -d "$pgdir" ] || continue
+    major=$(basename "$(dirname "$pgdir")")
+    [ -f "$pgdir/wal2json.so" ] || need_apt+=("postgresql-$major-wal2json")
+  done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
