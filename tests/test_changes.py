@@ -18,9 +18,11 @@ import pg8000.native
 import pytest
 
 from cli_helpers import run_cli
+from coldcopy.alerting.notify import active_alerts
 from coldcopy.backup.logical import run_backup
 from coldcopy.changes.drain import drain
-from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop, load_health
+from coldcopy.changes.health import load_health
+from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop
 from coldcopy.changes.slot import setup
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
@@ -427,4 +429,16 @@ def test_the_drain_loop_drains_on_its_interval_within_its_budget(lpg: PgCluster,
     out = drain_loop(ctx, 55, lambda: T0, sleep=sleep, monotonic=lambda: clock[0])
     assert len(out["drains"]) == 4 and len(slept) == 3  # at 0, 15, 30 and 45 s of a minute's run
     assert sorted(ids_of(archived(ctx))) == [1, 2, 3]
+    conn.close()
+
+
+def test_the_alert_check_reads_the_stored_health(lpg: PgCluster, env: dict[str, str]) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    assert not [
+        a for a in active_alerts(settings, ctx.storage, ctx.catalog.read(), T0) if "changes" in a.rule
+    ]
+    drain_and_record(ctx, lambda: T0)  # the archive is in use from now on: its rules apply
+    later = T0 + timedelta(minutes=11)
+    rules = {a.rule for a in active_alerts(settings, ctx.storage, ctx.catalog.read(), later)}
+    assert "changes-stale" in rules
     conn.close()

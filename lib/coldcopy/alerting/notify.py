@@ -20,6 +20,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from coldcopy.alerting.email import EmailError, build_message, send
+from coldcopy.changes.health import load_health
 from coldcopy.config import Settings, SmtpConfig
 from coldcopy.core.alert_state import STATE_KEY, advance, delivered, delivery_alert, failed, parse_state
 from coldcopy.core.alerts import Alert, counts_by_severity, evaluate
@@ -80,7 +81,9 @@ def load_state(storage: ObjectStore) -> dict[str, Any]:
 
 def active_alerts(settings: Settings, storage: ObjectStore, cat: Catalog, now: datetime) -> list[Alert]:
     """The rules' alerts now (WAL rules from the tick's stored archive summary, when PITR is in use)."""
-    return evaluate(cat, recent_runs(storage, now), load(storage), settings.thresholds, now)
+    return evaluate(
+        cat, recent_runs(storage, now), load(storage), settings.thresholds, now, load_health(storage)
+    )
 
 
 # -- the tick's check and the views ---------------------------------------------------------------

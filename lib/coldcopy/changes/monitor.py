@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from coldcopy.changes.drain import DrainResult, Fault, drain
+from coldcopy.changes.health import load_health
 from coldcopy.changes.slot import slot_state
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context
@@ -25,21 +26,12 @@ from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.times import Clock, iso, parse_iso, utc_now
 from coldcopy.errors import ColdCopyError, NotFoundError
 from coldcopy.postgres.client import Postgres
-from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
 def archive_slot(settings: Settings) -> str:
     return slot_name(settings.cluster, settings.db_name)
-
-
-def load_health(storage: ObjectStore) -> ChangesHealth | None:
-    """The stored health; None when the change archive was never drained here."""
-    try:
-        return ChangesHealth.from_dict(storage.get_json(STATUS_KEY))
-    except NotFoundError:
-        return None
 
 
 def dumps_with_visibility(ctx: Context) -> list[tuple[str, str, SnapshotVisibility]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop, load_health
+from coldcopy.changes.health import load_health
+from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop
 from coldcopy.changes.slot import setup, slot_state, teardown
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
