@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
 
-import pg8000.native
 import pytest
 
 from cli_helpers import run_cli
@@ -14,17 +12,7 @@ from coldcopy.config import load_settings
 from coldcopy.context import open_context
 from coldcopy.localstack.s3server import S3Server
 from supabase_project import project
-from test_changes import archived
-
-
-def _objects(conn: pg8000.native.Connection) -> list[Any]:
-    return [
-        conn.run("SELECT nspname FROM pg_namespace ORDER BY 1"),
-        conn.run("SELECT evtname FROM pg_event_trigger ORDER BY 1"),
-        conn.run("SELECT slot_name FROM pg_replication_slots ORDER BY 1"),
-        conn.run("SELECT count(*) FROM pg_proc"),
-        conn.run("SELECT count(*) FROM pg_class"),
-    ]
+from test_changes import archived, catalog_objects
 
 
 @pytest.mark.timeout(180)
@@ -41,7 +29,7 @@ def test_setup_drain_and_teardown_as_postgres_on_the_stand_in(s3_server: S3Serve
         assert conn.run("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == [[False]]
         conn.run("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         conn.run("CREATE TABLE events (at timestamptz, what text)")  # no primary key
-        before = _objects(admin)
+        before = catalog_objects(admin)
         r = run_cli(env, "--json", "changes", "setup")
         assert r.rc == 0, r.err
         assert json.loads(r.out)["left_out"] == ["public.events"]
@@ -58,6 +46,6 @@ def test_setup_drain_and_teardown_as_postgres_on_the_stand_in(s3_server: S3Serve
         st = json.loads(r.out)
         assert st["left_out"] == ["public.events"] and st["slot_exists"] and st["last_error"] == ""
         assert run_cli(env, "changes", "teardown").rc == 0
-        assert _objects(admin) == before
+        assert catalog_objects(admin) == before
         admin.close()
         conn.close()
