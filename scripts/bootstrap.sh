@@ -30,6 +30,12 @@ if [ "$dev" = 1 ]; then
   # Debian's prometheus: promtool (tests/test_metrics.py) and the server (tests/test_prometheus.py)
   { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  # the change archive's output plugin (coldcopy changes; hosted Supabase has it installed)
+  for pgdir in /usr/lib/postgresql/*/lib; do
+    [ -d "$pgdir" ] || continue
+    major=$(basename "$(dirname "$pgdir")")
+    [ -f "$pgdir/wal2json.so" ] || need_apt+=("postgresql-$major-wal2json")
+  done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -143,6 +143,8 @@ class Settings:
     schedule_cleanup: str = "0 4 * * *"
     schedule_compliance: str = "0 1 1 * *"
     schedule_wal_sweep: str = ""  # empty: off (servers with archive_command need no sweep)
+    changes_interval_seconds: int = 15  # the change drain's pause between drains within one run
+    changes_batch_rows: int = 100_000  # decoded rows per stored batch (more for a bigger transaction)
     schedule_grace_minutes: int = 60
     job_history_days: int = 90  # finished runs, claims and schedule slots older than this are pruned
     launcher: str = "local"
@@ -391,6 +393,8 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_SCHEDULE_CLEANUP": ("schedule_cleanup", _cron, None),
     "COLDCOPY_SCHEDULE_COMPLIANCE": ("schedule_compliance", _cron, None),
     "COLDCOPY_SCHEDULE_WAL_SWEEP": ("schedule_wal_sweep", _cron, None),
+    "COLDCOPY_CHANGES_INTERVAL_SECONDS": ("changes_interval_seconds", _int(1, 300), None),
+    "COLDCOPY_CHANGES_BATCH_ROWS": ("changes_batch_rows", _int(1000, 10_000_000), None),
     "COLDCOPY_SCHEDULE_GRACE_MINUTES": ("schedule_grace_minutes", _int(5, 7 * 1440), None),
     "COLDCOPY_HEARTBEAT_STALE_SECONDS": ("thresholds.heartbeat_stale_seconds", _int(30, 86400), None),
     # At least 8 days: longer than the longest grace window, so a pruned slot can never be due again.
@@ -418,6 +422,8 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "ALERT_SIZE_LOW_RATIO": ("thresholds.size_low_ratio", _at_least(0), None),
     "ALERT_SIZE_HIGH_RATIO": ("thresholds.size_high_ratio", _at_least(1), None),
     "ALERT_SIZE_SAMPLE": ("thresholds.size_sample", _at_least(2, integer=True), None),
+    "ALERT_CHANGES_MAX_AGE_MINUTES": ("thresholds.changes_max_age_minutes", _at_least(1), None),
+    "ALERT_CHANGES_SLOT_LAG_RATIO": ("thresholds.changes_slot_lag_ratio", _at_least(0), None),
     "SMTP_HOST": ("smtp.host", str, None),
     "SMTP_PORT": ("smtp.port", _port, None),
     "SMTP_SECURITY": ("smtp.security", _security, None),

@@ -24,6 +24,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from coldcopy.alerting.email import EmailError, build_message, send
+from coldcopy.changes.health import load_health
 from coldcopy.config import Settings, SmtpConfig
 from coldcopy.core.alert_state import STATE_KEY, advance, delivered, delivery_alert, failed, parse_state
 from coldcopy.core.alerts import Alert, counts_by_severity, evaluate
@@ -86,8 +87,9 @@ def load_state(storage: ObjectStore) -> dict[str, Any]:
 
 def gather(storage: ObjectStore, now: datetime) -> MonitorState:
     """The rules' inputs besides the catalog, read from the records now (the tick, the CLI): the
-    recent run records, the stored WAL summary and the notifier's state."""
-    return build(now, recent_runs(storage, now), load(storage), load_state(storage))
+    recent run records, the stored WAL summary, the notifier's state and the change archive's
+    health."""
+    return build(now, recent_runs(storage, now), load(storage), load_state(storage), load_health(storage))
 
 
 def stored_or_gathered(storage: ObjectStore, now: datetime) -> tuple[MonitorState, bool]:
@@ -99,7 +101,7 @@ def stored_or_gathered(storage: ObjectStore, now: datetime) -> tuple[MonitorStat
 
 def active_alerts(settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime) -> list[Alert]:
     """The rules' alerts now (WAL rules from the tick's stored archive summary, when PITR is in use)."""
-    return evaluate(cat, inputs.runs, inputs.wal, settings.thresholds, now)
+    return evaluate(cat, inputs.runs, inputs.wal, settings.thresholds, now, inputs.changes)
 
 
 # -- the tick's check and the views ---------------------------------------------------------------

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from typing import Any
+
+import pg8000.native
 
 from coldcopy.backup.session import Session, commit, manifest_for, run_stream_backup, stored_object
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context
+from coldcopy.core.changes import SnapshotVisibility
 from coldcopy.core.manifest import Manifest, StoredObject, globals_key
 from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ColdCopyError, DatabaseError
@@ -42,8 +46,10 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     s = ctx.settings
     t0 = time.monotonic()
     # One exported snapshot for pg_dump and for the row counts, so the counts match the dump.
+    lsn_before = wal_lsn(conn)  # every transaction the snapshot misses commits after this
     conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
+    visibility = snapshot_visibility(conn, lsn_before)  # what the change archive replays on top
     args = _pg_dump_args(pg.tool("pg_dump").path, snapshot, s.db_name)
     writer = ses.data_writer()
 
@@ -96,12 +102,33 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
         row_counts=s.row_counts,
         globals=glob_obj,
         globals_note=glob_note,
-        extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed"},
+        extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed", **visibility},
         platform=facts.to_dict(),
         shape=shape,
     )
     commit(ctx, manifest)
     return manifest
+
+
+def wal_lsn(conn: pg8000.native.Connection) -> str:
+    """The server's WAL position now ("" on a standby, where there is none to read)."""
+    try:
+        return str(
+            conn.run("SELECT CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_current_wal_lsn()::text END")[0][0]
+        )
+    except pg8000.exceptions.DatabaseError:
+        return ""
+
+
+def snapshot_visibility(conn: pg8000.native.Connection, lsn_before: str) -> dict[str, Any]:
+    """The manifest's ``snapshot_visibility``: xmin, xmax and in-progress xids of the transaction's
+    snapshot (``pg_current_snapshot``, PostgreSQL 13+), so that a recovery from the change archive
+    applies exactly the transactions this dump does not contain; {} before PostgreSQL 13."""
+    try:
+        text = str(conn.run("SELECT pg_current_snapshot()::text")[0][0])
+    except pg8000.exceptions.DatabaseError:
+        return {}
+    return {"snapshot_visibility": SnapshotVisibility.parse(text, lsn_before).to_dict()}
 
 
 def _pg_dump_args(tool: str, snapshot: str, dbname: str) -> list[str]:

@@ -84,7 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_command(add)
     _plan_commands(add)
     _pitr_commands(add)
+    _changes_commands(add, action)
     return p
+
+
+def _changes_commands(add: AddCommand, action: Action) -> None:
+    c = add("changes", None, "the change archive: every committed transaction from a logical slot")
+    actions = c.add_subparsers(dest="changes_command", required=True, metavar="ACTION")
+    action(
+        actions, "setup", "changes:cmd_changes_setup", "create the slot, the DDL capture and the heartbeat"
+    )
+    action(
+        actions, "teardown", "changes:cmd_changes_teardown", "remove everything setup created (the slot too)"
+    )
+    d = action(actions, "drain", "changes:cmd_changes_drain", "archive what the slot holds, then advance it")
+    d.add_argument(
+        "--loop",
+        type=float,
+        metavar="SECONDS",
+        help="drain every COLDCOPY_CHANGES_INTERVAL_SECONDS for this long",
+    )
+    action(
+        actions, "status", "changes:cmd_changes_status", "slot lag, newest archived change, window, alerts"
+    )
 
 
 Action = Callable[..., argparse.ArgumentParser]

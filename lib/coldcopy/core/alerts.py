@@ -22,6 +22,7 @@ from typing import Any
 
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.changes import ChangesHealth, lag_ratio, table_list
 from coldcopy.core.jobs import FAILED, STALE_MARK, Run
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.times import iso, parse_iso
@@ -42,6 +43,11 @@ PLANS = {
     "stale-job": "coldcopy plan stale-job",
     "manifest-unreadable": "coldcopy plan corrupt-backup",
     "email-failing": "coldcopy alerts test-email",
+    "changes-drain-failing": "coldcopy plan change-archive",
+    "changes-stale": "coldcopy plan change-archive",
+    "changes-slot-lag": "coldcopy plan change-archive",
+    "changes-slot-lost": "coldcopy plan change-archive",
+    "changes-untracked": "coldcopy plan change-archive",
 }
 
 
@@ -82,6 +88,8 @@ class Thresholds:
     size_sample: int = 10
     size_min_samples: int = 3
     heartbeat_stale_seconds: int = 600
+    changes_max_age_minutes: float = 10.0
+    changes_slot_lag_ratio: float = 0.5
 
 
 # -- the rules ------------------------------------------------------------------------------------
@@ -91,8 +99,10 @@ def evaluate(
     wal: WalHealth | None,
     th: Thresholds,
     now: datetime,
+    changes: ChangesHealth | None = None,
 ) -> list[Alert]:
-    """Every active alert, critical first, then oldest first."""
+    """Every active alert, critical first, then oldest first (the change archive's rules fire only
+    when ``changes``, its health, is given: the archive is set up)."""
     entries = cat.entries()
     last = _last_success(entries)
     out = [
@@ -100,6 +110,7 @@ def evaluate(
         *_failed_backup(cat, last),
         *_verification(cat, entries, th, now),
         *_wal(wal, th, now),
+        *changes_alerts(changes, th, now),
         *_sizes(entries, th),
         *_stale_jobs(runs, th, now),
         *_unreadable(cat),
@@ -217,6 +228,54 @@ def _wal(wal: WalHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
                 f"{span.total_seconds() / 3600:.1f} hours, less than {th.min_recovery_window_hours:g} hours"
             )
             out.append(alert("recovery-window-short", WARNING, None, message))
+    return out
+
+
+def changes_alerts(h: ChangesHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
+    """The change archive's rules: drain failing, stale, slot lag, slot lost, what it cannot carry."""
+    if h is None:
+        return []
+    out = []
+    restart = "the change window restarts at the next logical backup; the next tick enqueues one"
+    if not h.slot_exists or h.slot_invalidated:
+        what = "was invalidated (it fell behind max_slot_wal_keep_size)" if h.slot_exists else "is missing"
+        since = h.window_end or "the start"
+        message = f"the replication slot {h.slot} {what}: changes since {since} are lost; {restart}"
+        out.append(alert("changes-slot-lost", CRITICAL, h.gap_since or h.checked_at, message, h.slot))
+    elif h.gap_since:
+        message = f"the change stream has a gap (detected {h.gap_since}): {restart}"
+        out.append(alert("changes-slot-lost", CRITICAL, h.gap_since, message, h.slot))
+    if h.last_error:
+        when = h.failing_since or h.last_error_at
+        message = f"draining the change archive fails since {when}: {h.last_error[:300]}"
+        out.append(alert("changes-drain-failing", CRITICAL, h.failing_since or h.last_error_at, message))
+    limit = timedelta(minutes=th.changes_max_age_minutes)
+    newest = h.last_drain_at
+    if newest is None:
+        out.append(alert("changes-stale", CRITICAL, None, "no change batch has been archived yet"))
+    elif now - parse_iso(newest) > limit:
+        message = (
+            f"no change batch archived since {newest} (more than {th.changes_max_age_minutes:g} minutes); "
+            f"the slot holds back {h.lag_bytes:,} bytes of WAL on the server"
+        )
+        out.append(alert("changes-stale", CRITICAL, parse_iso(newest) + limit, message))
+    ratio = lag_ratio(h)
+    if ratio is not None and ratio >= th.changes_slot_lag_ratio and h.slot_exists and not h.slot_invalidated:
+        message = (
+            f"the slot {h.slot} holds back {h.lag_bytes:,} bytes of WAL, {ratio:.0%} of "
+            f"max_slot_wal_keep_size ({h.max_keep_bytes:,} bytes): "
+            "at 100 % the server invalidates it and the change window is lost"
+        )
+        out.append(alert("changes-slot-lag", WARNING, None, message, h.slot))
+    if h.untracked_ddl:
+        message = (
+            f"the schema changed without a captured DDL command ({table_list(h.untracked_ddl)}): "
+            "a role whose DDL the event trigger cannot see ran it; take a logical backup"
+        )
+        out.append(alert("changes-untracked", WARNING, None, message, "ddl"))
+    if h.large_objects:
+        message = f"{h.large_objects} large objects exist: logical decoding does not carry them"
+        out.append(alert("changes-untracked", WARNING, None, message, "large-objects"))
     return out
 
 

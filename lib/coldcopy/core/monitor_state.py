@@ -24,6 +24,7 @@ from typing import Any
 
 from coldcopy.core.alert_state import parse_state
 from coldcopy.core.archive_report import WalGap, WalHealth
+from coldcopy.core.changes import ChangesHealth
 from coldcopy.core.jobs import Run
 from coldcopy.core.times import iso, parse_iso
 
@@ -41,6 +42,7 @@ class MonitorState:
     runs: tuple[Run, ...] = ()  # the newest run of each job kind
     wal: WalHealth | None = None
     alert_state: dict[str, Any] = field(default_factory=lambda: parse_state(None))
+    changes: ChangesHealth | None = None  # the change archive's health, once it was drained
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class MonitorState:
             "runs": [r.to_dict() for r in self.runs],
             "wal": None if self.wal is None else asdict(self.wal),
             "alert_state": self.alert_state,
+            "changes": None if self.changes is None else self.changes.to_dict(),
         }
 
 
@@ -61,10 +64,14 @@ def newest_runs(runs: Sequence[Run]) -> tuple[Run, ...]:
 
 
 def build(
-    now: datetime, runs: Sequence[Run], wal: WalHealth | None, alert_state: Mapping[str, Any]
+    now: datetime,
+    runs: Sequence[Run],
+    wal: WalHealth | None,
+    alert_state: Mapping[str, Any],
+    changes: ChangesHealth | None = None,
 ) -> MonitorState:
     """The state to store after a tick's alert check at ``now``."""
-    return MonitorState(iso(now), newest_runs(runs), wal, parse_state(dict(alert_state)))
+    return MonitorState(iso(now), newest_runs(runs), wal, parse_state(dict(alert_state)), changes)
 
 
 def wal_of(raw: Any) -> WalHealth | None:
@@ -88,7 +95,14 @@ def parse(raw: Any) -> MonitorState | None:
     except (KeyError, ValueError, TypeError):
         return None
     runs = tuple(Run.from_dict(r) for r in raw.get("runs") or [] if isinstance(r, dict))
-    return MonitorState(computed_at, runs, wal_of(raw.get("wal")), parse_state(raw.get("alert_state")))
+    changes = raw.get("changes")
+    return MonitorState(
+        computed_at,
+        runs,
+        wal_of(raw.get("wal")),
+        parse_state(raw.get("alert_state")),
+        ChangesHealth.from_dict(changes) if isinstance(changes, dict) else None,
+    )
 
 
 def freshness(computed_at: str | None, now: datetime) -> dict[str, Any]:

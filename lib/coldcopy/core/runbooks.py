@@ -64,6 +64,13 @@ ALIASES: dict[str, tuple[str, str]] = {
         "deletion",
         "The WAL archive needs attention; until it is healthy only the dumps below can be restored.",
     ),
+    "change-archive": (
+        "disaster",
+        "The change archive (`coldcopy changes status`) needs attention: fix the drain's error, or, "
+        "when the slot was lost, run `coldcopy changes setup` again and take a logical backup "
+        "(`coldcopy backup`): the change window restarts at that backup. A slot that no drain reads "
+        "keeps WAL on the server until its disk fills: `coldcopy changes teardown` when you stop.",
+    ),
     "recovery-window": (
         "deletion",
         "The recovery window is shorter than required: only the dumps below can be restored.",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coldcopy.backup.logical import run_backup
+from coldcopy.changes.monitor import drain_and_record
 from coldcopy.config import DB, Settings, missing, redact
 from coldcopy.context import Context, open_context
 from coldcopy.core.jobs import RUNNING, SUCCEEDED, Job, Run
@@ -106,6 +107,13 @@ def _wal_sweep(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Job kind -> handler.  The one place job kinds are defined.
+def _changes_drain(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """One drain of the change archive (the scheduled function drains every minute; this is the
+    runner's way to catch up after a long outage)."""
+    _require_db(ctx.settings)
+    return drain_and_record(ctx).to_dict()
+
+
 HANDLERS: dict[str, Handler] = {
     "backup-full": _backup("full"),
     "backup-compliance": _backup("compliance"),
@@ -113,6 +121,7 @@ HANDLERS: dict[str, Handler] = {
     "cleanup": cleanup_job,
     "restore-test": _restore_test,
     "wal-sweep": _wal_sweep,
+    "changes-drain": _changes_drain,
 }
 
 

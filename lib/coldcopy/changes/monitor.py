@@ -1,0 +1,168 @@
+"""The change archive's health (``state/changes-status.json``) and the drain loop the schedule runs.
+
+Each drain run writes the health once (one small rewrite per run: Spaces limits writes to one
+object), success or failure; the tick, ``/status``, ``/metrics`` and ``/alerts`` read it.  The
+window runs from the oldest logical backup whose snapshot the stream extends (taken after the
+stream began) to the newest archived commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from coldcopy.changes.drain import DrainResult, Fault, drain
+from coldcopy.changes.health import load_health
+from coldcopy.changes.slot import slot_state
+from coldcopy.config import Settings, redact
+from coldcopy.context import Context
+from coldcopy.core.changes import STATUS_KEY, ChangesHealth, SnapshotVisibility, slot_name, window_backup
+from coldcopy.core.lsn import parse_lsn
+from coldcopy.core.manifest import manifest_key
+from coldcopy.core.names import LOGICAL_KINDS
+from coldcopy.core.times import Clock, iso, parse_iso, utc_now
+from coldcopy.errors import ColdCopyError, NotFoundError
+from coldcopy.postgres.client import Postgres
+
+log = logging.getLogger(__name__)
+
+
+def archive_slot(settings: Settings) -> str:
+    return slot_name(settings.cluster, settings.db_name)
+
+
+def dumps_with_visibility(ctx: Context) -> list[tuple[str, str, SnapshotVisibility]]:
+    """Every catalogued logical backup that recorded its snapshot's visibility."""
+    out = []
+    for e in ctx.catalog.read_cached().entries():
+        if e.kind not in LOGICAL_KINDS:
+            continue
+        try:
+            extra = ctx.storage.get_json(manifest_key(e.name)).get("extra") or {}
+        except (NotFoundError, ValueError):
+            continue
+        vis = extra.get("snapshot_visibility")
+        if isinstance(vis, dict):
+            out.append((e.name, e.finished_at, SnapshotVisibility.from_dict(vis)))
+    return out
+
+
+def after_drain(ctx: Context, prev: ChangesHealth | None, r: DrainResult, now: datetime) -> ChangesHealth:
+    """The health after a successful drain."""
+    h = prev or ChangesHealth(r.slot, iso(now))
+    h.slot, h.checked_at = r.slot, iso(now)
+    h.slot_exists, h.slot_invalidated, h.wal_status = True, False, "reserved"
+    h.lag_bytes, h.confirmed_lsn = r.lag_bytes, r.confirmed_lsn
+    h.last_drain_at = r.heartbeat_at
+    h.last_error, h.last_error_at, h.failing_since = "", None, None
+    h.left_out, h.large_objects = r.left_out, r.large_objects
+    h.batches_stored = len(r.batches)
+    for b in r.batches:
+        if h.last_end_lsn and parse_lsn(b.start_lsn) != parse_lsn(h.last_end_lsn) and not b.resumed:
+            log.warning(
+                "the change stream restarts at %s (the previous batch ended at %s)",
+                b.start_lsn,
+                h.last_end_lsn,
+            )
+            h.gap_since = h.gap_since or iso(now)
+            h.stream_start_lsn = b.start_lsn
+        h.stream_start_lsn = h.stream_start_lsn or b.start_lsn
+        h.last_end_lsn = b.end_lsn
+    if r.untracked_ddl:
+        h.untracked_ddl = (h.untracked_ddl + r.untracked_ddl)[-20:]
+        h.untracked_since = h.untracked_since or iso(now)
+    h.window_end = r.heartbeat_at if h.stream_start_lsn else None
+    dumps = dumps_with_visibility(ctx)
+    fit = window_backup(dumps, h.stream_start_lsn)
+    h.window_backup, h.window_start = fit if fit else ("", None)
+    newest_dump = max((f for _, f, _ in dumps), default=None)
+    if h.gap_since and fit and parse_iso(fit[1]) > parse_iso(h.gap_since):
+        h.gap_since = None  # a dump after the gap: the window restarted there
+    if h.untracked_since and newest_dump and parse_iso(newest_dump) > parse_iso(h.untracked_since):
+        h.untracked_ddl, h.untracked_since = [], None
+    return h
+
+
+def after_failure(
+    ctx: Context, prev: ChangesHealth | None, slot: str, message: str, now: datetime
+) -> ChangesHealth:
+    """The health after a drain that failed with ``message`` (already redacted)."""
+    h = prev or ChangesHealth(slot, iso(now))
+    h.checked_at = iso(now)
+    h.last_error, h.last_error_at = message[:500], iso(now)
+    h.failing_since = h.failing_since or iso(now)
+    try:
+        with Postgres(ctx.settings).session() as conn:
+            st = slot_state(conn, slot)
+        h.slot_exists, h.wal_status, h.lag_bytes, h.max_keep_bytes = (
+            st.exists,
+            st.wal_status,
+            st.lag_bytes,
+            st.max_keep_bytes,
+        )
+        h.slot_invalidated = st.invalidated
+        if not st.exists or st.invalidated:
+            h.gap_since = h.gap_since or iso(now)
+    except ColdCopyError:
+        pass  # the database is unreachable: the error says so
+    return h
+
+
+def drain_and_record(
+    ctx: Context, now: Clock = utc_now, fault: Fault | None = None, max_batches: int | None = None
+) -> DrainResult:
+    """One drain of this cluster's slot, its health written whatever happens."""
+    settings = ctx.settings
+    slot = archive_slot(settings)
+    prev = load_health(ctx.storage)
+    try:
+        with Postgres(settings).session() as conn:
+            result = drain(ctx, conn, slot, now, fault, max_batches)
+            keep = slot_state(conn, slot).max_keep_bytes
+    except ColdCopyError as exc:
+        ctx.storage.put_json(
+            STATUS_KEY, after_failure(ctx, prev, slot, redact(exc.message, settings), now()).to_dict()
+        )
+        raise
+    except Exception as exc:
+        message = redact(f"{type(exc).__name__}: {exc}", settings)
+        ctx.storage.put_json(STATUS_KEY, after_failure(ctx, prev, slot, message, now()).to_dict())
+        raise
+    h = after_drain(ctx, prev, result, now())
+    h.max_keep_bytes = keep
+    last = [b for b in result.batches if b.transactions]
+    if last:
+        rec = ctx.storage.get_json(last[-1].key)
+        h.newest_commit_at = rec.get("last_commit_at") or h.newest_commit_at
+    ctx.storage.put_json(STATUS_KEY, h.to_dict())
+    return result
+
+
+def drain_loop(
+    ctx: Context,
+    budget_seconds: float,
+    now: Clock = utc_now,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Drain every ``COLDCOPY_CHANGES_INTERVAL_SECONDS`` until ``budget_seconds`` would pass (the
+    scheduled function: triggered every minute, it drains four times a minute by default)."""
+    interval = ctx.settings.changes_interval_seconds
+    t0 = monotonic()
+    runs: list[dict[str, Any]] = []
+    while True:
+        started = monotonic()
+        try:
+            r = drain_and_record(ctx, now)
+            runs.append({"at": r.heartbeat_at, "transactions": r.transactions, "batches": len(r.batches)})
+        except ColdCopyError as exc:
+            runs.append({"error": redact(exc.message, ctx.settings)})
+            break
+        took = monotonic() - started
+        if monotonic() - t0 + max(interval - took, 0) + took > budget_seconds:
+            break
+        sleep(max(interval - took, 0))
+    return {"drains": runs}

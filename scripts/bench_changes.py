@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Benchmark the change archive: pgbench at full speed against a local cluster (wal_level=logical)
+while the drain runs on the deployed schedule (every COLDCOPY_CHANGES_INTERVAL_SECONDS), into a
+moto S3 server over HTTP.  Prints, in one run: pgbench TPS, WAL bytes written, drain CPU seconds
+per GB of WAL, bytes stored per transaction, and the data-loss window (max, median) from commit to
+stored batch (a batch's stored_at minus each transaction's commit time).
+
+    .venv/bin/python scripts/bench_changes.py --seconds 120 --scale 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+from coldcopy.changes.monitor import archive_slot, drain_and_record  # noqa: E402
+from coldcopy.changes.slot import setup  # noqa: E402
+from coldcopy.config import load_settings  # noqa: E402
+from coldcopy.context import open_context  # noqa: E402
+from coldcopy.core.changes import BATCHES_PREFIX  # noqa: E402
+from coldcopy.core.lsn import parse_lsn  # noqa: E402
+from coldcopy.localstack.s3server import S3Server  # noqa: E402
+from coldcopy.postgres.cluster import PgCluster, find_bin_dir  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--interval", type=int, default=15)
+    ap.add_argument("--clients", type=int, default=2)
+    a = ap.parse_args()
+    settings = {"wal_level": "logical", "max_replication_slots": "10", "synchronous_commit": "on"}
+    with PgCluster(settings=settings) as pg, S3Server() as s3:
+        bucket = "bench-changes"
+        s3.create_bucket(bucket)
+        env = {
+            **pg.env(),
+            "DB_HOST": pg.host,
+            "DB_PORT": str(pg.port),
+            "DB_USER": pg.user,
+            "DB_PASSWORD": pg.password,
+            "DB_NAME": "postgres",
+            "DB_SSLMODE": "disable",
+            "COLDCOPY_CLUSTER": "bench",
+            **s3.spaces_env(bucket),
+            "BACKUP_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+            "COLDCOPY_CHANGES_INTERVAL_SECONDS": str(a.interval),
+        }
+        bench_env = {"PGPASSWORD": pg.password, "PATH": "/usr/bin:/bin"}
+        pgbench = [str(find_bin_dir() / "pgbench"), "-h", pg.host, "-p", str(pg.port), "-U", pg.user]
+        subprocess.run(
+            [*pgbench, "-i", "-q", "-s", str(a.scale), "postgres"],
+            env=bench_env,
+            check=True,
+            capture_output=True,
+        )
+        ctx = open_context(load_settings(env))
+        conn = pg.connect()
+        setup(conn, archive_slot(ctx.settings))
+        wal0 = parse_lsn(str(conn.run("SELECT pg_current_wal_lsn()::text")[0][0]))
+        stop = threading.Event()
+        cpu = [0.0]
+        drains = [0]
+
+        def drainer() -> None:
+            while not stop.is_set():
+                c0 = time.thread_time()
+                t0 = time.monotonic()
+                drain_and_record(ctx)
+                cpu[0] += time.thread_time() - c0
+                drains[0] += 1
+                stop.wait(max(a.interval - (time.monotonic() - t0), 0))
+
+        th = threading.Thread(target=drainer)
+        th.start()
+        out = subprocess.run(
+            [*pgbench, "-c", str(a.clients), "-j", str(a.clients), "-T", str(a.seconds), "postgres"],
+            env=bench_env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        stop.set()
+        th.join()
+        c0 = time.thread_time()
+        drain_and_record(ctx)  # the tail
+        cpu[0] += time.thread_time() - c0
+        wal = parse_lsn(str(conn.run("SELECT pg_current_wal_lsn()::text")[0][0])) - wal0
+        tps = next(line for line in out.splitlines() if line.startswith("tps"))
+        windows, stored, txns = [], 0, 0
+        for info in ctx.storage.list(BATCHES_PREFIX):
+            rec = ctx.storage.get_json(info.key)
+            stored += rec["stored_size"]
+            txns += rec["transactions"]
+            at = datetime.fromisoformat(rec["stored_at"].replace("Z", "+00:00"))
+            for key in ("first_commit_at", "last_commit_at"):
+                if rec.get(key):
+                    windows.append((at - datetime.fromisoformat(rec[key])).total_seconds())
+        report = {
+            "pgbench": tps,
+            "seconds": a.seconds,
+            "drains": drains[0] + 1,
+            "wal_bytes": wal,
+            "drain_cpu_seconds_per_gb_wal": round(cpu[0] / (wal / 1e9), 1) if wal else None,
+            "transactions_archived": txns,
+            "stored_bytes_per_transaction": round(stored / txns, 1) if txns else None,
+            "window_seconds_max": round(max(windows), 2) if windows else None,
+            "window_seconds_median": round(statistics.median(windows), 2) if windows else None,
+        }
+        print(json.dumps(report, indent=1))
+        conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,447 @@
+"""The change archive (`coldcopy changes`): setup/teardown, drains that lose and repeat nothing,
+bounded memory, exactness against the dump's snapshot, alerts.  Plain PostgreSQL with
+wal_level=logical and a real S3 server; the Supabase stand-in is in test_changes_supabase.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import secrets
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pg8000.native
+import pytest
+
+from cli_helpers import run_cli
+from coldcopy.alerting.notify import active_alerts, gather
+from coldcopy.backup.logical import run_backup
+from coldcopy.changes.drain import drain
+from coldcopy.changes.health import load_health
+from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop
+from coldcopy.changes.slot import setup
+from coldcopy.config import Settings, load_settings
+from coldcopy.context import Context, open_context
+from coldcopy.core.alerts import Thresholds, changes_alerts
+from coldcopy.core.changes import (
+    BATCHES_PREFIX,
+    Batch,
+    ChangesHealth,
+    SnapshotVisibility,
+    batch_key,
+    batch_start,
+    continuity_gaps,
+    prunable_batches,
+)
+from coldcopy.core.monitor_state import build, parse
+from coldcopy.errors import DatabaseError
+from coldcopy.localstack.s3server import S3Server
+from coldcopy.postgres.cluster import PgCluster
+from coldcopy.restore.logical import run_restore
+from coldcopy.stream.pipeline import Unpacker
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+# -- pure ------------------------------------------------------------------------------------------
+def test_snapshot_visibility_decides_per_transaction() -> None:
+    vis = SnapshotVisibility.parse("100:110:103,107", "0/10")
+    assert vis.visible(99) and vis.visible(102) and vis.visible(109)
+    assert not vis.visible(103) and not vis.visible(107) and not vis.visible(110) and not vis.visible(500)
+    assert SnapshotVisibility.from_dict(vis.to_dict()) == vis
+    # A 32-bit xid from the stream, against a snapshot in epoch 1.
+    wide = SnapshotVisibility.parse(f"{(1 << 32) + 5}:{(1 << 32) + 9}:{(1 << 32) + 6}")
+    assert wide.widen(6) == (1 << 32) + 6 and not wide.visible(6) and wide.visible(7) and not wide.visible(9)
+    # Just after wraparound: xid 0xFFFFFFF0 belongs to the previous epoch, so it is old.
+    assert wide.widen(0xFFFFFFF0) == 0xFFFFFFF0 and wide.visible(0xFFFFFFF0)
+    with pytest.raises(ValueError):
+        SnapshotVisibility.parse("nonsense")
+
+
+def test_batch_keys_sort_in_stream_order_and_retention_keeps_what_a_dump_needs() -> None:
+    keys = [batch_key(lsn) for lsn in ("0/FF", "0/1000", "1/0", "0/2")]
+    assert sorted(keys) == [batch_key(x) for x in ("0/2", "0/FF", "0/1000", "1/0")]
+    assert batch_start(batch_key("A/1B")) == "A/1B" and batch_start("changes/other") is None
+    b = [Batch("k1", "0/10", "0/20", 1, None, None, 1), Batch("k2", "0/20", "0/30", 1, None, None, 1)]
+    assert [x.key for x in prunable_batches(b, "0/20")] == ["k1"]
+    assert [x.key for x in prunable_batches(b, "0/30")] == ["k1", "k2"]
+    assert prunable_batches(b, None) == [] and prunable_batches(b, "0/1F") == []
+    assert continuity_gaps(b) == [] and continuity_gaps(
+        [b[0], Batch("k3", "0/40", "0/50", 1, None, None, 1)]
+    ) == [("0/20", "0/40")]
+
+
+def test_change_alert_rules() -> None:
+    th = Thresholds()
+    ok = ChangesHealth("s", "", last_drain_at="2026-12-01T11:58:00Z", max_keep_bytes=1000, lag_bytes=10)
+    assert changes_alerts(ok, th, T0) == []
+    stale = ChangesHealth("s", "", last_drain_at="2026-12-01T11:00:00Z")
+    assert [a.rule for a in changes_alerts(stale, th, T0)] == ["changes-stale"]
+    lag = ChangesHealth("s", "", last_drain_at="2026-12-01T11:59:00Z", max_keep_bytes=1000, lag_bytes=600)
+    assert [a.rule for a in changes_alerts(lag, th, T0)] == ["changes-slot-lag"]
+    lost = ChangesHealth("s", "", last_drain_at="2026-12-01T11:59:00Z", slot_invalidated=True, gap_since="x")
+    alerts = changes_alerts(lost, th, T0)
+    assert (
+        alerts[0].rule == "changes-slot-lost" and "restarts at the next logical backup" in alerts[0].message
+    )
+    failing = ChangesHealth(
+        "s", "", last_drain_at="2026-12-01T11:59:00Z", last_error="boom", failing_since="t"
+    )
+    assert [a.rule for a in changes_alerts(failing, th, T0)] == ["changes-drain-failing"]
+    untracked = ChangesHealth(
+        "s", "", last_drain_at="2026-12-01T11:59:00Z", untracked_ddl=["x"], large_objects=2
+    )
+    assert sorted(a.id for a in changes_alerts(untracked, th, T0)) == [
+        "changes-untracked:ddl",
+        "changes-untracked:large-objects",
+    ]
+
+
+# -- a logical cluster ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lpg() -> Iterator[PgCluster]:
+    with PgCluster(settings={"wal_level": "logical", "max_replication_slots": "20"}) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def env(lpg: PgCluster, s3_server: S3Server, bucket: str) -> Iterator[dict[str, str]]:
+    db = "cc" + secrets.token_hex(4)
+    lpg.create_database(db)
+    e = {
+        "DB_HOST": lpg.host,
+        "DB_PORT": str(lpg.port),
+        "DB_NAME": db,
+        "DB_USER": lpg.user,
+        "DB_PASSWORD": lpg.password,
+        "DB_SSLMODE": "disable",
+        "COLDCOPY_CLUSTER": db,
+        "COLDCOPY_CHANGES_BATCH_ROWS": "1000",
+        **s3_server.spaces_env(bucket),
+        "BACKUP_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+    }
+    yield e
+    conn = lpg.connect()
+    try:
+        conn.run(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = :d", d=db
+        )
+    finally:
+        conn.close()
+    lpg.drop_database(db)
+
+
+def _ctx(env: dict[str, str]) -> Context:
+    return open_context(load_settings(env))
+
+
+def _connect(lpg: PgCluster, env: dict[str, str]) -> pg8000.native.Connection:
+    return lpg.connect(env["DB_NAME"])
+
+
+def set_up(
+    lpg: PgCluster, env: dict[str, str], table_sql: str, **overrides: str
+) -> tuple[Settings, Context, pg8000.native.Connection]:
+    """Settings, context and a connection to a database with ``table_sql`` run and the archive set up."""
+    settings = load_settings({**env, **overrides})
+    conn = _connect(lpg, env)
+    conn.run(table_sql)
+    setup(conn, archive_slot(settings))
+    return settings, open_context(settings), conn
+
+
+def archived(ctx: Context) -> list[dict[str, Any]]:
+    """Every transaction in the archive, in stream order: xid, commit LSN and its rows."""
+    txns: list[dict[str, Any]] = []
+    for info in ctx.storage.list(BATCHES_PREFIX):
+        rec = ctx.storage.get_json(info.key)
+        unpacker = Unpacker(ctx.key)
+        raw = b"".join(
+            unpacker.feed(ctx.storage.get_bytes(f"{rec['data']['key']}.{i:06d}"))
+            for i in range(len(rec["data"]["volumes"]))
+        )
+        unpacker.finish(None)
+        for line in raw.decode().splitlines():
+            row = json.loads(line)
+            if row["action"] == "B":
+                txns.append({"xid": row["xid"], "rows": [], "batch": info.key})
+            elif row["action"] == "C":
+                txns[-1]["commit_lsn"] = row["nextlsn"]
+            else:
+                txns[-1]["rows"].append(row)
+    return txns
+
+
+def ids_of(txns: list[dict[str, Any]], table: str = "t") -> list[int]:
+    return [
+        next(c["value"] for c in r["columns"] if c["name"] == "id")
+        for t in txns
+        for r in t["rows"]
+        if r["table"] == table and r["action"] == "I"
+    ]
+
+
+def catalog_objects(conn: pg8000.native.Connection) -> list[Any]:
+    return [
+        conn.run("SELECT nspname FROM pg_namespace ORDER BY 1"),
+        conn.run("SELECT evtname FROM pg_event_trigger ORDER BY 1"),
+        conn.run("SELECT slot_name FROM pg_replication_slots ORDER BY 1"),
+        conn.run("SELECT count(*) FROM pg_proc"),
+        conn.run("SELECT count(*) FROM pg_class"),
+    ]
+
+
+def test_setup_reports_tables_without_identity_and_teardown_leaves_nothing(
+    lpg: PgCluster, env: dict[str, str]
+) -> None:
+    conn = _connect(lpg, env)
+    conn.run("CREATE TABLE keyed (id int PRIMARY KEY)")
+    conn.run("CREATE TABLE loose (a int)")
+    conn.run("CREATE TABLE loose_full (a int)")
+    conn.run("ALTER TABLE loose_full REPLICA IDENTITY FULL")
+    before = catalog_objects(conn)
+    r = run_cli(env, "--json", "changes", "setup")
+    assert r.rc == 0, r.err
+    out = json.loads(r.out)
+    assert out["left_out"] == ["public.loose"]
+    assert out["fixes"] == ['ALTER TABLE "public"."loose" REPLICA IDENTITY FULL;']
+    assert any(c.startswith("slot coldcopy_changes_") for c in out["created"])
+    again = json.loads(run_cli(env, "--json", "changes", "setup").out)  # idempotent
+    assert again["created"] == [] and len(again["existing"]) == 3
+    assert catalog_objects(conn) != before
+    r = run_cli(env, "changes", "teardown")
+    assert r.rc == 0 and "slot coldcopy_changes_" in r.out
+    assert catalog_objects(conn) == before
+    conn.close()
+
+
+def test_setup_needs_wal_level_logical(pg: PgCluster, env: dict[str, str]) -> None:
+    bad = {**env, "DB_HOST": pg.host, "DB_PORT": str(pg.port), "DB_NAME": "postgres"}
+    r = run_cli(bad, "changes", "setup")
+    assert r.rc != 0 and "wal_level" in r.err and "restart" in r.err
+
+
+def test_drains_killed_at_any_point_lose_and_repeat_nothing(lpg: PgCluster, env: dict[str, str]) -> None:
+    rng = random.Random(14)
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    conn.run("CREATE SEQUENCE s")
+    committed: list[int] = []
+    next_id = 0
+    kills = {"peeked": 0, "stored-volumes": 0, "stored-record": 0}
+    for _ in range(14):
+        for _ in range(rng.randint(1, 6)):  # transactions of 1..400 rows (batches cut at 1000 rows)
+            n = rng.randint(1, 400)
+            conn.run(
+                "INSERT INTO t SELECT g, 'x' FROM generate_series(:a::int, :b::int) g",
+                a=next_id,
+                b=next_id + n - 1,
+            )
+            conn.run("SELECT nextval('s')")
+            committed += range(next_id, next_id + n)
+            next_id += n
+        point = rng.choice([*kills, None])
+
+        def fault(step: str, point: str | None = point) -> None:
+            if step == point and rng.random() < 0.7:
+                kills[step] += 1
+                raise KeyboardInterrupt(f"killed at {step}")
+
+        with contextlib.suppress(KeyboardInterrupt):
+            drain(ctx, conn, archive_slot(settings), fault=fault)
+    result = drain(ctx, conn, archive_slot(settings))
+    assert result.batches == [] or all(b.transactions for b in result.batches)
+    assert all(kills.values()), kills  # every kill point was exercised
+    txns = archived(ctx)
+    ids = ids_of(txns)
+    assert sorted(ids) == committed  # nothing lost, nothing twice
+    xids = [t["xid"] for t in txns]
+    assert len(xids) == len(set(xids))
+    recs = [ctx.storage.get_json(i.key) for i in ctx.storage.list(BATCHES_PREFIX)]
+    assert continuity_gaps([Batch.from_record("", r) for r in recs]) == []
+    assert recs[-1]["sequences"]["public.s"] == int(conn.run("SELECT last_value FROM s")[0][0])
+    conn.close()
+
+
+def test_ddl_travels_in_commit_order(lpg: PgCluster, env: dict[str, str]) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    conn.run("INSERT INTO t VALUES (1, 'a')")
+    conn.run("ALTER TABLE t ADD COLUMN w int NOT NULL DEFAULT 7")
+    conn.run("INSERT INTO t VALUES (2, 'b', 8)")
+    conn.run("CREATE TABLE u (k int PRIMARY KEY)")
+    conn.run("INSERT INTO u VALUES (1)")
+    conn.run("DROP TABLE u")
+    conn.run("ALTER TABLE t RENAME COLUMN v TO vv")
+    conn.run("INSERT INTO t VALUES (3, 'c', 9)")
+    drain(ctx, conn, archive_slot(settings))
+    seen = []
+    for t in archived(ctx):
+        for r in t["rows"]:
+            if r["table"] == "ddl_log":
+                seen.append(next(c["value"] for c in r["columns"] if c["name"] == "query"))
+            elif r["table"] in ("t", "u"):
+                seen.append(f"{r['table']}:{[c['name'] for c in r['columns']]}")
+    assert seen == [
+        "t:['id', 'v']",
+        "ALTER TABLE t ADD COLUMN w int NOT NULL DEFAULT 7",
+        "t:['id', 'v', 'w']",
+        "CREATE TABLE u (k int PRIMARY KEY)",
+        "u:['k']",
+        "DROP TABLE u",
+        "ALTER TABLE t RENAME COLUMN v TO vv",
+        "t:['id', 'vv', 'w']",
+    ]
+    conn.close()
+
+
+def test_a_million_row_transaction_drains_in_bounded_memory(lpg: PgCluster, env: dict[str, str]) -> None:
+    settings, ctx, conn = set_up(
+        lpg, env, "CREATE TABLE big (id int PRIMARY KEY, v text)", COLDCOPY_CHANGES_BATCH_ROWS="10000"
+    )
+    conn.run("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g")
+    tracemalloc.start()
+    try:
+        result = drain(ctx, conn, archive_slot(settings))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    raw = sum(b.raw_size for b in result.batches)
+    rows = sum(b.rows for b in result.batches)
+    assert rows >= 1_000_002  # the rows, plus BEGIN and COMMIT
+    assert raw > 150 * 1024 * 1024
+    assert peak < 64 * 1024 * 1024, f"peak {peak / 1e6:.0f} MB for {raw / 1e6:.0f} MB of changes"
+    conn.close()
+
+
+def test_concurrent_commits_at_the_dumps_start_are_archived_exactly_once_relative_to_it(
+    lpg: PgCluster, env: dict[str, str]
+) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    conn.run("INSERT INTO t VALUES (1, 'before')")
+    pending = _connect(lpg, env)
+    pending.run("BEGIN")
+    pending.run("INSERT INTO t VALUES (2, 'in progress at the snapshot')")
+    stop = threading.Event()
+    hammered: list[int] = []
+
+    def hammer() -> None:
+        c = _connect(lpg, env)
+        i = 1000
+        while not stop.is_set():
+            c.run("INSERT INTO t VALUES (:i, 'concurrent')", i=i)
+            hammered.append(i)
+            i += 1
+        c.close()
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    done_after: list[bool] = []
+
+    def progress(raw: int, stored: int) -> None:
+        if not done_after:  # the snapshot is taken: commit the transaction it saw in progress
+            pending.run("COMMIT")
+            conn.run("INSERT INTO t VALUES (3, 'after the snapshot')")
+            done_after.append(True)
+
+    try:
+        while len(hammered) < 20:  # commits are flowing before the dump starts (no sleep: a count)
+            thread.join(0.01)
+        manifest = run_backup(settings, progress=progress, ctx=ctx)
+    finally:
+        stop.set()
+        thread.join()
+    vis = SnapshotVisibility.from_dict(manifest.extra["snapshot_visibility"])
+    drain(ctx, conn, archive_slot(settings))
+    target = env["DB_NAME"] + "_r"
+    run_restore(settings, manifest.name, target)
+    rc = lpg.connect(target)
+    in_dump = {int(r[0]) for r in rc.run("SELECT id FROM t")}
+    rc.close()
+    lpg.drop_database(target)
+    replayed: list[int] = []
+    for txn in archived(ctx):
+        ids = set(ids_of([txn]))
+        if vis.visible(txn["xid"]):
+            assert ids <= in_dump, (txn["xid"], vis)
+        else:
+            assert not ids & in_dump, (txn["xid"], vis)
+            replayed += ids
+    everything = {1, 2, 3, *hammered}
+    assert sorted(in_dump | set(replayed)) == sorted(everything)
+    assert len(replayed) == len(set(replayed))
+    assert 2 in replayed and 3 in replayed and 1 in in_dump
+    assert vis.xip, "the in-progress transaction is in the snapshot's xip"
+    conn.close()
+    pending.close()
+
+
+def test_invalidated_slot_raises_its_alert_and_marks_the_gap(lpg: PgCluster, env: dict[str, str]) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    conn.run("INSERT INTO t VALUES (1)")
+    clock = [T0]
+    drain_and_record(ctx, lambda: clock[0])
+    assert changes_alerts(load_health(ctx.storage), settings.thresholds, T0) == []
+    admin = lpg.connect()
+    try:
+        admin.run("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        admin.run("SELECT pg_reload_conf()")
+        for _ in range(5):
+            conn.run(
+                "INSERT INTO t SELECT g FROM generate_series(:a::int, :b::int) g",
+                a=10**6 * (_ + 1),
+                b=10**6 * (_ + 1) + 20000,
+            )
+            admin.run("SELECT pg_switch_wal()")
+        admin.run("CHECKPOINT")
+        assert conn.run(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = :s", s=archive_slot(settings)
+        ) == [["lost"]]
+    finally:
+        admin.run("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        admin.run("SELECT pg_reload_conf()")
+        admin.close()
+    clock[0] = T0 + timedelta(minutes=1)
+    with pytest.raises(DatabaseError, match="invalidated"):
+        drain_and_record(ctx, lambda: clock[0])
+    h = load_health(ctx.storage)
+    assert h is not None and h.slot_invalidated and h.gap_since == "2026-12-01T12:01:00Z"
+    rules = {a.rule: a for a in changes_alerts(h, settings.thresholds, clock[0])}
+    assert "changes-slot-lost" in rules and "next logical backup" in rules["changes-slot-lost"].message
+    r = run_cli(env, "changes", "status")
+    assert r.rc == 1 and "INVALIDATED" in r.out
+    conn.close()
+
+
+def test_the_drain_loop_drains_on_its_interval_within_its_budget(lpg: PgCluster, env: dict[str, str]) -> None:
+    settings, ctx, conn = set_up(
+        lpg, env, "CREATE TABLE t (id int PRIMARY KEY)", COLDCOPY_CHANGES_INTERVAL_SECONDS="15"
+    )
+    clock = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock[0] += s
+        conn.run("INSERT INTO t VALUES (:i)", i=len(slept))
+
+    out = drain_loop(ctx, 55, lambda: T0, sleep=sleep, monotonic=lambda: clock[0])
+    assert len(out["drains"]) == 4 and len(slept) == 3  # at 0, 15, 30 and 45 s of a minute's run
+    assert sorted(ids_of(archived(ctx))) == [1, 2, 3]
+    conn.close()
+
+
+def test_the_alert_check_reads_the_stored_health(lpg: PgCluster, env: dict[str, str]) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    inputs = gather(ctx.storage, T0)
+    assert inputs.changes is None
+    assert not [a for a in active_alerts(settings, ctx.catalog.read(), inputs, T0) if "changes" in a.rule]
+    drain_and_record(ctx, lambda: T0)  # the archive is in use from now on: its rules apply
+    later = T0 + timedelta(minutes=11)
+    inputs = parse(build(later, [], None, {}, gather(ctx.storage, later).changes).to_dict())  # as stored
+    assert inputs is not None and inputs.changes is not None
+    rules = {a.rule for a in active_alerts(settings, ctx.catalog.read(), inputs, later)}
+    assert "changes-stale" in rules
+    conn.close()
