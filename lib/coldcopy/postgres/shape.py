@@ -103,7 +103,8 @@ SELECT jsonb_build_object(
         AND ({USER_NS_SQL} OR (fn.nspname <> ALL ({_PLATFORM}) AND fn.nspname !~ '^pg_'))),
   'functions', (SELECT coalesce(jsonb_object_agg(n.nspname || '.' || p.proname || '('
       || pg_get_function_identity_arguments(p.oid) || ')',
-      p.prokind::text || ' ' || md5(coalesce(p.prosrc, ''))
+      p.prokind::text || CASE WHEN p.prosecdef THEN ' definer' ELSE '' END || ' ' || p.provolatile::text
+        || ' ' || md5(coalesce(p.prosrc, '') || coalesce(pg_get_function_result(p.oid), ''))
         || coalesce(' ' || array_to_string(p.proconfig, ','), '')), '{{}}')
       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
       WHERE {USER_NS_SQL} AND {_not_ext("pg_proc", "p.oid")}),
