@@ -6,7 +6,7 @@ import logging
 import subprocess
 import time
 
-from coldcopy.backup.session import Session, commit, manifest_for, run_stream_backup, stored_object
+from coldcopy.backup.session import Session, commit, manifest_for, phase, run_stream_backup, stored_object
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context
 from coldcopy.core.dump_counts import ArchiveError, RowCounter
@@ -49,7 +49,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     listed = pg.user_tables(conn)  # the catalog only; the rows are counted in the dump's stream
     facts = read_facts(conn)
     shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
-    log.debug("phase shape: %.3f s", time.monotonic() - t0)
+    phase("snapshot, tables and shape", t0)
     counter = StreamCounts() if s.row_counts == "exact" else None
     writer = ses.data_writer()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
@@ -78,7 +78,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     tables, row_counts = _row_counts(listed, counter)
     t1 = time.monotonic()
     glob_obj, glob_note = _globals(ctx, pg, name)
-    log.debug("phase roles: %.3f s", time.monotonic() - t1)
+    phase("roles (pg_dumpall)", t1)
     manifest = manifest_for(
         ses,
         kind=kind,
@@ -96,7 +96,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     )
     t1 = time.monotonic()
     commit(ctx, manifest)
-    log.debug("phase manifest: %.3f s", time.monotonic() - t1)
+    phase("manifest", t1)
     return manifest
 
 
