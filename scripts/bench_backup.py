@@ -30,10 +30,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
+from coldcopy.localstack.dbcompare import wait_until_alone
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.postgres.client import Postgres
@@ -103,7 +103,7 @@ def live_rows(pg: PgCluster) -> int:
 def reset_stats(pg: PgCluster) -> None:
     c = pg.connect(DB)
     try:
-        _quiet(c)
+        wait_until_alone(c, DB)
         c.run("SELECT pg_stat_reset()")
     finally:
         c.close()
@@ -114,24 +114,11 @@ def rows_read(pg: PgCluster) -> int:
     database has gone (a backend flushes its statistics on exit, before it leaves pg_stat_activity)."""
     c = pg.connect(DB)
     try:
-        _quiet(c)
+        wait_until_alone(c, DB)
         c.run("SELECT pg_stat_clear_snapshot()")
         return int(c.run("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables")[0][0])
     finally:
         c.close()
-
-
-def _quiet(c: Any) -> None:
-    for attempt in range(600):
-        left = c.run(
-            "SELECT count(*) FROM pg_stat_activity, pg_sleep(:p) "
-            "WHERE datname = :d AND pid <> pg_backend_pid()",
-            d=DB,
-            p=0 if attempt == 0 else 0.05,
-        )[0][0]
-        if not left:
-            return
-    raise SystemExit(f"sessions still open in {DB} after 30 s")
 
 
 def _cpu(pid: int | None) -> float:

@@ -11,6 +11,7 @@ import pytest
 
 from cli_helpers import run_cli
 from coldcopy.core.dump_counts import ArchiveError, RowCounter
+from coldcopy.localstack.dbcompare import wait_until_alone
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.cluster import PgCluster
 
@@ -126,22 +127,6 @@ def test_estimate_mode_still_records_estimates(pg: PgCluster, coldcopy_env: dict
     assert shown["tables"]["public.narrow"] == exact["public.narrow"]  # ANALYZE saw every row
 
 
-def _coldcopy_gone_and_stats_flushed(conn, db: str) -> None:  # type: ignore[no-untyped-def]
-    """Wait (polling the server, with a deadline) until no session of the backup is left in ``db``.
-    A backend flushes its table statistics on exit before it leaves pg_stat_activity."""
-    for attempt in range(600):
-        left = conn.run(
-            "SELECT count(*) FROM pg_stat_activity, pg_sleep(:pause) WHERE datname = :db "
-            "AND pid <> pg_backend_pid()",
-            db=db,
-            pause=0 if attempt == 0 else 0.05,
-        )[0][0]
-        if left == 0:
-            conn.run("SELECT pg_stat_clear_snapshot()")
-            return
-    raise AssertionError(f"sessions still open in {db} after 30 s")
-
-
 def test_one_backup_reads_each_row_once(pg: PgCluster, coldcopy_env: dict[str, str]) -> None:
     db = coldcopy_env["DB_NAME"]
     live = sum(count_star(pg, db).values())
@@ -149,12 +134,12 @@ def test_one_backup_reads_each_row_once(pg: PgCluster, coldcopy_env: dict[str, s
     try:
         conn.run("ALTER SYSTEM SET autovacuum = off")  # nothing else may scan the tables meanwhile
         conn.run("SELECT pg_reload_conf()")
-        _coldcopy_gone_and_stats_flushed(conn, db)  # the count(*) above is in the statistics
+        wait_until_alone(conn, db)  # the count(*) above is in the statistics
         conn.run("SELECT pg_stat_reset()")
         before = conn.run("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables")[0][0]
         assert before == 0
         _manifest(coldcopy_env)
-        _coldcopy_gone_and_stats_flushed(conn, db)
+        wait_until_alone(conn, db)
         read = conn.run("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables")[0][0]
         assert read == live, f"one backup read {read / live:.2f}x the live rows"
     finally:
