@@ -11,7 +11,11 @@ then measures on the same cluster and the same local S3 server:
 and coldcopy's own peak RSS (ru_maxrss of the coldcopy process itself, not its pg_dump child),
 again after the database has doubled.  Prints ratios against the targets.
 
-    .venv/bin/python scripts/bench_backup.py [--size-gb 1.0] [--skip-double] [--repeat 3]
+    .venv/bin/python scripts/bench_backup.py [--size-gb 1.0] [--small-gb 0.3] [--skip-double] [--repeat 3]
+
+Per size it also prints the rows the backup read (seq_tup_read after pg_stat_reset, as a multiple
+of the live rows: 1.00 when the dump is the only scan) and the fixed cost by phase (the
+interpreter's start, imports, then the `phase …` lines of `coldcopy --debug`).
 """
 
 from __future__ import annotations
@@ -29,16 +33,21 @@ from pathlib import Path
 
 import psutil
 
+from coldcopy.localstack.dbcompare import wait_until_alone
 from coldcopy.localstack.demodata import load_demo_data
 from coldcopy.localstack.s3server import S3Server
+from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.cluster import PgCluster
 
 DB = "benchdb"
+START = 0.0  # python -c pass, measured once in main()
 BUCKET = "bench-bucket"
 RUNNER = """
 import resource, sys, json, time
+t_imp = time.monotonic()
 from coldcopy.cli.main import main
 t0 = time.monotonic()
+print(f"phase imports: {t0 - t_imp:.3f} s", file=sys.stderr)
 rc = main(sys.argv[1:])
 me = resource.getrusage(resource.RUSAGE_SELF)
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -48,6 +57,7 @@ print(json.dumps({"rc": rc, "seconds": time.monotonic() - t0, "cpu_seconds": me.
 """
 
 
+PHASE = re.compile(r"phase ([^:]+): ([\d.]+) s")
 STREAMED = re.compile(r"dump streamed: \d+ bytes in ([\d.]+) s")
 COMPLETED = re.compile(r"upload complete after ([\d.]+) s")
 
@@ -76,6 +86,41 @@ def coldcopy(env: dict[str, str], *args: str) -> dict[str, float]:
     return stats  # type: ignore[no-any-return]
 
 
+def interpreter_start() -> float:
+    """The bare interpreter's start and exit (``python -c pass``), median of 5."""
+    return statistics.median(timed([sys.executable, "-c", "pass"], dict(os.environ)) for _ in range(5))
+
+
+def live_rows(pg: PgCluster) -> int:
+    """Every user table's rows (count(*): a scan, taken before the statistics are reset)."""
+    c = pg.connect(DB)
+    try:
+        return sum(Postgres.table_row_counts(c).values())
+    finally:
+        c.close()
+
+
+def reset_stats(pg: PgCluster) -> None:
+    c = pg.connect(DB)
+    try:
+        wait_until_alone(c, DB)
+        c.run("SELECT pg_stat_reset()")
+    finally:
+        c.close()
+
+
+def rows_read(pg: PgCluster) -> int:
+    """seq_tup_read over the user's tables since ``reset_stats``, once every other session in the
+    database has gone (a backend flushes its statistics on exit, before it leaves pg_stat_activity)."""
+    c = pg.connect(DB)
+    try:
+        wait_until_alone(c, DB)
+        c.run("SELECT pg_stat_clear_snapshot()")
+        return int(c.run("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables")[0][0])
+    finally:
+        c.close()
+
+
 def _cpu(pid: int | None) -> float:
     t = psutil.Process(pid).cpu_times() if pid else None
     if t is None:
@@ -101,16 +146,18 @@ def measure(
     repeat: int,
 ) -> dict[str, float]:
     b = pg.bin_dir
-    r: dict[str, float] = {"db_bytes": db_size(pg, DB)}
+    r: dict[str, float] = {"db_bytes": db_size(pg, DB), "live_rows": live_rows(pg)}
     r["pg_dump_fc"] = timed([str(b / "pg_dump"), "-Fc", DB], pgenv)
     # The floor and the backup alternate `repeat` times; medians are compared (a shared machine is
     # noisy, and a single pair can land on either side of a 1.3x target by chance).
     floors, backups = [], []
     for _ in range(repeat):
         floors.append(timed([str(b / "pg_dump"), "-Fc", "-Z0", DB], pgenv))
+        reset_stats(pg)
         cpu0 = _cpu(s3.pid)
         bk = coldcopy(env, "--debug", "backup", "--json")
         bk["s3_cpu"] = _cpu(s3.pid) - cpu0
+        bk["rows_read"] = rows_read(pg)
         backups.append(bk)
     r["pg_dump_z0"] = statistics.median(floors)
     seconds = [x["seconds"] for x in backups]
@@ -128,7 +175,9 @@ def measure(
         dump_bytes=info["raw_size_bytes"],
         stream_seconds=streamed,
         complete_seconds=completed - streamed,
+        rows_read=max(x["rows_read"] for x in backups),
     )
+    phases = {name: float(sec) for name, sec in PHASE.findall(str(bk["err"]))}
     if with_restore:
         with tempfile.TemporaryDirectory() as tmp:
             dump = Path(tmp) / "db.z0"
@@ -161,6 +210,17 @@ def measure(
         f"{r['complete_seconds']:.2f} s; start-up, roles and manifest the rest"
     )
     print(
+        f"  rows read per backup: {r['rows_read']:,} of {r['live_rows']:,} live rows = "
+        f"{r['rows_read'] / max(r['live_rows'], 1):.2f}x (target 1.00; seq_tup_read after pg_stat_reset)"
+    )
+    fixed = {"interpreter start": START, **phases}
+    print(
+        "  fixed cost by phase (median run): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in fixed.items())
+        + f"; total {sum(fixed.values()):.2f} s"
+    )
+    r.update({f"phase {k}": v for k, v in fixed.items()})
+    print(
         f"  CPU during the backup: coldcopy {r['backup_cpu']:.1f} s, "
         f"its pg_dump {r['backup_child_cpu']:.1f} s, the S3 server {r['s3_cpu']:.1f} s "
         f"(on {os.cpu_count()} cores, shared with the PostgreSQL backend)"
@@ -181,16 +241,12 @@ def main() -> int:
     ap.add_argument("--skip-double", action="store_true", help="skip the second run on a doubled database")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--repeat", type=int, default=3, help="floor/backup pairs per size (medians compared)")
+    ap.add_argument("--small-gb", type=float, default=0.3, help="a smaller database measured first (0: none)")
     a = ap.parse_args()
+    global START
+    START = interpreter_start()
     with PgCluster(settings={"shared_buffers": "256MB", "max_wal_size": "4GB"}) as pg, S3Server() as s3:
         s3.create_bucket(BUCKET)
-        pg.create_database(DB)
-        t0 = time.monotonic()
-        conn = pg.connect(DB)
-        scale = a.size_gb / 0.35  # demodata scale 1.0 is about 0.35 GB on disk
-        load_demo_data(conn, scale)
-        conn.close()
-        print(f"built the database in {time.monotonic() - t0:.0f} s ({db_size(pg, DB) / 1e9:.2f} GB)")
         env = {
             "PATH": os.environ["PATH"],
             "HOME": os.environ.get("HOME", "/root"),
@@ -205,7 +261,14 @@ def main() -> int:
             "BACKUP_ENCRYPTION_KEY": "bench-key-not-secret",
         }
         pgenv = {**os.environ, **pg.env(), "PGDATABASE": DB}
-        results = {"single": measure(pg, s3, env, pgenv, "database ×1", with_restore=True, repeat=a.repeat)}
+        results = {}
+        if a.small_gb:
+            _build(pg, a.small_gb)
+            small = measure(pg, s3, env, pgenv, "small database", with_restore=False, repeat=a.repeat)
+            results["small"] = small
+            pg.drop_database(DB)
+        _build(pg, a.size_gb)
+        results["single"] = measure(pg, s3, env, pgenv, "database ×1", with_restore=True, repeat=a.repeat)
         if not a.skip_double:
             _double(pg)
             results["double"] = measure(
@@ -219,6 +282,15 @@ def main() -> int:
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _build(pg: PgCluster, size_gb: float) -> None:
+    pg.create_database(DB)
+    t0 = time.monotonic()
+    conn = pg.connect(DB)
+    load_demo_data(conn, size_gb / 0.35)  # demodata scale 1.0 is about 0.35 GB on disk
+    conn.close()
+    print(f"built the database in {time.monotonic() - t0:.0f} s ({db_size(pg, DB) / 1e9:.2f} GB)")
 
 
 def _double(pg: PgCluster) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 
 import pg8000.native
 
-from coldcopy.backup.session import Session, commit, manifest_for, run_stream_backup, stored_object
+from coldcopy.backup.session import Session, commit, manifest_for, phase, run_stream_backup, stored_object
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context
 from coldcopy.core.changes import SnapshotVisibility
+from coldcopy.core.dump_counts import ArchiveError, RowCounter
 from coldcopy.core.manifest import Manifest, StoredObject, globals_key
 from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ColdCopyError, DatabaseError
@@ -45,30 +46,24 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     ctx, pg, conn, name = ses.ctx, ses.pg, ses.conn, ses.name
     s = ctx.settings
     t0 = time.monotonic()
-    # One exported snapshot for pg_dump and for the row counts, so the counts match the dump.
+    # One exported snapshot for pg_dump, the list of tables and the shape, so they all agree.
     lsn_before = wal_lsn(conn)  # every transaction the snapshot misses commits after this
     conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
     visibility = snapshot_visibility(conn, lsn_before)  # what the change archive replays on top
     args = _pg_dump_args(pg.tool("pg_dump").path, snapshot, s.db_name)
+    listed = pg.user_tables(conn)  # the catalog only; the rows are counted in the dump's stream
+    facts = read_facts(conn)
+    shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
+    phase("snapshot, tables and shape", t0)
+    counter = StreamCounts() if s.row_counts == "exact" else None
     writer = ses.data_writer()
-
-    counts = pg.counts_in_snapshot(snapshot, exact=s.row_counts == "exact")  # overlaps the dump
-    try:
-        facts = read_facts(conn)
-        shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
-    except BaseException:
-        counts.cancel(via=conn)
-        raise
-    try:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
-    except BaseException:
-        counts.cancel(via=conn)
-        raise
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
     assert proc.stdout is not None and proc.stderr is not None
     errors = StderrTail(proc.stderr)
     try:
-        stats = pack_stream(proc.stdout, writer, ctx.key, s.zstd_level, progress)
+        tap = counter.feed if counter else None
+        stats = pack_stream(proc.stdout, writer, ctx.key, s.zstd_level, progress, tap=tap)
         log.debug("dump streamed: %d bytes in %.2f s", stats.raw_size, time.monotonic() - t0)
         rc = proc.wait()
         if rc != 0:
@@ -80,17 +75,16 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
             )
         volumes = writer.complete()
         log.debug("upload complete after %.2f s", time.monotonic() - t0)
-        tables = counts.result()
     except BaseException:
         proc.kill()
         proc.wait()
-        counts.cancel(via=conn)
         writer.abort()
         raise
-    log.debug("row counts taken after %.2f s", time.monotonic() - t0)
     conn.run("COMMIT")
+    tables, row_counts = _row_counts(listed, counter)
+    t1 = time.monotonic()
     glob_obj, glob_note = _globals(ctx, pg, name)
-    log.debug("roles saved after %.2f s", time.monotonic() - t0)
+    phase("roles (pg_dumpall)", t1)
     manifest = manifest_for(
         ses,
         kind=kind,
@@ -99,14 +93,16 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
         stats=stats,
         volumes=volumes,
         tables=tables,
-        row_counts=s.row_counts,
+        row_counts=row_counts,
         globals=glob_obj,
         globals_note=glob_note,
         extra={"format": "pg_dump custom (-Fc -Z0), zstd-compressed", **visibility},
         platform=facts.to_dict(),
         shape=shape,
     )
+    t1 = time.monotonic()
     commit(ctx, manifest)
+    phase("manifest", t1)
     return manifest
 
 
@@ -129,6 +125,46 @@ def snapshot_visibility(conn: pg8000.native.Connection, lsn_before: str) -> dict
     except pg8000.exceptions.DatabaseError:
         return {}
     return {"snapshot_visibility": SnapshotVisibility.parse(text, lsn_before).to_dict()}
+
+
+class StreamCounts:
+    """The dump's rows per table, counted as its bytes pass (``core.dump_counts``).  An archive
+    this reader does not understand (a future pg_dump) stops the counting, not the backup."""
+
+    def __init__(self) -> None:
+        self.counter = RowCounter()
+        self.error = ""
+
+    def feed(self, data: bytes) -> None:
+        if self.error:
+            return
+        try:
+            self.counter.feed(data)
+        except ArchiveError as exc:
+            self.error = str(exc)
+
+    def result(self) -> dict[str, int] | None:
+        """The counts, or None (and ``error`` says why) when they could not be read."""
+        if not self.error:
+            try:
+                return self.counter.finish()
+            except ArchiveError as exc:
+                self.error = str(exc)
+        return None
+
+
+def _row_counts(listed: dict[str, int], counter: StreamCounts | None) -> tuple[dict[str, int], str]:
+    """The manifest's tables and how their counts were taken: exact from the dump's stream, or the
+    planner's estimates (COLDCOPY_ROW_COUNTS=estimate, or when the stream could not be read)."""
+    counts = counter.result() if counter else None
+    if counter and counts is None:
+        log.warning("row counts could not be read from the dump (%s); recording estimates", counter.error)
+    if counts is None:
+        return listed, "estimate"
+    missing = sorted(set(listed) - set(counts))
+    if missing:  # tables pg_dump leaves out (in a schema an extension owns): not in the backup
+        log.warning("pg_dump wrote no rows for %d tables: %s", len(missing), ", ".join(missing[:20]))
+    return {t: counts[t] for t in listed if t in counts}, "exact"
 
 
 def _pg_dump_args(tool: str, snapshot: str, dbname: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,6 +55,12 @@ class Session:
         )
 
 
+def phase(name: str, since: float) -> None:
+    """Log how long a fixed-cost phase of a backup took (``--debug``; scripts/bench_backup.py
+    reads these lines)."""
+    log.debug("phase %s: %.3f s", name, time.monotonic() - since)
+
+
 def stored_object(key: str, stats: StreamStats, volumes: list[int] | None = None) -> StoredObject:
     """What the manifest records of a stored payload: its sizes, checksums and volumes."""
     return StoredObject(
@@ -73,7 +80,9 @@ def run_stream_backup(
     """The life of every backup, logical or physical: connect, check the tool against the server,
     clean up after killed runs, claim a name, run ``body`` (which commits the manifest), leave
     nothing behind on failure and record it, then index the backup in the catalog."""
+    t0 = time.monotonic()
     ctx = ctx or open_context(settings)
+    phase("storage client", t0)
     started = now()
     claimed: list[str] = []
     try:
@@ -83,11 +92,13 @@ def run_stream_backup(
         _record_failure(ctx, name, kind, exc)
         raise
     try:
+        t0 = time.monotonic()
         key = ctx.catalog.record(
             "backup", manifest.name, {"name": manifest.name, "entry": manifest.entry().to_dict()}
         )
         log.debug("journal record %s written", key)
         ctx.catalog.refresh()
+        phase("catalog", t0)
     except ColdCopyError as exc:
         log.warning(
             "backup %s is stored, but the catalog could not be updated (%s); run `coldcopy catalog rebuild`",
@@ -120,19 +131,31 @@ def _in_session(
     claimed: list[str],
     body: Callable[[Session], Manifest],
 ) -> Manifest:
+    t0 = time.monotonic()
+    if ctx.settings.encrypted:
+        assert ctx.key is not None  # derived here (scrypt), not in the middle of the stream
+    phase("key derivation", t0)
+    t0 = time.monotonic()
     pg = Postgres(ctx.settings)
     tool = pg.tool(tool_name)
+    phase("client tool version", t0)
+    t0 = time.monotonic()
     conn = pg.connect()  # fails early on a bad password, before anything is written
     try:
         server_num, server_text = pg.server_version(conn)
+        phase("connection", t0)
         if tool.major < major_of(server_num):
             raise DatabaseError(
                 f"the local {tool_name} is version {tool.major} but the server runs {server_text}",
                 f"install postgresql-client-{major_of(server_num)} (or newer) or point PG_BIN_DIR at it",
             )
+        t0 = time.monotonic()
         clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
+        phase("stale uploads", t0)
+        t0 = time.monotonic()
         name, marker = claim_name(ctx, kind, started)
         claimed.append(name)
+        phase("name claim", t0)
         try:
             return body(Session(ctx, pg, conn, name, started, (server_num, server_text), tool))
         except BaseException:

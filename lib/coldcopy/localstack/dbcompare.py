@@ -168,3 +168,21 @@ def _limited(lines: Iterable[str]) -> list[str]:
     if len(items) > _MAX_LISTED:
         return [*items[:_MAX_LISTED], f"… and {len(items) - _MAX_LISTED} more like these"]
     return items
+
+
+def wait_until_alone(conn: pg8000.native.Connection, db: str, deadline_polls: int = 600) -> None:
+    """Poll (on the server, 50 ms apart, at most ``deadline_polls`` times) until ``conn`` is the only
+    session in ``db``; then its next statistics read is fresh.  A backend flushes its table
+    statistics on exit before it leaves pg_stat_activity, so afterwards ``pg_stat_user_tables``
+    holds everything the departed sessions read (tests and benchmarks of rows read)."""
+    for attempt in range(deadline_polls):
+        left = conn.run(
+            "SELECT count(*) FROM pg_stat_activity, pg_sleep(:pause) "
+            "WHERE datname = :db AND pid <> pg_backend_pid()",
+            db=db,
+            pause=0 if attempt == 0 else 0.05,
+        )[0][0]
+        if not left:
+            conn.run("SELECT pg_stat_clear_snapshot()")
+            return
+    raise TimeoutError(f"sessions still open in {db} after {deadline_polls} polls")

@@ -1,13 +1,11 @@
 """The PostgreSQL adapter: connections (pg8000), the client programs' environment, and database
-administration (create, drop, rename, copy properties, row counts)."""
+administration (create, drop, rename, copy properties, the user's tables and their row counts)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -153,7 +151,15 @@ class Postgres:
         return num, text
 
     @staticmethod
-    def table_row_counts(conn: pg8000.native.Connection, exact: bool = True) -> dict[str, int]:
+    def user_tables(conn: pg8000.native.Connection) -> dict[str, int]:
+        """``schema.table`` of every user table (relkind r: partitions, not their parents; not an
+        extension's), with the planner's row estimate (``pg_class.reltuples``).  Catalog only: no
+        table is scanned."""
+        return {f"{schema}.{table}": estimate for schema, table, estimate in Postgres.user_table_rows(conn)}
+
+    @staticmethod
+    def user_table_rows(conn: pg8000.native.Connection) -> list[tuple[str, str, int]]:
+        """(schema, table, estimated rows) of :meth:`user_tables`, names apart."""
         tables = conn.run(
             "SELECT n.nspname, c.relname, c.reltuples::bigint FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -162,18 +168,17 @@ class Postgres:
             "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
             "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2"
         )
-        counts: dict[str, int] = {}
-        for schema, table, estimate in tables:
-            qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
-            if exact:
-                counts[f"{schema}.{table}"] = int(conn.run(f"SELECT count(*) FROM ONLY {qualified}")[0][0])
-            else:
-                counts[f"{schema}.{table}"] = max(int(estimate), 0)
-        return counts
+        return [(str(schema), str(table), max(int(estimate), 0)) for schema, table, estimate in tables]
 
-    def counts_in_snapshot(self, snapshot: str, exact: bool) -> SnapshotCounts:
-        """Start counting rows in an exported snapshot on a second connection (see SnapshotCounts)."""
-        return SnapshotCounts(self, snapshot, exact)
+    @staticmethod
+    def table_row_counts(conn: pg8000.native.Connection) -> dict[str, int]:
+        """``count(*)`` of every user table (see :meth:`user_tables`): a full scan of each, for
+        checking a restored database, never the user's own during a backup."""
+        counts: dict[str, int] = {}
+        for schema, table, _ in Postgres.user_table_rows(conn):
+            qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
+            counts[f"{schema}.{table}"] = int(conn.run(f"SELECT count(*) FROM ONLY {qualified}")[0][0])
+        return counts
 
     # -- administration -----------------------------------------------------------------------------
     def database_exists(self, conn: pg8000.native.Connection, name: str) -> bool:
@@ -295,54 +300,3 @@ def _unreachable(exc: Exception) -> bool:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+(-[0-9A-F]+)+$")
-
-
-class SnapshotCounts:
-    """Row counts taken in a background thread, in the snapshot the dump reads.
-
-    Counting while pg_dump streams rather than after it takes the counts off the backup's
-    critical path (on a remote server they cost the runner nothing).  A second connection imports
-    the snapshot, so the numbers match the dump exactly.
-    """
-
-    def __init__(self, pg: Postgres, snapshot: str, exact: bool) -> None:
-        if not _SNAPSHOT_ID.match(snapshot):
-            raise DatabaseError(f"unexpected snapshot id {snapshot!r} from the server")
-        self._conn = pg.connect()
-        self._pid = int(self._conn.run("SELECT pg_backend_pid()")[0][0])
-        self._conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        self._conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-        self._counts: dict[str, int] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(exact,), name="row-counts", daemon=True)
-        self._thread.start()
-
-    def _run(self, exact: bool) -> None:
-        try:
-            self._counts = Postgres.table_row_counts(self._conn, exact)
-        except BaseException as exc:  # handed to result()
-            self._error = exc
-
-    def result(self) -> dict[str, int]:
-        """Wait for the counts; raises what the counting raised."""
-        self._thread.join()
-        self._close()
-        if self._error is not None:
-            raise self._error
-        assert self._counts is not None
-        return self._counts
-
-    def cancel(self, via: pg8000.native.Connection) -> None:
-        """Stop a count still running (the backup failed) and close the connection."""
-        if self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                via.run("SELECT pg_cancel_backend(:p)", p=self._pid)
-        self._thread.join()
-        self._close()
-
-    def _close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()

@@ -85,8 +85,10 @@ def pack_stream(
     level: int,
     progress: Progress | None = None,
     threads: int = 0,
+    tap: Callable[[bytes], None] | None = None,
 ) -> StreamStats:
-    """Read ``source`` to EOF through the packer into ``sink``.
+    """Read ``source`` to EOF through the packer into ``sink``; ``tap`` sees every raw chunk, in
+    order, after it was packed (a backup counts the dump's rows there as they pass).
 
     The source is drained by its own thread (``prefetch``) so the producer (pg_dump) never waits
     while a chunk is being compressed; zstd and AES release the GIL, so the stages overlap.
@@ -94,6 +96,8 @@ def pack_stream(
     packer = Packer(sink, key, level, threads)
     for chunk in prefetch(read_chunks(source)):
         packer.write(chunk)
+        if tap:
+            tap(chunk)
         if progress:
             progress(packer.raw_size, packer.stored_size)
     return packer.close()
