@@ -53,8 +53,8 @@ def scrypt(secret: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 def plaintext(src: Readable) -> Iterator[bytes]:
     """Verify and decrypt the stream in ``src``, frame by frame."""
     head = read_exact(src, 10, "the header")
-    if head[:5] != b"CCENC" or head[5] != 1:
-        raise Bad("not a ColdCopy stream of format version 1")
+    if head[:5] != b"CCENC" or head[5] not in (1, 2):  # 2: params also name the object ("object")
+        raise Bad("not a ColdCopy stream of format version 1 or 2")
     params_raw = read_exact(src, int.from_bytes(head[6:10], "big"), "the header")
     aad = hashlib.sha256(head + params_raw).digest()  # binds every frame to magic, version and params
     env_len = int.from_bytes(read_exact(src, 4, "the header"), "big")

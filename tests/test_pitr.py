@@ -597,7 +597,7 @@ def test_wal_pushd_stores_and_refuses_conflicts_and_a_second_daemon(
 def unpack_stored(ctx: Any, name: str) -> bytes:
     from coldcopy.wal.archive import unpack
 
-    return unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
+    return unpack(ctx, ctx.storage.get_bytes(wal_key(name)), wal_key(name))
 
 
 def test_wal_fetch_prefetches_ahead_and_serves_from_the_spool(
@@ -774,7 +774,7 @@ def test_wal_sweep_streams_from_a_slot_and_archives_complete_segments(
     assert storage.exists(wal_key(closed))
     from coldcopy.wal.archive import unpack
 
-    stored = unpack(open_context(s), storage.get_bytes(wal_key(closed)))
+    stored = unpack(open_context(s), storage.get_bytes(wal_key(closed)), wal_key(closed))
     assert len(stored) == 16 << 20
     archiving.sql("SELECT pg_drop_replication_slot('coldcopy_sweeptest')")
 

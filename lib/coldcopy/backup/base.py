@@ -26,7 +26,7 @@ from typing import Any
 from coldcopy.backup.session import Session, commit, manifest_for, run_stream_backup
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context
-from coldcopy.core.manifest import Manifest
+from coldcopy.core.manifest import Manifest, data_key
 from coldcopy.core.pg_basebackup import TarWatcher, wal_positions
 from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.errors import DatabaseError
@@ -94,7 +94,7 @@ def _stream(
     assert proc.stdout is not None and proc.stderr is not None
     errors = StderrTail(proc.stderr)
     try:
-        packer = Packer(writer, ctx.key, s.zstd_level)
+        packer = Packer(writer, ctx.key, s.zstd_level, object_key=data_key(ses.name))
         for chunk in prefetch(read_chunks(proc.stdout)):
             watcher.feed(chunk)
             packer.write(chunk)

@@ -14,7 +14,7 @@ from coldcopy.config import Settings, redact
 from coldcopy.context import Context
 from coldcopy.core.changes import SnapshotVisibility
 from coldcopy.core.dump_counts import ArchiveError, RowCounter
-from coldcopy.core.manifest import Manifest, StoredObject, globals_key
+from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key
 from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ColdCopyError, DatabaseError
 from coldcopy.postgres.client import Postgres
@@ -63,7 +63,9 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     errors = StderrTail(proc.stderr)
     try:
         tap = counter.feed if counter else None
-        stats = pack_stream(proc.stdout, writer, ctx.key, s.zstd_level, progress, tap=tap)
+        stats = pack_stream(
+            proc.stdout, writer, ctx.key, s.zstd_level, progress, tap=tap, object_key=data_key(name)
+        )
         log.debug("dump streamed: %d bytes in %.2f s", stats.raw_size, time.monotonic() - t0)
         rc = proc.wait()
         if rc != 0:
@@ -191,6 +193,6 @@ def _globals(ctx: Context, pg: Postgres, name: str) -> tuple[StoredObject | None
     except ColdCopyError as exc:
         log.warning("roles were not saved: %s", exc.message)
         return None, f"roles not saved: {exc.message[:300]}"
-    blob, stats = pack_bytes(sql, ctx.key, ctx.settings.zstd_level)
+    blob, stats = pack_bytes(sql, ctx.key, ctx.settings.zstd_level, object_key=globals_key(name))
     ctx.storage.put_bytes(globals_key(name), blob, create_only=True)
     return stored_object(globals_key(name), stats), ""

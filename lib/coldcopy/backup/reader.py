@@ -59,7 +59,7 @@ class BackupReader:
         """Decrypt and decompress ``obj`` into ``sink``; raises IntegrityError on any mismatch.  The
         volumes are read as one stream, so a missing, shortened, reordered or swapped volume
         breaks the frame sequence (docs/encryption-format.md) like a damaged byte."""
-        unpacker = Unpacker(self.ctx.key)
+        unpacker = Unpacker(self.ctx.key, expect_object=obj.key)
         for chunk in prefetch(read_volumes(self.ctx.storage, obj, CHUNK)):
             raw = unpacker.feed(chunk)
             if raw:

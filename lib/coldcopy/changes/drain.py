@@ -198,7 +198,7 @@ def drain_batch(
     scan = _Scan(_previous_fingerprint(ctx, start))
     attempt = secrets.token_hex(4)
     writer = VolumeWriter(ctx.storage, data_key(start, attempt), volume_size=VOLUME_SIZE, concurrency=2)
-    packer = Packer(writer, ctx.key, ctx.settings.zstd_level)
+    packer = Packer(writer, ctx.key, ctx.settings.zstd_level, object_key=data_key(start, attempt))
     rows = 0
     opts = _options(left_out)
     placeholders = ", ".join(f":o{i}" for i in range(len(opts)))

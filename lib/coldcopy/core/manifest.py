@@ -189,3 +189,20 @@ class CatalogEntry:
     def from_dict(cls, d: dict[str, Any]) -> CatalogEntry:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_identity(manifest: Manifest, name: str) -> None:
+    """IntegrityError unless the manifest stored as ``name``'s is ``name``'s and names only its
+    own objects (a manifest copied from another backup, or edited to point at one)."""
+    if manifest.name != name:
+        raise IntegrityError(
+            f"the manifest stored for {name} is the manifest of {manifest.name[:80]}",
+            "the backup's objects were swapped or copied; keep them for inspection and use another backup",
+        )
+    own = f"backups/{name}/"
+    strays = [o.key for o in manifest.objects() if not o.key.startswith(own)]
+    if strays:
+        raise IntegrityError(
+            f"the manifest of {name} names objects of another backup: {', '.join(strays[:3])}",
+            "the manifest was altered; keep it for inspection and use another backup",
+        )

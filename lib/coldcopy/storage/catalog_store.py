@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coldcopy.core.catalog import JOURNAL, Catalog, journal_key, start_after
-from coldcopy.core.manifest import Manifest, manifest_key
+from coldcopy.core.manifest import Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
 from coldcopy.storage.store import ObjectStore
@@ -147,7 +147,9 @@ class CatalogStore:
     def _manifests(self, names: list[str]) -> dict[str, Manifest | str]:
         def one(name: str) -> tuple[str, Manifest | str | None]:
             try:
-                return name, Manifest.from_dict(self.storage.get_json(manifest_key(name)))
+                manifest = Manifest.from_dict(self.storage.get_json(manifest_key(name)))
+                check_identity(manifest, name)
+                return name, manifest
             except NotFoundError:
                 return name, None  # unfinished (or being cleaned up): not a backup
             except IntegrityError as exc:
@@ -166,11 +168,13 @@ class CatalogStore:
                 f"no backup named {name}", "run `coldcopy list-backups` to see the backups"
             ) from None
         try:
-            return Manifest.from_dict(json.loads(raw))
+            manifest = Manifest.from_dict(json.loads(raw))
         except ValueError:
             raise IntegrityError(
                 f"manifest of {name} is not valid JSON", "the backup cannot be trusted; use another backup"
             ) from None
+        check_identity(manifest, name)  # not another backup's manifest, stored (or edited) as this one's
+        return manifest
 
 
 def _copy(cat: Catalog) -> Catalog:

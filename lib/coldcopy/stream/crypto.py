@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from coldcopy.errors import ColdCopyError, IntegrityError, WrongKeyError
 
 MAGIC = b"CCENC"
-VERSION = 1
+VERSION = 2  # 2: params name the object the stream was written as ("object"); 1 had no name
+READABLE_VERSIONS = (1, 2)
+OBJECT_MAX = 1024  # characters of a bound object name
 ALG_AES = "AES-256-GCM"
 ALG_NONE = "none"
 DEFAULT_FRAME_SIZE = 1 << 20
@@ -35,7 +37,8 @@ TAG_SIZE = 16
 KDF_N, KDF_R, KDF_P = 2**15, 8, 1
 KEY_ID_SALT = b"coldcopy-key-id-v1"  # fixed and public: key_id must be the same in every process
 WRAP_AAD = b"coldcopy-data-key"
-_PARAMS_KEYS = {"alg", "frame_size"}
+_PARAMS_KEYS = {"alg", "frame_size"}  # version 1
+_PARAMS_KEYS_V2 = {"alg", "frame_size", "object"}
 _ENVELOPE_KEYS = {"key_id", "kdf", "wrapped_key", "wrap_nonce"}
 _KDF_KEYS = {"name", "n", "r", "p", "salt"}
 _ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
@@ -95,6 +98,7 @@ class HeaderInfo:
     kdf: tuple[bytes, int, int, int] | None = field(repr=False, default=None)  # salt, n, r, p
     wrapped_key: bytes = field(repr=False, default=b"")
     wrap_nonce: bytes = field(repr=False, default=b"")
+    object: str | None = None  # the object the stream was written as (version 2); None in version 1
 
 
 def _canonical(obj: dict[str, Any]) -> bytes:
@@ -129,7 +133,7 @@ def _header_need(buf: bytes | bytearray) -> tuple[int, bool]:
         raise _bad("not a ColdCopy encrypted stream (the first bytes are not CCENC)")
     if n < 10:
         return 10, False
-    if buf[5] != VERSION:
+    if buf[5] not in READABLE_VERSIONS:
         raise IntegrityError(f"unsupported encryption format version {buf[5]}", "upgrade ColdCopy")
     p_len = int.from_bytes(buf[6:10], "big")
     e_len = int.from_bytes(buf[10 + p_len : 14 + p_len], "big") if n >= 14 + p_len else 0
@@ -168,14 +172,19 @@ def read_header(prefix: bytes) -> HeaderInfo:
         )
     p_len = int.from_bytes(prefix[6:10], "big")
     try:
-        params = _json_section(bytes(prefix[10 : 10 + p_len]), _PARAMS_KEYS)
+        params = _json_section(
+            bytes(prefix[10 : 10 + p_len]), _PARAMS_KEYS if prefix[5] == 1 else _PARAMS_KEYS_V2
+        )
         alg, frame_size = params["alg"], _int(params["frame_size"], 1, FRAME_SIZE_MAX)
+        bound = params.get("object")
+        if bound is not None and (not isinstance(bound, str) or not 0 < len(bound) <= OBJECT_MAX):
+            raise ValueError("bad object name")
         binding = hashlib.sha256(prefix[: 10 + p_len]).digest()
         envelope = bytes(prefix[14 + p_len : need])
         if alg == ALG_NONE:
             if envelope != b"{}":
                 raise ValueError("unencrypted stream with a key envelope")
-            return HeaderInfo(ALG_NONE, frame_size, None, need, binding)
+            return HeaderInfo(ALG_NONE, frame_size, None, need, binding, object=bound)
         if alg != ALG_AES:
             raise ValueError(f"unknown algorithm {alg!r}")
         env = _json_section(envelope, _ENVELOPE_KEYS)
@@ -192,7 +201,7 @@ def read_header(prefix: bytes) -> HeaderInfo:
         wrapped, wrap_nonce = _b64d(env["wrapped_key"], 32 + TAG_SIZE), _b64d(env["wrap_nonce"], 12)
     except (ValueError, TypeError, KeyError, binascii.Error) as exc:  # UnicodeError and JSON errors too
         raise _bad(f"the stream header is damaged ({exc})") from None
-    return HeaderInfo(ALG_AES, frame_size, key_id, need, binding, kdf_t, wrapped, wrap_nonce)
+    return HeaderInfo(ALG_AES, frame_size, key_id, need, binding, kdf_t, wrapped, wrap_nonce, bound)
 
 
 def _unwrap(info: HeaderInfo, key: MasterKey | None) -> bytes | None:
@@ -245,17 +254,26 @@ class Encryptor:
     a fixed buffer that is never resized (resizing a bytearray per frame costs more than AES-GCM).
     """
 
-    def __init__(self, key: MasterKey | None, frame_size: int = DEFAULT_FRAME_SIZE) -> None:
+    def __init__(
+        self, key: MasterKey | None, frame_size: int = DEFAULT_FRAME_SIZE, *, object_key: str = ""
+    ) -> None:
+        """``object_key``: the name the stream is stored as (``backups/<name>/data``, a WAL segment's
+        key …), bound into every frame so a stream stored under another name is detected."""
         if not 1 <= frame_size <= FRAME_SIZE_MAX:
             raise ValueError(f"frame_size must be 1..{FRAME_SIZE_MAX}")
+        if len(object_key) > OBJECT_MAX:
+            raise ValueError(f"object names are at most {OBJECT_MAX} characters")
         self.key_id: str | None = key.key_id if key else None
         self._frame_size = frame_size
         self._buf, self._fill = bytearray(frame_size), 0  # a partial frame of plaintext
         self._out = bytearray(4 + frame_size + TAG_SIZE)  # the frame being built
         self._index = 0
         self._done = False
-        params = _section(_canonical({"alg": ALG_AES if key else ALG_NONE, "frame_size": frame_size}))
-        prefix = MAGIC + bytes([VERSION]) + params
+        fields: dict[str, Any] = {"alg": ALG_AES if key else ALG_NONE, "frame_size": frame_size}
+        if object_key:
+            fields["object"] = object_key
+        params = _section(_canonical(fields))
+        prefix = MAGIC + bytes([VERSION if object_key else 1]) + params
         self._aad = hashlib.sha256(prefix).digest()
         self._aead: AESGCM | None = None
         if key is None:
@@ -317,8 +335,11 @@ class Decryptor:
     Memory: the header, then at most one frame (in a fixed buffer) beyond what the caller hands in.
     """
 
-    def __init__(self, key: MasterKey | None) -> None:
+    def __init__(self, key: MasterKey | None, *, expect_object: str | None = None) -> None:
+        """``expect_object``: the name the stream must have been written as (a version-1 stream,
+        which carries none, is accepted)."""
         self._key = key
+        self._expect = expect_object
         self.header_info: HeaderInfo | None = None
         self._aead: AESGCM | None = None
         self._head = bytearray()
@@ -359,6 +380,12 @@ class Decryptor:
         return b"".join(out)
 
     def _start(self, info: HeaderInfo) -> None:
+        if self._expect is not None and info.object is not None and info.object != self._expect:
+            raise IntegrityError(
+                f"the stored data is {info.object!r}, not {self._expect!r}: {_ALTERED}",
+                "the backup's objects were swapped or copied; keep them for inspection and use "
+                "another backup",
+            )
         data_key = _unwrap(info, self._key)  # WrongKeyError before any plaintext
         self._aead = AESGCM(data_key) if data_key is not None else None
         self._overhead = 1 if data_key is None else TAG_SIZE

@@ -41,10 +41,12 @@ class StreamStats:
 class Packer:
     """Compress, encrypt and hash bytes on their way to a sink."""
 
-    def __init__(self, sink: Sink, key: MasterKey | None, level: int, threads: int = 0) -> None:
+    def __init__(
+        self, sink: Sink, key: MasterKey | None, level: int, threads: int = 0, *, object_key: str = ""
+    ) -> None:
         self.sink = sink
         self._zstd = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).compressobj()
-        self._enc = Encryptor(key)
+        self._enc = Encryptor(key, object_key=object_key)
         self._raw = hashlib.sha256()
         self._stored = hashlib.sha256()
         self.raw_size = 0
@@ -86,6 +88,8 @@ def pack_stream(
     progress: Progress | None = None,
     threads: int = 0,
     tap: Callable[[bytes], None] | None = None,
+    *,
+    object_key: str = "",
 ) -> StreamStats:
     """Read ``source`` to EOF through the packer into ``sink``; ``tap`` sees every raw chunk, in
     order, after it was packed (a backup counts the dump's rows there as they pass).
@@ -93,7 +97,7 @@ def pack_stream(
     The source is drained by its own thread (``prefetch``) so the producer (pg_dump) never waits
     while a chunk is being compressed; zstd and AES release the GIL, so the stages overlap.
     """
-    packer = Packer(sink, key, level, threads)
+    packer = Packer(sink, key, level, threads, object_key=object_key)
     for chunk in prefetch(read_chunks(source)):
         packer.write(chunk)
         if tap:
@@ -103,32 +107,36 @@ def pack_stream(
     return packer.close()
 
 
-def pack_bytes(data: bytes, key: MasterKey | None, level: int) -> tuple[bytes, StreamStats]:
+def pack_bytes(
+    data: bytes, key: MasterKey | None, level: int, *, object_key: str = ""
+) -> tuple[bytes, StreamStats]:
     out = bytearray()
 
     class _Buf:
         def write(self, b: bytes | bytearray | memoryview) -> None:
             out.extend(b)
 
-    packer = Packer(_Buf(), key, level)
+    packer = Packer(_Buf(), key, level, object_key=object_key)
     packer.write(data)
     stats = packer.close()
     return bytes(out), stats
 
 
-def pack_frame(data: bytes | memoryview, key: MasterKey | None, zstd: zstandard.ZstdCompressor) -> bytes:
+def pack_frame(
+    data: bytes | memoryview, key: MasterKey | None, zstd: zstandard.ZstdCompressor, *, object_key: str = ""
+) -> bytes:
     """``data`` already in memory as a stored object, in one shot: the format ``Packer`` writes
     (one zstd frame with its content checksum, in the AEAD container) without the two SHA-256
     passes, for objects whose manifest records none (WAL files: ~14 ms of a segment's push)."""
-    enc = Encryptor(key)
+    enc = Encryptor(key, object_key=object_key)
     return b"".join((enc.header(), enc.update(zstd.compress(data)), enc.finalize()))
 
 
 class Unpacker:
     """Hash, decrypt and decompress stored bytes; checks sizes and checksums at the end."""
 
-    def __init__(self, key: MasterKey | None) -> None:
-        self._dec = Decryptor(key)
+    def __init__(self, key: MasterKey | None, *, expect_object: str | None = None) -> None:
+        self._dec = Decryptor(key, expect_object=expect_object)
         self._zstd = zstandard.ZstdDecompressor().decompressobj()
         self._raw = hashlib.sha256()
         self._stored = hashlib.sha256()

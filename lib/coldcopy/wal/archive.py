@@ -52,8 +52,9 @@ class PushResult:
         return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in self.timings.items())
 
 
-def unpack(ctx: Context, blob: bytes) -> bytes:
-    unpacker = Unpacker(ctx.key)
+def unpack(ctx: Context, blob: bytes, key: str) -> bytes:
+    """The raw bytes of the stored object ``key`` (IntegrityError if it was stored as another)."""
+    unpacker = Unpacker(ctx.key, expect_object=key)
     raw = unpacker.feed(blob)
     unpacker.finish(None)
     return raw
@@ -115,7 +116,7 @@ def push(ctx: Context, path: Path) -> PushResult:
         t0 = time.perf_counter()
         data = ws.read(path)
         t1 = time.perf_counter()
-        blob = pack_frame(data, ctx.key, ws.zstd)
+        blob = pack_frame(data, ctx.key, ws.zstd, object_key=key)
         t2 = time.perf_counter()
         try:
             ctx.storage.put_bytes(key, blob, create_only=True)
@@ -124,7 +125,7 @@ def push(ctx: Context, path: Path) -> PushResult:
         except ConflictError:
             raw = bytes(data)  # the name is taken: compare the contents (rare; no hurry)
     try:
-        stored = unpack(ctx, ctx.storage.get_bytes(key))
+        stored = unpack(ctx, ctx.storage.get_bytes(key), key)
     except IntegrityError as exc:
         raise IntegrityError(
             f"{key} already exists and cannot be read with the configured key: {exc.message}",
@@ -158,7 +159,7 @@ def fetch(ctx: Context, name: str, dest: Path, *, prefetch: int = 0, spool: Path
             blob = ctx.storage.get_bytes(key)
         except NotFoundError:
             raise NotFoundError(f"{name} is not in the WAL archive") from None
-        data = unpack(ctx, blob)
+        data = unpack(ctx, blob, key)
         dest = dest if dest.is_absolute() else Path.cwd() / dest
         walspool.write_atomic(dest.parent, dest.name, data)
         for fut in extra:
@@ -170,13 +171,15 @@ def fetch(ctx: Context, name: str, dest: Path, *, prefetch: int = 0, spool: Path
 
 def read_archived(ctx: Context, name: str) -> bytes:
     """The raw bytes of one archived file (a timeline history, say); NotFoundError when absent."""
-    return unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
+    key = wal_key(name)
+    return unpack(ctx, ctx.storage.get_bytes(key), key)
 
 
 def prefetch_one(ctx: Context, name: str, spool: Path, owner: tuple[int, int] | None = None) -> bool:
     """Fetch ``name`` into the spool (owned by ``owner``); False when absent or failed (best effort)."""
     try:
-        data = unpack(ctx, ctx.storage.get_bytes(wal_key(name)))
+        key = wal_key(name)
+        data = unpack(ctx, ctx.storage.get_bytes(key), key)
         walspool.put(spool, name, data, owner)
     except NotFoundError:
         return False  # not archived (yet): the end of WAL, or a later call fetches it
