@@ -130,6 +130,7 @@ class Settings:
     upload_concurrency: int = 4
     stale_upload_seconds: int = 900
     row_counts: str = "exact"
+    pause_at: str = ""  # fault tests only: "<point>:<file>" (coldcopy.pausepoints)
     # Retention (applied by `coldcopy cleanup`): days per kind, tiers, the bucket lifecycle rule
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     # Monitor: the API's token, the alert rules' thresholds, alert emails, metric names
@@ -384,6 +385,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_UPLOAD_CONCURRENCY": ("upload_concurrency", _int(1, 32), None),
     "COLDCOPY_STALE_UPLOAD_SECONDS": ("stale_upload_seconds", _int(300, 7 * 86400), None),
     "COLDCOPY_ROW_COUNTS": ("row_counts", _choice("exact", "estimate"), None),
+    "COLDCOPY_PAUSE_AT": ("pause_at", str, None),
     "FULL_RETENTION_DAYS": ("retention.full_days", _int(1, 36500), None),
     "COMPLIANCE_RETENTION_DAYS": ("retention.compliance_days", _int(1, 36500), None),
     "WAL_RETENTION_DAYS": ("retention.wal_days", _int(1, 36500), None),

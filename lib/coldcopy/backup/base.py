@@ -31,7 +31,7 @@ from coldcopy.core.pg_basebackup import TarWatcher, wal_positions
 from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.tls import libpq_tls_hint
-from coldcopy.postgres.tools import StderrTail
+from coldcopy.postgres.tools import StderrTail, die_with_parent
 from coldcopy.stream.pipeline import Packer, Progress, prefetch, read_chunks
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ def _stream(
     writer = ses.data_writer()
     watcher = TarWatcher()
     start_time = _server_clock(conn)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env(), preexec_fn=die_with_parent
+    )
     assert proc.stdout is not None and proc.stderr is not None
     errors = StderrTail(proc.stderr)
     try:

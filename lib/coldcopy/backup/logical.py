@@ -20,7 +20,7 @@ from coldcopy.errors import ColdCopyError, DatabaseError
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
-from coldcopy.postgres.tools import StderrTail, run_tool
+from coldcopy.postgres.tools import StderrTail, die_with_parent, run_tool
 from coldcopy.stream.pipeline import Progress, pack_bytes, pack_stream
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     phase("snapshot, tables and shape", t0)
     counter = StreamCounts() if s.row_counts == "exact" else None
     writer = ses.data_writer()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env())
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env(), preexec_fn=die_with_parent
+    )
     assert proc.stdout is not None and proc.stderr is not None
     errors = StderrTail(proc.stderr)
     try:

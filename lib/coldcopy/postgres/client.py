@@ -184,8 +184,10 @@ class Postgres:
     def database_exists(self, conn: pg8000.native.Connection, name: str) -> bool:
         return bool(conn.run("SELECT 1 FROM pg_database WHERE datname = :n", n=name))
 
-    def create_database(self, conn: pg8000.native.Connection, name: str) -> None:
-        conn.run(f"CREATE DATABASE {quote_ident(name)}")
+    def create_database(self, conn: pg8000.native.Connection, name: str, *, pristine: bool = False) -> None:
+        """``pristine``: from template0, as PostgreSQL advises for a restore's target (nothing a site
+        added to template1 collides with the dump, and sessions on template1 do not block it)."""
+        conn.run(f"CREATE DATABASE {quote_ident(name)}" + (" TEMPLATE template0" if pristine else ""))
 
     def drop_database(self, conn: pg8000.native.Connection, name: str) -> None:
         conn.run(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")

@@ -7,10 +7,13 @@ and reported redacted.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +71,9 @@ def run_tool(
     args: list[str], env: dict[str, str], settings: Settings, what: str, input_bytes: bytes | None = None
 ) -> bytes:
     """Run a client tool to completion; on failure raise DatabaseError with its redacted stderr."""
-    proc = subprocess.run(args, env=env, input=input_bytes, capture_output=True, check=False)
+    proc = subprocess.run(
+        args, env=env, input=input_bytes, capture_output=True, check=False, preexec_fn=die_with_parent
+    )
     if proc.returncode != 0:
         text = proc.stderr.decode(errors="replace")
         raise DatabaseError(
@@ -76,6 +81,18 @@ def run_tool(
             libpq_tls_hint(text),
         )
     return proc.stdout
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a client program (pg_dump, pg_restore, psql …): the kernel kills it when
+    the thread that started it dies, so a killed ColdCopy leaves no pg_restore writing on (Linux;
+    start it from a thread that lives as long as the program)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class StderrTail:

@@ -6,35 +6,27 @@ import logging
 import re
 import subprocess
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import pg8000.native
 
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
-from coldcopy.context import open_context
+from coldcopy.context import Context, open_context
 from coldcopy.core.names import validate_db_identifier
 from coldcopy.core.shape import differences, expected_for
 from coldcopy.errors import ConflictError, DatabaseError
+from coldcopy.pausepoints import pause_point
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import Facts, read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
-from coldcopy.postgres.tools import StderrTail, ToolVersion
+from coldcopy.postgres.tools import StderrTail, ToolVersion, die_with_parent
+from coldcopy.restore.guard import KEPT, STAGING, clear_intent, dated, restore_guard, write_intent
 from coldcopy.restore.project import restore_into
+from coldcopy.storage.store import ObjectStore
 from coldcopy.stream.pipeline import Progress
 
 log = logging.getLogger(__name__)
-
-
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
-
-
-def _dated(base: str, label: str) -> str:
-    """``<base>_<label>_<timestamp>``, cut so the whole name fits PostgreSQL's 63 bytes."""
-    suffix = f"_{label}_{_stamp()}"
-    return base.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
 
 
 def run_restore(
@@ -58,13 +50,20 @@ def run_restore(
     in_place = target_db is None
     platform = _platform_of(pg, final if in_place else pg.maintenance_db())
     if platform.platform == "supabase" or reader.manifest.platform.get("platform") == "supabase":
-        return _restore_project(reader, pg, settings, final, in_place, clean, platform, progress, t0)
+        return _restore_project(ctx, reader, pg, settings, final, in_place, clean, platform, progress, t0)
     if keep_old is None:
         keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
-    _refuse_unendable_sessions(pg, final)  # before anything is written or anyone disconnected
-    exists, staging = _create_staging(pg, final, in_place, clean)
-    _restore_checked(reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress)
-    old_name = _swap_in(pg, final, staging, keep_old) if exists else None
+    with restore_guard(pg, ctx.storage, final) as put_right:
+        _refuse_unendable_sessions(pg, final)  # before anything is written or anyone disconnected
+        exists, staging = _create_staging(pg, final, in_place, clean)
+        _restore_checked(reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress)
+        pause_point(settings, "restore:before-swap")
+        if exists:
+            old_name: str | None = _swap_in(pg, ctx.storage, settings, final, staging, keep_old)
+        else:  # complete only now: a killed restore never leaves a partial database under this name
+            with pg.session(pg.maintenance_db()) as admin:
+                pg.rename_database(admin, staging, final)
+            old_name = None
     return {
         "name": reader.manifest.name,
         "target_db": final,
@@ -73,6 +72,7 @@ def run_restore(
         "duration_seconds": round(time.monotonic() - t0, 3),
         "raw_size_bytes": reader.manifest.data.raw_size,
         "tables_checked": len(reader.manifest.tables) if check_counts else 0,
+        "put_right": put_right,
     }
 
 
@@ -82,6 +82,7 @@ def _platform_of(pg: Postgres, dbname: str) -> Facts:
 
 
 def _restore_project(
+    ctx: Context,
     reader: BackupReader,
     pg: Postgres,
     settings: Settings,
@@ -94,33 +95,39 @@ def _restore_project(
 ) -> dict[str, Any]:
     """A Supabase backup, or a Supabase target: the backup is given back inside the database in
     one transaction (restore/project.py), never by renaming or dropping the project's database."""
-    created = False
     if in_place and facts.platform != "supabase":
         raise ConflictError(
             f"{reader.manifest.name} is a Supabase backup and {final!r} is not a Supabase project's database",
             "restore it into a new database with --target-db, or point DB_* at a Supabase project",
         )
-    if not in_place:
-        with pg.session(pg.maintenance_db()) as admin:
-            if pg.database_exists(admin, final):
-                if not clean:
-                    raise ConflictError(
-                        f"database {final!r} already exists",
-                        "choose another --target-db, or pass --clean to replace it",
-                    )
-                pg.drop_database(admin, final)
-            pg.create_database(admin, final)
-            created = True
-        facts = _platform_of(pg, final)
-    try:
+    if in_place:  # all or nothing in one transaction: nothing to put right if it is killed
         done = restore_into(
             reader, pg, final, facts, settings, cron_available=facts.cron_available, progress=progress
         )
-    except BaseException:
-        if created:
-            with pg.session(pg.maintenance_db()) as admin:
-                pg.drop_database(admin, final)  # nothing half-restored stays under the name asked for
-        raise
+    else:  # a new database: restored under a staging name, renamed when complete
+        with restore_guard(pg, ctx.storage, final):
+            exists, staging = _create_staging(pg, final, False, clean)
+            try:
+                facts = _platform_of(pg, staging)
+                done = restore_into(
+                    reader,
+                    pg,
+                    staging,
+                    facts,
+                    settings,
+                    cron_available=facts.cron_available,
+                    progress=progress,
+                )
+            except BaseException:
+                with pg.session(pg.maintenance_db()) as admin:
+                    pg.drop_database(admin, staging)
+                raise
+            pause_point(settings, "restore:before-swap")
+            if exists:
+                _swap_in(pg, ctx.storage, settings, final, staging, keep_old=False)
+            else:
+                with pg.session(pg.maintenance_db()) as admin:
+                    pg.rename_database(admin, staging, final)
     return {
         "name": reader.manifest.name,
         "target_db": final,
@@ -167,7 +174,9 @@ def _pg_restore_for(pg: Postgres, reader: BackupReader) -> ToolVersion:
 
 
 def _create_staging(pg: Postgres, final: str, in_place: bool, clean: bool) -> tuple[bool, str]:
-    """(whether ``final`` exists, the new database to restore into: ``final`` itself if it did not)."""
+    """(whether ``final`` exists, the new database to restore into).  Always a staging name, renamed
+    to ``final`` when complete, so a killed restore leaves only a staging database behind (dropped
+    by the next restore of ``final``)."""
     with pg.session(pg.maintenance_db()) as admin:
         exists = pg.database_exists(admin, final)
         if exists and not in_place and not clean:
@@ -175,10 +184,10 @@ def _create_staging(pg: Postgres, final: str, in_place: bool, clean: bool) -> tu
                 f"database {final!r} already exists",
                 "choose another --target-db, or pass --clean to replace it",
             )
-        staging = _dated(final, "ccstage") if exists else final
+        staging = dated(final, STAGING)
         if pg.database_exists(admin, staging):
             raise ConflictError(f"staging database {staging!r} already exists", "drop it or wait a second")
-        pg.create_database(admin, staging)
+        pg.create_database(admin, staging, pristine=True)
     return exists, staging
 
 
@@ -230,12 +239,16 @@ def shape_problems(
     return differences(expected, actual)
 
 
-def _swap_in(pg: Postgres, final: str, staging: str, keep_old: bool) -> str:
+def _swap_in(
+    pg: Postgres, storage: ObjectStore, settings: Settings, final: str, staging: str, keep_old: bool
+) -> str:
     """``final`` renamed aside (dropped unless ``keep_old``) and ``staging`` renamed to ``final``.
 
-    Returns the name ``final`` was renamed to.  If a rename fails, ``final`` stays as it was.
+    Returns the name ``final`` was renamed to.  If a rename fails, ``final`` stays as it was; if
+    the process is killed between the renames, the intent record written first lets the next
+    command put ``final`` back (restore/guard.py).
     """
-    old_name = _dated(final, "before_restore")
+    old_name = dated(final, KEPT)
     with pg.session(pg.maintenance_db()) as admin:
         try:
             _refuse_unendable_sessions(pg, final, admin)  # one may have connected while we restored
@@ -244,16 +257,21 @@ def _swap_in(pg: Postgres, final: str, staging: str, keep_old: bool) -> str:
             raise
         for problem in pg.copy_database_properties(admin, final, staging):
             log.warning("not carried over to the restored database: %s", problem)
+        write_intent(storage, final, old_name, staging)
         try:
             pg.rename_database(admin, final, old_name)
         except BaseException:
             pg.drop_database(admin, staging)  # the target stays as it was
+            clear_intent(storage, final)
             raise
+        pause_point(settings, "restore:between-renames")
         try:
             pg.rename_database(admin, staging, final)
         except BaseException:
             pg.rename_database(admin, old_name, final)
+            clear_intent(storage, final)
             raise
+        clear_intent(storage, final)
         if not keep_old:
             pg.drop_database(admin, old_name)
     return old_name
@@ -281,6 +299,7 @@ def pg_restore_into(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=pg.libpq_env(dbname),
+        preexec_fn=die_with_parent,
     )
     assert proc.stdin is not None and proc.stderr is not None
     errors = StderrTail(proc.stderr)

@@ -43,7 +43,7 @@ from coldcopy.core.shape import SUPERSET_OK, differences, expected_for
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres, quote_ident
 from coldcopy.postgres.shape import USER_NS_SQL, Facts, shape_sql
-from coldcopy.postgres.tools import StderrTail
+from coldcopy.postgres.tools import StderrTail, die_with_parent
 from coldcopy.restore.toc import read_toc
 from coldcopy.stream.pipeline import Progress
 
@@ -368,6 +368,7 @@ def _run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            preexec_fn=die_with_parent,
         )
         psql = subprocess.Popen(
             [pg.tool("psql").path, "--no-psqlrc", "--quiet", "--no-password", f"--dbname={dbname}"],
@@ -375,6 +376,7 @@ def _run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            preexec_fn=die_with_parent,
         )
         assert restore.stdin and restore.stdout and restore.stderr
         assert psql.stdin and psql.stdout and psql.stderr

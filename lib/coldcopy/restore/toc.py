@@ -11,7 +11,7 @@ from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
-from coldcopy.postgres.tools import StderrTail
+from coldcopy.postgres.tools import StderrTail, die_with_parent
 
 
 class _Enough(Exception):
@@ -52,6 +52,7 @@ class TocReader:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._out = Collect(self.proc.stdout)
