@@ -130,7 +130,7 @@ class Settings:
     upload_concurrency: int = 4
     stale_upload_seconds: int = 900
     row_counts: str = "exact"
-    pause_at: str = ""  # fault tests only: "<point>:<file>" (coldcopy.pausepoints)
+    pause_at: str = ""  # fault tests only: "<point>@<file>" (coldcopy.pausepoints)
     # Retention (applied by `coldcopy cleanup`): days per kind, tiers, the bucket lifecycle rule
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     # Monitor: the API's token, the alert rules' thresholds, alert emails, metric names

@@ -9,6 +9,7 @@ upload under its name (older versions wrote one) is aborted.  A backup with a ma
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -70,6 +71,12 @@ class Marker:
             self.storage.put_json(marker_key(self.name), self._body(), create_only=True)
         except ConflictError:
             raise ConflictError(f"a backup named {self.name} is already running") from None
+        except ColdCopyError:
+            # The PUT may have landed with its reply lost: the backup stops here, so take the marker
+            # away now rather than leave it to the next backup's clean-up.
+            with contextlib.suppress(ColdCopyError):
+                self.storage.delete([marker_key(self.name)])
+            raise
         self._thread = threading.Thread(target=self._beat, name="inflight-heartbeat", daemon=True)
         self._thread.start()
 

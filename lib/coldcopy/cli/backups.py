@@ -17,6 +17,8 @@ from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
 from coldcopy.core.shape import summary as shape_summary
 from coldcopy.core.views import backup_summary, listing_row, status_view
+from coldcopy.postgres.client import Postgres
+from coldcopy.restore.guard import pending_intents, put_right_if_interrupted
 from coldcopy.restore.logical import run_restore
 from coldcopy.verify.run import run_verify
 from coldcopy.wal.monitor import compute
@@ -32,8 +34,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = settings_for(args, (DB, STORAGE))
     if not s.encrypted:
         log.warning(UNENCRYPTED_WARNING)
+    ctx = open_context(s)
+    for line in put_right_if_interrupted(Postgres(s), ctx.storage, s.db_name):
+        log.warning("%s", line)  # DB_NAME first, if a restore of it was killed between its renames
     with progress_meter(args) as meter:
-        m = run_backup(s, args.kind, progress=meter)
+        m = run_backup(s, args.kind, progress=meter, ctx=ctx)
     out = backup_summary(m, encrypted=s.encrypted)
     ratio = m.raw_size / m.stored_size if m.stored_size else 0
     present(
@@ -150,6 +155,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         wal=compute(ctx.storage),
         thresholds=s.thresholds,
     )
+    for intent in pending_intents(ctx.storage):  # a restore killed between its renames
+        st["ok"] = False
+        st["problems"].append(
+            f"a restore of {intent.get('database')} was interrupted at {intent.get('at')}: the database may "
+            f"be missing (the original is {intent.get('renamed_to')}); run `coldcopy backup` or "
+            "`coldcopy restore` to put it back"
+        )
     present(args, st, lambda: _status_text(st, s.encrypted))
     return 0 if st["ok"] else 1
 

@@ -29,6 +29,8 @@ from coldcopy.core.views import backup_summary
 from coldcopy.errors import ColdCopyError, ConfigError, NotFoundError
 from coldcopy.ops import queue
 from coldcopy.ops.cleanup import cleanup_job
+from coldcopy.postgres.client import Postgres
+from coldcopy.restore.guard import put_right_if_interrupted
 from coldcopy.storage.store import ObjectStore
 from coldcopy.verify.run import run_verify
 from coldcopy.verify.scheduled import run_scheduled
@@ -62,6 +64,7 @@ def _require_db(settings: Settings) -> None:
 def _backup(kind: str) -> Handler:
     def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         _require_db(ctx.settings)
+        put_right_if_interrupted(Postgres(ctx.settings), ctx.storage, ctx.settings.db_name)
         return backup_summary(run_backup(ctx.settings, kind, ctx=ctx), encrypted=ctx.settings.encrypted)
 
     handler.__name__ = f"backup_{kind}"

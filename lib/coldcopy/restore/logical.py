@@ -306,6 +306,7 @@ def pg_restore_into(
     stdin = proc.stdin
     try:
         reader.stream(reader.manifest.data, stdin.write, progress)
+        pause_point(settings, "restore:restoring")  # pg_restore is still running: it has no EOF yet
         stdin.close()
     except BrokenPipeError:
         pass  # pg_restore stopped reading: its exit code and stderr say why
