@@ -128,6 +128,7 @@ class Settings:
     zstd_level: int = 1
     volume_size_mb: int = 8
     upload_concurrency: int = 4
+    storage_timeout_seconds: int = 120  # a storage reply that stalls this long is retried
     stale_upload_seconds: int = 900
     row_counts: str = "exact"
     # Retention (applied by `coldcopy cleanup`): days per kind, tiers, the bucket lifecycle rule
@@ -382,6 +383,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_ZSTD_LEVEL": ("zstd_level", _int(1, 19), None),
     "COLDCOPY_VOLUME_SIZE_MB": ("volume_size_mb", _int(1, 512), None),
     "COLDCOPY_UPLOAD_CONCURRENCY": ("upload_concurrency", _int(1, 32), None),
+    "COLDCOPY_STORAGE_TIMEOUT_SECONDS": ("storage_timeout_seconds", _int(1, 3600), None),
     "COLDCOPY_STALE_UPLOAD_SECONDS": ("stale_upload_seconds", _int(300, 7 * 86400), None),
     "COLDCOPY_ROW_COUNTS": ("row_counts", _choice("exact", "estimate"), None),
     "FULL_RETENTION_DAYS": ("retention.full_days", _int(1, 36500), None),
