@@ -205,6 +205,11 @@ class S3Store:
             raise storage_error(exc, action, self.bucket) from None
         except BotoCoreError as exc:
             raise storage_error(exc, action, self.bucket) from None
+        except _READ_ERRORS as exc:
+            # A reply (an error's too) that broke off while botocore read it is not wrapped by it.
+            cause = type(exc).__name__
+            message = f"trying to {action} broke off ({cause})"
+            raise ReadInterrupted(message, _NETWORK_HINT, cause=cause) from None
 
     # -- single objects -----------------------------------------------------------------------------
     def put_bytes(
