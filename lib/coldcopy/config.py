@@ -11,6 +11,7 @@ show up in a repr, a log line or a traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import ssl
@@ -128,6 +129,7 @@ class Settings:
     zstd_level: int = 1
     volume_size_mb: int = 8
     upload_concurrency: int = 4
+    storage_timeout_seconds: int = 120  # a storage reply that stalls this long is retried
     stale_upload_seconds: int = 900
     row_counts: str = "exact"
     pause_at: str = ""  # fault tests only: "<point>@<file>" (coldcopy.pausepoints)
@@ -383,6 +385,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "COLDCOPY_ZSTD_LEVEL": ("zstd_level", _int(1, 19), None),
     "COLDCOPY_VOLUME_SIZE_MB": ("volume_size_mb", _int(1, 512), None),
     "COLDCOPY_UPLOAD_CONCURRENCY": ("upload_concurrency", _int(1, 32), None),
+    "COLDCOPY_STORAGE_TIMEOUT_SECONDS": ("storage_timeout_seconds", _int(1, 3600), None),
     "COLDCOPY_STALE_UPLOAD_SECONDS": ("stale_upload_seconds", _int(300, 7 * 86400), None),
     "COLDCOPY_ROW_COUNTS": ("row_counts", _choice("exact", "estimate"), None),
     "COLDCOPY_PAUSE_AT": ("pause_at", str, None),
@@ -454,17 +457,43 @@ UNSTRIPPED = ("SMTP_PASSWORD",)  # used as given: a password may begin or end wi
 RUNNER_WITHHELD = ("MONITOR_TOKEN", "DO_API_TOKEN")
 
 
+_ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=")
+
+
 def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a .env file; ConfigError naming the file and line of every line that cannot
+    be parsed (an unclosed quote would otherwise be dropped, and its variable left at its default)."""
     # Imported here: python-dotenv costs ~70 ms, and most deployments have no .env file to read.
     from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"the settings file {path} cannot be read: {type(exc).__name__}"]) from None
+    bad = []
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            # The variable's name, never the line: its value may be a secret.
+            named = _ENV_LINE_NAME.match(binding.original.string)
+            what = f" ({named.group(1)}=…)" if named else ""
+            bad.append(f"{path}, line {binding.original.line}{what}: cannot be parsed (an unclosed quote?)")
+    if bad:
+        raise ConfigError(bad)
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def environment(env: Mapping[str, str] | None = None, env_file: Path | None = None) -> dict[str, str]:
-    """The process environment over the .env file (the environment wins, as with doctl)."""
+    """The process environment over the .env file (the environment wins, as with doctl).
+
+    ``./.env`` may be absent; a file named by ``env_file`` (``--env-file``) or COLDCOPY_ENV_FILE must
+    exist (ConfigError otherwise), and so must every line of the file parse."""
     base = dict(os.environ if env is None else env)
-    path = env_file or Path(base.get(ENV_FILE_VAR, ".env"))
+    named = env_file or (Path(base[ENV_FILE_VAR]) if base.get(ENV_FILE_VAR, "").strip() else None)
+    path = named or Path(".env")
+    if named is not None and not named.exists():
+        source = "--env-file" if env_file is not None else ENV_FILE_VAR
+        raise ConfigError([f"the settings file {named} ({source}) does not exist"])
     merged = read_env_file(path) if path.is_file() else {}
     merged.update(base)
     return merged
@@ -485,8 +514,11 @@ def read_settings(
     For callers that must still answer something when the settings are not usable (the web
     functions answer 503 and name the variables); everything else calls :func:`load_settings`.
     """
-    values = environment(env, env_file)
-    problems: list[str] = []
+    try:
+        values = environment(env, env_file)
+        problems: list[str] = []
+    except ConfigError as exc:  # the file: reported with the rest, the environment still read
+        values, problems = dict(os.environ if env is None else env), list(exc.problems)
     kwargs: dict[str, Any] = {}
     parts: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
     seen: list[tuple[str, Secret]] = []

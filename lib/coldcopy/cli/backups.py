@@ -179,7 +179,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "verified"
         if r.ok
         else "NOT VERIFIED: the scratch environment"
-        if r.exit_code == 8
+        if r.exit_code == 9
+        else "NOT VERIFIED: the storage could not be read (the backup may be fine; run it again)"
+        if r.exit_code == 6
         else "VERIFICATION FAILED"
     )
     lines.append(f"{r.name}: {verdict} at level {r.level} in {r.duration_seconds:.1f} s")

@@ -80,10 +80,25 @@ class RedactingFilter(logging.Filter):
 REDACTOR = RedactingFilter()
 
 
+class PlainFormatter(logging.Formatter):
+    """A record's message alone, never a traceback: libraries log warnings with ``exc_info``
+    (urllib3 when a reply's headers are cut short) that are for ``--debug`` only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if debug else "%(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
+    if debug:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(PlainFormatter("%(message)s"))
     handler.addFilter(REDACTOR)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from coldcopy import __version__
+from coldcopy.core.names import validate_db_identifier
 from coldcopy.core.runbooks import ALIASES, SCENARIOS
+from coldcopy.errors import InvalidNameError
 
 #: ``add(name, handler, help)``: registers one subcommand and returns its parser.
 AddCommand = Callable[[str, str | None, str], argparse.ArgumentParser]
@@ -35,6 +37,15 @@ def calendar_date(text: str) -> date:
         return date.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a date; use e.g. 2026-06-30") from None
+
+
+def database_name(text: str) -> str:
+    """argparse type: a database to create or replace; an empty or blank name is refused (exit 2)
+    rather than taken for DB_NAME."""
+    try:
+        return validate_db_identifier(text, "database name")
+    except InvalidNameError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message} ({exc.hint})") from None
 
 
 def _common_options(top: bool) -> argparse.ArgumentParser:
@@ -173,7 +184,11 @@ def _backup_commands(add: AddCommand, action: Action) -> None:
         "restore", "backups:cmd_restore", "restore a backup into a new database, or safely back into DB_NAME"
     )
     r.add_argument("--backup-name", required=True)
-    r.add_argument("--target-db", help="restore into this new database (default: replace DB_NAME safely)")
+    r.add_argument(
+        "--target-db",
+        type=database_name,
+        help="restore into this new database (default: replace DB_NAME safely)",
+    )
     r.add_argument("--clean", action="store_true", help="replace --target-db if it exists")
     r.add_argument(
         "--keep-old",

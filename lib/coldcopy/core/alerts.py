@@ -26,6 +26,7 @@ from coldcopy.core.changes import ChangesHealth, lag_ratio, table_list
 from coldcopy.core.jobs import FAILED, STALE_MARK, Run
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.times import iso, parse_iso
+from coldcopy.core.verification import storage_failure
 
 CRITICAL, WARNING = "critical", "warning"
 SEVERITIES = (CRITICAL, WARNING)
@@ -159,8 +160,8 @@ def _failed_backup(cat: Catalog, last: datetime | None) -> list[Alert]:
 def _verification(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now: datetime) -> list[Alert]:
     out = []
     for name, v in sorted(cat.verifications.items()):
-        if v.get("ok") or name not in cat.backups:
-            continue
+        if v.get("ok") or name not in cat.backups or storage_failure(v):
+            continue  # a verification the storage interrupted says nothing about the backup
         failed = [c for c in v.get("checks") or [] if isinstance(c, dict) and not c.get("ok")]
         detail = f": {failed[0].get('name')}: {str(failed[0].get('detail', ''))[:200]}" if failed else ""
         out.append(

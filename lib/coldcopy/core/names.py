@@ -82,8 +82,14 @@ _DB_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
 
 
 def validate_db_identifier(text: str, what: str = "database name") -> str:
-    """A database name we are willing to CREATE/DROP/RENAME (quoted, but kept to a safe charset)."""
-    if not _DB_IDENT_RE.fullmatch(text or ""):
+    """A database name we are willing to CREATE/DROP/RENAME (quoted, but kept to a safe charset).
+    An empty or blank name is refused like any other bad one, never taken to mean a default."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidNameError(
+            f"the {what} is empty",
+            "give a name of letters, digits, '_', '$' or '-'; leave the option out for the default",
+        )
+    if not _DB_IDENT_RE.fullmatch(text):
         raise InvalidNameError(
             f"invalid {what} {text[:80]!r}",
             "use letters, digits, '_', '$' or '-' (at most 63 characters, not starting with a digit)",

@@ -9,6 +9,7 @@ recovery-time estimates and the weekly selection (:func:`schedule_selection`) re
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ class Check:
     detail: str = ""
     skipped: bool = False  # not run (printed as "skip", never as ok)
     environment: bool = False  # failed for want of something on the machine, not the backup
+    storage: bool = False  # failed because the storage could not be read, not because of the backup
 
 
 @dataclass
@@ -46,8 +48,12 @@ class VerifyResult:
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
-    def add(self, name: str, ok: bool, detail: str = "", *, environment: bool = False) -> bool:
-        self.checks.append(Check(name, ok, detail, environment=environment and not ok))
+    def add(
+        self, name: str, ok: bool, detail: str = "", *, environment: bool = False, storage: bool = False
+    ) -> bool:
+        self.checks.append(
+            Check(name, ok, detail, environment=environment and not ok, storage=storage and not ok)
+        )
         return ok
 
     def skip(self, name: str, why: str) -> None:
@@ -56,11 +62,14 @@ class VerifyResult:
 
     @property
     def exit_code(self) -> int:
-        """0 verified; 9 only the environment failed (the backup may be fine); 4 otherwise."""
+        """0 verified; 6 the storage could not be read (and nothing found the backup damaged); 9 only
+        the environment failed (the backup may be fine); 4 otherwise: the backup is damaged."""
         failed = [c for c in self.checks if not c.ok]
         if not failed:
             return 0
-        return 9 if all(c.environment for c in failed) else 4
+        if any(not (c.environment or c.storage) for c in failed):
+            return 4
+        return 6 if any(c.storage for c in failed) else 9
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +80,17 @@ class VerifyResult:
             "checks": [c.__dict__ for c in self.checks],
             "measurement": self.measurement,
         }
+
+
+def storage_failure(record: Mapping[str, Any]) -> bool:
+    """Whether a stored verification record failed only because the storage (or the machine) let it
+    down: no check found the backup damaged, and at least one could not read the storage."""
+    failed = [c for c in record.get("checks") or [] if isinstance(c, dict) and not c.get("ok")]
+    return (
+        not record.get("ok")
+        and any(c.get("storage") for c in failed)
+        and all(c.get("storage") or c.get("environment") for c in failed)
+    )
 
 
 def restore_proof(record: dict[str, Any], at: str, prev: dict[str, Any] | None) -> dict[str, Any] | None:

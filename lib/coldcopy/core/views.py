@@ -18,6 +18,7 @@ from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.manifest import CatalogEntry, Manifest
 from coldcopy.core.times import iso, parse_iso
+from coldcopy.core.verification import storage_failure
 
 # The seed's rule for `status`: a backup older than this is a problem.  (The alert of the same name
 # has its own setting, ALERT_BACKUP_MAX_AGE_HOURS; `status` has always said 26 hours.)
@@ -92,7 +93,10 @@ def status_view(
         problems.append(f"manifest of {name} cannot be read: {why}")
     failed_verifications = [n for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups]
     for name in sorted(failed_verifications):
-        problems.append(f"verification of {name} failed")
+        if storage_failure(cat.verifications[name]):
+            problems.append(f"verification of {name} could not read the storage; run it again")
+        else:
+            problems.append(f"verification of {name} failed")
     if not encrypted:
         problems.append("BACKUP_ENCRYPTION_KEY is not set: new backups are stored unencrypted")
     wal_part = None if wal is None else wal_view(wal, thresholds, now)

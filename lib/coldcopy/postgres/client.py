@@ -67,11 +67,27 @@ class Postgres:
         for ssl_context in plan:
             try:
                 return pg8000.native.Connection(ssl_context=ssl_context, **params)
+            except AttributeError:
+                # pg8000 answers a server asking for SCRAM when no password was given with this.
+                if params["password"] is not None:
+                    raise
+                raise self._no_password() from None
             except (pg8000.exceptions.DatabaseError, pg8000.exceptions.InterfaceError, OSError) as exc:
+                if params["password"] is None and "no password" in str(exc):
+                    raise self._no_password() from None
                 failures.append(exc)
                 if _unreachable(exc):
                     break  # libpq tries the other way only once it has reached the server
         raise self._connect_error(failures, db) from None
+
+    def _no_password(self) -> DatabaseError:
+        """An empty DB_PASSWORD means no password; the server asked for one."""
+        n = self.names
+        return DatabaseError(
+            f"PostgreSQL at {self.s.db_host}:{self.s.db_port} asks {self.s.db_user!r} for a password, "
+            f"but {n}PASSWORD is empty (no password)",
+            f"set {n}PASSWORD, or let the server accept this client without one (pg_hba.conf)",
+        )
 
     def _connect_error(self, failures: list[Exception], db: str) -> DatabaseError:
         # A failed TLS check says more than the plain attempt that followed it (prefer), or came

@@ -6,6 +6,12 @@ an empty prefix listing answered with ``NoSuchKey``, retries with backoff on 5xx
 (botocore's standard retry mode) and create-only writes with ``If-None-Match: *``.  Every error
 botocore raises reaches the caller as a StorageError with a hint (exit code 6), never as itself.
 Large payloads are written as volumes (``coldcopy.storage.volumes``).
+
+What botocore's retries do not cover is handled here too: a small object (a manifest, the catalog,
+a journal record) whose body breaks off, is cut short or stalls is read again whole, and so is a
+listing page that came back broken or empty-bodied (``READ_ATTEMPTS`` in all); a create-only PUT
+whose reply was lost after it landed answers 412 to botocore's retry, and is recognised as ours
+by its content (the ETag of a single PUT is the MD5 of its body).
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import hashlib
 import json
+import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +30,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import boto3
 import urllib3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 from coldcopy.config import Settings
 from coldcopy.errors import ConflictError, NotFoundError, StorageError
@@ -38,8 +55,13 @@ _NOT_MODIFIED = {"304", "NotModified"}
 # What reading an open body raises when the connection breaks or stalls (botocore wraps most of
 # them; urllib3's and the socket's own can still come through).
 _READ_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+# botocore's errors for a reply that broke off after botocore's own retries (read again whole).
+_BROKEN_READS = (ConnectionClosedError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
 _NETWORK_HINT = "check DO_SPACES_ENDPOINT and the network"
+#: How many times a small object or a listing page is read before a broken read is an error.
+READ_ATTEMPTS = 4
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def make_client(settings: Settings, *, attempts: int = 6) -> S3Client:
@@ -54,7 +76,7 @@ def make_client(settings: Settings, *, attempts: int = 6) -> S3Client:
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"},
         connect_timeout=10,
-        read_timeout=120,
+        read_timeout=settings.storage_timeout_seconds,
         max_pool_connections=max(10, settings.upload_concurrency * 2),
     )
     return boto3.session.Session().client(
@@ -83,6 +105,36 @@ def _code(exc: ClientError) -> str:
     return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
+def _retried(exc: ClientError) -> bool:
+    """Whether botocore sent the request more than once before this answer."""
+    return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0) > 0
+
+
+def _broken(what: str, exc: BaseException) -> ReadInterrupted:
+    return ReadInterrupted(
+        f"reading {what} broke off ({type(exc).__name__})",
+        "check the network to the storage endpoint and run the command again",
+        cause=type(exc).__name__,
+    )
+
+
+def read_again(what: str, attempt: Callable[[], T], attempts: int = READ_ATTEMPTS) -> T:
+    """``attempt()``, tried again from the start while its read breaks off (``ReadInterrupted``),
+    at most ``attempts`` times in all, with a short pause between (0.1 s, doubling)."""
+    for n in range(1, attempts + 1):
+        try:
+            return attempt()
+        except ReadInterrupted as exc:
+            if n == attempts:
+                raise StorageError(
+                    f"reading {what} broke off {attempts} times in a row ({exc.cause or 'broken'})",
+                    "check the network to the storage endpoint and run the command again",
+                ) from None
+            log.warning("reading %s broke off (%s); reading it again", what, exc.cause or "broken")
+            time.sleep(0.1 * 2 ** (n - 1))
+    raise AssertionError("unreachable")
+
+
 def storage_error(exc: Exception, action: str, bucket: str) -> StorageError:
     """Translate a boto error into an operator message with what to do (never credentials)."""
     if isinstance(exc, EndpointConnectionError):
@@ -109,24 +161,17 @@ class _Body:
     def __init__(self, raw: Any, key: str) -> None:
         self._raw, self._key = raw, key
 
-    def _broken(self, exc: BaseException) -> ReadInterrupted:
-        return ReadInterrupted(
-            f"reading {self._key} broke off ({type(exc).__name__})",
-            "check the network to the storage endpoint and run the command again",
-            cause=type(exc).__name__,
-        )
-
     def iter_chunks(self, chunk_size: int) -> Iterator[bytes]:
         try:
             yield from self._raw.iter_chunks(chunk_size)
         except _READ_ERRORS as exc:
-            raise self._broken(exc) from None
+            raise _broken(self._key, exc) from None
 
     def read(self, amt: int | None = None) -> bytes:
         try:
             data: bytes = self._raw.read(amt)
         except _READ_ERRORS as exc:
-            raise self._broken(exc) from None
+            raise _broken(self._key, exc) from None
         return data
 
     def close(self) -> None:
@@ -160,6 +205,11 @@ class S3Store:
             raise storage_error(exc, action, self.bucket) from None
         except BotoCoreError as exc:
             raise storage_error(exc, action, self.bucket) from None
+        except _READ_ERRORS as exc:
+            # A reply (an error's too) that broke off while botocore read it is not wrapped by it.
+            cause = type(exc).__name__
+            message = f"trying to {action} broke off ({cause})"
+            raise ReadInterrupted(message, _NETWORK_HINT, cause=cause) from None
 
     # -- single objects -----------------------------------------------------------------------------
     def put_bytes(
@@ -172,13 +222,29 @@ class S3Store:
     ) -> None:
         full = self.full_key(key)
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if create_only else {}
-        self._call(
-            f"write {key}",
-            lambda: self.client.put_object(
-                Bucket=self.bucket, Key=full, Body=data, ContentType=content_type, **extra
-            ),
-            full,
-        )
+
+        def put() -> Any:
+            try:
+                return self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, ContentType=content_type, **extra
+                )
+            except ClientError as exc:
+                # A retry of a create-only PUT whose first attempt landed (its reply lost) is
+                # refused with 412: the write is done if what is there is what we wrote.
+                if create_only and _code(exc) in _PRECONDITION and _retried(exc) and self._holds(full, data):
+                    log.debug("%s: a retried create-only write found its own first attempt", key)
+                    return None
+                raise
+
+        self._call(f"write {key}", put, full)
+
+    def _holds(self, full: str, data: bytes) -> bool:
+        """Whether the object at ``full`` is ``data`` (by the ETag of a single PUT: its MD5)."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=full)
+        except (ClientError, BotoCoreError):
+            return False
+        return str(head.get("ETag", "")).strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> None:
         self.put_bytes(key, encode_json(obj), create_only=create_only, content_type="application/json")
@@ -192,7 +258,7 @@ class S3Store:
 
     def get_bytes(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         rng = f"bytes={byte_range[0]}-{byte_range[1]}" if byte_range else None
-        return _Body(self._get(key, rng)["Body"], key).read()
+        return read_again(key, lambda: _Body(self._get(key, rng)["Body"], key).read())
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
@@ -211,10 +277,13 @@ class S3Store:
                     return None
                 raise
 
-        resp = self._call(f"read {key}", get, full)
-        if resp is None:
-            return None
-        return _Body(resp["Body"], key).read(), str(resp.get("ETag", ""))
+        def read() -> tuple[bytes, str] | None:
+            resp = self._call(f"read {key}", get, full)
+            if resp is None:
+                return None
+            return _Body(resp["Body"], key).read(), str(resp.get("ETag", ""))
+
+        return read_again(key, read)
 
     def open(self, key: str, start: int = 0) -> _Body:
         resp = self._get(key, f"bytes={start}-" if start else None)
@@ -257,20 +326,36 @@ class S3Store:
 
     # -- listings -----------------------------------------------------------------------------------
     def _pages(self, **kwargs: Any) -> Iterator[Any]:
-        """ListObjectsV2 pages; an empty prefix answered with NoSuchKey (Spaces) is an empty listing."""
-        pages = iter(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, **kwargs))
+        """ListObjectsV2 pages; an empty prefix answered with NoSuchKey (Spaces) is an empty listing.
+        Each page is read again whole when its reply breaks off or comes back without a body."""
+        token: str | None = None
+        what = f"the listing of {kwargs.get('Prefix', '')}"
         while True:
-            try:
-                page = next(pages)
-            except StopIteration:
+            more = {"ContinuationToken": token} if token else {}
+            page = read_again(what, functools.partial(self._page, what, **kwargs, **more))
+            if page is None:
                 return
-            except ClientError as exc:
-                if _code(exc) in _NOT_FOUND:
-                    return
-                raise storage_error(exc, "list objects", self.bucket) from None
-            except BotoCoreError as exc:
-                raise storage_error(exc, "list objects", self.bucket) from None
             yield page
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return
+
+    def _page(self, what: str, **kwargs: Any) -> Any:
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            raise storage_error(exc, "list objects", self.bucket) from None
+        except _READ_ERRORS as exc:
+            if isinstance(exc, BotoCoreError) and not isinstance(exc, _BROKEN_READS):
+                raise storage_error(exc, "list objects", self.bucket) from None
+            raise _broken(what, exc) from None
+        # A reply whose body was cut before its first byte parses as an empty page: every real
+        # ListObjectsV2 answer names the bucket and says whether it is truncated.
+        if "IsTruncated" not in page and "Name" not in page:
+            raise _broken(what, EOFError())
+        return page
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, delimiter: str | None = None

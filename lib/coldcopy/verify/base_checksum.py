@@ -13,7 +13,7 @@ from coldcopy.context import Context, open_context
 from coldcopy.core.names import validate_name
 from coldcopy.core.pg_basebackup import CAPTURE, check_backup_manifest
 from coldcopy.core.verification import VerifyResult
-from coldcopy.errors import ColdCopyError, IntegrityError
+from coldcopy.errors import ColdCopyError, IntegrityError, StorageError
 from coldcopy.verify.record import record_result
 
 
@@ -49,7 +49,7 @@ def verify_base(settings: Settings, name: str, *, ctx: Context | None = None) ->
         result.add("the tar reads", True, f"{len(sums)} files")
         _check_files(result, captured, sums)
     except ColdCopyError as exc:
-        result.add("verification", False, exc.message)
+        result.add("verification", False, exc.message, storage=isinstance(exc, StorageError))
     except tarfile.TarError as exc:
         result.add("the tar reads", False, str(exc))
     result.duration_seconds = round(time.monotonic() - t0, 3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings
 from coldcopy.core.verification import VerifyResult
-from coldcopy.errors import ColdCopyError
+from coldcopy.errors import ColdCopyError, StorageError
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.toc import TocReader
 from coldcopy.stream.pipeline import Progress
@@ -21,7 +21,12 @@ def check_dump(
         stats = reader.stream(reader.manifest.data, toc.write, progress)
     except ColdCopyError as exc:
         toc.abandon()
-        result.add("every chunk authenticates; sizes and checksums match", False, exc.message)
+        result.add(
+            "every chunk authenticates; sizes and checksums match",
+            False,
+            exc.message,
+            storage=isinstance(exc, StorageError),
+        )
         return
     result.add(
         "every chunk authenticates; sizes and checksums match",

@@ -18,7 +18,7 @@ from coldcopy.config import Settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.names import parse_name, validate_name
 from coldcopy.core.verification import LEVELS, VerifyResult
-from coldcopy.errors import ColdCopyError, ConfigError
+from coldcopy.errors import ColdCopyError, ConfigError, StorageError
 from coldcopy.stream.pipeline import Progress
 from coldcopy.verify.base_checksum import verify_base
 from coldcopy.verify.base_drill import run_base_drill
@@ -50,7 +50,7 @@ def run_verify(
     try:
         _verify(ctx, settings, name, result, progress)
     except ColdCopyError as exc:
-        result.add("verification", False, exc.message)
+        result.add("verification", False, exc.message, storage=isinstance(exc, StorageError))
     result.duration_seconds = round(time.monotonic() - t0, 3)
     record_result(ctx, result)
     return result
@@ -62,13 +62,15 @@ def _verify(
     try:
         reader = BackupReader(ctx, name)
     except ColdCopyError as exc:
-        result.add("manifest readable", False, exc.message)
+        result.add("manifest readable", False, exc.message, storage=isinstance(exc, StorageError))
         return
     result.add("manifest readable", True, f"{len(reader.manifest.tables)} tables recorded")
     try:
         reader.confirm()
     except ColdCopyError as exc:
-        result.add("objects present and key confirmed", False, exc.message)
+        result.add(
+            "objects present and key confirmed", False, exc.message, storage=isinstance(exc, StorageError)
+        )
         return
     result.add("objects present and key confirmed", True)
     if result.level == "checksum":
@@ -80,4 +82,6 @@ def _verify(
             reader.read_small(reader.manifest.globals)
             result.add("roles (globals) authenticate", True)
         except ColdCopyError as exc:
-            result.add("roles (globals) authenticate", False, exc.message)
+            result.add(
+                "roles (globals) authenticate", False, exc.message, storage=isinstance(exc, StorageError)
+            )

@@ -30,7 +30,7 @@ from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.sanity import SanityQuery, parse_sanity_queries
 from coldcopy.core.shape import summary as shape_summary
 from coldcopy.core.verification import VerifyResult
-from coldcopy.errors import ColdCopyError, ConfigError, EnvironmentProblem
+from coldcopy.errors import ColdCopyError, ConfigError, EnvironmentProblem, StorageError
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.postgres.shape import read_facts
@@ -214,7 +214,12 @@ def _restore_and_check(
             no_privileges=True,
         )
     except ColdCopyError as exc:
-        result.add("test restore: chunks authenticate and pg_restore succeeds", False, exc.message)
+        result.add(
+            "test restore: chunks authenticate and pg_restore succeeds",
+            False,
+            exc.message,
+            storage=isinstance(exc, StorageError),
+        )
         return
     _measured(reader, scratch, result, t0, "test restore: chunks authenticate and pg_restore succeeds")
     _check_row_counts(scratch, manifest.tables, manifest.row_counts, result)
