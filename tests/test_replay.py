@@ -52,6 +52,7 @@ def test_the_replayer_skips_what_the_dump_has_and_stops_at_the_target() -> None:
     for xid, sec in ((102, 1), (105, 2)):
         got += r2.feed(_b(xid, f"0/{xid:X}", f"2026-12-01 12:00:0{sec}.5+00"))
         got += r2.feed(_line(action="I", **ins))
+        got += r2.feed(_line(action="U", **ins, identity=[{"name": "id", "type": "integer", "value": 0}]))
         got += r2.feed(_line(action="U", **ins, identity=[{"name": "id", "type": "integer", "value": 1}]))
         got += r2.feed(_line(action="T", schema="public", table="a"))
         got += r2.feed(_line(action="T", schema="public", table="b"))

@@ -141,9 +141,17 @@ def insert_values(row: dict[str, Any]) -> str:
     return "(" + ", ".join(literal(c.get("value")) for c in row["columns"]) + ")"
 
 
-def update_sql(row: dict[str, Any]) -> str:
-    """The UPDATE of one row: the columns the stream has (an unchanged TOAST value is absent)."""
-    sets = ", ".join(f"{ident(str(c['name']))} = {literal(c.get('value'))}" for c in row["columns"])
+def update_sql(row: dict[str, Any]) -> str | None:
+    """The UPDATE of one row: the columns the stream has (an unchanged TOAST value is absent), less
+    identity columns it leaves as they were (a GENERATED ALWAYS key may not be SET); None when
+    nothing changes."""
+    old = {str(c["name"]): c.get("value") for c in row.get("identity") or []}
+    changed = [
+        c for c in row["columns"] if str(c["name"]) not in old or old[str(c["name"])] != c.get("value")
+    ]
+    if not changed:
+        return None
+    sets = ", ".join(f"{ident(str(c['name']))} = {literal(c.get('value'))}" for c in changed)
     return f"UPDATE {table_of(row)} SET {sets} WHERE {one_row(row)}"
 
 
@@ -242,7 +250,8 @@ class Replayer:
             return out
         out += self._flush()
         if action == "U":
-            out.append(update_sql(row))
+            sql = update_sql(row)
+            out += [sql] if sql else []
         elif action == "D":
             out.append(delete_sql(row))
         else:
