@@ -3,7 +3,10 @@
 while the drain runs on the deployed schedule (every COLDCOPY_CHANGES_INTERVAL_SECONDS), into a
 moto S3 server over HTTP.  Prints, in one run: pgbench TPS, WAL bytes written, drain CPU seconds
 per GB of WAL, bytes stored per transaction, and the data-loss window (max, median) from commit to
-stored batch (a batch's stored_at minus each transaction's commit time).
+stored batch (a batch's stored_at minus each transaction's commit time).  With ``--pitr``: a
+logical backup before pgbench starts, and after the run ``coldcopy pitr`` to the newest archived
+commit into a new database: restore and replay seconds, and replayed transactions per second
+against pgbench's TPS.
 
     .venv/bin/python scripts/bench_changes.py --seconds 120 --scale 10
 """
@@ -23,14 +26,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+from coldcopy.backup.logical import run_backup  # noqa: E402
 from coldcopy.changes.monitor import archive_slot, drain_and_record  # noqa: E402
 from coldcopy.changes.slot import setup  # noqa: E402
 from coldcopy.config import load_settings  # noqa: E402
 from coldcopy.context import open_context  # noqa: E402
 from coldcopy.core.changes import BATCHES_PREFIX  # noqa: E402
 from coldcopy.core.lsn import parse_lsn  # noqa: E402
+from coldcopy.core.recovery_plan import Target  # noqa: E402
 from coldcopy.localstack.s3server import S3Server  # noqa: E402
 from coldcopy.postgres.cluster import PgCluster, find_bin_dir  # noqa: E402
+from coldcopy.restore.replay import run_logical_pitr  # noqa: E402
 
 
 def main() -> int:
@@ -39,6 +45,7 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--interval", type=int, default=15)
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--pitr", action="store_true", help="also measure a logical PITR over the run")
     a = ap.parse_args()
     settings = {"wal_level": "logical", "max_replication_slots": "10", "synchronous_commit": "on"}
     with PgCluster(settings=settings) as pg, S3Server() as s3:
@@ -68,6 +75,8 @@ def main() -> int:
         ctx = open_context(load_settings(env))
         conn = pg.connect()
         setup(conn, archive_slot(ctx.settings))
+        if a.pitr:
+            run_backup(ctx.settings, ctx=ctx)
         wal0 = parse_lsn(str(conn.run("SELECT pg_current_wal_lsn()::text")[0][0]))
         stop = threading.Event()
         cpu = [0.0]
@@ -118,6 +127,20 @@ def main() -> int:
             "window_seconds_max": round(max(windows), 2) if windows else None,
             "window_seconds_median": round(statistics.median(windows), 2) if windows else None,
         }
+        if a.pitr:
+            newest = Target("lsn", lsn=parse_lsn(str(conn.run("SELECT pg_current_wal_lsn()::text")[0][0])))
+            t0 = time.monotonic()
+            r = run_logical_pitr(ctx.settings, newest, "pitr_target")
+            rate = float(tps.split("=")[1].split()[0])
+            report["pitr"] = {
+                "total_seconds": round(time.monotonic() - t0, 2),
+                "restore_seconds": r.restore_seconds,
+                "replay_seconds": r.replay.seconds,
+                "replayed_transactions": r.replay.transactions,
+                "replayed_per_second": r.replay.per_second,
+                "replay_vs_pgbench": round(r.replay.per_second / rate, 2) if rate else None,
+                "round_trips": r.replay.round_trips,
+            }
         print(json.dumps(report, indent=1))
         conn.close()
     return 0

@@ -49,3 +49,56 @@ def test_setup_drain_and_teardown_as_postgres_on_the_stand_in(s3_server: S3Serve
         assert catalog_objects(admin) == before
         admin.close()
         conn.close()
+
+
+@pytest.mark.timeout(240)
+def test_pitr_from_the_change_archive_as_postgres_on_the_stand_in(s3_server: S3Server, bucket: str) -> None:
+    """The marker pattern on the stand-in as ``postgres``: a restore point and an xid target,
+    each into a new database through the Supabase-faithful restore, plus a UPDATE leaving a
+    TOASTed column unchanged and DDL between them."""
+    with project(with_app=False) as p:
+        env = {
+            **p.env(),
+            "COLDCOPY_CLUSTER": "proj",
+            **s3_server.spaces_env(bucket),
+            "BACKUP_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        }
+        conn = p.connect()
+        conn.run("SET synchronous_commit = on")
+        conn.run("CREATE TABLE status (id int PRIMARY KEY, phase text)")
+        conn.run("INSERT INTO status VALUES (1, 'backup')")
+        conn.run("CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int, doc text)")
+        big = "SELECT 0, string_agg(md5(random()::text), '') FROM generate_series(1, 3000)"
+        conn.run(f"INSERT INTO notes (n, doc) {big}")
+        assert run_cli(env, "changes", "setup").rc == 0
+        r = run_cli(env, "--json", "backup")
+        assert r.rc == 0, r.err
+        conn.run("UPDATE status SET phase = 'one'")
+        conn.run("UPDATE notes SET n = 1")  # doc is TOASTed and unchanged: not in the stream
+        rp = run_cli(env, "--json", "restore-point", "before-two")
+        assert rp.rc == 0, rp.err
+        assert json.loads(rp.out)["change_archive"] and json.loads(rp.out)["lsn"] is None  # not superuser
+        conn.run("ALTER TABLE notes ADD COLUMN tag text DEFAULT 'x'")
+        xid = conn.run("UPDATE status SET phase = 'two' RETURNING txid_current()::text")[0][0]
+        conn.run("INSERT INTO notes (n, doc) VALUES (2, 'short')")
+        conn.run("UPDATE status SET phase = 'three'")
+        doc = conn.run("SELECT md5(doc) FROM notes WHERE id = 1")[0][0]
+        assert run_cli(env, "changes", "drain").rc == 0
+        for target, db, phase in (
+            (("--target-name", "before-two"), "rp_name", "one"),
+            (("--target-xid", xid), "rp_xid", "two"),
+        ):
+            r = run_cli(env, "--json", "pitr", *target, "--target-db", db)
+            assert r.rc == 0, r.err
+            out = json.loads(r.out)
+            assert out["archive"] == "logical" and out["replay"]["transactions"] >= 2
+            got = p.connect(db)
+            assert got.run("SELECT phase FROM status") == [[phase]]
+            assert got.run("SELECT n, md5(doc) FROM notes WHERE id = 1") == [[1, doc]]
+            has_tag = got.run("SELECT count(*) FROM information_schema.columns WHERE column_name = 'tag'")
+            assert has_tag == [[1 if phase == "two" else 0]]
+            got.close()
+        r = run_cli(env, "pitr", "--target-name", "no-such-point", "--target-db", "rp_none")
+        assert r.rc == 8 and "no restore point named" in r.err
+        assert not conn.run("SELECT 1 FROM pg_database WHERE datname = 'rp_none'")
+        conn.close()

@@ -13,6 +13,8 @@ through supautils) and on plain PostgreSQL 13+:
   in the DDL's own transaction, so DDL travels in the stream in commit order) and ``heartbeat``
   (one row each drain rewrites: the stream's clock, with a fingerprint of the schema so that DDL
   the trigger cannot see — run by the platform's superuser — is detected);
+* ``restore_points``: a row per ``coldcopy restore-point NAME``, so a named target travels in the
+  stream (``pg_create_restore_point`` needs superuser, and marks only the WAL);
 * the event trigger ``coldcopy_capture_ddl`` (``ddl_command_end``).
 
 ``teardown`` removes exactly these.  A slot no drain reads keeps WAL on the server until its disk
@@ -27,7 +29,7 @@ from typing import Any
 
 import pg8000.native
 
-from coldcopy.core.changes import SCHEMA
+from coldcopy.core.changes import RESTORE_POINTS, SCHEMA
 from coldcopy.errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ PLUGIN = "wal2json"
 EVENT_TRIGGER = "coldcopy_capture_ddl"
 HEARTBEAT_ID = 1
 #: The stream's own tables (they travel in the stream; everything else of ColdCopy's does not exist).
-OWN_TABLES = (f"{SCHEMA}.ddl_log", f"{SCHEMA}.heartbeat")
+OWN_TABLES = (f"{SCHEMA}.ddl_log", f"{SCHEMA}.heartbeat", f"{SCHEMA}.{RESTORE_POINTS}")
 _SKIP_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast', 'coldcopy')"
 
 SETUP_SQL = [
@@ -52,6 +54,12 @@ SETUP_SQL = [
         id int PRIMARY KEY,
         at timestamptz NOT NULL,
         fingerprint text NOT NULL)""",
+    # `coldcopy restore-point NAME` inserts a row: a named target in the stream, without superuser.
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.{RESTORE_POINTS} (
+        id bigserial PRIMARY KEY,
+        name text NOT NULL,
+        at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        role text NOT NULL DEFAULT session_user)""",
     # SECURITY DEFINER: whoever runs the DDL, the row is written as the owner (postgres).
     f"""CREATE OR REPLACE FUNCTION {SCHEMA}.capture_ddl() RETURNS event_trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
@@ -191,7 +199,9 @@ def setup(conn: pg8000.native.Connection, slot: str) -> SetupReport:
             "the role needs CREATE on the database and the right to create event triggers "
             "(superuser, or postgres on Supabase through supautils)",
         ) from None
-    (report.existing if had_schema else report.created).append(f"schema {SCHEMA} (ddl_log, heartbeat)")
+    (report.existing if had_schema else report.created).append(
+        f"schema {SCHEMA} (ddl_log, heartbeat, {RESTORE_POINTS})"
+    )
     state = slot_state(conn, slot)
     if state.exists and state.invalidated:
         raise DatabaseError(

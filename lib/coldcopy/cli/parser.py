@@ -293,7 +293,10 @@ def _pitr_commands(add: AddCommand) -> None:
     )
     _wal_commands(add)
     p = add(
-        "pitr", "pitr:cmd_pitr", "recover a new data folder to a point in time (base backup + archived WAL)"
+        "pitr",
+        "pitr:cmd_pitr",
+        "recover to a point in time: a new data folder (base backup + archived WAL), or a database "
+        "(logical backup + the change archive)",
     )
     p.add_argument("--target-time", type=utc_time, help="ISO time, UTC unless it has an offset")
     p.add_argument("--target-lsn", help="an LSN such as 0/16B3748")
@@ -302,6 +305,17 @@ def _pitr_commands(add: AddCommand) -> None:
     p.add_argument("--target", choices=["immediate"], help="stop as soon as the base backup is consistent")
     p.add_argument(
         "--target-dir", help="a new or empty folder for the data (default: ./coldcopy-pitr-<time>)"
+    )
+    p.add_argument(
+        "--target-db",
+        help="change archive: restore and replay into this new database (default: DB_NAME, the project's)",
+    )
+    p.add_argument(
+        "--archive",
+        choices=["auto", "logical", "physical"],
+        default="auto",
+        help="which archive to recover from (auto: physical when there are base backups, "
+        "else the change archive)",
     )
     p.add_argument("--port", type=int, default=5432, help="port of the recovered server")
     p.add_argument("--start", action="store_true", help="start it with pg_ctl and wait for promotion")

@@ -8,16 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from coldcopy.backup.base import run_basebackup
+from coldcopy.changes.points import write_restore_point
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.config import DB, STORAGE
-from coldcopy.context import open_context
+from coldcopy.context import Context, open_context
 from coldcopy.core.archive_report import ArchiveReport, summarize
+from coldcopy.core.changes import BATCHES_PREFIX
 from coldcopy.core.humanize import human_bytes
-from coldcopy.core.recovery_plan import parse_target
+from coldcopy.core.recovery_plan import RecoveryRefused, Target, parse_target
+from coldcopy.core.replay import LogicalPlan
 from coldcopy.errors import ColdCopyError
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.pitr import PitrResult, base_manifests, run_pitr
+from coldcopy.restore.replay import LogicalPitrResult, run_logical_pitr
 from coldcopy.wal.archive import archived_names
 from coldcopy.wal.sweep import run_sweep
 
@@ -56,7 +60,7 @@ def cmd_wal_sweep(args: argparse.Namespace) -> int:
 
 def _pitr_text(r: PitrResult) -> str:
     lines = [
-        f"{r.backup} extracted into {r.target_dir} for recovery to {r.target} "
+        f"physical archive: {r.backup} extracted into {r.target_dir} for recovery to {r.target} "
         f"(WAL {r.first_segment} .. {r.last_segment})"
     ]
     if r.promoted:
@@ -68,11 +72,69 @@ def _pitr_text(r: PitrResult) -> str:
     return "\n".join(lines)
 
 
+def _logical_text(r: LogicalPitrResult) -> str:
+    p = r.replay
+    last = (
+        f"last replayed: transaction {p.last_xid}, committed {p.last_commit_at} (LSN {p.last_commit_lsn})"
+        if p.last_xid is not None
+        else "no transaction after the backup was needed"
+    )
+    return "\n".join(
+        [
+            f"logical archive: {r.backup} restored into {r.target_db} and the change archive replayed "
+            f"to {r.target}",
+            f"  restore {r.restore_seconds:.1f} s; replay {p.transactions} transactions ({p.rows} rows, "
+            f"{p.ddl} DDL) in {p.seconds:.1f} s ({p.per_second}/s); {p.skipped_in_dump} in the backup",
+            f"  {last}",
+            f"  sequences raised: {len(p.sequences_set)}; heartbeat at {r.heartbeat_at or '-'}",
+        ]
+    )
+
+
+def _which_archive(args: argparse.Namespace, ctx: Context) -> str:
+    if args.archive != "auto":
+        return str(args.archive)
+    if args.target_db:
+        return "logical"
+    if base_manifests(ctx):
+        return "physical"  # a server with base backups keeps physical PITR
+    has_changes = any(True for _ in ctx.storage.list(BATCHES_PREFIX))
+    return "logical" if has_changes else "physical"
+
+
+def _logical_pitr(args: argparse.Namespace, target: Target) -> int:
+    for flag, given in (
+        ("--target-dir", args.target_dir),
+        ("--start", args.start),
+        ("--backup", args.backup),
+    ):
+        if given:
+            raise RecoveryRefused(
+                f"{flag} is for physical PITR; the change archive restores into a database",
+                "use --target-db NAME (or none: the project's database DB_NAME)",
+            )
+    s = settings_for(args, (DB, STORAGE))
+
+    def announce(plan: LogicalPlan) -> None:
+        if not args.json:
+            print(plan.describe(), flush=True)
+
+    r = run_logical_pitr(s, target, args.target_db, on_plan=announce)
+    present(args, r.to_dict(), lambda: _logical_text(r))
+    return 0
+
+
 def cmd_pitr(args: argparse.Namespace) -> int:
     s = settings_for(args, (STORAGE,))
     target = parse_target(
         args.target_time, args.target_lsn, args.target_name, args.target == "immediate", args.target_xid
     )
+    if _which_archive(args, open_context(s)) == "logical":
+        return _logical_pitr(args, target)
+    if args.target_db:
+        raise RecoveryRefused(
+            "--target-db is for PITR from the change archive", "physical PITR writes a --target-dir"
+        )
     target_dir = Path(args.target_dir or f"coldcopy-pitr-{now().strftime('%Y%m%d_%H%M%S')}")
     r = run_pitr(
         s,
@@ -84,7 +146,7 @@ def cmd_pitr(args: argparse.Namespace) -> int:
         command=args.coldcopy_command,
         timeout=args.timeout,
     )
-    present(args, r.to_dict(), lambda: _pitr_text(r))
+    present(args, {"archive": "physical", **r.to_dict()}, lambda: _pitr_text(r))
     return 0
 
 
@@ -113,20 +175,24 @@ def cmd_wal_status(args: argparse.Namespace) -> int:
 
 def cmd_restore_point(args: argparse.Namespace) -> int:
     if not 1 <= len(args.name) <= 63:
-        raise ColdCopyError("a restore point name has 1 to 63 characters")
+        raise ColdCopyError("a restore point name has 1 to 63 characters", "choose a shorter name")
     pg = Postgres(settings_for(args, (DB,)))
     with pg.session() as conn:
-        lsn = str(conn.run("SELECT pg_create_restore_point(:n)::text", n=args.name)[0][0])
-        # Close the segment so the restore point reaches the archive now, not at the next switch.
-        switched = True
-        try:
-            conn.run("SELECT pg_switch_wal()")
-        except Exception:  # noqa: BLE001 - needs a privilege the role may lack; archive_timeout does it later
-            switched = False
-    present(
-        args,
-        {"name": args.name, "lsn": lsn, "wal_switched": switched},
-        f"restore point {args.name!r} at LSN {lsn}"
-        + ("" if switched else " (could not switch WAL: it is archived at the next segment switch)"),
-    )
+        out = write_restore_point(conn, args.name)
+    lines = []
+    if out["change_archive"]:
+        lines.append(
+            f"restore point {args.name!r} written into the change archive's stream "
+            f"(transaction {out['xid']}, {out['at']})"
+        )
+    if out["lsn"]:
+        lines.append(
+            f"restore point {args.name!r} at LSN {out['lsn']} in the WAL"
+            + (
+                ""
+                if out["wal_switched"]
+                else " (could not switch WAL: it is archived at the next segment switch)"
+            )
+        )
+    present(args, out, "\n".join(lines))
     return 0

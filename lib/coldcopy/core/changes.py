@@ -34,6 +34,7 @@ BATCHES_PREFIX = "changes/batches/"
 DATA_PREFIX = "changes/data/"
 STATUS_KEY = "state/changes-status.json"
 SCHEMA = "coldcopy"  # the ColdCopy schema in the protected database (DDL log, heartbeat)
+RESTORE_POINTS = "restore_points"  # its table of named restore points (`coldcopy restore-point`)
 _BATCH_RE = re.compile(r"^changes/batches/([0-9A-F]{16})\.json$")
 _ATTEMPT_RE = re.compile(r"^[0-9a-f]{8,32}$")
 
