@@ -19,11 +19,12 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from coldcopy.context import Context
 from coldcopy.core.files import (
@@ -56,6 +57,8 @@ from coldcopy.stream.crypto import MasterKey
 from coldcopy.stream.pipeline import READ_SIZE, Packer, StreamStats, Unpacker, pack_bytes
 
 log = logging.getLogger(__name__)
+A = TypeVar("A")
+R = TypeVar("R")
 #: Called with a phase name as the snapshot passes it (tests stop a snapshot there).
 Hook = Callable[[str], None]
 
@@ -69,7 +72,7 @@ class SnapshotReport:
     changed: int = 0
     copied_contents: int = 0  # contents read from the project and stored now
     copied_bytes: int = 0
-    reused_contents: int = 0  # new or changed objects whose content was already stored
+    deduplicated: int = 0  # new or changed objects whose content was already stored: no copy
     summary: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +137,33 @@ def stored_content(storage: ObjectStore, cid: str) -> Content | None:
         return Content.from_dict(storage.get_json(content_meta_key(cid)))
     except NotFoundError:
         return None
+
+
+def in_parallel(fn: Callable[[A], R], items: list[A], workers: int) -> Iterator[R]:
+    """``fn`` over ``items`` with at most ``workers`` running, results in order; after the first
+    failure no further call starts, and it is raised once the running ones end."""
+    failed = threading.Event()
+
+    def guarded(item: A) -> R:
+        if failed.is_set():
+            raise _NotStarted
+        try:
+            return fn(item)
+        except BaseException:
+            failed.set()
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="files")
+    futures = [pool.submit(guarded, item) for item in items]
+    try:
+        for fut in futures:
+            yield fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _NotStarted(Exception):
+    """A call ``in_parallel`` skipped after another failed (never raised to its caller first)."""
 
 
 # -- taking a snapshot ------------------------------------------------------------------------------
@@ -240,13 +270,13 @@ def take_snapshot(
     finally:
         storage.delete([inflight_key(snap)])
     log.info(
-        "files snapshot %s: %d objects, %d changed, %d contents copied (%d bytes), %d reused",
+        "files snapshot %s: %d objects, %d changed, %d contents copied (%d bytes), %d deduplicated",
         snap,
         report.objects,
         report.changed,
         report.copied_contents,
         report.copied_bytes,
-        report.reused_contents,
+        report.deduplicated,
     )
     return report
 
@@ -291,16 +321,15 @@ def _take(
 
     entries = list(plan.kept)
     contents = {e.content: known[e.content] for e in plan.kept}
-    with ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency, thread_name_prefix="files") as pool:
-        for results in pool.map(one_group, groups.values()):
-            for entry, content, copied in results:
-                entries.append(entry)
-                if content.id not in contents and not copied:
-                    report.reused_contents += 1
-                if copied:
-                    report.copied_contents += 1
-                    report.copied_bytes += content.raw_size
-                contents[content.id] = content
+    for results in in_parallel(one_group, list(groups.values()), ctx.settings.upload_concurrency):
+        for entry, content, copied in results:
+            entries.append(entry)
+            if not copied:
+                report.deduplicated += 1
+            else:
+                report.copied_contents += 1
+                report.copied_bytes += content.raw_size
+            contents[content.id] = content
     entries.sort(key=lambda e: (e.bucket, e.key))
     index = Index(snap, iso(now), backup, tuple(buckets), tuple(entries), contents)
     hook("before-index")
@@ -330,7 +359,7 @@ def _take(
 # -- retention ---------------------------------------------------------------------------------------
 def prune_files(
     storage: ObjectStore,
-    key: MasterKey | None,
+    key_of: Callable[[], MasterKey | None],
     kept_backups: list[str],
     *,
     now: datetime,
@@ -347,6 +376,7 @@ def prune_files(
         return {"snapshots_deleted": [], "contents_deleted": 0, "reported": []}
     doomed = snapshots_to_delete({s: c.get("backup") for s, c in commits.items()}, kept_backups, now, days)
     remaining = [s for s in commits if s not in doomed]
+    key = key_of() if remaining else None
     indexes = [read_index(storage, s, key, commits[s]) for s in remaining]
     reported: list[str] = []
     by_content: dict[str, list[tuple[str, datetime]]] = {}

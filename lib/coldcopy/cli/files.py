@@ -25,7 +25,7 @@ def cmd_files_backup(args: argparse.Namespace) -> int:
         r.to_dict(),
         f"files snapshot {r.snapshot}: {r.objects} objects ({r.unchanged} unchanged, {r.changed} new or "
         f"changed); {r.copied_contents} contents copied ({human_bytes(r.copied_bytes)}), "
-        f"{r.reused_contents} already stored",
+        f"{r.deduplicated} already stored",
     )
     return 0
 
@@ -46,10 +46,10 @@ def cmd_files_list(args: argparse.Namespace) -> int:
             table(
                 [
                     [
-                        r["snapshot"],
-                        r["created_at"],
-                        r["backup"] or "-",
-                        r["objects"],
+                        str(r["snapshot"]),
+                        str(r["created_at"]),
+                        str(r["backup"] or "-"),
+                        str(r["objects"]),
                         human_bytes(r["bytes"] or 0),
                     ]
                     for r in rows

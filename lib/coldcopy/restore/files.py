@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from coldcopy.backup.files import content_stats, content_stream, read_index, resolve
+from coldcopy.backup.files import content_stats, content_stream, in_parallel, read_index, resolve
 from coldcopy.context import Context
 from coldcopy.core.files import Content, Entry, etag_md5, select
 from coldcopy.errors import ColdCopyError, IntegrityError
@@ -79,18 +78,24 @@ def _write(target: ProjectStorage, storage: ObjectStore, key: MasterKey | None, 
     upload = target.start_upload(e.bucket, e.key, meta)
     etags: list[str] = []
     md5s: list[bytes] = []
-    buf = bytearray()
+    pending: list[bytes] = []  # raw pieces of the next part (never more than a part and a frame)
+    size = 0
+
+    def send(part: bytes) -> None:
+        md5s.append(hashlib.md5(part, usedforsecurity=False).digest())
+        etags.append(target.put_part(e.bucket, e.key, upload, len(etags) + 1, part))
+
     try:
         for raw in _plain(storage, c, key):
-            buf += raw
-            while len(buf) >= PART_SIZE:
-                part = bytes(buf[:PART_SIZE])
-                del buf[:PART_SIZE]
-                md5s.append(hashlib.md5(part, usedforsecurity=False).digest())
-                etags.append(target.put_part(e.bucket, e.key, upload, len(etags) + 1, part))
-        if buf or not etags:
-            md5s.append(hashlib.md5(bytes(buf), usedforsecurity=False).digest())
-            etags.append(target.put_part(e.bucket, e.key, upload, len(etags) + 1, bytes(buf)))
+            pending.append(raw)
+            size += len(raw)
+            if size >= PART_SIZE:
+                joined = b"".join(pending)
+                pending, size = [joined[PART_SIZE:]], size - PART_SIZE
+                send(joined[:PART_SIZE])
+                del joined
+        if size or not etags:
+            send(b"".join(pending))
         target.complete_upload(e.bucket, e.key, upload, etags)
     except BaseException:
         try:
@@ -133,13 +138,10 @@ def restore_files(
         return e, _write(target, storage, ctx.key, e, index.contents[e.content])
 
     expected: dict[tuple[str, str], str] = {}
-    with ThreadPoolExecutor(
-        max_workers=ctx.settings.upload_concurrency, thread_name_prefix="files-restore"
-    ) as pool:
-        for e, etag in pool.map(one, todo):
-            expected[(e.bucket, e.key)] = etag
-            report.restored += 1
-            report.bytes_written += e.size
+    for e, etag in in_parallel(one, todo, ctx.settings.upload_concurrency):
+        expected[(e.bucket, e.key)] = etag
+        report.restored += 1
+        report.bytes_written += e.size
     # The check: every selected object is there, with its size and the ETag of its bytes.
     now_there = {(o.bucket, o.key): o for b in buckets for o in target.listing(b)}
     for e in chosen:
