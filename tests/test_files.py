@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import run_cli
-from coldcopy.backup.files import committed, prune_files, take_snapshot
+from coldcopy.backup.files import committed, prune_files, snapshot_for_backup, take_snapshot
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.files import CONTENT_PREFIX, inflight_key
@@ -135,6 +135,7 @@ def test_a_snapshot_restores_into_an_empty_project_equal_object_by_object(
     assert len(_contents(ctx)) == 5
     assert counted.calls["GetObject"] == 5 and counted.calls["HeadObject"] == 1
     assert list(committed(ctx.storage)) == ["files_20261124_020000"]
+    assert snapshot_for_backup(ctx.storage, "full_backup_app_20261124_020000") == "files_20261124_020000"
 
     storage_server.reset()  # the disaster: a new, empty project
     assert _state(storage_server) == {}
@@ -145,6 +146,13 @@ def test_a_snapshot_restores_into_an_empty_project_equal_object_by_object(
 
     again = restore_files(ctx, open_project_storage(settings), "files_20261124_020000")
     assert (again.restored, again.skipped) == (0, 6)  # already identical: nothing written
+
+    storage_server.reset()  # a support case: one folder of one bucket
+    part = restore_files(
+        ctx, open_project_storage(settings), "files_20261124_020000", bucket="docs", prefix="a/"
+    )
+    assert part.ok and part.restored == 1
+    assert list(_state(storage_server)) == [("docs", "a/b/c/deep key.txt")]
 
 
 def test_a_second_snapshot_copies_only_new_and_changed_objects(
