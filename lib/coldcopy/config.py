@@ -61,6 +61,7 @@ SECRET_VARS = (
     "DO_API_TOKEN",
     "SMTP_PASSWORD",
     "VERIFY_DB_PASSWORD",
+    "SUPABASE_STORAGE_SECRET",
 )
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -124,6 +125,11 @@ class Settings:
     spaces_region: str = "nyc3"
     spaces_endpoint: str = "https://nyc3.digitaloceanspaces.com"
     cluster: str = ""
+    # The project's Storage (Supabase Storage's S3 endpoint): files snapshots; off while unset
+    files_endpoint: str = ""
+    files_region: str = ""
+    files_key: str = ""
+    files_secret: Secret = field(default_factory=lambda: Secret(""))
     # Encryption and the stream pipeline
     encryption_key: Secret = field(default_factory=lambda: Secret(""))
     zstd_level: int = 1
@@ -179,6 +185,11 @@ class Settings:
         return self.cluster or self.db_name or "default"
 
     @property
+    def files_configured(self) -> bool:
+        """Whether files snapshots are on: the project's Storage endpoint and keys are all set."""
+        return bool(self.files_endpoint and self.files_key and self.files_secret)
+
+    @property
     def encrypted(self) -> bool:
         return bool(self.encryption_key)
 
@@ -195,6 +206,7 @@ class Settings:
 # What each command group needs; validation only reports what the running command uses.
 DB = "db"
 STORAGE = "storage"
+FILES = "files"
 
 _Conv = Callable[[str], Any]
 
@@ -381,6 +393,10 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "DO_SPACES_REGION": ("spaces_region", str, None),
     "DO_SPACES_ENDPOINT": ("spaces_endpoint", _endpoint, None),
     "COLDCOPY_CLUSTER": ("cluster", _cluster, None),
+    "SUPABASE_STORAGE_ENDPOINT": ("files_endpoint", _endpoint, FILES),
+    "SUPABASE_STORAGE_REGION": ("files_region", str, None),
+    "SUPABASE_STORAGE_KEY": ("files_key", str, FILES),
+    "SUPABASE_STORAGE_SECRET": ("files_secret", Secret, FILES),
     "BACKUP_ENCRYPTION_KEY": ("encryption_key", Secret, None),
     "COLDCOPY_ZSTD_LEVEL": ("zstd_level", _int(1, 19), None),
     "COLDCOPY_VOLUME_SIZE_MB": ("volume_size_mb", _int(1, 512), None),

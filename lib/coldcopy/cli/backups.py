@@ -7,6 +7,7 @@ import argparse
 import logging
 from typing import Any
 
+from coldcopy.backup.files import snapshot_for_backup
 from coldcopy.backup.logical import run_backup
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present, progress_meter
@@ -201,6 +202,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             no_owner=args.no_owner,
             progress=meter,
         )
+    # The files that go with this database (storage.objects rows point to them).
+    r["files_snapshot"] = snapshot_for_backup(open_context(s).storage, str(r["name"]))
     present(args, r, lambda: _restore_text(r))
     return 0
 
@@ -214,6 +217,9 @@ def _restore_text(r: dict[str, Any]) -> str:
             f"row counts equal the backup's; roles given back: {', '.join(r['roles_given_back']) or 'none'}"
         )
     lines += [f"  not given back: {x}" for x in r.get("left_out", [])]
+    snap = r.get("files_snapshot")
+    if snap:
+        lines.append(f"  its Storage files: coldcopy files restore --snapshot {snap}")
     lines += [
         f"  run as a superuser or set in the dashboard: {sql}" for sql in r.get("settings_to_apply", [])
     ]

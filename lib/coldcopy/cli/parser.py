@@ -96,7 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_commands(add)
     _pitr_commands(add)
     _changes_commands(add, action)
+    _files_commands(add, action)
     return p
+
+
+def _files_commands(add: AddCommand, action: Action) -> None:
+    f = add("files", None, "the project's Storage files (SUPABASE_STORAGE_*): snapshots in the bucket")
+    actions = f.add_subparsers(dest="files_command", required=True, metavar="ACTION")
+    b = action(
+        actions, "backup", "files:cmd_files_backup", "take a files snapshot (only new or changed objects)"
+    )
+    b.add_argument("--backup", help="the database backup this snapshot goes with")
+    action(actions, "list", "files:cmd_files_list", "complete files snapshots, newest first")
+    r = action(
+        actions, "restore", "files:cmd_files_restore", "write a snapshot's files into the project's Storage"
+    )
+    r.add_argument("--snapshot", required=True, help="a snapshot id, or the name of its database backup")
+    r.add_argument("--bucket", help="restore only this bucket")
+    r.add_argument("--prefix", help="restore only keys starting with this (one user's folder)")
+    v = action(actions, "verify", "files:cmd_files_verify", "every stored content authenticates and matches")
+    v.add_argument("snapshot", help="a snapshot id, or the name of its database backup")
 
 
 def _changes_commands(add: AddCommand, action: Action) -> None:

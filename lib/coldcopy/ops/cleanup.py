@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from coldcopy.backup.files import prune_files
 from coldcopy.backup.inflight import marker_key
 from coldcopy.config import Settings
 from coldcopy.context import Context
@@ -35,6 +36,7 @@ from coldcopy.ops.pins import get_pin, read_pins
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.s3 import open_store
 from coldcopy.storage.store import ObjectStore
+from coldcopy.stream.crypto import MasterKey
 
 log = logging.getLogger(__name__)
 #: Keys a base backup's manifest.extra may carry its first needed WAL segment under.
@@ -164,6 +166,7 @@ def run_cleanup(
             "run `coldcopy cleanup --dry-run` again, review it, and pass its plan id",
         )
     if dry_run:
+        out["files"] = _prune_files(settings, storage, plan, now, dry_run=True)
         return out
     run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
     deleted: list[str] = []
@@ -187,6 +190,7 @@ def run_cleanup(
         for i in range(0, len(old_records), 1000):
             storage.delete(old_records[i : i + 1000])
         out["job_records_deleted"] = len(old_records)
+        out["files"] = _prune_files(settings, storage, plan, now, dry_run=False)
     except ColdCopyError as exc:
         error = exc.message
         raise
@@ -197,6 +201,25 @@ def run_cleanup(
         out["record"] = catalog.record("cleanup", run_id, summary)
         catalog.refresh()
     return out
+
+
+def _prune_files(
+    settings: Settings, storage: ObjectStore, plan: RetentionPlan, now: datetime, *, dry_run: bool
+) -> dict[str, Any]:
+    """Files snapshots go with their backups; contents go when no remaining snapshot needs them."""
+
+    def key() -> MasterKey | None:
+        return MasterKey.from_passphrase(settings.encryption_key.reveal()) if settings.encrypted else None
+
+    return prune_files(
+        storage,
+        key,
+        [name for name, _ in plan.keep],
+        now=now,
+        days=settings.retention.full_days,
+        stale=timedelta(seconds=settings.stale_upload_seconds),
+        dry_run=dry_run,
+    )
 
 
 def cleanup_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +236,7 @@ def cleanup_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
             "reported",
             "run_id",
             "job_records_deleted",
+            "files",
         )
         if k in out
     } | {"kept": len(out["keep"])}

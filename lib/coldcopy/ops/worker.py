@@ -19,18 +19,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from coldcopy.backup.files import take_snapshot
 from coldcopy.backup.logical import run_backup
 from coldcopy.changes.monitor import drain_and_record
-from coldcopy.config import DB, Settings, missing, redact
+from coldcopy.config import DB, FILES, Settings, missing, redact
 from coldcopy.context import Context, open_context
 from coldcopy.core.jobs import RUNNING, SUCCEEDED, Job, Run
 from coldcopy.core.names import LOGICAL_KINDS, validate_name
+from coldcopy.core.times import utc_now
 from coldcopy.core.views import backup_summary
 from coldcopy.errors import ColdCopyError, ConfigError, NotFoundError
 from coldcopy.ops import queue
 from coldcopy.ops.cleanup import cleanup_job
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.guard import put_right_if_interrupted
+from coldcopy.storage.project_files import open_project_storage
 from coldcopy.storage.store import ObjectStore
 from coldcopy.verify.run import run_verify
 from coldcopy.verify.scheduled import run_scheduled
@@ -65,7 +68,11 @@ def _backup(kind: str) -> Handler:
     def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         _require_db(ctx.settings)
         put_right_if_interrupted(Postgres(ctx.settings), ctx.storage, ctx.settings.db_name)
-        return backup_summary(run_backup(ctx.settings, kind, ctx=ctx), encrypted=ctx.settings.encrypted)
+        m = run_backup(ctx.settings, kind, ctx=ctx)
+        out = backup_summary(m, encrypted=ctx.settings.encrypted)
+        if kind == "full" and ctx.settings.files_configured:  # the files go with it, as a job of their own
+            out["files_snapshot_run"] = queue.enqueue(ctx.storage, "files-snapshot", {"name": m.name})
+        return out
 
     handler.__name__ = f"backup_{kind}"
     return handler
@@ -117,6 +124,17 @@ def _changes_drain(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     return drain_and_record(ctx).to_dict()
 
 
+def _files_snapshot(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """A files snapshot of the project's Storage, tied to the backup ``name`` when given."""
+    settings = ctx.settings
+    absent = missing(settings, FILES)
+    if absent:
+        raise ConfigError([f"{var} is not set" for var in absent])
+    name = params.get("name")
+    report = take_snapshot(ctx, open_project_storage(settings), now=utc_now(), backup=name)
+    return report.to_dict()
+
+
 HANDLERS: dict[str, Handler] = {
     "backup-full": _backup("full"),
     "backup-compliance": _backup("compliance"),
@@ -125,6 +143,7 @@ HANDLERS: dict[str, Handler] = {
     "restore-test": _restore_test,
     "wal-sweep": _wal_sweep,
     "changes-drain": _changes_drain,
+    "files-snapshot": _files_snapshot,
 }
 
 

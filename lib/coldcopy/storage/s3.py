@@ -64,13 +64,15 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def make_client(settings: Settings, *, attempts: int = 6) -> S3Client:
+def make_client(settings: Settings, *, attempts: int = 6, files: bool = False) -> S3Client:
     """The one boto3 client factory (retries, checksum and addressing settings for Spaces).
 
     ``attempts``: how many times a request is tried, with backoff on 5xx, 429 and SlowDown.
+    ``files``: a client of the project's Storage S3 endpoint (``SUPABASE_STORAGE_*``) instead of
+    the bucket's; the same settings otherwise.
     """
     cfg = Config(
-        region_name=settings.spaces_region,
+        region_name=(settings.files_region or settings.spaces_region) if files else settings.spaces_region,
         retries={"max_attempts": attempts, "mode": "standard"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -79,11 +81,15 @@ def make_client(settings: Settings, *, attempts: int = 6) -> S3Client:
         read_timeout=settings.storage_timeout_seconds,
         max_pool_connections=max(10, settings.upload_concurrency * 2),
     )
+    if files:
+        endpoint, key, secret = settings.files_endpoint, settings.files_key, settings.files_secret
+    else:
+        endpoint, key, secret = settings.spaces_endpoint, settings.spaces_key, settings.spaces_secret
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=settings.spaces_endpoint,
-        aws_access_key_id=settings.spaces_key,
-        aws_secret_access_key=settings.spaces_secret.reveal(),
+        endpoint_url=endpoint,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret.reveal(),
         config=cfg,
     )
 

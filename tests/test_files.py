@@ -1,0 +1,323 @@
+"""Files snapshots of the project's Storage: a second moto server on loopback stands in for Supabase
+Storage's S3 endpoint; the bucket is the session's S3 server (Spaces)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cli_helpers import run_cli
+from coldcopy.backup.files import committed, prune_files, snapshot_for_backup, take_snapshot
+from coldcopy.config import Settings, load_settings
+from coldcopy.context import Context, open_context
+from coldcopy.core.files import CONTENT_PREFIX, inflight_key
+from coldcopy.errors import IntegrityError
+from coldcopy.localstack.s3server import S3Server
+from coldcopy.ops.worker import HANDLERS
+from coldcopy.restore.files import restore_files, verify_files
+from coldcopy.storage.project_files import ProjectStorage, open_project_storage
+
+T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+UNICODE_KEY = "users/ünï cödé/fïle ✓ (1).txt"
+
+
+@pytest.fixture(scope="module")
+def storage_server() -> Iterator[S3Server]:
+    """The Storage stand-in: a second S3 server, emptied before each test (``project``)."""
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def env(storage_server: S3Server, s3_server: S3Server, bucket: str) -> dict[str, str]:
+    storage_server.reset()
+    return {
+        **s3_server.spaces_env(bucket),
+        "COLDCOPY_CLUSTER": "files",
+        "BACKUP_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "SUPABASE_STORAGE_ENDPOINT": storage_server.endpoint_url,
+        "SUPABASE_STORAGE_REGION": storage_server.region,
+        "SUPABASE_STORAGE_KEY": "project-key",
+        "SUPABASE_STORAGE_SECRET": "project-storage-secret-xyz",
+        "COLDCOPY_ENV_FILE": os.devnull,
+        "HOME": os.environ.get("HOME", "/root"),
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+class Counted:
+    """Requests per operation name, on a boto3 client."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls: Counter[str] = Counter()
+        client.meta.events.register("before-call.s3.*", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        self.calls[model.name] += 1
+
+
+def _put(server: S3Server, bucket: str, key: str, body: bytes, **extra: Any) -> None:
+    server.client().put_object(Bucket=bucket, Key=key, Body=body, **extra)
+
+
+def _seed(server: S3Server) -> None:
+    c = server.client()
+    for b in ("avatars", "docs", "empty-bucket"):
+        c.create_bucket(Bucket=b)
+    _put(
+        server,
+        "avatars",
+        "u1/me.png",
+        b"\x89PNG" + b"a" * 3000,
+        ContentType="image/png",
+        CacheControl="max-age=3600",
+    )
+    _put(
+        server,
+        "avatars",
+        "u2/me.png",
+        b"\x89PNG" + b"b" * 2000,
+        ContentType="image/png",
+        Metadata={"owner": "u2"},
+    )
+    _put(server, "docs", UNICODE_KEY, "héllo wörld\n".encode(), ContentType="text/plain; charset=utf-8")
+    _put(server, "docs", "a/b/c/deep key.txt", b"deep", Metadata={"x-note": "kept", "size": "4"})
+    _put(server, "docs", "empty", b"")
+    _put(server, "docs", "copy-of-u1.png", b"\x89PNG" + b"a" * 3000, ContentType="image/png")  # same bytes
+
+
+def _state(server: S3Server) -> dict[tuple[str, str], tuple[bytes, str, str, dict[str, str]]]:
+    """Every object of every bucket: bytes, content type, cache control, user metadata."""
+    c = server.client()
+    out = {}
+    for b in c.list_buckets()["Buckets"]:
+        for o in c.list_objects_v2(Bucket=b["Name"]).get("Contents", []):
+            r = c.get_object(Bucket=b["Name"], Key=o["Key"])
+            out[(b["Name"], o["Key"])] = (
+                r["Body"].read(),
+                r.get("ContentType", ""),
+                r.get("CacheControl", ""),
+                r.get("Metadata", {}),
+            )
+    return out
+
+
+def _contents(ctx: Context) -> set[str]:
+    return {o.key.split("/")[2] for o in ctx.storage.list(CONTENT_PREFIX) if o.key.endswith("/meta.json")}
+
+
+def _project(settings: Settings) -> tuple[ProjectStorage, Counted]:
+    p = open_project_storage(settings)
+    return p, Counted(p.client)
+
+
+def test_a_snapshot_restores_into_an_empty_project_equal_object_by_object(
+    settings: Settings, storage_server: S3Server
+) -> None:
+    _seed(storage_server)
+    before = _state(storage_server)
+    ctx = open_context(settings)
+    project, counted = _project(settings)
+    r = take_snapshot(ctx, project, now=T0, backup="full_backup_app_20261124_020000")
+    assert (r.objects, r.changed, r.copied_contents) == (6, 6, 5)  # the copy of u1's avatar is deduplicated
+    assert len(_contents(ctx)) == 5
+    assert counted.calls["GetObject"] == 5 and counted.calls["HeadObject"] == 1
+    assert list(committed(ctx.storage)) == ["files_20261124_020000"]
+    assert snapshot_for_backup(ctx.storage, "full_backup_app_20261124_020000") == "files_20261124_020000"
+
+    storage_server.reset()  # the disaster: a new, empty project
+    assert _state(storage_server) == {}
+    out = restore_files(ctx, open_project_storage(settings), "full_backup_app_20261124_020000")
+    assert out.ok and (out.restored, out.checked, out.skipped) == (6, 6, 0)
+    assert sorted(out.buckets_created) == ["avatars", "docs"]
+    assert _state(storage_server) == before  # bytes, content type, cache control, metadata
+
+    again = restore_files(ctx, open_project_storage(settings), "files_20261124_020000")
+    assert (again.restored, again.skipped) == (0, 6)  # already identical: nothing written
+
+    storage_server.reset()  # a support case: one folder of one bucket
+    part = restore_files(
+        ctx, open_project_storage(settings), "files_20261124_020000", bucket="docs", prefix="a/"
+    )
+    assert part.ok and part.restored == 1
+    assert list(_state(storage_server)) == [("docs", "a/b/c/deep key.txt")]
+
+
+def test_a_second_snapshot_copies_only_new_and_changed_objects(
+    settings: Settings, storage_server: S3Server
+) -> None:
+    _seed(storage_server)
+    ctx = open_context(settings)
+    take_snapshot(ctx, open_project_storage(settings), now=T0)
+    _put(storage_server, "docs", "a/b/c/deep key.txt", b"deeper now")  # changed
+    _put(storage_server, "avatars", "u3/me.png", b"new avatar", ContentType="image/png")  # added
+    _put(storage_server, "avatars", "u3/again.png", b"\x89PNG" + b"b" * 2000)  # added, bytes already stored
+    storage_server.client().delete_object(Bucket="docs", Key="empty")  # deleted
+    project, counted = _project(settings)
+    spaces = Counted(ctx.storage.client)  # type: ignore[attr-defined]
+    r = take_snapshot(ctx, project, now=T0 + timedelta(days=1))
+    assert (r.objects, r.unchanged, r.changed, r.copied_contents, r.deduplicated) == (7, 4, 3, 2, 1)
+    # The listing, plus one GET per new content and one HEAD for the one already stored.
+    assert dict(counted.calls) == {"ListBuckets": 1, "ListObjectsV2": 3, "GetObject": 2, "HeadObject": 1}
+    # Bucket side: 2 contents × (volume + meta) + index + commit + in-flight marker.
+    assert spaces.calls["PutObject"] == 7
+
+    project, counted = _project(settings)
+    spaces = Counted(ctx.storage.client)  # type: ignore[attr-defined]
+    r3 = take_snapshot(ctx, project, now=T0 + timedelta(days=2))
+    assert (r3.changed, r3.copied_contents) == (0, 0)
+    assert dict(counted.calls) == {"ListBuckets": 1, "ListObjectsV2": 3}
+    assert spaces.calls["PutObject"] == 3 and spaces.calls["GetObject"] == 3  # marker, index, commit
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("at", ["content-volumes", "content-stored", "before-index", "before-commit"])
+def test_a_killed_snapshot_is_never_listed_and_the_next_run_copies_only_what_is_missing(
+    settings: Settings, storage_server: S3Server, at: str
+) -> None:
+    _seed(storage_server)
+    ctx = open_context(settings.__class__(**{**settings.__dict__, "upload_concurrency": 1}))
+    seen: Counter[str] = Counter()
+
+    def hook(phase: str) -> None:
+        seen[phase] += 1
+        if phase == at and seen[phase] == (3 if at.startswith("content") else 1):
+            raise Killed(phase)
+
+    with pytest.raises(Killed):
+        take_snapshot(ctx, open_project_storage(settings), now=T0, hook=hook)
+    assert committed(ctx.storage) == {}
+    assert run_cli(dict(os.environ) | _env_of(settings), "files", "list").out.startswith("no files snapshots")
+    done = len(_contents(ctx))
+    assert done == {"content-volumes": 2, "content-stored": 3}.get(at, 5)
+    project, counted = _project(settings)
+    r = take_snapshot(ctx, project, now=T0 + timedelta(minutes=5))
+    assert r.copied_contents == 5 - done and counted.calls["GetObject"] == 5 - done
+    assert list(committed(ctx.storage)) == ["files_20261124_020500"]
+    assert verify_files(ctx, "files_20261124_020500")["ok"]
+
+
+def _env_of(settings: Settings) -> dict[str, str]:
+    return {name: value.reveal() for name, value in settings.variables} | {"COLDCOPY_ENV_FILE": os.devnull}
+
+
+def test_a_large_object_is_streamed_in_bounded_memory(env: dict[str, str], storage_server: S3Server) -> None:
+    settings = load_settings({**env, "COLDCOPY_VOLUME_SIZE_MB": "1", "COLDCOPY_UPLOAD_CONCURRENCY": "1"})
+    storage_server.create_bucket("exports")
+    big = os.urandom(24 << 20)  # incompressible, 3 restore parts, 24 volumes
+    _put(storage_server, "exports", "big.bin", big, ContentType="application/octet-stream")
+    digest = hashlib.sha256(big).hexdigest()
+    del big
+    ctx = open_context(settings)
+    project = open_project_storage(settings)
+    tracemalloc.start()
+    try:
+        take_snapshot(ctx, project, now=T0)
+        _, peak_snapshot = tracemalloc.get_traced_memory()
+        storage_server.reset()
+        tracemalloc.reset_peak()
+        out = restore_files(ctx, open_project_storage(settings), "files_20261124_020000")
+        _, peak_restore = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.ok and out.restored == 1
+    body = storage_server.client().get_object(Bucket="exports", Key="big.bin")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest
+    print(f"peak Python memory: snapshot {peak_snapshot >> 20} MiB, restore {peak_restore >> 20} MiB")
+    assert peak_snapshot < 12 << 20  # half the object: volumes of 1 MiB, one read chunk
+    assert peak_restore < 36 << 20  # parts of 8 MiB (a part, its join, botocore), not the object
+
+
+def test_a_damaged_content_is_found_by_verify_and_refused_by_restore(
+    settings: Settings, storage_server: S3Server, s3_server: S3Server, bucket: str
+) -> None:
+    _seed(storage_server)
+    ctx = open_context(settings)
+    take_snapshot(ctx, open_project_storage(settings), now=T0)
+    assert verify_files(ctx, "files_20261124_020000")["ok"]
+    vol = next(o for o in ctx.storage.list(CONTENT_PREFIX) if o.key.endswith(".000000"))
+    data = bytearray(ctx.storage.get_bytes(vol.key))
+    data[-5] ^= 1
+    s3_server.client().put_object(Bucket=bucket, Key=ctx.storage.full_key(vol.key), Body=bytes(data))
+    out = verify_files(ctx, "files_20261124_020000")
+    assert not out["ok"] and list(out["damaged_contents"]) == [vol.key.split("/")[2]]
+    storage_server.reset()
+    with pytest.raises(IntegrityError):
+        restore_files(ctx, open_project_storage(settings), "files_20261124_020000")
+    assert len(_state(storage_server)) < 6  # the damaged one never reached the project
+
+
+def test_retention_deletes_unreferenced_contents_and_keeps_what_a_retained_snapshot_needs(
+    settings: Settings, storage_server: S3Server
+) -> None:
+    storage_server.create_bucket("bkt")
+    _put(storage_server, "bkt", "shared", b"in both snapshots")
+    _put(storage_server, "bkt", "old-only", b"only in the first")
+    ctx = open_context(settings)
+    take_snapshot(ctx, open_project_storage(settings), now=T0, backup="full_backup_app_20261124_020000")
+    storage_server.client().delete_object(Bucket="bkt", Key="old-only")
+    _put(storage_server, "bkt", "new", b"only in the second")
+    take_snapshot(
+        ctx,
+        open_project_storage(settings),
+        now=T0 + timedelta(days=1),
+        backup="full_backup_app_20261125_020000",
+    )
+    assert len(_contents(ctx)) == 3
+    later = T0 + timedelta(days=40)
+    kept = ["full_backup_app_20261125_020000"]
+
+    ctx.storage.put_json(inflight_key("files_20261224_020000"), {})  # a snapshot is being taken now
+    busy = prune_files(
+        ctx.storage,
+        lambda: ctx.key,
+        kept,
+        now=ctx.storage.head(inflight_key("files_20261224_020000")).last_modified,
+        days=30,
+        stale=timedelta(minutes=15),
+        dry_run=False,
+    )  # type: ignore[union-attr]
+    assert busy["snapshots_deleted"] == ["files_20261124_020000"] and busy["contents_deleted"] == 0
+    assert len(_contents(ctx)) == 3 and busy["reported"]
+    ctx.storage.delete([inflight_key("files_20261224_020000")])
+
+    out = prune_files(
+        ctx.storage, lambda: ctx.key, kept, now=later, days=30, stale=timedelta(minutes=15), dry_run=False
+    )
+    assert out["contents_deleted"] == 1
+    assert list(committed(ctx.storage)) == ["files_20261125_020000"]
+    storage_server.reset()
+    r = restore_files(ctx, open_project_storage(settings), "files_20261125_020000")
+    assert r.ok and r.restored == 2  # every content the retained snapshot needs is still there
+
+
+def test_without_the_settings_nothing_changes(memory_env: dict[str, str]) -> None:
+    settings = load_settings(memory_env)
+    assert not settings.files_configured
+    r = run_cli(memory_env, "files", "backup")
+    assert r.rc == 2 and "SUPABASE_STORAGE_ENDPOINT is not set" in r.err
+    assert "SUPABASE_STORAGE_SECRET" in r.err and "memory-store-secret" not in r.err
+    assert "files-snapshot" in HANDLERS
+
+
+def test_the_storage_secret_never_shows(env: dict[str, str]) -> None:
+    bad = {**env, "SUPABASE_STORAGE_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens
+    r = run_cli(bad, "files", "backup")
+    assert r.rc != 0 and "project's Storage" in r.err
+    assert env["SUPABASE_STORAGE_SECRET"] not in r.err + r.out
+    assert "project-storage-secret" not in repr(load_settings(env))
