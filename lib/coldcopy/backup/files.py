@@ -92,7 +92,7 @@ def committed(storage: ObjectStore) -> dict[str, dict[str, Any]]:
 
 def unpack(storage: ObjectStore, obj: StoredObject, key: MasterKey | None) -> bytes:
     """A small packed object (an index), authenticated and checked against its stats."""
-    un = Unpacker(key)
+    un = Unpacker(key, expect_object=obj.key)
     raw = b"".join(un.feed(c) for c in read_volumes(storage, obj, READ_SIZE))
     un.finish(StreamStats(obj.raw_size, obj.raw_sha256, obj.stored_size, obj.stored_sha256))
     return raw
@@ -124,7 +124,7 @@ def content_stream(storage: ObjectStore, content: Content, key: MasterKey | None
         content.raw_sha256,
         content.volumes,
     )
-    return Unpacker(key), read_volumes(storage, obj, READ_SIZE)
+    return Unpacker(key, expect_object=obj.key), read_volumes(storage, obj, READ_SIZE)
 
 
 def content_stats(content: Content) -> StreamStats:
@@ -186,7 +186,7 @@ class _Copier:
                 return known, meta, False
         data_key = f"{CONTENT_PREFIX}{cid}/data-{secrets.token_hex(4)}"
         writer = VolumeWriter(self.ctx.storage, data_key, volume_size=self.volume_size, concurrency=1)
-        packer = Packer(writer, self.ctx.key, self.ctx.settings.zstd_level)
+        packer = Packer(writer, self.ctx.key, self.ctx.settings.zstd_level, object_key=data_key)
         md5 = hashlib.md5(usedforsecurity=False)
         try:
             for chunk in chunks:
@@ -334,7 +334,10 @@ def _take(
     index = Index(snap, iso(now), backup, tuple(buckets), tuple(entries), contents)
     hook("before-index")
     packed, stats = pack_bytes(
-        json.dumps(index.to_dict(), sort_keys=True).encode(), ctx.key, ctx.settings.zstd_level
+        json.dumps(index.to_dict(), sort_keys=True).encode(),
+        ctx.key,
+        ctx.settings.zstd_level,
+        object_key=index_key(snap),
     )
     if not storage.exists(commit_key(snap)) and storage.exists(index_key(snap)):
         storage.delete([index_key(snap)])  # the index of a killed run of this same second

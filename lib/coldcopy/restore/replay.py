@@ -106,7 +106,7 @@ def batch_records(ctx: Context) -> list[tuple[Batch, dict[str, Any]]]:
 def batch_lines(ctx: Context, record: dict[str, Any]) -> Iterator[str]:
     """The batch's stream, line by line, its checksums verified at the end (IntegrityError)."""
     obj = StoredObject.from_dict(record["data"])
-    unpacker = Unpacker(ctx.key)
+    unpacker = Unpacker(ctx.key, expect_object=obj.key)
     rest = b""
     chunks = prefetch((ctx.storage.get_bytes(k) for k, _ in obj.pieces()), depth=2)
     for stored in chunks:
