@@ -320,3 +320,20 @@ def test_a_transaction_pooler_is_refused_up_front(backed_up) -> None:  # type: i
     r = run_cli({**env, "DB_PORT": "6543"}, "backup")
     assert r.rc == 2
     assert "transaction-mode pooler" in r.err and "session pooler (port 5432" in r.err
+
+
+def test_verify_names_an_extension_the_scratch_lacks_as_the_environment(backed_up) -> None:  # type: ignore[no-untyped-def]
+    env, name = backed_up
+    client = make_client_for(env)
+    key = f"{_prefix(env)}backups/{name}/manifest.json"
+    original = client.get_object(Bucket=env["DO_SPACES_BUCKET"], Key=key)["Body"].read()
+    manifest = json.loads(original)
+    manifest["shape"]["extensions"]["cc_not_installed_anywhere"] = "extensions"
+    client.put_object(Bucket=env["DO_SPACES_BUCKET"], Key=key, Body=json.dumps(manifest).encode())
+    try:
+        r = run_cli(env, "verify", name, "--level", "full")
+    finally:
+        client.put_object(Bucket=env["DO_SPACES_BUCKET"], Key=key, Body=original)
+    assert r.rc == 9, r.out + r.err  # not 4: the backup is not damaged
+    assert "missing on a throwaway local cluster" in r.out and "cc_not_installed_anywhere" in r.out
+    assert "NOT VERIFIED: the scratch environment" in r.out
