@@ -95,6 +95,9 @@ def test_rotation_killed_and_resumed_then_restore_with_the_new_key_alone(  # typ
     st = run_cli({**env, "BACKUP_ENCRYPTION_KEY": new}, "--json", "key", "status")
     assert st.rc == 3, st.err
     assert json.loads(st.out)["unheld"]
+    status = run_cli({**env, "BACKUP_ENCRYPTION_KEY": new}, "--json", "status")
+    assert status.rc == 1
+    assert any("which no setting holds" in p for p in json.loads(status.out)["problems"])
 
     r = run_cli(rotate_env(env, new), "--json", "key", "rotate")  # resumes
     assert r.rc == 0, r.err

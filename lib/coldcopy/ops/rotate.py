@@ -34,7 +34,7 @@ from coldcopy.context import Context
 from coldcopy.core.lsn import WAL_PREFIX
 from coldcopy.core.manifest import StoredObject
 from coldcopy.core.times import iso
-from coldcopy.errors import ColdCopyError, ConflictError, IntegrityError, WrongKeyError
+from coldcopy.errors import ColdCopyError, ConflictError, IntegrityError, NotFoundError, WrongKeyError
 from coldcopy.pausepoints import pause_point
 from coldcopy.storage.rekeys import Rewrapped, read_rewrapped, rekey_key, stored_sha256_for
 from coldcopy.storage.volumes import read_volumes
@@ -266,6 +266,15 @@ def census_state(ctx: Context, now: datetime) -> dict[str, Any]:
     state = {"at": iso(now), "census": key_census(ctx), "not_covered": not_covered(ctx)}
     ctx.storage.put_json(STATE_KEY, state)
     return state
+
+
+def stored_census(ctx: Context) -> dict[str, Any] | None:
+    """The last count of streams per key id (``key rotate`` and ``key status`` store it), or None."""
+    try:
+        state = ctx.storage.get_json(STATE_KEY)
+    except (NotFoundError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("census"), dict) else None
 
 
 def stale_key_ids(census: dict[str, dict[str, int]], held: tuple[str, ...]) -> dict[str, int]:
