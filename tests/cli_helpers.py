@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from coldcopy.cli.main import main
 from coldcopy.config import Settings
@@ -56,6 +61,28 @@ def spawn_cli(env: dict[str, str], *args: str, **kw: object) -> subprocess.Popen
         stderr=subprocess.PIPE,
         **kw,
     )  # type: ignore[call-overload]
+
+
+def killed_at_point(env: dict[str, str], point: str, fifo_dir: Path, *args: str) -> int:
+    """Run ``coldcopy *args`` until it reaches the pause point ``point``; SIGKILL it there (a FIFO
+    wakes the caller exactly at the point).  Returns its pid; fails the test if it ends first."""
+    fifo = fifo_dir / f"{point.replace(':', '-')}.fifo"
+    os.mkfifo(fifo)
+    proc = spawn_cli({**env, "COLDCOPY_PAUSE_AT": f"{point}@{fifo}"}, *args)
+
+    def unblock_if_it_ends() -> None:  # a run that never reaches the point must not hang the test
+        proc.wait()
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=unblock_if_it_ends, daemon=True).start()
+    with fifo.open() as f:  # returns when the process opens it: it is at the point
+        text = f.read().strip()
+    if not text:
+        pytest.fail(f"`coldcopy {args[0]}` ended before {point}: {proc.communicate()[1][-2000:]}")
+    os.kill(int(text), signal.SIGKILL)
+    proc.wait()
+    return int(text)
 
 
 def stored_run(storage: ObjectStore, run_id: str) -> dict[str, Any] | None:

@@ -6,16 +6,12 @@ next restore, no pg_restore left running."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import threading
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import run_cli, spawn_cli
+from cli_helpers import killed_at_point, run_cli
 
 
 def databases(pg) -> set[str]:  # type: ignore[no-untyped-def]
@@ -51,23 +47,7 @@ def backed_up(pg, coldcopy_env, fresh_db) -> tuple[dict[str, str], str]:  # type
 
 def killed_at(env: dict[str, str], point: str, tmp_path: Path, *args: str) -> int:
     """Run `coldcopy restore …` until it reaches ``point``; SIGKILL it there.  Returns its pid."""
-    fifo = tmp_path / f"{point.replace(':', '-')}.fifo"
-    os.mkfifo(fifo)
-    proc = spawn_cli({**env, "COLDCOPY_PAUSE_AT": f"{point}@{fifo}"}, "restore", *args)
-
-    def unblock_if_it_ends() -> None:  # a run that never reaches the point must not hang the test
-        proc.wait()
-        with contextlib.suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-
-    threading.Thread(target=unblock_if_it_ends, daemon=True).start()
-    with fifo.open() as f:  # returns when the process opens it: it is at the point
-        text = f.read().strip()
-    if not text:
-        pytest.fail(f"the restore ended before {point}: {proc.communicate()[1][-2000:]}")
-    os.kill(int(text), signal.SIGKILL)
-    proc.wait()
-    return int(text)
+    return killed_at_point(env, point, tmp_path, "restore", *args)
 
 
 def children_of(pid: int) -> list[str]:

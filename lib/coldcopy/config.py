@@ -57,6 +57,8 @@ SECRET_VARS = (
     "DB_PASSWORD",
     "DO_SPACES_SECRET",
     "BACKUP_ENCRYPTION_KEY",
+    "BACKUP_ENCRYPTION_KEY_PREVIOUS",
+    "BACKUP_ENCRYPTION_KEY_NEW",
     "MONITOR_TOKEN",
     "DO_API_TOKEN",
     "SMTP_PASSWORD",
@@ -132,6 +134,9 @@ class Settings:
     files_secret: Secret = field(default_factory=lambda: Secret(""))
     # Encryption and the stream pipeline
     encryption_key: Secret = field(default_factory=lambda: Secret(""))
+    # Keys that still open what they wrote (a rotation in progress): passphrases separated by ","
+    encryption_key_previous: Secret = field(default_factory=lambda: Secret(""))
+    encryption_key_new: Secret = field(default_factory=lambda: Secret(""))  # `key rotate`'s target
     zstd_level: int = 1
     volume_size_mb: int = 8
     upload_concurrency: int = 4
@@ -192,6 +197,12 @@ class Settings:
     @property
     def encrypted(self) -> bool:
         return bool(self.encryption_key)
+
+    @property
+    def previous_passphrases(self) -> tuple[Secret, ...]:
+        """BACKUP_ENCRYPTION_KEY_PREVIOUS split at commas (blank parts ignored)."""
+        parts = self.encryption_key_previous.reveal().split(",")
+        return tuple(Secret(p.strip()) for p in parts if p.strip())
 
     def runner_env(self) -> dict[str, str]:
         """The variables these settings came from, as given, but the tokens a job never uses
@@ -398,6 +409,8 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "SUPABASE_STORAGE_KEY": ("files_key", str, FILES),
     "SUPABASE_STORAGE_SECRET": ("files_secret", Secret, FILES),
     "BACKUP_ENCRYPTION_KEY": ("encryption_key", Secret, None),
+    "BACKUP_ENCRYPTION_KEY_PREVIOUS": ("encryption_key_previous", Secret, None),
+    "BACKUP_ENCRYPTION_KEY_NEW": ("encryption_key_new", Secret, None),
     "COLDCOPY_ZSTD_LEVEL": ("zstd_level", _int(1, 19), None),
     "COLDCOPY_VOLUME_SIZE_MB": ("volume_size_mb", _int(1, 512), None),
     "COLDCOPY_UPLOAD_CONCURRENCY": ("upload_concurrency", _int(1, 32), None),

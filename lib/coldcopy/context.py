@@ -25,8 +25,16 @@ class Context:
 
     @cached_property
     def key(self) -> MasterKey | None:
-        s = self.settings
-        return MasterKey.from_passphrase(s.encryption_key.reveal()) if s.encrypted else None
+        return settings_key(self.settings)
+
+
+def settings_key(settings: Settings) -> MasterKey | None:
+    """The key that writes (BACKUP_ENCRYPTION_KEY) holding the previous keys, which still read."""
+    if not settings.encrypted:
+        return None
+    key = MasterKey.from_passphrase(settings.encryption_key.reveal())
+    previous = tuple(MasterKey.from_passphrase(p.reveal()) for p in settings.previous_passphrases)
+    return key.with_previous(previous) if previous else key
 
 
 def open_context(settings: Settings, storage: ObjectStore | None = None) -> Context:

@@ -8,11 +8,13 @@ import os
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from coldcopy.context import Context
 from coldcopy.core.manifest import Manifest, StoredObject
 from coldcopy.core.names import validate_name
 from coldcopy.errors import IntegrityError, WrongKeyError
+from coldcopy.storage.rekeys import read_rewrapped, stored_sha256_for
 from coldcopy.storage.volumes import read_volumes, stored_problem
 from coldcopy.stream.crypto import check_key, read_header
 from coldcopy.stream.pipeline import Progress, StreamStats, Unpacker, prefetch
@@ -41,7 +43,10 @@ class BackupReader:
         head = self.ctx.storage.get_bytes(first, (0, HEADER_PROBE - 1))
         header = read_header(head)
         want = self.manifest.encryption.get("key_id")
-        if header.key_id != want:
+        if header.key_id != want and (
+            header.key_id is None
+            or read_rewrapped(self.ctx.storage, header.key_id, self.manifest.data.key) is None
+        ):
             raise IntegrityError(
                 f"the stored data was written with key id {header.key_id}, but the manifest says {want}",
                 "the backup's objects were mixed up",
@@ -66,7 +71,15 @@ class BackupReader:
                 sink(raw)
             if progress:
                 progress(unpacker.raw_size, unpacker.stored_size)
-        return unpacker.finish(expected(obj))
+        want = expected(obj)
+        sha = stored_sha256_for(
+            self.ctx.storage,
+            obj.key,
+            unpacker.header_key_id,
+            self.manifest.encryption.get("key_id"),
+            want.stored_sha256,
+        )
+        return unpacker.finish(replace(want, stored_sha256=sha))
 
     def read_small(self, obj: StoredObject) -> bytes:
         out = bytearray()

@@ -18,6 +18,7 @@ from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
 from coldcopy.core.shape import summary as shape_summary
 from coldcopy.core.views import backup_summary, listing_row, status_view
+from coldcopy.ops.rotate import stale_key_ids, stored_census
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.guard import pending_intents, put_right_if_interrupted
 from coldcopy.restore.logical import run_restore
@@ -163,6 +164,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"be missing (the original is {intent.get('renamed_to')}); run `coldcopy backup` or "
             "`coldcopy restore` to put it back"
         )
+    keys = stored_census(ctx)  # counted by the last `key rotate` or `key status`
+    if keys is not None:
+        st["keys"] = keys
+        unheld = stale_key_ids(keys["census"], ctx.key.key_ids() if ctx.key else ())
+        if unheld:
+            st["ok"] = False
+            st["problems"].append(
+                "stored streams are under key id "
+                + ", ".join(f"{k} ({n})" for k, n in unheld.items())
+                + f" (counted {keys.get('at')}), which no setting holds: put that passphrase in "
+                "BACKUP_ENCRYPTION_KEY_PREVIOUS or finish `coldcopy key rotate` (docs/key-rotation.md)"
+            )
     present(args, st, lambda: _status_text(st, s.encrypted))
     return 0 if st["ok"] else 1
 

@@ -97,7 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     _pitr_commands(add)
     _changes_commands(add, action)
     _files_commands(add, action)
+    _key_commands(add, action)
     return p
+
+
+def _key_commands(add: AddCommand, action: Action) -> None:
+    k = add("key", None, "the encryption keys: rotate them, see which key holds what")
+    actions = k.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    r = action(
+        actions,
+        "rotate",
+        "keys:cmd_key_rotate",
+        "re-wrap every stored data key under BACKUP_ENCRYPTION_KEY_NEW (or a prompted passphrase), "
+        "opening with BACKUP_ENCRYPTION_KEY and BACKUP_ENCRYPTION_KEY_PREVIOUS; run again to resume",
+    )
+    r.add_argument("--dry-run", action="store_true", help="say what would be re-wrapped; write nothing")
+    action(actions, "status", "keys:cmd_key_status", "stored streams per key id, and keys no setting holds")
 
 
 def _files_commands(add: AddCommand, action: Action) -> None:

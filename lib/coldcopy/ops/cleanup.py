@@ -19,7 +19,7 @@ from typing import Any
 from coldcopy.backup.files import prune_files
 from coldcopy.backup.inflight import marker_key
 from coldcopy.config import Settings
-from coldcopy.context import Context
+from coldcopy.context import Context, settings_key
 from coldcopy.core.lsn import WAL_PREFIX
 from coldcopy.core.manifest import Manifest, manifest_key
 from coldcopy.core.retention import (
@@ -209,7 +209,7 @@ def _prune_files(
     """Files snapshots go with their backups; contents go when no remaining snapshot needs them."""
 
     def key() -> MasterKey | None:
-        return MasterKey.from_passphrase(settings.encryption_key.reveal()) if settings.encrypted else None
+        return settings_key(settings)
 
     return prune_files(
         storage,

@@ -54,7 +54,7 @@ def _scrypt(secret: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 class MasterKey:
     """The key material behind BACKUP_ENCRYPTION_KEY. Never printed: repr shows the key id only."""
 
-    __slots__ = ("_secret", "key_id", "_kek")
+    __slots__ = ("_secret", "key_id", "_kek", "_previous")
 
     def __init__(self, secret: bytes) -> None:
         if not secret:
@@ -63,6 +63,25 @@ class MasterKey:
         digest = hashlib.sha256(_scrypt(secret, KEY_ID_SALT, KDF_N, KDF_R, KDF_P)).hexdigest()
         self.key_id: str = digest[:16]
         self._kek: tuple[bytes, bytes] | None = None  # (salt, KEK) reused by every Encryptor
+        self._previous: dict[str, MasterKey] = {}  # key id → an older key that still opens streams
+
+    def with_previous(self, previous: tuple[MasterKey, ...]) -> MasterKey:
+        """This key (which writes) holding ``previous`` keys too: a reader opens a stream with the
+        key whose key id its envelope names (during and after a key rotation)."""
+        ring = MasterKey.__new__(MasterKey)
+        ring._secret, ring.key_id, ring._kek = self._secret, self.key_id, self._kek
+        ring._previous = {k.key_id: k for k in previous if k.key_id != self.key_id}
+        return ring
+
+    def key_ids(self) -> tuple[str, ...]:
+        """The key id that writes, then those of the previous keys it holds."""
+        return (self.key_id, *self._previous)
+
+    def for_key_id(self, key_id: str | None) -> MasterKey:
+        """The held key whose id is ``key_id`` (this one when none matches)."""
+        if key_id is None or key_id == self.key_id:
+            return self
+        return self._previous.get(key_id, self)
 
     @classmethod
     def from_passphrase(cls, passphrase: str) -> MasterKey:
@@ -213,11 +232,13 @@ def _unwrap(info: HeaderInfo, key: MasterKey | None) -> bytes | None:
             f"this backup is encrypted (key id {info.key_id}) but no BACKUP_ENCRYPTION_KEY is configured",
             f"set BACKUP_ENCRYPTION_KEY to the passphrase whose key id is {info.key_id}",
         )
+    key = key.for_key_id(info.key_id)
     if key.key_id != info.key_id:
+        held = ", ".join(key.key_ids())
         raise WrongKeyError(
-            f"the backup was written with key id {info.key_id}; "
-            f"BACKUP_ENCRYPTION_KEY has key id {key.key_id}",
-            "set BACKUP_ENCRYPTION_KEY to the key that wrote this backup (after a rotation, the old key)",
+            f"the backup was written with key id {info.key_id}; the configured keys have key id {held}",
+            "set BACKUP_ENCRYPTION_KEY (or, after a rotation, BACKUP_ENCRYPTION_KEY_PREVIOUS) to the "
+            "key that wrote this backup",
         )
     assert info.kdf is not None
     try:

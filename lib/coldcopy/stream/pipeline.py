@@ -157,6 +157,12 @@ class Unpacker:
         self.raw_size += len(raw)
         return raw
 
+    @property
+    def header_key_id(self) -> str | None:
+        """The key id the stream's envelope names (None before its header, or unencrypted)."""
+        info = self._dec.header_info
+        return info.key_id if info is not None else None
+
     def finish(self, expected: StreamStats | None) -> StreamStats:
         self._dec.finalize()
         if not self._zstd.eof:
