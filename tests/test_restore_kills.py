@@ -73,8 +73,12 @@ def test_killed_between_the_renames_the_next_command_puts_the_database_back(pg, 
     assert len(aside) == 1 and marker(pg, aside[0]) == "live"
     status = run_cli(env, "--json", "status")
     assert status.rc == 1 and any("was interrupted" in p for p in json.loads(status.out)["problems"])
+    alerts = json.loads(run_cli(env, "--json", "alerts").out)["alerts"]
+    assert [a["id"] for a in alerts if a["rule"] == "restore-interrupted"] == [f"restore-interrupted:{db}"]
     r = run_cli(env, "backup")  # the next command that touches it
     assert r.rc == 0, r.err
+    alerts = json.loads(run_cli(env, "--json", "alerts").out)["alerts"]
+    assert not [a for a in alerts if a["rule"] == "restore-interrupted"]
     assert marker(pg, db) == "live"  # the original, under its own name
     assert not [d for d in databases(pg) if d.startswith(f"{db}_")]  # staging dropped, nothing aside
     assert run_cli(env, "--json", "status").rc == 0

@@ -36,7 +36,7 @@ from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, NotFoundError
 from coldcopy.ops.queue import get_run
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.state_store import load_monitor_state, save_monitor_state
+from coldcopy.storage.state_store import load_monitor_state, pending_intents, save_monitor_state
 from coldcopy.storage.store import ObjectStore
 from coldcopy.wal.monitor import load
 
@@ -89,7 +89,14 @@ def gather(storage: ObjectStore, now: datetime) -> MonitorState:
     """The rules' inputs besides the catalog, read from the records now (the tick, the CLI): the
     recent run records, the stored WAL summary, the notifier's state and the change archive's
     health."""
-    return build(now, recent_runs(storage, now), load(storage), load_state(storage), load_health(storage))
+    return build(
+        now,
+        recent_runs(storage, now),
+        load(storage),
+        load_state(storage),
+        load_health(storage),
+        pending_intents(storage),
+    )
 
 
 def stored_or_gathered(storage: ObjectStore, now: datetime) -> tuple[MonitorState, bool]:
@@ -101,7 +108,9 @@ def stored_or_gathered(storage: ObjectStore, now: datetime) -> tuple[MonitorStat
 
 def active_alerts(settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime) -> list[Alert]:
     """The rules' alerts now (WAL rules from the tick's stored archive summary, when PITR is in use)."""
-    return evaluate(cat, inputs.runs, inputs.wal, settings.thresholds, now, inputs.changes)
+    return evaluate(
+        cat, inputs.runs, inputs.wal, settings.thresholds, now, inputs.changes, inputs.interrupted
+    )
 
 
 # -- the tick's check and the views ---------------------------------------------------------------

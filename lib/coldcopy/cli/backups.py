@@ -20,8 +20,9 @@ from coldcopy.core.shape import summary as shape_summary
 from coldcopy.core.views import backup_summary, listing_row, status_view
 from coldcopy.ops.rotate import stale_key_ids, stored_census
 from coldcopy.postgres.client import Postgres
-from coldcopy.restore.guard import pending_intents, put_right_if_interrupted
+from coldcopy.restore.guard import put_right_if_interrupted
 from coldcopy.restore.logical import run_restore
+from coldcopy.storage.state_store import pending_intents
 from coldcopy.verify.run import run_verify
 from coldcopy.wal.monitor import compute
 

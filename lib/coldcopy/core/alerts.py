@@ -14,7 +14,7 @@ fire.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from statistics import median
@@ -49,6 +49,7 @@ PLANS = {
     "changes-slot-lag": "coldcopy plan change-archive",
     "changes-slot-lost": "coldcopy plan change-archive",
     "changes-untracked": "coldcopy plan change-archive",
+    "restore-interrupted": "coldcopy plan restore-interrupted",
 }
 
 
@@ -101,9 +102,11 @@ def evaluate(
     th: Thresholds,
     now: datetime,
     changes: ChangesHealth | None = None,
+    interrupted: Sequence[Mapping[str, Any]] = (),
 ) -> list[Alert]:
     """Every active alert, critical first, then oldest first (the change archive's rules fire only
-    when ``changes``, its health, is given: the archive is set up)."""
+    when ``changes``, its health, is given: the archive is set up; ``interrupted``: the intent
+    records of restores killed between their renames)."""
     entries = cat.entries()
     last = _last_success(entries)
     out = [
@@ -115,8 +118,23 @@ def evaluate(
         *_sizes(entries, th),
         *_stale_jobs(runs, th, now),
         *_unreadable(cat),
+        *_interrupted(interrupted),
     ]
     return sorted(out, key=lambda a: (SEVERITIES.index(a.severity), a.since or "", a.id))
+
+
+def _interrupted(records: Sequence[Mapping[str, Any]]) -> list[Alert]:
+    return [
+        alert(
+            "restore-interrupted",
+            CRITICAL,
+            str(r.get("at") or "") or None,
+            f"a restore of {r.get('database')} was killed between its renames: the database may be missing "
+            f"(the original is {r.get('renamed_to')}); the next backup or restore puts it back",
+            str(r.get("database", "")),
+        )
+        for r in records
+    ]
 
 
 def _last_success(entries: Sequence[CatalogEntry]) -> datetime | None:

@@ -43,6 +43,7 @@ class MonitorState:
     wal: WalHealth | None = None
     alert_state: dict[str, Any] = field(default_factory=lambda: parse_state(None))
     changes: ChangesHealth | None = None  # the change archive's health, once it was drained
+    interrupted: tuple[dict[str, Any], ...] = ()  # intent records of restores killed mid-swap
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class MonitorState:
             "wal": None if self.wal is None else asdict(self.wal),
             "alert_state": self.alert_state,
             "changes": None if self.changes is None else self.changes.to_dict(),
+            "interrupted": list(self.interrupted),
         }
 
 
@@ -69,9 +71,11 @@ def build(
     wal: WalHealth | None,
     alert_state: Mapping[str, Any],
     changes: ChangesHealth | None = None,
+    interrupted: Sequence[Mapping[str, Any]] = (),
 ) -> MonitorState:
     """The state to store after a tick's alert check at ``now``."""
-    return MonitorState(iso(now), newest_runs(runs), wal, parse_state(dict(alert_state)), changes)
+    records = tuple(dict(r) for r in interrupted)
+    return MonitorState(iso(now), newest_runs(runs), wal, parse_state(dict(alert_state)), changes, records)
 
 
 def wal_of(raw: Any) -> WalHealth | None:
@@ -102,6 +106,7 @@ def parse(raw: Any) -> MonitorState | None:
         wal_of(raw.get("wal")),
         parse_state(raw.get("alert_state")),
         ChangesHealth.from_dict(changes) if isinstance(changes, dict) else None,
+        tuple(r for r in raw.get("interrupted") or [] if isinstance(r, dict)),
     )
 
 

@@ -45,6 +45,12 @@ ALIASES: dict[str, tuple[str, str]] = {
         "The last backup failed: read its error (`coldcopy status`), fix it and run `coldcopy backup`.",
     ),
     "stale-job": ("disaster", "A job stopped reporting: check `coldcopy runs`, then run it again."),
+    "restore-interrupted": (
+        "disaster",
+        "A restore was killed between renaming the database aside and putting the restored one in "
+        "its place: run `coldcopy backup` (or the restore again) to put the original back, then "
+        "`coldcopy status`.",
+    ),
     "backup-size": (
         "disaster",
         "The backup size changed sharply: compare `coldcopy list-backups` with "

@@ -15,18 +15,16 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import pg8000.native
 
-from coldcopy.core.times import iso
 from coldcopy.errors import ConflictError, NotFoundError
 from coldcopy.postgres.client import Postgres
+from coldcopy.storage.state_store import clear_intent, intent_key
 from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-INTENTS = "state/restore-intents/"
 STAGING = "ccstage"
 KEPT = "before_restore"
 
@@ -42,35 +40,6 @@ def staging_names(final: str, names: list[str]) -> list[str]:
     cut = dated(final, STAGING)[: -len("_YYYYmmdd_HHMMSS") - len(STAGING) - 1]
     pattern = re.compile(re.escape(cut) + rf"_{STAGING}_\d{{8}}_\d{{6}}")
     return [n for n in names if pattern.fullmatch(n)]
-
-
-def intent_key(database: str) -> str:
-    return f"{INTENTS}{database}.json"
-
-
-def write_intent(storage: ObjectStore, database: str, renamed_to: str, staging: str) -> None:
-    """Before the live database is renamed aside: where it goes, and what replaces it."""
-    storage.put_json(
-        intent_key(database),
-        {"database": database, "renamed_to": renamed_to, "staging": staging, "at": iso(datetime.now(UTC))},
-    )
-
-
-def clear_intent(storage: ObjectStore, database: str) -> None:
-    storage.delete([intent_key(database)])
-
-
-def pending_intents(storage: ObjectStore) -> list[dict[str, Any]]:
-    """Restores that were interrupted between their renames and not yet put right (for status)."""
-    out = []
-    for info in storage.list(INTENTS):
-        try:
-            record = storage.get_json(info.key)
-        except NotFoundError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
 
 
 @contextmanager

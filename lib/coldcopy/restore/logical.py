@@ -21,8 +21,9 @@ from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import Facts, read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, ToolVersion, die_with_parent
-from coldcopy.restore.guard import KEPT, STAGING, clear_intent, dated, restore_guard, write_intent
+from coldcopy.restore.guard import KEPT, STAGING, dated, restore_guard
 from coldcopy.restore.project import restore_into
+from coldcopy.storage.state_store import clear_intent, write_intent
 from coldcopy.storage.store import ObjectStore
 from coldcopy.stream.pipeline import Progress
 
