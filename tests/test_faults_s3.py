@@ -125,3 +125,20 @@ def test_a_verification_the_storage_interrupts_is_not_damage(env, proxy) -> None
     assert r.rc == 4, r.out + r.err
     alerts = evaluate(ctx.catalog.read(), [], None, Thresholds(), datetime.now(UTC))
     assert [a for a in alerts if a.id == f"verification-failed:{name}"], alerts
+
+
+def test_a_lost_reply_to_the_in_flight_markers_put_leaves_no_marker(pg, env, proxy) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13, item 11: the marker's create-only PUT lands but its reply is lost; the retry finds
+    our own marker (not another backup's), the backup goes on, and its marker is gone at the end."""
+    proxy.inject("PUT", "/inflight/", lost())
+    r = run_cli(env, "backup", "--json")
+    assert r.rc == 0, r.err
+    assert [s for m, p, s in proxy.seen if m == "PUT" and "/inflight/" in p][:2] == ["lost", "412"]
+    storage = open_context(load_settings(env)).storage
+    assert [o.key for o in storage.list("inflight/")] == []
+    # Every attempt lost: the backup fails, and takes its marker away rather than leaving it.
+    proxy.inject("PUT", "/inflight/", lost(500), times=20)
+    r = run_cli(env, "backup", "--json")
+    assert r.rc == 6, r.err
+    _no_traceback(r.err)
+    assert [o.key for o in storage.list("inflight/")] == []
