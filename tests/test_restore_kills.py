@@ -84,6 +84,20 @@ def test_killed_between_the_renames_the_next_command_puts_the_database_back(pg, 
     assert run_cli(env, "--json", "status").rc == 0
 
 
+def test_killed_between_the_renames_a_second_restore_puts_it_back_and_goes_on(
+    pg, backed_up, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    env, name = backed_up
+    db = env["DB_NAME"]
+    killed_at(env, "restore:between-renames", tmp_path, "--backup-name", name)
+    assert db not in databases(pg)
+    r = run_cli(env, "--json", "restore", "--backup-name", name, "--no-keep-old")
+    assert r.rc == 0, r.err
+    assert any("put" in x and "back" in x for x in json.loads(r.out)["put_right"])
+    assert marker(pg, db) == "backed up"
+    assert not [d for d in databases(pg) if d.startswith(f"{db}_")]
+
+
 def test_killed_before_the_swap_the_live_database_is_untouched_and_staging_goes(
     pg, backed_up, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]

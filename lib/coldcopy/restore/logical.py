@@ -21,7 +21,7 @@ from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import Facts, read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, ToolVersion, die_with_parent
-from coldcopy.restore.guard import KEPT, STAGING, dated, restore_guard
+from coldcopy.restore.guard import KEPT, STAGING, dated, put_right_if_interrupted, restore_guard
 from coldcopy.restore.project import restore_into
 from coldcopy.storage.state_store import clear_intent, write_intent
 from coldcopy.storage.store import ObjectStore
@@ -49,12 +49,16 @@ def run_restore(
     pg_restore = _pg_restore_for(pg, reader)
     final = validate_db_identifier(target_db or settings.db_name, "target database")
     in_place = target_db is None
-    platform = _platform_of(pg, final if in_place else pg.maintenance_db())
+    put_right = put_right_if_interrupted(pg, ctx.storage, final)  # a killed restore's database back first
+    with pg.session(pg.maintenance_db()) as admin:
+        here = in_place and pg.database_exists(admin, final)
+    platform = _platform_of(pg, final if here else pg.maintenance_db())
     if platform.platform == "supabase" or reader.manifest.platform.get("platform") == "supabase":
         return _restore_project(ctx, reader, pg, settings, final, in_place, clean, platform, progress, t0)
     if keep_old is None:
         keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
-    with restore_guard(pg, ctx.storage, final) as put_right:
+    with restore_guard(pg, ctx.storage, final) as more:
+        put_right += more
         _refuse_unendable_sessions(pg, final)  # before anything is written or anyone disconnected
         exists, staging = _create_staging(pg, final, in_place, clean)
         _restore_checked(reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress)
