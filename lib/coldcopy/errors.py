@@ -39,6 +39,12 @@ class InvalidNameError(ColdCopyError):
     exit_code = 2
 
 
+class InputError(ColdCopyError):
+    """A request that cannot be acted on as given (exit 2); refused before anything is written."""
+
+    exit_code = 2
+
+
 class NotFoundError(ColdCopyError):
     exit_code = 3
 

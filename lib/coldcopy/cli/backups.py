@@ -230,6 +230,10 @@ def _restore_text(r: dict[str, Any]) -> str:
             f"  in one transaction, checked before it committed: the shape and {r['tables_checked']} tables' "
             f"row counts equal the backup's; roles given back: {', '.join(r['roles_given_back']) or 'none'}"
         )
+    lines.append(
+        f"  erasures re-applied before use: {r.get('erasures_applied', 0)} "
+        f"({r.get('erased_rows_removed', 0)} rows removed)"
+    )
     lines += [f"  not given back: {x}" for x in r.get("left_out", [])]
     snap = r.get("files_snapshot")
     if snap:

@@ -98,7 +98,41 @@ def build_parser() -> argparse.ArgumentParser:
     _changes_commands(add, action)
     _files_commands(add, action)
     _key_commands(add, action)
+    _erase_commands(add, action)
     return p
+
+
+def _erase_commands(add: AddCommand, action: Action) -> None:
+    e = add("erase", None, "the erasure ledger: erasure requests every restore re-applies (docs/erasures.md)")
+    actions = e.add_subparsers(dest="erase_command", required=True, metavar="ACTION")
+    a = action(
+        actions,
+        "add",
+        "erasures:cmd_erase_add",
+        "record an erasure of DB_NAME's rows (create-only, encrypted); every later restore deletes them",
+    )
+    a.add_argument(
+        "--table", required=True, help="schema.table (checked against DB_NAME and its newest backup)"
+    )
+    a.add_argument(
+        "--where",
+        action="append",
+        metavar="COLUMN=VALUE",
+        help="rows to erase: the column equals the value (repeat: all must match); never free SQL",
+    )
+    a.add_argument(
+        "--subject", help="the person's identifier, kept only as a salted digest (default: the values)"
+    )
+    a.add_argument("--note", help="a reference for the request (no personal data)")
+    ls = action(actions, "list", "erasures:cmd_erase_list", "the recorded erasures")
+    ls.add_argument("--show-values", action="store_true", help="print the values erased (personal data)")
+    r = action(
+        actions,
+        "report",
+        "erasures:cmd_erase_report",
+        "each erasure, the stored backups taken before it and when retention expires them",
+    )
+    r.add_argument("--subject", help="only the erasures recorded for this identifier (proved by its digest)")
 
 
 def _key_commands(add: AddCommand, action: Action) -> None:

@@ -104,8 +104,8 @@ def streams(ctx: Context) -> list[Stream]:
 
 def not_covered(ctx: Context) -> dict[str, int]:
     """Stored objects of kinds a rotation does not re-wrap yet (they stay readable through
-    BACKUP_ENCRYPTION_KEY_PREVIOUS): change batches, files snapshots."""
-    counts = {p.rstrip("/"): sum(1 for _ in ctx.storage.list(p)) for p in ("changes/", "files/")}
+    BACKUP_ENCRYPTION_KEY_PREVIOUS): change batches, files snapshots, erasure records."""
+    counts = {p.rstrip("/"): sum(1 for _ in ctx.storage.list(p)) for p in ("changes/", "files/", "erasures/")}
     return {k: n for k, n in counts.items() if n}
 
 

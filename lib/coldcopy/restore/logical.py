@@ -13,6 +13,7 @@ import pg8000.native
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context, open_context
+from coldcopy.core.erasure import Erasure
 from coldcopy.core.names import validate_db_identifier
 from coldcopy.core.shape import differences, expected_for
 from coldcopy.errors import ConflictError, DatabaseError
@@ -21,6 +22,7 @@ from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import Facts, read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, ToolVersion, die_with_parent
+from coldcopy.restore.erasures import Applied, apply_erasures, read_ledger
 from coldcopy.restore.guard import KEPT, STAGING, dated, put_right_if_interrupted, restore_guard
 from coldcopy.restore.project import restore_into
 from coldcopy.storage.state_store import clear_intent, write_intent
@@ -45,6 +47,7 @@ def run_restore(
     ctx = open_context(settings)
     reader = BackupReader(ctx, name)
     reader.confirm()  # wrong key, missing or resized objects: refused before we touch any database
+    erasures = read_ledger(ctx, reader.manifest.database)  # re-applied by every restore
     pg = Postgres(settings)
     pg_restore = _pg_restore_for(pg, reader)
     final = validate_db_identifier(target_db or settings.db_name, "target database")
@@ -54,14 +57,18 @@ def run_restore(
         here = in_place and pg.database_exists(admin, final)
     platform = _platform_of(pg, final if here else pg.maintenance_db())
     if platform.platform == "supabase" or reader.manifest.platform.get("platform") == "supabase":
-        return _restore_project(ctx, reader, pg, settings, final, in_place, clean, platform, progress, t0)
+        return _restore_project(
+            ctx, reader, pg, settings, final, in_place, clean, platform, progress, t0, erasures
+        )
     if keep_old is None:
         keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
     with restore_guard(pg, ctx.storage, final) as more:
         put_right += more
         _refuse_unendable_sessions(pg, final)  # before anything is written or anyone disconnected
         exists, staging = _create_staging(pg, final, in_place, clean)
-        _restore_checked(reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress)
+        applied = _restore_checked(
+            reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress, erasures
+        )
         pause_point(settings, "restore:before-swap")
         if exists:
             old_name: str | None = _swap_in(pg, ctx.storage, settings, final, staging, keep_old)
@@ -78,6 +85,7 @@ def run_restore(
         "raw_size_bytes": reader.manifest.data.raw_size,
         "tables_checked": len(reader.manifest.tables) if check_counts else 0,
         "put_right": put_right,
+        **applied.to_dict(),
     }
 
 
@@ -97,6 +105,7 @@ def _restore_project(
     facts: Facts,
     progress: Progress | None,
     t0: float,
+    erasures: list[Erasure],
 ) -> dict[str, Any]:
     """A Supabase backup, or a Supabase target: the backup is given back inside the database in
     one transaction (restore/project.py), never by renaming or dropping the project's database."""
@@ -107,7 +116,14 @@ def _restore_project(
         )
     if in_place:  # all or nothing in one transaction: nothing to put right if it is killed
         done = restore_into(
-            reader, pg, final, facts, settings, cron_available=facts.cron_available, progress=progress
+            reader,
+            pg,
+            final,
+            facts,
+            settings,
+            cron_available=facts.cron_available,
+            progress=progress,
+            erasures=erasures,
         )
     else:  # a new database: restored under a staging name, renamed when complete
         with restore_guard(pg, ctx.storage, final):
@@ -122,6 +138,7 @@ def _restore_project(
                     settings,
                     cron_available=facts.cron_available,
                     progress=progress,
+                    erasures=erasures,
                 )
             except BaseException:
                 with pg.session(pg.maintenance_db()) as admin:
@@ -205,8 +222,10 @@ def _restore_checked(
     no_owner: bool,
     check_counts: bool,
     progress: Progress | None,
-) -> None:
-    """The backup restored into ``staging``, its row counts checked; ``staging`` dropped if either fails."""
+    erasures: list[Erasure],
+) -> Applied:
+    """The backup restored into ``staging``, its row counts checked (as restored: before the
+    erasures), the erasure ledger applied, its shape checked; ``staging`` dropped if any fails."""
     try:
         pg_restore_into(reader, pg, tool, staging, settings, no_owner, progress)
         exact = check_counts and reader.manifest.row_counts == "exact"
@@ -215,6 +234,8 @@ def _restore_checked(
             raise DatabaseError(
                 "the restored row counts differ from the backup's: " + "; ".join(mismatches[:5])
             )
+        with pg.session(staging) as conn:
+            applied = apply_erasures(conn, erasures)
         differs = shape_problems(pg, staging, reader.manifest.shape)
         if differs:
             raise DatabaseError(
@@ -226,6 +247,7 @@ def _restore_checked(
         with pg.session(pg.maintenance_db()) as admin:
             pg.drop_database(admin, staging)  # the target stays as it was
         raise
+    return applied
 
 
 def shape_problems(

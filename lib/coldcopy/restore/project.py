@@ -28,6 +28,7 @@ from typing import Any
 
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
+from coldcopy.core.erasure import ERASED_SETTING, Erasure, apply_sql
 from coldcopy.core.platform import (
     RolePlan,
     Selection,
@@ -44,6 +45,7 @@ from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres, quote_ident
 from coldcopy.postgres.shape import USER_NS_SQL, Facts, shape_sql
 from coldcopy.postgres.tools import StderrTail, die_with_parent
+from coldcopy.restore.erasures import Applied
 from coldcopy.restore.toc import read_toc
 from coldcopy.stream.pipeline import Progress
 
@@ -53,6 +55,7 @@ _SHAPE_MARK = "coldcopy-restored-shape "
 _COUNTS_MARK = "coldcopy-restored-counts "
 _UNSET_MARK = "coldcopy-not-set:"
 _NOT_GRANTED_MARK = "coldcopy-not-granted:"
+_ERASED_MARK = "coldcopy-erased "
 
 
 class ShapeMismatch(DatabaseError):
@@ -68,9 +71,11 @@ class ProjectRestore:
     tables_checked: int = 0
     user_rows_from: list[str] = field(default_factory=list)
     roles_applied: list[str] = field(default_factory=list)
+    erased: Applied = field(default_factory=Applied)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.erased.to_dict(),
             "left_out": self.left_out,
             "settings_to_apply": self.settings_to_apply,
             "tables_checked": self.tables_checked,
@@ -100,9 +105,12 @@ def restore_into(
     *,
     cron_available: bool,
     progress: Progress | None = None,
+    erasures: list[Erasure] | None = None,
 ) -> ProjectRestore:
     """Give the backup back inside ``dbname`` (whose ``facts`` were read on it) in one transaction
-    that commits only when the restored shape and row counts equal the manifest's."""
+    that commits only when the restored shape and row counts equal the manifest's; ``erasures``
+    are applied in that transaction after the rows are counted and before the shape is compared."""
+    erasures = erasures or []
     manifest = reader.manifest
     target = target_of(facts, cron_available=cron_available)
     listing = read_toc(reader, pg, settings)
@@ -126,7 +134,7 @@ def restore_into(
     script = _Script(
         prologue=_prologue(roles, target, manifest.shape.get("schemas", [])),
         epilogue=_epilogue(
-            jobs, manifest.shape.get("database_settings", []), dbname, expected, counts, facts
+            jobs, manifest.shape.get("database_settings", []), dbname, expected, counts, facts, erasures
         ),
         target=target,
         lenient_grants=not (target.superuser or target.has_platform),
@@ -139,7 +147,15 @@ def restore_into(
         for owner, n in sorted(refused.items())
     ]
     _judge(out, expected, counts)
+    result.erased = _erased(out, erasures)
     return result
+
+
+def _erased(out: str, erasures: list[Erasure]) -> Applied:
+    if not erasures:
+        return Applied()
+    text = next((ln[len(_ERASED_MARK) :] for ln in out.splitlines() if ln.startswith(_ERASED_MARK)), None)
+    return Applied.from_setting(erasures, text)
 
 
 def _roles(reader: BackupReader, facts: Facts) -> RolePlan:
@@ -261,8 +277,11 @@ def _epilogue(
     expected: dict[str, Any],
     counts: dict[str, int],
     facts: Facts,
+    erasures: list[Erasure],
 ) -> str:
-    """Cron jobs, database settings, then the check that decides COMMIT or ROLLBACK."""
+    """Cron jobs, database settings, the row counts as restored, the erasures (as ordinary
+    deletes: the tables' triggers and foreign keys act as on the live database), then the check
+    that decides COMMIT or ROLLBACK."""
     parts = ["SELECT pg_catalog.set_config('search_path', '', false);"]
     for job in jobs:
         name, schedule, command = (_literal(str(job[k])) for k in ("name", "schedule", "command"))
@@ -297,6 +316,15 @@ def _epilogue(
         if counts
         else "'{}'::jsonb"
     )
+    parts.append(f"SELECT ({count_sql})::text AS cc_counts \\gset")
+    if erasures:
+        parts += [
+            "SET session_replication_role = origin;",
+            apply_sql(erasures),
+            "SET session_replication_role = replica;",
+            f"SELECT current_setting('{ERASED_SETTING}', true) AS cc_erased \\gset",
+            f"\\echo {_ERASED_MARK}:cc_erased",
+        ]
     parts.append(
         f"""SELECT a::text AS cc_actual, c::text AS cc_counts,
   (a - {loose}::text[]) = (e - {loose}::text[])
@@ -305,7 +333,7 @@ def _epilogue(
 FROM (SELECT (SELECT coalesce(jsonb_object_agg(key, value), '{{}}') FROM jsonb_each(({actual})::jsonb)
               WHERE key = ANY({keys})) AS a,
              {_literal(json.dumps(expected))}::jsonb AS e,
-             {count_sql} AS c) x \\gset
+             :'cc_counts'::jsonb AS c) x \\gset
 \\if :cc_same
 COMMIT;
 \\else

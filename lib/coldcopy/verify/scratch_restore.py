@@ -26,6 +26,7 @@ import pg8000.native
 
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Secret, Settings
+from coldcopy.core.erasure import Erasure
 from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.sanity import SanityQuery, parse_sanity_queries
 from coldcopy.core.shape import summary as shape_summary
@@ -34,6 +35,7 @@ from coldcopy.errors import ColdCopyError, ConfigError, EnvironmentProblem, Stor
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.postgres.shape import read_facts
+from coldcopy.restore.erasures import Applied, apply_erasures, read_ledger
 from coldcopy.restore.logical import pg_restore_into, shape_problems
 from coldcopy.restore.project import ShapeMismatch, restore_into
 from coldcopy.stream.pipeline import Progress
@@ -168,10 +170,11 @@ def run_test_restore(
                 True,
                 f"{scratch.dbname} on {scratch.where}" + (stale if scratch.stale_dropped else ""),
             )
+            erasures = read_ledger(reader.ctx, manifest.database)  # before sanity queries
             if supabase:
-                _restore_project_and_check(reader, scratch, result, progress)
+                _restore_project_and_check(reader, scratch, result, progress, erasures)
             else:
-                _restore_and_check(reader, scratch, result, progress)
+                _restore_and_check(reader, scratch, result, progress, erasures)
             if result.ok and result.level == "restore":
                 _check_amcheck(scratch, result)
                 _check_sanity(scratch, sanity, settings.verify_statement_timeout_seconds, result)
@@ -188,8 +191,20 @@ def run_test_restore(
         result.add("scratch database dropped", False, f"{scratch.dbname}: {scratch.drop_error}")
 
 
+def _erasures_check(result: VerifyResult, applied: Applied) -> None:
+    result.add(
+        "the erasure ledger applied",
+        True,
+        f"{applied.erasures} erasure(s) applied, {applied.rows_removed} row(s) removed",
+    )
+
+
 def _restore_and_check(
-    reader: BackupReader, scratch: Scratch, result: VerifyResult, progress: Progress | None
+    reader: BackupReader,
+    scratch: Scratch,
+    result: VerifyResult,
+    progress: Progress | None,
+    erasures: list[Erasure],
 ) -> None:
     manifest = reader.manifest
     tool = scratch.pg.tool("pg_restore")
@@ -222,7 +237,9 @@ def _restore_and_check(
         )
         return
     _measured(reader, scratch, result, t0, "test restore: chunks authenticate and pg_restore succeeds")
-    _check_row_counts(scratch, manifest.tables, manifest.row_counts, result)
+    _check_row_counts(scratch, manifest.tables, manifest.row_counts, result)  # as restored: before erasures
+    with scratch.pg.session(scratch.dbname) as conn:
+        _erasures_check(result, apply_erasures(conn, erasures))
     if manifest.shape:
         # The scratch has none of the server's roles: restored without owners and privileges.
         differs = shape_problems(scratch.pg, scratch.dbname, manifest.shape, ("grants", "roles"))
@@ -247,7 +264,11 @@ def _measured(reader: BackupReader, scratch: Scratch, result: VerifyResult, t0: 
 
 
 def _restore_project_and_check(
-    reader: BackupReader, scratch: Scratch, result: VerifyResult, progress: Progress | None
+    reader: BackupReader,
+    scratch: Scratch,
+    result: VerifyResult,
+    progress: Progress | None,
+    erasures: list[Erasure],
 ) -> None:
     """A Supabase backup: restored by restore's own code (roles applied, one transaction, the shape
     and row counts checked before it commits) into the scratch database."""
@@ -280,6 +301,7 @@ def _restore_project_and_check(
             scratch.settings,
             cron_available=facts.cron_available,
             progress=progress,
+            erasures=erasures,
         )
     except ShapeMismatch as exc:
         result.add(check, True, "restored, then rolled back by the check below")
@@ -294,6 +316,7 @@ def _restore_project_and_check(
         True,
         f"{shape_summary(manifest.shape)}; {done.tables_checked} tables' row counts equal",
     )
+    _erasures_check(result, done.erased)
     if manifest.shape.get("cron_jobs") and not (facts.cron_available and facts.cron_here):
         result.skip(
             "cron jobs", "pg_cron is not installed where the scratch runs: its jobs were not compared"

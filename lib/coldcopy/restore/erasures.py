@@ -1,0 +1,148 @@
+"""The erasure ledger in the bucket, and applying it to a restored database (docs/erasures.md).
+
+Each erasure is one create-only object ``erasures/<id>.json.zst``, packed like every stream
+(zstd, AES-256-GCM, bound to its key: docs/encryption-format.md version 2), because it holds the
+values it erases.  Every restore reads the whole ledger and applies it (core/erasure.apply_sql) to
+the restored database before the database is used: the staging database before its swap, the
+project's transaction before its COMMIT, the verification's scratch before its checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pg8000.native
+
+from coldcopy.context import Context
+from coldcopy.core.erasure import (
+    ERASED_SETTING,
+    LEDGER_PREFIX,
+    Erasure,
+    apply_sql,
+    new_id,
+    subject_digest,
+)
+from coldcopy.errors import ConfigError, DatabaseError, IntegrityError
+from coldcopy.stream.pipeline import Unpacker, pack_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Applied:
+    """What re-applying the ledger did to one restored database."""
+
+    erasures: int = 0
+    rows_removed: int = 0
+    per_erasure: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "erasures_applied": self.erasures,
+            "erased_rows_removed": self.rows_removed,
+            "erasures": dict(self.per_erasure),
+        }
+
+    @classmethod
+    def from_setting(cls, erasures: list[Erasure], text: str | None) -> Applied:
+        """From the JSON ``apply_sql`` leaves in ``coldcopy.erased``; DatabaseError if an erasure is
+        missing from it (the statement did not run to its end)."""
+        done = json.loads(text) if text else {}
+        missing = [e.id for e in erasures if e.id not in done]
+        if missing:
+            raise DatabaseError(
+                f"{len(missing)} erasure(s) were not applied (first: {missing[0]})",
+                "the restore was not completed; see docs/erasures.md",
+            )
+        per = {e.id: int(done[e.id]) for e in erasures}
+        return cls(len(erasures), sum(per.values()), per)
+
+
+def record_erasure(
+    ctx: Context,
+    database: str,
+    table: str,
+    match: dict[str, str],
+    subject: str,
+    now: datetime,
+    note: str = "",
+) -> Erasure:
+    """Store a new erasure, create-only and encrypted; ConfigError when backups are not encrypted
+    (the ledger would hold the personal data in the clear)."""
+    if ctx.key is None:
+        raise ConfigError(
+            [
+                "BACKUP_ENCRYPTION_KEY is not set, and the erasure ledger holds the values it erases: "
+                "it is stored only encrypted"
+            ]
+        )
+    salt = secrets.token_hex(16)
+    erasure = Erasure(
+        id=new_id(now, secrets.token_hex(4)),
+        recorded_at=now.replace(microsecond=0),
+        database=database,
+        table=table,
+        match=dict(match),
+        subject_salt=salt,
+        subject_sha256=subject_digest(salt, subject),
+        note=note,
+    )
+    packed, _ = pack_bytes(
+        json.dumps(erasure.to_dict(), sort_keys=True).encode(),
+        ctx.key,
+        ctx.settings.zstd_level,
+        object_key=erasure.key,
+    )
+    ctx.storage.put_bytes(erasure.key, packed, create_only=True)
+    log.info("recorded erasure %s on %s", erasure.id, erasure.table)
+    return erasure
+
+
+def read_ledger(ctx: Context, database: str | None = None) -> list[Erasure]:
+    """Every recorded erasure (of backups of ``database``, if given), oldest first, each
+    authenticated; IntegrityError naming the record that cannot be opened (a restore must not go
+    on without it)."""
+    out = []
+    for info in ctx.storage.list(LEDGER_PREFIX):
+        if not info.key.endswith(".json.zst"):
+            continue
+        un = Unpacker(ctx.key, expect_object=info.key)
+        try:
+            raw = un.feed(ctx.storage.get_bytes(info.key))
+            un.finish(None)
+            out.append(Erasure.from_dict(json.loads(raw)))
+        except (ValueError, KeyError) as exc:
+            raise IntegrityError(
+                f"erasure record {info.key} cannot be read: {type(exc).__name__}",
+                "restores re-apply every erasure; restore the record or ask for help",
+            ) from None
+    return sorted((e for e in out if database is None or e.database == database), key=lambda e: e.id)
+
+
+def apply_erasures(conn: pg8000.native.Connection, erasures: list[Erasure]) -> Applied:
+    """Apply ``erasures`` on ``conn`` in one transaction; DatabaseError (naming an erasure, never a
+    value) if one cannot be applied, and then nothing was removed."""
+    if not erasures:
+        return Applied()
+    conn.run("BEGIN")
+    try:
+        conn.run(apply_sql(erasures))
+        rows = conn.run(f"SELECT current_setting('{ERASED_SETTING}', true)")
+        applied = Applied.from_setting(erasures, rows[0][0])
+        conn.run("COMMIT")
+    except pg8000.native.DatabaseError as exc:
+        conn.run("ROLLBACK")
+        info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        raise DatabaseError(
+            f"the erasure ledger could not be applied: {info.get('M', 'error')}",
+            "the restore was not completed and the target was left as it was; see docs/erasures.md",
+        ) from None
+    except BaseException:
+        conn.run("ROLLBACK")
+        raise
+    return applied
