@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import catalog_walk
 from cli_helpers import web_call
 from coldcopy.alerting.email import EmailError
 from coldcopy.alerting.notify import check_alerts, load_state, recent_runs
@@ -22,9 +23,10 @@ from coldcopy.config import Settings, SmtpConfig, load_settings
 from coldcopy.core.alert_state import delivery_alert
 from coldcopy.core.alerts import evaluate
 from coldcopy.core.archive_report import WalHealth
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog_digest import DIGEST_KEY, digest, parse_digest
 from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_key
 from coldcopy.core.manifest import CatalogEntry
-from coldcopy.core.metrics import render
 from coldcopy.core.monitor_state import STALE_AFTER, STATE_KEY
 from coldcopy.core.times import iso
 from coldcopy.functions import web
@@ -62,7 +64,7 @@ def storage(settings: Settings) -> S3Store:
     return open_store(settings)
 
 
-def failing_sender(cfg: SmtpConfig, messages: list[EmailMessage]) -> int:
+def failing_sender(cfg: SmtpConfig, messages: Sequence[EmailMessage]) -> int:
     raise EmailError("connection refused by 127.0.0.1:2525")
 
 
@@ -127,15 +129,29 @@ def seed(storage: ObjectStore, *, backups: int, runs: int, start: int = 0) -> No
 
 
 def from_the_records(settings: Settings, storage: ObjectStore, now: datetime) -> tuple[str, list[Any]]:
-    """What /metrics and /alerts computed before the tick stored its state: every input read from
-    the records at the call (the run listing, the WAL summary, the notifier's state)."""
+    """What /metrics and /alerts computed before the tick stored its state and the catalog its
+    digest: every input read from the records at the call (the run listing, the WAL summary, the
+    notifier's state), the metrics and the catalog's alerts by walking every backup (the oracle)."""
     cat = CatalogStore(storage).read()
     wal = wal_monitor.load(storage)
     alerts = evaluate(cat, recent_runs(storage, now), wal, settings.thresholds, now)
+    catalog_rules = {a.rule for a in catalog_walk.catalog_alerts(cat, settings.thresholds, now)}
+    assert [a for a in alerts if a.rule in catalog_rules] == catalog_walk.catalog_alerts(
+        cat, settings.thresholds, now
+    )
     failing = delivery_alert(load_state(storage))
     alerts = alerts if failing is None else [*alerts, failing]
-    text = render(cat, now, alerts=alerts, legacy_gb=settings.metrics_legacy_gb, wal=wal)
+    text = catalog_walk.render(cat, now, alerts=alerts, legacy_gb=settings.metrics_legacy_gb, wal=wal)
     return text, [a.to_dict() for a in alerts]
+
+
+def status_from_the_records(settings: Settings, storage: ObjectStore, now: datetime) -> dict[str, Any]:
+    """What /status answered by walking every backup of the catalog (the oracle), WAL as stored."""
+    cat = CatalogStore(storage).read()
+    th = settings.thresholds
+    wal = wal_monitor.load(storage)
+    view = catalog_walk.status_view(cat, now, encrypted=settings.encrypted, wal=wal, thresholds=th)
+    return dict(json.loads(json.dumps(view)))  # as the answer's JSON carries it
 
 
 def call(settings: Settings, function: str, now: datetime) -> dict[str, Any]:
@@ -185,8 +201,13 @@ def test_metrics_and_alerts_from_the_tick_state_equal_those_from_the_records(
             "age_seconds": later.total_seconds(),
             "stale": False,
         }
+        status = json.loads(call(settings, "status", now)["body"])
+        assert {k: v for k, v in status.items() if k != "state"} == status_from_the_records(
+            settings, storage, now
+        )
     rules = {a["rule"] for a in alerts}
     assert {"stale-job", "email-failing", "last-backup-failed", "verification-failed"} <= rules
+    assert {"backup-size", "manifest-unreadable"} <= rules
     assert 'coldcopy_alerts_active{severity="warning"}' in metrics
 
 
@@ -273,3 +294,83 @@ def test_the_tick_still_emails_what_it_did_and_stores_the_state_each_time(
     assert storage.get_json(STATE_KEY)["computed_at"] == iso(NOW + timedelta(minutes=5))
     assert storage.get_json(STATE_KEY)["alert_state"]["pending"] == []
     assert len(sent[0]) == len(first["started"])  # one email per alert that started
+
+
+def test_a_digest_does_not_grow_with_the_backups_and_reads_back_as_written() -> None:
+    def catalog(n: int) -> Catalog:
+        cat = Catalog()
+        for i in range(n):
+            for kind, db in (("full", "app"), ("compliance", "app"), ("full", "billing")):
+                e = entry(
+                    NOW - timedelta(days=400) + timedelta(hours=i), size=5000 + i % 97, kind=kind, db=db
+                )
+                cat.backups[e.name] = e
+        old = (entry(NOW - timedelta(days=900) + timedelta(hours=i)).name for i in range(n))
+        cat.deleted = dict.fromkeys(old, iso(NOW))
+        return cat
+
+    small, big = digest(catalog(200)), digest(catalog(2000))
+    assert big.backup_count == 6000 and big.counters[("full", "app")][0] == 4000  # 2000 live + deleted
+    small_size, big_size = len(json.dumps(small.to_dict())), len(json.dumps(big.to_dict()))
+    assert big_size < small_size * 1.1, (small_size, big_size)
+    assert parse_digest(json.loads(json.dumps(big.to_dict()))) == big
+    assert parse_digest({"format": "something else"}) is None
+
+
+def keys_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The object keys the web functions' storage client GETs (its open_store is wrapped)."""
+    keys: list[str] = []
+    real = s3_module.open_store
+
+    def counting(settings: Settings) -> S3Store:
+        store = real(settings)
+        store.client.meta.events.register(
+            "before-parameter-build.s3.GetObject", lambda params, **_: keys.append(str(params.get("Key")))
+        )
+        return store
+
+    monkeypatch.setattr(s3_module, "open_store", counting)
+    return keys
+
+
+def test_writers_store_the_digest_and_readers_use_the_catalog_until_it_applies_the_journal(
+    settings: Settings, storage: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = keys_read(monkeypatch)
+    seed(storage, backups=20, runs=3)
+    store = CatalogStore(storage)
+    # A writer's path: journal records, then a refresh (which saves catalog.json and its digest).
+    second_db = entry(NOW - timedelta(hours=5), kind="compliance", db="billing")
+    store.record("backup", second_db.name, {"name": second_db.name, "entry": second_db.to_dict()}, NOW)
+    gone = sorted(store.read().backups)[0]
+    store.record("backup_deleted", gone, {"name": gone}, NOW)
+    store.record("backup_failed", "x", {"name": second_db.name, "kind": "compliance", "error": "disk"}, NOW)
+    store.refresh()
+    assert parse_digest(storage.get_json(DIGEST_KEY)) == digest(store.read())
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+
+    def same_as_the_oracle() -> list[str]:
+        keys.clear()
+        text, alerts = from_the_records(settings, storage, NOW)
+        assert without_state_metric(call(settings, "metrics", NOW)["body"]) == without_state_metric(text)
+        assert json.loads(call(settings, "alerts", NOW)["body"])["alerts"] == alerts
+        status = json.loads(call(settings, "status", NOW)["body"])
+        assert {k: v for k, v in status.items() if k != "state"} == status_from_the_records(
+            settings, storage, NOW
+        )
+        return keys
+
+    read = same_as_the_oracle()
+    assert not [k for k in read if k.endswith("catalog.json")] and any(k.endswith(DIGEST_KEY) for k in read)
+    # A record no save has applied yet (a writer between its record and its save, or one that
+    # died): the readers read the catalog instead, and answer what the records say.
+    late = entry(NOW - timedelta(hours=1), size=10_000, db="billing")
+    store.record("backup", late.name, {"name": late.name, "entry": late.to_dict()}, NOW)
+    read = same_as_the_oracle()
+    assert [k for k in read if k.endswith("catalog.json")]
+    # The next tick stores the digest of the catalog with that record: the digest again.
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    read = same_as_the_oracle()
+    assert not [k for k in read if k.endswith("catalog.json")]
+    # 20 + the small one seeded, + second_db - gone + late.
+    assert json.loads(call(settings, "status", NOW)["body"])["backup_count"] == 22

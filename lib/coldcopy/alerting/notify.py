@@ -8,7 +8,9 @@ After the check it stores what it gathered (the newest runs, the WAL summary, th
 state: ``core.monitor_state``) so that the web functions apply the same rules without listing the
 run records.  ``alerts_report`` is what ``GET /alerts`` and ``coldcopy alerts`` answer;
 ``metrics_text`` what ``GET /metrics`` answers; both take those inputs, stored by the tick (the web)
-or gathered now (the CLI, and the web before the first tick).
+or gathered now (the CLI, and the web before the first tick), and the catalog or its digest
+(``core.catalog_digest``: the web reads the stored one, so no call walks every backup).  The tick
+also stores the catalog's digest when no writer stored the current one.
 
 Imports stay light (no PostgreSQL driver, compression or crypto): this runs in small functions.
 """
@@ -27,10 +29,11 @@ from coldcopy.alerting.email import EmailError, build_message, send
 from coldcopy.changes.health import load_health
 from coldcopy.config import Settings, SmtpConfig
 from coldcopy.core.alert_state import STATE_KEY, advance, delivered, delivery_alert, failed, parse_state
-from coldcopy.core.alerts import Alert, counts_by_severity, evaluate
+from coldcopy.core.alerts import Alert, counts_by_severity, evaluate_digest
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog_digest import CatalogDigest, digest
 from coldcopy.core.jobs import RUNS, Run, run_id_of, run_ids_after
-from coldcopy.core.metrics import render
+from coldcopy.core.metrics import render_digest
 from coldcopy.core.monitor_state import MonitorState, build, freshness
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, NotFoundError
@@ -106,10 +109,19 @@ def stored_or_gathered(storage: ObjectStore, now: datetime) -> tuple[MonitorStat
     return (state, True) if state is not None else (gather(storage, now), False)
 
 
-def active_alerts(settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime) -> list[Alert]:
+def digest_of(settings: Settings, cat: Catalog | CatalogDigest) -> CatalogDigest:
+    """The catalog's digest (made now from a Catalog; a digest that kept too few sizes for
+    ALERT_SIZE_SAMPLE is the caller's mistake: ``CatalogStore.current_digest`` never gives one)."""
+    return cat if isinstance(cat, CatalogDigest) else digest(cat, settings.thresholds.size_sample)
+
+
+def active_alerts(
+    settings: Settings, cat: Catalog | CatalogDigest, inputs: MonitorState, now: datetime
+) -> list[Alert]:
     """The rules' alerts now (WAL rules from the tick's stored archive summary, when PITR is in use)."""
-    return evaluate(
-        cat, inputs.runs, inputs.wal, settings.thresholds, now, inputs.changes, inputs.interrupted
+    d = digest_of(settings, cat)
+    return evaluate_digest(
+        d, inputs.runs, inputs.wal, settings.thresholds, now, inputs.changes, inputs.interrupted
     )
 
 
@@ -123,7 +135,9 @@ def check_alerts(
     """Evaluate, advance the state, send what is pending; a summary for the tick."""
     cfg = settings.smtp
     inputs = gather(storage, now)
-    alerts = active_alerts(settings, CatalogStore(storage).read(), inputs, now)
+    catalog = CatalogStore(storage)
+    cat_digest = digest(catalog.read(), settings.thresholds.size_sample)
+    alerts = active_alerts(settings, cat_digest, inputs, now)
     before = inputs.alert_state
     state = advance(before, alerts, now, notify=cfg.configured)
     started = sorted(set(state["active"]) - set(before["active"]))
@@ -145,8 +159,10 @@ def check_alerts(
             )
     if state != before:
         storage.put_json(STATE_KEY, state)
-    # What /metrics, /alerts, /status and /recovery-time read instead of the records.
+    # What /metrics, /alerts, /status and /recovery-time read instead of the records; and the
+    # catalog's digest, when no writer stored the current one (they read the catalog until then).
     save_monitor_state(storage, replace(inputs, alert_state=state))
+    catalog.save_digest(cat_digest)
     return {
         "active": len(alerts),
         "started": started,
@@ -164,7 +180,7 @@ def _with_delivery(alerts: list[Alert], state: dict[str, Any]) -> list[Alert]:
 
 
 def alerts_report(
-    settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime, *, from_tick: bool
+    settings: Settings, cat: Catalog | CatalogDigest, inputs: MonitorState, now: datetime, *, from_tick: bool
 ) -> dict[str, Any]:
     """What ``GET /alerts`` and ``coldcopy alerts`` answer; ``from_tick``: ``inputs`` is the tick's
     stored state (its age is in the answer), else gathered now."""
@@ -185,12 +201,15 @@ def alerts_report(
     }
 
 
-def metrics_text(settings: Settings, cat: Catalog, inputs: MonitorState, now: datetime) -> str:
-    """What ``GET /metrics`` answers: the catalog's metrics with the active alerts by severity, and
-    when ``inputs`` were computed."""
-    alerts = _with_delivery(active_alerts(settings, cat, inputs, now), inputs.alert_state)
-    return render(
-        cat,
+def metrics_text(
+    settings: Settings, cat: Catalog | CatalogDigest, inputs: MonitorState, now: datetime
+) -> str:
+    """What ``GET /metrics`` answers: the catalog's metrics (from its digest) with the active alerts
+    by severity, and when ``inputs`` were computed."""
+    d = digest_of(settings, cat)
+    alerts = _with_delivery(active_alerts(settings, d, inputs, now), inputs.alert_state)
+    return render_digest(
+        d,
         now,
         alerts=alerts,
         legacy_gb=settings.metrics_legacy_gb,

@@ -22,9 +22,9 @@ from typing import Any
 
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog_digest import CatalogDigest, digest
 from coldcopy.core.changes import ChangesHealth, lag_ratio, table_list
 from coldcopy.core.jobs import FAILED, STALE_MARK, Run
-from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import storage_failure
 
@@ -107,17 +107,29 @@ def evaluate(
     """Every active alert, critical first, then oldest first (the change archive's rules fire only
     when ``changes``, its health, is given: the archive is set up; ``interrupted``: the intent
     records of restores killed between their renames)."""
-    entries = cat.entries()
-    last = _last_success(entries)
+    return evaluate_digest(digest(cat, th.size_sample), runs, wal, th, now, changes, interrupted)
+
+
+def evaluate_digest(
+    d: CatalogDigest,
+    runs: Sequence[Run],
+    wal: WalHealth | None,
+    th: Thresholds,
+    now: datetime,
+    changes: ChangesHealth | None = None,
+    interrupted: Sequence[Mapping[str, Any]] = (),
+) -> list[Alert]:
+    """``evaluate`` from the catalog's digest (one that kept at least ``th.size_sample`` sizes)."""
+    last = parse_iso(d.last_finished_at) if d.last_finished_at else None
     out = [
-        *_backup_age(cat, last, th, now),
-        *_failed_backup(cat, last),
-        *_verification(cat, entries, th, now),
+        *_backup_age(d, last, th, now),
+        *_failed_backup(d, last),
+        *_verification(d, th, now),
         *_wal(wal, th, now),
         *changes_alerts(changes, th, now),
-        *_sizes(entries, th),
+        *_sizes(d, th),
         *_stale_jobs(runs, th, now),
-        *_unreadable(cat),
+        *_unreadable(d),
         *_interrupted(interrupted),
     ]
     return sorted(out, key=lambda a: (SEVERITIES.index(a.severity), a.since or "", a.id))
@@ -137,14 +149,10 @@ def _interrupted(records: Sequence[Mapping[str, Any]]) -> list[Alert]:
     ]
 
 
-def _last_success(entries: Sequence[CatalogEntry]) -> datetime | None:
-    return max((parse_iso(e.finished_at) for e in entries), default=None)
-
-
-def _backup_age(cat: Catalog, last: datetime | None, th: Thresholds, now: datetime) -> list[Alert]:
+def _backup_age(d: CatalogDigest, last: datetime | None, th: Thresholds, now: datetime) -> list[Alert]:
     limit = timedelta(hours=th.backup_max_age_hours)
     if last is None:
-        first_failure = cat.failures[0].get("at") if cat.failures else None
+        first_failure = d.failures[0].get("at") if d.failures else None
         return [alert("no-recent-backup", CRITICAL, first_failure, "no backup has completed yet")]
     if now - last <= limit:
         return []
@@ -158,8 +166,8 @@ def _backup_age(cat: Catalog, last: datetime | None, th: Thresholds, now: dateti
     ]
 
 
-def _failed_backup(cat: Catalog, last: datetime | None) -> list[Alert]:
-    streak = [f for f in cat.failures if last is None or parse_iso(str(f.get("at"))) > last]
+def _failed_backup(d: CatalogDigest, last: datetime | None) -> list[Alert]:
+    streak = [f for f in d.failures if last is None or parse_iso(str(f.get("at"))) > last]
     if not streak:
         return []
     newest = streak[-1]
@@ -175,10 +183,10 @@ def _failed_backup(cat: Catalog, last: datetime | None) -> list[Alert]:
     ]
 
 
-def _verification(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now: datetime) -> list[Alert]:
+def _verification(d: CatalogDigest, th: Thresholds, now: datetime) -> list[Alert]:
     out = []
-    for name, v in sorted(cat.verifications.items()):
-        if v.get("ok") or name not in cat.backups or storage_failure(v):
+    for name, v in sorted(d.failed_verifications.items()):
+        if storage_failure(v):
             continue  # a verification the storage interrupted says nothing about the backup
         failed = [c for c in v.get("checks") or [] if isinstance(c, dict) and not c.get("ok")]
         detail = f": {failed[0].get('name')}: {str(failed[0].get('detail', ''))[:200]}" if failed else ""
@@ -192,16 +200,15 @@ def _verification(cat: Catalog, entries: list[CatalogEntry], th: Thresholds, now
             )
         )
     limit = timedelta(days=th.verify_max_age_days)
-    ok_times = [parse_iso(str(v["at"])) for v in cat.verifications.values() if v.get("ok") and v.get("at")]
-    if ok_times:
-        last = max(ok_times)
+    if d.newest_ok_verification_at is not None:
+        last = parse_iso(d.newest_ok_verification_at)
         if now - last > limit:
             message = (
                 f"no successful verification since {iso(last)} (more than {th.verify_max_age_days:g} days)"
             )
             out.append(alert("verification-overdue", WARNING, last + limit, message))
-    elif entries:
-        oldest = min(parse_iso(e.finished_at) for e in entries)
+    elif d.oldest_finished_at is not None:
+        oldest = parse_iso(d.oldest_finished_at)
         if now - oldest > limit:
             message = (
                 f"no backup has been verified yet; the oldest finished at {iso(oldest)} "
@@ -298,27 +305,24 @@ def changes_alerts(h: ChangesHealth | None, th: Thresholds, now: datetime) -> li
     return out
 
 
-def _sizes(entries: list[CatalogEntry], th: Thresholds) -> list[Alert]:
-    groups: dict[tuple[str, str], list[CatalogEntry]] = {}
-    for e in entries:  # newest first
-        groups.setdefault((e.kind, e.database), []).append(e)
+def _sizes(d: CatalogDigest, th: Thresholds) -> list[Alert]:
     out = []
-    for (kind, db), group in sorted(groups.items()):
-        newest, previous = group[0], group[1 : 1 + th.size_sample]
+    for (kind, db), g in sorted(d.size_groups.items()):
+        previous = g.previous_sizes[: th.size_sample]
         if len(previous) < th.size_min_samples:
             continue
-        usual = median(e.size_bytes for e in previous)
+        usual = median(previous)
         if usual <= 0:
             continue
-        ratio = newest.size_bytes / usual
+        ratio = g.newest_size / usual
         if th.size_low_ratio <= ratio <= th.size_high_ratio:
             continue
         word = "smaller" if ratio < 1 else "larger"
         message = (
-            f"{newest.name} is {newest.size_bytes:,} bytes, {ratio:.2f}× the median of the previous "
+            f"{g.newest_name} is {g.newest_size:,} bytes, {ratio:.2f}× the median of the previous "
             f"{len(previous)} {kind} backups of {db} ({usual:,.0f} bytes): much {word} than usual"
         )
-        out.append(alert("backup-size", WARNING, newest.finished_at, message, f"{kind}:{db}"))
+        out.append(alert("backup-size", WARNING, g.newest_finished_at, message, f"{kind}:{db}"))
     return out
 
 
@@ -343,12 +347,12 @@ def _stale_jobs(runs: Sequence[Run], th: Thresholds, now: datetime) -> list[Aler
     return out
 
 
-def _unreadable(cat: Catalog) -> list[Alert]:
+def _unreadable(d: CatalogDigest) -> list[Alert]:
     return [
         alert(
             "manifest-unreadable", CRITICAL, None, f"the manifest of {name} cannot be read: {why[:300]}", name
         )
-        for name, why in sorted(cat.unreadable.items())
+        for name, why in sorted(d.unreadable.items())
     ]
 
 

@@ -21,22 +21,17 @@ the newest 200 the catalog keeps.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from functools import lru_cache
 
 from coldcopy.core.alerts import SEVERITIES, Alert, counts_by_severity
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
-from coldcopy.core.manifest import CatalogEntry
-from coldcopy.core.names import KINDS, parse_name
+from coldcopy.core.catalog_digest import DURATION_BUCKETS, CatalogDigest, Histogram, Key, digest
 from coldcopy.core.times import parse_iso
-from coldcopy.errors import InvalidNameError
 
-DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
+__all__ = ["DURATION_BUCKETS", "render", "render_digest"]
 Labels = dict[str, str]
-Key = tuple[str, str]  # (kind, database)
 
 
 def _escape(value: str) -> str:
@@ -69,33 +64,21 @@ class _Writer:
         for labels, value in samples:
             self.lines.append(f"{name}{_labels(labels)} {_num(value)}")
 
-    def histogram(self, name: str, help_: str, series: dict[Key, list[float]]) -> None:
+    def histogram(self, name: str, help_: str, series: dict[Key, Histogram]) -> None:
         if not series:
             return
         self.lines.append(f"# HELP {name} {help_}")
         self.lines.append(f"# TYPE {name} histogram")
-        for (kind, db), values in sorted(series.items()):
+        for (kind, db), h in sorted(series.items()):
             base = {"kind": kind, "database": db}
-            ordered = sorted(v for v in values if v == v)  # NaN is in no bucket but +Inf
-            for bound in DURATION_BUCKETS:
-                count = bisect_right(ordered, bound)  # how many are <= bound
+            for bound, count in zip(DURATION_BUCKETS, h.buckets, strict=True):
                 self.lines.append(f"{name}_bucket{_labels({**base, 'le': str(bound)})} {count}")
-            self.lines.append(f"{name}_bucket{_labels({**base, 'le': '+Inf'})} {len(values)}")
-            self.lines.append(f"{name}_sum{_labels(base)} {_num(float(sum(values)))}")
-            self.lines.append(f"{name}_count{_labels(base)} {len(values)}")
+            self.lines.append(f"{name}_bucket{_labels({**base, 'le': '+Inf'})} {h.count}")
+            self.lines.append(f"{name}_sum{_labels(base)} {_num(h.total)}")
+            self.lines.append(f"{name}_count{_labels(base)} {h.count}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
-
-
-@lru_cache(maxsize=1 << 18)  # names never change meaning: a warm scrape parses none of them again
-def _key(name: str, kind: str | None = None) -> Key:
-    """(kind, database) from a backup name; what the record says when the name does not parse."""
-    try:
-        n = parse_name(name)
-        return n.kind, n.database
-    except InvalidNameError:
-        return kind or "unknown", "unknown"
 
 
 def _by_key(values: dict[Key, float]) -> list[tuple[Labels, float]]:
@@ -116,21 +99,35 @@ def render(
     legacy_gb: bool = False,
     computed_at: str | None = None,
 ) -> str:
-    """The exposition text.  ``alerts`` None: the alert gauges are left out (nothing evaluated them).
-    ``computed_at``: when the tick gathered the run and WAL inputs (a gauge of its own)."""
-    entries = cat.entries()  # newest first
+    """The exposition text of the catalog (its digest, made now: ``render_digest``)."""
+    d = digest(cat)
+    return render_digest(d, now, alerts=alerts, wal=wal, legacy_gb=legacy_gb, computed_at=computed_at)
+
+
+def render_digest(
+    d: CatalogDigest,
+    now: datetime,
+    *,
+    alerts: Sequence[Alert] | None = None,
+    wal: WalHealth | None = None,
+    legacy_gb: bool = False,
+    computed_at: str | None = None,
+) -> str:
+    """The exposition text from the catalog's digest: work that does not grow with the history.
+    ``alerts`` None: the alert gauges are left out (nothing evaluated them).  ``computed_at``: when
+    the tick gathered the run and WAL inputs (a gauge of its own)."""
     w = _Writer()
-    _backup_counters(w, cat, entries)
-    _size_metrics(w, entries, legacy_gb)
-    _newest_backup_metrics(w, entries)
-    _verification_metrics(w, cat)
+    _backup_counters(w, d)
+    _size_metrics(w, d, legacy_gb)
+    _newest_backup_metrics(w, d)
+    _verification_metrics(w, d)
     if wal is not None:
         _wal_metrics(w, wal, now)
     w.metric(
         "coldcopy_manifests_unreadable",
         "gauge",
         "Backups whose manifest cannot be read.",
-        [({}, len(cat.unreadable))],
+        [({}, len(d.unreadable))],
     )
     if alerts is not None:
         _alert_metrics(w, alerts)
@@ -145,25 +142,13 @@ def render(
     return w.text()
 
 
-def _backup_counters(w: _Writer, cat: Catalog, entries: list[CatalogEntry]) -> None:
+def _backup_counters(w: _Writer, d: CatalogDigest) -> None:
     """Attempts, successes (deleted backups included) and failures, by kind and database."""
-    success: dict[Key, float] = {}
-    failed: dict[Key, float] = {}
-    for e in entries:
-        key = _key(e.name, e.kind)
-        success[key] = success.get(key, 0) + 1
-    for name in cat.deleted:
-        key = _key(name)
-        success[key] = success.get(key, 0) + 1
-    for f in cat.failures:
-        key = _key(str(f.get("name", "")), str(f.get("kind") or "") or None)
-        failed[key] = failed.get(key, 0) + 1
     # The three share their series, so each has a sample from the first scrape: a database that
     # never failed answers coldcopy_backups_failed 0, and a bucket without any backup 0 unlabelled.
-    keys = {*success, *failed}
-    success = {k: success.get(k, 0) for k in keys}
-    failed = {k: failed.get(k, 0) for k in keys}
-    attempts = {k: success[k] + failed[k] for k in keys}
+    success: dict[Key, float] = {k: s for k, (s, _) in d.counters.items()}
+    failed: dict[Key, float] = {k: f for k, (_, f) in d.counters.items()}
+    attempts = {k: success[k] + failed[k] for k in d.counters}
     w.metric(
         "coldcopy_backups_total",
         "counter",
@@ -184,13 +169,10 @@ def _backup_counters(w: _Writer, cat: Catalog, entries: list[CatalogEntry]) -> N
     )
 
 
-def _size_metrics(w: _Writer, entries: list[CatalogEntry], legacy_gb: bool) -> None:
+def _size_metrics(w: _Writer, d: CatalogDigest, legacy_gb: bool) -> None:
     """How many backups the catalog holds and the bytes they store, by kind and in total."""
-    counts = dict.fromkeys(KINDS, 0)
-    sizes = dict.fromkeys(KINDS, 0)
-    for e in entries:
-        counts[e.kind] = counts.get(e.kind, 0) + 1
-        sizes[e.kind] = sizes.get(e.kind, 0) + e.size_bytes
+    counts = {k: n for k, (n, _) in d.by_kind.items()}
+    sizes = {k: s for k, (_, s) in d.by_kind.items()}
     # A summary of stored sizes: its ``_count`` series is the ``coldcopy_backup_count`` users scrape
     # (as a gauge, promtool would reject the ``_count`` suffix).
     w.lines += [
@@ -224,22 +206,12 @@ def _size_metrics(w: _Writer, entries: list[CatalogEntry], legacy_gb: bool) -> N
         )
 
 
-def _newest_backup_metrics(w: _Writer, entries: list[CatalogEntry]) -> None:
+def _newest_backup_metrics(w: _Writer, d: CatalogDigest) -> None:
     """The newest backup's size and finish time, and the histogram of backup durations."""
-    newest_size: dict[Key, float] = {}
-    newest_time: dict[Key, float] = {}
-    durations: dict[Key, list[float]] = {}
-    last_by_kind: dict[str, float] = {}
-    for e in entries:
-        key = _key(e.name, e.kind)
-        durations.setdefault(key, []).append(float(e.duration_seconds))
-        if key not in newest_size:
-            newest_size[key] = e.size_bytes
-            newest_time[key] = parse_iso(e.finished_at).timestamp()
-        if e.kind not in last_by_kind:
-            last_by_kind[e.kind] = parse_iso(e.finished_at).timestamp()
+    newest_size: dict[Key, float] = {k: s for k, (s, _) in d.newest.items()}
+    newest_time = {k: t for k, (_, t) in d.newest.items()}
     w.metric("coldcopy_backup_size_bytes", "gauge", "Stored size of the newest backup.", _by_key(newest_size))
-    w.histogram("coldcopy_backup_duration_seconds", "How long the backups in the catalog took.", durations)
+    w.histogram("coldcopy_backup_duration_seconds", "How long the backups in the catalog took.", d.durations)
     w.metric(
         "coldcopy_last_backup_timestamp",
         "gauge",
@@ -250,7 +222,7 @@ def _newest_backup_metrics(w: _Writer, entries: list[CatalogEntry]) -> None:
         "coldcopy_last_backup_timestamp_seconds",
         "gauge",
         "When the newest backup of each kind finished (Unix time).",
-        [({"kind": k}, t) for k, t in sorted(last_by_kind.items())],
+        [({"kind": k}, t) for k, t in sorted(d.last_by_kind.items())],
     )
 
 
@@ -264,36 +236,33 @@ def _alert_metrics(w: _Writer, alerts: Sequence[Alert]) -> None:
     )
 
 
-def _verification_metrics(w: _Writer, cat: Catalog) -> None:
-    done = [v for v in cat.verifications.values() if isinstance(v.get("at"), str)]
-    if done:
-        newest = max(done, key=lambda v: str(v["at"]))
+def _verification_metrics(w: _Writer, d: CatalogDigest) -> None:
+    v = d.verification
+    if v.get("newest_ts") is not None:
         w.metric(
             "coldcopy_last_verification_timestamp_seconds",
             "gauge",
             "When the newest verification finished (Unix time), whatever its result.",
-            [({}, parse_iso(str(newest["at"])).timestamp())],
+            [({}, float(v["newest_ts"]))],
         )
         w.metric(
             "coldcopy_last_verification_success",
             "gauge",
             "1 if the newest verification succeeded, 0 if it failed.",
-            [({}, 1 if newest.get("ok") else 0)],
+            [({}, int(v["newest_ok"]))],
         )
-    ok = [parse_iso(str(v["at"])).timestamp() for v in done if v.get("ok")]
-    if ok:
+    if v.get("ok_ts") is not None:
         w.metric(
             "coldcopy_last_successful_verification_timestamp_seconds",
             "gauge",
             "When the newest successful verification finished (Unix time).",
-            [({}, max(ok))],
+            [({}, float(v["ok_ts"]))],
         )
-    failed = sum(1 for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups)
     w.metric(
         "coldcopy_verification_failed_backups",
         "gauge",
         "Backups whose latest verification failed.",
-        [({}, failed)],
+        [({}, int(v.get("failed", 0)))],
     )
 
 

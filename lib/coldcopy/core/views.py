@@ -16,6 +16,7 @@ from typing import Any
 from coldcopy.core.alerts import CRITICAL, Thresholds, wal_alerts
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog_digest import CatalogDigest, digest
 from coldcopy.core.manifest import CatalogEntry, Manifest
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import storage_failure
@@ -68,32 +69,35 @@ def status_view(
 ) -> dict[str, Any]:
     """The last backup, its age, counts, total size, the WAL archive (None without PITR), and every
     problem; ``ok`` when there is none.  ``thresholds`` are the WAL rules' (the alerts' settings)."""
-    entries = cat.entries()
-    by_kind: dict[str, int] = {}
-    for e in entries:
-        by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
-    last = entries[0] if entries else None
+    return status_from_digest(digest(cat), now, encrypted=encrypted, wal=wal, thresholds=thresholds)
+
+
+def status_from_digest(
+    d: CatalogDigest, now: datetime, *, encrypted: bool, wal: WalHealth | None, thresholds: Thresholds
+) -> dict[str, Any]:
+    """``status_view`` from the catalog's digest (``GET /status``: work that does not grow with the
+    history)."""
+    last = d.last_backup
     problems: list[str] = []
     age = None
     if last is None:
         problems.append("no backup has completed yet")
     else:
-        age = (now - parse_iso(last.finished_at)).total_seconds()
+        age = (now - parse_iso(last["finished_at"])).total_seconds()
         limit = STATUS_MAX_AGE_HOURS
         if age > limit * 3600:
             problems.append(f"the last backup finished {age / 3600:.1f} hours ago (more than {limit} hours)")
-        if not last.encrypted:
+        if not last["encrypted"]:
             problems.append(
-                f"the last backup {last.name} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)"
+                f"the last backup {last['name']} is NOT encrypted (BACKUP_ENCRYPTION_KEY was not set)"
             )
-    failure = cat.last_failure()
-    if failure and (last is None or str(failure.get("at")) > last.finished_at):
+    failure = d.last_failure
+    if failure and (last is None or str(failure.get("at")) > last["finished_at"]):
         problems.append(f"the last backup attempt failed at {failure.get('at')}: {failure.get('error')}")
-    for name, why in sorted(cat.unreadable.items()):
+    for name, why in sorted(d.unreadable.items()):
         problems.append(f"manifest of {name} cannot be read: {why}")
-    failed_verifications = [n for n, v in cat.verifications.items() if not v.get("ok") and n in cat.backups]
-    for name in sorted(failed_verifications):
-        if storage_failure(cat.verifications[name]):
+    for name, v in sorted(d.failed_verifications.items()):
+        if storage_failure(v):
             problems.append(f"verification of {name} could not read the storage; run it again")
         else:
             problems.append(f"verification of {name} failed")
@@ -103,11 +107,11 @@ def status_view(
     if wal_part is not None:
         problems += wal_part["problems"]
     return {
-        "last_backup": last.to_dict() if last else None,
+        "last_backup": dict(last) if last else None,
         "last_backup_age_seconds": age,
-        "backup_count": len(entries),
-        "counts_by_kind": by_kind,
-        "total_size_bytes": sum(e.size_bytes for e in entries),
+        "backup_count": d.backup_count,
+        "counts_by_kind": dict(d.counts_by_kind),
+        "total_size_bytes": d.total_size_bytes,
         "last_failure": failure,
         "wal": wal_part,
         "problems": problems,

@@ -6,8 +6,12 @@ calls those same ``main`` functions locally.  Settings come from the environment
 a warm call costs one conditional GET of catalog.json plus one journal listing (``/status``,
 ``/alerts``, ``/metrics`` and ``/recovery-time`` also GET the monitor state the tick stores, with the
 newest runs, the WAL summary and the alert notifier's state: ``core.monitor_state``; its age is in
-each answer).  No call lists the run records, the WAL archive or the verifications: the number of
-requests does not grow with the history.
+each answer).  ``/status``, ``/alerts`` and ``/metrics`` read the catalog's digest instead of
+catalog.json (``core.catalog_digest``: aggregates whose size does not grow with the backups, stored
+by every catalog writer), so neither their CPU nor their cold start grows with the history; while
+the journal holds records the digest has not applied they read the catalog itself.  No call lists
+the run records, the WAL archive or the verifications: the number of requests does not grow with
+the history.
 
 Nothing here lets an exception escape: bad input is a 4xx, a server-side problem a JSON 5xx, and
 tracebacks go to the function's log only.  Heavy modules (pg8000, zstandard, cryptography) are
@@ -50,7 +54,7 @@ from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.monitor_state import freshness
 from coldcopy.core.names import validate_name
 from coldcopy.core.times import Clock, iso, utc_now
-from coldcopy.core.views import listing_row, status_view
+from coldcopy.core.views import listing_row, status_from_digest
 from coldcopy.errors import ColdCopyError, InvalidNameError, NotFoundError, StorageError
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.state_store import load_monitor_state
@@ -175,7 +179,8 @@ def _status(req: Request, cfg: _Config) -> dict[str, Any]:
     s = b.settings
     now = _now()
     wal, fresh = _wal_and_freshness(b.storage, now)
-    view = status_view(b.catalog.read_cached(), now, encrypted=s.encrypted, wal=wal, thresholds=s.thresholds)
+    d = b.catalog.current_digest()
+    view = status_from_digest(d, now, encrypted=s.encrypted, wal=wal, thresholds=s.thresholds)
     return json_response(200, {**view, "state": fresh})
 
 
@@ -285,7 +290,8 @@ def _metrics(req: Request, cfg: _Config) -> dict[str, Any]:
     b = _get_backend(cfg)
     now = _now()
     inputs, _ = stored_or_gathered(b.storage, now)
-    return text_response(200, metrics_text(b.settings, b.catalog.read_cached(), inputs, now), PROMETHEUS_TYPE)
+    d = b.catalog.current_digest(b.settings.thresholds.size_sample)
+    return text_response(200, metrics_text(b.settings, d, inputs, now), PROMETHEUS_TYPE)
 
 
 def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
@@ -295,7 +301,8 @@ def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
     b = _get_backend(cfg)
     now = _now()
     inputs, from_tick = stored_or_gathered(b.storage, now)
-    report = alerts_report(b.settings, b.catalog.read_cached(), inputs, now, from_tick=from_tick)
+    d = b.catalog.current_digest(b.settings.thresholds.size_sample)
+    report = alerts_report(b.settings, d, inputs, now, from_tick=from_tick)
     return json_response(200, report)
 
 

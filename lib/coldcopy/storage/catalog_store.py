@@ -1,4 +1,10 @@
-"""Reading and writing the catalog in the bucket (the I/O half of ``catalog``)."""
+"""Reading and writing the catalog in the bucket (the I/O half of ``catalog`` and ``catalog_digest``).
+
+Every save writes ``catalog.json`` and, beside it, its digest (``state/catalog-digest.json``, a few
+kilobytes whatever the history: ``core.catalog_digest``).  The monitor's ``/metrics``, ``/status``
+and ``/alerts`` read the digest (a conditional GET) and the journal listing they read anyway; when
+the listing holds records the digest has not applied, they read the catalog instead.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coldcopy.core.catalog import JOURNAL, Catalog, journal_key, start_after
+from coldcopy.core.catalog_digest import DIGEST_KEY, CatalogDigest, digest, parse_digest
 from coldcopy.core.manifest import Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
@@ -26,6 +33,7 @@ class CatalogStore:
         self._lock = threading.Lock()
         self._snapshot: tuple[str | None, Catalog | None] = (None, None)
         self._records: dict[str, dict[str, Any]] = {}
+        self._digest: tuple[str | None, CatalogDigest | None] = (None, None)
 
     # -- journal ----------------------------------------------------------------------------------
     def record(self, kind: str, ident: str, payload: dict[str, Any], when: datetime | None = None) -> str:
@@ -60,12 +68,7 @@ class CatalogStore:
     def read(self) -> Catalog:
         """The snapshot merged with the journal records newer than its watermark."""
         cat = self.load_snapshot() or Catalog()
-        after = start_after(cat.watermark)
-        new = [
-            o.key
-            for o in self.storage.list(JOURNAL, start_after=after)
-            if o.key.endswith(".json") and o.key not in cat.applied
-        ]
+        new = self._unapplied(cat.watermark, cat.applied)
         if new:
             cat.merge(self._fetch(new))
         return cat
@@ -89,12 +92,7 @@ class CatalogStore:
         with self._lock:
             self._snapshot = (etag, snap)
         cat = _copy(snap) if snap is not None else Catalog()
-        after = start_after(cat.watermark)
-        new = [
-            o.key
-            for o in self.storage.list(JOURNAL, start_after=after)
-            if o.key.endswith(".json") and o.key not in cat.applied
-        ]
+        new = self._unapplied(cat.watermark, cat.applied)
         with self._lock:
             missing = [k for k in new if k not in self._records]
         fetched = dict(self._fetch(missing)) if missing else {}
@@ -106,6 +104,54 @@ class CatalogStore:
             cat.merge(records)
         return cat
 
+    def _unapplied(self, watermark: str | None, applied: set[str] | frozenset[str]) -> list[str]:
+        """Journal keys newer than ``watermark`` (less the skew) that are not in ``applied``."""
+        return [
+            o.key
+            for o in self.storage.list(JOURNAL, start_after=start_after(watermark))
+            if o.key.endswith(".json") and o.key not in applied
+        ]
+
+    def read_digest(self) -> CatalogDigest | None:
+        """The stored digest, when it is the catalog's as ``read()`` would answer it: one conditional
+        GET (an unchanged digest is not downloaded or parsed again) and one journal listing.  None
+        when there is none, it is unreadable, or the journal holds records it has not applied."""
+        with self._lock:
+            etag, got_digest = self._digest
+        try:
+            got = self.storage.get_bytes_if_changed(DIGEST_KEY, etag)
+        except NotFoundError:
+            etag, got_digest, got = None, None, None
+        if got is not None and got[1] != etag:
+            etag, got_digest = got[1], _parse_digest_bytes(got[0])
+        with self._lock:
+            self._digest = (etag, got_digest)
+        if got_digest is None or self._unapplied(got_digest.watermark, got_digest.applied):
+            return None
+        return got_digest
+
+    def current_digest(self, size_sample: int = 0) -> CatalogDigest:
+        """The catalog's digest: the stored one (``read_digest``), or made now from ``read_cached()``
+        when that is not current or kept fewer than ``size_sample`` sizes per group."""
+        stored = self.read_digest()
+        if stored is not None and stored.size_sample_kept >= size_sample:
+            return stored
+        return digest(self.read_cached(), size_sample)
+
+    def save_digest(self, d: CatalogDigest) -> bool:
+        """Store ``d`` when the stored digest is missing, unreadable, behind ``d``'s watermark, or says
+        otherwise at the same watermark (the tick's repair of a digest no writer stored: a bucket
+        from before digests, a writer that died between its record and its save); True when written.
+        A digest newer than ``d`` (a writer saved after ``d`` was read) is left alone."""
+        try:
+            stored = parse_digest(self.storage.get_json(DIGEST_KEY))
+        except (NotFoundError, ValueError):
+            stored = None
+        if stored is not None and (stored == d or (stored.watermark or "") > (d.watermark or "")):
+            return False
+        self.storage.put_json(DIGEST_KEY, d.to_dict())
+        return True
+
     @staticmethod
     def _parse_snapshot(raw: bytes) -> Catalog | None:
         try:
@@ -116,7 +162,10 @@ class CatalogStore:
 
     # -- writing ----------------------------------------------------------------------------------
     def save(self, cat: Catalog) -> None:
+        """Write catalog.json, then its digest (a reader finds a digest behind the catalog's records
+        and reads the catalog until the next save or tick)."""
         self.storage.put_json(CATALOG_KEY, cat.to_dict())
+        self.storage.put_json(DIGEST_KEY, digest(cat).to_dict())
 
     def refresh(self) -> Catalog:
         """Read, merge and write back (writers call this after recording)."""
@@ -175,6 +224,16 @@ class CatalogStore:
             ) from None
         check_identity(manifest, name)  # not another backup's manifest, stored (or edited) as this one's
         return manifest
+
+
+def _parse_digest_bytes(raw: bytes) -> CatalogDigest | None:
+    try:
+        d = parse_digest(json.loads(raw))
+    except ValueError:
+        d = None
+    if d is None:
+        log.warning("%s is not a catalog digest this version reads; reading the catalog", DIGEST_KEY)
+    return d
 
 
 def _copy(cat: Catalog) -> Catalog:
