@@ -240,6 +240,7 @@ def test_feature_settings_are_checked_with_the_rest(tmp_path) -> None:  # type: 
             "20261124_236060",
             "20261124_000060",
             "20240229_235959",
+            "00010\u066101_000000",  # an Arabic-Indic digit: \d matches it, strptime does not
         ]
     )
 )

@@ -15,7 +15,10 @@ from coldcopy.errors import InvalidNameError
 KINDS = ("full", "compliance", "base")
 LOGICAL_KINDS = ("full", "compliance")  # pg_dump archives; "base" is a physical copy
 _DB_PART = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"
-_NAME_RE = re.compile(rf"^(?P<kind>{'|'.join(KINDS)})_backup_(?P<db>{_DB_PART})_(?P<ts>\d{{8}}_\d{{6}})")
+# [0-9], not \d: \d also matches other scripts' digits, which strptime (and PostgreSQL) refuse.
+_NAME_RE = re.compile(
+    rf"^(?P<kind>{'|'.join(KINDS)})_backup_(?P<db>{_DB_PART})_(?P<ts>[0-9]{{8}}_[0-9]{{6}})"
+)
 _TS_FORMAT = "%Y%m%d_%H%M%S"
 
 
