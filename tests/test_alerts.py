@@ -298,3 +298,16 @@ def test_thresholds_from_the_environment() -> None:
             {"ALERT_BACKUP_MAX_AGE_HOURS": "soon", "ALERT_SIZE_HIGH_RATIO": "0.5"}, env_file=NO_FILE
         )
     assert len(exc.value.problems) == 2
+
+
+def test_streams_under_a_key_no_setting_held_raise_a_critical_alert_until_recounted() -> None:
+    counted = iso(NOW - timedelta(hours=2))
+    raised = evaluate(
+        healthy(), [], None, TH, NOW, unheld_keys={"0123abcd": 7, "empty": 0}, keys_counted_at=counted
+    )
+    assert ids(raised) == ["key-unheld:0123abcd"]
+    (a,) = raised
+    assert a.severity == "critical" and a.since == counted
+    assert a.plan_command == PLANS["key-unheld"] == "coldcopy plan key-rotation"
+    assert "7 stored streams" in a.message and "BACKUP_ENCRYPTION_KEY_PREVIOUS" in a.message
+    assert evaluate(healthy(), [], None, TH, NOW, unheld_keys={}, keys_counted_at=counted) == []

@@ -18,7 +18,7 @@ import pytest
 import catalog_walk
 from cli_helpers import web_call
 from coldcopy.alerting.email import EmailError
-from coldcopy.alerting.notify import check_alerts, load_state, recent_runs
+from coldcopy.alerting.notify import alerts_report, check_alerts, load_state, recent_runs
 from coldcopy.config import Settings, SmtpConfig, load_settings
 from coldcopy.core.alert_state import delivery_alert
 from coldcopy.core.alerts import evaluate
@@ -26,14 +26,16 @@ from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import DIGEST_KEY, digest, parse_digest
 from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_key
+from coldcopy.core.keys import KEYS_STATE_KEY, keys_state
 from coldcopy.core.manifest import CatalogEntry
-from coldcopy.core.monitor_state import STALE_AFTER, STATE_KEY
+from coldcopy.core.monitor_state import STALE_AFTER, STATE_KEY, parse
 from coldcopy.core.times import iso
 from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.storage import s3 as s3_module
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.s3 import S3Store, open_store
+from coldcopy.storage.state_store import load_monitor_state
 from coldcopy.storage.store import ObjectStore
 from coldcopy.wal import monitor as wal_monitor
 
@@ -374,3 +376,25 @@ def test_writers_store_the_digest_and_readers_use_the_catalog_until_it_applies_t
     assert not [k for k in read if k.endswith("catalog.json")]
     # 20 + the small one seeded, + second_db - gone + late.
     assert json.loads(call(settings, "status", NOW)["body"])["backup_count"] == 22
+
+
+def test_the_key_count_reaches_the_alert_through_the_tick_state(settings: Settings, storage: S3Store) -> None:
+    """``key status`` stores ``state/keys.json``; the tick carries the key ids no setting held into
+    the monitor state, and ``/alerts`` raises key-unheld from it until a new count holds them."""
+    seed(storage, backups=3, runs=3)
+    census = {"aaaa": {"backup": 4, "wal": 2}, "bbbb": {"change": 1}, "none": {"wal": 1}}
+    storage.put_json(KEYS_STATE_KEY, keys_state(iso(NOW - timedelta(hours=1)), census, ["aaaa"]))
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    stored = load_monitor_state(storage)
+    assert stored is not None
+    assert stored.unheld_keys == {"bbbb": 1} and stored.keys_counted_at == iso(NOW - timedelta(hours=1))
+    assert parse(stored.to_dict()) == stored
+    alerts = alerts_report(settings, Catalog(), stored, NOW, from_tick=True)["alerts"]
+    assert [a["id"] for a in alerts if a["rule"] == "key-unheld"] == ["key-unheld:bbbb"]
+
+    storage.put_json(KEYS_STATE_KEY, keys_state(iso(NOW), census, ["aaaa", "bbbb"]))  # PREVIOUS set
+    check_alerts(settings, storage, NOW + timedelta(minutes=5), sender=failing_sender)
+    again = load_monitor_state(storage)
+    assert again is not None and again.unheld_keys == {}
+    alerts = alerts_report(settings, Catalog(), again, NOW, from_tick=True)["alerts"]
+    assert not [a for a in alerts if a["rule"] == "key-unheld"]

@@ -39,7 +39,12 @@ from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, NotFoundError
 from coldcopy.ops.queue import get_run
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.state_store import load_monitor_state, pending_intents, save_monitor_state
+from coldcopy.storage.state_store import (
+    load_keys_state,
+    load_monitor_state,
+    pending_intents,
+    save_monitor_state,
+)
 from coldcopy.storage.store import ObjectStore
 from coldcopy.wal.monitor import load
 
@@ -90,8 +95,8 @@ def load_state(storage: ObjectStore) -> dict[str, Any]:
 
 def gather(storage: ObjectStore, now: datetime) -> MonitorState:
     """The rules' inputs besides the catalog, read from the records now (the tick, the CLI): the
-    recent run records, the stored WAL summary, the notifier's state and the change archive's
-    health."""
+    recent run records, the stored WAL summary, the notifier's state, the change archive's
+    health, the interrupted restores and the last count of streams per key id."""
     return build(
         now,
         recent_runs(storage, now),
@@ -99,6 +104,7 @@ def gather(storage: ObjectStore, now: datetime) -> MonitorState:
         load_state(storage),
         load_health(storage),
         pending_intents(storage),
+        load_keys_state(storage),
     )
 
 
@@ -121,7 +127,15 @@ def active_alerts(
     """The rules' alerts now (WAL rules from the tick's stored archive summary, when PITR is in use)."""
     d = digest_of(settings, cat)
     return evaluate_digest(
-        d, inputs.runs, inputs.wal, settings.thresholds, now, inputs.changes, inputs.interrupted
+        d,
+        inputs.runs,
+        inputs.wal,
+        settings.thresholds,
+        now,
+        inputs.changes,
+        inputs.interrupted,
+        inputs.unheld_keys,
+        inputs.keys_counted_at,
     )
 
 

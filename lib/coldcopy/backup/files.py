@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from coldcopy.backup.reader import finish_checked
 from coldcopy.context import Context
 from coldcopy.core.files import (
     CONTENT_PREFIX,
@@ -94,7 +95,9 @@ def unpack(storage: ObjectStore, obj: StoredObject, key: MasterKey | None) -> by
     """A small packed object (an index), authenticated and checked against its stats."""
     un = Unpacker(key, expect_object=obj.key)
     raw = b"".join(un.feed(c) for c in read_volumes(storage, obj, READ_SIZE))
-    un.finish(StreamStats(obj.raw_size, obj.raw_sha256, obj.stored_size, obj.stored_sha256))
+    finish_checked(
+        storage, un, obj.key, StreamStats(obj.raw_size, obj.raw_sha256, obj.stored_size, obj.stored_sha256)
+    )
     return raw
 
 
@@ -115,7 +118,8 @@ def read_index(
 
 
 def content_stream(storage: ObjectStore, content: Content, key: MasterKey | None) -> tuple[Unpacker, Any]:
-    """An Unpacker and the stored chunks of ``content``; feed them, then ``finish`` with its stats."""
+    """An Unpacker and the stored chunks of ``content``; feed them, then finish with
+    ``backup.reader.finish_checked`` and :func:`content_stats`."""
     obj = StoredObject(
         content.data_key,
         content.stored_size,

@@ -14,10 +14,11 @@ from coldcopy.context import Context
 from coldcopy.core.manifest import Manifest, StoredObject
 from coldcopy.core.names import validate_name
 from coldcopy.errors import IntegrityError, WrongKeyError
-from coldcopy.storage.rekeys import read_rewrapped, stored_sha256_for
+from coldcopy.storage.rekeys import read_rewrapped
+from coldcopy.storage.store import ObjectStore
 from coldcopy.storage.volumes import read_volumes, stored_problem
 from coldcopy.stream.crypto import check_key, read_header
-from coldcopy.stream.pipeline import Progress, StreamStats, Unpacker, prefetch
+from coldcopy.stream.pipeline import Progress, StreamStats, Unpacker, check_stats, prefetch
 
 HEADER_PROBE = 64 * 1024
 CHUNK = 1 << 20
@@ -25,6 +26,23 @@ CHUNK = 1 << 20
 
 def expected(obj: StoredObject) -> StreamStats:
     return StreamStats(obj.raw_size, obj.raw_sha256, obj.stored_size, obj.stored_sha256)
+
+
+def finish_checked(storage: ObjectStore, unpacker: Unpacker, stream: str, want: StreamStats) -> StreamStats:
+    """Finish ``unpacker`` (fed the whole stream named ``stream``) against ``want``, the checksums
+    the stream was written with, as its create-only record keeps them (a manifest, a change batch's
+    record, a files snapshot's commit or content record).  A key rotation rewrites only the
+    stream's header, so a stream it re-wrapped matches instead the checksum of the re-wrap record
+    of the key id its envelope names (``storage/rekeys.py``); IntegrityError on any other mismatch.
+    Every reader of a checksummed stream finishes through here."""
+    got = unpacker.finish(None)
+    key_id = unpacker.header_key_id
+    if got.stored_sha256 != want.stored_sha256 and key_id is not None:
+        rec = read_rewrapped(storage, key_id, stream)
+        if rec is not None:
+            want = replace(want, stored_sha256=rec.stored_sha256)
+    check_stats(got, want)
+    return got
 
 
 class BackupReader:
@@ -71,15 +89,7 @@ class BackupReader:
                 sink(raw)
             if progress:
                 progress(unpacker.raw_size, unpacker.stored_size)
-        want = expected(obj)
-        sha = stored_sha256_for(
-            self.ctx.storage,
-            obj.key,
-            unpacker.header_key_id,
-            self.manifest.encryption.get("key_id"),
-            want.stored_sha256,
-        )
-        return unpacker.finish(replace(want, stored_sha256=sha))
+        return finish_checked(self.ctx.storage, unpacker, obj.key, expected(obj))
 
     def read_small(self, obj: StoredObject) -> bytes:
         out = bytearray()

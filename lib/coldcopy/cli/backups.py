@@ -14,15 +14,15 @@ from coldcopy.cli.output import present, progress_meter
 from coldcopy.config import DB, STORAGE
 from coldcopy.context import open_context
 from coldcopy.core.humanize import human_age, human_bytes, table
+from coldcopy.core.keys import stale_key_ids
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
 from coldcopy.core.shape import summary as shape_summary
 from coldcopy.core.views import backup_summary, listing_row, status_view
-from coldcopy.ops.rotate import stale_key_ids, stored_census
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.guard import put_right_if_interrupted
 from coldcopy.restore.logical import run_restore
-from coldcopy.storage.state_store import pending_intents
+from coldcopy.storage.state_store import load_keys_state, pending_intents
 from coldcopy.verify.run import run_verify
 from coldcopy.wal.monitor import compute
 
@@ -165,7 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"be missing (the original is {intent.get('renamed_to')}); run `coldcopy backup` or "
             "`coldcopy restore` to put it back"
         )
-    keys = stored_census(ctx)  # counted by the last `key rotate` or `key status`
+    keys = load_keys_state(ctx.storage)  # counted by the last `key rotate` or `key status`
     if keys is not None:
         st["keys"] = keys
         unheld = stale_key_ids(keys["census"], ctx.key.key_ids() if ctx.key else ())

@@ -10,8 +10,9 @@ from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.config import Settings
 from coldcopy.context import open_context, settings_key
+from coldcopy.core.keys import stale_key_ids
 from coldcopy.errors import ColdCopyError
-from coldcopy.ops.rotate import census_state, rotate, stale_key_ids
+from coldcopy.ops.rotate import census_state, rotate
 from coldcopy.stream.crypto import MasterKey
 
 
@@ -54,12 +55,6 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
         lines.append(
             "now set BACKUP_ENCRYPTION_KEY to the new passphrase and remove the old one from "
             "BACKUP_ENCRYPTION_KEY_PREVIOUS (and BACKUP_ENCRYPTION_KEY_NEW)"
-        )
-    if r.not_covered:
-        lines.append(
-            "not re-wrapped by this version (they stay readable with the old key in "
-            "BACKUP_ENCRYPTION_KEY_PREVIOUS): "
-            + ", ".join(f"{k}: {n} objects" for k, n in r.not_covered.items())
         )
     present(args, d, "\n".join(lines))
     return 0

@@ -50,6 +50,7 @@ PLANS = {
     "changes-slot-lost": "coldcopy plan change-archive",
     "changes-untracked": "coldcopy plan change-archive",
     "restore-interrupted": "coldcopy plan restore-interrupted",
+    "key-unheld": "coldcopy plan key-rotation",
 }
 
 
@@ -103,11 +104,16 @@ def evaluate(
     now: datetime,
     changes: ChangesHealth | None = None,
     interrupted: Sequence[Mapping[str, Any]] = (),
+    unheld_keys: Mapping[str, int] | None = None,
+    keys_counted_at: str | None = None,
 ) -> list[Alert]:
     """Every active alert, critical first, then oldest first (the change archive's rules fire only
     when ``changes``, its health, is given: the archive is set up; ``interrupted``: the intent
-    records of restores killed between their renames)."""
-    return evaluate_digest(digest(cat, th.size_sample), runs, wal, th, now, changes, interrupted)
+    records of restores killed between their renames; ``unheld_keys``: stored streams per key id
+    no setting held when they were counted, at ``keys_counted_at``)."""
+    return evaluate_digest(
+        digest(cat, th.size_sample), runs, wal, th, now, changes, interrupted, unheld_keys, keys_counted_at
+    )
 
 
 def evaluate_digest(
@@ -118,6 +124,8 @@ def evaluate_digest(
     now: datetime,
     changes: ChangesHealth | None = None,
     interrupted: Sequence[Mapping[str, Any]] = (),
+    unheld_keys: Mapping[str, int] | None = None,
+    keys_counted_at: str | None = None,
 ) -> list[Alert]:
     """``evaluate`` from the catalog's digest (one that kept at least ``th.size_sample`` sizes)."""
     last = parse_iso(d.last_finished_at) if d.last_finished_at else None
@@ -131,6 +139,7 @@ def evaluate_digest(
         *_stale_jobs(runs, th, now),
         *_unreadable(d),
         *_interrupted(interrupted),
+        *key_alerts(unheld_keys or {}, keys_counted_at),
     ]
     return sorted(out, key=lambda a: (SEVERITIES.index(a.severity), a.since or "", a.id))
 
@@ -146,6 +155,25 @@ def _interrupted(records: Sequence[Mapping[str, Any]]) -> list[Alert]:
             str(r.get("database", "")),
         )
         for r in records
+    ]
+
+
+def key_alerts(unheld: Mapping[str, int], counted_at: str | None) -> list[Alert]:
+    """One critical alert per key id that stored streams are under and that no setting held when
+    ``key status`` or ``key rotate`` last counted them (at ``counted_at``): those streams cannot be
+    read by ColdCopy as configured."""
+    return [
+        alert(
+            "key-unheld",
+            CRITICAL,
+            counted_at,
+            f"{n} stored streams are under key id {key_id}, which no setting held when they were counted "
+            f"({counted_at}): put that passphrase in BACKUP_ENCRYPTION_KEY_PREVIOUS or finish "
+            "`coldcopy key rotate`, then run `coldcopy key status`",
+            key_id,
+        )
+        for key_id, n in sorted(unheld.items())
+        if n > 0
     ]
 
 

@@ -1,9 +1,11 @@
 """What the scheduler tick computes once for the monitor's reads.  Pure: no I/O.
 
-The alert rules need three inputs besides the catalog: the newest run of each job kind (the
-stale-job rule), the WAL archive's summary and the alert notifier's memory (the email-failing
-alert).  Gathering the first means listing days of run records, which grows with the history; so
-the tick gathers them once, after its alert check, into one small object (``state/monitor.json``,
+The alert rules need inputs besides the catalog: the newest run of each job kind (the stale-job
+rule), the WAL archive's summary, the alert notifier's memory (the email-failing alert), the
+change archive's health, the intent records of interrupted restores, and the key ids with stored
+streams that no setting held at the last count (``state/keys.json``, the key-unheld alert).
+Gathering the first means listing days of run records, which grows with the history; so the tick
+gathers them once, after its alert check, into one small object (``state/monitor.json``,
 rewritten each tick: a few kilobytes, one writer).  ``/metrics``, ``/alerts``, ``/status`` and
 ``/recovery-time`` read that object with one GET, and the catalog (which they read fresh anyway)
 with the usual conditional GET and journal listing, then apply the same rules to the same inputs:
@@ -26,6 +28,7 @@ from coldcopy.core.alert_state import parse_state
 from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.changes import ChangesHealth
 from coldcopy.core.jobs import Run
+from coldcopy.core.keys import unheld_at_count
 from coldcopy.core.times import iso, parse_iso
 
 STATE_KEY = "state/monitor.json"
@@ -44,6 +47,8 @@ class MonitorState:
     alert_state: dict[str, Any] = field(default_factory=lambda: parse_state(None))
     changes: ChangesHealth | None = None  # the change archive's health, once it was drained
     interrupted: tuple[dict[str, Any], ...] = ()  # intent records of restores killed mid-swap
+    unheld_keys: dict[str, int] = field(default_factory=dict)  # key id -> streams no setting held
+    keys_counted_at: str | None = None  # when ``key status`` or ``key rotate`` counted them
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,8 @@ class MonitorState:
             "alert_state": self.alert_state,
             "changes": None if self.changes is None else self.changes.to_dict(),
             "interrupted": list(self.interrupted),
+            "unheld_keys": dict(self.unheld_keys),
+            "keys_counted_at": self.keys_counted_at,
         }
 
 
@@ -72,10 +79,21 @@ def build(
     alert_state: Mapping[str, Any],
     changes: ChangesHealth | None = None,
     interrupted: Sequence[Mapping[str, Any]] = (),
+    keys: Mapping[str, Any] | None = None,
 ) -> MonitorState:
-    """The state to store after a tick's alert check at ``now``."""
+    """The state to store after a tick's alert check at ``now`` (``keys``: the stored count of
+    streams per key id, ``core/keys.py``)."""
     records = tuple(dict(r) for r in interrupted)
-    return MonitorState(iso(now), newest_runs(runs), wal, parse_state(dict(alert_state)), changes, records)
+    return MonitorState(
+        iso(now),
+        newest_runs(runs),
+        wal,
+        parse_state(dict(alert_state)),
+        changes,
+        records,
+        unheld_at_count(keys),
+        str(keys["at"]) if keys is not None and keys.get("at") else None,
+    )
 
 
 def wal_of(raw: Any) -> WalHealth | None:
@@ -107,7 +125,15 @@ def parse(raw: Any) -> MonitorState | None:
         parse_state(raw.get("alert_state")),
         ChangesHealth.from_dict(changes) if isinstance(changes, dict) else None,
         tuple(r for r in raw.get("interrupted") or [] if isinstance(r, dict)),
+        _counts(raw.get("unheld_keys")),
+        str(raw["keys_counted_at"]) if raw.get("keys_counted_at") else None,
     )
+
+
+def _counts(raw: Any) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int)}
 
 
 def freshness(computed_at: str | None, now: datetime) -> dict[str, Any]:

@@ -51,6 +51,12 @@ ALIASES: dict[str, tuple[str, str]] = {
         "its place: run `coldcopy backup` (or the restore again) to put the original back, then "
         "`coldcopy status`.",
     ),
+    "key-rotation": (
+        "disaster",
+        "Stored backups are under an encryption key id no setting holds: put that passphrase in "
+        "BACKUP_ENCRYPTION_KEY_PREVIOUS (or finish `coldcopy key rotate`), then run `coldcopy key "
+        "status` until it exits 0 (docs/key-rotation.md).",
+    ),
     "backup-size": (
         "disaster",
         "The backup size changed sharply: compare `coldcopy list-backups` with "

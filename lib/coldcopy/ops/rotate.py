@@ -3,13 +3,15 @@
 
 No data is re-encrypted: a stream's frames are bound to its params, not to its key envelope
 (docs/encryption-format.md §4), so only the header at the start of the stream (the first volume of
-a backup, or the one object of a WAL file) is rewritten, at the same length.  The order per stream:
+a backup, change batch or files content, or the one object of a WAL file, files index or erasure
+record) is rewritten, at the same length.  The order per stream:
 
 1. every frame is authenticated under the old key while the SHA-256 of the stream with the new
    header is computed;
-2. a backup stream gets a create-only re-wrap record (``storage/rekeys.py``) with that checksum and
-   the new header: its manifest stays as written, and readers take the checksum from the record
-   while the stream's envelope names the new key;
+2. a checksummed stream (a backup's, a change batch's, a files snapshot's index or content) gets a
+   create-only re-wrap record (``storage/rekeys.py``) with that checksum and the new header: the
+   record that checksums it stays as written, and readers (``backup.reader.finish_checked``) take
+   the checksum from the re-wrap record of the key id the stream's envelope names;
 3. the object holding the header is replaced by the same bytes behind the new header (one PUT:
    readers see the old or the new object, both valid).
 
@@ -29,14 +31,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from coldcopy.backup.files import committed, stored_content
+from coldcopy.backup.reader import expected, finish_checked
 from coldcopy.config import Settings
 from coldcopy.context import Context
+from coldcopy.core.changes import BATCHES_PREFIX
+from coldcopy.core.erasure import LEDGER_PREFIX
+from coldcopy.core.files import CONTENT_PREFIX, index_key
+from coldcopy.core.keys import KEYS_STATE_KEY, keys_state
 from coldcopy.core.lsn import WAL_PREFIX
 from coldcopy.core.manifest import StoredObject
 from coldcopy.core.times import iso
-from coldcopy.errors import ColdCopyError, ConflictError, IntegrityError, NotFoundError, WrongKeyError
+from coldcopy.errors import ColdCopyError, ConflictError, IntegrityError, WrongKeyError
 from coldcopy.pausepoints import pause_point
-from coldcopy.storage.rekeys import Rewrapped, read_rewrapped, rekey_key, stored_sha256_for
+from coldcopy.storage.rekeys import Rewrapped, read_rewrapped, rekey_key
 from coldcopy.storage.volumes import read_volumes
 from coldcopy.stream.crypto import (
     ALG_NONE,
@@ -47,20 +55,23 @@ from coldcopy.stream.crypto import (
     read_header,
     rewrap_header,
 )
-from coldcopy.stream.pipeline import StreamStats, Unpacker
+from coldcopy.stream.pipeline import Unpacker
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
-STATE_KEY = "state/keys.json"
 
 
 @dataclass(frozen=True)
 class Stream:
-    """One stored stream: a backup's data or globals (checksummed by its manifest), or a WAL file."""
+    """One stored stream: checksummed by a create-only record (a backup's data or globals, a change
+    batch, a files snapshot's index or content), or not (a WAL file, an erasure record)."""
 
-    kind: str  # "backup" | "wal"
+    kind: str  # "backup" | "change" | "files-index" | "files-content" | "wal" | "erasure"
     obj: StoredObject  # key = the stream's name; pieces() = the objects holding it
-    recorded_key_id: str | None  # the key id its manifest records (None: no checksum to keep)
+
+    @property
+    def checksummed(self) -> bool:
+        return bool(self.obj.stored_sha256)
 
 
 @dataclass
@@ -73,7 +84,6 @@ class RotationReport:
     unencrypted: int = 0
     proved: int = 0
     by_key_id: dict[str, int] = field(default_factory=dict)  # before the rotation
-    not_covered: dict[str, int] = field(default_factory=dict)  # kinds this version does not re-wrap
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,27 +96,42 @@ class RotationReport:
             "unencrypted": self.unencrypted,
             "proved": self.proved,
             "by_key_id_before": self.by_key_id,
-            "not_covered": self.not_covered,
         }
 
 
 def streams(ctx: Context) -> list[Stream]:
-    """Every stream this version re-wraps: each backup's data and globals, each WAL file."""
+    """Every encrypted stream ColdCopy stores: each backup's data and globals, each change batch,
+    each files snapshot's index and each stored files content, each WAL file and erasure record."""
     out: list[Stream] = []
     for name in sorted(ctx.catalog.read().backups):
         m = ctx.catalog.manifest(name)
-        kid = m.encryption.get("key_id")
-        out.extend(Stream("backup", o, kid) for o in (m.data, m.globals) if o is not None)
-    for info in ctx.storage.list(WAL_PREFIX):
-        out.append(Stream("wal", StoredObject(info.key, info.size, "", 0, ""), None))
+        out.extend(Stream("backup", o) for o in (m.data, m.globals) if o is not None)
+    for info in ctx.storage.list(BATCHES_PREFIX):
+        if info.key.endswith(".json"):
+            out.append(Stream("change", StoredObject.from_dict(ctx.storage.get_json(info.key)["data"])))
+    for snap, commit in committed(ctx.storage).items():
+        i = commit["index"]
+        obj = StoredObject(
+            index_key(snap),
+            int(i["stored_size"]),
+            str(i["stored_sha256"]),
+            int(i["raw_size"]),
+            str(i["raw_sha256"]),
+        )
+        out.append(Stream("files-index", obj))
+    for info in ctx.storage.list(CONTENT_PREFIX):
+        if info.key.endswith("/meta.json"):
+            c = stored_content(ctx.storage, info.key[len(CONTENT_PREFIX) :].split("/")[0])
+            if c is not None:
+                obj = StoredObject(
+                    c.data_key, c.stored_size, c.stored_sha256, c.raw_size, c.raw_sha256, c.volumes
+                )
+                out.append(Stream("files-content", obj))
+    for prefix, kind in ((WAL_PREFIX, "wal"), (LEDGER_PREFIX, "erasure")):
+        for info in ctx.storage.list(prefix):
+            if kind == "wal" or info.key.endswith(".json.zst"):
+                out.append(Stream(kind, StoredObject(info.key, info.size, "", 0, "")))
     return out
-
-
-def not_covered(ctx: Context) -> dict[str, int]:
-    """Stored objects of kinds a rotation does not re-wrap yet (they stay readable through
-    BACKUP_ENCRYPTION_KEY_PREVIOUS): change batches, files snapshots, erasure records."""
-    counts = {p.rstrip("/"): sum(1 for _ in ctx.storage.list(p)) for p in ("changes/", "files/", "erasures/")}
-    return {k: n for k, n in counts.items() if n}
 
 
 def _header(ctx: Context, s: Stream) -> HeaderInfo:
@@ -121,14 +146,6 @@ def key_census(ctx: Context) -> dict[str, dict[str, int]]:
         kid = _header(ctx, s).key_id or "none"
         census.setdefault(kid, Counter())[s.kind] += 1
     return {k: dict(v) for k, v in sorted(census.items())}
-
-
-def _expected(ctx: Context, s: Stream, key_id: str | None) -> StreamStats | None:
-    if s.recorded_key_id is None and not s.obj.stored_sha256:
-        return None
-    o = s.obj
-    sha = stored_sha256_for(ctx.storage, o.key, key_id, s.recorded_key_id, o.stored_sha256)
-    return StreamStats(o.raw_size, o.raw_sha256, o.stored_size, sha)
 
 
 def _read_all(
@@ -149,12 +166,19 @@ def _read_all(
 
 
 def _check_proof(ctx: Context, s: Stream, target: MasterKey) -> None:
-    got_sha, _ = _read_all(ctx, s, target)
-    want = _expected(ctx, s, target.key_id)
-    if want is not None and got_sha != want.stored_sha256:
+    unpacker = Unpacker(target, expect_object=s.obj.key)
+    for chunk in read_volumes(ctx.storage, s.obj, CHUNK):
+        unpacker.feed(chunk)
+    if not s.checksummed:
+        unpacker.finish(None)
+        return
+    try:
+        finish_checked(ctx.storage, unpacker, s.obj.key, expected(s.obj))
+    except IntegrityError as exc:
         raise IntegrityError(
-            f"{s.obj.key} does not match its checksum after re-wrapping", "run `coldcopy key rotate` again"
-        )
+            f"{s.obj.key} does not match its checksum after re-wrapping: {exc.message}",
+            "run `coldcopy key rotate` again",
+        ) from None
 
 
 def _rewrap_one(
@@ -166,7 +190,7 @@ def _rewrap_one(
     pause: Callable[[str], None],
 ) -> None:
     first, _size = s.obj.pieces()[0]
-    rec = read_rewrapped(ctx.storage, target.key_id, s.obj.key) if s.recorded_key_id is not None else None
+    rec = read_rewrapped(ctx.storage, target.key_id, s.obj.key) if s.checksummed else None
     if rec is None:
         old = ctx.storage.get_bytes(first, (0, info.size - 1))
         header = rewrap_header(old, source, target)
@@ -174,7 +198,7 @@ def _rewrap_one(
             raise ColdCopyError(f"the re-wrapped header of {s.obj.key} has another length", None)
         _, new_sha = _read_all(ctx, s, source, header)
         assert new_sha is not None
-        if s.recorded_key_id is not None:
+        if s.checksummed:
             rec = Rewrapped(s.obj.key, str(info.key_id), target.key_id, header, new_sha)
             try:
                 ctx.storage.put_json(rekey_key(target.key_id, s.obj.key), rec.to_dict(), create_only=True)
@@ -189,7 +213,7 @@ def _rewrap_one(
     if read_header(body).key_id != info.key_id:
         raise ColdCopyError(f"{first} changed during the rotation", "run `coldcopy key rotate` again")
     new_body = header + body[info.size :]
-    if s.recorded_key_id is None:  # no record to check against: authenticate the new object first
+    if not s.checksummed:  # no record to check against: authenticate the new object first
         unpacker = Unpacker(target, expect_object=s.obj.key)
         unpacker.feed(new_body)
         unpacker.finish(None)
@@ -235,7 +259,6 @@ def rotate(
             todo.append((s, info))
         else:
             unknown[str(info.key_id)] += 1
-    report.not_covered = not_covered(ctx)
     if unknown:
         ids = ", ".join(f"{k} ({n} objects)" for k, n in sorted(unknown.items()))
         raise WrongKeyError(
@@ -255,28 +278,15 @@ def rotate(
         if _header(ctx, s).alg != ALG_NONE:
             _check_proof(ctx, s, target)
             report.proved += 1
-    ctx.storage.put_json(
-        STATE_KEY, {"at": iso(now), "census": key_census(ctx), "not_covered": report.not_covered}
-    )
+    holding = (target.key_id, *sources.key_ids())
+    ctx.storage.put_json(KEYS_STATE_KEY, keys_state(iso(now), key_census(ctx), holding))
     return report
 
 
 def census_state(ctx: Context, now: datetime) -> dict[str, Any]:
-    """Count the streams per key id now and store the count for the alert rule (``state/keys.json``)."""
-    state = {"at": iso(now), "census": key_census(ctx), "not_covered": not_covered(ctx)}
-    ctx.storage.put_json(STATE_KEY, state)
+    """Count the streams per key id now and store the count, with the key ids the settings hold, for
+    ``status`` and the alert rule (``state/keys.json``)."""
+    held = ctx.key.key_ids() if ctx.key else ()
+    state = keys_state(iso(now), key_census(ctx), held)
+    ctx.storage.put_json(KEYS_STATE_KEY, state)
     return state
-
-
-def stored_census(ctx: Context) -> dict[str, Any] | None:
-    """The last count of streams per key id (``key rotate`` and ``key status`` store it), or None."""
-    try:
-        state = ctx.storage.get_json(STATE_KEY)
-    except (NotFoundError, ValueError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("census"), dict) else None
-
-
-def stale_key_ids(census: dict[str, dict[str, int]], held: tuple[str, ...]) -> dict[str, int]:
-    """Key ids with stored streams that none of ``held`` is (``none`` excluded)."""
-    return {k: sum(v.values()) for k, v in census.items() if k != "none" and k not in held}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coldcopy.backup.files import content_stats, content_stream, in_parallel, read_index, resolve
+from coldcopy.backup.reader import finish_checked
 from coldcopy.context import Context
 from coldcopy.core.files import Content, Entry, etag_md5, select
 from coldcopy.errors import ColdCopyError, IntegrityError
@@ -61,7 +62,7 @@ def _plain(storage: ObjectStore, content: Content, key: MasterKey | None) -> Ite
                 yield raw
     finally:
         chunks.close()
-    un.finish(content_stats(content))
+    finish_checked(storage, un, content.data_key, content_stats(content))
 
 
 def _multipart_etag(md5s: list[bytes]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pg8000.native
 
-from coldcopy.backup.reader import expected
+from coldcopy.backup.reader import expected, finish_checked
 from coldcopy.config import Settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.changes import BATCHES_PREFIX, RESTORE_POINTS, SCHEMA, Batch, SnapshotVisibility
@@ -50,7 +50,7 @@ from coldcopy.core.times import parse_iso
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.logical import run_restore
-from coldcopy.stream.pipeline import Unpacker, check_stats, prefetch
+from coldcopy.stream.pipeline import Unpacker, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def batch_records(ctx: Context) -> list[tuple[Batch, dict[str, Any]]]:
 
 
 def batch_lines(ctx: Context, record: dict[str, Any]) -> Iterator[str]:
-    """The batch's stream, line by line, its checksums verified at the end (IntegrityError)."""
+    """The batch's stream, line by line, its checksums verified at the end (IntegrityError; a batch
+    a key rotation re-wrapped is checked against its re-wrap record)."""
     obj = StoredObject.from_dict(record["data"])
     unpacker = Unpacker(ctx.key, expect_object=obj.key)
     rest = b""
@@ -116,7 +117,7 @@ def batch_lines(ctx: Context, record: dict[str, Any]) -> Iterator[str]:
             yield line.decode()
     if rest:
         yield rest.decode()
-    check_stats(unpacker.finish(None), expected(obj))
+    finish_checked(ctx.storage, unpacker, obj.key, expected(obj))
 
 
 def logical_dumps(ctx: Context) -> list[Dump]:

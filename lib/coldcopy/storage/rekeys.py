@@ -5,8 +5,9 @@ stream as stored but nothing else.  Manifests, change-batch records and files in
 create-only and keep the checksum of the stream as it was written; so before a stream's header is
 replaced, a create-only record ``keys/rewrapped/<new key id>/<stream name>.json`` stores the
 checksum the stream will have under the new key (and the new header itself, so that an interrupted
-rotation writes exactly that header when it resumes).  A reader that finds a stream whose envelope
-names another key id than its manifest takes the checksum from the record of that key id.
+rotation writes exactly that header when it resumes).  A reader whose stream does not match the
+checksum it was written with takes the checksum from the record of the key id the stream's envelope
+names, if there is one (``backup.reader.finish_checked``, the one place that does this).
 """
 
 from __future__ import annotations
@@ -70,20 +71,3 @@ def read_rewrapped(storage: ObjectStore, key_id: str, stream: str) -> Rewrapped 
     if rec.stream != stream or rec.key_id != key_id:
         raise IntegrityError(f"the re-wrap record of {stream} names another stream or key", None)
     return rec
-
-
-def stored_sha256_for(
-    storage: ObjectStore, stream: str, header_key_id: str | None, recorded_key_id: str | None, recorded: str
-) -> str:
-    """The SHA-256 the stream ``stream`` must have as stored now: ``recorded`` (its manifest's or
-    record's) while its envelope still names the key that wrote it, else the re-wrap record's."""
-    if header_key_id is None or header_key_id == recorded_key_id:
-        return recorded
-    rec = read_rewrapped(storage, header_key_id, stream)
-    if rec is None:
-        raise IntegrityError(
-            f"{stream} is under key id {header_key_id}, but it was written under {recorded_key_id} "
-            "and no key rotation recorded it",
-            "the stored objects were mixed up or altered; use another backup",
-        )
-    return rec.stored_sha256

@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from coldcopy.core.keys import KEYS_STATE_KEY, parse_keys_state
 from coldcopy.core.monitor_state import STATE_KEY, MonitorState, parse
 from coldcopy.core.times import iso
 from coldcopy.errors import NotFoundError
@@ -66,3 +67,14 @@ def pending_intents(storage: ObjectStore) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             out.append(record)
     return out
+
+
+def load_keys_state(storage: ObjectStore) -> dict[str, Any] | None:
+    """The last count of streams per key id (``core/keys.py``), or None (never counted, unreadable)."""
+    try:
+        return parse_keys_state(storage.get_json(KEYS_STATE_KEY))
+    except NotFoundError:
+        return None
+    except ValueError:
+        log.warning("%s is not JSON; ignored until `coldcopy key status` rewrites it", KEYS_STATE_KEY)
+        return None
