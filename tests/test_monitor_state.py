@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import catalog_walk
+import recovery_walk
 from cli_helpers import web_call
 from coldcopy.alerting.email import EmailError
 from coldcopy.alerting.notify import check_alerts, load_state, recent_runs
@@ -28,6 +29,7 @@ from coldcopy.core.catalog_digest import DIGEST_KEY, digest, parse_digest
 from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_key
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.monitor_state import STALE_AFTER, STATE_KEY
+from coldcopy.core.recovery_time import estimate_from
 from coldcopy.core.times import iso
 from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
@@ -374,3 +376,28 @@ def test_writers_store_the_digest_and_readers_use_the_catalog_until_it_applies_t
     assert not [k for k in read if k.endswith("catalog.json")]
     # 20 + the small one seeded, + second_db - gone + late.
     assert json.loads(call(settings, "status", NOW)["body"])["backup_count"] == 22
+
+
+def proof(at: datetime, raw: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    """A verification record whose test restore (or base-backup drill) succeeded and was measured."""
+    m = {"raw_bytes": raw, "restore_seconds": seconds, **extra}
+    return {"at": iso(at), "ok": True, "restore_proof": {"at": iso(at), "ok": True, "measurement": m}}
+
+
+def test_recovery_inputs_in_the_digest_give_the_walks_answer_at_every_kind_of_catalog() -> None:
+    wal = WalHealth(iso(NOW), "000000010000000000000042", (), iso(NOW - timedelta(days=30)), iso(NOW))
+    base_only, bare = Catalog(), Catalog()
+    for i in range(40):
+        e = entry(NOW - timedelta(days=i, hours=1), kind="base")
+        base_only.backups[e.name] = e
+    small = entry(NOW - timedelta(days=2), size=10, kind="compliance")
+    base_only.backups[small.name] = small
+    base_only.verifications[small.name] = proof(NOW - timedelta(days=1), 40 << 20, 3.0)
+    for cat in (bare, base_only):
+        for w in (None, wal):
+            d = parse_digest(json.loads(json.dumps(digest(cat).to_dict())))
+            assert d is not None
+            for now in (NOW, NOW + timedelta(days=3)):
+                assert estimate_from(d.recovery, now, w) == recovery_walk.estimate(cat, now, w)
+    assert estimate_from(digest(base_only).recovery, NOW - timedelta(days=3), wal) is None  # kept too few
+    assert len(digest(base_only).recovery.base_backups) < 40
