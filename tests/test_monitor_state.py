@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import catalog_walk
+import recovery_walk
 from cli_helpers import web_call
 from coldcopy.alerting.email import EmailError
 from coldcopy.alerting.notify import alerts_report, check_alerts, load_state, recent_runs
@@ -29,6 +30,8 @@ from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_
 from coldcopy.core.keys import KEYS_STATE_KEY, keys_state
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.monitor_state import STALE_AFTER, STATE_KEY, parse
+from coldcopy.core.recovery_inputs import MIN_REPLAY_BYTES
+from coldcopy.core.recovery_time import estimate_from
 from coldcopy.core.times import iso
 from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
@@ -219,7 +222,7 @@ def test_the_requests_per_call_do_not_grow_with_the_history(
     def per_call() -> dict[str, list[str]]:
         out = {}
         headers = {"authorization": f"Bearer {TOKEN}"}
-        for function in ("metrics", "alerts", "status", "recovery-time", "backups"):
+        for function in ("metrics", "alerts", "status", "recovery-time", "backups", "health"):
             web.use_settings(settings, clock=lambda: NOW)  # a fresh process: cold caches
             try:
                 for _ in range(2):  # the second call is warm
@@ -244,6 +247,7 @@ def test_the_requests_per_call_do_not_grow_with_the_history(
         "status": state,
         "recovery-time": state,
         "backups": ["GetObject", "ListObjectsV2"],
+        "health": ["GetObject", "ListObjectsV2"],  # the digest (conditional), a journal page
     }
 
 
@@ -398,3 +402,94 @@ def test_the_key_count_reaches_the_alert_through_the_tick_state(settings: Settin
     assert again is not None and again.unheld_keys == {}
     alerts = alerts_report(settings, Catalog(), again, NOW, from_tick=True)["alerts"]
     assert not [a for a in alerts if a["rule"] == "key-unheld"]
+
+
+def proof(at: datetime, raw: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    """A verification record whose test restore (or base-backup drill) succeeded and was measured."""
+    m = {"raw_bytes": raw, "restore_seconds": seconds, **extra}
+    return {"at": iso(at), "ok": True, "restore_proof": {"at": iso(at), "ok": True, "measurement": m}}
+
+
+def seed_recovery(storage: ObjectStore) -> WalHealth:
+    """A year of daily base backups and dumps, measured restores and drills (more than the estimate
+    uses, some too small to count), and a WAL window of ten days; returns the window."""
+    store = CatalogStore(storage)
+    cat = store.read()
+    for day in range(365):
+        when = NOW - timedelta(days=365 - day, hours=3)
+        for kind, size in (("full", 1000 + day), ("base", 5000 + day), ("compliance", 700)):
+            e = entry(when, size=size, kind=kind)
+            cat.backups[e.name] = e
+            if day % 9 == 0 and kind != "compliance":
+                drill = {"replay_bytes": MIN_REPLAY_BYTES * (1 + day % 3) - day % 2, "replay_seconds": 7.5}
+                extra = {"kind": "base", "promoted": True, **drill} if kind == "base" else {}
+                cat.verifications[e.name] = proof(
+                    when + timedelta(hours=1), size << 20, 2.0 + day % 7, **extra
+                )
+    store.save(cat)
+    start, end = iso(NOW - timedelta(days=10)), iso(NOW)
+    wal = WalHealth(iso(NOW - timedelta(minutes=5)), "000000010000000000000042", (), start, end)
+    storage.put_json(wal_monitor.STATE_KEY, {"wal": asdict(wal)})
+    return wal
+
+
+def test_recovery_time_from_the_digest_equals_the_catalog_walk(
+    settings: Settings, storage: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = keys_read(monkeypatch)
+    wal = seed_recovery(storage)
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    kept = parse_digest(storage.get_json(DIGEST_KEY))
+    assert kept is not None and 8 <= len(kept.recovery.base_backups) <= 10  # of 365
+
+    def same_as_the_walk(now: datetime) -> list[str]:
+        keys.clear()
+        answer = json.loads(call(settings, "recovery-time", now)["body"])
+        expected = recovery_walk.estimate(CatalogStore(storage).read(), now, wal)
+        assert {k: v for k, v in answer.items() if k != "state"} == json.loads(json.dumps(expected))
+        assert answer["estimated"] and answer["replay"]["measured"]
+        return [k for k in keys if k.endswith("catalog.json")]
+
+    for later in (timedelta(0), timedelta(minutes=3), timedelta(days=2)):
+        assert same_as_the_walk(NOW + later) == []  # from the digest
+    answer = json.loads(call(settings, "recovery-time", NOW)["body"])
+    assert [s["available"] for s in answer["scenarios"]] == [True, True, True, True]
+    # A clock (or WAL archive) far behind the backups: the week-ago target needs a base backup
+    # older than those the digest keeps, so the answer comes from the catalog (the same one).
+    assert same_as_the_walk(NOW - timedelta(days=5)) != []
+    # A record no save has applied: the catalog again, and what the records say.
+    late = entry(NOW - timedelta(hours=1), size=90_000)
+    CatalogStore(storage).record("backup", late.name, {"name": late.name, "entry": late.to_dict()}, NOW)
+    assert same_as_the_walk(NOW) != []
+
+
+def test_recovery_inputs_in_the_digest_give_the_walks_answer_at_every_kind_of_catalog() -> None:
+    wal = WalHealth(iso(NOW), "000000010000000000000042", (), iso(NOW - timedelta(days=30)), iso(NOW))
+    base_only, bare = Catalog(), Catalog()
+    for i in range(40):
+        e = entry(NOW - timedelta(days=i, hours=1), kind="base")
+        base_only.backups[e.name] = e
+    small = entry(NOW - timedelta(days=2), size=10, kind="compliance")
+    base_only.backups[small.name] = small
+    base_only.verifications[small.name] = proof(NOW - timedelta(days=1), 40 << 20, 3.0)
+    for cat in (bare, base_only):
+        for w in (None, wal):
+            d = parse_digest(json.loads(json.dumps(digest(cat).to_dict())))
+            assert d is not None
+            for now in (NOW, NOW + timedelta(days=3)):
+                assert estimate_from(d.recovery, now, w) == recovery_walk.estimate(cat, now, w)
+    assert estimate_from(digest(base_only).recovery, NOW - timedelta(days=3), wal) is None  # kept too few
+    assert len(digest(base_only).recovery.base_backups) < 40
+
+
+def test_health_reads_neither_the_catalog_nor_anything_that_grows(
+    settings: Settings, storage: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = keys_read(monkeypatch)
+    body = json.loads(call(settings, "health", NOW)["body"])  # an empty bucket: reachable
+    assert body["catalog_reachable"] is True and body["ok"] is True
+    seed(storage, backups=50, runs=3)
+    keys.clear()
+    body = json.loads(call(settings, "health", NOW)["body"])
+    assert body["catalog_reachable"] is True and body["ok"] is True
+    assert keys and not [k for k in keys if k.endswith("catalog.json")]

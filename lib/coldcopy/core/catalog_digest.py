@@ -6,15 +6,18 @@ Pure: no I/O.
 ``catalog.json``, both linear in the history.  A :class:`CatalogDigest` holds the same answers,
 aggregated once: counters per (kind, database), bucket counts of the durations, the newest backup
 per key and per kind, the failures (the catalog keeps the newest 200), the failed verifications,
-the sizes the backup-size rule compares.  Its size grows with the kinds and databases, not with
-the backups.
+the sizes the backup-size rule compares, and what a recovery-time estimate reads
+(``core.recovery_inputs``: the newest restore measurements, the backup a restore would use, the
+base backups of the last ``BASES_KEPT_FOR``).  Its size grows with the kinds and databases (and the
+base backups taken in about a week), not with the backups.
 
-``digest(cat)`` is the only way one is made, and ``metrics.render``, ``views.status_view`` and
-``alerts.evaluate`` compute their answers from one (the catalog's own, made on the spot, or the one
-stored beside ``catalog.json`` by every writer: ``storage.catalog_store``), so the stored and the
-computed answers are the same by construction, as of the digest's ``watermark``.  A reader that
-finds journal records the digest has not applied (a writer between its record and its catalog
-save, or one that died in between) reads the catalog instead.
+``digest(cat)`` is the only way one is made, and ``metrics.render``, ``views.status_view``,
+``alerts.evaluate`` and ``recovery_time.estimate_from`` compute their answers from one (the
+catalog's own, made on the spot, or the one stored beside ``catalog.json`` by every writer:
+``storage.catalog_store``), so the stored and the computed answers are the same by construction,
+as of the digest's ``watermark``.  A reader that finds journal records the digest has not applied
+(a writer between its record and its catalog save, or one that died in between) reads the catalog
+instead.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from typing import Any
 
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.names import KINDS, parse_name
+from coldcopy.core.recovery_inputs import BASES_KEPT_FOR, RecoveryInputs, parse_inputs, recovery_inputs
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import InvalidNameError
 
 DIGEST_KEY = "state/catalog-digest.json"
-DIGEST_FORMAT = "coldcopy-catalog-digest/1"
+DIGEST_FORMAT = "coldcopy-catalog-digest/2"  # /2: with the recovery-time inputs
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
 # The backup-size rule compares the newest backup of a (kind, database) with the median of up to
 # ``ALERT_SIZE_SAMPLE`` before it; the digest keeps this many sizes per group (a larger setting
@@ -97,6 +101,8 @@ class CatalogDigest:
     last_by_kind: dict[str, float] = field(default_factory=dict)  # finished_at ts of the newest
     durations: dict[Key, Histogram] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)  # newest_ts, newest_ok, ok_ts, failed
+    # recovery time
+    recovery: RecoveryInputs = RecoveryInputs()
 
     @property
     def last_failure(self) -> dict[str, Any] | None:
@@ -128,6 +134,7 @@ class CatalogDigest:
             "last_by_kind": self.last_by_kind,
             "durations": keyed({k: [list(h.buckets), h.count, h.total] for k, h in self.durations.items()}),
             "verification": self.verification,
+            "recovery": self.recovery.to_dict(),
         }
 
 
@@ -167,6 +174,7 @@ def parse_digest(raw: Any) -> CatalogDigest | None:
                 for k, db, (bs, n, t) in raw["durations"]
             },
             verification=dict(raw["verification"]),
+            recovery=parse_inputs(raw["recovery"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
@@ -236,6 +244,7 @@ def digest(cat: Catalog, size_sample: int = SIZE_SAMPLE_KEPT) -> CatalogDigest:
         last_by_kind=last_by_kind,
         durations={k: _histogram(v) for k, v in durations.items()},
         verification=_verification_facts(cat),
+        recovery=recovery_inputs(cat, None if latest is None else latest[0] - BASES_KEPT_FOR),
     )
 
 

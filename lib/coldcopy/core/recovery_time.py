@@ -19,21 +19,29 @@ as not available, never invented.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.manifest import CatalogEntry
-from coldcopy.core.names import LOGICAL_KINDS, parse_name
+from coldcopy.core.names import LOGICAL_KINDS
+from coldcopy.core.recovery_inputs import (
+    FINISH_SLACK,
+    MAX_MEASUREMENTS,
+    MIN_REPLAY_BYTES,
+    WEEK,
+    BackupRef,
+    Measurement,
+    RecoveryInputs,
+    measurements,
+    recovery_inputs,
+)
 from coldcopy.core.times import iso, parse_iso
-from coldcopy.errors import InvalidNameError
 
 DEFAULT_THROUGHPUT = 10_000_000  # bytes of dump per second: an assumption, used only without measurements
 PROVISION_SECONDS = 1800  # a new PostgreSQL server, network access and ColdCopy's settings (assumption)
-MAX_MEASUREMENTS = 5
 PITR_UNAVAILABLE = (
     "not available: no base backups/WAL archive (point-in-time recovery arrives with physical backups)"
 )
@@ -41,22 +49,6 @@ PITR_UNAVAILABLE = (
 # replay rate until a drill.
 ASSUMED_WAL_BYTES_PER_HOUR = 1_000_000_000  # WAL the server writes per hour
 ASSUMED_REPLAY_RATE = 100_000_000  # bytes of WAL replayed per second
-MIN_REPLAY_BYTES = 64 << 20  # a drill that replayed less measures the server's start-up, not replay
-WEEK = timedelta(days=7)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One measured restore (or WAL replay): how many bytes in how many seconds, and when."""
-
-    name: str
-    at: str
-    raw_bytes: int
-    seconds: float
-
-    @property
-    def throughput(self) -> float:
-        return self.raw_bytes / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -71,67 +63,20 @@ class Throughput:
     age_seconds: float | None = None
 
 
-def _is_base(name: str, measurement: dict[str, Any]) -> bool:
-    if measurement.get("kind") == "base":
-        return True
-    try:
-        return parse_name(name).kind == "base"
-    except InvalidNameError:
-        return False
-
-
-def _proofs(cat: Catalog) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(backup, proof, measurement) of every backup whose latest test restore succeeded."""
-    for name, record in cat.verifications.items():
-        proof = record.get("restore_proof") or {}
-        m = proof.get("measurement")
-        if proof.get("ok") and isinstance(m, dict):
-            yield name, proof, m
-
-
-def measurements(cat: Catalog, base: bool = False) -> list[Measurement]:
-    """Successful test restores with a measurement, newest first (one per backup: its latest).
-
-    Dumps (pg_restore) and base backups (tar extraction) restore at very different speeds, so
-    ``base`` picks one or the other, never both."""
-    out = []
-    for name, proof, m in _proofs(cat):
-        if _is_base(name, m) != base:
-            continue
-        try:
-            raw, seconds = int(m["raw_bytes"]), float(m["restore_seconds"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if raw > 0 and seconds > 0:
-            out.append(Measurement(name, str(proof.get("at")), raw, seconds))
-    return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
-
-
-def replay_measurements(cat: Catalog) -> list[Measurement]:
-    """WAL replayed by successful base-backup drills, newest first."""
-    out = []
-    for name, proof, m in _proofs(cat):
-        try:
-            replayed, seconds = int(m["replay_bytes"]), float(m["replay_seconds"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if m.get("promoted") and replayed > 0 and seconds > 0:
-            out.append(Measurement(name, str(proof.get("at")), replayed, seconds))
-    return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
-
-
 def replay_rate(cat: Catalog, now: datetime) -> Throughput:
-    """Bytes of WAL replayed per second, from the newest drills; the labelled assumption without one.
+    """Bytes of WAL replayed per second, from the newest drills; the labelled assumption without one."""
+    return _replay_rate(recovery_inputs(cat), now)
 
-    Total bytes over total seconds rather than a median: a drill that replays little is dominated by
-    the server's start-up, and weighting by bytes keeps it from dragging the rate down."""
-    drills = replay_measurements(cat)
-    found = [m for m in drills if m.raw_bytes >= MIN_REPLAY_BYTES][:MAX_MEASUREMENTS]
+
+def _replay_rate(inputs: RecoveryInputs, now: datetime) -> Throughput:
+    """Total bytes over total seconds rather than a median: a drill that replays little is dominated
+    by the server's start-up, and weighting by bytes keeps it from dragging the rate down."""
+    found = list(inputs.drills)
     if not found:
         why = (
-            f"the {len(drills)} drill(s) so far replayed under {MIN_REPLAY_BYTES >> 20} MB each: their time "
-            "is mostly the server's start-up, not replay"
-            if drills
+            f"the {inputs.drill_count} drill(s) so far replayed under {MIN_REPLAY_BYTES >> 20} MB each: "
+            "their time is mostly the server's start-up, not replay"
+            if inputs.drill_count
             else "no base-backup drill yet: `coldcopy verify BASE_BACKUP --level restore`"
         )
         return Throughput(
@@ -152,24 +97,30 @@ def replay_rate(cat: Catalog, now: datetime) -> Throughput:
 
 def base_throughput(cat: Catalog, now: datetime) -> Throughput:
     """How fast a base backup restores: measured by drills, else the dump throughput (labelled)."""
-    found = measurements(cat, base=True)[:MAX_MEASUREMENTS]
-    if not found:
-        dump = throughput(cat, now)
+    return _base_throughput(recovery_inputs(cat), now)
+
+
+def _base_throughput(inputs: RecoveryInputs, now: datetime) -> Throughput:
+    if not inputs.bases:
+        dump = _throughput(inputs, now)
         return replace(dump, basis=f"{dump.basis} (no base-backup drill yet: the dump rate stands in)")
-    return _median(found, now, "base-backup drill(s)", "tar")
+    return _median(list(inputs.bases), now, "base-backup drill(s)", "tar")
 
 
 def throughput(cat: Catalog, now: datetime) -> Throughput:
     """How fast a dump restores: the median of the newest test restores, else a labelled default."""
-    found = measurements(cat)[:MAX_MEASUREMENTS]
-    if not found:
+    return _throughput(RecoveryInputs(dumps=tuple(measurements(cat)[:MAX_MEASUREMENTS])), now)
+
+
+def _throughput(inputs: RecoveryInputs, now: datetime) -> Throughput:
+    if not inputs.dumps:
         return Throughput(
             DEFAULT_THROUGHPUT,
             False,
             f"no test restores measured yet: assumed default of {DEFAULT_THROUGHPUT / 1e6:.0f} MB/s of dump "
             "(run `coldcopy verify NAME --level restore` to measure)",
         )
-    return _median(found, now, "test restore(s)", "dump")
+    return _median(list(inputs.dumps), now, "test restore(s)", "dump")
 
 
 def _median(found: list[Measurement], now: datetime, what: str, of: str) -> Throughput:
@@ -205,9 +156,6 @@ def latest_backup(cat: Catalog) -> CatalogEntry | None:
     return chosen[0] if chosen else None
 
 
-FINISH_SLACK = timedelta(seconds=2)
-
-
 def base_for(cat: Catalog, target: datetime) -> CatalogEntry | None:
     """The newest base backup that finished before ``target``.
 
@@ -235,8 +183,14 @@ def pitr_estimate(cat: Catalog, now: datetime, wal: WalHealth | None, target: da
     Returns ``available``, ``estimate_seconds``, ``how`` and, when available, ``backup``/``target``
     and how the replay rate was reached (``replay_measured``, ``replay_bytes_per_second``).
     """
+    return _pitr_estimate(recovery_inputs(cat), now, wal, target)
+
+
+def _pitr_estimate(
+    inputs: RecoveryInputs, now: datetime, wal: WalHealth | None, target: datetime
+) -> dict[str, Any]:
     if wal is None or not wal.window_start or not wal.window_end:
-        if wal is not None and cat.entries("base"):
+        if wal is not None and inputs.base_backups:
             how = "not available: no base backup has a gap-free WAL archive after it (`coldcopy wal-status`)"
             return {"available": False, "estimate_seconds": None, "how": how}
         return {"available": False, "estimate_seconds": None, "how": PITR_UNAVAILABLE}
@@ -247,14 +201,14 @@ def pitr_estimate(cat: Catalog, now: datetime, wal: WalHealth | None, target: da
             "how": f"not available: {iso(target)} is outside the recoverable window "
             f"{wal.window_start} .. {wal.window_end}",
         }
-    base = base_for(cat, target)
+    base = inputs.base_for(target)
     if base is None:
         return {
             "available": False,
             "estimate_seconds": None,
             "how": f"not available: no base backup in the catalog finished before {iso(target)}",
         }
-    rate, replay_at = base_throughput(cat, now), replay_rate(cat, now)
+    rate, replay_at = _base_throughput(inputs, now), _replay_rate(inputs, now)
     hours = max((target - parse_iso(base.finished_at)).total_seconds(), 0.0) / 3600
     per_hour = wal.wal_bytes_per_hour or ASSUMED_WAL_BYTES_PER_HOUR
     wal_basis = (
@@ -287,9 +241,35 @@ def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[
 
     ``wal`` is the WAL archive's summary (``coldcopy.wal.monitor.load``); None means PITR is not in use.
     """
-    rate = throughput(cat, now)
-    restore = _restore_scenario(latest_backup(cat), rate)
-    scenarios = [restore, *_pitr_scenarios(cat, now, wal), _disaster_scenario(restore)]
+    out = estimate_from(recovery_inputs(cat), now, wal)
+    assert out is not None  # every base backup is in the inputs
+    return out
+
+
+def pitr_targets(now: datetime, wal: WalHealth | None) -> list[tuple[str, str, datetime]]:
+    """The point-in-time scenarios: recovery to now and to a week ago (key, title, target)."""
+    # "Now" is as far as the archive reaches: the window's end (later changes are not archived yet).
+    latest_recoverable = parse_iso(wal.window_end) if wal is not None and wal.window_end else now
+    return [
+        ("pitr-now", "point-in-time recovery to now", min(latest_recoverable, now)),
+        ("pitr-week-ago", "point-in-time recovery to a week ago", now - WEEK),
+    ]
+
+
+def estimate_from(
+    inputs: RecoveryInputs, now: datetime, wal: WalHealth | None = None
+) -> dict[str, Any] | None:
+    """``estimate`` from the catalog's inputs (the digest's: ``core.recovery_inputs``); None when
+    they do not hold the base backup a point-in-time target needs (estimate from the catalog)."""
+    targets = pitr_targets(now, wal)
+    if not all(inputs.answers(target) for _, _, target in targets):
+        return None
+    rate = _throughput(inputs, now)
+    restore = _restore_scenario(inputs.latest, rate)
+    pitr = [
+        {"scenario": k, "title": t, **_pitr_estimate(inputs, now, wal, target)} for k, t, target in targets
+    ]
+    scenarios = [restore, *pitr, _disaster_scenario(restore)]
     out: dict[str, Any] = {
         "estimated": rate.measured,
         "estimate_seconds": restore["estimate_seconds"],
@@ -299,7 +279,7 @@ def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[
         "measurement_age_seconds": None if rate.age_seconds is None else round(rate.age_seconds, 1),
         "measurements": [_measurement_view(m) for m in rate.used],
         "scenarios": scenarios,
-        "replay": _replay_view(replay_rate(cat, now)),
+        "replay": _replay_view(_replay_rate(inputs, now)),
         "wal_window": None
         if wal is None
         else {"start": wal.window_start, "end": wal.window_end, "gaps": len(wal.gaps)},
@@ -311,7 +291,7 @@ def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[
     return out
 
 
-def _restore_scenario(latest: CatalogEntry | None, rate: Throughput) -> dict[str, Any]:
+def _restore_scenario(latest: BackupRef | None, rate: Throughput) -> dict[str, Any]:
     """Restoring the latest full backup at ``rate``."""
     if latest is None:
         return {
@@ -330,19 +310,6 @@ def _restore_scenario(latest: CatalogEntry | None, rate: Throughput) -> dict[str
         "backup_raw_bytes": latest.raw_size_bytes,
         "how": f"{latest.raw_size_bytes} bytes of dump in {latest.name} at {rate.basis}",
     }
-
-
-def _pitr_scenarios(cat: Catalog, now: datetime, wal: WalHealth | None) -> list[dict[str, Any]]:
-    """Point-in-time recovery to now and to a week ago."""
-    # "Now" is as far as the archive reaches: the window's end (later changes are not archived yet).
-    latest_recoverable = parse_iso(wal.window_end) if wal is not None and wal.window_end else now
-    return [
-        {"scenario": key, "title": title, **pitr_estimate(cat, now, wal, target)}
-        for key, title, target in (
-            ("pitr-now", "point-in-time recovery to now", min(latest_recoverable, now)),
-            ("pitr-week-ago", "point-in-time recovery to a week ago", now - WEEK),
-        )
-    ]
 
 
 def _disaster_scenario(restore: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,14 @@ calls those same ``main`` functions locally.  Settings come from the environment
 a warm call costs one conditional GET of catalog.json plus one journal listing (``/status``,
 ``/alerts``, ``/metrics`` and ``/recovery-time`` also GET the monitor state the tick stores, with the
 newest runs, the WAL summary and the alert notifier's state: ``core.monitor_state``; its age is in
-each answer).  ``/status``, ``/alerts`` and ``/metrics`` read the catalog's digest instead of
-catalog.json (``core.catalog_digest``: aggregates whose size does not grow with the backups, stored
-by every catalog writer), so neither their CPU nor their cold start grows with the history; while
-the journal holds records the digest has not applied they read the catalog itself.  No call lists
-the run records, the WAL archive or the verifications: the number of requests does not grow with
-the history.
+each answer).  ``/status``, ``/alerts``, ``/metrics`` and ``/recovery-time`` read the catalog's
+digest instead of catalog.json (``core.catalog_digest``: aggregates whose size does not grow with
+the backups, stored by every catalog writer), so neither their CPU nor their cold start grows with
+the history; while the journal holds records the digest has not applied (or, for
+``/recovery-time``, a point-in-time target is older than the base backups the digest keeps) they
+read the catalog itself.  ``/health`` reads the digest and one page of the journal listing, never
+catalog.json.  No call lists the run records, the WAL archive or the verifications: the number of
+requests does not grow with the history.
 
 Nothing here lets an exception escape: bad input is a 4xx, a server-side problem a JSON 5xx, and
 tracebacks go to the function's log only.  Heavy modules (pg8000, zstandard, cryptography) are
@@ -143,7 +145,7 @@ def _now() -> datetime:
 def _health(req: Request, cfg: _Config) -> dict[str, Any]:
     reachable, problem = False, None
     try:
-        _get_backend(cfg).catalog.read_cached()
+        _get_backend(cfg).catalog.check_readable()  # the digest and a journal page, not catalog.json
         reachable = True
     except HttpError:
         problem = "storage settings are incomplete"
@@ -307,12 +309,16 @@ def _alerts(req: Request, cfg: _Config) -> dict[str, Any]:
 
 
 def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
-    from coldcopy.core.recovery_time import estimate  # this endpoint's own module
+    from coldcopy.core.recovery_time import estimate, estimate_from  # this endpoint's own module
 
     b = _get_backend(cfg)
     now = _now()
     wal, fresh = _wal_and_freshness(b.storage, now)
-    return json_response(200, {**estimate(b.catalog.read_cached(), now, wal), "state": fresh})
+    d = b.catalog.read_digest()
+    answer = None if d is None else estimate_from(d.recovery, now, wal)
+    if answer is None:  # the digest is behind the journal, or lacks a base backup a target needs
+        answer = estimate(b.catalog.read_cached(), now, wal)
+    return json_response(200, {**answer, "state": fresh})
 
 
 def _dashboard(req: Request, cfg: _Config) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Every save writes ``catalog.json`` and, beside it, its digest (``state/catalog-digest.json``, a few
 kilobytes whatever the history: ``core.catalog_digest``).  The monitor's ``/metrics``, ``/status``
-and ``/alerts`` read the digest (a conditional GET) and the journal listing they read anyway; when
-the listing holds records the digest has not applied, they read the catalog instead.
+``/alerts`` and ``/recovery-time`` read the digest (a conditional GET) and the journal listing they
+read anyway; when the listing holds records the digest has not applied, they read the catalog
+instead.  ``/health`` checks that the two can be read (``check_readable``).
 """
 
 from __future__ import annotations
@@ -112,10 +113,9 @@ class CatalogStore:
             if o.key.endswith(".json") and o.key not in applied
         ]
 
-    def read_digest(self) -> CatalogDigest | None:
-        """The stored digest, when it is the catalog's as ``read()`` would answer it: one conditional
-        GET (an unchanged digest is not downloaded or parsed again) and one journal listing.  None
-        when there is none, it is unreadable, or the journal holds records it has not applied."""
+    def _stored_digest(self) -> CatalogDigest | None:
+        """The stored digest as it is (one conditional GET: an unchanged digest is not downloaded or
+        parsed again); None when there is none or it is unreadable."""
         with self._lock:
             etag, got_digest = self._digest
         try:
@@ -126,9 +126,25 @@ class CatalogStore:
             etag, got_digest = got[1], _parse_digest_bytes(got[0])
         with self._lock:
             self._digest = (etag, got_digest)
+        return got_digest
+
+    def read_digest(self) -> CatalogDigest | None:
+        """The stored digest, when it is the catalog's as ``read()`` would answer it: one conditional
+        GET and one journal listing.  None when there is none, it is unreadable, or the journal holds
+        records it has not applied."""
+        got_digest = self._stored_digest()
         if got_digest is None or self._unapplied(got_digest.watermark, got_digest.applied):
             return None
         return got_digest
+
+    def check_readable(self) -> None:
+        """Raise StorageError when the catalog's objects cannot be read, as ``read_cached()`` would,
+        without reading ``catalog.json`` (``/health``): the digest's conditional GET (a missing or
+        unreadable one is no problem, as a missing catalog is none) and the first page of the
+        journal's listing from its watermark.  Neither grows with the history."""
+        stored = self._stored_digest()
+        after = start_after(stored.watermark if stored is not None else None)
+        next(iter(self.storage.list(JOURNAL, start_after=after)), None)
 
     def current_digest(self, size_sample: int = 0) -> CatalogDigest:
         """The catalog's digest: the stored one (``read_digest``), or made now from ``read_cached()``

@@ -1,0 +1,374 @@
+"""The oracle for /recovery-time: core/recovery_time.py as main had it before the catalog digest
+carried the estimate's inputs (issue 18), verbatim but for this docstring.  It walks the catalog on
+every call; tests/test_monitor_state.py compares the digest's answers with it."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from coldcopy.core.archive_report import WalHealth
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.names import LOGICAL_KINDS, parse_name
+from coldcopy.core.times import iso, parse_iso
+from coldcopy.errors import InvalidNameError
+
+DEFAULT_THROUGHPUT = 10_000_000  # bytes of dump per second: an assumption, used only without measurements
+PROVISION_SECONDS = 1800  # a new PostgreSQL server, network access and ColdCopy's settings (assumption)
+MAX_MEASUREMENTS = 5
+PITR_UNAVAILABLE = (
+    "not available: no base backups/WAL archive (point-in-time recovery arrives with physical backups)"
+)
+# Labelled assumptions wherever they are used: the WAL volume until the archive spans an hour, the
+# replay rate until a drill.
+ASSUMED_WAL_BYTES_PER_HOUR = 1_000_000_000  # WAL the server writes per hour
+ASSUMED_REPLAY_RATE = 100_000_000  # bytes of WAL replayed per second
+MIN_REPLAY_BYTES = 64 << 20  # a drill that replayed less measures the server's start-up, not replay
+WEEK = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured restore (or WAL replay): how many bytes in how many seconds, and when."""
+
+    name: str
+    at: str
+    raw_bytes: int
+    seconds: float
+
+    @property
+    def throughput(self) -> float:
+        return self.raw_bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A rate (restore throughput or WAL replay), with how it was reached and how old it is."""
+
+    bytes_per_second: float
+    measured: bool
+    basis: str
+    used: tuple[Measurement, ...] = ()
+    newest_at: str | None = None
+    age_seconds: float | None = None
+
+
+def _is_base(name: str, measurement: dict[str, Any]) -> bool:
+    if measurement.get("kind") == "base":
+        return True
+    try:
+        return parse_name(name).kind == "base"
+    except InvalidNameError:
+        return False
+
+
+def _proofs(cat: Catalog) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(backup, proof, measurement) of every backup whose latest test restore succeeded."""
+    for name, record in cat.verifications.items():
+        proof = record.get("restore_proof") or {}
+        m = proof.get("measurement")
+        if proof.get("ok") and isinstance(m, dict):
+            yield name, proof, m
+
+
+def measurements(cat: Catalog, base: bool = False) -> list[Measurement]:
+    """Successful test restores with a measurement, newest first (one per backup: its latest).
+
+    Dumps (pg_restore) and base backups (tar extraction) restore at very different speeds, so
+    ``base`` picks one or the other, never both."""
+    out = []
+    for name, proof, m in _proofs(cat):
+        if _is_base(name, m) != base:
+            continue
+        try:
+            raw, seconds = int(m["raw_bytes"]), float(m["restore_seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if raw > 0 and seconds > 0:
+            out.append(Measurement(name, str(proof.get("at")), raw, seconds))
+    return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
+
+
+def replay_measurements(cat: Catalog) -> list[Measurement]:
+    """WAL replayed by successful base-backup drills, newest first."""
+    out = []
+    for name, proof, m in _proofs(cat):
+        try:
+            replayed, seconds = int(m["replay_bytes"]), float(m["replay_seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if m.get("promoted") and replayed > 0 and seconds > 0:
+            out.append(Measurement(name, str(proof.get("at")), replayed, seconds))
+    return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
+
+
+def replay_rate(cat: Catalog, now: datetime) -> Throughput:
+    """Bytes of WAL replayed per second, from the newest drills; the labelled assumption without one.
+
+    Total bytes over total seconds rather than a median: a drill that replays little is dominated by
+    the server's start-up, and weighting by bytes keeps it from dragging the rate down."""
+    drills = replay_measurements(cat)
+    found = [m for m in drills if m.raw_bytes >= MIN_REPLAY_BYTES][:MAX_MEASUREMENTS]
+    if not found:
+        why = (
+            f"the {len(drills)} drill(s) so far replayed under {MIN_REPLAY_BYTES >> 20} MB each: their time "
+            "is mostly the server's start-up, not replay"
+            if drills
+            else "no base-backup drill yet: `coldcopy verify BASE_BACKUP --level restore`"
+        )
+        return Throughput(
+            ASSUMED_REPLAY_RATE,
+            False,
+            f"an ASSUMED {ASSUMED_REPLAY_RATE / 1e6:.0f} MB/s of WAL replay; not measured ({why})",
+        )
+    replayed, seconds = sum(m.raw_bytes for m in found), sum(m.seconds for m in found)
+    rate = replayed / seconds
+    return _measured(
+        rate,
+        found,
+        now,
+        f"the measured WAL replay of the {len(found)} newest base-backup drill(s): {replayed / 1e6:.1f} MB "
+        f"in {seconds:.1f} s = {rate / 1e6:.2f} MB/s",
+    )
+
+
+def base_throughput(cat: Catalog, now: datetime) -> Throughput:
+    """How fast a base backup restores: measured by drills, else the dump throughput (labelled)."""
+    found = measurements(cat, base=True)[:MAX_MEASUREMENTS]
+    if not found:
+        dump = throughput(cat, now)
+        return replace(dump, basis=f"{dump.basis} (no base-backup drill yet: the dump rate stands in)")
+    return _median(found, now, "base-backup drill(s)", "tar")
+
+
+def throughput(cat: Catalog, now: datetime) -> Throughput:
+    """How fast a dump restores: the median of the newest test restores, else a labelled default."""
+    found = measurements(cat)[:MAX_MEASUREMENTS]
+    if not found:
+        return Throughput(
+            DEFAULT_THROUGHPUT,
+            False,
+            f"no test restores measured yet: assumed default of {DEFAULT_THROUGHPUT / 1e6:.0f} MB/s of dump "
+            "(run `coldcopy verify NAME --level restore` to measure)",
+        )
+    return _median(found, now, "test restore(s)", "dump")
+
+
+def _median(found: list[Measurement], now: datetime, what: str, of: str) -> Throughput:
+    """The median throughput of ``found`` (newest first), labelled with its measurements' age."""
+    rate = statistics.median(m.throughput for m in found)
+    return _measured(
+        rate,
+        found,
+        now,
+        f"median throughput of the {len(found)} newest {what}: {rate / 1e6:.2f} MB/s of {of}",
+    )
+
+
+def _measured(rate: float, found: list[Measurement], now: datetime, basis: str) -> Throughput:
+    """A measured rate, its basis labelled with the age of the newest of ``found`` (newest first)."""
+    newest = found[0].at
+    age = (now - parse_iso(newest)).total_seconds()
+    return Throughput(
+        rate, True, f"{basis} (newest {newest}, {age / 3600:.1f} h old)", tuple(found), newest, age
+    )
+
+
+def restore_seconds(raw_bytes: int, rate: Throughput) -> float:
+    """The time to restore ``raw_bytes`` at ``rate``."""
+    return round(raw_bytes / rate.bytes_per_second, 1) if rate.bytes_per_second > 0 else 0.0
+
+
+def latest_backup(cat: Catalog) -> CatalogEntry | None:
+    """The newest full backup, else the newest logical backup of any kind."""
+    entries = [e for e in cat.entries() if e.kind in LOGICAL_KINDS]
+    full = [e for e in entries if e.kind == "full"]
+    chosen = full or entries
+    return chosen[0] if chosen else None
+
+
+FINISH_SLACK = timedelta(seconds=2)
+
+
+def base_for(cat: Catalog, target: datetime) -> CatalogEntry | None:
+    """The newest base backup that finished before ``target``.
+
+    ``finished_at`` is when its manifest was committed, moments after the stop time recovery can
+    start from, and window ends are storage times in whole seconds: a couple of seconds of slack
+    keep a backup taken just before the window's end from looking too new.  (`coldcopy pitr`
+    plans from the manifests' stop times and has the last word.)
+    """
+    for e in cat.entries("base"):
+        if parse_iso(e.finished_at) <= target + FINISH_SLACK:
+            return e
+    return None
+
+
+def in_window(wal: WalHealth | None, target: datetime) -> bool:
+    """Whether ``target`` lies in the WAL archive's recoverable window."""
+    if wal is None or not wal.window_start or not wal.window_end:
+        return False
+    return parse_iso(wal.window_start) <= target <= parse_iso(wal.window_end)
+
+
+def pitr_estimate(cat: Catalog, now: datetime, wal: WalHealth | None, target: datetime) -> dict[str, Any]:
+    """Restore the base backup that fits ``target``, then replay the WAL up to it.
+
+    Returns ``available``, ``estimate_seconds``, ``how`` and, when available, ``backup``/``target``
+    and how the replay rate was reached (``replay_measured``, ``replay_bytes_per_second``).
+    """
+    if wal is None or not wal.window_start or not wal.window_end:
+        if wal is not None and cat.entries("base"):
+            how = "not available: no base backup has a gap-free WAL archive after it (`coldcopy wal-status`)"
+            return {"available": False, "estimate_seconds": None, "how": how}
+        return {"available": False, "estimate_seconds": None, "how": PITR_UNAVAILABLE}
+    if not in_window(wal, target):
+        return {
+            "available": False,
+            "estimate_seconds": None,
+            "how": f"not available: {iso(target)} is outside the recoverable window "
+            f"{wal.window_start} .. {wal.window_end}",
+        }
+    base = base_for(cat, target)
+    if base is None:
+        return {
+            "available": False,
+            "estimate_seconds": None,
+            "how": f"not available: no base backup in the catalog finished before {iso(target)}",
+        }
+    rate, replay_at = base_throughput(cat, now), replay_rate(cat, now)
+    hours = max((target - parse_iso(base.finished_at)).total_seconds(), 0.0) / 3600
+    per_hour = wal.wal_bytes_per_hour or ASSUMED_WAL_BYTES_PER_HOUR
+    wal_basis = (
+        wal.wal_rate_basis
+        if wal.wal_bytes_per_hour and wal.wal_rate_basis
+        else f"ASSUMED {ASSUMED_WAL_BYTES_PER_HOUR / 1e9:.0f} GB of WAL per hour; no hour-long window yet"
+    )
+    wal_bytes = round(hours * per_hour)
+    restore = restore_seconds(base.raw_size_bytes, rate)
+    replay = round(wal_bytes / replay_at.bytes_per_second, 1)
+    return {
+        "available": True,
+        "estimate_seconds": round(restore + replay, 1),
+        "backup": base.name,
+        "backup_raw_bytes": base.raw_size_bytes,
+        "target": iso(target),
+        "restore_seconds": restore,
+        "replay_seconds": replay,
+        "wal_bytes": wal_bytes,
+        "wal_rate_measured": bool(wal.wal_bytes_per_hour),
+        "replay_bytes_per_second": round(replay_at.bytes_per_second, 1),
+        "replay_measured": replay_at.measured,
+        "how": f"restore {base.raw_size_bytes} bytes of base backup {base.name} at {rate.basis}; then replay "
+        f"{hours:.1f} h of WAL ≈ {wal_bytes / 1e6:.0f} MB ({wal_basis}) at {replay_at.basis}",
+    }
+
+
+def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[str, Any]:
+    """Every scenario's estimate, with how it was reached (the `recovery-time` and API answer).
+
+    ``wal`` is the WAL archive's summary (``coldcopy.wal.monitor.load``); None means PITR is not in use.
+    """
+    rate = throughput(cat, now)
+    restore = _restore_scenario(latest_backup(cat), rate)
+    scenarios = [restore, *_pitr_scenarios(cat, now, wal), _disaster_scenario(restore)]
+    out: dict[str, Any] = {
+        "estimated": rate.measured,
+        "estimate_seconds": restore["estimate_seconds"],
+        "basis": rate.basis,
+        "throughput_bytes_per_second": round(rate.bytes_per_second, 1),
+        "measured_at": rate.newest_at,
+        "measurement_age_seconds": None if rate.age_seconds is None else round(rate.age_seconds, 1),
+        "measurements": [_measurement_view(m) for m in rate.used],
+        "scenarios": scenarios,
+        "replay": _replay_view(replay_rate(cat, now)),
+        "wal_window": None
+        if wal is None
+        else {"start": wal.window_start, "end": wal.window_end, "gaps": len(wal.gaps)},
+        "checked_at": iso(now),
+    }
+    if not rate.measured:
+        out["reason"] = "no test restores measured yet; the figures use a labelled default throughput"
+        out["how_to_measure"] = "`coldcopy verify NAME --level restore` or POST /restore-test"
+    return out
+
+
+def _restore_scenario(latest: CatalogEntry | None, rate: Throughput) -> dict[str, Any]:
+    """Restoring the latest full backup at ``rate``."""
+    if latest is None:
+        return {
+            "scenario": "restore-latest",
+            "title": "restore the latest full backup",
+            "available": False,
+            "estimate_seconds": None,
+            "how": "not available: there is no backup to restore",
+        }
+    return {
+        "scenario": "restore-latest",
+        "title": "restore the latest full backup",
+        "available": True,
+        "estimate_seconds": restore_seconds(latest.raw_size_bytes, rate),
+        "backup": latest.name,
+        "backup_raw_bytes": latest.raw_size_bytes,
+        "how": f"{latest.raw_size_bytes} bytes of dump in {latest.name} at {rate.basis}",
+    }
+
+
+def _pitr_scenarios(cat: Catalog, now: datetime, wal: WalHealth | None) -> list[dict[str, Any]]:
+    """Point-in-time recovery to now and to a week ago."""
+    # "Now" is as far as the archive reaches: the window's end (later changes are not archived yet).
+    latest_recoverable = parse_iso(wal.window_end) if wal is not None and wal.window_end else now
+    return [
+        {"scenario": key, "title": title, **pitr_estimate(cat, now, wal, target)}
+        for key, title, target in (
+            ("pitr-now", "point-in-time recovery to now", min(latest_recoverable, now)),
+            ("pitr-week-ago", "point-in-time recovery to a week ago", now - WEEK),
+        )
+    ]
+
+
+def _disaster_scenario(restore: dict[str, Any]) -> dict[str, Any]:
+    """Provisioning a new server, then the ``restore`` scenario."""
+    disaster: dict[str, Any] = {
+        "scenario": "disaster-new-server",
+        "title": "complete disaster: restore onto a new server",
+        "available": restore["available"],
+        "estimate_seconds": None,
+        "how": restore["how"],
+    }
+    if restore["available"]:
+        disaster["estimate_seconds"] = round(PROVISION_SECONDS + restore["estimate_seconds"], 1)
+        disaster["backup"] = restore["backup"]
+        disaster["how"] = (
+            f"{PROVISION_SECONDS // 60} min to provision a server and set ColdCopy up (assumed) + "
+            f"the restore: {restore['how']}"
+        )
+    return disaster
+
+
+def _measurement_view(m: Measurement) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "at": m.at,
+        "raw_bytes": m.raw_bytes,
+        "restore_seconds": m.seconds,
+        "throughput_bytes_per_second": round(m.throughput, 1),
+    }
+
+
+def _replay_view(r: Throughput) -> dict[str, Any]:
+    return {
+        "measured": r.measured,
+        "bytes_per_second": round(r.bytes_per_second, 1),
+        "basis": r.basis,
+        "measured_at": r.newest_at,
+        "age_seconds": None if r.age_seconds is None else round(r.age_seconds, 1),
+        "drills": [
+            {"name": m.name, "at": m.at, "replay_bytes": m.raw_bytes, "replay_seconds": m.seconds}
+            for m in r.used
+        ],
+    }
