@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import secrets
 import threading
@@ -22,7 +23,7 @@ from coldcopy.alerting.notify import active_alerts, gather
 from coldcopy.backup.logical import run_backup
 from coldcopy.changes.drain import drain
 from coldcopy.changes.health import load_health
-from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop
+from coldcopy.changes.monitor import archive_in_use, archive_slot, drain_and_record, drain_loop
 from coldcopy.changes.slot import setup
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
@@ -39,6 +40,7 @@ from coldcopy.core.changes import (
 )
 from coldcopy.core.monitor_state import build, parse
 from coldcopy.errors import DatabaseError
+from coldcopy.functions import changes as changes_function
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.logical import run_restore
@@ -444,4 +446,23 @@ def test_the_alert_check_reads_the_stored_health(lpg: PgCluster, env: dict[str, 
     assert inputs is not None and inputs.changes is not None
     rules = {a.rule for a in active_alerts(settings, ctx.catalog.read(), inputs, later)}
     assert "changes-stale" in rules
+    conn.close()
+
+
+def test_the_scheduled_drain_does_nothing_where_the_archive_was_never_set_up(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {**env, "COLDCOPY_ENV_FILE": os.devnull}.items():
+        monkeypatch.setenv(key, value)
+    ctx = _ctx(env)
+
+    out = changes_function.run({"trigger": "coldcopy-changes"}, None)
+
+    assert out == {"status": "not set up", "slot": archive_slot(ctx.settings)}
+    assert load_health(ctx.storage) is None  # nothing stored: no alert for an archive never used
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    assert archive_in_use(ctx)  # set up: the slot exists
+    drain_and_record(ctx, lambda: T0)
+    conn.run("SELECT pg_drop_replication_slot(:s)", s=archive_slot(settings))
+    assert archive_in_use(ctx)  # drained before, slot gone: a lost slot, drained to raise its alert
     conn.close()
