@@ -271,7 +271,8 @@ def test_tick_bundle_wakes_the_runner_through_the_do_api(
 
 
 def test_bundles_carry_botocores_s3_model_only(report: dict[str, Any]) -> None:
-    """build_function.sh drops the other services' models: how the change drain fits 48 MB."""
+    """build_function.sh drops the other services' models and zstandard's CFFI backend (PyPy's): how
+    the change drain fits 48 MB with room to spare."""
     for bundle in ("monitor--health.zip", "scheduler--tick.zip", "scheduler--changes.zip"):
         names = zipfile.ZipFile(report["keep"] / bundle).namelist()
         services = {
@@ -279,6 +280,9 @@ def test_bundles_carry_botocores_s3_model_only(report: dict[str, Any]) -> None:
         }
         assert services == {"s3"}, bundle
         assert f"{SITE}/botocore/data/endpoints.json" in names
+    changes = zipfile.ZipFile(report["keep"] / "scheduler--changes.zip").namelist()
+    assert not [n for n in changes if n.startswith(f"{SITE}/zstandard/") and "cffi" in n]
+    assert any(n.startswith(f"{SITE}/zstandard/backend_c.") for n in changes)
 
 
 def test_change_drain_bundle_answers_not_set_up_with_only_what_it_ships(
