@@ -36,6 +36,18 @@ PIP_ROOT_USER_ACTION=ignore "$py" -m pip install --quiet --disable-pip-version-c
 
 # Console scripts are useless in a function and carry the build machine's interpreter path.
 rm -rf "${site:?}/bin"
+# botocore ships the models of every AWS service (~28 MB unzipped); ColdCopy's functions talk to S3
+# (Spaces) only. Without the others the change drain (boto3 + cryptography + zstandard) fits the
+# 48 MB limit, and every bundle is lighter to load. Kept: the s3 model and the top-level files
+# (endpoints, partitions, retry and default configuration), which every client reads.
+if [ -d "$site/botocore/data/s3" ]; then
+  find "$site/botocore/data" -mindepth 1 -maxdepth 1 -type d ! -name s3 -exec rm -rf {} +
+fi
+# zstandard ships two backends of ~12 MB each; CPython imports the C one (backend_c), the CFFI one
+# is for PyPy. Without it the change drain is ~35 MB, not 47.5 MB against the 48 MB limit.
+if compgen -G "$site/zstandard/backend_c.*.so" >/dev/null; then
+  rm -f "$site"/zstandard/_cffi.*.so "$site/zstandard/backend_cffi.py"
+fi
 
 cat > "$venv/bin/activate_this.py" <<'PY'
 """Activate the bundled site-packages; executed by the runtime launcher before main is imported.

@@ -72,6 +72,13 @@ if cmd == "get":
 elif cmd == "missing":  # missing <file>... : placeholders without a non-empty value
     names = sorted({n for f in sys.argv[3:] for n in VAR.findall(open(f, encoding="utf-8").read())})
     print(" ".join(n for n in names if not values.get(n)))
+elif cmd == "yamlenv":  # yamlenv <template>: NAME=value\0 for doctl's environment, escaped
+    # The functions deployer pastes each value into project.yml's double quotes as raw text, so a
+    # `"` or `\` (a database password may hold them) would break the YAML or change the value. It
+    # reads the process environment first: give it the YAML-escaped form (JSON escapes are YAML's).
+    for name in sorted(set(VAR.findall(open(sys.argv[3], encoding="utf-8").read()))):
+        if values.get(name):
+            sys.stdout.write(f"{name}={json.dumps(values[name])[1:-1]}\0")
 elif cmd == "render":  # render <template> <out>: JSON escapes are valid in YAML double quotes
     text = open(sys.argv[3], encoding="utf-8").read()
     fd = os.open(sys.argv[4], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -136,6 +143,9 @@ if [ "$do_functions" = 1 ]; then
     doctl serverless status >/dev/null 2>&1 \
       || die "doctl is not connected to a functions namespace: doctl serverless connect (docs/deploy.md)"
   fi
+  while IFS= read -r -d '' pair; do
+    export "${pair?}"   # the values project.yml uses, escaped for its double quotes (see the helper)
+  done < <(helper yamlenv "$env_file" "$repo/project.yml")
   note "deploying the functions (each build.sh installs its Linux wheels locally)"
   run doctl serverless deploy "$repo" --env "$env_file"
 fi

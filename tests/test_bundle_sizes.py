@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from coldcopy.localstack.s3server import S3Server
+from coldcopy.postgres.cluster import PgCluster
 from fake_do_api import FakeDoApi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +68,7 @@ def test_every_bundle_imports_its_entry_point_with_only_what_it_ships(report: di
     [
         ("monitor--health.zip", ["boto3", "botocore", "s3transfer"]),
         ("scheduler--tick.zip", ["boto3", "requests", "croniter", "certifi"]),
+        ("scheduler--changes.zip", ["boto3", "pg8000", "cryptography", "zstandard"]),
     ],
 )
 def test_bundle_contents_follow_the_include_list(
@@ -266,3 +268,48 @@ def test_tick_bundle_wakes_the_runner_through_the_do_api(
         assert len(deployments) == 1 and summary["woken"]["id"] == deployments[0]["id"]
         assert "requests" in out["modules"]
         assert "dop_v1_tick" not in proc.stdout + proc.stderr
+
+
+def test_bundles_carry_botocores_s3_model_only(report: dict[str, Any]) -> None:
+    """build_function.sh drops the other services' models and zstandard's CFFI backend (PyPy's): how
+    the change drain fits 48 MB with room to spare."""
+    for bundle in ("monitor--health.zip", "scheduler--tick.zip", "scheduler--changes.zip"):
+        names = zipfile.ZipFile(report["keep"] / bundle).namelist()
+        services = {
+            n.split("/")[6] for n in names if n.startswith(f"{SITE}/botocore/data/") and n.count("/") > 6
+        }
+        assert services == {"s3"}, bundle
+        assert f"{SITE}/botocore/data/endpoints.json" in names
+    changes = zipfile.ZipFile(report["keep"] / "scheduler--changes.zip").namelist()
+    assert not [n for n in changes if n.startswith(f"{SITE}/zstandard/") and "cffi" in n]
+    assert any(n.startswith(f"{SITE}/zstandard/backend_c.") for n in changes)
+
+
+def test_change_drain_bundle_answers_not_set_up_with_only_what_it_ships(
+    report: dict[str, Any], tmp_path: Path, s3_server: S3Server, bucket: str, pg: PgCluster
+) -> None:
+    """The deployed drain, as bundled, where `coldcopy changes setup` never ran: it reaches the
+    database and the bucket, stores nothing, and says so."""
+    with zipfile.ZipFile(report["keep"] / "scheduler--changes.zip") as zf:
+        zf.extractall(tmp_path)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        **s3_server.spaces_env(bucket),
+        "COLDCOPY_CLUSTER": "smoke",
+        "DB_HOST": pg.host,
+        "DB_PORT": str(pg.port),
+        "DB_NAME": "postgres",
+        "DB_USER": pg.user,
+        "DB_PASSWORD": pg.password,
+        "DB_SSLMODE": "disable",
+        "BACKUP_ENCRYPTION_KEY": "k" * 43,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", SMOKE, str(tmp_path), '{"trigger": "coldcopy-changes"}'],
+        capture_output=True, text=True, timeout=120, check=False, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["result"] == {"status": "not set up", "slot": "coldcopy_changes_smoke"}
+    assert {"boto3", "pg8000"} <= set(out["modules"])  # it really asked the bucket and the database
+    assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import secrets
 import threading
@@ -22,11 +23,12 @@ from coldcopy.alerting.notify import active_alerts, gather
 from coldcopy.backup.logical import run_backup
 from coldcopy.changes.drain import drain
 from coldcopy.changes.health import load_health
-from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop
+from coldcopy.changes.monitor import archive_in_use, archive_slot, drain_and_record, drain_loop
 from coldcopy.changes.slot import setup
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.alerts import Thresholds, changes_alerts
+from coldcopy.core.catalog import Catalog
 from coldcopy.core.changes import (
     BATCHES_PREFIX,
     Batch,
@@ -38,7 +40,9 @@ from coldcopy.core.changes import (
     prunable_batches,
 )
 from coldcopy.core.monitor_state import build, parse
+from coldcopy.core.views import status_view
 from coldcopy.errors import DatabaseError
+from coldcopy.functions import changes as changes_function
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.logical import run_restore
@@ -99,6 +103,31 @@ def test_change_alert_rules() -> None:
         "changes-untracked:ddl",
         "changes-untracked:large-objects",
     ]
+
+
+def test_status_shows_the_slot_lag_and_the_newest_changes_age() -> None:
+    h = ChangesHealth(
+        "coldcopy_changes_app",
+        "2026-12-01T12:00:00Z",
+        lag_bytes=5 << 20,
+        last_drain_at="2026-12-01T12:00:00Z",
+        newest_commit_at="2026-12-01T11:59:30Z",
+    )
+    th = Thresholds()
+
+    v = status_view(Catalog(), T0 + timedelta(minutes=2), encrypted=True, wal=None, thresholds=th, changes=h)
+
+    ch = v["changes"]
+    assert ch["slot"] == "coldcopy_changes_app" and ch["slot_lag_bytes"] == 5 << 20
+    assert ch["newest_change_age_seconds"] == 120 and ch["newest_commit_age_seconds"] == 150
+    assert ch["problems"] == [] and ch["warnings"] == []
+    late = T0 + timedelta(minutes=th.changes_max_age_minutes + 1)
+    stale = status_view(Catalog(), late, encrypted=True, wal=None, thresholds=th, changes=h)
+    found = stale["changes"]["problems"] + stale["changes"]["warnings"]
+    assert any("no change batch archived since 2026-12-01T12:00:00Z" in m for m in found)
+    assert set(stale["changes"]["problems"]) <= set(stale["problems"])  # critical ones fail the status
+    none = status_view(Catalog(), late, encrypted=True, wal=None, thresholds=th)
+    assert none["changes"] is None  # an archive never drained: nothing shown, nothing wrong
 
 
 # -- a logical cluster ----------------------------------------------------------------------------
@@ -444,4 +473,25 @@ def test_the_alert_check_reads_the_stored_health(lpg: PgCluster, env: dict[str, 
     assert inputs is not None and inputs.changes is not None
     rules = {a.rule for a in active_alerts(settings, ctx.catalog.read(), inputs, later)}
     assert "changes-stale" in rules
+    shown = run_cli(env, "status")  # `coldcopy status` reads the stored health as well
+    assert f"changes:      slot {archive_slot(settings)} ok, holds " in shown.out
+    conn.close()
+
+
+def test_the_scheduled_drain_does_nothing_where_the_archive_was_never_set_up(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {**env, "COLDCOPY_ENV_FILE": os.devnull}.items():
+        monkeypatch.setenv(key, value)
+    ctx = _ctx(env)
+
+    out = changes_function.run({"trigger": "coldcopy-changes"}, None)
+
+    assert out == {"status": "not set up", "slot": archive_slot(ctx.settings)}
+    assert load_health(ctx.storage) is None  # nothing stored: no alert for an archive never used
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    assert archive_in_use(ctx)  # set up: the slot exists
+    drain_and_record(ctx, lambda: T0)
+    conn.run("SELECT pg_drop_replication_slot(:s)", s=archive_slot(settings))
+    assert archive_in_use(ctx)  # drained before, slot gone: a lost slot, drained to raise its alert
     conn.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import pytest
 
 from cli_helpers import run_cli, stored_run
 from coldcopy.config import Settings, load_settings
+from coldcopy.core.changes import batch_key
+from coldcopy.core.changes import data_key as changes_data_key
 from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key, manifest_key
 from coldcopy.core.names import make_name
 from coldcopy.core.retention import RetentionPolicy
@@ -374,3 +377,86 @@ def test_old_job_records_are_pruned_and_recent_or_unfinished_ones_kept(memory_en
 def test_job_history_shorter_than_a_grace_window_is_refused(memory_env: dict[str, str]) -> None:
     r = run_cli({**memory_env, "COLDCOPY_JOB_HISTORY_DAYS": "3"}, "cleanup", "--dry-run")
     assert r.rc == 2 and "COLDCOPY_JOB_HISTORY_DAYS" in r.err
+
+
+def test_cleanup_prunes_change_batches_no_kept_dump_needs_and_volumes_of_killed_drains(
+    memory_env: dict[str, str],
+) -> None:
+    s = settings({**memory_env, "COLDCOPY_STALE_UPLOAD_SECONDS": "3600"})
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    clock = [now - timedelta(hours=2)]
+    storage = MemoryStore(prefix=s.prefix, clock=lambda: clock[0])
+    store = CatalogStore(storage)
+
+    def seen(lsn: str) -> dict[str, Any]:
+        return {"snapshot_visibility": {"xmin": 1, "xmax": 2, "xip": [], "wal_lsn_before": lsn}}
+
+    prepare(store, "full", now - timedelta(days=40), "app", extra=seen("0/1000"))  # deleted by the policy
+    oldest_kept = prepare(store, "full", now - timedelta(days=5), "app", extra=seen("0/3000"))
+    prepare(store, "full", now - timedelta(days=1), "app", extra=seen("0/5000"))
+    prepare(store, "compliance", now - timedelta(days=20), "app")  # before the archive: needs no batch
+    store.refresh()
+
+    def batch(start: str, end: str, attempt: str = "a1a1a1a1", *dead: str) -> None:
+        for a in (*dead, attempt):
+            storage.put_bytes(changes_data_key(start, a) + ".000000", b"volume")
+        obj = StoredObject(changes_data_key(start, attempt), 6, "0" * 64, 6, "1" * 64, (6,))
+        record = {"start_lsn": start, "end_lsn": end, "transactions": 1, "data": asdict(obj)}
+        storage.put_json(batch_key(start), record, create_only=True)
+
+    batch("0/1000", "0/2000")
+    batch("0/2000", "0/2800", "b2b2b2b2", "deaddead")
+    batch("0/2800", "0/3000")  # the newest batch before the oldest kept snapshot: kept as a margin
+    batch("0/3000", "0/4000", "c3c3c3c3", "0dead0dead")  # a killed attempt beside the stored one
+    batch("0/4000", "0/6000")
+    storage.put_bytes(changes_data_key("0/7000", "e5e5e5e5") + ".000000", b"killed before its record")
+    clock[0] = now - timedelta(minutes=1)
+    storage.put_bytes(changes_data_key("0/6000", "f6f6f6f6") + ".000000", b"a drain writing now")
+    before = keys(storage, "changes/")
+
+    dry = run_cleanup(s, dry_run=True, now=now, storage=storage)
+
+    assert dry["changes"] == {
+        "oldest_needed_lsn": "0/3000",
+        "needed_by": oldest_kept,
+        "batches_delete": [batch_key("0/1000"), batch_key("0/2000")],
+        "orphans_delete": [  # (the killed attempt at 0/2000 goes with its batch)
+            changes_data_key("0/3000", "0dead0dead") + ".000000",
+            changes_data_key("0/7000", "e5e5e5e5") + ".000000",
+        ],
+    }
+    assert keys(storage, "changes/") == before  # a dry run deletes nothing
+
+    out = run_cleanup(s, dry_run=False, now=now, storage=storage)
+
+    assert out["changes_deleted"] == 2 + 3 + 2  # two records, their volumes (both attempts), two orphans
+    assert keys(storage, "changes/batches/") == [batch_key(x) for x in ("0/2800", "0/3000", "0/4000")]
+    assert keys(storage, "changes/data/") == sorted(
+        changes_data_key(start, attempt) + ".000000"
+        for start, attempt in [
+            ("0/2800", "a1a1a1a1"),
+            ("0/3000", "c3c3c3c3"),
+            ("0/4000", "a1a1a1a1"),
+            ("0/6000", "f6f6f6f6"),
+        ]
+    )
+
+
+def test_cleanup_prunes_no_change_batch_when_no_kept_dump_recorded_its_snapshot(
+    memory_env: dict[str, str],
+) -> None:
+    s = settings(memory_env)
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    storage = MemoryStore(prefix=s.prefix, clock=lambda: now - timedelta(days=3))
+    store = CatalogStore(storage)
+    prepare(store, "full", now - timedelta(days=1), "app")  # no snapshot_visibility
+    store.refresh()
+    for start, end in [("0/1000", "0/2000"), ("0/2000", "0/3000")]:
+        obj = StoredObject(changes_data_key(start, "a1a1a1a1"), 6, "0" * 64, 6, "1" * 64)
+        storage.put_bytes(obj.key, b"volume")
+        storage.put_json(batch_key(start), {"start_lsn": start, "end_lsn": end, "data": asdict(obj)})
+
+    out = run_cleanup(s, dry_run=False, now=now, storage=storage)
+
+    assert out["changes"]["batches_delete"] == [] and out["changes"]["orphans_delete"] == []
+    assert len(keys(storage, "changes/")) == 4

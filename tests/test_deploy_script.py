@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -14,6 +15,7 @@ import yaml
 
 from coldcopy.config import load_settings, normalise_pem
 from coldcopy.errors import ConfigError
+from test_project_yml import project_variables, run_validator
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "deploy.sh"
@@ -35,7 +37,7 @@ case "$1 $2" in
     exit 0 ;;
   "registry repository") printf '%s\n' latest "$FAKE_TAGS" ;;
   "serverless status") exit "${FAKE_SLS_STATUS:-0}" ;;
-  "serverless deploy") echo "RUNNER_APP_ID=$RUNNER_APP_ID" >> "$log.deployenv" ;;
+  "serverless deploy") echo "RUNNER_APP_ID=$RUNNER_APP_ID" >> "$log.deployenv"; env -0 > "$log.env0" ;;
   *) echo "fake doctl: unexpected $*" >&2; exit 9 ;;
 esac
 """
@@ -220,3 +222,31 @@ def test_the_runner_gets_the_database_ca_as_a_value(tmp_path: Path, fake_doctl: 
     example = next(ln for ln in EXAMPLE.read_text().splitlines() if ln.startswith("DB_SSLROOTCERT="))
     with pytest.raises(ConfigError):
         load_settings({"DB_SSLROOTCERT": example.split("=", 1)[1], "COLDCOPY_ENV_FILE": os.devnull})
+
+
+def test_the_functions_get_a_password_with_quote_and_backslash_intact(
+    tmp_path: Path, fake_doctl: dict[str, str]
+) -> None:
+    """The deployer pastes values into project.yml's double quotes as raw text; deploy.sh hands
+    doctl the escaped values, which the deployer reads before the env file."""
+    env_file = write_env(tmp_path / ".env", DB_PASSWORD=SECRET, RUNNER_APP_ID=NEW_APP_ID)
+
+    proc = deploy("--functions-only", "--env", str(env_file), env=fake_doctl)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = dict(
+        item.split("=", 1)
+        for item in Path(fake_doctl["FAKE_DOCTL_LOG"] + ".env0").read_text().split("\0")
+        if "=" in item
+    )
+    in_file = dict(ln.split("=", 1) for ln in env_file.read_text().splitlines() if ln[:1].isupper())
+    given = {name: seen.get(name) or in_file[name] for name in project_variables(REPO)}  # as it reads
+    as_env = tmp_path / "doctl-env.json"  # the deployer reads a JSON env file as it reads its env
+    as_env.write_text(json.dumps(given))
+    result = run_validator(REPO, as_env)
+    assert result["ok"], result.get("error")
+    scheduler = next(p for p in result["spec"]["packages"] if p["name"] == "scheduler")
+    drain = next(a for a in scheduler["actions"] if a["name"] == "changes")
+    assert drain["environment"]["DB_PASSWORD"] == SECRET
+    assert drain["environment"]["DB_SSLROOTCERT"] == in_file["DB_SSLROOTCERT"]  # as the runner gets it
+    assert SECRET not in proc.stdout + proc.stderr

@@ -31,11 +31,20 @@ WEB_FUNCTIONS = {
     "health", "status", "backups", "backup", "verify", "metrics",
     "alerts", "restore-test", "recovery-time", "runs", "dashboard",
 }  # fmt: skip
-EXPECTED = {"monitor": WEB_FUNCTIONS, "scheduler": {"tick"}}
-NON_WEB = {("scheduler", "tick")}
+EXPECTED = {"monitor": WEB_FUNCTIONS, "scheduler": {"tick", "changes"}}
+NON_WEB = {("scheduler", "tick"), ("scheduler", "changes")}
 MAX_TRIGGERS = 3
 BUILD_OUTPUTS = {"virtualenv"}  # .include entries that the function's build.sh creates
-REQUIREMENTS = {"monitor": {"boto3"}, "scheduler": {"boto3", "requests", "croniter"}}
+REQUIREMENTS = {
+    ("monitor", None): {"boto3"},
+    ("scheduler", "tick"): {"boto3", "requests", "croniter"},
+    ("scheduler", "changes"): {"boto3", "pg8000", "cryptography", "zstandard"},
+}
+#: What the change drain needs besides the common environment: the database and the backup key.
+CHANGES_ENVIRONMENT = {
+    "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE", "DB_SSLROOTCERT",
+    "BACKUP_ENCRYPTION_KEY",
+}  # fmt: skip
 
 # Design constants allowed as literals (not settings, not secrets): the value each package must have.
 CONSTANTS = {"COLDCOPY_LAUNCHER": {"monitor": "none", "scheduler": "app-platform"}}
@@ -55,7 +64,7 @@ WEB_MAIN = """from coldcopy.functions.web import handle
 def main(event, context=None):
     return handle("{fn}", event, context)
 """
-TICK_MAIN = """from coldcopy.functions.tick import run
+SCHEDULED_MAIN = """from coldcopy.functions.{fn} import run
 
 
 def main(event, context=None):
@@ -266,7 +275,7 @@ def test_deployer_accepts_project_yml_with_every_variable_substituted(validated:
     assert not any("${" in json.dumps(p) for p in validated["packages"])
 
 
-def test_deployer_sees_web_flags_runtimes_limits_and_the_one_trigger(validated: dict[str, Any]) -> None:
+def test_deployer_sees_web_flags_runtimes_limits_and_the_two_triggers(validated: dict[str, Any]) -> None:
     triggers = []
     for pkg in validated["packages"]:
         for action in pkg["actions"]:
@@ -279,11 +288,10 @@ def test_deployer_sees_web_flags_runtimes_limits_and_the_one_trigger(validated: 
                 assert action["web"] is False
                 assert action["limits"]["timeout"] >= 60000
             triggers += [(pkg["name"], action["name"], t) for t in action.get("triggers") or []]
-    assert len(triggers) == 1
-    pkg_name, fn_name, trigger = triggers[0]
-    assert (pkg_name, fn_name) == ("scheduler", "tick")
-    assert trigger["sourceType"] == "scheduler"
-    assert trigger["sourceDetails"]["cron"] == "*/5 * * * *"
+    crons = {(p, f): t["sourceDetails"]["cron"] for p, f, t in triggers}
+    assert len(triggers) == 2
+    assert crons == {("scheduler", "tick"): "*/5 * * * *", ("scheduler", "changes"): "* * * * *"}
+    assert all(t["sourceType"] == "scheduler" for _, _, t in triggers)
 
 
 def test_only_the_tick_can_wake_the_runner(validated: dict[str, Any]) -> None:
@@ -301,6 +309,17 @@ def test_only_the_tick_can_wake_the_runner(validated: dict[str, Any]) -> None:
         assert pkg["environment"]["COLDCOPY_LAUNCHER"] == CONSTANTS["COLDCOPY_LAUNCHER"][name]
     for action in packages["monitor"]["actions"]:  # public endpoints never hold the DO API token
         assert "DO_API_TOKEN" not in (action.get("environment") or {})
+
+
+def test_the_change_drain_gets_the_database_and_nothing_optional(validated: dict[str, Any]) -> None:
+    """Only settings every deployment has: the deployer and deploy.sh refuse an empty placeholder,
+    so an optional setting (COLDCOPY_CHANGES_*, ALERT_*) there would be forced on everyone."""
+    packages = {p["name"]: p for p in validated["packages"]}
+    drain = next(a for a in packages["scheduler"]["actions"] if a["name"] == "changes")
+    assert set(drain["environment"]) == CHANGES_ENVIRONMENT
+    runner = yaml.safe_load((REPO / "runner_image" / "app.yaml").read_text())
+    assert {e["key"] for e in runner["jobs"][0]["envs"]} >= CHANGES_ENVIRONMENT  # required already
+    assert drain["limits"]["timeout"] >= 1000 * (50 + 5)  # the loop's 50 s budget, then the summary
 
 
 def test_environment_names_are_ones_coldcopy_reads() -> None:
@@ -348,8 +367,9 @@ def test_web_function_main_is_the_exact_hand_off(fn: str) -> None:
     assert (REPO / "packages" / "monitor" / fn / "__main__.py").read_text() == WEB_MAIN.format(fn=fn)
 
 
-def test_tick_main_is_the_exact_hand_off() -> None:
-    assert (REPO / "packages" / "scheduler" / "tick" / "__main__.py").read_text() == TICK_MAIN
+@pytest.mark.parametrize("fn", ["tick", "changes"])
+def test_scheduled_main_is_the_exact_hand_off(fn: str) -> None:
+    assert (REPO / "packages" / "scheduler" / fn / "__main__.py").read_text() == SCHEDULED_MAIN.format(fn=fn)
 
 
 @pytest.mark.parametrize(("pkg", "fn"), sorted((p, f) for p, fns in EXPECTED.items() for f in fns))
@@ -360,7 +380,7 @@ def test_function_ships_its_third_party_requirements(pkg: str, fn: str) -> None:
         line = line.split("#")[0].strip()
         if line:
             names.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower())
-    assert names == REQUIREMENTS[pkg]
+    assert names == REQUIREMENTS.get((pkg, fn), REQUIREMENTS.get((pkg, None)))
     build = (fn_dir / "build.sh").read_text()
     assert "scripts/build_function.sh" in build
     assert os.access(fn_dir / "build.sh", os.X_OK)
@@ -451,7 +471,7 @@ STRUCTURE_REJECTS = [
         + "".join(
             f"          - name: extra-{i}\n            sourceType: scheduler\n"
             f'            sourceDetails:\n              cron: "0 {i} * * *"\n'
-            for i in range(3)
+            for i in range(2)  # with the tick's and the drain's: four
         ),
         "at most 3",
         id="four-triggers",

@@ -141,6 +141,18 @@ def drain_and_record(
     return result
 
 
+def archive_in_use(ctx: Context) -> bool:
+    """Whether this cluster has a change archive to drain: its health was ever stored (then a
+    missing slot is a lost one, and the drain records it for the alert), or its slot exists.
+
+    False is a deployment that never ran ``coldcopy changes setup``: the archive is optional, so
+    the scheduled drain then does nothing and stores nothing."""
+    if load_health(ctx.storage) is not None:
+        return True
+    with Postgres(ctx.settings).session() as conn:
+        return slot_state(conn, archive_slot(ctx.settings)).exists
+
+
 def drain_loop(
     ctx: Context,
     budget_seconds: float,

@@ -9,6 +9,7 @@ from typing import Any
 
 from coldcopy.backup.files import snapshot_for_backup
 from coldcopy.backup.logical import run_backup
+from coldcopy.changes.health import load_health
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present, progress_meter
 from coldcopy.config import DB, STORAGE
@@ -140,6 +141,15 @@ def _status_text(st: dict[str, Any], encrypted: bool) -> str:
         window = f"{wal['window_start']} .. {wal['window_end']}" if wal["window_start"] else "none yet"
         lines.append(f"recoverable:  {window}")
         lines += [f"  ~ {w}" for w in wal["warnings"]]
+    ch = st.get("changes")
+    if ch is not None:
+        slot = "MISSING" if not ch["slot_exists"] else "INVALIDATED" if ch["slot_invalidated"] else "ok"
+        through = ch["newest_change_age_seconds"]
+        lines.append(
+            f"changes:      slot {ch['slot']} {slot}, holds {human_bytes(ch['slot_lag_bytes'])} of WAL; "
+            + (f"archived through {human_age(through)} ago" if through is not None else "never drained")
+        )
+        lines += [f"  ~ {w}" for w in ch["warnings"]]
     if st["problems"]:
         lines += ["problems:", *(f"  ! {p}" for p in st["problems"])]
     else:
@@ -157,6 +167,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         encrypted=s.encrypted,
         wal=compute(ctx.storage),
         thresholds=s.thresholds,
+        changes=load_health(ctx.storage),  # the last drain's record (None: the archive is not in use)
     )
     for intent in pending_intents(ctx.storage):  # a restore killed between its renames
         st["ok"] = False

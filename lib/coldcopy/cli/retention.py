@@ -32,6 +32,12 @@ def _cleanup_text(out: dict[str, Any], policy: RetentionPolicy, dry_run: bool) -
         lines.append(
             f"{verb} {housekeeping} job records older than COLDCOPY_JOB_HISTORY_DAYS (runs, claims, slots)"
         )
+    ch = out.get("changes") or {}
+    if ch.get("batches_delete") or ch.get("orphans_delete"):
+        lines.append(
+            f"{verb} {len(ch['batches_delete'])} change batch(es) committed before {ch['needed_by']} "
+            f"(the oldest kept dump) and {len(ch['orphans_delete'])} volume(s) of killed drains"
+        )
     lines += [f"  skipped {sk['name']}: {sk['reason']}" for sk in out.get("skipped", [])]
     if out["keep"]:
         lines.append(f"keeping {len(out['keep'])} backup(s):")

@@ -13,10 +13,11 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from coldcopy.core.alerts import CRITICAL, Thresholds, wal_alerts
+from coldcopy.core.alerts import CRITICAL, Thresholds, changes_alerts, wal_alerts
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import CatalogDigest, digest
+from coldcopy.core.changes import ChangesHealth
 from coldcopy.core.manifest import CatalogEntry, Manifest
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import storage_failure
@@ -64,16 +65,59 @@ def wal_view(wal: WalHealth, th: Thresholds, now: datetime) -> dict[str, Any]:
     return out
 
 
+def changes_view(h: ChangesHealth, th: Thresholds, now: datetime) -> dict[str, Any]:
+    """The change archive as the status shows it: the slot and its lag on the server, the newest
+    archived change's age (the last drain's heartbeat: the archive is complete up to it) and the
+    newest commit's, the window, and the change rules' findings (critical ones are problems)."""
+
+    def age(at: str | None) -> float | None:
+        return (now - parse_iso(at)).total_seconds() if at else None
+
+    found = changes_alerts(h, th, now)
+    return {
+        "slot": h.slot,
+        "slot_exists": h.slot_exists,
+        "slot_invalidated": h.slot_invalidated,
+        "slot_lag_bytes": h.lag_bytes,
+        "max_slot_wal_keep_bytes": h.max_keep_bytes,
+        "archived_through": h.last_drain_at,
+        "newest_change_age_seconds": age(h.last_drain_at),
+        "newest_commit_at": h.newest_commit_at,
+        "newest_commit_age_seconds": age(h.newest_commit_at),
+        "window_start": h.window_start,
+        "window_end": h.window_end,
+        "tables_left_out": list(h.left_out),
+        "last_error": h.last_error or None,
+        "problems": [a.message for a in found if a.severity == CRITICAL],
+        "warnings": [a.message for a in found if a.severity != CRITICAL],
+    }
+
+
 def status_view(
-    cat: Catalog, now: datetime, *, encrypted: bool, wal: WalHealth | None, thresholds: Thresholds
+    cat: Catalog,
+    now: datetime,
+    *,
+    encrypted: bool,
+    wal: WalHealth | None,
+    thresholds: Thresholds,
+    changes: ChangesHealth | None = None,
 ) -> dict[str, Any]:
-    """The last backup, its age, counts, total size, the WAL archive (None without PITR), and every
-    problem; ``ok`` when there is none.  ``thresholds`` are the WAL rules' (the alerts' settings)."""
-    return status_from_digest(digest(cat), now, encrypted=encrypted, wal=wal, thresholds=thresholds)
+    """The last backup, its age, counts, total size, the WAL archive (None without PITR), the change
+    archive (None when it was never drained) and every problem; ``ok`` when there is none.
+    ``thresholds`` are the WAL and change rules' (the alerts' settings)."""
+    return status_from_digest(
+        digest(cat), now, encrypted=encrypted, wal=wal, thresholds=thresholds, changes=changes
+    )
 
 
 def status_from_digest(
-    d: CatalogDigest, now: datetime, *, encrypted: bool, wal: WalHealth | None, thresholds: Thresholds
+    d: CatalogDigest,
+    now: datetime,
+    *,
+    encrypted: bool,
+    wal: WalHealth | None,
+    thresholds: Thresholds,
+    changes: ChangesHealth | None = None,
 ) -> dict[str, Any]:
     """``status_view`` from the catalog's digest (``GET /status``: work that does not grow with the
     history)."""
@@ -106,6 +150,9 @@ def status_from_digest(
     wal_part = None if wal is None else wal_view(wal, thresholds, now)
     if wal_part is not None:
         problems += wal_part["problems"]
+    changes_part = None if changes is None else changes_view(changes, thresholds, now)
+    if changes_part is not None:
+        problems += changes_part["problems"]
     return {
         "last_backup": dict(last) if last else None,
         "last_backup_age_seconds": age,
@@ -114,6 +161,7 @@ def status_from_digest(
         "total_size_bytes": d.total_size_bytes,
         "last_failure": failure,
         "wal": wal_part,
+        "changes": changes_part,
         "problems": problems,
         "ok": not problems,
         "encryption_configured": encrypted,

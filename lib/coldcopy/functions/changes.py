@@ -2,6 +2,9 @@
 ``COLDCOPY_CHANGES_INTERVAL_SECONDS`` (15 by default) for about 50 seconds, so that a committed
 transaction reaches the bucket within about one interval plus one drain.
 
+The archive is optional: in a deployment where ``coldcopy changes setup`` never ran (no slot and
+no stored health), each run answers ``{"status": "not set up"}`` and stores nothing.
+
 It must never raise to the platform: an error becomes an ``{"error": …}`` summary and a log line
 (the drain has already written it into the archive's health, which the tick's alert check reads).
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from coldcopy.changes.monitor import drain_loop
+from coldcopy.changes.monitor import archive_in_use, archive_slot, drain_loop
 from coldcopy.config import DB, STORAGE, Settings, load_settings, redact
 from coldcopy.context import open_context
 from coldcopy.errors import ColdCopyError
@@ -27,7 +30,10 @@ def run(event: Any = None, context: Any = None) -> dict[str, Any]:
     settings: Settings | None = None
     try:
         settings = load_settings(need=(DB, STORAGE))
-        return drain_loop(open_context(settings), BUDGET_SECONDS)
+        ctx = open_context(settings)
+        if not archive_in_use(ctx):
+            return {"status": "not set up", "slot": archive_slot(settings)}
+        return drain_loop(ctx, BUDGET_SECONDS)
     except ColdCopyError as exc:
         message = redact(str(exc), settings)
         log.error("change drain failed: %s", message)

@@ -53,7 +53,7 @@ from coldcopy.api.protocol import (
 )
 from coldcopy.config import STORAGE, Settings, missing, read_settings, redact
 from coldcopy.core.archive_report import WalHealth
-from coldcopy.core.monitor_state import freshness
+from coldcopy.core.monitor_state import MonitorState, freshness
 from coldcopy.core.names import validate_name
 from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.core.views import listing_row, status_from_digest
@@ -164,10 +164,13 @@ def _health(req: Request, cfg: _Config) -> dict[str, Any]:
     return json_response(200 if reachable else 503, body)
 
 
-def _wal_and_freshness(storage: ObjectStore, now: datetime) -> tuple[WalHealth | None, dict[str, Any]]:
-    """The WAL summary from the tick's monitor state (one GET) and how old it is; before the first
-    tick that stores one, the WAL summary alone (its own object, of unknown age)."""
-    state = load_monitor_state(storage)
+def _wal_and_freshness(
+    storage: ObjectStore, now: datetime, state: MonitorState | None = None
+) -> tuple[WalHealth | None, dict[str, Any]]:
+    """The WAL summary from the tick's monitor state (one GET, or ``state`` when the caller read
+    it) and how old it is; before the first tick that stores one, the WAL summary alone (its own
+    object, of unknown age)."""
+    state = state or load_monitor_state(storage)
     if state is not None:
         return state.wal, freshness(state.computed_at, now)
     # Late import: only until the first tick (see the module docstring).
@@ -180,9 +183,13 @@ def _status(req: Request, cfg: _Config) -> dict[str, Any]:
     b = _get_backend(cfg)
     s = b.settings
     now = _now()
-    wal, fresh = _wal_and_freshness(b.storage, now)
+    state = load_monitor_state(b.storage)  # also the tick's copy of the change archive's health
+    wal, fresh = _wal_and_freshness(b.storage, now, state)
     d = b.catalog.current_digest()
-    view = status_from_digest(d, now, encrypted=s.encrypted, wal=wal, thresholds=s.thresholds)
+    changes = state.changes if state is not None else None
+    view = status_from_digest(
+        d, now, encrypted=s.encrypted, wal=wal, thresholds=s.thresholds, changes=changes
+    )
     return json_response(200, {**view, "state": fresh})
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from coldcopy.backup.files import prune_files
 from coldcopy.backup.inflight import marker_key
+from coldcopy.changes.retention import apply_changes_plan, plan_changes
 from coldcopy.config import Settings
 from coldcopy.context import Context, settings_key
 from coldcopy.core.lsn import WAL_PREFIX
@@ -165,6 +166,12 @@ def run_cleanup(
             f"the cleanup plan is {plan.plan_id}, not {expect}: backups, pins or WAL changed since",
             "run `coldcopy cleanup --dry-run` again, review it, and pass its plan id",
         )
+    # The change archive: batches no kept dump needs, volumes of killed drains (outside the plan id,
+    # like the files: a drain adds batches between a dry run and the real one).
+    changes = plan_changes(
+        storage, [n for n, _ in plan.keep], now, timedelta(seconds=settings.stale_upload_seconds)
+    )
+    out["changes"] = changes.to_dict()
     if dry_run:
         out["files"] = _prune_files(settings, storage, plan, now, dry_run=True)
         return out
@@ -191,6 +198,11 @@ def run_cleanup(
             storage.delete(old_records[i : i + 1000])
         out["job_records_deleted"] = len(old_records)
         out["files"] = _prune_files(settings, storage, plan, now, dry_run=False)
+        # Planned again with what is kept now: a backup pinned while cleanup ran keeps its batches.
+        retained = [n for n, _ in plan.keep] + [s["name"] for s in skipped]
+        changes = plan_changes(storage, retained, now, timedelta(seconds=settings.stale_upload_seconds))
+        out["changes"] = changes.to_dict()
+        out["changes_deleted"] = apply_changes_plan(storage, changes)
     except ColdCopyError as exc:
         error = exc.message
         raise
@@ -237,6 +249,7 @@ def cleanup_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
             "run_id",
             "job_records_deleted",
             "files",
+            "changes_deleted",
         )
         if k in out
     } | {"kept": len(out["keep"])}

@@ -1,0 +1,5 @@
+from coldcopy.functions.changes import run
+
+
+def main(event, context=None):
+    return run(event, context)
