@@ -156,7 +156,8 @@ def status_from_the_records(settings: Settings, storage: ObjectStore, now: datet
     th = settings.thresholds
     wal = wal_monitor.load(storage)
     view = catalog_walk.status_view(cat, now, encrypted=settings.encrypted, wal=wal, thresholds=th)
-    return dict(json.loads(json.dumps(view)))  # as the answer's JSON carries it
+    # The change archive's section came after the reference; with no archive set up it is None.
+    return {**json.loads(json.dumps(view)), "changes": None}  # as the answer's JSON carries it
 
 
 def call(settings: Settings, function: str, now: datetime) -> dict[str, Any]:
