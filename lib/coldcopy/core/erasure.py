@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from coldcopy.core.sql import qualified, quote_ident
 from coldcopy.core.times import iso, parse_iso
 
 LEDGER_PREFIX = "erasures/"
@@ -168,15 +169,6 @@ def check_against(table: str, match: dict[str, str], columns: dict[str, set[str]
         raise ErasureInputError(f"{table} has no column {', '.join(unknown)}")
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _qualified(table: str) -> str:
-    schema, name = table.split(".", 1)
-    return f"{_quote_ident(schema)}.{_quote_ident(name)}"
-
-
 def dollar_literal(value: str) -> str:
     """``value`` as a dollar-quoted literal under a random tag it does not contain."""
     while True:
@@ -192,12 +184,12 @@ def apply_sql(erasures: list[Erasure]) -> str:
     fails the statement."""
     body = ["DO $ccerase$", "DECLARE n bigint; done jsonb := '{}'::jsonb;", "BEGIN"]
     for e in erasures:
-        cond = " AND ".join(f"{_quote_ident(c)} = {dollar_literal(v)}" for c, v in sorted(e.match.items()))
+        cond = " AND ".join(f"{quote_ident(c)} = {dollar_literal(v)}" for c, v in sorted(e.match.items()))
         body += [
             "  BEGIN",
             "    n := 0;",
-            f"    IF to_regclass({dollar_literal(_qualified(e.table))}) IS NOT NULL THEN",
-            f"      DELETE FROM {_qualified(e.table)} WHERE {cond};",
+            f"    IF to_regclass({dollar_literal(qualified(e.table))}) IS NOT NULL THEN",
+            f"      DELETE FROM {qualified(e.table)} WHERE {cond};",
             "      GET DIAGNOSTICS n = ROW_COUNT;",
             "    END IF;",
             f"    done := done || jsonb_build_object('{e.id}', n);",

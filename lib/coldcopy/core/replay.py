@@ -31,6 +31,7 @@ from typing import Any
 from coldcopy.core.changes import RESTORE_POINTS, SCHEMA, Batch, SnapshotVisibility, continuity_gaps
 from coldcopy.core.lsn import format_lsn, parse_lsn
 from coldcopy.core.recovery_plan import RecoveryRefused, Target
+from coldcopy.core.sql import quote_ident, quote_literal
 from coldcopy.core.times import parse_iso
 
 #: Types without an equality operator: an identity value of one is compared as text.
@@ -86,9 +87,7 @@ def restore_point_name(row: dict[str, Any]) -> str | None:
 
 
 # -- SQL -------------------------------------------------------------------------------------------
-def ident(name: str) -> str:
-    """A quoted identifier."""
-    return '"' + name.replace('"', '""') + '"'
+ident = quote_ident  # the short name the statements below use
 
 
 def literal(value: Any) -> str:
@@ -99,7 +98,7 @@ def literal(value: Any) -> str:
         return "'true'" if value else "'false'"
     if isinstance(value, dict | list):
         value = json.dumps(value)
-    return "'" + str(value).replace("'", "''") + "'"
+    return quote_literal(str(value))
 
 
 def table_of(row: dict[str, Any]) -> str:

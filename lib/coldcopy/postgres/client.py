@@ -13,14 +13,10 @@ from typing import Any
 import pg8000.native
 
 from coldcopy.config import SUPABASE_CA_HINT, Settings, redact
+from coldcopy.core.sql import quote_ident, quote_literal
 from coldcopy.errors import ConfigError, DatabaseError
 from coldcopy.postgres.tls import attempts, libpq_tls_env, tls_error
 from coldcopy.postgres.tools import ToolVersion, tool_version
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
 
 # Supabase's pooler (Supavisor) serves transaction mode on this port: consecutive transactions
 # may run on different server sessions, so pg_dump's exported snapshot (and a restore's single
@@ -231,7 +227,7 @@ class Postgres:
         owner, comment = row[0]
         attempt(f"ALTER DATABASE {quote_ident(dst)} OWNER TO {quote_ident(owner)}", "owner")
         if comment:
-            attempt(f"COMMENT ON DATABASE {quote_ident(dst)} IS {_literal(comment)}", "comment")
+            attempt(f"COMMENT ON DATABASE {quote_ident(dst)} IS {quote_literal(comment)}", "comment")
         settings = conn.run(
             "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig "
             "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = :n",
@@ -242,7 +238,7 @@ class Postgres:
                 name, _, value = str(item).partition("=")
                 target = f"ROLE {quote_ident(role)} IN DATABASE" if role else "DATABASE"
                 attempt(
-                    f"ALTER {target} {quote_ident(dst)} SET {quote_ident(name)} = {_literal(value)}",
+                    f"ALTER {target} {quote_ident(dst)} SET {quote_ident(name)} = {quote_literal(value)}",
                     f"setting {name}",
                 )
         grants = conn.run(
@@ -314,7 +310,3 @@ def _unreachable(exc: Exception) -> bool:
     """The attempt failed before reaching the server (no TCP connection): a second one would too."""
     refused = str(exc).startswith("Can't create a connection")
     return isinstance(exc, pg8000.exceptions.InterfaceError) and refused
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -41,8 +41,9 @@ from coldcopy.core.platform import (
     role_statements,
 )
 from coldcopy.core.shape import SUPERSET_OK, differences, expected_for
+from coldcopy.core.sql import qualified, quote_ident, quote_literal
 from coldcopy.errors import DatabaseError
-from coldcopy.postgres.client import Postgres, quote_ident
+from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.shape import USER_NS_SQL, Facts, shape_sql
 from coldcopy.postgres.tools import StderrTail, die_with_parent
 from coldcopy.restore.erasures import Applied
@@ -299,19 +300,20 @@ def _epilogue(
                 )
     for item in db_settings:
         name, _, value = item.partition("=")
-        sql = f"ALTER DATABASE {quote_ident(dbname)} SET {quote_ident(name)} = {_quote(value)}"
+        sql = f"ALTER DATABASE {quote_ident(dbname)} SET {quote_ident(name)} = {quote_literal(value)}"
+        setting, wanted = quote_literal(name), quote_literal(value)
         parts.append(
-            f"DO $cc$ BEGIN IF current_setting({_quote(name)}, true) IS DISTINCT FROM {_quote(value)} "
-            f"THEN EXECUTE {_quote(sql)}; END IF; EXCEPTION WHEN insufficient_privilege OR "
+            f"DO $cc$ BEGIN IF current_setting({setting}, true) IS DISTINCT FROM {wanted} "
+            f"THEN EXECUTE {quote_literal(sql)}; END IF; EXCEPTION WHEN insufficient_privilege OR "
             f"invalid_parameter_value OR cant_change_runtime_param THEN RAISE WARNING '{_UNSET_MARK}%', "
-            f"{_quote(sql)}; END $cc$;"
+            f"{quote_literal(sql)}; END $cc$;"
         )
-    keys = "ARRAY[" + ",".join(_quote(k) for k in sorted(expected)) + "]"
+    keys = "ARRAY[" + ",".join(quote_literal(k) for k in sorted(expected)) + "]"
     actual = shape_sql("cron_jobs" in expected, facts.reserved.roles)
-    loose = "ARRAY[" + ",".join(_quote(k) for k in sorted(set(expected) & set(SUPERSET_OK))) + "]"
+    loose = "ARRAY[" + ",".join(quote_literal(k) for k in sorted(set(expected) & set(SUPERSET_OK))) + "]"
     count_sql = (
         "jsonb_build_object("
-        + ", ".join(f"{_quote(t)}, (SELECT count(*) FROM ONLY {_qualified(t)})" for t in sorted(counts))
+        + ", ".join(f"{quote_literal(t)}, (SELECT count(*) FROM ONLY {qualified(t)})" for t in sorted(counts))
         + ")"
         if counts
         else "'{}'::jsonb"
@@ -346,15 +348,6 @@ ROLLBACK;
     return "\n".join(parts) + "\n"
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _qualified(table: str) -> str:
-    schema, name = table.split(".", 1)
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
-
-
 @dataclass(frozen=True)
 class _Script:
     prologue: str
@@ -367,9 +360,10 @@ class _Script:
 
 
 def _tolerant(statement: str) -> str:
+    run, said = quote_literal(statement.rstrip(";")), quote_literal(statement)
     return (
-        f"DO $cc$ BEGIN EXECUTE {_quote(statement.rstrip(';'))}; EXCEPTION WHEN insufficient_privilege "
-        f"OR undefined_object THEN RAISE WARNING '{_NOT_GRANTED_MARK}%', {_quote(statement)}; END $cc$;\n"
+        f"DO $cc$ BEGIN EXECUTE {run}; EXCEPTION WHEN insufficient_privilege OR undefined_object "
+        f"THEN RAISE WARNING '{_NOT_GRANTED_MARK}%', {said}; END $cc$;\n"
     )
 
 
