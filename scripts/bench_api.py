@@ -3,8 +3,9 @@
 
 Seeds an S3 bucket with 10,000 backups (catalog.json snapshot + one manifest each) and 100,000
 other records (journal, runs, verifications, WAL segments), plus a few fresh journal records the
-snapshot has not applied yet, and runs the tick's alert check once (it stores the monitor state
-the endpoints read).  The same is seeded at a tenth of the size.  Then, through `coldcopy serve`
+snapshot has not applied yet, as a version before the catalog's digest and pages left it, and runs
+the tick's alert check once (it stores the monitor state, and the digest, pages and index the
+endpoints read).  The same is seeded at a tenth of the size.  Then, through `coldcopy serve`
 (a separate process calling the packaged functions over real HTTP), measures for each size:
 
   warm   median / p95 of every read endpoint (/status, every kind of /backups page including the
@@ -410,6 +411,18 @@ def check_listing(backend: Any, original: Any) -> bool:
     return True
 
 
+def pages_text(backend: Any, cluster: str) -> str:
+    """How the catalog's pages came out: how many, the largest, the index's size."""
+    from coldcopy.core.catalog_pages import INDEX_KEY, PAGES
+
+    prefix = f"coldcopy/{cluster}/"
+    keys = [k for k in backend.get_bucket(BUCKET).keys if k.startswith(prefix + PAGES)]
+    sizes = [len(backend.get_object(BUCKET, k).value) for k in keys]
+    index = len(backend.get_object(BUCKET, prefix + INDEX_KEY).value)
+    largest = max(sizes, default=0) / 1000
+    return f"{len(keys)} monthly pages (largest {largest:.0f} kB), index {index / 1000:.1f} kB"
+
+
 def bench_env(endpoint: str, cluster: str) -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DO_", "COLDCOPY_", "MONITOR_"))},
@@ -619,9 +632,9 @@ def main() -> int:
     for cluster, _, _ in sizes:
         took = run_tick_check(bench_env(endpoint, cluster))
         print(
-            f"the tick's alert check on {cluster} (lists 8 days of runs, stores the monitor state and the "
-            f"catalog's digest the seed left out): "
-            f"{took:.2f} s"
+            f"the tick's alert check on {cluster} (lists 8 days of runs, stores the monitor state, and the "
+            f"catalog's digest, pages and index the seed left out): {took:.2f} s; "
+            + pages_text(backend, cluster)
         )
 
     results = {}

@@ -10,6 +10,7 @@ import json
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,14 @@ def test_a_page_that_is_not_the_one_the_index_names_is_not_read() -> None:
     assert parse_index({**index.to_dict(), "pages": [["2026-11", "x"]]}) is None
     assert page_key("2026-11") == f"{PAGES}2026-11.json"
     assert page_key("../../x").startswith(PAGES) and "/" not in page_key("../../x")[len(PAGES) :]
+
+
+def test_an_entry_as_a_row_is_what_asdict_made() -> None:
+    e = replace(entry(NOW), platform={"platform": "supabase", "schemas": ["auth", "storage"], "n": {"x": 1}})
+    d = e.to_dict()
+    assert d == asdict(e) and list(d) == list(asdict(e))
+    d["platform"]["schemas"].append("changed")  # a copy: the entry is not changed through it
+    assert e.platform["schemas"] == ["auth", "storage"]
 
 
 # -- the bucket: writers, the tick's repair, the fallbacks ----------------------------------------
