@@ -36,7 +36,7 @@ from coldcopy.core.catalog_pages import (
     parse_index,
     parse_page,
 )
-from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.manifest import CatalogEntry, Manifest, StoredObject, manifest_key
 from coldcopy.core.names import KINDS
 from coldcopy.core.times import iso
 from coldcopy.functions import web
@@ -311,6 +311,37 @@ def test_records_the_index_has_not_applied_are_in_the_answer(settings: Settings)
     store.refresh()  # a writer's save: the pages apply the records
     storage.delete([CATALOG_KEY])
     assert store.listing(None, 10, None) == first
+
+
+def test_the_catalog_rebuild_writes_the_pages_from_the_manifests() -> None:
+    storage = MemoryStore()
+    for month in range(5):
+        for day in (3, 17):
+            when = NOW - timedelta(days=31 * month + day)
+            e = entry(when, "compliance" if day == 3 else "full")
+            m = Manifest(
+                name=e.name,
+                kind=e.kind,
+                database=e.database,
+                cluster="app",
+                started_at=e.created_at,
+                finished_at=e.finished_at,
+                duration_seconds=60.0,
+                server_version="15.18",
+                server_version_num=150018,
+                tool="pg_dump 15.18",
+                data=StoredObject(f"backups/{e.name}/data", 10, "0" * 64, 30, "1" * 64),
+                compression={"algorithm": "zstd", "level": 1},
+                encryption={"algorithm": "AES-256-GCM", "key_id": "k1"},
+            )
+            storage.put_json(manifest_key(e.name), m.to_dict(), create_only=True)
+    storage.put_bytes(page_key("2020-01"), b"a page of a month with no backup left")
+    cat = CatalogStore(storage).rebuild()
+    assert len(cat.backups) == 10
+    assert parse_index(storage.get_json(INDEX_KEY)) == build(cat)[0]
+    assert sorted(o.key for o in storage.list(PAGES)) == sorted(build(cat)[1])  # 2020-01 is gone
+    storage.delete([CATALOG_KEY])
+    every_listing(CatalogStore(storage), cat)
 
 
 def test_a_writer_rewrites_only_the_pages_that_changed() -> None:
