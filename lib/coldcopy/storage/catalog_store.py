@@ -7,11 +7,12 @@ pages that changed are written) and its digest (``state/catalog-digest.json``, a
 whatever the history: ``core.catalog_digest``).  The monitor's ``/metrics``, ``/status``,
 ``/alerts`` and ``/recovery-time`` read the digest, ``/backups`` the index and the pages its answer
 comes from (the digest and the index by a conditional GET; a page whose SHA-256 a parsed copy
-already has is not fetched at all), and both the journal listing they read anyway; when the listing holds records they have not applied, or
-a page is missing or not the one the index names, they read the catalog instead.  ``/health``
-checks that the catalog can be read (``check_readable``).  The tick repairs the digest, the index
-and the pages (``save_digest``, ``save_pages``): a bucket from before them, a lost page, a writer
-that died between its record and its save.
+already has is not fetched at all), and both the journal listing they read anyway; when the
+listing holds records they have not applied, or a page is missing or not the one the index names,
+they read the catalog instead.  ``/health`` checks that the catalog can be read
+(``check_readable``).  The tick repairs the digest, the index and the pages (``save_digest``,
+``save_pages``): a bucket from before them, a lost page, a writer that died between its record and
+its save.
 """
 
 from __future__ import annotations
