@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from coldcopy.changes.health import load_health
-from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop
+from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop, record_teardown
 from coldcopy.changes.slot import setup, slot_state, teardown
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
@@ -41,15 +41,23 @@ def cmd_changes_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_changes_teardown(args: argparse.Namespace) -> int:
-    settings = settings_for(args, (DB,))
+    settings = settings_for(args, (DB, STORAGE))
+    ctx = open_context(settings)
+    slot = archive_slot(settings)
+    # Recorded first: the scheduled drain that then finds no slot stands down instead of alerting.
+    h = record_teardown(ctx, slot, now())
     with Postgres(settings).session() as conn:
-        removed = teardown(conn, archive_slot(settings))
+        removed = teardown(conn, slot)
     present(
         args,
-        {"removed": removed},
-        "removed: " + ", ".join(removed)
-        if removed
-        else "nothing to remove: the change archive was not set up",
+        {"removed": removed, "torn_down_at": h.torn_down_at},
+        (
+            "removed: " + ", ".join(removed)
+            if removed
+            else "nothing to remove: the change archive was not set up"
+        )
+        + f"\nrecorded as torn down at {h.torn_down_at}: "
+        "no drain runs and no alert fires until setup runs again",
     )
     return 0
 
@@ -109,6 +117,14 @@ def cmd_changes_status(args: argparse.Namespace) -> int:
     if h is None:
         present(args, {"slot": slot, "set_up": False}, "the change archive has not been drained here yet")
         return 1
+    if not h.in_use and not h.slot_exists:
+        present(
+            args,
+            {**h.to_dict(), "set_up": False, "alerts": []},
+            f"the change archive was torn down at {h.torn_down_at}: not set up (no slot {slot}); "
+            "`coldcopy changes setup` starts it again",
+        )
+        return 0
     alerts = changes_alerts(h, settings.thresholds, now())
     out: dict[str, Any] = {**h.to_dict(), "alerts": [a.to_dict() for a in alerts]}
     present(

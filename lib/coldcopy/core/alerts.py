@@ -286,8 +286,10 @@ def _wal(wal: WalHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
 
 
 def changes_alerts(h: ChangesHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
-    """The change archive's rules: drain failing, stale, slot lag, slot lost, what it cannot carry."""
-    if h is None:
+    """The change archive's rules: drain failing, stale, slot lag, slot lost, what it cannot carry.
+    None (never set up) and an archive torn down deliberately (``coldcopy changes teardown``) have
+    none: only a slot that vanishes without a teardown is lost."""
+    if h is None or not h.in_use:
         return []
     out = []
     restart = "the change window restarts at the next logical backup; the next tick enqueues one"
