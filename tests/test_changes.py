@@ -24,6 +24,7 @@ from coldcopy.backup.logical import run_backup
 from coldcopy.changes.drain import drain
 from coldcopy.changes.health import load_health
 from coldcopy.changes.monitor import archive_in_use, archive_slot, drain_and_record, drain_loop
+from coldcopy.changes.retention import apply_changes_plan, plan_changes
 from coldcopy.changes.slot import setup
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
@@ -37,15 +38,22 @@ from coldcopy.core.changes import (
     batch_key,
     batch_start,
     continuity_gaps,
+    needless_prefix,
     prunable_batches,
+    torn_down,
+    widen_xid,
+    xid_ranges,
 )
+from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.monitor_state import build, parse
+from coldcopy.core.recovery_plan import Target
 from coldcopy.core.views import status_view
 from coldcopy.errors import DatabaseError
 from coldcopy.functions import changes as changes_function
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.logical import run_restore
+from coldcopy.restore.replay import plan_for
 from coldcopy.stream.pipeline import Unpacker
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -79,6 +87,29 @@ def test_batch_keys_sort_in_stream_order_and_retention_keeps_what_a_dump_needs()
     ) == [("0/20", "0/40")]
 
 
+def test_batches_list_their_xids_and_retention_deletes_exactly_what_no_dump_needs() -> None:
+    assert xid_ranges([7, 5, 6, 9, 12, 11, 5]) == [[5, 7], [9, 9], [11, 12]]
+    assert widen_xid(6, (1 << 32) + 9) == (1 << 32) + 6 and widen_xid(0xFFFFFFF0, (1 << 32) + 9) == 0xFFFFFFF0
+    vis = SnapshotVisibility.parse("100:110:103,107", "0/100")
+    assert vis.sees_all([[90, 102], [104, 106], [108, 109]])
+    assert not vis.sees_all([[104, 107]]) and not vis.sees_all(
+        [[108, 110]]
+    )  # in progress; after the snapshot
+    b = [Batch(f"k{i}", f"0/{i}0", f"0/{i + 1}0", 1, None, None, 1) for i in range(1, 5)]
+    xids: dict[str, Any] = {"k1": [[90, 95]], "k2": [[96, 99]], "k3": [[100, 102]], "k4": [[104, 105]]}
+    # Every candidate's transactions are visible: all go (no margin kept).
+    assert needless_prefix(b, xids, [vis]) == b
+    # A transaction whose commit record came before the snapshot's LSN but still in progress in it
+    # (xip): its batch is needed, and deletion stops there (the archive stays one continuous stream).
+    assert needless_prefix(b, {**xids, "k3": [[101, 103]]}, [vis]) == b[:2]
+    # Each retained dump must see them (an older one in the list stops earlier).
+    older = SnapshotVisibility.parse("97:99:", "0/20")
+    assert needless_prefix(b, xids, [vis, older]) == b[:1]
+    # Records from before batches listed their xids: the newest candidate stays, as before.
+    assert needless_prefix(b[:2], {"k1": None, "k2": None}, [vis]) == b[:1]
+    assert needless_prefix(b, {}, []) == b[:3]
+
+
 def test_change_alert_rules() -> None:
     th = Thresholds()
     ok = ChangesHealth("s", "", last_drain_at="2026-12-01T11:58:00Z", max_keep_bytes=1000, lag_bytes=10)
@@ -96,6 +127,8 @@ def test_change_alert_rules() -> None:
         "s", "", last_drain_at="2026-12-01T11:59:00Z", last_error="boom", failing_since="t"
     )
     assert [a.rule for a in changes_alerts(failing, th, T0)] == ["changes-drain-failing"]
+    gone = torn_down("s", "2026-12-01T11:00:00Z")  # `changes teardown`: no slot, on purpose
+    assert not gone.slot_exists and changes_alerts(gone, th, T0) == []
     untracked = ChangesHealth(
         "s", "", last_drain_at="2026-12-01T11:59:00Z", untracked_ddl=["x"], large_objects=2
     )
@@ -494,4 +527,135 @@ def test_the_scheduled_drain_does_nothing_where_the_archive_was_never_set_up(
     drain_and_record(ctx, lambda: T0)
     conn.run("SELECT pg_drop_replication_slot(:s)", s=archive_slot(settings))
     assert archive_in_use(ctx)  # drained before, slot gone: a lost slot, drained to raise its alert
+    conn.close()
+
+
+def test_retention_deletes_every_batch_before_the_dumps_snapshot_and_keeps_the_one_straddling_it(
+    lpg: PgCluster, env: dict[str, str]
+) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    slot = archive_slot(settings)
+    conn.run("INSERT INTO t VALUES (1, 'a')")
+    drain(ctx, conn, slot)
+    conn.run("INSERT INTO t VALUES (2, 'b')")
+    drain(ctx, conn, slot)  # its batch is the newest before the dump: the old rule kept it as a margin
+    pending = _connect(lpg, env)
+    pending.run("BEGIN")
+    pending.run("INSERT INTO t VALUES (3, 'in progress at the snapshot')")
+    manifest = run_backup(settings, ctx=ctx, now=lambda: T0)
+    pending.run("COMMIT")
+    drain(ctx, conn, slot)  # straddles the snapshot: starts before wal_lsn_before, holds the xid in xip
+    vis = SnapshotVisibility.from_dict(manifest.extra["snapshot_visibility"])
+    limit = parse_lsn(vis.wal_lsn_before)
+    recs = {i.key: ctx.storage.get_json(i.key) for i in ctx.storage.list(BATCHES_PREFIX)}
+    # Each record lists exactly its transactions' xids (64-bit).
+    by_batch: dict[str, list[int]] = {}
+    for txn in archived(ctx):
+        by_batch.setdefault(txn["batch"], []).append(vis.widen(txn["xid"]))
+    assert {k: r["xids"] for k, r in recs.items()} == {k: xid_ranges(x) for k, x in by_batch.items()}
+    before = sorted(k for k, r in recs.items() if parse_lsn(r["end_lsn"]) <= limit)
+    straddling = [k for k, r in recs.items() if parse_lsn(r["start_lsn"]) <= limit < parse_lsn(r["end_lsn"])]
+    assert len(before) >= 2 and len(straddling) == 1
+    assert not vis.sees_all(recs[straddling[0]]["xids"])  # the transaction in progress at the snapshot
+
+    plan = plan_changes(ctx.storage, [manifest.name], T0, timedelta(hours=1))
+    assert [b.key for b in plan.batches] == before  # all of them: no margin
+    apply_changes_plan(ctx.storage, plan)
+
+    assert sorted(i.key for i in ctx.storage.list(BATCHES_PREFIX)) == sorted(set(recs) - set(before))
+    # The dump still recovers: its snapshot lies in what is left, which holds every transaction it lacks.
+    end = max(parse_lsn(r["end_lsn"]) for r in recs.values())
+    replay_plan, _ = plan_for(ctx, Target("lsn", lsn=end))
+    assert replay_plan.dump.name == manifest.name and straddling[0] in [b.key for b in replay_plan.batches]
+    missing = {t["xid"] for t in archived(ctx) if not vis.visible(t["xid"])}
+    assert 3 in ids_of([t for t in archived(ctx) if t["xid"] in missing])
+    # Run again: nothing more to delete while that dump is kept.
+    assert plan_changes(ctx.storage, [manifest.name], T0, timedelta(hours=1)).batches == []
+    pending.close()
+    conn.close()
+
+
+def test_teardown_is_recorded_so_nothing_alerts_but_a_slot_that_vanishes_still_does(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {**env, "COLDCOPY_ENV_FILE": os.devnull}.items():
+        monkeypatch.setenv(key, value)
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    slot = archive_slot(settings)
+    drain_and_record(ctx, lambda: T0)
+
+    r = run_cli(env, "--json", "changes", "teardown")
+
+    assert r.rc == 0, r.err
+    h = load_health(ctx.storage)
+    assert h is not None and not h.in_use and h.torn_down_at == json.loads(r.out)["torn_down_at"]
+    # The scheduled drain stands down: it says so and stores nothing; no rule fires, hours later.
+    assert changes_function.run({}, None) == {
+        "status": "not set up",
+        "slot": slot,
+        "torn_down_at": h.torn_down_at,
+    }
+    assert load_health(ctx.storage) == h
+    later = T0 + timedelta(hours=3)
+    assert not [
+        a
+        for a in active_alerts(settings, ctx.catalog.read(), gather(ctx.storage, later), later)
+        if "changes" in a.rule
+    ]
+    shown = run_cli(env, "changes", "status")
+    assert shown.rc == 0 and f"torn down at {h.torn_down_at}" in shown.out
+    assert "torn down at" in run_cli(env, "status").out
+    with pytest.raises(DatabaseError, match="torn down"):
+        drain_and_record(ctx, lambda: later)
+    assert load_health(ctx.storage) == h  # an explicit drain is refused without recording a failure
+
+    # Set up again: a new stream, drained with no gap alert.
+    setup(conn, slot)
+    conn.run("INSERT INTO t VALUES (1)")
+    drain_and_record(ctx, lambda: later)
+    h = load_health(ctx.storage)
+    assert h is not None and h.in_use and changes_alerts(h, settings.thresholds, later) == []
+
+    # A slot dropped without a teardown is lost: the scheduled drain records it and it alerts.
+    conn.run("SELECT pg_drop_replication_slot(:s)", s=slot)
+    out = changes_function.run({}, None)
+    assert "is missing" in out["drains"][0]["error"]
+    h = load_health(ctx.storage)
+    assert h is not None and h.in_use and not h.slot_exists and h.consecutive_failures == 1
+    assert {a.rule for a in changes_alerts(h, settings.thresholds, later)} >= {
+        "changes-slot-lost",
+        "changes-drain-failing",
+    }
+    conn.close()
+
+
+def test_untracked_ddl_and_large_objects_are_detected_and_alerted(
+    lpg: PgCluster, env: dict[str, str]
+) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    drain_and_record(ctx, lambda: T0)
+    assert changes_alerts(load_health(ctx.storage), settings.thresholds, T0) == []
+    hidden = _connect(lpg, env)  # a superuser in replica mode: event triggers do not fire for it
+    hidden.run("SET session_replication_role = replica")
+    hidden.run("ALTER TABLE t ADD COLUMN unseen int")
+    hidden.close()
+    conn.run("ALTER TABLE t ADD COLUMN seen int")  # captured: not flagged on its own
+    conn.run("SELECT lo_from_bytea(0, '\\x01'::bytea)")
+    at = T0 + timedelta(minutes=1)
+
+    drain_and_record(ctx, lambda: at)
+
+    h = load_health(ctx.storage)
+    assert h is not None and h.large_objects == 1 and len(h.untracked_ddl) == 1
+    assert {a.id for a in changes_alerts(h, settings.thresholds, at)} == {
+        "changes-untracked:ddl",
+        "changes-untracked:large-objects",
+    }
+    captured = [r for t in archived(ctx) for r in t["rows"] if r["table"] == "ddl_log"]
+    assert [next(c["value"] for c in r["columns"] if c["name"] == "query") for r in captured] == [
+        "ALTER TABLE t ADD COLUMN seen int"
+    ]
+    conn.run("ALTER TABLE t ADD COLUMN also_seen int")
+    drain_and_record(ctx, lambda: at)
+    assert load_health(ctx.storage).untracked_ddl == h.untracked_ddl  # captured DDL adds nothing
     conn.close()
