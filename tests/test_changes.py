@@ -273,7 +273,7 @@ def test_setup_reports_tables_without_identity_and_teardown_leaves_nothing(
     assert out["fixes"] == ['ALTER TABLE "public"."loose" REPLICA IDENTITY FULL;']
     assert any(c.startswith("slot coldcopy_changes_") for c in out["created"])
     again = json.loads(run_cli(env, "--json", "changes", "setup").out)  # idempotent
-    assert again["created"] == [] and len(again["existing"]) == 3
+    assert again["created"] == [] and len(again["existing"]) == 4  # slot, schema, two event triggers
     assert catalog_objects(conn) != before
     r = run_cli(env, "changes", "teardown")
     assert r.rc == 0 and "slot coldcopy_changes_" in r.out

@@ -33,7 +33,7 @@ import pg8000.native
 
 from coldcopy.changes.slot import HEARTBEAT_ID, PLUGIN, fingerprint, slot_state, unreplayable_tables
 from coldcopy.context import Context
-from coldcopy.core.changes import SCHEMA, batch_key, data_key, widen_xid, xid_ranges
+from coldcopy.core.changes import FINGERPRINT_MODULUS, SCHEMA, batch_key, data_key, widen_xid, xid_ranges
 from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.manifest import StoredObject
 from coldcopy.core.times import Clock, iso, utc_now
@@ -114,8 +114,18 @@ def heartbeat(conn: pg8000.native.Connection, now: datetime) -> str:
     return fp
 
 
+def _fingerprint_value(text: object) -> int | None:
+    """A schema fingerprint as a number (None: absent, or the md5 form of earlier versions)."""
+    return int(text) if isinstance(text, str) and text.isdigit() and len(text) <= 19 else None
+
+
 class _Scan:
-    """What a batch's rows say: transactions, commit times, heartbeats and DDL (for untracked DDL)."""
+    """What a batch's rows say: transactions, commit times, heartbeats and DDL (for untracked DDL).
+
+    Untracked DDL: the schema's fingerprint is a set hash, so from the fingerprint at the previous
+    heartbeat, adding each captured command's change (its ddl_log row's after - before) gives the
+    fingerprint the next heartbeat must show; any other value means DDL the trigger did not see
+    (whatever else was captured in between, and in whatever order concurrent commands committed)."""
 
     def __init__(self, fingerprint: str | None, xmax: int) -> None:
         self.transactions = 0
@@ -126,7 +136,7 @@ class _Scan:
         self.end_lsn = ""
         self.last_action = ""
         self.fingerprint = fingerprint
-        self.ddl_since_heartbeat = False
+        self.expected = _fingerprint_value(fingerprint)  # what the next heartbeat must show
         self.untracked: list[str] = []
         self.first_xid: int | None = None
         self.last_xid: int | None = None
@@ -149,15 +159,21 @@ class _Scan:
         self.last_action = head[11:12]
 
     def _own(self, row: dict[str, Any]) -> None:
-        if row.get("table") == "ddl_log":
-            self.ddl_since_heartbeat = True
+        cols = {c["name"]: c.get("value") for c in row.get("columns") or []}
+        if row.get("table") == "ddl_log" and row.get("action") == "I":
+            before = _fingerprint_value(cols.get("fingerprint_before"))
+            after = _fingerprint_value(cols.get("fingerprint_after"))
+            if self.expected is None or before is None or after is None:
+                self.expected = None  # a row without fingerprints: unknown until the next heartbeat
+            else:
+                self.expected = (self.expected + after - before) % FINGERPRINT_MODULUS
         elif row.get("table") == "heartbeat" and row.get("action") == "U":
-            cols = {c["name"]: c.get("value") for c in row.get("columns") or []}
             fp = str(cols.get("fingerprint") or "")
-            if self.fingerprint and fp and fp != self.fingerprint and not self.ddl_since_heartbeat:
+            now = _fingerprint_value(fp)
+            if self.expected is not None and now is not None and now != self.expected:
                 self.untracked.append(f"schema changed before the heartbeat of {cols.get('at')}")
+            self.expected = now
             self.fingerprint = fp or self.fingerprint
-            self.ddl_since_heartbeat = False
 
 
 def _options(left_out: list[str]) -> list[str]:

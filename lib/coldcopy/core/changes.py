@@ -36,6 +36,9 @@ DATA_PREFIX = "changes/data/"
 STATUS_KEY = "state/changes-status.json"
 SCHEMA = "coldcopy"  # the ColdCopy schema in the protected database (DDL log, heartbeat)
 RESTORE_POINTS = "restore_points"  # its table of named restore points (`coldcopy restore-point`)
+#: The schema fingerprint is a set hash: the sum of each column's 60-bit hash modulo 2^60
+#: (changes/slot.FINGERPRINT_SQL), so each captured DDL command's change (after - before) adds up.
+FINGERPRINT_MODULUS = 1 << 60
 _BATCH_RE = re.compile(r"^changes/batches/([0-9A-F]{16})\.json$")
 _ATTEMPT_RE = re.compile(r"^[0-9a-f]{8,32}$")
 
