@@ -9,6 +9,7 @@ import json
 import os
 import random
 import secrets
+import socket
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from coldcopy.core.changes import (
     continuity_gaps,
     needless_prefix,
     prunable_batches,
+    restart_backup_at,
     torn_down,
     widen_xid,
     xid_ranges,
@@ -50,6 +52,7 @@ from coldcopy.core.recovery_plan import Target
 from coldcopy.core.views import status_view
 from coldcopy.errors import DatabaseError
 from coldcopy.functions import changes as changes_function
+from coldcopy.functions.tick import tick
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.logical import run_restore
@@ -466,14 +469,31 @@ def test_invalidated_slot_raises_its_alert_and_marks_the_gap(lpg: PgCluster, env
         admin.run("SELECT pg_reload_conf()")
         admin.close()
     clock[0] = T0 + timedelta(minutes=1)
-    with pytest.raises(DatabaseError, match="invalidated"):
-        drain_and_record(ctx, lambda: clock[0])
+    drain_and_record(ctx, lambda: clock[0])  # re-creates the slot: the stream restarts with a gap
     h = load_health(ctx.storage)
-    assert h is not None and h.slot_invalidated and h.gap_since == "2026-12-01T12:01:00Z"
+    assert (
+        h is not None and h.slot_exists and not h.slot_invalidated and h.gap_since == "2026-12-01T12:01:00Z"
+    )
+    assert conn.run(
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = :s", s=archive_slot(settings)
+    ) == [["reserved"]]
     rules = {a.rule: a for a in changes_alerts(h, settings.thresholds, clock[0])}
     assert "changes-slot-lost" in rules and "next logical backup" in rules["changes-slot-lost"].message
     r = run_cli(env, "changes", "status")
-    assert r.rc == 1 and "INVALIDATED" in r.out
+    assert r.rc == 1 and "the change stream has a gap" in r.out
+    # The next tick enqueues the backup the window restarts at (once), and that backup ends the alert.
+    first = tick(settings, clock[0], storage=ctx.storage, wake_runner=False)
+    again = tick(settings, clock[0], storage=ctx.storage, wake_runner=False)
+    restart = [e for e in first["enqueued"] if e.get("why")]
+    assert [e["slot"] for e in restart] == ["backup-full/2026-12-01T12:01Z"] and not [
+        e for e in again["enqueued"] if e.get("why")
+    ]
+    run_backup(settings, ctx=ctx, now=lambda: clock[0] + timedelta(minutes=1))
+    drain_and_record(ctx, lambda: clock[0] + timedelta(minutes=2))
+    h = load_health(ctx.storage)
+    assert h is not None and h.gap_since is None and h.window_start is not None
+    assert changes_alerts(h, settings.thresholds, clock[0] + timedelta(minutes=2)) == []
+    assert restart_backup_at(h) is None
     conn.close()
 
 
@@ -616,17 +636,29 @@ def test_teardown_is_recorded_so_nothing_alerts_but_a_slot_that_vanishes_still_d
     h = load_health(ctx.storage)
     assert h is not None and h.in_use and changes_alerts(h, settings.thresholds, later) == []
 
-    # A slot dropped without a teardown is lost: the scheduled drain records it and it alerts.
+    # A slot dropped without a teardown is lost: the drain re-creates it, marks the gap, and alerts.
     conn.run("SELECT pg_drop_replication_slot(:s)", s=slot)
-    out = changes_function.run({}, None)
-    assert "is missing" in out["drains"][0]["error"]
+    drain_and_record(ctx, lambda: later + timedelta(minutes=1))
     h = load_health(ctx.storage)
-    assert h is not None and h.in_use and not h.slot_exists and h.consecutive_failures == 1
-    assert {a.rule for a in changes_alerts(h, settings.thresholds, later)} >= {
-        "changes-slot-lost",
-        "changes-drain-failing",
-    }
+    assert h is not None and h.in_use and h.gap_since == "2026-12-01T15:01:00Z"
+    assert [a.rule for a in changes_alerts(h, settings.thresholds, later)] == ["changes-slot-lost"]
+    # A drain that keeps failing counts its failures (a metric) and alerts too.
+    unreachable = open_context(load_settings({**env, "DB_PORT": str(_free_port())}))
+    for _ in range(2):
+        with pytest.raises(DatabaseError):
+            drain_and_record(unreachable, lambda: later)
+    h = load_health(ctx.storage)
+    assert h is not None and h.consecutive_failures == 2
+    assert "changes-drain-failing" in {a.rule for a in changes_alerts(h, settings.thresholds, later)}
+    drain_and_record(ctx, lambda: later)
+    assert load_health(ctx.storage).consecutive_failures == 0
     conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_untracked_ddl_and_large_objects_are_detected_and_alerted(

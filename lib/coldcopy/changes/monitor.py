@@ -14,9 +14,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pg8000.native
+
 from coldcopy.changes.drain import DrainResult, Fault, drain
 from coldcopy.changes.health import load_health
-from coldcopy.changes.slot import slot_state
+from coldcopy.changes.slot import setup, slot_state
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context
 from coldcopy.core.changes import (
@@ -124,19 +126,23 @@ def after_failure(
 def drain_and_record(
     ctx: Context, now: Clock = utc_now, fault: Fault | None = None, max_batches: int | None = None
 ) -> DrainResult:
-    """One drain of this cluster's slot, its health written whatever happens."""
+    """One drain of this cluster's slot, its health written whatever happens.  A slot lost without
+    a teardown (missing, or invalidated by max_slot_wal_keep_size) is re-created first: the stream
+    restarts there with a gap, which the slot-lost alert reports until a logical backup taken
+    after it (the tick enqueues one: ``core/changes.restart_backup_at``) starts the window again."""
     settings = ctx.settings
     slot = archive_slot(settings)
     prev = load_health(ctx.storage)
-    if prev is not None and not prev.in_use:
+    try:
         with Postgres(settings).session() as conn:
-            if not slot_state(conn, slot).exists:
+            st = slot_state(conn, slot)
+            if prev is not None and not st.exists and not prev.in_use:
                 raise DatabaseError(
                     f"the change archive was torn down at {prev.torn_down_at} (no slot {slot})",
                     "run `coldcopy changes setup` to start it again, then take a logical backup",
                 )
-    try:
-        with Postgres(settings).session() as conn:
+            if prev is not None and prev.in_use and (not st.exists or st.invalidated):
+                prev = restart_stream(conn, prev, st.invalidated, now())
             result = drain(ctx, conn, slot, now, fault, max_batches, _fingerprint_of(prev))
             keep = slot_state(conn, slot).max_keep_bytes
     except ColdCopyError as exc:
@@ -153,6 +159,26 @@ def drain_and_record(
         h.newest_commit_at = rec.get("last_commit_at") or h.newest_commit_at
     ctx.storage.put_json(STATUS_KEY, h.to_dict())
     return result
+
+
+def restart_stream(
+    conn: pg8000.native.Connection, prev: ChangesHealth, invalidated: bool, now: datetime
+) -> ChangesHealth:
+    """Re-create a slot lost without a teardown (dropping an invalidated one first; the capture too,
+    if it went with it); the health marks the gap from now."""
+    what = "was invalidated (it fell behind max_slot_wal_keep_size)" if invalidated else "is missing"
+    log.warning(
+        "the replication slot %s %s: re-creating it; changes since %s are lost and the change window "
+        "restarts at the next logical backup",
+        prev.slot,
+        what,
+        prev.window_end or "the start",
+    )
+    if invalidated:
+        conn.run("SELECT pg_drop_replication_slot(:s)", s=prev.slot)
+    setup(conn, prev.slot)
+    prev.gap_since = prev.gap_since or iso(now)
+    return prev
 
 
 def _fingerprint_of(prev: ChangesHealth | None) -> str | None:

@@ -290,6 +290,14 @@ def torn_down(slot: str, at: str) -> ChangesHealth:
     return ChangesHealth(slot, at, slot_exists=False, wal_status="", torn_down_at=at)
 
 
+def restart_backup_at(h: ChangesHealth | None) -> str | None:
+    """When the stream restarted after a lost slot (the gap's time) while no logical backup extends
+    the new stream yet: the tick enqueues one backup for it (once: a job slot at that time)."""
+    if h is None or not h.in_use or not h.gap_since or not h.stream_start_lsn:
+        return None
+    return h.gap_since if h.slot_exists and not h.slot_invalidated else None
+
+
 def window_backup(
     dumps: Sequence[tuple[str, str, SnapshotVisibility]], stream_start_lsn: str
 ) -> tuple[str, str] | None:
