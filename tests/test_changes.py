@@ -443,7 +443,9 @@ def test_concurrent_commits_at_the_dumps_start_are_archived_exactly_once_relativ
     pending.close()
 
 
-def test_invalidated_slot_raises_its_alert_and_marks_the_gap(lpg: PgCluster, env: dict[str, str]) -> None:
+def test_invalidated_slot_raises_its_alert_and_marks_the_gap(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
     conn.run("INSERT INTO t VALUES (1)")
     clock = [T0]
@@ -494,6 +496,14 @@ def test_invalidated_slot_raises_its_alert_and_marks_the_gap(lpg: PgCluster, env
     assert h is not None and h.gap_since is None and h.window_start is not None
     assert changes_alerts(h, settings.thresholds, clock[0] + timedelta(minutes=2)) == []
     assert restart_backup_at(h) is None
+    # Each drain finds the window's backup without reading every manifest again (once per process).
+    read: list[str] = []
+    get_json = ctx.storage.get_json
+    monkeypatch.setattr(
+        ctx.storage, "get_json", lambda key, *a, **k: read.append(key) or get_json(key, *a, **k)
+    )
+    drain_and_record(ctx, lambda: clock[0] + timedelta(minutes=3))
+    assert read and not [k for k in read if k.startswith("backups/") or "manifest" in k], read
     conn.close()
 
 

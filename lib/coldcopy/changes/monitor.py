@@ -9,6 +9,7 @@ stream began) to the newest archived commit.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -43,19 +44,34 @@ def archive_slot(settings: Settings) -> str:
     return slot_name(settings.cluster, settings.db_name)
 
 
+#: A logical backup's recorded snapshot never changes: read each manifest once per process (the
+#: scheduled function drains four times a run, and a warm one runs again), not at every drain.
+_visibility_lock = threading.Lock()
+_visibility: dict[str, SnapshotVisibility | None] = {}  # "<bucket>/<prefix><name>" -> its snapshot
+
+
 def dumps_with_visibility(ctx: Context) -> list[tuple[str, str, SnapshotVisibility]]:
-    """Every catalogued logical backup that recorded its snapshot's visibility."""
+    """Every catalogued logical backup that recorded its snapshot's visibility (each manifest read
+    once per process)."""
     out = []
     for e in ctx.catalog.read_cached().entries():
         if e.kind not in LOGICAL_KINDS:
             continue
-        try:
-            extra = ctx.storage.get_json(manifest_key(e.name)).get("extra") or {}
-        except (NotFoundError, ValueError):
-            continue
-        vis = extra.get("snapshot_visibility")
-        if isinstance(vis, dict):
-            out.append((e.name, e.finished_at, SnapshotVisibility.from_dict(vis)))
+        key = f"{ctx.storage.bucket}/{ctx.storage.prefix}{e.name}"
+        with _visibility_lock:
+            known = key in _visibility
+            vis = _visibility.get(key)
+        if not known:
+            try:
+                extra = ctx.storage.get_json(manifest_key(e.name)).get("extra") or {}
+            except (NotFoundError, ValueError):
+                continue  # not cached: a manifest being written may appear later
+            raw = extra.get("snapshot_visibility")
+            vis = SnapshotVisibility.from_dict(raw) if isinstance(raw, dict) else None
+            with _visibility_lock:
+                _visibility[key] = vis
+        if vis is not None:
+            out.append((e.name, e.finished_at, vis))
     return out
 
 
