@@ -639,7 +639,8 @@ def test_teardown_is_recorded_so_nothing_alerts_but_a_slot_that_vanishes_still_d
         drain_and_record(ctx, lambda: later)
     assert load_health(ctx.storage) == h  # an explicit drain is refused without recording a failure
 
-    # Set up again: a new stream, drained with no gap alert.
+    # Set up again: a new stream, drained with no gap alert (nor one for DDL run while torn down).
+    conn.run("ALTER TABLE t ADD COLUMN while_torn_down int")
     setup(conn, slot)
     conn.run("INSERT INTO t VALUES (1)")
     drain_and_record(ctx, lambda: later)

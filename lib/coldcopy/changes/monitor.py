@@ -157,9 +157,10 @@ def drain_and_record(
                     f"the change archive was torn down at {prev.torn_down_at} (no slot {slot})",
                     "run `coldcopy changes setup` to start it again, then take a logical backup",
                 )
+            fp = _fingerprint_of(prev)
             if prev is not None and prev.in_use and (not st.exists or st.invalidated):
-                prev = restart_stream(conn, prev, st.invalidated, now())
-            result = drain(ctx, conn, slot, now, fault, max_batches, _fingerprint_of(prev))
+                prev, fp = restart_stream(conn, prev, st.invalidated, now()), ""
+            result = drain(ctx, conn, slot, now, fault, max_batches, fp)
             keep = slot_state(conn, slot).max_keep_bytes
     except ColdCopyError as exc:
         _record_failure(ctx, prev, slot, redact(exc.message, settings), now())
@@ -198,8 +199,11 @@ def restart_stream(
 
 
 def _fingerprint_of(prev: ChangesHealth | None) -> str | None:
-    """The schema fingerprint the stream ended with at the last drain (None: look it up)."""
-    return prev.fingerprint if prev is not None and prev.in_use and prev.fingerprint else None
+    """The schema fingerprint the stream ended with at the last drain; None: look it up in the
+    newest batch; "": none to compare with (a new stream after a teardown)."""
+    if prev is not None and not prev.in_use:
+        return ""
+    return prev.fingerprint if prev is not None and prev.fingerprint else None
 
 
 def _record_failure(ctx: Context, prev: ChangesHealth | None, slot: str, message: str, now: datetime) -> None:
