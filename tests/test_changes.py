@@ -49,6 +49,7 @@ from coldcopy.core.changes import (
 from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.monitor_state import build, parse
 from coldcopy.core.recovery_plan import Target
+from coldcopy.core.times import parse_iso
 from coldcopy.core.views import status_view
 from coldcopy.errors import DatabaseError
 from coldcopy.functions import changes as changes_function
@@ -275,9 +276,19 @@ def test_setup_reports_tables_without_identity_and_teardown_leaves_nothing(
     assert out["left_out"] == ["public.loose"]
     assert out["fixes"] == ['ALTER TABLE "public"."loose" REPLICA IDENTITY FULL;']
     assert any(c.startswith("slot coldcopy_changes_") for c in out["created"])
+    # From setup on the slot is watched: if no drain ever reads it, the stale alert fires.
+    h = load_health(_ctx(env).storage)
+    assert h is not None and h.in_use and h.last_drain_at is None
+    at, th = parse_iso(h.checked_at), Thresholds()
+    assert changes_alerts(h, th, at + timedelta(minutes=th.changes_max_age_minutes - 1)) == []
+    stale = changes_alerts(h, th, at + timedelta(minutes=th.changes_max_age_minutes + 1))
+    assert [a.rule for a in stale] == ["changes-stale"] and f"since it was set up at {h.checked_at}" in stale[
+        0
+    ].message
     again = json.loads(run_cli(env, "--json", "changes", "setup").out)  # idempotent
     assert again["created"] == [] and len(again["existing"]) == 4  # slot, schema, two event triggers
     assert catalog_objects(conn) != before
+    assert load_health(_ctx(env).storage) == h  # set up again: the watch goes on as it was
     r = run_cli(env, "changes", "teardown")
     assert r.rc == 0 and "slot coldcopy_changes_" in r.out
     assert catalog_objects(conn) == before

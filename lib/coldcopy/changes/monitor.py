@@ -215,6 +215,17 @@ def _record_failure(ctx: Context, prev: ChangesHealth | None, slot: str, message
     ctx.storage.put_json(STATUS_KEY, after_failure(ctx, prev, slot, message, now).to_dict())
 
 
+def record_setup(ctx: Context, slot: str, now: datetime) -> ChangesHealth:
+    """Store that the archive is set up (kept as is when it already is in use): from now on the
+    stale rule watches it, so a slot that no drain ever reads alerts instead of filling the disk."""
+    prev = load_health(ctx.storage)
+    if prev is not None and prev.in_use:
+        return prev
+    h = ChangesHealth(slot, iso(now))
+    ctx.storage.put_json(STATUS_KEY, h.to_dict())
+    return h
+
+
 def record_teardown(ctx: Context, slot: str, now: datetime) -> ChangesHealth:
     """Store that the archive is being torn down on purpose (before the slot is dropped: a drain
     that then finds no slot stands down instead of raising the slot-lost alert)."""

@@ -6,11 +6,11 @@ import argparse
 from typing import Any
 
 from coldcopy.changes.health import load_health
-from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop, record_teardown
+from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop, record_setup, record_teardown
 from coldcopy.changes.slot import setup, slot_state, teardown
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
-from coldcopy.config import DB, STORAGE
+from coldcopy.config import DB, STORAGE, missing
 from coldcopy.context import open_context
 from coldcopy.core.alerts import changes_alerts
 from coldcopy.core.changes import ChangesHealth
@@ -23,6 +23,13 @@ def cmd_changes_setup(args: argparse.Namespace) -> int:
     with Postgres(settings).session() as conn:
         r = setup(conn, archive_slot(settings))
     lines = [f"change archive set up on slot {r.slot}"]
+    if missing(settings, STORAGE):  # the slot works without the bucket; its watch does not
+        lines.append(
+            "WARNING: the bucket is not configured here (SPACES_*), so nothing watches the slot until "
+            "the first drain stores the archive's health: run a drain, or set up with the bucket settings"
+        )
+    else:  # the stale alert now fires if no drain ever reads the slot
+        record_setup(open_context(settings), r.slot, now())
     lines += [f"  created: {c}" for c in r.created] + [f"  already there: {c}" for c in r.existing]
     if r.left_out:
         lines.append(

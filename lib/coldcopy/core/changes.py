@@ -5,13 +5,16 @@ Keys, under the cluster prefix:
 * ``changes/batches/<start>.json``: one record per drained batch, written create-only and LAST.
   ``<start>`` is the slot's confirmed position (16 hex digits, so the listing is in stream order)
   when the batch was peeked; the record holds the whole LSN range (``start_lsn`` .. ``end_lsn``,
-  the position the slot is advanced to), the volumes, the sequences and the heartbeat.  One key
+  the position the slot is advanced to), the volumes, the sequences, the schema's fingerprint at
+  its end, and ``xids``: its transactions' 64-bit xids as sorted ``[first, last]`` runs (for
+  retention; records written before it lack the field).  One key
   per start position means two drains racing on the same slot position cannot both store a batch.
 * ``changes/data/<start>/<attempt>/data.NNNNNN``: the batch's stream (wal2json format-version 2
   lines, one per decoded row, compressed and encrypted like every stored object), cut into volumes.
   An attempt killed before its record leaves volumes no record points at; cleanup deletes them.
-* ``state/changes-status.json``: the archive's health, written by each drain (and read by the
-  tick, ``/status``, ``/metrics``, ``/alerts``).
+* ``state/changes-status.json``: the archive's health, written by setup, each drain and teardown
+  (read by the tick, which copies it into the monitor state for ``/status``, ``/metrics``,
+  ``/alerts``).
 
 Exactness against a dump: the dump records ``pg_current_snapshot()`` of its exported snapshot
 (:class:`SnapshotVisibility`); a recovery applies a transaction of the stream exactly when
