@@ -45,8 +45,18 @@ def test_setup_drain_and_teardown_as_postgres_on_the_stand_in(s3_server: S3Serve
         r = run_cli(env, "--json", "changes", "status")
         st = json.loads(r.out)
         assert st["left_out"] == ["public.events"] and st["slot_exists"] and st["last_error"] == ""
+        # DDL by the platform's superuser does not fire postgres's event triggers: found, alerted,
+        # even beside DDL that was captured in the same interval.
+        admin.run("ALTER TABLE public.notes ADD COLUMN by_platform int")
+        conn.run("ALTER TABLE notes ADD COLUMN by_user int")
+        assert run_cli(env, "--json", "changes", "drain").rc == 0
+        st = json.loads(run_cli(env, "--json", "changes", "status").out)
+        assert len(st["untracked_ddl"]) == 1, st
+        assert "changes-untracked:ddl" in [a["id"] for a in st["alerts"]]
         assert run_cli(env, "changes", "teardown").rc == 0
         assert catalog_objects(admin) == before
+        gone = run_cli(env, "changes", "status")
+        assert gone.rc == 0 and "torn down at" in gone.out
         admin.close()
         conn.close()
 

@@ -232,4 +232,6 @@ def metrics_text(
         legacy_gb=settings.metrics_legacy_gb,
         wal=inputs.wal,
         computed_at=inputs.computed_at,
+        changes=inputs.changes,
+        changes_known=True,
     )

@@ -142,7 +142,9 @@ def _status_text(st: dict[str, Any], encrypted: bool) -> str:
         lines.append(f"recoverable:  {window}")
         lines += [f"  ~ {w}" for w in wal["warnings"]]
     ch = st.get("changes")
-    if ch is not None:
+    if ch is not None and not ch["set_up"]:
+        lines.append(f"changes:      torn down at {ch['torn_down_at']} (not set up)")
+    elif ch is not None:
         slot = "MISSING" if not ch["slot_exists"] else "INVALIDATED" if ch["slot_invalidated"] else "ok"
         through = ch["newest_change_age_seconds"]
         lines.append(

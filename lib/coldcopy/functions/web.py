@@ -53,6 +53,7 @@ from coldcopy.api.protocol import (
     queued_view,
     text_response,
 )
+from coldcopy.changes.health import load_health
 from coldcopy.config import STORAGE, Settings, missing, read_settings, redact
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.monitor_state import MonitorState, freshness
@@ -188,7 +189,8 @@ def _status(req: Request, cfg: _Config) -> dict[str, Any]:
     state = load_monitor_state(b.storage)  # also the tick's copy of the change archive's health
     wal, fresh = _wal_and_freshness(b.storage, now, state)
     d = b.catalog.current_digest()
-    changes = state.changes if state is not None else None
+    # Before the first tick stores its copy, the change archive's own health object (one GET).
+    changes = state.changes if state is not None else load_health(b.storage)
     view = status_from_digest(
         d, now, encrypted=s.encrypted, wal=wal, thresholds=s.thresholds, changes=changes
     )
