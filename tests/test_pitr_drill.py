@@ -204,6 +204,19 @@ def test_the_drill_passes_on_a_good_archive_and_fails_on_a_damaged_batch(
     assert checks["the shape the dump recorded holds"]["ok"]
     assert verification["pitr_drill"]["measurement"]["replay_transactions"] == m["replay_transactions"]
 
+    # recovery-time and the plans use the measured rate and the archive's state.
+    r = run_cli(env, "--json", "recovery-time")
+    assert r.rc == 0, r.err
+    est = json.loads(r.out)
+    assert est["logical_replay"]["measured"] and est["logical_replay"]["transactions_per_second"] == round(
+        m["replay_transactions"] / m["replay_seconds"], 1
+    )
+    sc = next(x for x in est["scenarios"] if x["scenario"] == "pitr-logical-now")
+    assert sc["available"] and sc["replay_measured"] and sc["backup"] == dump.name
+    r = run_cli(env, "--json", "plan", "disaster")
+    hint = [x for x in json.loads(r.out)["first"] if "from the change archive to its newest" in x]
+    assert hint and f"coldcopy pitr --target-time {newest.isoformat().replace('+00:00', 'Z')}`" in hint[0]
+
     # A damaged batch (one the target needs): the drill fails and says why; the scratch is dropped
     # and nothing else on the server changed.
     target_batch = [r for _, r in records if r["first_commit_at"] and _at(r["first_commit_at"]) <= mid][-1]
