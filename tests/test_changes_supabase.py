@@ -13,8 +13,10 @@ from cli_helpers import run_cli
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
 from coldcopy.localstack.s3server import S3Server
+from coldcopy.verify.pitr_drill import run_pitr_drill
 from supabase_project import Project, project
 from test_changes import archived, catalog_objects
+from test_pitr_drill import Fraction
 
 
 @pytest.mark.timeout(180)
@@ -146,6 +148,14 @@ def test_pitr_from_the_change_archive_as_postgres_on_the_stand_in(s3_server: S3S
         r = run_cli(env, "pitr", "--target-name", "no-such-point", "--target-db", "rp_none")
         assert r.rc == 8 and "no restore point named" in r.err
         assert not conn.run("SELECT 1 FROM pg_database WHERE datname = 'rp_none'")
+        # The drill on a Supabase dump: its scratch database in this project, as postgres.
+        verify = {"VERIFY_DB_HOST": p.host, "VERIFY_DB_PORT": str(p.port), "VERIFY_DB_USER": "postgres",
+                  "VERIFY_DB_PASSWORD": env["DB_PASSWORD"], "VERIFY_DB_SSLMODE": "disable"}  # fmt: skip
+        databases = conn.run("SELECT datname FROM pg_database ORDER BY 1")
+        drill = run_pitr_drill(load_settings({**env, **verify}), rng=Fraction(0.95))
+        assert drill is not None and drill.ok, [c for c in drill.checks if not c.ok] if drill else None
+        assert drill.measurement and drill.measurement["replay_transactions"] >= 1
+        assert conn.run("SELECT datname FROM pg_database ORDER BY 1") == databases
         conn.close()
 
         # The disaster: the project is lost; DB_* point at a new, empty project; pitr without

@@ -190,7 +190,8 @@ def replay_measurements(cat: Catalog) -> list[Measurement]:
 
 
 def pitr_drills(cat: Catalog) -> list[ReplayDrill]:
-    """The replay of each backup's latest successful logical PITR drill, newest first."""
+    """The replay of each backup's latest successful logical PITR drill that replayed a transaction,
+    newest first."""
     out = []
     for name, record in cat.verifications.items():
         proof = record.get("pitr_drill") or {}
@@ -207,7 +208,7 @@ def pitr_drills(cat: Catalog) -> list[ReplayDrill]:
             )
         except (KeyError, TypeError, ValueError):
             continue
-        if drill.seconds > 0 and drill.history_seconds > 0:
+        if drill.transactions > 0 and drill.seconds > 0 and drill.history_seconds > 0:  # replayed something
             out.append(drill)
     return sorted(out, key=lambda d: (d.at, d.name), reverse=True)
 
