@@ -120,3 +120,25 @@ def test_corruption_and_disaster_offer_pitr_to_the_newest_archived_commit() -> N
     )
     assert not any("change archive to its newest" in x for x in p.first)
     assert any("the change archive has no window" in r and "continuity at x" in r for r in p.risks)
+
+
+def test_a_failed_pitr_drill_does_not_block_restoring_its_dump() -> None:
+    """A damaged batch fails the drill recorded under the dump it restored: the plans warn, but the
+    dump's own test restore still stands."""
+    cat, name = _catalog()
+    record = cat.verifications[name]
+    cat.verifications[name] = {
+        "at": iso(NOW - timedelta(minutes=5)),
+        "level": "pitr",
+        "ok": False,
+        "restore_proof": record["restore_proof"],
+        "pitr_drill": record["pitr_drill"],
+    }
+    p = build_plan("disaster", cat, Facts("postgres", "k"), NOW, changes=_health())
+    assert p.ok, p.blockers
+    assert any(f"the last PITR drill from {name} FAILED" in r for r in p.risks)
+    assert (
+        p.backup is not None
+        and p.backup["verification"]["ok"]
+        and p.backup["verification"]["level"] == "restore"
+    )

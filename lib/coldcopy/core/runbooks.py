@@ -36,6 +36,7 @@ from coldcopy.core.recovery_time import (
     throughput,
 )
 from coldcopy.core.times import iso, parse_iso
+from coldcopy.core.verification import PITR_LEVEL
 
 SCENARIOS = ("corruption", "deletion", "disaster", "compliance")
 PITR_PORT = 5433  # the recovered server runs beside the live one
@@ -134,13 +135,26 @@ def _stamp(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y%m%d_%H%M")
 
 
-def _verification(cat: Catalog, name: str) -> dict[str, Any] | None:
+def _dump_verification(cat: Catalog, name: str) -> dict[str, Any] | None:
+    """The backup's latest verification of the dump itself.  A logical PITR drill's record (level
+    ``pitr``) is about the change archive too, so the test restore it carries forward stands in."""
     v = cat.verifications.get(name)
+    if not v or v.get("level") != PITR_LEVEL:
+        return v
+    proof = v.get("restore_proof")
+    if not isinstance(proof, dict):
+        return None
+    level = "restore" if proof.get("restore_level_at") else proof.get("level")
+    return {"at": proof.get("at"), "level": level, "ok": proof.get("ok")}
+
+
+def _verification(cat: Catalog, name: str) -> dict[str, Any] | None:
+    v = _dump_verification(cat, name)
     return {"at": v.get("at"), "level": v.get("level"), "ok": v.get("ok")} if v else None
 
 
 def _verified(cat: Catalog, name: str) -> bool:
-    return bool((cat.verifications.get(name) or {}).get("ok"))
+    return bool((_dump_verification(cat, name) or {}).get("ok"))
 
 
 def _backup_view(cat: Catalog, e: CatalogEntry) -> dict[str, Any]:
@@ -190,7 +204,13 @@ def _common(
             f"the configured BACKUP_ENCRYPTION_KEY has key id {facts.key_id} but {e.name} needs key id "
             f"{e.key_id}: find that passphrase first"
         )
-    v = cat.verifications.get(e.name)
+    drill = cat.verifications.get(e.name) or {}
+    if drill.get("level") == PITR_LEVEL and not drill.get("ok"):
+        plan.risks.append(
+            f"the last PITR drill from {e.name} FAILED ({drill.get('at')}): a replay of the change "
+            "archive from it may fail; see why with `coldcopy list-backups` before relying on it"
+        )
+    v = _dump_verification(cat, e.name)
     if not v:
         plan.risks.append(f"{e.name} was never verified: verify it before relying on it (first command)")
     elif not v.get("ok"):
