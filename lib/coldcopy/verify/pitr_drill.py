@@ -151,7 +151,7 @@ def _recover_and_check(
     # The archive's prefix stays the protected database's, whatever the scratch is called.
     here = replace(scratch.settings, cluster=settings.cluster_label)
     try:
-        done = run_logical_pitr(here, plan.target, scratch.dbname)
+        done = run_logical_pitr(here, plan.target, scratch.dbname, scratch=True)
     except ColdCopyError as exc:
         result.add(
             "restored and replayed into the scratch database",
