@@ -52,11 +52,6 @@ from coldcopy.verify.scratch_restore import Scratch, scratch_database
 log = logging.getLogger(__name__)
 
 
-def has_change_archive(ctx: Context) -> bool:
-    """Whether a change archive is stored here (one batch is enough)."""
-    return any(True for _ in ctx.storage.list("changes/batches/"))
-
-
 def run_pitr_drill(
     settings: Settings, *, rng: random.Random | None = None, ctx: Context | None = None
 ) -> VerifyResult | None:
