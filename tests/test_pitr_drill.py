@@ -24,6 +24,7 @@ from coldcopy.core.pitr_drill import Tally, choose_time, count_differences, expe
 from coldcopy.core.recovery_plan import Target
 from coldcopy.core.replay import Dump
 from coldcopy.core.verification import drill_proof
+from coldcopy.ops.worker import HANDLERS
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.replay import batch_records, logical_dumps
 from coldcopy.verify.pitr_drill import run_pitr_drill
@@ -230,6 +231,12 @@ def test_the_drill_passes_on_a_good_archive_and_fails_on_a_damaged_batch(
     hint = [x for x in json.loads(r.out)["first"] if "from the change archive to its newest" in x]
     assert hint and f"coldcopy pitr --target-time {newest.isoformat().replace('+00:00', 'Z')}`" in hint[0]
 
+    # POST /restore-test's job: the test restore of the newest backup, then a drill (any target).
+    out = HANDLERS["restore-test"](open_context(settings), {})
+    assert out["name"] == dump.name and out["ok"] and out["pitr_drill"]["ok"], out["pitr_drill"]
+    assert out["pitr_drill"]["measurement"]["kind"] == "logical-pitr"
+    assert _databases(lpg) == before and _source(conn) == source
+
     # A damaged batch (one the target needs): the drill fails and says why; the scratch is dropped
     # and nothing else on the server changed.
     target_batch = [r for _, r in records if r["first_commit_at"] and _at(r["first_commit_at"]) <= mid][-1]
@@ -247,7 +254,8 @@ def test_the_drill_passes_on_a_good_archive_and_fails_on_a_damaged_batch(
     # The failed drill is recorded; the last good one stays the measurement estimates read.
     verification = open_context(settings).catalog.read().verifications[dump.name]
     assert verification["ok"] is False
-    assert verification["pitr_drill"]["measurement"]["replay_transactions"] == m["replay_transactions"]
+    good = out["pitr_drill"]["measurement"]  # the restore-test's drill, the last that passed
+    assert verification["pitr_drill"]["measurement"]["replay_seconds"] == good["replay_seconds"]
     conn.close()
 
 
