@@ -26,6 +26,7 @@ from coldcopy.core.alerts import evaluate
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import DIGEST_KEY, digest, parse_digest
+from coldcopy.core.changes import STATUS_KEY, ChangesHealth
 from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_key
 from coldcopy.core.keys import KEYS_STATE_KEY, keys_state
 from coldcopy.core.manifest import CatalogEntry
@@ -506,3 +507,19 @@ def test_health_reads_neither_the_catalog_nor_anything_that_grows(
     body = json.loads(call(settings, "health", NOW)["body"])
     assert body["catalog_reachable"] is True and body["ok"] is True
     assert keys and not [k for k in keys if k.endswith("catalog.json")]
+
+
+def test_recovery_time_from_the_tick_state_includes_pitr_from_the_change_archive(
+    settings: Settings, storage: S3Store
+) -> None:
+    """The tick keeps the change archive's health in its state: /recovery-time reads it from there
+    (no request more) and adds the change archive's scenario, as `coldcopy recovery-time` does."""
+    seed_recovery(storage)
+    start = iso(NOW - timedelta(days=1))
+    health = ChangesHealth("coldcopy_changes_x", iso(NOW), window_start=start, window_end=iso(NOW))
+    storage.put_json(STATUS_KEY, health.to_dict())
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    answer = json.loads(call(settings, "recovery-time", NOW)["body"])
+    (logical,) = [s for s in answer["scenarios"] if s["scenario"] == "pitr-logical-now"]
+    assert logical["available"] and logical["target"] == iso(NOW) and not logical["replay_measured"]
+    assert answer["logical_replay"]["measured"] is False and "ASSUMED" in answer["logical_replay"]["basis"]

@@ -16,10 +16,13 @@ import pytest
 import test_changes
 from cli_helpers import run_cli
 from coldcopy.changes.slot import setup
+from coldcopy.config import load_settings
+from coldcopy.context import open_context
 from coldcopy.core.changes import Batch, SnapshotVisibility
 from coldcopy.core.recovery_plan import RecoveryRefused, Target
-from coldcopy.core.replay import Dump, Replayer, literal, plan_logical
+from coldcopy.core.replay import Dump, Replayer, literal, plan_logical, stream_time
 from coldcopy.postgres.cluster import PgCluster
+from coldcopy.restore.replay import batch_records
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 lpg, env = test_changes.lpg, test_changes.env  # the logical cluster and a database in it
@@ -227,3 +230,52 @@ def _marker_targets(lpg: PgCluster, env: dict[str, str]) -> None:
         assert rc == 8 and reason in out["err"], out
         assert not lpg.connect().run("SELECT 1 FROM pg_database WHERE datname = :n", n=name)
     conn.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_target_inside_a_gap_is_refused_with_nothing_created(lpg: PgCluster, env: dict[str, str]) -> None:
+    """A batch of the archive goes missing: a target inside it is refused (exit 8, the gap named)
+    before anything is created; a target before the gap still recovers."""
+    db = env["DB_NAME"]
+    conn = lpg.connect(db)
+    conn.run("SET synchronous_commit = on")
+    conn.run("CREATE TABLE status (id int PRIMARY KEY, phase text NOT NULL)")
+    conn.run("INSERT INTO status VALUES (1, 'backup')")
+    setup(conn, f"coldcopy_changes_{db}")
+    assert run_cli(env, "backup").rc == 0
+    after: dict[str, datetime] = {}
+    for phase in ("one", "two", "three"):
+        _phase(conn, phase)
+        after[phase] = conn.run("SELECT clock_timestamp()")[0][0]
+        assert run_cli(env, "changes", "drain").rc == 0
+    conn.close()
+    ctx = open_context(load_settings(env))
+    (lost,) = [
+        b
+        for b, _ in batch_records(ctx)
+        if stream_time(str(b.first_commit_at)) < after["two"] < stream_time(str(b.last_commit_at))
+    ]
+    ctx.storage.delete([lost.key])  # the batch holding phase two is gone: a gap in the stream
+
+    def databases() -> list[str]:
+        admin = lpg.connect()
+        try:
+            return sorted(str(r[0]) for r in admin.run("SELECT datname FROM pg_database"))
+        finally:
+            admin.close()
+
+    before = databases()
+    for when in (after["two"], after["three"]):
+        r = run_cli(env, "pitr", "--target-time", when.isoformat(), "--target-db", f"{db}_gap")
+        assert r.rc == 8 and "falls in a gap of the change archive" in r.err, r.err
+        assert databases() == before
+    try:
+        r = run_cli(
+            env, "--json", "pitr", "--target-time", after["one"].isoformat(), "--target-db", f"{db}_one"
+        )
+        assert r.rc == 0, r.err
+        got = lpg.connect(f"{db}_one")
+        assert got.run("SELECT phase FROM status") == [["one"]]
+        got.close()
+    finally:
+        _drop_recovered(lpg, db)

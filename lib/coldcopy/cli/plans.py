@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from coldcopy.changes.health import load_health
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.context import open_context
@@ -27,12 +28,14 @@ def _estimate_text(est: dict[str, Any]) -> str:
     for sc in est["scenarios"]:
         shown = _duration(sc["estimate_seconds"]) if sc["available"] else "-"
         lines.append(f"  {sc['title']:45} {shown:>10}  {sc['how']}")
+    if est.get("logical_replay"):
+        lines.append(f"change archive replay: {est['logical_replay']['basis']}")
     return "\n".join(lines)
 
 
 def cmd_recovery_time(args: argparse.Namespace) -> int:
     ctx = open_context(settings_for(args))
-    est = estimate(ctx.catalog.read(), now(), load(ctx.storage))
+    est = estimate(ctx.catalog.read(), now(), load(ctx.storage), load_health(ctx.storage))
     present(args, est, lambda: _estimate_text(est))
     return 0
 
@@ -51,6 +54,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         before=args.before,
         on_date=args.date,
         wal=load(ctx.storage),
+        changes=load_health(ctx.storage),
     )
     d = plan.to_dict()
     present(args, d, lambda: runbook_text(d))

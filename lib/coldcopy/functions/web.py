@@ -322,11 +322,13 @@ def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
 
     b = _get_backend(cfg)
     now = _now()
-    wal, fresh = _wal_and_freshness(b.storage, now)
+    state = load_monitor_state(b.storage)  # also the tick's copy of the change archive's health
+    wal, fresh = _wal_and_freshness(b.storage, now, state)
+    changes = state.changes if state is not None else None
     d = b.catalog.read_digest()
-    answer = None if d is None else estimate_from(d.recovery, now, wal)
+    answer = None if d is None else estimate_from(d.recovery, now, wal, changes)
     if answer is None:  # the digest is behind the journal, or lacks a base backup a target needs
-        answer = estimate(b.catalog.read_cached(), now, wal)
+        answer = estimate(b.catalog.read_cached(), now, wal, changes)
     return json_response(200, {**answer, "state": fresh})
 
 

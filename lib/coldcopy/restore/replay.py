@@ -307,14 +307,17 @@ def run_logical_pitr(
     target_db: str | None,
     *,
     on_plan: Any = None,
+    scratch: bool = False,
 ) -> LogicalPitrResult:
-    """Restore the newest dump before ``target`` and replay the change archive onto it."""
+    """Restore the newest dump before ``target`` and replay the change archive onto it.  ``scratch``
+    (a drill's scratch database): a plain dump is restored without owners and grants, as test
+    restores are, since the scratch server need not have the server's roles."""
     ctx = open_context(settings)
     plan, records = plan_for(ctx, target)
     if on_plan is not None:
         on_plan(plan)  # printed before the restore starts
     t0 = time.monotonic()
-    restored = run_restore(settings, plan.dump.name, target_db)
+    restored = run_restore(settings, plan.dump.name, target_db, no_owner=scratch, no_privileges=scratch)
     restore_seconds = time.monotonic() - t0
     final = str(restored["target_db"])
     pg = Postgres(settings)

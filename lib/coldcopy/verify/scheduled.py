@@ -1,25 +1,33 @@
 """The weekly verification job: test-restore what was never test-restored, and a sample of the rest.
 
-Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them.
+Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them.  When a change
+archive exists, a logical PITR drill (:mod:`coldcopy.verify.pitr_drill`) runs too.
 """
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 from typing import Any
 
 from coldcopy.config import Settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.times import utc_now
-from coldcopy.core.verification import schedule_selection, week_seed
+from coldcopy.core.verification import VerifyResult, schedule_selection, week_seed
 from coldcopy.errors import NotFoundError
+from coldcopy.verify.pitr_drill import run_pitr_drill
 from coldcopy.verify.run import run_verify
 
 
 def run_scheduled(
-    settings: Settings, now: datetime | None = None, *, ctx: Context | None = None
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    ctx: Context | None = None,
+    rng: random.Random | None = None,
 ) -> dict[str, Any]:
-    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones."""
+    """The weekly job: test-restore (level ``restore``) what is new, re-check a sample of older ones,
+    and drill the change archive (``rng`` picks its target) when there is one."""
     now = now or utc_now()
     ctx = ctx or open_context(settings)
     cat = ctx.catalog.read()
@@ -40,6 +48,7 @@ def run_scheduled(
                 "measurement": r.measurement,
             }
         )
+    drill = run_pitr_drill(settings, rng=rng, ctx=ctx)
     return {
         "name": results[0]["name"] if results else None,  # the newest backup verified
         "level": "restore",
@@ -47,5 +56,16 @@ def run_scheduled(
         "new": new,
         "sampled": sampled,
         "results": results,
-        "ok": all(r["ok"] for r in results),
+        "pitr_drill": None if drill is None else drill_summary(drill),
+        "ok": all(r["ok"] for r in results) and (drill is None or drill.ok),
+    }
+
+
+def drill_summary(drill: VerifyResult) -> dict[str, Any]:
+    """A drill as the job's report shows it."""
+    return {
+        "name": drill.name,
+        "ok": drill.ok,
+        "failed": [f"{c.name}: {c.detail}" for c in drill.checks if not c.ok],
+        "measurement": drill.measurement,
     }
