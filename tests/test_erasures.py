@@ -6,9 +6,11 @@ the subject never reaches the output or the logs.  (PITR and drills: tests/test_
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -156,7 +158,7 @@ def test_the_ledger_survives_a_catalog_rebuild(pg, erased) -> None:  # type: ign
     assert [h["backup"] for h in rep["erasures"][0]["backups_holding_older_data"]] == [name]
 
 
-def test_list_and_report_name_the_erasure_without_the_value(erased) -> None:  # type: ignore[no-untyped-def]
+def test_list_and_report_name_the_erasure_without_the_value(erased, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     env, name = erased
     ls = run_cli(env, "gdpr", "list")
     assert ls.rc == 0 and ": lead, live applied" in ls.out and ALICE not in ls.out
@@ -178,6 +180,8 @@ def test_list_and_report_name_the_erasure_without_the_value(erased) -> None:  # 
     assert "re-applies it before the data is used" in text
     other = run_cli(env, "gdpr", "report", "--subject", "someone.else@example.com")
     assert other.rc == 3
+    monkeypatch.setattr(sys, "stdin", io.StringIO(ALICE + "\n"))  # --subject -: kept out of argv
+    assert run_cli(env, "gdpr", "report", "--subject", "-").rc == 0
     assert len(ledger_keys(env)) == 1
 
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,28 @@ def load_kinds(settings: Settings) -> dict[str, ErasureKind]:
         raise InputError(f"{path}: {exc}", "nothing was run or recorded; see docs/erasures.md") from None
 
 
-def _kind_and_subject(settings: Settings, kind: str | None, subject: str) -> tuple[ErasureKind, str]:
-    kinds = load_kinds(settings)
+def subject_of(args: argparse.Namespace) -> str:
+    """``--subject``, or with ``-`` one line of standard input; InputError for an empty one."""
+    given = str(args.subject)
+    subject = sys.stdin.readline().rstrip("\r\n") if given == "-" else given
     try:
-        return choose_kind(kinds, kind), check_subject(subject)
+        return check_subject(subject)
     except ErasureInputError as exc:
         raise InputError(str(exc), "nothing was run or recorded") from None
 
 
+def _kind_and_subject(settings: Settings, args: argparse.Namespace) -> tuple[ErasureKind, str]:
+    kinds = load_kinds(settings)
+    try:
+        kind = choose_kind(kinds, args.kind)
+    except ErasureInputError as exc:
+        raise InputError(str(exc), "nothing was run or recorded") from None
+    return kind, subject_of(args)
+
+
 def cmd_gdpr_erase(args: argparse.Namespace) -> int:
     s = settings_for(args, (DB, STORAGE))
-    kind, subject = _kind_and_subject(s, args.kind, args.subject)
+    kind, subject = _kind_and_subject(s, args)
     ctx = open_context(s)
     erasure = new_erasure(
         kind,
@@ -149,7 +161,7 @@ def _row(e: Erasure) -> dict[str, Any]:
 def cmd_gdpr_report(args: argparse.Namespace) -> int:
     s = settings_for(args)
     ctx = open_context(s)
-    subject = args.subject
+    subject = subject_of(args)
     ledger = [e for e in read_ledger(ctx) if e.is_subject(subject)]
     if not ledger:
         raise NotFoundError(
@@ -205,7 +217,7 @@ def _newest_logical(s: Settings) -> str:
 
 def cmd_gdpr_export(args: argparse.Namespace) -> int:
     s = settings_for(args, (DB, STORAGE))
-    kind, subject = _kind_and_subject(s, args.kind, args.subject)
+    kind, subject = _kind_and_subject(s, args)
     if not kind.read:
         raise InputError(f"kind {kind.name} declares no read queries", 'add "read" to GDPR_ERASURE_CONFIG')
     output = Path(args.output or f"gdpr-export-{now().strftime('%Y%m%d_%H%M%S')}.json")

@@ -102,10 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subject_args(p: argparse.ArgumentParser, *, kind: bool) -> None:
+    p.add_argument(
+        "--subject",
+        required=True,
+        help="the person's identifier (bound as :subject; stored only encrypted); - reads one line "
+        "from standard input (not shown in the process list)",
+    )
+    if kind:
+        p.add_argument("--kind", help="the kind of subject (default: the configuration's only kind)")
+
+
 def _gdpr_commands(add: AddCommand, action: Action) -> None:
     g = add("gdpr", None, "erasures every restore re-applies, and a person's answers (docs/erasures.md)")
     actions = g.add_subparsers(dest="gdpr_command", required=True, metavar="ACTION")
-    subject_help = "the person's identifier (bound as :subject; stored only encrypted)"
     e = action(
         actions,
         "erase",
@@ -113,8 +123,7 @@ def _gdpr_commands(add: AddCommand, action: Action) -> None:
         "erase a subject from DB_NAME as GDPR_ERASURE_CONFIG declares, and record it (create-only, "
         "encrypted): every later restore re-applies it",
     )
-    e.add_argument("--subject", required=True, help=subject_help)
-    e.add_argument("--kind", help="the kind of subject (default: the configuration's only kind)")
+    _subject_args(e, kind=True)
     e.add_argument(
         "--check-only",
         action="store_true",
@@ -129,15 +138,14 @@ def _gdpr_commands(add: AddCommand, action: Action) -> None:
         "gdpr:cmd_gdpr_report",
         "when the subject's erasure was recorded, which backups still hold older data and when they expire",
     )
-    r.add_argument("--subject", required=True, help=subject_help)
+    _subject_args(r, kind=False)
     x = action(
         actions,
         "export",
         "gdpr:cmd_gdpr_export",
         "a subject's data from a backup as JSON (restored into a scratch database, then dropped)",
     )
-    x.add_argument("--subject", required=True, help=subject_help)
-    x.add_argument("--kind", help="the kind of subject (default: the configuration's only kind)")
+    _subject_args(x, kind=True)
     x.add_argument("--backup", help="the backup to read (default: the newest logical backup of DB_NAME)")
     x.add_argument("--output", help="a new file for the JSON (default: ./gdpr-export-<time>.json)")
 
