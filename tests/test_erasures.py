@@ -310,7 +310,7 @@ def test_a_supabase_restore_erases_inside_its_transaction(s3_server, tmp_path) -
 def test_the_configuration_is_checked_as_sql_not_as_text() -> None:
     kinds = parse_kinds(json.dumps({"kinds": {"lead": {
         "statements": ["UPDATE t SET note = ';' || $$ :other; $$ WHERE email = :subject AND x::text <> '--'"],
-        "check": "SELECT count(*) FROM t /* ; */ WHERE email = :subject -- ;",
+        "check": "SELECT count(*) FROM t /* ; */ WHERE email = :subject AND n <> E'\\';:x' -- ;",
     }}}))  # fmt: skip
     (sql,) = kinds["lead"].statements
     assert positional(sql) == "UPDATE t SET note = ';' || $$ :other; $$ WHERE email = $1 AND x::text <> '--'"

@@ -67,8 +67,12 @@ def _scan(sql: str) -> _Scanned:
     while i < n:
         c = sql[i]
         if c in "'\"":
+            escapes = c == "'" and i > 0 and sql[i - 1] in "eE"  # E'it\'s'
             j = i + 1
             while j < n:
+                if escapes and sql[j] == "\\":
+                    j += 2
+                    continue
                 if sql[j] == c:
                     if j + 1 < n and sql[j + 1] == c:
                         j += 2
