@@ -19,9 +19,10 @@ import pytest
 
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
+from coldcopy.context import open_context
 from coldcopy.core.erasure import ErasureInputError, ErasureKind, new_erasure, parse_kinds, positional
 from coldcopy.errors import DatabaseError
-from coldcopy.restore.erasures import apply_erasures
+from coldcopy.restore.erasures import apply_erasures, record_erasure
 from coldcopy.storage.s3 import make_client
 from supabase_project import project
 
@@ -137,6 +138,20 @@ def test_an_in_place_restore_and_a_test_restore_apply_the_ledger(pg, erased) -> 
         "1 erasure(s) applied, 5 row(s) changed; every check counts 0 rows of its subject"
     )
     assert checks["every table's row count equals the manifest's"]["ok"]  # counted before the erasure
+
+
+def test_a_ledger_that_cannot_be_applied_fails_the_restore(pg, erased) -> None:  # type: ignore[no-untyped-def]
+    env, name = erased
+    ctx = open_context(load_settings(env, env_file=Path(os.devnull)))
+    wrong = ErasureKind("lead", ("DELETE FROM leads WHERE nope = :subject",), LEAD["check"])
+    bad = record_erasure(ctx, new_erasure(wrong, "bob@example.com", env["DB_NAME"], datetime.now(UTC)))
+    target = "unerasable_" + secrets.token_hex(3)
+    r = run_cli(env, "restore", "--backup-name", name, "--target-db", target)
+    assert r.rc == 5 and f"erasure {bad.id} could not be applied (SQLSTATE 42703)" in r.err
+    assert "bob@" not in r.out + r.err
+    assert rows(pg, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE :t", t=target + "%") == [
+        [0]
+    ]
 
 
 def test_the_ledger_survives_a_catalog_rebuild(pg, erased) -> None:  # type: ignore[no-untyped-def]
