@@ -279,3 +279,43 @@ def test_a_target_inside_a_gap_is_refused_with_nothing_created(lpg: PgCluster, e
         got.close()
     finally:
         _drop_recovered(lpg, db)
+
+
+@pytest.mark.timeout(240)
+def test_a_logical_pitr_re_applies_the_ledger_after_the_replay(
+    lpg: PgCluster, env: dict[str, str], tmp_path: Any
+) -> None:
+    """A lead inserted after the dump and erased later: PITR to a time between the two replays the
+    insert, then the ledger removes it before the database is handed over."""
+    db = env["DB_NAME"]
+    config = tmp_path / "erasures.json"
+    lead = {
+        "statements": ["DELETE FROM lead WHERE email = :subject"],
+        "check": "SELECT count(*) FROM lead WHERE email = :subject",
+    }
+    config.write_text(json.dumps({"kinds": {"lead": lead}}))
+    env = {**env, "GDPR_ERASURE_CONFIG": str(config)}
+    conn = lpg.connect(db)
+    conn.run("SET synchronous_commit = on")
+    conn.run("CREATE TABLE lead (id int PRIMARY KEY, email text NOT NULL)")
+    conn.run("INSERT INTO lead VALUES (1, 'kept@example.com')")
+    setup(conn, f"coldcopy_changes_{db}")
+    name = f"{db}_{secrets.token_hex(3)}"
+    try:
+        assert run_cli(env, "--json", "backup").rc == 0
+        conn.run("INSERT INTO lead VALUES (2, 'late@example.com')")
+        target = conn.run("SELECT clock_timestamp()")[0][0].astimezone(UTC).isoformat()
+        e = run_cli(env, "gdpr", "erase", "--subject", "late@example.com")
+        assert e.rc == 0, e.err
+        assert run_cli(env, "changes", "drain").rc == 0
+        r = run_cli(env, "--json", "pitr", "--target-time", target, "--target-db", name)
+        assert r.rc == 0, r.err
+        out = json.loads(r.out)
+        assert out["replay"]["transactions"] >= 1 and "late@" not in r.out + r.err
+        assert out["erased"]["erasures_applied"] == 1 and out["erased"]["erased_rows_removed"] == 1
+        got = lpg.connect(name)
+        assert got.run("SELECT id, email FROM lead ORDER BY id") == [[1, "kept@example.com"]]
+        got.close()
+    finally:
+        conn.close()
+        _drop_recovered(lpg, db)

@@ -9,6 +9,7 @@ from coldcopy.changes.health import load_health
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.context import open_context
+from coldcopy.core.erasure import LEDGER_PREFIX
 from coldcopy.core.humanize import human_age, human_bytes
 from coldcopy.core.recovery_time import estimate
 from coldcopy.core.runbooks import Facts, build_plan
@@ -44,7 +45,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     s = settings_for(args)
     ctx = open_context(s)
     facts = Facts(
-        s.db_name or s.cluster or "postgres", ctx.key.key_id if ctx.key else None, s.retention.compliance_days
+        s.db_name or s.cluster or "postgres",
+        ctx.key.key_id if ctx.key else None,
+        s.retention.compliance_days,
+        erasures=sum(1 for o in ctx.storage.list(LEDGER_PREFIX) if o.key.endswith(".json.zst")),
     )
     plan = build_plan(
         args.scenario,

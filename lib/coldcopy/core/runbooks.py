@@ -105,6 +105,7 @@ class Facts:
     db_name: str
     key_id: str | None  # of the configured BACKUP_ENCRYPTION_KEY, None when unset
     compliance_retention_days: int = 365
+    erasures: int = 0  # records in the erasure ledger (docs/erasures.md)
 
 
 @dataclass
@@ -273,7 +274,23 @@ def build_plan(
     if alert:
         plan.alert = alert
         plan.first.insert(0, hint)
+    if plan.backup is not None:
+        plan.after.insert(0, erasure_step(facts.erasures))
     return plan
+
+
+def erasure_step(erasures: int) -> str:
+    """Every plan's check of the erasure ledger: each restore and PITR applies it before it reports."""
+    if not erasures:
+        return (
+            "the erasure ledger is empty (`coldcopy gdpr list`): nothing to re-apply; an erasure "
+            "recorded before the restore runs would be"
+        )
+    return (
+        f"the output says `erasures re-applied before use: {erasures}` and `subjects remaining: 0`: "
+        f"the {erasures} recorded erasure(s) (`coldcopy gdpr list`) were applied before the data "
+        "could be used; a ledger that cannot be applied fails the restore (docs/erasures.md)"
+    )
 
 
 def _pitr_dir(target: datetime) -> str:

@@ -43,14 +43,17 @@ def run_restore(
     check_counts: bool = True,
     progress: Progress | None = None,
     no_privileges: bool = False,
+    erase: bool = True,
 ) -> dict[str, Any]:
-    """``no_privileges`` (a drill's scratch, where the server's roles need not exist): a plain dump
+    """Restore ``name``; the erasure ledger is applied before the data is used (a caller that
+    applies it itself later, before anyone can use the database, passes ``erase=False``).
+    ``no_privileges`` (a drill's scratch, where the server's roles need not exist): a plain dump
     is restored without its grants, and grants and roles are left out of the shape check."""
     t0 = time.monotonic()
     ctx = open_context(settings)
     reader = BackupReader(ctx, name)
     reader.confirm()  # wrong key, missing or resized objects: refused before we touch any database
-    erasures = read_ledger(ctx, reader.manifest.database)  # re-applied by every restore
+    erasures = read_ledger(ctx, reader.manifest.database) if erase else []  # re-applied by every restore
     pg = Postgres(settings)
     pg_restore = _pg_restore_for(pg, reader)
     final = validate_db_identifier(target_db or settings.db_name, "target database")

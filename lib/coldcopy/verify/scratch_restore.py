@@ -197,7 +197,8 @@ def _erasures_check(result: VerifyResult, applied: Applied) -> None:
     result.add(
         "the erasure ledger applied",
         True,
-        f"{applied.erasures} erasure(s) applied, {applied.rows_removed} row(s) removed",
+        f"{applied.erasures} erasure(s) applied, {applied.rows_removed} row(s) changed; "
+        "every check counts 0 rows of its subject",
     )
 
 
