@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -39,13 +39,14 @@ from coldcopy.core.replay import (
     Commit,
     Dump,
     LogicalPlan,
-    Replayer,
     parse_line,
     plan_logical,
     resolved,
     restore_point_name,
     sequence_floor,
 )
+from coldcopy.core.replay_sql import Replayer, TableShape
+from coldcopy.core.sql import quote_ident
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
@@ -64,8 +65,14 @@ class ReplayStats:
     skipped_in_dump: int = 0
     rows: int = 0
     ddl: int = 0
+    statements: int = 0
     round_trips: int = 0
     seconds: float = 0.0
+    # where the time went: fetching, decrypting and decompressing the batches; parsing the stream
+    # and writing SQL; waiting for the server (statements and shape lookups)
+    read_seconds: float = 0.0
+    build_seconds: float = 0.0
+    server_seconds: float = 0.0
     last_xid: int | None = None
     last_commit_at: str | None = None
     last_commit_lsn: str | None = None
@@ -205,6 +212,93 @@ def set_sequences(conn: pg8000.native.Connection, captured: dict[str, int]) -> d
     return done
 
 
+_SHAPE_SQL = """
+SELECT c.relreplident,
+  ARRAY(SELECT a.attname::text FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = c.oid
+          AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident END
+        ORDER BY k.n),
+  EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)
+          AND NOT coalesce(CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                               WHEN 'i' THEN i.indisreplident END, false)),
+  ARRAY(SELECT ARRAY[a.attname::text, format_type(a.atttypid, NULL), (a.attgenerated <> '')::text]
+        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+FROM pg_class c WHERE c.oid = to_regclass(:name)"""
+
+
+class CatalogShapes:
+    """Tables' shapes from the catalog of the database being replayed into.  After DDL, the
+    statements already written out (``flush``) run before the next lookup."""
+
+    def __init__(self, conn: pg8000.native.Connection, flush: Callable[[], None]) -> None:
+        self.conn, self.flush, self.stale = conn, flush, False
+
+    def shape(self, schema: str, table: str) -> TableShape | None:
+        """The table's key, column types, generated columns and other unique indexes."""
+        if self.stale:
+            self.flush()
+            self.stale = False
+        rows = self.conn.run(_SHAPE_SQL, name=f"{quote_ident(schema)}.{quote_ident(table)}")
+        if not rows:
+            return None
+        replident, key, other_unique, columns = rows[0]
+        return TableShape(
+            key=tuple(key) if replident in ("d", "i") else (),
+            types={name: type_name for name, type_name, _ in columns},
+            generated=frozenset(name for name, _, gen in columns if gen == "true"),
+            other_unique=bool(other_unique),
+        )
+
+    def changed(self) -> None:
+        """DDL was written out: look again once it has run."""
+        self.stale = True
+
+
+class Sender:
+    """Statements out to the server, many per round trip (one simple-protocol query string of
+    about ROUND_TRIP_BYTES), timing the waits."""
+
+    def __init__(self, conn: pg8000.native.Connection, stats: ReplayStats) -> None:
+        self.conn, self.stats = conn, stats
+        self.buf: list[str] = []
+        self.size = 0
+
+    def add(self, statements: list[str]) -> None:
+        """Queue statements in order; a full buffer is sent."""
+        for statement in statements:
+            self.buf.append(statement)
+            self.size += len(statement)
+            if self.size >= ROUND_TRIP_BYTES:
+                self.send()
+
+    def send(self) -> None:
+        """Run what is queued."""
+        if self.buf:
+            s0 = time.perf_counter()
+            self.conn.run(";\n".join(self.buf))
+            self.stats.server_seconds += time.perf_counter() - s0
+            self.stats.round_trips += 1
+        self.buf, self.size = [], 0
+
+
+def replay_lines(replayer: Replayer, lines: Iterator[str], sender: Sender) -> None:
+    """Feed a stream's lines through ``replayer`` into ``sender`` until the stream ends or the
+    target is passed; times the reading and the building."""
+    stats = sender.stats
+    while not replayer.done:
+        r0 = time.perf_counter()
+        line = next(lines, None)
+        b0 = time.perf_counter()
+        stats.read_seconds += b0 - r0
+        if line is None:
+            return
+        statements = replayer.feed(line)
+        stats.build_seconds += time.perf_counter() - b0
+        sender.add(statements)
+
+
 def apply(
     ctx: Context,
     conn: pg8000.native.Connection,
@@ -214,17 +308,8 @@ def apply(
     """Replay the plan's batches onto the restored dump in ``conn``, in one transaction."""
     t0 = time.monotonic()
     stats = ReplayStats()
-    replayer = Replayer(plan.dump.visibility, plan.target)
-    buf: list[str] = []
-    size = 0
-
-    def send() -> None:
-        nonlocal buf, size
-        if buf:
-            conn.run(";\n".join(buf))
-            stats.round_trips += 1
-        buf, size = [], 0
-
+    sender = Sender(conn, stats)
+    replayer = Replayer(plan.dump.visibility, plan.target, CatalogShapes(conn, sender.send))
     conn.run("BEGIN")
     try:
         conn.run("SET LOCAL session_replication_role = replica")
@@ -233,26 +318,21 @@ def apply(
         for batch in plan.batches:
             rec = records[batch.key]
             captured = {str(k): int(v) for k, v in (rec.get("sequences") or {}).items()}
-            for line in batch_lines(ctx, rec):
-                for statement in replayer.feed(line):
-                    buf.append(statement)
-                    size += len(statement)
-                    if size >= ROUND_TRIP_BYTES:
-                        send()
-                if replayer.done:
-                    break
+            replay_lines(replayer, batch_lines(ctx, rec), sender)
             if replayer.done:
                 break
-        buf += replayer.finish()
-        send()
+        sender.add(replayer.finish())
+        sender.send()
         if replayer.visible_past_target and replayer.past_target is not None:
             raise RecoveryRefused(
                 f"{plan.dump.name} already contains transaction {replayer.past_target.xid}, which "
                 f"committed after the target ({replayer.past_target.at.isoformat()})",
                 "choose a target a little later, or one before that backup started",
             )
+        s0 = time.perf_counter()
         stats.sequences_set = set_sequences(conn, captured)
         conn.run("COMMIT")
+        stats.server_seconds += time.perf_counter() - s0
     except pg8000.exceptions.DatabaseError as exc:
         conn.run("ROLLBACK")
         last = replayer.last_applied
@@ -265,8 +345,10 @@ def apply(
         conn.run("ROLLBACK")
         raise
     stats.seconds = round(time.monotonic() - t0, 3)
+    for name in ("read_seconds", "build_seconds", "server_seconds"):
+        setattr(stats, name, round(getattr(stats, name), 3))
     stats.transactions, stats.skipped_in_dump = replayer.applied, replayer.skipped
-    stats.rows, stats.ddl = replayer.rows, replayer.ddl
+    stats.rows, stats.ddl, stats.statements = replayer.rows, replayer.ddl, replayer.statements
     if replayer.last_applied:
         c = replayer.last_applied
         stats.last_xid, stats.last_commit_at, stats.last_commit_lsn = (

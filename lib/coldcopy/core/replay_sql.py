@@ -1,0 +1,416 @@
+"""The change stream as SQL, in few statements: the pure half of a logical replay.
+
+Rows become SQL with literals: values are string constants the server reads with the column's own
+input function (numbers stay the text wal2json wrote; a ``bytea`` value, which wal2json writes as
+hex without its ``\\x``, gets it back).  Columns the table generates (``GENERATED ... STORED``:
+wal2json writes them, the server refuses them) are left out when the table's shape is known.
+
+**Grouping.** A replay runs in one transaction as ``session_replication_role = replica``: no
+trigger fires, so no foreign-key check or cascade either, and each table's final contents depend
+only on that table's own rows, in their order.  So rows are grouped per table (not only when they
+are adjacent in the stream), each table's rows keep their order, and a group ends when its table
+sees a different kind of row:
+
+* inserts with the same columns: one ``INSERT ... VALUES (...), (...)`` (rows in stream order);
+* updates of a table with a key (its primary key or replica-identity index) and no other unique
+  index or exclusion constraint, that leave the key as it was and carry the same columns (an
+  unchanged TOASTed value is absent, so such a row starts another group): one
+  ``UPDATE ... FROM (VALUES ...)`` joined on the key.  A second update of a row already in the
+  group replaces that row's values (an UPDATE sets values, so the last one wins);
+* deletes of a table with a key: one ``DELETE ... USING (VALUES ...)``.
+
+Everything else is one statement per row as before: ``UPDATE``/``DELETE`` find the row by the
+stream's ``identity`` (every column for ``REPLICA IDENTITY FULL``) and touch exactly one row
+(``ctid``), so duplicates in a table without a key stay as many as they were; an update that
+changes the key, or of a table with another unique index (updates in one statement are checked row
+by row in an order the server picks, which could collide where the stream's order did not).
+A ``TRUNCATE`` and the captured DDL (a row of ``coldcopy.ddl_log``, run at its place, once per
+transaction per query text) end every group first: they are barriers.  Groups are bounded in rows
+and bytes, and all of them are written out when the pending bytes reach a bound.
+
+The VALUES lists carry their types on the first row (``'1'::integer``): the table's column types,
+from its shape.  Without a shape (a table the replay cannot look up) rows are not grouped beyond
+adjacent inserts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from coldcopy.core.changes import SCHEMA, SnapshotVisibility
+from coldcopy.core.recovery_plan import Target
+from coldcopy.core.replay import Commit, parse_line, within
+from coldcopy.core.sql import quote_ident, quote_literal
+
+#: Types without an equality operator: an identity value of one is compared as text.
+_TEXT_COMPARED = frozenset({"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"})
+_DDL_TABLE = "ddl_log"
+ident = quote_ident  # the short name the statements below use
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What grouping needs to know of a table in the database being replayed into."""
+
+    key: tuple[str, ...]  # its replica identity's key columns (the primary key); () for FULL/NOTHING
+    types: Mapping[str, str]  # column -> its type, as SQL (no typmod)
+    generated: frozenset[str] = frozenset()  # GENERATED ... STORED columns
+    other_unique: bool = False  # a unique index or exclusion constraint besides the key's
+
+
+class Shapes(Protocol):
+    """The tables' shapes, looked up in the database the replay writes to."""
+
+    def shape(self, schema: str, table: str) -> TableShape | None:
+        """The table's shape (None: not known; its rows are not grouped)."""
+
+    def changed(self) -> None:
+        """DDL was emitted: shapes looked up before it may be stale once it has run."""
+
+
+class NoShapes:
+    """Knows no table: rows are replayed one statement each (adjacent inserts still share one)."""
+
+    def shape(self, schema: str, table: str) -> TableShape | None:
+        """Always None."""
+        return None
+
+    def changed(self) -> None:
+        """Nothing to forget."""
+
+
+# -- values ----------------------------------------------------------------------------------------
+def literal(value: Any, type_name: str = "") -> str:
+    """A value of the stream as an SQL constant: NULL, or a string the column parses."""
+    if value is None:
+        return "NULL"
+    if value is True or value is False:
+        return "'true'" if value else "'false'"
+    if isinstance(value, dict | list):
+        value = json.dumps(value)
+    if type_name == "bytea":
+        return "'\\x" + str(value) + "'"  # wal2json writes bytea as bare hex
+    return quote_literal(str(value))
+
+
+def _lit(c: dict[str, Any]) -> str:
+    return literal(c.get("value"), str(c.get("type") or ""))
+
+
+def table_of(row: dict[str, Any]) -> str:
+    """The row's table as a qualified, quoted name."""
+    return f"{ident(str(row['schema']))}.{ident(str(row['table']))}"
+
+
+def _match(columns: list[dict[str, Any]]) -> str:
+    parts = []
+    for c in columns:
+        name = ident(str(c["name"]))
+        base = str(c.get("type") or "").removesuffix("[]")
+        if c.get("value") is None:
+            parts.append(f"{name} IS NULL")
+        elif base in _TEXT_COMPARED:
+            parts.append(f"{name}::text = {_lit(c)}")
+        else:
+            parts.append(f"{name} = {_lit(c)}")
+    return " AND ".join(parts) or "true"
+
+
+def one_row(row: dict[str, Any]) -> str:
+    """``ctid = (the first row the identity matches)``: exactly one row, even among duplicates."""
+    identity = row.get("identity") or []
+    if not identity:
+        raise ValueError(f"{row.get('action')} on {table_of(row)} without an identity")
+    return f"ctid = (SELECT ctid FROM ONLY {table_of(row)} WHERE {_match(identity)} LIMIT 1)"
+
+
+def _columns(row: dict[str, Any], shape: TableShape | None) -> list[dict[str, Any]]:
+    """The row's columns the server accepts values for."""
+    cols: list[dict[str, Any]] = row.get("columns") or []
+    if shape is None or not shape.generated:
+        return cols
+    return [c for c in cols if c["name"] not in shape.generated]
+
+
+def _changed(row: dict[str, Any], shape: TableShape | None) -> list[dict[str, Any]]:
+    """The columns an UPDATE sets: all the stream has, less identity columns it leaves as they
+    were (a GENERATED ALWAYS key may not be SET)."""
+    old = {str(c["name"]): c.get("value") for c in row.get("identity") or []}
+    return [c for c in _columns(row, shape) if c["name"] not in old or old[c["name"]] != c.get("value")]
+
+
+def update_sql(row: dict[str, Any], shape: TableShape | None = None) -> str | None:
+    """The UPDATE of one row (None when nothing changes)."""
+    changed = _changed(row, shape)
+    if not changed:
+        return None
+    sets = ", ".join(f"{ident(str(c['name']))} = {_lit(c)}" for c in changed)
+    return f"UPDATE {table_of(row)} SET {sets} WHERE {one_row(row)}"
+
+
+def delete_sql(row: dict[str, Any]) -> str:
+    """The DELETE of one row."""
+    return f"DELETE FROM {table_of(row)} WHERE {one_row(row)}"
+
+
+# -- groups ----------------------------------------------------------------------------------------
+def _typed_row(values: list[str], types: list[str]) -> str:
+    return "(" + ", ".join(f"{v}::{t}" for v, t in zip(values, types, strict=True)) + ")"
+
+
+def _values(rows: list[list[str]], types: list[str]) -> str:
+    """``VALUES (typed first row), (...)``: the first row's casts type every column."""
+    rest = ", ".join("(" + ", ".join(r) + ")" for r in rows[1:])
+    return "VALUES " + _typed_row(rows[0], types) + (", " + rest if rest else "")
+
+
+@dataclass
+class _Group:
+    """Pending rows of one table and kind that become one statement."""
+
+    table: str  # qualified, quoted
+    kind: str  # I, U, D
+    signature: tuple[str, ...]  # I: the columns; U: the key then the set columns; D: the key
+    types: list[str]  # U, D: the VALUES columns' types
+    nkey: int = 0
+    rows: dict[tuple[str, ...], list[str]] = field(default_factory=dict)  # U, D: by key
+    inserts: list[str] = field(default_factory=list)  # I: "(v1, v2)"
+    size: int = 0
+
+    def __len__(self) -> int:
+        return len(self.inserts) + len(self.rows)
+
+    def sql(self) -> str:
+        if self.kind == "I":
+            cols = ", ".join(ident(c) for c in self.signature)
+            return f"INSERT INTO {self.table} ({cols}) OVERRIDING SYSTEM VALUE VALUES " + ", ".join(
+                self.inserts
+            )
+        key = [ident(c) for c in self.signature[: self.nkey]]
+        on = " AND ".join(f"t.{k} = v.k{i}" for i, k in enumerate(key))
+        names = [f"k{i}" for i in range(self.nkey)]
+        if self.kind == "D":
+            values = _values([list(k) for k in self.rows], self.types)
+            return f"DELETE FROM {self.table} AS t USING ({values}) AS v({', '.join(names)}) WHERE {on}"
+        sets = self.signature[self.nkey :]
+        names += [f"c{i}" for i in range(len(sets))]
+        values = _values([list(k) + v for k, v in self.rows.items()], self.types)
+        assign = ", ".join(f"{ident(c)} = v.c{i}" for i, c in enumerate(sets))
+        return f"UPDATE {self.table} AS t SET {assign} FROM ({values}) AS v({', '.join(names)}) WHERE {on}"
+
+
+def _keyed(row: dict[str, Any], shape: TableShape | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The identity's key columns and literals when the table has that key, else None."""
+    if shape is None or not shape.key:
+        return None
+    identity = row.get("identity") or []
+    names = tuple(str(c["name"]) for c in identity)
+    if sorted(names) != sorted(shape.key) or any(c.get("value") is None for c in identity):
+        return None
+    if any(n not in shape.types for n in names):
+        return None
+    return names, tuple(_lit(c) for c in identity)
+
+
+@dataclass
+class Replayer:
+    """The stream in, SQL out: decides per transaction, groups rows, keeps counts.
+
+    ``feed`` each line in stream order and run what it returns, in order; ``finish`` returns the
+    rest.  ``shapes`` is asked about a table before this call has returned any statement, so a
+    lookup that first runs what was returned before sees every earlier DDL applied.
+    """
+
+    visibility: SnapshotVisibility
+    target: Target
+    shapes: Shapes = field(default_factory=NoShapes)
+    max_group_rows: int = 1000
+    max_group_bytes: int = 1 << 18
+    max_pending_bytes: int = 1 << 22
+    applied: int = 0
+    skipped: int = 0  # contained in the dump
+    rows: int = 0
+    ddl: int = 0
+    statements: int = 0
+    done: bool = False  # the first commit past the target was seen
+    past_target: Commit | None = None
+    last_applied: Commit | None = None
+    visible_past_target: bool = False  # the dump contains a transaction after the target
+    _applying: bool = False
+    _groups: dict[str, _Group] = field(default_factory=dict)  # by table, oldest first
+    _pending: int = 0
+    _truncate: list[str] = field(default_factory=list)
+    _queries: set[str] = field(default_factory=set)
+    _known: dict[tuple[str, str], TableShape | None] = field(default_factory=dict)
+
+    # -- the stream ---------------------------------------------------------------------------
+    def feed(self, line: str) -> list[str]:
+        """The statements this line asks for, in order (most are held back to be grouped)."""
+        if self.done:
+            return []
+        head = line[:16]
+        if head.startswith('{"action":"B"'):
+            commit = Commit.of(parse_line(line))
+            if not within(self.target, commit):
+                self.done, self.past_target = True, commit
+                self.visible_past_target = self.visibility.visible(commit.xid)
+                return []
+            self._applying = not self.visibility.visible(commit.xid)
+            if self._applying:
+                self.applied += 1
+                self.last_applied = commit
+                self._queries = set()
+            else:
+                self.skipped += 1
+            return []
+        if not self._applying:
+            return []
+        if head.startswith('{"action":"C"'):
+            return self._out(self._flush_truncate())
+        return self.row(parse_line(line))
+
+    def finish(self) -> list[str]:
+        """What is still held back."""
+        return self._out(self._flush_all())
+
+    def row(self, row: dict[str, Any]) -> list[str]:
+        """The statements for one row of an applied transaction."""
+        action = row.get("action")
+        if action == "M":
+            return []
+        self.rows += 1
+        if action == "T":
+            out = self._flush_all() if self._groups else []
+            self._truncate.append(table_of(row))
+            return self._out(out)
+        shape = self._shape(row)  # before anything is returned: see the class's docstring
+        out = self._flush_truncate()
+        if action == "I":
+            if row.get("schema") == SCHEMA and row.get("table") == _DDL_TABLE:
+                out += self._ddl(row)
+            out += self._insert(row, shape)
+        elif action == "U":
+            out += self._update(row, shape)
+        elif action == "D":
+            out += self._delete(row, shape)
+        else:
+            raise ValueError(f"unknown action {action!r} in the change stream")
+        if self._pending >= self.max_pending_bytes:
+            out += self._flush_all()
+        return self._out(out)
+
+    # -- rows ---------------------------------------------------------------------------------
+    def _shape(self, row: dict[str, Any]) -> TableShape | None:
+        name = (str(row["schema"]), str(row["table"]))
+        if name not in self._known:
+            self._known[name] = self.shapes.shape(*name)
+        return self._known[name]
+
+    def _ddl(self, row: dict[str, Any]) -> list[str]:
+        query = next((str(c["value"]) for c in row["columns"] if c["name"] == "query"), "")
+        if not query or query in self._queries:
+            return []
+        self._queries.add(query)
+        self.ddl += 1
+        out = self._flush_all()
+        out.append(query.strip().rstrip(";"))
+        self._known.clear()
+        self.shapes.changed()
+        return out
+
+    def _group(
+        self, table: str, kind: str, signature: tuple[str, ...], types: list[str], nkey: int
+    ) -> tuple[list[str], _Group]:
+        """The table's open group for this kind and signature; a different one is flushed first."""
+        out: list[str] = []
+        g = self._groups.get(table)
+        if g is not None and (
+            g.kind != kind
+            or g.signature != signature
+            or len(g) >= self.max_group_rows
+            or g.size >= self.max_group_bytes
+        ):
+            out.append(self._take(table))
+            g = None
+        if g is None:
+            g = self._groups[table] = _Group(table, kind, signature, types, nkey)
+        return out, g
+
+    def _add(self, g: _Group, size: int) -> None:
+        g.size += size
+        self._pending += size
+
+    def _insert(self, row: dict[str, Any], shape: TableShape | None) -> list[str]:
+        cols = _columns(row, shape)
+        values = "(" + ", ".join(_lit(c) for c in cols) + ")"
+        out, g = self._group(table_of(row), "I", tuple(str(c["name"]) for c in cols), [], 0)
+        g.inserts.append(values)
+        self._add(g, len(values))
+        return out
+
+    def _update(self, row: dict[str, Any], shape: TableShape | None) -> list[str]:
+        table = table_of(row)
+        keyed = _keyed(row, shape)
+        changed = _changed(row, shape)
+        if not changed:
+            return []
+        names = [str(c["name"]) for c in changed]
+        if (
+            shape is None
+            or keyed is None
+            or shape.other_unique
+            or any(n in keyed[0] for n in names)  # the key changes
+            or any(n not in shape.types for n in names)
+        ):
+            return self._single(table, update_sql(row, shape))
+        key_names, key = keyed
+        types = [shape.types[n] for n in key_names] + [shape.types[n] for n in names]
+        out, g = self._group(table, "U", key_names + tuple(names), types, len(key_names))
+        values = [_lit(c) for c in changed]
+        size = sum(map(len, values)) + sum(map(len, key))
+        if key in g.rows:
+            self._add(g, size - sum(map(len, g.rows[key])) - sum(map(len, key)))
+        else:
+            self._add(g, size)
+        g.rows[key] = values
+        return out
+
+    def _delete(self, row: dict[str, Any], shape: TableShape | None) -> list[str]:
+        table = table_of(row)
+        keyed = _keyed(row, shape)
+        if shape is None or keyed is None:
+            return self._single(table, delete_sql(row))
+        key_names, key = keyed
+        out, g = self._group(table, "D", key_names, [shape.types[n] for n in key_names], len(key_names))
+        g.rows[key] = []
+        self._add(g, sum(map(len, key)))
+        return out
+
+    def _single(self, table: str, sql: str | None) -> list[str]:
+        """One row's own statement, after the table's pending group (its order is kept)."""
+        out = [self._take(table)] if table in self._groups else []
+        return out + ([sql] if sql else [])
+
+    # -- flushing -----------------------------------------------------------------------------
+    def _take(self, table: str) -> str:
+        g = self._groups.pop(table)
+        self._pending -= g.size
+        return g.sql()
+
+    def _flush_all(self) -> list[str]:
+        out = [self._take(t) for t in list(self._groups)]
+        return out + self._flush_truncate()
+
+    def _flush_truncate(self) -> list[str]:
+        if not self._truncate:
+            return []
+        out = ["TRUNCATE ONLY " + ", ".join(self._truncate)]
+        self._truncate = []
+        return out
+
+    def _out(self, out: list[str]) -> list[str]:
+        self.statements += len(out)
+        return out
