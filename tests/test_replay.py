@@ -467,7 +467,7 @@ def test_grouped_replay_gives_the_tables_the_stream_describes(lpg: PgCluster) ->
             stats = ReplayStats()
             sender = Sender(target, stats)
             vis = SnapshotVisibility.parse("3:3:", "0/1")  # the copies have none of it
-            shapes = CatalogShapes(target, sender.send)
+            shapes = CatalogShapes(target, sender.sync)
             replayer = Replayer(
                 vis, Target("lsn", lsn=1 << 62), shapes, max_group_rows=1000 if grouped else 1
             )
@@ -475,7 +475,8 @@ def test_grouped_replay_gives_the_tables_the_stream_describes(lpg: PgCluster) ->
             target.run("SET LOCAL session_replication_role = replica")
             replay_lines(replayer, iter(lines), sender)
             sender.add(replayer.finish())
-            sender.send()
+            sender.sync()
+            sender.close()
             target.run("COMMIT")
             results[grouped] = (_rows(target), replayer.statements, replayer.rows)
             target.close()

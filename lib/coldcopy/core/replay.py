@@ -30,9 +30,12 @@ def stream_time(text: str) -> datetime:
     return parse_iso(text.replace(" ", "T", 1))
 
 
+_DECODER = json.JSONDecoder(parse_int=str, parse_float=str)
+
+
 def parse_line(line: str) -> dict[str, Any]:
     """One stream line; numbers stay text (exact numerics, and the server parses them)."""
-    row: dict[str, Any] = json.loads(line, parse_int=str, parse_float=str)
+    row: dict[str, Any] = _DECODER.decode(line)
     return row
 
 

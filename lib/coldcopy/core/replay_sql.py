@@ -100,6 +100,23 @@ def _lit(c: dict[str, Any]) -> str:
     return literal(c.get("value"), str(c.get("type") or ""))
 
 
+def literals(columns: list[dict[str, Any]]) -> list[str]:
+    """:func:`literal` of each column's value (the hot path of a replay: kept tight)."""
+    out = []
+    for c in columns:
+        v = c.get("value")
+        if v.__class__ is str:
+            if c.get("type") == "bytea":
+                out.append("'\\x" + v + "'")
+            elif "'" in v:
+                out.append("'" + v.replace("'", "''") + "'")
+            else:
+                out.append("'" + v + "'")
+        else:
+            out.append(literal(v))
+    return out
+
+
 def table_of(row: dict[str, Any]) -> str:
     """The row's table as a qualified, quoted name."""
     return f"{ident(str(row['schema']))}.{ident(str(row['table']))}"
@@ -202,17 +219,34 @@ class _Group:
         return f"UPDATE {self.table} AS t SET {assign} FROM ({values}) AS v({', '.join(names)}) WHERE {on}"
 
 
-def _keyed(row: dict[str, Any], shape: TableShape | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """The identity's key columns and literals when the table has that key, else None."""
-    if shape is None or not shape.key:
-        return None
-    identity = row.get("identity") or []
-    names = tuple(str(c["name"]) for c in identity)
-    if sorted(names) != sorted(shape.key) or any(c.get("value") is None for c in identity):
-        return None
-    if any(n not in shape.types for n in names):
-        return None
-    return names, tuple(_lit(c) for c in identity)
+@dataclass
+class _Table:
+    """A table as the replay has met it: its quoted name and what grouping may do with it."""
+
+    name: str  # qualified, quoted
+    shape: TableShape | None
+    key: frozenset[str]  # the key's columns when rows can be grouped by it, else empty
+    identity: tuple[str, ...] = ()  # the identity's column order in the stream, once checked
+
+    @classmethod
+    def of(cls, schema: str, table: str, shape: TableShape | None) -> _Table:
+        keyed = shape is not None and bool(shape.key) and all(k in shape.types for k in shape.key)
+        return cls(
+            f"{ident(schema)}.{ident(table)}", shape, frozenset(shape.key) if shape and keyed else frozenset()
+        )
+
+    def keyed(self, identity: list[dict[str, Any]]) -> tuple[str, ...] | None:
+        """The identity's column names when they are this table's key (with no NULL), else None."""
+        if not self.key or len(identity) != len(self.key):
+            return None
+        names = tuple(c["name"] for c in identity)
+        if names != self.identity:
+            if set(names) != self.key:
+                return None
+            self.identity = names
+        if any(c.get("value") is None for c in identity):
+            return None
+        return names
 
 
 @dataclass
@@ -244,7 +278,7 @@ class Replayer:
     _pending: int = 0
     _truncate: list[str] = field(default_factory=list)
     _queries: set[str] = field(default_factory=set)
-    _known: dict[tuple[str, str], TableShape | None] = field(default_factory=dict)
+    _known: dict[tuple[str, str], _Table] = field(default_factory=dict)
 
     # -- the stream ---------------------------------------------------------------------------
     def feed(self, line: str) -> list[str]:
@@ -286,16 +320,16 @@ class Replayer:
             out = self._flush_all() if self._groups else []
             self._truncate.append(table_of(row))
             return self._out(out)
-        shape = self._shape(row)  # before anything is returned: see the class's docstring
+        t = self._table(row)  # before anything is returned: see the class's docstring
         out = self._flush_truncate()
-        if action == "I":
+        if action == "U":
+            out += self._update(row, t)
+        elif action == "I":
             if row.get("schema") == SCHEMA and row.get("table") == _DDL_TABLE:
                 out += self._ddl(row)
-            out += self._insert(row, shape)
-        elif action == "U":
-            out += self._update(row, shape)
+            out += self._insert(row, t)
         elif action == "D":
-            out += self._delete(row, shape)
+            out += self._delete(row, t)
         else:
             raise ValueError(f"unknown action {action!r} in the change stream")
         if self._pending >= self.max_pending_bytes:
@@ -303,11 +337,12 @@ class Replayer:
         return self._out(out)
 
     # -- rows ---------------------------------------------------------------------------------
-    def _shape(self, row: dict[str, Any]) -> TableShape | None:
+    def _table(self, row: dict[str, Any]) -> _Table:
         name = (str(row["schema"]), str(row["table"]))
-        if name not in self._known:
-            self._known[name] = self.shapes.shape(*name)
-        return self._known[name]
+        t = self._known.get(name)
+        if t is None:
+            t = self._known[name] = _Table.of(*name, self.shapes.shape(*name))
+        return t
 
     def _ddl(self, row: dict[str, Any]) -> list[str]:
         query = next((str(c["value"]) for c in row["columns"] if c["name"] == "query"), "")
@@ -322,7 +357,7 @@ class Replayer:
         return out
 
     def _group(
-        self, table: str, kind: str, signature: tuple[str, ...], types: list[str], nkey: int
+        self, table: str, kind: str, signature: tuple[str, ...], t: _Table, nkey: int
     ) -> tuple[list[str], _Group]:
         """The table's open group for this kind and signature; a different one is flushed first."""
         out: list[str] = []
@@ -336,57 +371,62 @@ class Replayer:
             out.append(self._take(table))
             g = None
         if g is None:
+            types = [t.shape.types[n] for n in signature] if t.shape is not None and kind != "I" else []
             g = self._groups[table] = _Group(table, kind, signature, types, nkey)
         return out, g
 
-    def _add(self, g: _Group, size: int) -> None:
-        g.size += size
-        self._pending += size
-
-    def _insert(self, row: dict[str, Any], shape: TableShape | None) -> list[str]:
-        cols = _columns(row, shape)
-        values = "(" + ", ".join(_lit(c) for c in cols) + ")"
-        out, g = self._group(table_of(row), "I", tuple(str(c["name"]) for c in cols), [], 0)
+    def _insert(self, row: dict[str, Any], t: _Table) -> list[str]:
+        cols = _columns(row, t.shape)
+        values = "(" + ", ".join(literals(cols)) + ")"
+        out, g = self._group(t.name, "I", tuple(c["name"] for c in cols), t, 0)
         g.inserts.append(values)
-        self._add(g, len(values))
+        g.size += len(values)
+        self._pending += len(values)
         return out
 
-    def _update(self, row: dict[str, Any], shape: TableShape | None) -> list[str]:
-        table = table_of(row)
-        keyed = _keyed(row, shape)
-        changed = _changed(row, shape)
+    def _update(self, row: dict[str, Any], t: _Table) -> list[str]:
+        identity: list[dict[str, Any]] = row.get("identity") or []
+        key_names = t.keyed(identity)
+        shape = t.shape
+        if key_names is None or shape is None or shape.other_unique:
+            return self._single(t.name, update_sql(row, shape))
+        old = {c["name"]: c.get("value") for c in identity}
+        changed = []
+        for c in row.get("columns") or []:
+            name = c["name"]
+            if name in old:
+                if old[name] != c.get("value"):
+                    return self._single(t.name, update_sql(row, shape))  # the key changes
+            elif name not in shape.generated:
+                if name not in shape.types:
+                    return self._single(t.name, update_sql(row, shape))
+                changed.append(c)
         if not changed:
             return []
-        names = [str(c["name"]) for c in changed]
-        if (
-            shape is None
-            or keyed is None
-            or shape.other_unique
-            or any(n in keyed[0] for n in names)  # the key changes
-            or any(n not in shape.types for n in names)
-        ):
-            return self._single(table, update_sql(row, shape))
-        key_names, key = keyed
-        types = [shape.types[n] for n in key_names] + [shape.types[n] for n in names]
-        out, g = self._group(table, "U", key_names + tuple(names), types, len(key_names))
-        values = [_lit(c) for c in changed]
+        signature = key_names + tuple(c["name"] for c in changed)
+        out, g = self._group(t.name, "U", signature, t, len(key_names))
+        key = tuple(literals(identity))
+        values = literals(changed)
         size = sum(map(len, values)) + sum(map(len, key))
-        if key in g.rows:
-            self._add(g, size - sum(map(len, g.rows[key])) - sum(map(len, key)))
-        else:
-            self._add(g, size)
+        before = g.rows.get(key)
+        if before is not None:  # updated again: the last values win
+            size -= sum(map(len, before)) + sum(map(len, key))
         g.rows[key] = values
+        g.size += size
+        self._pending += size
         return out
 
-    def _delete(self, row: dict[str, Any], shape: TableShape | None) -> list[str]:
-        table = table_of(row)
-        keyed = _keyed(row, shape)
-        if shape is None or keyed is None:
-            return self._single(table, delete_sql(row))
-        key_names, key = keyed
-        out, g = self._group(table, "D", key_names, [shape.types[n] for n in key_names], len(key_names))
+    def _delete(self, row: dict[str, Any], t: _Table) -> list[str]:
+        identity: list[dict[str, Any]] = row.get("identity") or []
+        key_names = t.keyed(identity)
+        if key_names is None:
+            return self._single(t.name, delete_sql(row))
+        out, g = self._group(t.name, "D", key_names, t, len(key_names))
+        key = tuple(literals(identity))
         g.rows[key] = []
-        self._add(g, sum(map(len, key)))
+        size = sum(map(len, key))
+        g.size += size
+        self._pending += size
         return out
 
     def _single(self, table: str, sql: str | None) -> list[str]:

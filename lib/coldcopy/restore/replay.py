@@ -18,6 +18,8 @@ replay the archived transactions it does not contain, exactly to the target.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,10 +71,12 @@ class ReplayStats:
     round_trips: int = 0
     seconds: float = 0.0
     # where the time went: fetching, decrypting and decompressing the batches; parsing the stream
-    # and writing SQL; waiting for the server (statements and shape lookups)
+    # and writing SQL (shape lookups included); the server running the statements (in a thread of
+    # its own, overlapping the two before); the replay waiting for it
     read_seconds: float = 0.0
     build_seconds: float = 0.0
     server_seconds: float = 0.0
+    wait_seconds: float = 0.0
     last_xid: int | None = None
     last_commit_at: str | None = None
     last_commit_lsn: str | None = None
@@ -229,17 +233,16 @@ FROM pg_class c WHERE c.oid = to_regclass(:name)"""
 
 
 class CatalogShapes:
-    """Tables' shapes from the catalog of the database being replayed into.  After DDL, the
-    statements already written out (``flush``) run before the next lookup."""
+    """Tables' shapes from the catalog of the database being replayed into (once per table, and
+    again after DDL); what was written out before a lookup runs first (``sync``)."""
 
-    def __init__(self, conn: pg8000.native.Connection, flush: Callable[[], None]) -> None:
-        self.conn, self.flush, self.stale = conn, flush, False
+    def __init__(self, conn: pg8000.native.Connection, sync: Callable[[], None]) -> None:
+        self.conn, self.sync = conn, sync
 
     def shape(self, schema: str, table: str) -> TableShape | None:
-        """The table's key, column types, generated columns and other unique indexes."""
-        if self.stale:
-            self.flush()
-            self.stale = False
+        """The table's key, column types, generated columns and other unique indexes (after
+        everything written out so far has run: the connection is shared, and DDL may be in it)."""
+        self.sync()
         rows = self.conn.run(_SHAPE_SQL, name=f"{quote_ident(schema)}.{quote_ident(table)}")
         if not rows:
             return None
@@ -252,18 +255,24 @@ class CatalogShapes:
         )
 
     def changed(self) -> None:
-        """DDL was written out: look again once it has run."""
-        self.stale = True
+        """DDL was written out: every lookup syncs first anyway."""
 
 
 class Sender:
     """Statements out to the server, many per round trip (one simple-protocol query string of
-    about ROUND_TRIP_BYTES), timing the waits."""
+    about ROUND_TRIP_BYTES), from a thread of its own: while the server runs one string, the
+    replay parses the stream and writes the next (the connection is used by nothing else until
+    :meth:`sync`).  A failed string stops the rest; the error is raised in the caller's thread."""
 
     def __init__(self, conn: pg8000.native.Connection, stats: ReplayStats) -> None:
         self.conn, self.stats = conn, stats
         self.buf: list[str] = []
         self.size = 0
+        self.error: BaseException | None = None
+        self.skip = False
+        self.queue: queue.Queue[str | None] = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, name="replay-sender", daemon=True)
+        self.thread.start()
 
     def add(self, statements: list[str]) -> None:
         """Queue statements in order; a full buffer is sent."""
@@ -274,13 +283,48 @@ class Sender:
                 self.send()
 
     def send(self) -> None:
-        """Run what is queued."""
+        """Hand what is queued to the sending thread (waits while it is two strings behind)."""
+        if self.error is not None:
+            raise self.error
         if self.buf:
-            s0 = time.perf_counter()
-            self.conn.run(";\n".join(self.buf))
-            self.stats.server_seconds += time.perf_counter() - s0
+            w0 = time.perf_counter()
+            self.queue.put(";\n".join(self.buf))
+            self.stats.wait_seconds += time.perf_counter() - w0
             self.stats.round_trips += 1
         self.buf, self.size = [], 0
+
+    def sync(self) -> None:
+        """Send what is queued and wait until the server has run all of it; the connection is
+        then free for other queries."""
+        self.send()
+        w0 = time.perf_counter()
+        self.queue.join()
+        self.stats.wait_seconds += time.perf_counter() - w0
+        if self.error is not None:
+            raise self.error
+
+    def close(self, *, run_rest: bool = True) -> None:
+        """Stop the thread, after running what it was given (or skipping it: ``run_rest=False``,
+        when the replay fails and is rolled back)."""
+        self.skip = self.skip or not run_rest
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            sql = self.queue.get()
+            try:
+                if sql is None:
+                    return
+                if self.error is None and not self.skip:
+                    s0 = time.perf_counter()
+                    self.conn.run(sql)
+                    self.stats.server_seconds += time.perf_counter() - s0
+            except BaseException as exc:  # noqa: BLE001 - handed to the replay's thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
 
 
 def replay_lines(replayer: Replayer, lines: Iterator[str], sender: Sender) -> None:
@@ -309,7 +353,7 @@ def apply(
     t0 = time.monotonic()
     stats = ReplayStats()
     sender = Sender(conn, stats)
-    replayer = Replayer(plan.dump.visibility, plan.target, CatalogShapes(conn, sender.send))
+    replayer = Replayer(plan.dump.visibility, plan.target, CatalogShapes(conn, sender.sync))
     conn.run("BEGIN")
     try:
         conn.run("SET LOCAL session_replication_role = replica")
@@ -322,7 +366,8 @@ def apply(
             if replayer.done:
                 break
         sender.add(replayer.finish())
-        sender.send()
+        sender.sync()
+        sender.close()
         if replayer.visible_past_target and replayer.past_target is not None:
             raise RecoveryRefused(
                 f"{plan.dump.name} already contains transaction {replayer.past_target.xid}, which "
@@ -334,6 +379,7 @@ def apply(
         conn.run("COMMIT")
         stats.server_seconds += time.perf_counter() - s0
     except pg8000.exceptions.DatabaseError as exc:
+        sender.close(run_rest=False)
         conn.run("ROLLBACK")
         last = replayer.last_applied
         where = f" in transaction {last.xid} (committed {last.at.isoformat()})" if last else ""
@@ -342,10 +388,11 @@ def apply(
             "the replay was rolled back; report this with `coldcopy changes status`",
         ) from None
     except BaseException:
+        sender.close(run_rest=False)
         conn.run("ROLLBACK")
         raise
     stats.seconds = round(time.monotonic() - t0, 3)
-    for name in ("read_seconds", "build_seconds", "server_seconds"):
+    for name in ("read_seconds", "build_seconds", "server_seconds", "wait_seconds"):
         setattr(stats, name, round(getattr(stats, name), 3))
     stats.transactions, stats.skipped_in_dump = replayer.applied, replayer.skipped
     stats.rows, stats.ddl, stats.statements = replayer.rows, replayer.ddl, replayer.statements
