@@ -167,11 +167,15 @@ def measure_pitr(settings: Settings, conn: Any, tps_line: str, seconds: int) -> 
         "hour_of_changes_pitr_seconds": round(3600 / ratio + total - rp.seconds) if ratio else None,
         "statements": rp.statements,
         "round_trips": rp.round_trips,
+        # the replay's own thread: waiting for the batches (fetched, decrypted and decompressed in
+        # a thread of their own), parsing and writing SQL, waiting for the server; the server's
+        # time overlaps the others (a sending thread)
         "replay_time": {
-            "read_decrypt_decompress_seconds": rp.read_seconds,
+            "waiting_for_batches_seconds": rp.read_seconds,
             "parse_and_build_sql_seconds": rp.build_seconds,
-            "server_seconds": rp.server_seconds,
-            "rest_seconds": round(rp.seconds - rp.read_seconds - rp.build_seconds - rp.server_seconds, 3),
+            "waiting_for_server_seconds": rp.wait_seconds,
+            "rest_seconds": round(rp.seconds - rp.read_seconds - rp.build_seconds - rp.wait_seconds, 3),
+            "server_busy_seconds": rp.server_seconds,
         },
         "pgbench_seconds": seconds,
     }

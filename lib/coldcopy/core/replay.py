@@ -35,7 +35,7 @@ _DECODER = json.JSONDecoder(parse_int=str, parse_float=str)
 
 def parse_line(line: str) -> dict[str, Any]:
     """One stream line; numbers stay text (exact numerics, and the server parses them)."""
-    row: dict[str, Any] = _DECODER.decode(line)
+    row: dict[str, Any] = _DECODER.raw_decode(line)[0]  # a line has no surrounding blanks
     return row
 
 

@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -114,21 +114,29 @@ def batch_records(ctx: Context) -> list[tuple[Batch, dict[str, Any]]]:
     return [(Batch.from_record(k, r), r) for k, r in zip(keys, recs, strict=True)]
 
 
+def stream_volumes(ctx: Context, records: list[dict[str, Any]]) -> Iterator[tuple[int, list[str]]]:
+    """The batches' streams, one stored volume's lines at a time, with the index of the batch each
+    belongs to; after a batch's last volume its checksums are verified (IntegrityError; a batch a
+    key rotation re-wrapped is checked against its re-wrap record).  Meant to run ahead in a
+    thread of its own (:func:`prefetch`): fetching, decrypting, decompressing and cutting into
+    lines then overlap the replay."""
+    for i, record in enumerate(records):
+        obj = StoredObject.from_dict(record["data"])
+        unpacker = Unpacker(ctx.key, expect_object=obj.key)
+        rest = b""
+        for k, _ in obj.pieces():
+            head, _, rest = (rest + unpacker.feed(ctx.storage.get_bytes(k))).rpartition(b"\n")
+            if head:
+                yield i, head.decode().split("\n")
+        if rest:
+            yield i, [rest.decode()]
+        finish_checked(ctx.storage, unpacker, obj.key, expected(obj))
+
+
 def batch_lines(ctx: Context, record: dict[str, Any]) -> Iterator[str]:
-    """The batch's stream, line by line, its checksums verified at the end (IntegrityError; a batch
-    a key rotation re-wrapped is checked against its re-wrap record)."""
-    obj = StoredObject.from_dict(record["data"])
-    unpacker = Unpacker(ctx.key, expect_object=obj.key)
-    rest = b""
-    chunks = prefetch((ctx.storage.get_bytes(k) for k, _ in obj.pieces()), depth=2)
-    for stored in chunks:
-        data = rest + unpacker.feed(stored)
-        *lines, rest = data.split(b"\n")
-        for line in lines:
-            yield line.decode()
-    if rest:
-        yield rest.decode()
-    finish_checked(ctx.storage, unpacker, obj.key, expected(obj))
+    """One batch's stream, line by line, verified (:func:`stream_volumes`)."""
+    for _, lines in prefetch(stream_volumes(ctx, [record]), depth=2):
+        yield from lines
 
 
 def logical_dumps(ctx: Context) -> list[Dump]:
@@ -358,13 +366,21 @@ def apply(
     try:
         conn.run("SET LOCAL session_replication_role = replica")
         conn.run('SET LOCAL search_path = "$user", public')
-        captured: dict[str, int] = {}
-        for batch in plan.batches:
-            rec = records[batch.key]
-            captured = {str(k): int(v) for k, v in (rec.get("sequences") or {}).items()}
-            replay_lines(replayer, batch_lines(ctx, rec), sender)
-            if replayer.done:
-                break
+        recs = [records[b.key] for b in plan.batches]
+        current = 0  # the batch being replayed: its captured sequence positions are the ones set
+
+        def lines() -> Generator[str, None, None]:
+            nonlocal current
+            for i, volume in prefetch(stream_volumes(ctx, recs), depth=3):
+                current = i
+                yield from volume
+
+        stream = lines()
+        try:
+            replay_lines(replayer, stream, sender)
+        finally:
+            stream.close()  # stops the reading thread when the target ends the replay early
+        captured = {str(k): int(v) for k, v in (recs[current].get("sequences") or {}).items()} if recs else {}
         sender.add(replayer.finish())
         sender.sync()
         sender.close()
