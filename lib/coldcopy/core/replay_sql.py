@@ -239,13 +239,14 @@ class _Table:
         """The identity's column names when they are this table's key (with no NULL), else None."""
         if not self.key or len(identity) != len(self.key):
             return None
-        names = tuple(c["name"] for c in identity)
+        names = tuple([c["name"] for c in identity])
         if names != self.identity:
             if set(names) != self.key:
                 return None
             self.identity = names
-        if any(c.get("value") is None for c in identity):
-            return None
+        for c in identity:
+            if c.get("value") is None:
+                return None
         return names
 
 
@@ -321,20 +322,22 @@ class Replayer:
             self._truncate.append(table_of(row))
             return self._out(out)
         t = self._table(row)  # before anything is returned: see the class's docstring
-        out = self._flush_truncate()
+        out = self._flush_truncate() if self._truncate else []
         if action == "U":
-            out += self._update(row, t)
+            self._update(row, t, out)
         elif action == "I":
             if row.get("schema") == SCHEMA and row.get("table") == _DDL_TABLE:
                 out += self._ddl(row)
-            out += self._insert(row, t)
+            self._insert(row, t, out)
         elif action == "D":
-            out += self._delete(row, t)
+            self._delete(row, t, out)
         else:
             raise ValueError(f"unknown action {action!r} in the change stream")
         if self._pending >= self.max_pending_bytes:
             out += self._flush_all()
-        return self._out(out)
+        if out:
+            self.statements += len(out)
+        return out
 
     # -- rows ---------------------------------------------------------------------------------
     def _table(self, row: dict[str, Any]) -> _Table:
@@ -356,78 +359,80 @@ class Replayer:
         self.shapes.changed()
         return out
 
-    def _group(
-        self, table: str, kind: str, signature: tuple[str, ...], t: _Table, nkey: int
-    ) -> tuple[list[str], _Group]:
+    def _group(self, kind: str, signature: tuple[str, ...], t: _Table, nkey: int, out: list[str]) -> _Group:
         """The table's open group for this kind and signature; a different one is flushed first."""
-        out: list[str] = []
-        g = self._groups.get(table)
+        g = self._groups.get(t.name)
         if g is not None and (
-            g.kind != kind
-            or g.signature != signature
+            g.signature != signature
+            or g.kind != kind
             or len(g) >= self.max_group_rows
             or g.size >= self.max_group_bytes
         ):
-            out.append(self._take(table))
+            out.append(self._take(t.name))
             g = None
         if g is None:
             types = [t.shape.types[n] for n in signature] if t.shape is not None and kind != "I" else []
-            g = self._groups[table] = _Group(table, kind, signature, types, nkey)
-        return out, g
+            g = self._groups[t.name] = _Group(t.name, kind, signature, types, nkey)
+        return g
 
-    def _insert(self, row: dict[str, Any], t: _Table) -> list[str]:
+    def _insert(self, row: dict[str, Any], t: _Table, out: list[str]) -> None:
         cols = _columns(row, t.shape)
         values = "(" + ", ".join(literals(cols)) + ")"
-        out, g = self._group(t.name, "I", tuple(c["name"] for c in cols), t, 0)
+        g = self._group("I", tuple([c["name"] for c in cols]), t, 0, out)
         g.inserts.append(values)
         g.size += len(values)
         self._pending += len(values)
-        return out
 
-    def _update(self, row: dict[str, Any], t: _Table) -> list[str]:
+    def _update(self, row: dict[str, Any], t: _Table, out: list[str]) -> None:
         identity: list[dict[str, Any]] = row.get("identity") or []
-        key_names = t.keyed(identity)
         shape = t.shape
-        if key_names is None or shape is None or shape.other_unique:
-            return self._single(t.name, update_sql(row, shape))
+        key_names = t.keyed(identity) if shape is not None and not shape.other_unique else None
+        if key_names is None or shape is None:
+            out += self._single(t.name, update_sql(row, shape))
+            return
         old = {c["name"]: c.get("value") for c in identity}
         changed = []
-        for c in row.get("columns") or []:
+        names = list(key_names)
+        generated, types = shape.generated, shape.types
+        for c in row.get("columns") or ():
             name = c["name"]
             if name in old:
-                if old[name] != c.get("value"):
-                    return self._single(t.name, update_sql(row, shape))  # the key changes
-            elif name not in shape.generated:
-                if name not in shape.types:
-                    return self._single(t.name, update_sql(row, shape))
+                if old[name] != c.get("value"):  # the key changes: a statement of its own
+                    out += self._single(t.name, update_sql(row, shape))
+                    return
+            elif name not in generated:
+                if name not in types:
+                    out += self._single(t.name, update_sql(row, shape))
+                    return
                 changed.append(c)
+                names.append(name)
         if not changed:
-            return []
-        signature = key_names + tuple(c["name"] for c in changed)
-        out, g = self._group(t.name, "U", signature, t, len(key_names))
+            return
+        g = self._group("U", tuple(names), t, len(key_names), out)
         key = tuple(literals(identity))
         values = literals(changed)
-        size = sum(map(len, values)) + sum(map(len, key))
+        size = sum(map(len, values))
         before = g.rows.get(key)
-        if before is not None:  # updated again: the last values win
-            size -= sum(map(len, before)) + sum(map(len, key))
+        if before is None:
+            size += sum(map(len, key))
+        else:  # updated again: the last values win
+            size -= sum(map(len, before))
         g.rows[key] = values
         g.size += size
         self._pending += size
-        return out
 
-    def _delete(self, row: dict[str, Any], t: _Table) -> list[str]:
+    def _delete(self, row: dict[str, Any], t: _Table, out: list[str]) -> None:
         identity: list[dict[str, Any]] = row.get("identity") or []
         key_names = t.keyed(identity)
         if key_names is None:
-            return self._single(t.name, delete_sql(row))
-        out, g = self._group(t.name, "D", key_names, t, len(key_names))
+            out += self._single(t.name, delete_sql(row))
+            return
+        g = self._group("D", key_names, t, len(key_names), out)
         key = tuple(literals(identity))
         g.rows[key] = []
         size = sum(map(len, key))
         g.size += size
         self._pending += size
-        return out
 
     def _single(self, table: str, sql: str | None) -> list[str]:
         """One row's own statement, after the table's pending group (its order is kept)."""
