@@ -62,7 +62,7 @@ def test_the_replayer_skips_what_the_dump_has_and_stops_at_the_target() -> None:
         got += r2.feed(_line(action="C", xid=xid))
     assert r2.applied == 2 and not r2.done
     assert got[0] == 'INSERT INTO "public"."t" ("id") OVERRIDING SYSTEM VALUE VALUES (\'1\')'
-    assert got[1].startswith('UPDATE "public"."t" SET "id" = \'1\' WHERE ctid = (SELECT ctid FROM ONLY')
+    assert got[1].startswith('UPDATE ONLY "public"."t" SET "id" = \'1\' WHERE ctid = (SELECT ctid FROM ONLY')
     assert got[2] == 'TRUNCATE ONLY "public"."a", "public"."b"'
     assert literal("it's") == "'it''s'" and literal(None) == "NULL" and literal(True) == "'true'"
     assert literal("00ff", "bytea") == "'\\x00ff'"  # wal2json writes bytea as bare hex
@@ -90,13 +90,17 @@ def test_rows_are_grouped_per_table_in_order_across_transactions() -> None:
     """pgbench's shape: each transaction updates three tables and inserts into a fourth. Each
     table's rows become one statement; a row updated again keeps only its last values; a different
     kind of row on a table ends that table's group only."""
-    keyed = {n: TableShape(("id",), {"id": "integer", "v": "integer", "g": "integer"}) for n in ("a", "b")}
+    keyed = {n: TableShape(("id",), {"id": "int4", "v": "int4", "g": "int4"}) for n in ("a", "b")}
     shapes = _Shapes(
         {
             **keyed,
-            "h": TableShape((), {"x": "integer"}),
-            "u": TableShape(("id",), {"id": "integer", "v": "integer"}, other_unique=True),
-            "gen": TableShape(("id",), {"id": "integer", "v": "integer", "g": "integer"}, frozenset({"g"})),
+            "h": TableShape((), {"x": "int4"}),
+            "u": TableShape(("id",), {"id": "int4", "v": "int4"}, other_unique=True),
+            "gen": TableShape(
+                ("id",),
+                {"id": "int4", "v": "int4", "g": "int4"},
+                frozenset({"g"}),
+            ),
         }
     )
     r = Replayer(SnapshotVisibility.parse("1:1:", "0/1"), Target("lsn", lsn=1 << 40), shapes)
@@ -126,10 +130,10 @@ def test_rows_are_grouped_per_table_in_order_across_transactions() -> None:
     out += r.finish()
     assert shapes.lookups == 3  # one per table
     assert out == [
-        'UPDATE "public"."a" AS t SET "v" = v.c0 FROM (VALUES (\'10\'::integer, \'10\'::integer), '
+        'UPDATE ONLY "public"."a" AS t SET "v" = v.c0 FROM (VALUES (\'10\'::int4, \'10\'::int4), '
         "('11', '11'), ('12', '12'), ('13', '13'), ('14', '14'), ('15', '15')) AS v(k0, c0) "
         'WHERE t."id" = v.k0',
-        'UPDATE "public"."b" AS t SET "v" = v.c0 FROM (VALUES (\'0\'::integer, \'14\'::integer), '
+        'UPDATE ONLY "public"."b" AS t SET "v" = v.c0 FROM (VALUES (\'0\'::int4, \'14\'::int4), '
         "('1', '15')) AS v(k0, c0) WHERE t.\"id\" = v.k0",
         "INSERT INTO \"public\".\"h\" (\"x\") OVERRIDING SYSTEM VALUE VALUES ('10'), ('11'), ('12'), "
         "('13'), ('14'), ('15')",
@@ -166,25 +170,51 @@ def test_rows_are_grouped_per_table_in_order_across_transactions() -> None:
         _line(action="I", schema="public", table="gen", columns=[_col("id", 1), _col("v", 1), _col("g", 2)]),
         _line(action="T", schema="public", table="h"),
         _line(action="U", schema="public", table="a", columns=[_col("id", 3)], identity=[_col("id", 3)]),
+        _line(
+            action="U",
+            schema="public",
+            table="a",
+            columns=[_col("id", 4), _col("v", 1)],
+            identity=[_col("id", 4)],
+        ),
+        _line(
+            action="I",
+            schema="coldcopy",
+            table="ddl_log",
+            columns=[_col("query", "ALTER TABLE a ADD c int;", "text")],
+        ),
+        _line(
+            action="U",
+            schema="public",
+            table="a",
+            columns=[_col("id", 4), _col("v", 2)],
+            identity=[_col("id", 4)],
+        ),
     ]
     for line in feed:
         out += r.feed(line)
     out += r.feed(_line(action="C", xid=20)) + r.finish()
-    assert [s.split(" ")[0] + " " + s.split('"')[3] for s in out] == [
+    assert [s if s.startswith("ALTER") else s.split(" ")[0] + " " + s.split('"')[3] for s in out] == [
         "INSERT a",  # the insert of row 1 ...
         "UPDATE b",  # b's key change: its own statement, at once
         "UPDATE a",  # ... then its update, then both deletes in one statement
         "UPDATE u",  # another unique index: its own statement
         "DELETE a",
         "INSERT gen",
-        "TRUNCATE h",
+        "TRUNCATE h",  # a barrier: everything before it first
+        "UPDATE a",  # DDL is a barrier too ...
+        "ALTER TABLE a ADD c int",
+        "INSERT ddl_log",
+        "UPDATE a",  # ... and the table is looked up again after it
     ]
+    assert shapes.changes == 1 and shapes.lookups == 3 + 3 + 1
     assert out[1] == (
-        'UPDATE "public"."b" SET "id" = \'7\', "v" = \'2\' '
+        'UPDATE ONLY "public"."b" SET "id" = \'7\', "v" = \'2\' '
         'WHERE ctid = (SELECT ctid FROM ONLY "public"."b" WHERE "id" = \'1\' LIMIT 1)'
     )
     assert out[4] == (
-        'DELETE FROM "public"."a" AS t USING (VALUES (\'1\'::integer), (\'2\')) AS v(k0) WHERE t."id" = v.k0'
+        "DELETE FROM ONLY \"public\".\"a\" AS t USING (VALUES ('1'::int4), ('2')) AS v(k0) "
+        'WHERE t."id" = v.k0'
     )
     assert out[5].startswith('INSERT INTO "public"."gen" ("id", "v") ')  # the server computes g
 
@@ -372,6 +402,15 @@ INSERT INTO tel SELECT g, 0 FROM generate_series(1, 3) g;
 INSERT INTO mail VALUES (1, 'x@e'), (2, 'y@e');
 INSERT INTO pair VALUES (1, 'a', 0), (1, 'b', 0);
 INSERT INTO dup VALUES (1, 'a'), (1, 'a');
+CREATE TABLE fixed (id int PRIMARY KEY, c char(5), bits bit(3), vc varchar(10), ts timestamp(3),
+  ca char(3)[]);
+INSERT INTO fixed VALUES (1, 'ab', '101', 'x', '2026-01-01 00:00:00.123', '{ab,c}'),
+  (2, 'cd', '011', 'y', NULL, NULL);
+CREATE TABLE par (id int PRIMARY KEY, v int);
+CREATE TABLE chi () INHERITS (par);
+ALTER TABLE chi ADD PRIMARY KEY (id);
+INSERT INTO par VALUES (1, 0), (2, 0);
+INSERT INTO chi VALUES (1, 0), (2, 0);
 """
 
 EDGE_WORK = [
@@ -411,6 +450,12 @@ EDGE_WORK = [
     "UPDATE dup SET b = 'b' WHERE ctid = (SELECT min(ctid) FROM dup)",
     "DELETE FROM dup WHERE b = 'a'",
     "INSERT INTO dup VALUES (2, NULL), (2, NULL)",
+    # types with a length (a cast to "character" would be char(1)); a parent and its child sharing keys
+    "UPDATE fixed SET c = 'abcd', bits = '110', vc = 'longer one', ts = ts + interval '1 ms', ca = '{xyz,q}'",
+    "UPDATE fixed SET c = 'z' WHERE id = 2",
+    "UPDATE ONLY par SET v = 5",
+    "UPDATE chi SET v = 7 WHERE id = 1",
+    "DELETE FROM ONLY par WHERE id = 2",
     # TRUNCATE between groups
     "UPDATE tel SET bal = 0 WHERE id = 1",
     "TRUNCATE hist",
@@ -418,7 +463,7 @@ EDGE_WORK = [
     "UPDATE tel SET bal = 7 WHERE id = 1",
 ]
 
-EDGE_TABLES = ["acc", "tel", "hist", "kinds", "pair", "mail", "dup"]
+EDGE_TABLES = ["acc", "tel", "hist", "kinds", "pair", "mail", "dup", "fixed", "ONLY par", "chi"]
 
 
 def _rows(conn: pg8000.native.Connection) -> dict[str, Any]:

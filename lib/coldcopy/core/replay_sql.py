@@ -19,6 +19,9 @@ sees a different kind of row:
   group replaces that row's values (an UPDATE sets values, so the last one wins);
 * deletes of a table with a key: one ``DELETE ... USING (VALUES ...)``.
 
+UPDATE and DELETE name the table ``ONLY``: the stream names the table a row is in, and a parent's
+key (or ``ctid``) may also be found in a table that inherits from it.
+
 Everything else is one statement per row as before: ``UPDATE``/``DELETE`` find the row by the
 stream's ``identity`` (every column for ``REPLICA IDENTITY FULL``) and touch exactly one row
 (``ctid``), so duplicates in a table without a key stay as many as they were; an update that
@@ -28,9 +31,11 @@ A ``TRUNCATE`` and the captured DDL (a row of ``coldcopy.ddl_log``, run at its p
 transaction per query text) end every group first: they are barriers.  Groups are bounded in rows
 and bytes, and all of them are written out when the pending bytes reach a bound.
 
-The VALUES lists carry their types on the first row (``'1'::integer``): the table's column types,
-from its shape.  Without a shape (a table the replay cannot look up) rows are not grouped beyond
-adjacent inserts.
+The VALUES lists carry their types on the first row (``'1'::pg_catalog.int4``): each column's type
+by its own name, without a length (``'abc'::character`` would be ``char(1)`` and cut the value;
+``pg_catalog.bpchar`` is not), so the column's own length applies on assignment as it did at the
+source.  Without a shape (a table the replay cannot look up) rows are not grouped: each update or
+delete is its own statement (inserts of one table still share one).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class TableShape:
     """What grouping needs to know of a table in the database being replayed into."""
 
     key: tuple[str, ...]  # its replica identity's key columns (the primary key); () for FULL/NOTHING
-    types: Mapping[str, str]  # column -> its type, as SQL (no typmod)
+    types: Mapping[str, str]  # column -> its type's own name, qualified (pg_catalog.bpchar: no typmod)
     generated: frozenset[str] = frozenset()  # GENERATED ... STORED columns
     other_unique: bool = False  # a unique index or exclusion constraint besides the key's
 
@@ -165,12 +170,12 @@ def update_sql(row: dict[str, Any], shape: TableShape | None = None) -> str | No
     if not changed:
         return None
     sets = ", ".join(f"{ident(str(c['name']))} = {_lit(c)}" for c in changed)
-    return f"UPDATE {table_of(row)} SET {sets} WHERE {one_row(row)}"
+    return f"UPDATE ONLY {table_of(row)} SET {sets} WHERE {one_row(row)}"
 
 
 def delete_sql(row: dict[str, Any]) -> str:
     """The DELETE of one row."""
-    return f"DELETE FROM {table_of(row)} WHERE {one_row(row)}"
+    return f"DELETE FROM ONLY {table_of(row)} WHERE {one_row(row)}"
 
 
 # -- groups ----------------------------------------------------------------------------------------
@@ -211,12 +216,13 @@ class _Group:
         names = [f"k{i}" for i in range(self.nkey)]
         if self.kind == "D":
             values = _values([list(k) for k in self.rows], self.types)
-            return f"DELETE FROM {self.table} AS t USING ({values}) AS v({', '.join(names)}) WHERE {on}"
+            return f"DELETE FROM ONLY {self.table} AS t USING ({values}) AS v({', '.join(names)}) WHERE {on}"
         sets = self.signature[self.nkey :]
         names += [f"c{i}" for i in range(len(sets))]
         values = _values([list(k) + v for k, v in self.rows.items()], self.types)
         assign = ", ".join(f"{ident(c)} = v.c{i}" for i, c in enumerate(sets))
-        return f"UPDATE {self.table} AS t SET {assign} FROM ({values}) AS v({', '.join(names)}) WHERE {on}"
+        alias = ", ".join(names)
+        return f"UPDATE ONLY {self.table} AS t SET {assign} FROM ({values}) AS v({alias}) WHERE {on}"
 
 
 @dataclass

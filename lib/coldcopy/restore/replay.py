@@ -235,8 +235,10 @@ SELECT c.relreplident,
   EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)
           AND NOT coalesce(CASE c.relreplident WHEN 'd' THEN i.indisprimary
                                                WHEN 'i' THEN i.indisreplident END, false)),
-  ARRAY(SELECT ARRAY[a.attname::text, format_type(a.atttypid, NULL), (a.attgenerated <> '')::text]
-        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+  ARRAY(SELECT ARRAY[a.attname::text, format('%I.%I', tn.nspname, t.typname), (a.attgenerated <> '')::text]
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        JOIN pg_namespace tn ON tn.oid = t.typnamespace
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
 FROM pg_class c WHERE c.oid = to_regclass(:name)"""
 
 
