@@ -16,7 +16,10 @@ import pytest
 import test_changes
 from cli_helpers import run_cli
 from coldcopy.changes.slot import setup
-from coldcopy.core.changes import Batch, SnapshotVisibility
+from coldcopy.config import load_settings
+from coldcopy.context import open_context
+from coldcopy.core.changes import BATCHES_PREFIX, Batch, SnapshotVisibility
+from coldcopy.core.manifest import StoredObject
 from coldcopy.core.recovery_plan import RecoveryRefused, Target
 from coldcopy.core.replay import Dump, plan_logical
 from coldcopy.core.replay_sql import Replayer, TableShape, literal
@@ -381,6 +384,17 @@ def _marker_targets(lpg: PgCluster, env: dict[str, str]) -> None:
         rc, out, name = pitr(*target)
         assert rc == 8 and reason in out["err"], out
         assert not lpg.connect().run("SELECT 1 FROM pg_database WHERE datname = :n", n=name)
+    # A damaged batch (read ahead in the reading thread): the replay fails with the damage named,
+    # rolls back, and the new database is dropped.
+    ctx = open_context(load_settings(env))
+    newest = max(o.key for o in ctx.storage.list(BATCHES_PREFIX) if o.key.endswith(".json"))
+    volume = next(k for k, _ in StoredObject.from_dict(ctx.storage.get_json(newest)["data"]).pieces())
+    data = bytearray(ctx.storage.get_bytes(volume))
+    data[len(data) // 2] ^= 0xFF
+    ctx.storage.put_bytes(volume, bytes(data))
+    rc, out, name = pitr("--target-lsn", marks["four"]["lsn_after"])
+    assert rc == 4 and "failed authentication: the stored data was altered" in out["err"], out
+    assert not lpg.connect().run("SELECT 1 FROM pg_database WHERE datname = :n", n=name)
     conn.close()
 
 
