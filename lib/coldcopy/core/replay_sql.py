@@ -22,11 +22,12 @@ sees a different kind of row:
 UPDATE and DELETE name the table ``ONLY``: the stream names the table a row is in, and a parent's
 key (or ``ctid``) may also be found in a table that inherits from it.
 
-Everything else is one statement per row as before: ``UPDATE``/``DELETE`` find the row by the
-stream's ``identity`` (every column for ``REPLICA IDENTITY FULL``) and touch exactly one row
-(``ctid``), so duplicates in a table without a key stay as many as they were; an update that
-changes the key, or of a table with another unique index (updates in one statement are checked row
-by row in an order the server picks, which could collide where the stream's order did not).
+Everything else is one statement per row: updates and deletes of a table without a key, which find
+the row by the stream's ``identity`` (every column for ``REPLICA IDENTITY FULL``) and touch exactly
+one row (``ctid``), so duplicates stay as many as they were; an update that changes the key; and
+updates of a table with another unique index (one statement's rows are checked one by one in an
+order the server picks, which could collide where the stream's order did not).  (A trigger set
+``ENABLE ALWAYS`` still fires under ``replica``; such triggers should not write other tables.)
 A ``TRUNCATE`` and the captured DDL (a row of ``coldcopy.ddl_log``, run at its place, once per
 transaction per query text) end every group first: they are barriers.  Groups are bounded in rows
 and bytes, and all of them are written out when the pending bytes reach a bound.
@@ -77,7 +78,7 @@ class Shapes(Protocol):
 
 
 class NoShapes:
-    """Knows no table: rows are replayed one statement each (adjacent inserts still share one)."""
+    """Knows no table: each update and delete is its own statement (a table's inserts still share one)."""
 
     def shape(self, schema: str, table: str) -> TableShape | None:
         """Always None."""

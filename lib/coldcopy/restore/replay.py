@@ -7,12 +7,15 @@ replay the archived transactions it does not contain, exactly to the target.
    target is outside the window or in a gap;
 2. the dump is restored with ``coldcopy restore``'s own path (the Supabase-faithful one for a
    project), into ``--target-db`` or the project's database;
-3. the batches are streamed (never held whole) through :class:`coldcopy.core.replay.Replayer` into
-   ONE transaction on one connection, as ``session_replication_role = replica`` (user triggers
-   and the DDL capture do not fire: their effects are in the stream), many statements per round
-   trip; at the end the sequences are set to at least their captured position and the largest
-   value their column holds; then COMMIT.  A failure rolls the replay back and drops a
-   ``--target-db`` this command created.
+3. the batches are streamed (never held whole; fetched, decrypted and decompressed a volume ahead
+   in a thread of their own) through :class:`coldcopy.core.replay_sql.Replayer`, which groups each
+   table's rows into multi-row statements (the tables' keys and types come from
+   :class:`CatalogShapes`), into ONE transaction on one connection, as
+   ``session_replication_role = replica`` (user triggers and the DDL capture do not fire: their
+   effects are in the stream), about a megabyte of statements per round trip, sent by
+   :class:`Sender`'s thread while the next are written; at the end the sequences are set to at
+   least their captured position and the largest value their column holds; then COMMIT.  A failure
+   rolls the replay back and drops a ``--target-db`` this command created.
 """
 
 from __future__ import annotations
