@@ -24,6 +24,7 @@ from coldcopy.core.recovery_plan import RecoveryRefused, Target
 from coldcopy.core.replay import Dump, plan_logical
 from coldcopy.core.replay_sql import Replayer, TableShape, literal
 from coldcopy.postgres.cluster import PgCluster
+from coldcopy.restore import replay as replay_module
 from coldcopy.restore.replay import CatalogShapes, ReplayStats, Sender, replay_lines
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -292,7 +293,13 @@ def _contents(conn: pg8000.native.Connection) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(240)
-def test_pitr_from_the_change_archive_to_every_kind_of_target(lpg: PgCluster, env: dict[str, str]) -> None:
+def test_pitr_from_the_change_archive_to_every_kind_of_target(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small pieces: the stream is handed over in many pieces (some lines longer than one), and the
+    # statements go in many round trips, so the reading and sending threads both queue and wait.
+    monkeypatch.setattr(replay_module, "LINES_BYTES", 512)
+    monkeypatch.setattr(replay_module, "ROUND_TRIP_BYTES", 4096)
     try:
         _marker_targets(lpg, env)
     finally:

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: Statements are sent in one simple-protocol query of about this many bytes (one round trip).
 ROUND_TRIP_BYTES = 1 << 20
+#: The stream is handed from the reading thread in pieces of about this many bytes of lines.
+LINES_BYTES = 1 << 20
 
 
 @dataclass
@@ -118,7 +120,7 @@ def batch_records(ctx: Context) -> list[tuple[Batch, dict[str, Any]]]:
 
 
 def stream_volumes(ctx: Context, records: list[dict[str, Any]]) -> Iterator[tuple[int, list[str]]]:
-    """The batches' streams, one stored volume's lines at a time, with the index of the batch each
+    """The batches' streams, about LINES_BYTES of lines at a time, with the index of the batch each
     belongs to; after a batch's last volume its checksums are verified (IntegrityError; a batch a
     key rotation re-wrapped is checked against its re-wrap record).  Meant to run ahead in a
     thread of its own (:func:`prefetch`): fetching, decrypting, decompressing and cutting into
@@ -128,9 +130,17 @@ def stream_volumes(ctx: Context, records: list[dict[str, Any]]) -> Iterator[tupl
         unpacker = Unpacker(ctx.key, expect_object=obj.key)
         rest = b""
         for k, _ in obj.pieces():
-            head, _, rest = (rest + unpacker.feed(ctx.storage.get_bytes(k))).rpartition(b"\n")
-            if head:
-                yield i, head.decode().split("\n")
+            data = rest + unpacker.feed(ctx.storage.get_bytes(k))
+            start = 0
+            while True:  # about LINES_BYTES at a time: what waits in the queue stays small
+                end = data.rfind(b"\n", start, start + LINES_BYTES)
+                if end < 0:
+                    end = data.find(b"\n", start + LINES_BYTES)  # a line longer than that
+                    if end < 0:
+                        break
+                yield i, data[start:end].decode().split("\n")
+                start = end + 1
+            rest = data[start:]
         if rest:
             yield i, [rest.decode()]
         finish_checked(ctx.storage, unpacker, obj.key, expected(obj))
