@@ -5,10 +5,13 @@ moto S3 server over HTTP.  Prints, in one run: pgbench TPS, WAL bytes written, d
 per GB of WAL, bytes stored per transaction, and the data-loss window (max, median) from commit to
 stored batch (a batch's stored_at minus each transaction's commit time).  With ``--pitr``: a
 logical backup before pgbench starts, and after the run ``coldcopy pitr`` to the newest archived
-commit into a new database: restore and replay seconds, and replayed transactions per second
-against pgbench's TPS.
+commit into a new database: the end-to-end time split into restore and replay, the replay's
+transactions and rows per second against pgbench's own rate in the same run (the ratio is what
+counts on a busy machine), an hour of changes projected at that ratio, and where the replay's time
+went (reading the batches, parsing and writing SQL, the server).
 
     .venv/bin/python scripts/bench_changes.py --seconds 120 --scale 10
+    .venv/bin/python scripts/bench_changes.py --pitr --seconds 60 --scale 10
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from coldcopy.backup.logical import run_backup  # noqa: E402
 from coldcopy.changes.monitor import archive_slot, drain_and_record  # noqa: E402
 from coldcopy.changes.slot import setup  # noqa: E402
-from coldcopy.config import load_settings  # noqa: E402
+from coldcopy.config import Settings, load_settings  # noqa: E402
 from coldcopy.context import open_context  # noqa: E402
 from coldcopy.core.changes import BATCHES_PREFIX  # noqa: E402
 from coldcopy.core.lsn import parse_lsn  # noqa: E402
@@ -128,22 +132,68 @@ def main() -> int:
             "window_seconds_median": round(statistics.median(windows), 2) if windows else None,
         }
         if a.pitr:
-            newest = Target("lsn", lsn=parse_lsn(str(conn.run("SELECT pg_current_wal_lsn()::text")[0][0])))
-            t0 = time.monotonic()
-            r = run_logical_pitr(ctx.settings, newest, "pitr_target")
-            rate = float(tps.split("=")[1].split()[0])
-            report["pitr"] = {
-                "total_seconds": round(time.monotonic() - t0, 2),
-                "restore_seconds": r.restore_seconds,
-                "replay_seconds": r.replay.seconds,
-                "replayed_transactions": r.replay.transactions,
-                "replayed_per_second": r.replay.per_second,
-                "replay_vs_pgbench": round(r.replay.per_second / rate, 2) if rate else None,
-                "round_trips": r.replay.round_trips,
-            }
+            report["pitr"] = measure_pitr(ctx.settings, pg, tps, a.seconds)
         print(json.dumps(report, indent=1))
         conn.close()
     return 0
+
+
+#: pgbench's tables the archive holds (pgbench_history has no key: `changes setup` leaves it out)
+KEYED = ("pgbench_accounts", "pgbench_tellers", "pgbench_branches")
+
+
+def fingerprint(conn: Any) -> dict[str, list[Any]]:
+    """Each keyed pgbench table's row count and an order-independent hash of its rows."""
+    return {t: conn.run(f"SELECT count(*), sum(hashtext(x::text)::bigint) FROM {t} x")[0] for t in KEYED}
+
+
+def measure_pitr(settings: Settings, pg: PgCluster, tps_line: str, seconds: int) -> dict[str, Any]:
+    """``pitr`` to the newest archived commit into a new database: the end-to-end time split into
+    restore and replay, the replay's throughput against pgbench's own rate (same run), where the
+    replay's time went, and whether the recovered tables equal the source's."""
+    conn = pg.connect()
+    newest = Target("lsn", lsn=parse_lsn(str(conn.run("SELECT pg_current_wal_lsn()::text")[0][0])))
+    t0 = time.monotonic()
+    r = run_logical_pitr(settings, newest, "pitr_target")
+    total = time.monotonic() - t0
+    rp = r.replay
+    rate = float(tps_line.split("=")[1].split()[0])  # pgbench's transactions per second
+    per_txn = rp.rows / rp.transactions if rp.transactions else 0.0
+    ratio = rp.transactions / rp.seconds / rate if rate and rp.seconds else None
+    got = pg.connect("pitr_target")
+    same = fingerprint(got) == fingerprint(conn)
+    got.close()
+    conn.close()
+    return {
+        "recovered_tables_equal_the_source": same,
+        "total_seconds": round(total, 2),
+        "restore_seconds": r.restore_seconds,
+        "replay_seconds": rp.seconds,
+        "other_seconds": round(total - r.restore_seconds - rp.seconds, 2),  # planning, listing
+        "replayed_transactions": rp.transactions,
+        "replayed_rows": rp.rows,
+        "replayed_transactions_per_second": rp.per_second,
+        "replayed_rows_per_second": round(rp.rows / rp.seconds, 1) if rp.seconds else None,
+        "pgbench_transactions_per_second": rate,
+        "pgbench_rows_per_second": round(rate * per_txn, 1),
+        "replay_vs_pgbench": round(ratio, 2) if ratio else None,
+        # an hour of pgbench at this rate: its replay, and the whole pitr with this run's restore
+        "hour_of_changes_replay_seconds": round(3600 / ratio) if ratio else None,
+        "hour_of_changes_pitr_seconds": round(3600 / ratio + total - rp.seconds) if ratio else None,
+        "statements": rp.statements,
+        "round_trips": rp.round_trips,
+        # the replay's own thread: waiting for the batches (fetched, decrypted and decompressed in
+        # a thread of their own), parsing and writing SQL, waiting for the server; the server's
+        # time overlaps the others (a sending thread)
+        "replay_time": {
+            "waiting_for_batches_seconds": rp.read_seconds,
+            "parse_and_build_sql_seconds": rp.build_seconds,
+            "waiting_for_server_seconds": rp.wait_seconds,
+            "rest_seconds": round(rp.seconds - rp.read_seconds - rp.build_seconds - rp.wait_seconds, 3),
+            "server_busy_seconds": rp.server_seconds,
+        },
+        "pgbench_seconds": seconds,
+    }
 
 
 if __name__ == "__main__":

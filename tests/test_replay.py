@@ -18,11 +18,14 @@ from cli_helpers import run_cli
 from coldcopy.changes.slot import setup
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
-from coldcopy.core.changes import Batch, SnapshotVisibility
+from coldcopy.core.changes import BATCHES_PREFIX, Batch, SnapshotVisibility
+from coldcopy.core.manifest import StoredObject
 from coldcopy.core.recovery_plan import RecoveryRefused, Target
-from coldcopy.core.replay import Dump, Replayer, literal, plan_logical, stream_time
+from coldcopy.core.replay import Dump, plan_logical, stream_time
+from coldcopy.core.replay_sql import Replayer, TableShape, literal
 from coldcopy.postgres.cluster import PgCluster
-from coldcopy.restore.replay import batch_records
+from coldcopy.restore import replay as replay_module
+from coldcopy.restore.replay import CatalogShapes, ReplayStats, Sender, batch_records, replay_lines
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 lpg, env = test_changes.lpg, test_changes.env  # the logical cluster and a database in it
@@ -49,7 +52,8 @@ def test_the_replayer_skips_what_the_dump_has_and_stops_at_the_target() -> None:
         out += r.feed(_line(action="C", xid=xid))
     # 101 is in the dump; 102 (in progress at the snapshot) and 105 are not; 106 is after the target
     assert r.skipped == 1 and r.applied == 2 and r.done and r.past_target and r.past_target.xid == 106
-    assert len(out) == 2 and not r.visible_past_target
+    assert out == [] and not r.visible_past_target  # held back: inserts of one table are grouped
+    assert r.finish() == ['INSERT INTO "public"."t" ("id") OVERRIDING SYSTEM VALUE VALUES (\'1\'), (\'1\')']
     r2 = Replayer(vis, Target("time", time=datetime(2026, 12, 1, 12, 0, 3, tzinfo=UTC)))
     got: list[str] = []
     for xid, sec in ((102, 1), (105, 2)):
@@ -62,9 +66,161 @@ def test_the_replayer_skips_what_the_dump_has_and_stops_at_the_target() -> None:
         got += r2.feed(_line(action="C", xid=xid))
     assert r2.applied == 2 and not r2.done
     assert got[0] == 'INSERT INTO "public"."t" ("id") OVERRIDING SYSTEM VALUE VALUES (\'1\')'
-    assert got[1].startswith('UPDATE "public"."t" SET "id" = \'1\' WHERE ctid = (SELECT ctid FROM ONLY')
+    assert got[1].startswith('UPDATE ONLY "public"."t" SET "id" = \'1\' WHERE ctid = (SELECT ctid FROM ONLY')
     assert got[2] == 'TRUNCATE ONLY "public"."a", "public"."b"'
     assert literal("it's") == "'it''s'" and literal(None) == "NULL" and literal(True) == "'true'"
+    assert literal("00ff", "bytea") == "'\\x00ff'"  # wal2json writes bytea as bare hex
+
+
+class _Shapes:
+    """Shapes as a dict (what the database would answer), counting lookups and DDL."""
+
+    def __init__(self, shapes: dict[str, TableShape]) -> None:
+        self.shapes, self.lookups, self.changes = shapes, 0, 0
+
+    def shape(self, schema: str, table: str) -> TableShape | None:
+        self.lookups += 1
+        return self.shapes.get(table)
+
+    def changed(self) -> None:
+        self.changes += 1
+
+
+def _col(name: str, value: Any, type_name: str = "integer") -> dict[str, Any]:
+    return {"name": name, "type": type_name, "value": value}
+
+
+def test_rows_are_grouped_per_table_in_order_across_transactions() -> None:
+    """pgbench's shape: each transaction updates three tables and inserts into a fourth. Each
+    table's rows become one statement; a row updated again keeps only its last values; a different
+    kind of row on a table ends that table's group only."""
+    keyed = {n: TableShape(("id",), {"id": "int4", "v": "int4", "g": "int4"}) for n in ("a", "b")}
+    shapes = _Shapes(
+        {
+            **keyed,
+            "h": TableShape((), {"x": "int4"}),
+            "u": TableShape(("id",), {"id": "int4", "v": "int4"}, other_unique=True),
+            "gen": TableShape(
+                ("id",),
+                {"id": "int4", "v": "int4", "g": "int4"},
+                frozenset({"g"}),
+            ),
+        }
+    )
+    r = Replayer(SnapshotVisibility.parse("1:1:", "0/1"), Target("lsn", lsn=1 << 40), shapes)
+    out: list[str] = []
+
+    def upd(table: str, key: int, v: int) -> None:
+        ident = [_col("id", key)]
+        out.extend(
+            r.feed(
+                _line(
+                    action="U",
+                    schema="public",
+                    table=table,
+                    columns=[_col("id", key), _col("v", v)],
+                    identity=ident,
+                )
+            )
+        )
+
+    for xid in range(10, 16):
+        out.extend(r.feed(_b(xid, f"0/{xid:X}", "2026-12-01 12:00:00+00")))
+        upd("a", xid, xid)
+        upd("b", xid % 2, xid)  # two rows, updated over and over
+        out.extend(r.feed(_line(action="I", schema="public", table="h", columns=[_col("x", xid)])))
+        out.extend(r.feed(_line(action="C", xid=xid)))
+    assert out == [] and r.applied == 6 and r.rows == 18
+    out += r.finish()
+    assert shapes.lookups == 3  # one per table
+    assert out == [
+        'UPDATE ONLY "public"."a" AS t SET "v" = v.c0 FROM (VALUES (\'10\'::int4, \'10\'::int4), '
+        "('11', '11'), ('12', '12'), ('13', '13'), ('14', '14'), ('15', '15')) AS v(k0, c0) "
+        'WHERE t."id" = v.k0',
+        'UPDATE ONLY "public"."b" AS t SET "v" = v.c0 FROM (VALUES (\'0\'::int4, \'14\'::int4), '
+        "('1', '15')) AS v(k0, c0) WHERE t.\"id\" = v.k0",
+        "INSERT INTO \"public\".\"h\" (\"x\") OVERRIDING SYSTEM VALUE VALUES ('10'), ('11'), ('12'), "
+        "('13'), ('14'), ('15')",
+    ]
+    assert r.statements == 3
+    # Insert, update, delete of one row, a key change, a table with another unique index, a
+    # generated column, TRUNCATE and DDL as barriers: each table's own order is kept.
+    out = r.feed(_b(20, "0/20", "2026-12-01 12:00:01+00"))
+    feed = [
+        _line(action="I", schema="public", table="a", columns=[_col("id", 1), _col("v", None)]),
+        _line(
+            action="U",
+            schema="public",
+            table="a",
+            columns=[_col("id", 1), _col("v", 2)],
+            identity=[_col("id", 1)],
+        ),
+        _line(
+            action="U",
+            schema="public",
+            table="b",
+            columns=[_col("id", 7), _col("v", 2)],
+            identity=[_col("id", 1)],
+        ),
+        _line(action="D", schema="public", table="a", identity=[_col("id", 1)]),
+        _line(action="D", schema="public", table="a", identity=[_col("id", 2)]),
+        _line(
+            action="U",
+            schema="public",
+            table="u",
+            columns=[_col("id", 1), _col("v", 2)],
+            identity=[_col("id", 1)],
+        ),
+        _line(action="I", schema="public", table="gen", columns=[_col("id", 1), _col("v", 1), _col("g", 2)]),
+        _line(action="T", schema="public", table="h"),
+        _line(action="U", schema="public", table="a", columns=[_col("id", 3)], identity=[_col("id", 3)]),
+        _line(
+            action="U",
+            schema="public",
+            table="a",
+            columns=[_col("id", 4), _col("v", 1)],
+            identity=[_col("id", 4)],
+        ),
+        _line(
+            action="I",
+            schema="coldcopy",
+            table="ddl_log",
+            columns=[_col("query", "ALTER TABLE a ADD c int;", "text")],
+        ),
+        _line(
+            action="U",
+            schema="public",
+            table="a",
+            columns=[_col("id", 4), _col("v", 2)],
+            identity=[_col("id", 4)],
+        ),
+    ]
+    for line in feed:
+        out += r.feed(line)
+    out += r.feed(_line(action="C", xid=20)) + r.finish()
+    assert [s if s.startswith("ALTER") else s.split(" ")[0] + " " + s.split('"')[3] for s in out] == [
+        "INSERT a",  # the insert of row 1 ...
+        "UPDATE b",  # b's key change: its own statement, at once
+        "UPDATE a",  # ... then its update, then both deletes in one statement
+        "UPDATE u",  # another unique index: its own statement
+        "DELETE a",
+        "INSERT gen",
+        "TRUNCATE h",  # a barrier: everything before it first
+        "UPDATE a",  # DDL is a barrier too ...
+        "ALTER TABLE a ADD c int",
+        "INSERT ddl_log",
+        "UPDATE a",  # ... and the table is looked up again after it
+    ]
+    assert shapes.changes == 1 and shapes.lookups == 3 + 3 + 1
+    assert out[1] == (
+        'UPDATE ONLY "public"."b" SET "id" = \'7\', "v" = \'2\' '
+        'WHERE ctid = (SELECT ctid FROM ONLY "public"."b" WHERE "id" = \'1\' LIMIT 1)'
+    )
+    assert out[4] == (
+        "DELETE FROM ONLY \"public\".\"a\" AS t USING (VALUES ('1'::int4), ('2')) AS v(k0) "
+        'WHERE t."id" = v.k0'
+    )
+    assert out[5].startswith('INSERT INTO "public"."gen" ("id", "v") ')  # the server computes g
 
 
 def test_plans_refuse_targets_outside_the_window_and_in_gaps() -> None:
@@ -137,7 +293,13 @@ def _contents(conn: pg8000.native.Connection) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(240)
-def test_pitr_from_the_change_archive_to_every_kind_of_target(lpg: PgCluster, env: dict[str, str]) -> None:
+def test_pitr_from_the_change_archive_to_every_kind_of_target(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small pieces: the stream is handed over in many pieces (some lines longer than one), and the
+    # statements go in many round trips, so the reading and sending threads both queue and wait.
+    monkeypatch.setattr(replay_module, "LINES_BYTES", 512)
+    monkeypatch.setattr(replay_module, "ROUND_TRIP_BYTES", 4096)
     try:
         _marker_targets(lpg, env)
     finally:
@@ -229,6 +391,17 @@ def _marker_targets(lpg: PgCluster, env: dict[str, str]) -> None:
         rc, out, name = pitr(*target)
         assert rc == 8 and reason in out["err"], out
         assert not lpg.connect().run("SELECT 1 FROM pg_database WHERE datname = :n", n=name)
+    # A damaged batch (read ahead in the reading thread): the replay fails with the damage named,
+    # rolls back, and the new database is dropped.
+    ctx = open_context(load_settings(env))
+    newest = max(o.key for o in ctx.storage.list(BATCHES_PREFIX) if o.key.endswith(".json"))
+    volume = next(k for k, _ in StoredObject.from_dict(ctx.storage.get_json(newest)["data"]).pieces())
+    data = bytearray(ctx.storage.get_bytes(volume))
+    data[len(data) // 2] ^= 0xFF
+    ctx.storage.put_bytes(volume, bytes(data))
+    rc, out, name = pitr("--target-lsn", marks["four"]["lsn_after"])
+    assert rc == 4 and "failed authentication: the stored data was altered" in out["err"], out
+    assert not lpg.connect().run("SELECT 1 FROM pg_database WHERE datname = :n", n=name)
     conn.close()
 
 
@@ -319,3 +492,159 @@ def test_a_logical_pitr_re_applies_the_ledger_after_the_replay(
     finally:
         conn.close()
         _drop_recovered(lpg, db)
+
+
+# -- grouped statements against the real server: the same stream, grouped and row by row ---------
+EDGE_SCHEMA = """
+CREATE TABLE acc (id int PRIMARY KEY, bal int, note text);
+CREATE TABLE tel (id int PRIMARY KEY, bal int);
+CREATE TABLE hist (a int, b int, at timestamptz);
+CREATE TABLE kinds (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, b bytea, arr int[], tags text[],
+  j json, jb jsonb, n numeric(10,2), f float8, ok bool, doc text,
+  twice int GENERATED ALWAYS AS (id * 2) STORED);
+ALTER TABLE kinds ALTER COLUMN doc SET STORAGE EXTERNAL;
+CREATE TABLE pair (x int, y text, v int, PRIMARY KEY (x, y));
+CREATE TABLE mail (id int PRIMARY KEY, email text UNIQUE);
+CREATE TABLE dup (a int, b text);
+ALTER TABLE dup REPLICA IDENTITY FULL;
+INSERT INTO acc SELECT g, 0, NULL FROM generate_series(1, 50) g;
+INSERT INTO tel SELECT g, 0 FROM generate_series(1, 3) g;
+INSERT INTO mail VALUES (1, 'x@e'), (2, 'y@e');
+INSERT INTO pair VALUES (1, 'a', 0), (1, 'b', 0);
+INSERT INTO dup VALUES (1, 'a'), (1, 'a');
+CREATE TABLE fixed (id int PRIMARY KEY, c char(5), bits bit(3), vc varchar(10), ts timestamp(3),
+  ca char(3)[]);
+INSERT INTO fixed VALUES (1, 'ab', '101', 'x', '2026-01-01 00:00:00.123', '{ab,c}'),
+  (2, 'cd', '011', 'y', NULL, NULL);
+CREATE TABLE par (id int PRIMARY KEY, v int);
+CREATE TABLE chi () INHERITS (par);
+ALTER TABLE chi ADD PRIMARY KEY (id);
+INSERT INTO par VALUES (1, 0), (2, 0);
+INSERT INTO chi VALUES (1, 0), (2, 0);
+"""
+
+EDGE_WORK = [
+    # pgbench's shape, interleaved tables; the same tellers updated again and again
+    *[
+        f"BEGIN; UPDATE acc SET bal = bal + {i} WHERE id = {i % 50 + 1}; UPDATE tel SET bal = bal + {i} "
+        f"WHERE id = {i % 3 + 1}; INSERT INTO hist VALUES ({i}, {i % 3}, now()); COMMIT"
+        for i in range(120)
+    ],
+    # one row inserted, updated, deleted, inserted again and updated, in one transaction and across
+    "BEGIN; INSERT INTO acc VALUES (100, 1, 'new'); UPDATE acc SET bal = 2 WHERE id = 100; "
+    "DELETE FROM acc WHERE id = 100; INSERT INTO acc VALUES (100, 3, NULL); COMMIT",
+    "UPDATE acc SET bal = 4, note = 'again' WHERE id = 100",
+    "UPDATE acc SET note = NULL WHERE id BETWEEN 1 AND 10",
+    "DELETE FROM acc WHERE id BETWEEN 5 AND 8",
+    "INSERT INTO acc VALUES (5, 55, 'back')",
+    # a key change, and rows moved onto keys just freed
+    "UPDATE acc SET id = 1000 WHERE id = 1",
+    "UPDATE acc SET id = 1 WHERE id = 2",
+    "UPDATE acc SET bal = -1 WHERE id IN (1, 1000, 3)",
+    # a composite key
+    "UPDATE pair SET v = v + 1",
+    "UPDATE pair SET y = 'c' WHERE y = 'a'",
+    "UPDATE pair SET v = 9 WHERE x = 1",
+    # another unique index: a swap that only works in the stream's order
+    "BEGIN; UPDATE mail SET email = 'tmp' WHERE id = 1; UPDATE mail SET email = 'x@e' WHERE id = 2; "
+    "UPDATE mail SET email = 'y@e' WHERE id = 1; COMMIT",
+    # every kind of value, a TOASTed value left unchanged by later updates, generated columns
+    "INSERT INTO kinds (b, arr, tags, j, jb, n, f, ok, doc) VALUES ('\\x00ff10', '{1,NULL,3}', "
+    '\'{"a b",NULL,"c,d"}\', \'{"k": [1, "two"]}\', \'{"z": null}\', 12.5, 1e300, true, '
+    "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g)), "
+    "(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    "UPDATE kinds SET n = n + 1",
+    "UPDATE kinds SET ok = NOT ok, b = '\\x'",
+    "UPDATE kinds SET jb = jb || '{\"q\": 1}', f = -2.5e-300 WHERE id = 1",
+    # duplicates in a table without a key
+    "UPDATE dup SET b = 'b' WHERE ctid = (SELECT min(ctid) FROM dup)",
+    "DELETE FROM dup WHERE b = 'a'",
+    "INSERT INTO dup VALUES (2, NULL), (2, NULL)",
+    # types with a length (a cast to "character" would be char(1)); a parent and its child sharing keys
+    "UPDATE fixed SET c = 'abcd', bits = '110', vc = 'longer one', ts = ts + interval '1 ms', ca = '{xyz,q}'",
+    "UPDATE fixed SET c = 'z' WHERE id = 2",
+    "UPDATE ONLY par SET v = 5",
+    "UPDATE chi SET v = 7 WHERE id = 1",
+    "DELETE FROM ONLY par WHERE id = 2",
+    # TRUNCATE between groups
+    "UPDATE tel SET bal = 0 WHERE id = 1",
+    "TRUNCATE hist",
+    "INSERT INTO hist VALUES (1, 1, NULL)",
+    "UPDATE tel SET bal = 7 WHERE id = 1",
+]
+
+EDGE_TABLES = ["acc", "tel", "hist", "kinds", "pair", "mail", "dup", "fixed", "ONLY par", "chi"]
+
+
+def _rows(conn: pg8000.native.Connection) -> dict[str, Any]:
+    return {
+        t: conn.run(f"SELECT md5(x::text) FROM {t} x ORDER BY md5(x::text)")  # every column, any order
+        for t in EDGE_TABLES
+    }
+
+
+def test_grouped_replay_gives_the_tables_the_stream_describes(lpg: PgCluster) -> None:
+    """A real wal2json stream replayed twice onto a copy of the start: grouped (per table, many
+    rows a statement) and one row a statement; both end exactly as the source."""
+    src = "edge_" + secrets.token_hex(3)
+    lpg.create_database(src)
+    conn = lpg.connect(src)
+    copies: list[str] = []
+    slot = f"edge_{secrets.token_hex(3)}"
+    try:
+        for sql in EDGE_SCHEMA.split(";\n"):
+            if sql.strip():
+                conn.run(sql)
+        conn.close()
+        admin = lpg.connect()
+        for name in ("grouped", "single"):
+            copies.append(f"{src}_{name}")
+            admin.run(f'CREATE DATABASE "{copies[-1]}" TEMPLATE "{src}"')
+        admin.close()
+        conn = lpg.connect(src)
+        conn.run("SET synchronous_commit = on")
+        conn.run("SELECT pg_create_logical_replication_slot(:s, 'wal2json')", s=slot)
+        for sql in EDGE_WORK:
+            conn.run(sql)
+        lines = [
+            str(r[0])
+            for r in conn.run(
+                "SELECT data FROM pg_logical_slot_get_changes(:s, NULL, NULL, 'format-version', '2', "
+                "'include-xids', '1', 'include-timestamp', '1', 'include-lsn', '1')",
+                s=slot,
+            )
+        ]
+        want = _rows(conn)
+        assert any('"action":"U"' in x and '"table":"kinds"' in x and '"doc"' not in x for x in lines)
+        results = {}
+        for db, grouped in zip(copies, (True, False), strict=True):
+            target = lpg.connect(db)
+            stats = ReplayStats()
+            sender = Sender(target, stats)
+            vis = SnapshotVisibility.parse("3:3:", "0/1")  # the copies have none of it
+            shapes = CatalogShapes(target, sender.sync)
+            replayer = Replayer(
+                vis, Target("lsn", lsn=1 << 62), shapes, max_group_rows=1000 if grouped else 1
+            )
+            target.run("BEGIN")
+            target.run("SET LOCAL session_replication_role = replica")
+            replay_lines(replayer, iter(lines), sender)
+            sender.add(replayer.finish())
+            sender.sync()
+            sender.close()
+            target.run("COMMIT")
+            results[grouped] = (_rows(target), replayer.statements, replayer.rows)
+            target.close()
+        assert results[True][0] == want and results[False][0] == want
+        rows = results[True][2]
+        assert rows > 400 and results[True][1] < rows / 5 < results[False][1], results
+    finally:
+        conn.close()
+        admin = lpg.connect()
+        admin.run(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = :s",
+            s=slot,
+        )
+        for db in (*copies, src):
+            admin.run(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()

@@ -94,6 +94,9 @@ def _logical_text(r: LogicalPitrResult) -> str:
             f"to {r.target}",
             f"  restore {r.restore_seconds:.1f} s; replay {p.transactions} transactions ({p.rows} rows, "
             f"{p.ddl} DDL) in {p.seconds:.1f} s ({p.per_second}/s); {p.skipped_in_dump} in the backup",
+            f"  replay time: waiting for batches {p.read_seconds:.1f} s, parsing and writing SQL "
+            f"{p.build_seconds:.1f} s, waiting for the server {p.wait_seconds:.1f} s ({p.statements} "
+            f"statements in {p.round_trips} round trips)",
             f"  {last}",
             f"  sequences raised: {len(p.sequences_set)}; heartbeat at {r.heartbeat_at or '-'}",
             "  " + erased_text(r.erased),

@@ -1,5 +1,6 @@
 """Point-in-time recovery from the change archive, its pure parts: which dump and batches reach a
-target, and the SQL that replays the stream on top of the restored dump.
+target, and which transactions of the stream a replay applies (the SQL it sends:
+:mod:`coldcopy.core.replay_sql`).
 
 The stream is wal2json's format-version 2, one JSON line per row, with ``B`` and ``C`` lines around
 each transaction.  Both carry the transaction's xid, its commit time and the LSN of its commit
@@ -8,16 +9,6 @@ record (``lsn``), so whether a transaction is applied is decided at its ``B`` li
 * skipped when the dump already contains it (:meth:`SnapshotVisibility.visible`);
 * applied when it committed at or before the target; the first commit after the target ends the
   replay (commits arrive in commit order), as PostgreSQL's own recovery stops.
-
-Rows become SQL with literals (values are passed as untyped string constants, so the server reads
-them with the column's own input function; numbers are kept as the text wal2json wrote):
-``INSERT``; ``UPDATE`` of the columns the stream has (an unchanged TOASTed column is absent: it keeps
-its value); ``DELETE``; consecutive ``TRUNCATE`` rows of one transaction as one ``TRUNCATE ONLY``.
-``UPDATE`` and ``DELETE`` find the row by the stream's ``identity`` (the primary key, or every
-column for ``REPLICA IDENTITY FULL``) and touch exactly one row (``ctid``), so duplicates in a
-table without a key stay as many as they were.  A row of ``coldcopy.ddl_log`` runs its captured
-statement first, at its place in the transaction (once per transaction when one query text held
-several commands).
 """
 
 from __future__ import annotations
@@ -31,12 +22,7 @@ from typing import Any
 from coldcopy.core.changes import RESTORE_POINTS, SCHEMA, Batch, SnapshotVisibility, continuity_gaps
 from coldcopy.core.lsn import format_lsn, parse_lsn
 from coldcopy.core.recovery_plan import RecoveryRefused, Target
-from coldcopy.core.sql import quote_ident, quote_literal
 from coldcopy.core.times import parse_iso
-
-#: Types without an equality operator: an identity value of one is compared as text.
-_TEXT_COMPARED = frozenset({"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"})
-_DDL_TABLE = "ddl_log"
 
 
 def stream_time(text: str) -> datetime:
@@ -44,9 +30,12 @@ def stream_time(text: str) -> datetime:
     return parse_iso(text.replace(" ", "T", 1))
 
 
+_DECODER = json.JSONDecoder(parse_int=str, parse_float=str)
+
+
 def parse_line(line: str) -> dict[str, Any]:
     """One stream line; numbers stay text (exact numerics, and the server parses them)."""
-    row: dict[str, Any] = json.loads(line, parse_int=str, parse_float=str)
+    row: dict[str, Any] = _DECODER.raw_decode(line)[0]  # a line has no surrounding blanks
     return row
 
 
@@ -84,182 +73,6 @@ def restore_point_name(row: dict[str, Any]) -> str | None:
     if row.get("action") != "I" or row.get("schema") != SCHEMA or row.get("table") != RESTORE_POINTS:
         return None
     return next((str(c["value"]) for c in row.get("columns") or [] if c["name"] == "name"), None)
-
-
-# -- SQL -------------------------------------------------------------------------------------------
-ident = quote_ident  # the short name the statements below use
-
-
-def literal(value: Any) -> str:
-    """A value of the stream as an SQL constant: NULL, or an untyped string the column parses."""
-    if value is None:
-        return "NULL"
-    if value is True or value is False:
-        return "'true'" if value else "'false'"
-    if isinstance(value, dict | list):
-        value = json.dumps(value)
-    return quote_literal(str(value))
-
-
-def table_of(row: dict[str, Any]) -> str:
-    """The row's table as a qualified, quoted name."""
-    return f"{ident(str(row['schema']))}.{ident(str(row['table']))}"
-
-
-def _match(columns: list[dict[str, Any]]) -> str:
-    parts = []
-    for c in columns:
-        name = ident(str(c["name"]))
-        base = str(c.get("type") or "").removesuffix("[]")
-        if c.get("value") is None:
-            parts.append(f"{name} IS NULL")
-        elif base in _TEXT_COMPARED:
-            parts.append(f"{name}::text = {literal(c['value'])}")
-        else:
-            parts.append(f"{name} = {literal(c['value'])}")
-    return " AND ".join(parts) or "true"
-
-
-def one_row(row: dict[str, Any]) -> str:
-    """``ctid = (the first row the identity matches)``: exactly one row, even among duplicates."""
-    identity = row.get("identity") or []
-    if not identity:
-        raise ValueError(f"{row.get('action')} on {table_of(row)} without an identity")
-    return f"ctid = (SELECT ctid FROM ONLY {table_of(row)} WHERE {_match(identity)} LIMIT 1)"
-
-
-def insert_head(row: dict[str, Any]) -> str:
-    """``INSERT INTO t (cols) OVERRIDING SYSTEM VALUE VALUES``: rows with the same head can share
-    one statement."""
-    cols = ", ".join(ident(str(c["name"])) for c in row["columns"])
-    return f"INSERT INTO {table_of(row)} ({cols}) OVERRIDING SYSTEM VALUE VALUES"
-
-
-def insert_values(row: dict[str, Any]) -> str:
-    """The row's ``(v1, v2, ...)``."""
-    return "(" + ", ".join(literal(c.get("value")) for c in row["columns"]) + ")"
-
-
-def update_sql(row: dict[str, Any]) -> str | None:
-    """The UPDATE of one row: the columns the stream has (an unchanged TOAST value is absent), less
-    identity columns it leaves as they were (a GENERATED ALWAYS key may not be SET); None when
-    nothing changes."""
-    old = {str(c["name"]): c.get("value") for c in row.get("identity") or []}
-    changed = [
-        c for c in row["columns"] if str(c["name"]) not in old or old[str(c["name"])] != c.get("value")
-    ]
-    if not changed:
-        return None
-    sets = ", ".join(f"{ident(str(c['name']))} = {literal(c.get('value'))}" for c in changed)
-    return f"UPDATE {table_of(row)} SET {sets} WHERE {one_row(row)}"
-
-
-def delete_sql(row: dict[str, Any]) -> str:
-    """The DELETE of one row."""
-    return f"DELETE FROM {table_of(row)} WHERE {one_row(row)}"
-
-
-@dataclass
-class Replayer:
-    """The stream in, SQL out: decides per transaction, groups inserts, keeps counts.
-
-    ``feed`` each line in stream order and run what it returns; ``finish`` returns the rest.
-    """
-
-    visibility: SnapshotVisibility
-    target: Target
-    max_rows_per_insert: int = 500
-    applied: int = 0
-    skipped: int = 0  # contained in the dump
-    rows: int = 0
-    ddl: int = 0
-    done: bool = False  # the first commit past the target was seen
-    past_target: Commit | None = None
-    last_applied: Commit | None = None
-    visible_past_target: bool = False  # the dump contains a transaction after the target
-    _applying: bool = False
-    _head: str = ""
-    _values: list[str] = field(default_factory=list)
-    _truncate: list[str] = field(default_factory=list)
-    _queries: set[str] = field(default_factory=set)
-
-    def _flush(self) -> list[str]:
-        out = []
-        if self._values:
-            out.append(self._head + " " + ", ".join(self._values))
-            self._head, self._values = "", []
-        if self._truncate:
-            out.append("TRUNCATE ONLY " + ", ".join(self._truncate))
-            self._truncate = []
-        return out
-
-    def feed(self, line: str) -> list[str]:
-        """The statements this line asks for, in order (some are held back to be grouped)."""
-        if self.done:
-            return []
-        head = line[:16]
-        if head.startswith('{"action":"B"'):
-            commit = Commit.of(parse_line(line))
-            if not within(self.target, commit):
-                self.done, self.past_target = True, commit
-                self.visible_past_target = self.visibility.visible(commit.xid)
-                return []
-            self._applying = not self.visibility.visible(commit.xid)
-            if self._applying:
-                self.applied += 1
-                self.last_applied = commit
-                self._queries = set()
-            else:
-                self.skipped += 1
-            return []
-        if not self._applying:
-            return []
-        if head.startswith('{"action":"C"'):
-            return self._flush()
-        row = parse_line(line)
-        return self.row(row)
-
-    def row(self, row: dict[str, Any]) -> list[str]:
-        """The statements for one row of an applied transaction."""
-        action = row.get("action")
-        if action == "M":
-            return []
-        self.rows += 1
-        out: list[str] = []
-        if action == "T":
-            if self._values:
-                out += self._flush()
-            self._truncate.append(table_of(row))
-            return out
-        if self._truncate:
-            out += self._flush()
-        if action == "I":
-            if row.get("schema") == SCHEMA and row.get("table") == _DDL_TABLE:
-                out += self._flush()
-                query = next((str(c["value"]) for c in row["columns"] if c["name"] == "query"), "")
-                if query and query not in self._queries:
-                    self._queries.add(query)
-                    self.ddl += 1
-                    out.append(query.strip().rstrip(";"))
-            head = insert_head(row)
-            if head != self._head or len(self._values) >= self.max_rows_per_insert:
-                out += self._flush()
-                self._head = head
-            self._values.append(insert_values(row))
-            return out
-        out += self._flush()
-        if action == "U":
-            sql = update_sql(row)
-            out += [sql] if sql else []
-        elif action == "D":
-            out.append(delete_sql(row))
-        else:
-            raise ValueError(f"unknown action {action!r} in the change stream")
-        return out
-
-    def finish(self) -> list[str]:
-        """What is still held back."""
-        return self._flush()
 
 
 # -- choosing the dump and the batches -------------------------------------------------------------

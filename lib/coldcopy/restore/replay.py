@@ -7,19 +7,24 @@ replay the archived transactions it does not contain, exactly to the target.
    target is outside the window or in a gap;
 2. the dump is restored with ``coldcopy restore``'s own path (the Supabase-faithful one for a
    project), into ``--target-db`` or the project's database;
-3. the batches are streamed (never held whole) through :class:`coldcopy.core.replay.Replayer` into
-   ONE transaction on one connection, as ``session_replication_role = replica`` (user triggers
-   and the DDL capture do not fire: their effects are in the stream), many statements per round
-   trip; at the end the sequences are set to at least their captured position and the largest
-   value their column holds; then COMMIT.  A failure rolls the replay back and drops a
-   ``--target-db`` this command created.
+3. the batches are streamed (never held whole; fetched, decrypted and decompressed a volume ahead
+   in a thread of their own) through :class:`coldcopy.core.replay_sql.Replayer`, which groups each
+   table's rows into multi-row statements (the tables' keys and types come from
+   :class:`CatalogShapes`), into ONE transaction on one connection, as
+   ``session_replication_role = replica`` (user triggers and the DDL capture do not fire: their
+   effects are in the stream), about a megabyte of statements per round trip, sent by
+   :class:`Sender`'s thread while the next are written; at the end the sequences are set to at
+   least their captured position and the largest value their column holds; then COMMIT.  A failure
+   rolls the replay back and drops a ``--target-db`` this command created.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -39,13 +44,14 @@ from coldcopy.core.replay import (
     Commit,
     Dump,
     LogicalPlan,
-    Replayer,
     parse_line,
     plan_logical,
     resolved,
     restore_point_name,
     sequence_floor,
 )
+from coldcopy.core.replay_sql import Replayer, TableShape
+from coldcopy.core.sql import quote_ident
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
@@ -57,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Statements are sent in one simple-protocol query of about this many bytes (one round trip).
 ROUND_TRIP_BYTES = 1 << 20
+#: The stream is handed from the reading thread in pieces of about this many bytes of lines.
+LINES_BYTES = 1 << 20
 
 
 @dataclass
@@ -65,8 +73,16 @@ class ReplayStats:
     skipped_in_dump: int = 0
     rows: int = 0
     ddl: int = 0
+    statements: int = 0
     round_trips: int = 0
     seconds: float = 0.0
+    # where the time went: fetching, decrypting and decompressing the batches; parsing the stream
+    # and writing SQL (shape lookups included); the server running the statements (in a thread of
+    # its own, overlapping the two before); the replay waiting for it
+    read_seconds: float = 0.0
+    build_seconds: float = 0.0
+    server_seconds: float = 0.0
+    wait_seconds: float = 0.0
     last_xid: int | None = None
     last_commit_at: str | None = None
     last_commit_lsn: str | None = None
@@ -105,21 +121,37 @@ def batch_records(ctx: Context) -> list[tuple[Batch, dict[str, Any]]]:
     return [(Batch.from_record(k, r), r) for k, r in zip(keys, recs, strict=True)]
 
 
+def stream_volumes(ctx: Context, records: list[dict[str, Any]]) -> Iterator[tuple[int, list[str]]]:
+    """The batches' streams, about LINES_BYTES of lines at a time, with the index of the batch each
+    belongs to; after a batch's last volume its checksums are verified (IntegrityError; a batch a
+    key rotation re-wrapped is checked against its re-wrap record).  Meant to run ahead in a
+    thread of its own (:func:`prefetch`): fetching, decrypting, decompressing and cutting into
+    lines then overlap the replay."""
+    for i, record in enumerate(records):
+        obj = StoredObject.from_dict(record["data"])
+        unpacker = Unpacker(ctx.key, expect_object=obj.key)
+        rest = b""
+        for k, _ in obj.pieces():
+            data = rest + unpacker.feed(ctx.storage.get_bytes(k))
+            start = 0
+            while True:  # about LINES_BYTES at a time: what waits in the queue stays small
+                end = data.rfind(b"\n", start, start + LINES_BYTES)
+                if end < 0:
+                    end = data.find(b"\n", start + LINES_BYTES)  # a line longer than that
+                    if end < 0:
+                        break
+                yield i, data[start:end].decode().split("\n")
+                start = end + 1
+            rest = data[start:]
+        if rest:
+            yield i, [rest.decode()]
+        finish_checked(ctx.storage, unpacker, obj.key, expected(obj))
+
+
 def batch_lines(ctx: Context, record: dict[str, Any]) -> Iterator[str]:
-    """The batch's stream, line by line, its checksums verified at the end (IntegrityError; a batch
-    a key rotation re-wrapped is checked against its re-wrap record)."""
-    obj = StoredObject.from_dict(record["data"])
-    unpacker = Unpacker(ctx.key, expect_object=obj.key)
-    rest = b""
-    chunks = prefetch((ctx.storage.get_bytes(k) for k, _ in obj.pieces()), depth=2)
-    for stored in chunks:
-        data = rest + unpacker.feed(stored)
-        *lines, rest = data.split(b"\n")
-        for line in lines:
-            yield line.decode()
-    if rest:
-        yield rest.decode()
-    finish_checked(ctx.storage, unpacker, obj.key, expected(obj))
+    """One batch's stream, line by line, verified (:func:`stream_volumes`)."""
+    for _, lines in prefetch(stream_volumes(ctx, [record]), depth=2):
+        yield from lines
 
 
 def logical_dumps(ctx: Context) -> list[Dump]:
@@ -207,6 +239,135 @@ def set_sequences(conn: pg8000.native.Connection, captured: dict[str, int]) -> d
     return done
 
 
+_SHAPE_SQL = """
+SELECT c.relreplident,
+  ARRAY(SELECT a.attname::text FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = c.oid
+          AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident END
+        ORDER BY k.n),
+  EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)
+          AND NOT coalesce(CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                               WHEN 'i' THEN i.indisreplident END, false)),
+  ARRAY(SELECT ARRAY[a.attname::text, format('%I.%I', tn.nspname, t.typname), (a.attgenerated <> '')::text]
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        JOIN pg_namespace tn ON tn.oid = t.typnamespace
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+FROM pg_class c WHERE c.oid = to_regclass(:name)"""
+
+
+class CatalogShapes:
+    """Tables' shapes from the catalog of the database being replayed into (once per table, and
+    again after DDL); what was written out before a lookup runs first (``sync``)."""
+
+    def __init__(self, conn: pg8000.native.Connection, sync: Callable[[], None]) -> None:
+        self.conn, self.sync = conn, sync
+
+    def shape(self, schema: str, table: str) -> TableShape | None:
+        """The table's key, column types, generated columns and other unique indexes (after
+        everything written out so far has run: the connection is shared, and DDL may be in it)."""
+        self.sync()
+        rows = self.conn.run(_SHAPE_SQL, name=f"{quote_ident(schema)}.{quote_ident(table)}")
+        if not rows:
+            return None
+        replident, key, other_unique, columns = rows[0]
+        return TableShape(
+            key=tuple(key) if replident in ("d", "i") else (),
+            types={name: type_name for name, type_name, _ in columns},
+            generated=frozenset(name for name, _, gen in columns if gen == "true"),
+            other_unique=bool(other_unique),
+        )
+
+    def changed(self) -> None:
+        """DDL was written out: every lookup syncs first anyway."""
+
+
+class Sender:
+    """Statements out to the server, many per round trip (one simple-protocol query string of
+    about ROUND_TRIP_BYTES), from a thread of its own: while the server runs one string, the
+    replay parses the stream and writes the next (the connection is used by nothing else until
+    :meth:`sync`).  A failed string stops the rest; the error is raised in the caller's thread."""
+
+    def __init__(self, conn: pg8000.native.Connection, stats: ReplayStats) -> None:
+        self.conn, self.stats = conn, stats
+        self.buf: list[str] = []
+        self.size = 0
+        self.error: BaseException | None = None
+        self.skip = False
+        self.queue: queue.Queue[str | None] = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, name="replay-sender", daemon=True)
+        self.thread.start()
+
+    def add(self, statements: list[str]) -> None:
+        """Queue statements in order; a full buffer is sent."""
+        for statement in statements:
+            self.buf.append(statement)
+            self.size += len(statement)
+            if self.size >= ROUND_TRIP_BYTES:
+                self.send()
+
+    def send(self) -> None:
+        """Hand what is queued to the sending thread (waits while it is two strings behind)."""
+        if self.error is not None:
+            raise self.error
+        if self.buf:
+            w0 = time.perf_counter()
+            self.queue.put(";\n".join(self.buf))
+            self.stats.wait_seconds += time.perf_counter() - w0
+            self.stats.round_trips += 1
+        self.buf, self.size = [], 0
+
+    def sync(self) -> None:
+        """Send what is queued and wait until the server has run all of it; the connection is
+        then free for other queries."""
+        self.send()
+        w0 = time.perf_counter()
+        self.queue.join()
+        self.stats.wait_seconds += time.perf_counter() - w0
+        if self.error is not None:
+            raise self.error
+
+    def close(self, *, run_rest: bool = True) -> None:
+        """Stop the thread, after running what it was given (or skipping it: ``run_rest=False``,
+        when the replay fails and is rolled back)."""
+        self.skip = self.skip or not run_rest
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            sql = self.queue.get()
+            try:
+                if sql is None:
+                    return
+                if self.error is None and not self.skip:
+                    s0 = time.perf_counter()
+                    self.conn.run(sql)
+                    self.stats.server_seconds += time.perf_counter() - s0
+            except BaseException as exc:  # noqa: BLE001 - handed to the replay's thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
+
+
+def replay_lines(replayer: Replayer, lines: Iterator[str], sender: Sender) -> None:
+    """Feed a stream's lines through ``replayer`` into ``sender`` until the stream ends or the
+    target is passed; times the reading and the building."""
+    stats = sender.stats
+    while not replayer.done:
+        r0 = time.perf_counter()
+        line = next(lines, None)
+        b0 = time.perf_counter()
+        stats.read_seconds += b0 - r0
+        if line is None:
+            return
+        statements = replayer.feed(line)
+        stats.build_seconds += time.perf_counter() - b0
+        sender.add(statements)
+
+
 def apply(
     ctx: Context,
     conn: pg8000.native.Connection,
@@ -216,46 +377,42 @@ def apply(
     """Replay the plan's batches onto the restored dump in ``conn``, in one transaction."""
     t0 = time.monotonic()
     stats = ReplayStats()
-    replayer = Replayer(plan.dump.visibility, plan.target)
-    buf: list[str] = []
-    size = 0
-
-    def send() -> None:
-        nonlocal buf, size
-        if buf:
-            conn.run(";\n".join(buf))
-            stats.round_trips += 1
-        buf, size = [], 0
-
+    sender = Sender(conn, stats)
+    replayer = Replayer(plan.dump.visibility, plan.target, CatalogShapes(conn, sender.sync))
     conn.run("BEGIN")
     try:
         conn.run("SET LOCAL session_replication_role = replica")
         conn.run('SET LOCAL search_path = "$user", public')
-        captured: dict[str, int] = {}
-        for batch in plan.batches:
-            rec = records[batch.key]
-            captured = {str(k): int(v) for k, v in (rec.get("sequences") or {}).items()}
-            for line in batch_lines(ctx, rec):
-                for statement in replayer.feed(line):
-                    buf.append(statement)
-                    size += len(statement)
-                    if size >= ROUND_TRIP_BYTES:
-                        send()
-                if replayer.done:
-                    break
-            if replayer.done:
-                break
-        buf += replayer.finish()
-        send()
+        recs = [records[b.key] for b in plan.batches]
+        current = 0  # the batch being replayed: its captured sequence positions are the ones set
+
+        def lines() -> Generator[str, None, None]:
+            nonlocal current
+            for i, volume in prefetch(stream_volumes(ctx, recs), depth=3):
+                current = i
+                yield from volume
+
+        stream = lines()
+        try:
+            replay_lines(replayer, stream, sender)
+        finally:
+            stream.close()  # stops the reading thread when the target ends the replay early
+        captured = {str(k): int(v) for k, v in (recs[current].get("sequences") or {}).items()} if recs else {}
+        sender.add(replayer.finish())
+        sender.sync()
+        sender.close()
         if replayer.visible_past_target and replayer.past_target is not None:
             raise RecoveryRefused(
                 f"{plan.dump.name} already contains transaction {replayer.past_target.xid}, which "
                 f"committed after the target ({replayer.past_target.at.isoformat()})",
                 "choose a target a little later, or one before that backup started",
             )
+        s0 = time.perf_counter()
         stats.sequences_set = set_sequences(conn, captured)
         conn.run("COMMIT")
+        stats.server_seconds += time.perf_counter() - s0
     except pg8000.exceptions.DatabaseError as exc:
+        sender.close(run_rest=False)
         conn.run("ROLLBACK")
         last = replayer.last_applied
         where = f" in transaction {last.xid} (committed {last.at.isoformat()})" if last else ""
@@ -264,11 +421,14 @@ def apply(
             "the replay was rolled back; report this with `coldcopy changes status`",
         ) from None
     except BaseException:
+        sender.close(run_rest=False)
         conn.run("ROLLBACK")
         raise
     stats.seconds = round(time.monotonic() - t0, 3)
+    for name in ("read_seconds", "build_seconds", "server_seconds", "wait_seconds"):
+        setattr(stats, name, round(getattr(stats, name), 3))
     stats.transactions, stats.skipped_in_dump = replayer.applied, replayer.skipped
-    stats.rows, stats.ddl = replayer.rows, replayer.ddl
+    stats.rows, stats.ddl, stats.statements = replayer.rows, replayer.ddl, replayer.statements
     if replayer.last_applied:
         c = replayer.last_applied
         stats.last_xid, stats.last_commit_at, stats.last_commit_lsn = (

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import zstandard
 
@@ -183,12 +183,16 @@ def check_stats(got: StreamStats, expected: StreamStats) -> None:
             )
 
 
-def prefetch(chunks: Iterator[bytes], depth: int = 8) -> Iterator[bytes]:
-    """Read ``chunks`` in a background thread, at most ``depth`` ahead (overlaps network and CPU)."""
-    q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
+_T = TypeVar("_T")
+
+
+def prefetch(chunks: Iterator[_T], depth: int = 8) -> Iterator[_T]:
+    """Read ``chunks`` in a background thread, at most ``depth`` ahead (overlaps network and CPU;
+    whatever work producing an item takes runs in that thread too)."""
+    q: queue.Queue[_T | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: bytes | BaseException | None) -> bool:
+    def put(item: _T | BaseException | None) -> bool:
         """Hand ``item`` over unless the consumer has gone (then it would wait forever)."""
         while not stop.is_set():
             try:
