@@ -56,7 +56,7 @@ from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.monitor_state import MonitorState, freshness
 from coldcopy.core.names import validate_name
 from coldcopy.core.times import Clock, iso, utc_now
-from coldcopy.core.views import listing_row, status_from_digest
+from coldcopy.core.views import listing_rows, status_from_digest
 from coldcopy.errors import ColdCopyError, InvalidNameError, NotFoundError, StorageError
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.state_store import load_monitor_state
@@ -201,7 +201,7 @@ def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
     entries = cat.entries(kind)
     rows, next_key = paginate(entries, limit, after)
     body: dict[str, Any] = {
-        "backups": [listing_row(e, cat.verifications.get(e.name)) for e in rows],
+        "backups": listing_rows(cat, rows),
         "count": len(rows),
         "total": len(entries),
         "limit": limit,
@@ -228,8 +228,10 @@ def _backup_name(req: Request, *, required: bool) -> str | None:
 def _backup(req: Request, cfg: _Config) -> dict[str, Any]:
     name = _backup_name(req, required=True)
     assert name is not None
-    manifest = _get_backend(cfg).catalog.manifest(name)  # NotFoundError → 404
-    return json_response(200, manifest.to_dict())
+    catalog = _get_backend(cfg).catalog
+    manifest = catalog.manifest(name)  # NotFoundError → 404
+    files = catalog.read_cached().files_by_backup().get(name)  # the catalog /backups reads, cached
+    return json_response(200, {**manifest.to_dict(), "files_snapshot": files})
 
 
 def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:
