@@ -4,6 +4,7 @@ Storage's S3 endpoint; the bucket is the session's S3 server (Spaces)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import tracemalloc
@@ -14,16 +15,27 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import killed_at_point, run_cli, web_get
 from coldcopy.backup.files import committed, prune_files, snapshot_for_backup, take_snapshot
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
+from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.catalog import Catalog
 from coldcopy.core.files import CONTENT_PREFIX, inflight_key
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.metrics import render
+from coldcopy.core.runbooks import Facts, build_plan
+from coldcopy.core.times import iso
+from coldcopy.core.views import status_view
 from coldcopy.errors import IntegrityError
+from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
-from coldcopy.ops.worker import HANDLERS
+from coldcopy.ops import queue
+from coldcopy.ops.worker import HANDLERS, run_worker
+from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.files import restore_files, verify_files
 from coldcopy.storage.project_files import ProjectStorage, open_project_storage
+from test_metrics import assert_clean
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 UNICODE_KEY = "users/ünï cödé/fïle ✓ (1).txt"
@@ -324,3 +336,176 @@ def test_the_storage_secret_never_shows(env: dict[str, str]) -> None:
     assert r.rc != 0 and "project's Storage" in r.err
     assert env["SUPABASE_STORAGE_SECRET"] not in r.err + r.out
     assert "project-storage-secret" not in repr(load_settings(env))
+
+
+# -- tied to the database backup ------------------------------------------------------------------
+@pytest.fixture
+def coldcopy_db(fresh_db: str) -> str:
+    """The database ``coldcopy_env`` points at here: a fresh one, given a ``storage.objects`` table."""
+    return fresh_db
+
+
+def _storage_objects(pg: PgCluster, db: str, rows: list[tuple[str, str]]) -> None:
+    """The part of Supabase's storage schema the check reads: ``storage.objects (bucket_id, name)``."""
+    conn = pg.connect(db)
+    try:
+        conn.run("CREATE SCHEMA storage")
+        conn.run("CREATE TABLE storage.objects (id serial PRIMARY KEY, bucket_id text, name text)")
+        for b, n in rows:
+            conn.run("INSERT INTO storage.objects (bucket_id, name) VALUES (:b, :n)", b=b, n=n)
+    finally:
+        conn.close()
+
+
+def test_a_scheduled_full_backup_is_followed_by_its_snapshot_and_every_view_shows_the_pair(
+    coldcopy_env: dict[str, str], env: dict[str, str], pg: PgCluster, fresh_db: str, storage_server: S3Server
+) -> None:
+    _seed(storage_server)
+    # Rows for four of the six objects, and one row whose file is gone: 1 row without a file,
+    # 2 files without a row (the unicode key and the copy of u1's avatar).
+    rows = [("avatars", "u1/me.png"), ("avatars", "u2/me.png"), ("docs", "a/b/c/deep key.txt")]
+    _storage_objects(pg, fresh_db, [*rows, ("docs", "empty"), ("avatars", "gone/lost.png")])
+    full = {**env, **coldcopy_env, "MONITOR_TOKEN": "t" * 32, "COLDCOPY_CLUSTER": "files"}
+    settings = load_settings(full)
+    queue.enqueue(open_context(settings).storage, "backup-full", {})
+    report = run_worker(settings, heartbeat_seconds=5)
+    assert [(r["kind"], r["state"]) for r in report.runs] == [
+        ("backup-full", "succeeded"),
+        ("files-snapshot", "succeeded"),
+    ]
+    ctx = open_context(settings)
+    name = ctx.catalog.read().entries()[0].name
+    (snap,) = committed(ctx.storage)
+
+    listed = json.loads(run_cli(full, "list-backups", "--json").out)
+    assert [(r["name"], r["files_snapshot"]) for r in listed] == [(name, snap)]
+    assert snap in run_cli(full, "list-backups").out  # the FILES column
+    shown = json.loads(run_cli(full, "show", name, "--json").out)["files_snapshot"]
+    assert (shown["snapshot"], shown["backup"], shown["objects"]) == (snap, name, 6)
+    assert (shown["rows_checked"], shown["rows_without_file"], shown["files_without_row"]) == (5, 1, 2)
+    assert "1 storage.objects rows without a file, 2 files without a row" in run_cli(full, "show", name).out
+
+    clock = lambda: datetime.now(UTC)  # noqa: E731 - the backup was taken now
+    api = web_get(settings, "backups", full["MONITOR_TOKEN"], clock)
+    assert [(b["name"], b["files_snapshot"]) for b in api["backups"]] == [(name, snap)]
+    web.use_settings(settings, clock=clock)
+    try:
+        headers = {"authorization": f"Bearer {full['MONITOR_TOKEN']}"}
+        detail = web.handle("backup", {"http": {"method": "GET", "path": f"/{name}", "headers": headers}})
+    finally:
+        web.use_settings(None)
+    assert json.loads(detail["body"])["files_snapshot"]["snapshot"] == snap
+
+    st = json.loads(run_cli(full, "status", "--json").out)
+    assert st["files"]["newest"]["snapshot"] == snap and st["files"]["problems"] == []
+    text = render(ctx.catalog.read(), datetime.now(UTC))
+    assert "coldcopy_files_rows_without_file 1" in text and "coldcopy_files_without_row 2" in text
+
+    plan = run_cli(full, "plan", "disaster")
+    assert f"coldcopy files restore --snapshot {snap}" in plan.out, plan.out + plan.err
+    restored = run_cli(full, "restore", "--backup-name", name, "--target-db", f"{fresh_db}_r")
+    assert restored.rc == 0, restored.err
+    assert f"restore them with: coldcopy files restore --snapshot {snap}" in restored.out
+    assert "1 storage.objects rows without a file" in restored.out
+    pg.drop_database(f"{fresh_db}_r")
+
+
+def _entry(name: str, finished: datetime) -> CatalogEntry:
+    return CatalogEntry(
+        name=name,
+        kind="full",
+        database="app",
+        created_at=iso(finished - timedelta(minutes=1)),
+        finished_at=iso(finished),
+        duration_seconds=60.0,
+        size_bytes=100,
+        raw_size_bytes=300,
+        encrypted=True,
+        key_id="k1",
+        server_version="17.2",
+    )
+
+
+def test_the_files_alerts_fire_and_clear_from_the_records_and_the_metrics_follow() -> None:
+    t = datetime(2026, 11, 24, 2, 1, tzinfo=UTC)
+    name = "full_backup_app_20261124_020000"
+    cat = Catalog(backups={name: _entry(name, t)})
+    th = Thresholds(files_max_lag_hours=6)
+    records: list[tuple[str, dict[str, Any]]] = []
+
+    def add(kind: str, ident: str, at: datetime, **payload: Any) -> None:
+        records.append(
+            (
+                f"journal/{at:%Y%m%dT%H%M%S.%fZ}-{kind}-{ident}-000000.json",
+                {"type": kind, "name": ident, "at": iso(at), **payload},
+            )
+        )
+        cat.merge(records, now=at)
+
+    def files_alerts(now: datetime) -> list[tuple[str, str]]:
+        return [(a.rule, a.severity) for a in evaluate(cat, [], None, th, now) if a.rule.startswith("files")]
+
+    add("files_snapshot_due", name, t)  # the worker queued its snapshot
+    assert files_alerts(t + timedelta(hours=5)) == []
+    assert files_alerts(t + timedelta(hours=7)) == [("files-snapshot-late", "warning")]
+    text = render(cat, t + timedelta(hours=7))
+    assert_clean(text)
+    assert "coldcopy_files_snapshot_behind_seconds 25200" in text and "coldcopy_files_snapshots 0" in text
+
+    add(
+        "files_snapshot_failed",
+        name,
+        t + timedelta(minutes=10),
+        backup=name,
+        error="cannot reach the project's Storage",
+    )
+    assert ("files-snapshot-failed", "critical") in files_alerts(t + timedelta(hours=1))
+    st = status_view(cat, t + timedelta(hours=1), encrypted=True, wal=None, thresholds=th)
+    assert not st["ok"] and any("files snapshot" in p for p in st["problems"])
+    assert "coldcopy_files_snapshot_failures_total 1" in render(cat, t)
+
+    snap = {
+        "snapshot": "files_20261124_100000",
+        "created_at": iso(t + timedelta(hours=8)),
+        "backup": name,
+        "buckets": 2,
+        "objects": 6,
+        "bytes": 9000,
+        "contents": 5,
+        "stored_bytes": 4000,
+        "rows_checked": None,
+    }
+    add("files_snapshot", snap["snapshot"], t + timedelta(hours=8), **snap)
+    assert files_alerts(t + timedelta(hours=9)) == []  # taken by hand after the failure: both clear
+    assert status_view(cat, t + timedelta(hours=9), encrypted=True, wal=None, thresholds=th)["ok"]
+    text = render(cat, t + timedelta(hours=9))
+    assert_clean(text)
+    assert (
+        "coldcopy_files_snapshot_behind_seconds 0" in text
+        and "coldcopy_files_last_snapshot_objects 6" in text
+    )
+    assert "coldcopy_files_rows_without_file" not in text  # not checked: no series rather than a false 0
+    plan = build_plan("files", cat, Facts(db_name="app", key_id="k1"), t + timedelta(hours=9))
+    assert plan.alert == "files" and "coldcopy files backup" in plan.first[0]
+
+    add("files_snapshot_deleted", snap["snapshot"], t + timedelta(days=40))
+    assert cat.files == {} and "coldcopy_files_snapshots 0" in render(cat, t + timedelta(days=40))
+
+
+@pytest.mark.parametrize(("point", "done"), [("files:content-stored", 1), ("files:before-commit", 5)])
+def test_a_snapshot_killed_by_sigkill_lists_nothing_partial_and_the_next_run_copies_only_what_is_missing(
+    env: dict[str, str], storage_server: S3Server, tmp_path: Any, point: str, done: int
+) -> None:
+    _seed(storage_server)
+    env = {**env, "COLDCOPY_UPLOAD_CONCURRENCY": "1", "PATH": os.environ.get("PATH", "")}
+    killed_at_point(env, point, tmp_path, "files", "backup")
+    settings = load_settings(env)
+    ctx = open_context(settings)
+    assert committed(ctx.storage) == {}
+    assert run_cli(env, "files", "list").out.startswith("no files snapshots")
+    assert len(_contents(ctx)) == done
+    project, counted = _project(settings)
+    r = take_snapshot(ctx, project, now=datetime.now(UTC) + timedelta(seconds=2))
+    assert (r.copied_contents, counted.calls["GetObject"]) == (5 - done, 5 - done)
+    (snap,) = committed(ctx.storage)
+    assert verify_files(ctx, snap)["ok"]

@@ -54,6 +54,7 @@ from coldcopy.core.files import (
 from coldcopy.core.manifest import StoredObject
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, ConflictError, IntegrityError, NotFoundError
+from coldcopy.pausepoints import pause_point
 from coldcopy.postgres.client import Postgres
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.project_files import ObjectMeta, ProjectStorage
@@ -274,14 +275,19 @@ def take_snapshot(
     """Snapshot every bucket of ``project`` into the bucket; see the module's docstring.  ``rows``:
     the ``storage.objects`` rows to count mismatches against.  The outcome goes to the catalog's
     journal (``files_snapshot``, or ``files_snapshot_failed`` with the error)."""
-    hook = hook or (lambda phase: None)
+
+    def phase(name: str) -> None:  # fault tests stop here: a hook in process, a pause point in a child
+        pause_point(ctx.settings, f"files:{name}")
+        if hook is not None:
+            hook(name)
+
     storage = ctx.storage
     snap = snapshot_id(now)
     if storage.exists(commit_key(snap)):
         raise ConflictError(f"files snapshot {snap} already exists", "take the next one a second later")
     storage.put_json(inflight_key(snap), {"snapshot": snap, "started_at": iso(now)})
     try:
-        report = _take(ctx, project, snap, now, backup, hook, rows)
+        report = _take(ctx, project, snap, now, backup, phase, rows)
     except Exception as exc:
         _record(ctx, "files_snapshot_failed", backup or "", {"backup": backup, "error": _why(exc)}, now)
         raise

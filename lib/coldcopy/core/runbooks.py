@@ -462,6 +462,7 @@ def _disaster(
         p.commands = [
             *_verify_cmds(e),
             f"coldcopy restore --backup-name {e.name}",
+            *_files_cmds(cat.files_by_backup().get(e.name)),
             "coldcopy backup",
             "coldcopy status",
         ]
@@ -554,8 +555,8 @@ def _supabase_disaster(
 
 
 def _files_cmds(files: dict[str, Any] | None) -> list[str]:
-    """The files step of a Supabase project's restore: the snapshot taken with the backup, into the
-    new project's Storage (its S3 endpoint and keys in SUPABASE_STORAGE_*)."""
+    """The files step of a restore: the snapshot taken with the backup (None: no step), into the new
+    project's Storage (its S3 endpoint and keys in SUPABASE_STORAGE_*)."""
     if files is None:
         return []
     snap = files.get("snapshot")
