@@ -35,6 +35,7 @@ from coldcopy.ops.worker import HANDLERS, run_worker
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.files import restore_files, verify_files
 from coldcopy.storage.project_files import ProjectStorage, open_project_storage
+from coldcopy.verify.files_drill import drill_files
 from test_metrics import assert_clean
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
@@ -509,3 +510,28 @@ def test_a_snapshot_killed_by_sigkill_lists_nothing_partial_and_the_next_run_cop
     assert (r.copied_contents, counted.calls["GetObject"]) == (5 - done, 5 - done)
     (snap,) = committed(ctx.storage)
     assert verify_files(ctx, snap)["ok"]
+
+
+def test_the_weekly_drill_restores_a_sample_into_a_scratch_bucket_compares_it_and_removes_it(
+    settings: Settings, storage_server: S3Server, s3_server: S3Server, bucket: str
+) -> None:
+    _seed(storage_server)
+    ctx = open_context(settings)
+    take_snapshot(ctx, open_project_storage(settings), now=T0)
+    before = _state(storage_server)
+    out = drill_files(ctx, open_project_storage(settings), T0 + timedelta(days=3), sample=4)
+    assert out["ok"] and (out["sampled"], out["compared"]) == (4, 4), out
+    assert out["scratch_bucket"] == "coldcopy-drill-20261127-020000"
+    assert _state(storage_server) == before  # the scratch bucket is gone; nothing else was touched
+    again = drill_files(ctx, open_project_storage(settings), T0 + timedelta(days=4), sample=4)
+    assert again["sampled"] == 4  # the same week: the same sample (the seed is the week)
+
+    # A stored content changed behind ColdCopy's back: the drill says which object, and cleans up.
+    vol = next(o for o in ctx.storage.list(CONTENT_PREFIX) if o.key.endswith(".000000"))
+    data = bytearray(ctx.storage.get_bytes(vol.key))
+    data[-5] ^= 1
+    s3_server.client().put_object(Bucket=bucket, Key=ctx.storage.full_key(vol.key), Body=bytes(data))
+    bad = drill_files(ctx, open_project_storage(settings), T0 + timedelta(days=3), sample=6)
+    assert not bad["ok"] and all("could not be restored" in p for p in bad["problems"])
+    assert bad["compared"] == 6 - len(bad["problems"]) < 6
+    assert _state(storage_server) == before

@@ -15,8 +15,9 @@ same ETag, size and last-modified time: its entry (metadata included) is carried
 from __future__ import annotations
 
 import hashlib
+import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -346,3 +347,22 @@ def pairing_text(rec: Mapping[str, Any]) -> str:
         f"{rec.get('files_without_row')} files without a row"
     )
     return f"{rec.get('snapshot')}: {rec.get('objects')} objects in {rec.get('buckets')} buckets; {rows}"
+
+
+DRILL_SAMPLE = 20  # objects the weekly drill restores into a scratch bucket
+
+
+def drill_bucket(when: datetime) -> str:
+    """The scratch bucket of a drill started at ``when`` (a valid S3 bucket name)."""
+    return "coldcopy-drill-" + when.astimezone(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def drill_sample(entries: Sequence[Entry], n: int, seed: str) -> list[Entry]:
+    """The objects a drill restores: the largest (it takes the multipart path when large) and a
+    seeded random sample of the rest, ``n`` in all; the same seed picks the same objects."""
+    if not entries:
+        return []
+    largest = max(entries, key=lambda e: (e.size, e.bucket, e.key))
+    rest = [e for e in entries if e is not largest]
+    picked = random.Random(seed).sample(rest, min(max(n - 1, 0), len(rest)))
+    return [largest, *sorted(picked, key=lambda e: (e.bucket, e.key))]

@@ -88,7 +88,10 @@ def _verify(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if name is None:
         report = run_scheduled(settings, ctx=ctx)
         if not report["ok"]:
-            failed = ", ".join(r["name"] for r in report["results"] if not r["ok"])
+            failed = ", ".join(
+                [r["name"] for r in report["results"] if not r["ok"]]
+                + (["the files drill"] if report["files"] and not report["files"]["ok"] else [])
+            )
             raise JobFailed(f"scheduled verification failed for {failed}", report)
         return report
     result = run_verify(settings, validate_name(name), level=level, ctx=ctx)

@@ -1,4 +1,6 @@
-"""The weekly verification job: test-restore what was never test-restored, and a sample of the rest.
+"""The weekly verification job: test-restore what was never test-restored, and a sample of the rest;
+with files snapshots on, restore a sample of the newest one's files into a scratch bucket
+(``verify.files_drill``).
 
 Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them.
 """
@@ -13,6 +15,8 @@ from coldcopy.context import Context, open_context
 from coldcopy.core.times import utc_now
 from coldcopy.core.verification import schedule_selection, week_seed
 from coldcopy.errors import NotFoundError
+from coldcopy.storage.project_files import open_project_storage
+from coldcopy.verify.files_drill import drill_files
 from coldcopy.verify.run import run_verify
 
 
@@ -40,6 +44,8 @@ def run_scheduled(
                 "measurement": r.measurement,
             }
         )
+    # The files: a sample of the newest snapshot restored into a scratch bucket and compared.
+    files = drill_files(ctx, open_project_storage(settings), now) if settings.files_configured else None
     return {
         "name": results[0]["name"] if results else None,  # the newest backup verified
         "level": "restore",
@@ -47,5 +53,6 @@ def run_scheduled(
         "new": new,
         "sampled": sampled,
         "results": results,
-        "ok": all(r["ok"] for r in results),
+        "files": files,
+        "ok": all(r["ok"] for r in results) and (files is None or files["ok"]),
     }
