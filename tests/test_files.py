@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import killed_at_point, run_cli, web_get
-from coldcopy.backup.files import committed, prune_files, snapshot_for_backup, take_snapshot
+from coldcopy.backup.files import committed, prune_files, resolve, take_snapshot
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.alerts import Thresholds, evaluate
@@ -148,7 +148,7 @@ def test_a_snapshot_restores_into_an_empty_project_equal_object_by_object(
     assert len(_contents(ctx)) == 5
     assert counted.calls["GetObject"] == 5 and counted.calls["HeadObject"] == 1
     assert list(committed(ctx.storage)) == ["files_20261124_020000"]
-    assert snapshot_for_backup(ctx.storage, "full_backup_app_20261124_020000") == "files_20261124_020000"
+    assert resolve(ctx.storage, "full_backup_app_20261124_020000")[0] == "files_20261124_020000"
 
     storage_server.reset()  # the disaster: a new, empty project
     assert _state(storage_server) == {}
@@ -409,6 +409,9 @@ def test_a_scheduled_full_backup_is_followed_by_its_snapshot_and_every_view_show
     assert f"restore them with: coldcopy files restore --snapshot {snap}" in restored.out
     assert "1 storage.objects rows without a file" in restored.out
     pg.drop_database(f"{fresh_db}_r")
+    files = run_cli(full, "files", "restore", "--snapshot", name)  # by the backup's name
+    assert files.rc == 0 and "6 already identical" in files.out, files.out + files.err
+    assert "1 storage.objects rows without a file, 2 files without a row" in files.out
 
 
 def _entry(name: str, finished: datetime) -> CatalogEntry:

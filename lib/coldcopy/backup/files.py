@@ -507,12 +507,6 @@ def prune_files(
     return out
 
 
-def snapshot_for_backup(storage: ObjectStore, backup: str) -> str | None:
-    """The newest committed snapshot taken with ``backup``."""
-    found = [s for s, c in committed(storage).items() if c.get("backup") == backup]
-    return max(found, default=None)
-
-
 def resolve(storage: ObjectStore, name: str) -> tuple[str, dict[str, Any]]:
     """A snapshot id, or a backup's name, to its committed snapshot and commit record."""
     commits = committed(storage)

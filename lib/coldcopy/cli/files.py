@@ -73,6 +73,14 @@ def cmd_files_restore(args: argparse.Namespace) -> int:
         f"files snapshot {r.snapshot} (backup {r.backup or '-'}): {r.selected} objects selected, "
         f"{r.restored} written ({human_bytes(r.bytes_written)}), {r.skipped} already identical, "
         f"{r.checked} checked against the index",
+        *(
+            [
+                f"  when it was taken: {r.rows_without_file} storage.objects rows without a file, "
+                f"{r.files_without_row} files without a row"
+            ]
+            if r.rows_without_file is not None
+            else []
+        ),
         *(f"  ! {p}" for p in r.problems[:50]),
     ]
     present(args, r.to_dict(), "\n".join(lines))

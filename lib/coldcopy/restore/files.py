@@ -43,6 +43,9 @@ class RestoreReport:
     buckets_created: list[str] = field(default_factory=list)
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    # storage.objects when the snapshot was taken (None: not checked): rows the files do not match
+    rows_without_file: int | None = None
+    files_without_row: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -123,7 +126,13 @@ def restore_files(
     snap, commit = resolve(storage, name)
     index = read_index(storage, snap, ctx.key, commit)
     chosen = select(index.entries, bucket, prefix)
-    report = RestoreReport(snap, index.backup, selected=len(chosen))
+    report = RestoreReport(
+        snap,
+        index.backup,
+        selected=len(chosen),
+        rows_without_file=commit.get("rows_without_file"),
+        files_without_row=commit.get("files_without_row"),
+    )
     buckets = sorted({e.bucket for e in chosen})
     for b in buckets:
         if target.ensure_bucket(b):
