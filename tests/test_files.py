@@ -10,6 +10,7 @@ import secrets
 import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from coldcopy.backup.files import committed, prune_files, resolve, take_snapshot
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.alerts import Thresholds, evaluate
-from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog import Catalog, journal_key
 from coldcopy.core.files import CONTENT_PREFIX, inflight_key
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.metrics import render
@@ -317,6 +318,7 @@ def test_retention_deletes_unreferenced_contents_and_keeps_what_a_retained_snaps
     )
     assert out["contents_deleted"] == 1
     assert list(committed(ctx.storage)) == ["files_20261125_020000"]
+    assert list(ctx.catalog.read().files) == ["files_20261125_020000"]  # the catalog follows
     storage_server.reset()
     r = restore_files(ctx, open_project_storage(settings), "files_20261125_020000")
     assert r.ok and r.restored == 2  # every content the retained snapshot needs is still there
@@ -377,6 +379,8 @@ def test_a_scheduled_full_backup_is_followed_by_its_snapshot_and_every_view_show
     ctx = open_context(settings)
     name = ctx.catalog.read().entries()[0].name
     (snap,) = committed(ctx.storage)
+    assert list(ctx.catalog.read().files) == [snap]  # keyed by snapshot id
+    assert list(ctx.catalog.read().files_due) == [name]  # the worker queued it after the backup
 
     listed = json.loads(run_cli(full, "list-backups", "--json").out)
     assert [(r["name"], r["files_snapshot"]) for r in listed] == [(name, snap)]
@@ -439,10 +443,7 @@ def test_the_files_alerts_fire_and_clear_from_the_records_and_the_metrics_follow
 
     def add(kind: str, ident: str, at: datetime, **payload: Any) -> None:
         records.append(
-            (
-                f"journal/{at:%Y%m%dT%H%M%S.%fZ}-{kind}-{ident}-000000.json",
-                {"type": kind, "name": ident, "at": iso(at), **payload},
-            )
+            (journal_key(kind, ident, at), {"type": kind, "name": ident, "at": iso(at), **payload})
         )
         cat.merge(records, now=at)
 
@@ -489,10 +490,20 @@ def test_the_files_alerts_fire_and_clear_from_the_records_and_the_metrics_follow
         and "coldcopy_files_last_snapshot_objects 6" in text
     )
     assert "coldcopy_files_rows_without_file" not in text  # not checked: no series rather than a false 0
-    plan = build_plan("files", cat, Facts(db_name="app", key_id="k1"), t + timedelta(hours=9))
+    facts = Facts(db_name="app", key_id="k1")
+    plan = build_plan("files", cat, facts, t + timedelta(hours=9))
     assert plan.alert == "files" and "coldcopy files backup" in plan.first[0]
 
+    supabase = replace(cat.backups[name], platform={"platform": "supabase", "extensions": []})
+    with_files = build_plan("disaster", replace(cat, backups={name: supabase}), facts, t + timedelta(hours=9))
+    restore_cmd = "coldcopy files restore --snapshot files_20261124_100000"
+    assert restore_cmd in with_files.commands and not any("Storage files" in a for a in with_files.after)
+
     add("files_snapshot_deleted", snap["snapshot"], t + timedelta(days=40))
+    without = build_plan("disaster", replace(cat, backups={name: supabase}), facts, t + timedelta(days=40))
+    assert not any("coldcopy files" in c for c in without.commands)
+    assert any("no files snapshot was taken with" in r for r in without.risks)
+    assert any("Storage files (the objects' rows come back" in a for a in without.after)
     assert cat.files == {} and "coldcopy_files_snapshots 0" in render(cat, t + timedelta(days=40))
 
 

@@ -316,7 +316,7 @@ def _record(ctx: Context, kind: str, name: str, payload: dict[str, Any], when: d
     """A journal record of a snapshot's outcome, and the catalog brought up to it (best effort: the
     snapshot itself is complete or not whatever happens here)."""
     try:
-        ctx.catalog.record(kind, name, payload, when)
+        ctx.catalog.record(kind, name, {"name": name, **payload}, when)
         ctx.catalog.refresh()
     except ColdCopyError as exc:
         log.warning("could not record the files snapshot in the catalog: %s", exc.message)
@@ -500,7 +500,7 @@ def prune_files(
     for snap in doomed:  # commit first: a half-deleted snapshot is never listed
         storage.delete([commit_key(snap)])
         storage.delete([index_key(snap)])
-        catalog.record("files_snapshot_deleted", snap, {}, now)
+        catalog.record("files_snapshot_deleted", snap, {"name": snap}, now)
     metas = [k for k in doomed_keys if k.endswith("/meta.json")]
     storage.delete(metas)  # a content's meta first, like a snapshot's commit
     storage.delete([k for k in doomed_keys if not k.endswith("/meta.json")] + partial)

@@ -72,7 +72,9 @@ def _backup(kind: str) -> Handler:
         out = backup_summary(m, encrypted=ctx.settings.encrypted)
         if kind == "full" and ctx.settings.files_configured:  # the files go with it, as a job of their own
             out["files_snapshot_run"] = queue.enqueue(ctx.storage, "files-snapshot", {"name": m.name})
-            ctx.catalog.record("files_snapshot_due", m.name, {})  # the alerts expect its pair from now
+            ctx.catalog.record(
+                "files_snapshot_due", m.name, {"name": m.name}
+            )  # the alerts expect its pair from now
             ctx.catalog.refresh()
         return out
 
