@@ -403,6 +403,7 @@ def test_a_scheduled_full_backup_is_followed_by_its_snapshot_and_every_view_show
 
     st = json.loads(run_cli(full, "status", "--json").out)
     assert st["files"]["newest"]["snapshot"] == snap and st["files"]["problems"] == []
+    assert f"files:        newest snapshot {snap}: 6 objects in 3 buckets" in run_cli(full, "status").out
     text = render(ctx.catalog.read(), datetime.now(UTC))
     assert "coldcopy_files_rows_without_file 1" in text and "coldcopy_files_without_row 2" in text
 
