@@ -22,7 +22,7 @@ from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.alerts import Thresholds, evaluate
 from coldcopy.core.catalog import Catalog, journal_key
-from coldcopy.core.files import CONTENT_PREFIX, inflight_key
+from coldcopy.core.files import CONTENT_PREFIX, Entry, drill_sample, inflight_key
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.metrics import render
 from coldcopy.core.runbooks import Facts, build_plan
@@ -538,8 +538,6 @@ def test_the_weekly_drill_restores_a_sample_into_a_scratch_bucket_compares_it_an
     assert out["ok"] and (out["sampled"], out["compared"]) == (4, 4), out
     assert out["scratch_bucket"] == "coldcopy-drill-20261127-020000"
     assert _state(storage_server) == before  # the scratch bucket is gone; nothing else was touched
-    again = drill_files(ctx, open_project_storage(settings), T0 + timedelta(days=4), sample=4)
-    assert again["sampled"] == 4  # the same week: the same sample (the seed is the week)
 
     # A stored content changed behind ColdCopy's back: the drill says which object, and cleans up.
     vol = next(o for o in ctx.storage.list(CONTENT_PREFIX) if o.key.endswith(".000000"))
@@ -550,3 +548,14 @@ def test_the_weekly_drill_restores_a_sample_into_a_scratch_bucket_compares_it_an
     assert not bad["ok"] and all("could not be restored" in p for p in bad["problems"])
     assert bad["compared"] == 6 - len(bad["problems"]) < 6
     assert _state(storage_server) == before
+
+
+def test_the_drill_sample_is_the_largest_object_and_a_sample_that_changes_with_the_week() -> None:
+    cid = "0" * 64
+    entries = [Entry("b", f"k{i:03d}", i, '"e"', "2026-11-24T00:00:00Z", cid) for i in range(100)]
+    week = drill_sample(entries, 20, "2026-W48")
+    assert len(week) == 20 and week[0].key == "k099" and len({e.key for e in week}) == 20
+    assert drill_sample(entries, 20, "2026-W48") == week  # the same all week
+    assert drill_sample(entries, 20, "2026-W49") != week
+    assert drill_sample(entries[:3], 20, "2026-W48") == [entries[2], entries[0], entries[1]]
+    assert drill_sample([], 20, "2026-W48") == []
