@@ -1,10 +1,12 @@
 """The oracle: what /metrics, /status and the catalog's alert rules computed before the catalog
 digest, by walking every backup of the catalog on each call (main's code of issue 18's start, kept
-verbatim in substance).  tests/test_monitor_state.py compares the digest's answers with these."""
+verbatim in substance), and what /backups answered before the catalog's pages, by cutting its page
+from every backup.  tests/test_monitor_state.py compares the digest's answers with these,
+tests/test_catalog_pages.py the pages' listings."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from statistics import median
@@ -552,3 +554,33 @@ def status_view(
         "encryption_configured": encrypted,
         "checked_at": iso(now),
     }
+
+
+# -- GET /backups (before the catalog's pages) ----------------------------------------------------
+SortKey = tuple[str, str]
+
+
+def _sort_key(entry: CatalogEntry) -> SortKey:
+    return entry.created_at, entry.name
+
+
+def _paginate(
+    entries: Sequence[CatalogEntry], limit: int, after: SortKey | None
+) -> tuple[list[CatalogEntry], SortKey | None]:
+    start = 0
+    if after is not None:
+        ascending = [_sort_key(e) for e in reversed(entries)]
+        start = len(entries) - bisect_left(ascending, after)
+    page = list(entries[start : start + limit])
+    more = start + limit < len(entries)
+    return page, (_sort_key(page[-1]) if more and page else None)
+
+
+def backups_page(
+    cat: Catalog, kind: str | None, limit: int, after: SortKey | None
+) -> tuple[list[tuple[CatalogEntry, Any]], int, SortKey | None]:
+    """The rows (each backup with its latest verification), the total and the next cursor's key of
+    one /backups page, cut from the whole catalog."""
+    entries = cat.entries(kind)
+    rows, next_key = _paginate(entries, limit, after)
+    return [(e, cat.verifications.get(e.name)) for e in rows], len(entries), next_key

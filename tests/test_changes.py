@@ -9,6 +9,7 @@ import json
 import os
 import random
 import secrets
+import socket
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from coldcopy.backup.logical import run_backup
 from coldcopy.changes.drain import drain
 from coldcopy.changes.health import load_health
 from coldcopy.changes.monitor import archive_in_use, archive_slot, drain_and_record, drain_loop
+from coldcopy.changes.retention import apply_changes_plan, plan_changes
 from coldcopy.changes.slot import setup
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
@@ -37,15 +39,25 @@ from coldcopy.core.changes import (
     batch_key,
     batch_start,
     continuity_gaps,
+    needless_prefix,
     prunable_batches,
+    restart_backup_at,
+    torn_down,
+    widen_xid,
+    xid_ranges,
 )
+from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.monitor_state import build, parse
+from coldcopy.core.recovery_plan import Target
+from coldcopy.core.times import parse_iso
 from coldcopy.core.views import status_view
 from coldcopy.errors import DatabaseError
 from coldcopy.functions import changes as changes_function
+from coldcopy.functions.tick import tick
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.logical import run_restore
+from coldcopy.restore.replay import plan_for
 from coldcopy.stream.pipeline import Unpacker
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -79,6 +91,29 @@ def test_batch_keys_sort_in_stream_order_and_retention_keeps_what_a_dump_needs()
     ) == [("0/20", "0/40")]
 
 
+def test_batches_list_their_xids_and_retention_deletes_exactly_what_no_dump_needs() -> None:
+    assert xid_ranges([7, 5, 6, 9, 12, 11, 5]) == [[5, 7], [9, 9], [11, 12]]
+    assert widen_xid(6, (1 << 32) + 9) == (1 << 32) + 6 and widen_xid(0xFFFFFFF0, (1 << 32) + 9) == 0xFFFFFFF0
+    vis = SnapshotVisibility.parse("100:110:103,107", "0/100")
+    assert vis.sees_all([[90, 102], [104, 106], [108, 109]])
+    assert not vis.sees_all([[104, 107]]) and not vis.sees_all(
+        [[108, 110]]
+    )  # in progress; after the snapshot
+    b = [Batch(f"k{i}", f"0/{i}0", f"0/{i + 1}0", 1, None, None, 1) for i in range(1, 5)]
+    xids: dict[str, Any] = {"k1": [[90, 95]], "k2": [[96, 99]], "k3": [[100, 102]], "k4": [[104, 105]]}
+    # Every candidate's transactions are visible: all go (no margin kept).
+    assert needless_prefix(b, xids, [vis]) == b
+    # A transaction whose commit record came before the snapshot's LSN but still in progress in it
+    # (xip): its batch is needed, and deletion stops there (the archive stays one continuous stream).
+    assert needless_prefix(b, {**xids, "k3": [[101, 103]]}, [vis]) == b[:2]
+    # Each retained dump must see them (an older one in the list stops earlier).
+    older = SnapshotVisibility.parse("97:99:", "0/20")
+    assert needless_prefix(b, xids, [vis, older]) == b[:1]
+    # Records from before batches listed their xids: the newest candidate stays, as before.
+    assert needless_prefix(b[:2], {"k1": None, "k2": None}, [vis]) == b[:1]
+    assert needless_prefix(b, {}, []) == b[:3]
+
+
 def test_change_alert_rules() -> None:
     th = Thresholds()
     ok = ChangesHealth("s", "", last_drain_at="2026-12-01T11:58:00Z", max_keep_bytes=1000, lag_bytes=10)
@@ -96,6 +131,8 @@ def test_change_alert_rules() -> None:
         "s", "", last_drain_at="2026-12-01T11:59:00Z", last_error="boom", failing_since="t"
     )
     assert [a.rule for a in changes_alerts(failing, th, T0)] == ["changes-drain-failing"]
+    gone = torn_down("s", "2026-12-01T11:00:00Z")  # `changes teardown`: no slot, on purpose
+    assert not gone.slot_exists and changes_alerts(gone, th, T0) == []
     untracked = ChangesHealth(
         "s", "", last_drain_at="2026-12-01T11:59:00Z", untracked_ddl=["x"], large_objects=2
     )
@@ -239,9 +276,19 @@ def test_setup_reports_tables_without_identity_and_teardown_leaves_nothing(
     assert out["left_out"] == ["public.loose"]
     assert out["fixes"] == ['ALTER TABLE "public"."loose" REPLICA IDENTITY FULL;']
     assert any(c.startswith("slot coldcopy_changes_") for c in out["created"])
+    # From setup on the slot is watched: if no drain ever reads it, the stale alert fires.
+    h = load_health(_ctx(env).storage)
+    assert h is not None and h.in_use and h.last_drain_at is None
+    at, th = parse_iso(h.checked_at), Thresholds()
+    assert changes_alerts(h, th, at + timedelta(minutes=th.changes_max_age_minutes - 1)) == []
+    stale = changes_alerts(h, th, at + timedelta(minutes=th.changes_max_age_minutes + 1))
+    assert [a.rule for a in stale] == ["changes-stale"] and f"since it was set up at {h.checked_at}" in stale[
+        0
+    ].message
     again = json.loads(run_cli(env, "--json", "changes", "setup").out)  # idempotent
-    assert again["created"] == [] and len(again["existing"]) == 3
+    assert again["created"] == [] and len(again["existing"]) == 4  # slot, schema, two event triggers
     assert catalog_objects(conn) != before
+    assert load_health(_ctx(env).storage) == h  # set up again: the watch goes on as it was
     r = run_cli(env, "changes", "teardown")
     assert r.rc == 0 and "slot coldcopy_changes_" in r.out
     assert catalog_objects(conn) == before
@@ -407,7 +454,9 @@ def test_concurrent_commits_at_the_dumps_start_are_archived_exactly_once_relativ
     pending.close()
 
 
-def test_invalidated_slot_raises_its_alert_and_marks_the_gap(lpg: PgCluster, env: dict[str, str]) -> None:
+def test_invalidated_slot_raises_its_alert_and_marks_the_gap(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
     conn.run("INSERT INTO t VALUES (1)")
     clock = [T0]
@@ -433,14 +482,39 @@ def test_invalidated_slot_raises_its_alert_and_marks_the_gap(lpg: PgCluster, env
         admin.run("SELECT pg_reload_conf()")
         admin.close()
     clock[0] = T0 + timedelta(minutes=1)
-    with pytest.raises(DatabaseError, match="invalidated"):
-        drain_and_record(ctx, lambda: clock[0])
+    drain_and_record(ctx, lambda: clock[0])  # re-creates the slot: the stream restarts with a gap
     h = load_health(ctx.storage)
-    assert h is not None and h.slot_invalidated and h.gap_since == "2026-12-01T12:01:00Z"
+    assert (
+        h is not None and h.slot_exists and not h.slot_invalidated and h.gap_since == "2026-12-01T12:01:00Z"
+    )
+    assert conn.run(
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = :s", s=archive_slot(settings)
+    ) == [["reserved"]]
     rules = {a.rule: a for a in changes_alerts(h, settings.thresholds, clock[0])}
     assert "changes-slot-lost" in rules and "next logical backup" in rules["changes-slot-lost"].message
     r = run_cli(env, "changes", "status")
-    assert r.rc == 1 and "INVALIDATED" in r.out
+    assert r.rc == 1 and "the change stream has a gap" in r.out
+    # The next tick enqueues the backup the window restarts at (once), and that backup ends the alert.
+    first = tick(settings, clock[0], storage=ctx.storage, wake_runner=False)
+    again = tick(settings, clock[0], storage=ctx.storage, wake_runner=False)
+    restart = [e for e in first["enqueued"] if e.get("why")]
+    assert [e["slot"] for e in restart] == ["backup-full/2026-12-01T12:01Z"] and not [
+        e for e in again["enqueued"] if e.get("why")
+    ]
+    run_backup(settings, ctx=ctx, now=lambda: clock[0] + timedelta(minutes=1))
+    drain_and_record(ctx, lambda: clock[0] + timedelta(minutes=2))
+    h = load_health(ctx.storage)
+    assert h is not None and h.gap_since is None and h.window_start is not None
+    assert changes_alerts(h, settings.thresholds, clock[0] + timedelta(minutes=2)) == []
+    assert restart_backup_at(h) is None
+    # Each drain finds the window's backup without reading every manifest again (once per process).
+    read: list[str] = []
+    get_json = ctx.storage.get_json
+    monkeypatch.setattr(
+        ctx.storage, "get_json", lambda key, *a, **k: read.append(key) or get_json(key, *a, **k)
+    )
+    drain_and_record(ctx, lambda: clock[0] + timedelta(minutes=3))
+    assert read and not [k for k in read if k.startswith("backups/") or "manifest" in k], read
     conn.close()
 
 
@@ -494,4 +568,148 @@ def test_the_scheduled_drain_does_nothing_where_the_archive_was_never_set_up(
     drain_and_record(ctx, lambda: T0)
     conn.run("SELECT pg_drop_replication_slot(:s)", s=archive_slot(settings))
     assert archive_in_use(ctx)  # drained before, slot gone: a lost slot, drained to raise its alert
+    conn.close()
+
+
+def test_retention_deletes_every_batch_before_the_dumps_snapshot_and_keeps_the_one_straddling_it(
+    lpg: PgCluster, env: dict[str, str]
+) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    slot = archive_slot(settings)
+    conn.run("INSERT INTO t VALUES (1, 'a')")
+    drain(ctx, conn, slot)
+    conn.run("INSERT INTO t VALUES (2, 'b')")
+    drain(ctx, conn, slot)  # its batch is the newest before the dump: the old rule kept it as a margin
+    pending = _connect(lpg, env)
+    pending.run("BEGIN")
+    pending.run("INSERT INTO t VALUES (3, 'in progress at the snapshot')")
+    manifest = run_backup(settings, ctx=ctx, now=lambda: T0)
+    pending.run("COMMIT")
+    drain(ctx, conn, slot)  # straddles the snapshot: starts before wal_lsn_before, holds the xid in xip
+    vis = SnapshotVisibility.from_dict(manifest.extra["snapshot_visibility"])
+    limit = parse_lsn(vis.wal_lsn_before)
+    recs = {i.key: ctx.storage.get_json(i.key) for i in ctx.storage.list(BATCHES_PREFIX)}
+    # Each record lists exactly its transactions' xids (64-bit).
+    by_batch: dict[str, list[int]] = {}
+    for txn in archived(ctx):
+        by_batch.setdefault(txn["batch"], []).append(vis.widen(txn["xid"]))
+    assert {k: r["xids"] for k, r in recs.items()} == {k: xid_ranges(x) for k, x in by_batch.items()}
+    before = sorted(k for k, r in recs.items() if parse_lsn(r["end_lsn"]) <= limit)
+    straddling = [k for k, r in recs.items() if parse_lsn(r["start_lsn"]) <= limit < parse_lsn(r["end_lsn"])]
+    assert len(before) >= 2 and len(straddling) == 1
+    assert not vis.sees_all(recs[straddling[0]]["xids"])  # the transaction in progress at the snapshot
+
+    plan = plan_changes(ctx.storage, [manifest.name], T0, timedelta(hours=1))
+    assert [b.key for b in plan.batches] == before  # all of them: no margin
+    apply_changes_plan(ctx.storage, plan)
+
+    assert sorted(i.key for i in ctx.storage.list(BATCHES_PREFIX)) == sorted(set(recs) - set(before))
+    # The dump still recovers: its snapshot lies in what is left, which holds every transaction it lacks.
+    end = max(parse_lsn(r["end_lsn"]) for r in recs.values())
+    replay_plan, _ = plan_for(ctx, Target("lsn", lsn=end))
+    assert replay_plan.dump.name == manifest.name and straddling[0] in [b.key for b in replay_plan.batches]
+    missing = {t["xid"] for t in archived(ctx) if not vis.visible(t["xid"])}
+    assert 3 in ids_of([t for t in archived(ctx) if t["xid"] in missing])
+    # Run again: nothing more to delete while that dump is kept.
+    assert plan_changes(ctx.storage, [manifest.name], T0, timedelta(hours=1)).batches == []
+    pending.close()
+    conn.close()
+
+
+def test_teardown_is_recorded_so_nothing_alerts_but_a_slot_that_vanishes_still_does(
+    lpg: PgCluster, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {**env, "COLDCOPY_ENV_FILE": os.devnull}.items():
+        monkeypatch.setenv(key, value)
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    slot = archive_slot(settings)
+    drain_and_record(ctx, lambda: T0)
+
+    r = run_cli(env, "--json", "changes", "teardown")
+
+    assert r.rc == 0, r.err
+    h = load_health(ctx.storage)
+    assert h is not None and not h.in_use and h.torn_down_at == json.loads(r.out)["torn_down_at"]
+    # The scheduled drain stands down: it says so and stores nothing; no rule fires, hours later.
+    assert changes_function.run({}, None) == {
+        "status": "not set up",
+        "slot": slot,
+        "torn_down_at": h.torn_down_at,
+    }
+    assert load_health(ctx.storage) == h
+    later = T0 + timedelta(hours=3)
+    assert not [
+        a
+        for a in active_alerts(settings, ctx.catalog.read(), gather(ctx.storage, later), later)
+        if "changes" in a.rule
+    ]
+    shown = run_cli(env, "changes", "status")
+    assert shown.rc == 0 and f"torn down at {h.torn_down_at}" in shown.out
+    assert "torn down at" in run_cli(env, "status").out
+    with pytest.raises(DatabaseError, match="torn down"):
+        drain_and_record(ctx, lambda: later)
+    assert load_health(ctx.storage) == h  # an explicit drain is refused without recording a failure
+
+    # Set up again: a new stream, drained with no gap alert (nor one for DDL run while torn down).
+    conn.run("ALTER TABLE t ADD COLUMN while_torn_down int")
+    setup(conn, slot)
+    conn.run("INSERT INTO t VALUES (1)")
+    drain_and_record(ctx, lambda: later)
+    h = load_health(ctx.storage)
+    assert h is not None and h.in_use and changes_alerts(h, settings.thresholds, later) == []
+
+    # A slot dropped without a teardown is lost: the drain re-creates it, marks the gap, and alerts.
+    conn.run("SELECT pg_drop_replication_slot(:s)", s=slot)
+    drain_and_record(ctx, lambda: later + timedelta(minutes=1))
+    h = load_health(ctx.storage)
+    assert h is not None and h.in_use and h.gap_since == "2026-12-01T15:01:00Z"
+    assert [a.rule for a in changes_alerts(h, settings.thresholds, later)] == ["changes-slot-lost"]
+    # A drain that keeps failing counts its failures (a metric) and alerts too.
+    unreachable = open_context(load_settings({**env, "DB_PORT": str(_free_port())}))
+    for _ in range(2):
+        with pytest.raises(DatabaseError):
+            drain_and_record(unreachable, lambda: later)
+    h = load_health(ctx.storage)
+    assert h is not None and h.consecutive_failures == 2
+    assert "changes-drain-failing" in {a.rule for a in changes_alerts(h, settings.thresholds, later)}
+    drain_and_record(ctx, lambda: later)
+    assert load_health(ctx.storage).consecutive_failures == 0
+    conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_untracked_ddl_and_large_objects_are_detected_and_alerted(
+    lpg: PgCluster, env: dict[str, str]
+) -> None:
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY)")
+    drain_and_record(ctx, lambda: T0)
+    assert changes_alerts(load_health(ctx.storage), settings.thresholds, T0) == []
+    hidden = _connect(lpg, env)  # a superuser in replica mode: event triggers do not fire for it
+    hidden.run("SET session_replication_role = replica")
+    hidden.run("ALTER TABLE t ADD COLUMN unseen int")
+    hidden.close()
+    conn.run("ALTER TABLE t ADD COLUMN seen int")  # captured: not flagged on its own
+    conn.run("SELECT lo_from_bytea(0, '\\x01'::bytea)")
+    at = T0 + timedelta(minutes=1)
+
+    drain_and_record(ctx, lambda: at)
+
+    h = load_health(ctx.storage)
+    assert h is not None and h.large_objects == 1 and len(h.untracked_ddl) == 1
+    assert {a.id for a in changes_alerts(h, settings.thresholds, at)} == {
+        "changes-untracked:ddl",
+        "changes-untracked:large-objects",
+    }
+    captured = [r for t in archived(ctx) for r in t["rows"] if r["table"] == "ddl_log"]
+    assert [next(c["value"] for c in r["columns"] if c["name"] == "query") for r in captured] == [
+        "ALTER TABLE t ADD COLUMN seen int"
+    ]
+    conn.run("ALTER TABLE t ADD COLUMN also_seen int")
+    drain_and_record(ctx, lambda: at)
+    assert load_health(ctx.storage).untracked_ddl == h.untracked_ddl  # captured DDL adds nothing
     conn.close()

@@ -19,6 +19,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,10 @@ import requests
 
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
+from coldcopy.core.changes import STATUS_KEY, ChangesHealth, torn_down
 from coldcopy.functions import web
 from coldcopy.localstack.functions_host import LocalHost, make_server
+from coldcopy.storage.s3 import open_store
 from test_metrics import assert_clean
 
 TOKEN = "dashboard-test-token-0123456789"
@@ -125,6 +128,9 @@ def test_the_dashboard_renders_table_and_charts_without_console_errors(
         svg = re.search(rf'<svg id="{chart}".*?</svg>', dom, re.S)
         assert svg is not None and svg.group(0).count("<circle") == 2 and "<polyline" in svg.group(0), chart
     assert TOKEN not in dom  # stripped from the address, never written into the page
+    # The change archive is optional: never set up here, its panel says so (and nothing is wrong).
+    assert re.search(r'<div id="changes-state" class="big">not set up</div>', dom), dom[-3000:]
+    assert re.search(r'<table id="changes" hidden=""', dom)
 
     # Deployed, the page is the `dashboard` function and reads its sibling functions.
     dom, console = browse(
@@ -163,3 +169,48 @@ def test_metrics_through_the_local_host_pass_promtool(host: Host) -> None:
     assert f'coldcopy_backups_total{{database="{db}",kind="full"}} 2' in r.text.splitlines()
     assert 'coldcopy_alerts_active{severity="critical"} 0' in r.text.splitlines()
     assert "coldcopy_last_successful_verification_timestamp_seconds " in r.text
+
+
+CLOCK = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def test_the_dashboard_shows_the_change_archive_and_its_teardown(host: Host, tmp_path: Path) -> None:
+    settings = load_settings(host.env, env_file=Path(os.devnull))
+    web.use_settings(settings, lambda: CLOCK)  # the server's clock: the rules' ages are fixed
+    storage = open_store(settings)
+    failing = ChangesHealth(
+        "coldcopy_changes_dash",
+        "2026-12-02T11:59:30Z",
+        lag_bytes=123_456_789,
+        max_keep_bytes=4 << 30,
+        last_drain_at="2026-12-02T11:58:00Z",
+        newest_commit_at="2026-12-02T11:57:59Z",
+        window_start="2026-12-02T03:00:00Z",
+        window_end="2026-12-02T11:58:00Z",
+        left_out=["public.loose"],
+        last_error="could not connect to the database",
+        last_error_at="2026-12-02T11:59:30Z",
+        failing_since="2026-12-02T11:59:00Z",
+        consecutive_failures=3,
+    )
+    storage.put_json(STATUS_KEY, failing.to_dict())  # as the drain stores it (no tick yet: read as is)
+
+    dom, console = browse(f"{host.url}/#token={TOKEN}", tmp_path / "p", "--dump-dom")
+
+    assert console == [] and 'data-state="ready"' in dom, dom[-3000:]
+    assert '<div id="changes-state" class="big bad">failing</div>' in dom
+    cells = dict(re.findall(r'<td id="(ch-[a-z-]+)"[^>]*>([^<]*)</td>', dom))
+    assert cells["ch-slot"] == "coldcopy_changes_dash"
+    assert cells["ch-lag"] == "123.5 MB of 4.3 GB (max_slot_wal_keep_size)"
+    assert cells["ch-commit"] == "2026-12-02 11:57:59"
+    assert cells["ch-window"] == "2026-12-02 03:00:00 → 2026-12-02 11:58:00"
+    assert cells["ch-left-out"] == "public.loose"
+    assert cells["ch-error"] == "could not connect to the database (3 failed in a row)"
+    assert "draining the change archive fails since 2026-12-02T11:59:00Z" in dom  # the alert, listed
+
+    storage.put_json(STATUS_KEY, torn_down("coldcopy_changes_dash", "2026-12-02T11:30:00Z").to_dict())
+    dom, console = browse(f"{host.url}/#token={TOKEN}", tmp_path / "q", "--dump-dom")
+
+    assert console == [] and '<div id="changes-state" class="big">not set up</div>' in dom
+    assert "torn down at 2026-12-02 11:30:00 (coldcopy changes teardown)" in dom
+    assert "change archive fails" not in dom and "replication slot" not in dom  # no alert after a teardown

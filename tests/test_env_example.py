@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Settings are the upper-case names in quotes with one of these prefixes (plus the DB_/DO_ ones).
 SETTING = re.compile(
-    r'"((?:DB|DO|BACKUP|COLDCOPY|ALERT|SMTP|VERIFY|MONITOR|FULL|COMPLIANCE|WAL|PG|RUNNER|SUPABASE)_[A-Z0-9_]+)"'
+    r'"((?:DB|DO|BACKUP|COLDCOPY|ALERT|SMTP|VERIFY|MONITOR|FULL|COMPLIANCE|WAL|PG|RUNNER|SUPABASE|GDPR)_[A-Z0-9_]+)"'
 )
 # where .env itself is; a data-dir file; a marker wal-fetch's fast path leaves for its own CLI
 NOT_SETTINGS = {"COLDCOPY_ENV_FILE", "PG_VERSION", "COLDCOPY_SPOOL_TRIED"}

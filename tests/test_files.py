@@ -186,17 +186,17 @@ def test_a_second_snapshot_copies_only_new_and_changed_objects(
     # The listing, plus one GET per new content and one HEAD for the one already stored.
     assert dict(counted.calls) == {"ListBuckets": 1, "ListObjectsV2": 3, "GetObject": 2, "HeadObject": 1}
     # Bucket side: 2 contents × (volume + meta) + index + commit + in-flight marker, then the
-    # catalog's journal record, catalog.json and its digest.
-    assert spaces.calls["PutObject"] == 7 + 3
+    # catalog's journal record, catalog.json, its page index (no backups: no page) and its digest.
+    assert spaces.calls["PutObject"] == 7 + 4
 
     project, counted = _project(settings)
     spaces = Counted(ctx.storage.client)  # type: ignore[attr-defined]
     r3 = take_snapshot(ctx, project, now=T0 + timedelta(days=2))
     assert (r3.changed, r3.copied_contents) == (0, 0)
     assert dict(counted.calls) == {"ListBuckets": 1, "ListObjectsV2": 3}
-    # marker, index, commit (+ the catalog: journal record, catalog.json, digest); GETs: the previous
-    # index and commit, the catalog.json and the new journal record
-    assert spaces.calls["PutObject"] == 3 + 3 and spaces.calls["GetObject"] == 3 + 2
+    # marker, index, commit (+ the catalog: journal record, catalog.json, page index, digest); GETs:
+    # the previous index and commit, the catalog.json, the new journal record and the page index
+    assert spaces.calls["PutObject"] == 3 + 4 and spaces.calls["GetObject"] == 3 + 3
 
 
 class Killed(Exception):

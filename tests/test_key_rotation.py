@@ -26,6 +26,7 @@ from coldcopy.changes.monitor import archive_slot
 from coldcopy.changes.slot import setup
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
+from coldcopy.core.erasure import ErasureKind, new_erasure
 from coldcopy.errors import ColdCopyError
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.ops.rotate import key_census, rotate, streams
@@ -233,7 +234,10 @@ def every_kind(  # type: ignore[no-untyped-def]
         (tmp_path / HISTORY[0]).write_text("1\t0/3000000\tno recovery target specified\n")
         push(ctx, tmp_path / HISTORY[0])
         subject = "gone@example.com"
-        erasure = record_erasure(ctx, db, "public.lead", {"email": subject}, subject, NOW)
+        kind = ErasureKind(
+            "lead", ("DELETE FROM public.lead WHERE email = :subject",), "SELECT 0 WHERE :subject = ''"
+        )
+        erasure = record_erasure(ctx, new_erasure(kind, subject, db, NOW))
         yield env, {"backup": manifest.name, "snapshot": snap.snapshot, "erasure": erasure.id}
     finally:
         conn.run(

@@ -12,8 +12,10 @@ import pytest
 from coldcopy.core.alerts import Thresholds, evaluate
 from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog_digest import digest
+from coldcopy.core.changes import ChangesHealth, torn_down
 from coldcopy.core.manifest import CatalogEntry
-from coldcopy.core.metrics import render
+from coldcopy.core.metrics import render, render_digest
 from coldcopy.core.times import iso
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -205,3 +207,62 @@ def test_nothing_failed_is_a_zero_not_a_missing_series() -> None:
 
 def test_the_checker_finds_a_family_without_samples() -> None:
     assert families_without_a_sample("# HELP a x\n# TYPE a gauge\n# HELP b y\n# TYPE b gauge\nb 1\n") == ["a"]
+
+
+def test_the_change_archive_has_gauges_from_the_first_scrape_and_while_in_use() -> None:
+
+    never = render_digest(digest(Catalog()), NOW, alerts=[], changes=None, changes_known=True)
+    assert_clean(never)
+    assert families_without_a_sample(never) == []
+    assert sample(never, "coldcopy_changes_set_up") == 0  # not set up: a sample, not a missing series
+    assert "coldcopy_changes_slot_lag_bytes" not in never
+    assert "coldcopy_changes" not in render(Catalog(), NOW)  # not read at all: nothing claimed
+
+    h = ChangesHealth(
+        "coldcopy_changes_app",
+        iso(NOW),
+        lag_bytes=3 << 30,
+        max_keep_bytes=4 << 30,
+        last_drain_at=iso(NOW - timedelta(seconds=42)),
+        newest_commit_at=iso(NOW - timedelta(seconds=50)),
+        window_start=iso(NOW - timedelta(hours=9)),
+        window_end=iso(NOW - timedelta(seconds=42)),
+        left_out=["public.a", "public.b"],
+        last_error="boom",
+        consecutive_failures=2,
+        large_objects=1,
+        untracked_ddl=["schema changed before the heartbeat of …"],
+    )
+    text = render_digest(digest(Catalog()), NOW, alerts=[], changes=h, changes_known=True)
+    assert_clean(text)
+    assert families_without_a_sample(text) == []
+    expected = {
+        "coldcopy_changes_set_up": 1,
+        "coldcopy_changes_slot_lag_bytes": 3 << 30,
+        "coldcopy_changes_slot_lag_ratio": 0.75,
+        "coldcopy_changes_slot_lost": 0,
+        "coldcopy_changes_archive_age_seconds": 42,
+        "coldcopy_changes_last_archived_timestamp_seconds": (NOW - timedelta(seconds=42)).timestamp(),
+        "coldcopy_changes_newest_commit_timestamp_seconds": (NOW - timedelta(seconds=50)).timestamp(),
+        "coldcopy_changes_window_start_timestamp_seconds": (NOW - timedelta(hours=9)).timestamp(),
+        "coldcopy_changes_window_end_timestamp_seconds": (NOW - timedelta(seconds=42)).timestamp(),
+        "coldcopy_changes_tables_left_out": 2,
+        "coldcopy_changes_drain_consecutive_failures": 2,
+        "coldcopy_changes_large_objects": 1,
+        "coldcopy_changes_untracked_ddl": 1,
+    }
+    assert {name: sample(text, name) for name in expected} == expected
+    lost = ChangesHealth("s", iso(NOW), slot_exists=False)
+    assert (
+        sample(
+            render_digest(digest(Catalog()), NOW, changes=lost, changes_known=True),
+            "coldcopy_changes_slot_lost",
+        )
+        == 1
+    )
+
+    gone = render_digest(digest(Catalog()), NOW, changes=torn_down("s", iso(NOW)), changes_known=True)
+    assert_clean(gone)
+    assert sample(gone, "coldcopy_changes_set_up") == 0
+    assert sample(gone, "coldcopy_changes_torn_down_timestamp_seconds") == NOW.timestamp()
+    assert "coldcopy_changes_slot_lost" not in gone  # torn down on purpose: nothing is lost

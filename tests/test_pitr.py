@@ -243,6 +243,50 @@ def test_pitr_to_a_time_between_markers(archiving: Archiving, recovered: tuple[P
     assert f"{archiving.command} wal-fetch " in (target_dir / "postgresql.auto.conf").read_text()
 
 
+def test_pitr_and_a_drill_re_apply_the_erasure_ledger(
+    archiving: Archiving, recovered: tuple[Path, int], tmp_path: Path
+) -> None:
+    """A person erased after the base backup: recovered to the backup's end (before the erasure),
+    the server is promoted, the ledger applied, and only then reported; a drill applies it too."""
+    target_dir, port = recovered
+    archiving.sql("CREATE TABLE lead(id int PRIMARY KEY, email text NOT NULL)")
+    archiving.sql("INSERT INTO lead VALUES (1, 'gone@example.com'), (2, 'kept@example.com')")
+    m = base_backup(archiving)
+    config = tmp_path / "erasures.json"
+    lead = {
+        "statements": ["DELETE FROM lead WHERE email = :subject"],
+        "check": "SELECT count(*) FROM lead WHERE email = :subject",
+    }
+    config.write_text(json.dumps({"kinds": {"lead": lead}}))
+    archiving.env["GDPR_ERASURE_CONFIG"] = str(config)
+    e = cli(archiving, "gdpr", "erase", "--subject", "gone@example.com")
+    assert e.rc == 0, e.err
+    assert archiving.sql("SELECT email FROM lead") == [["kept@example.com"]]
+    archiving.switch_and_wait()
+    unstarted = ["pitr", "--target", "immediate", "--target-dir", str(target_dir), "--port", str(port)]
+    refused = cli(archiving, *unstarted)
+    assert refused.rc == 8 and "pass --start" in refused.err and not target_dir.exists()
+    r = pitr(archiving, target_dir, port, "--target", "immediate")
+    assert r.rc == 0, r.err
+    out = json.loads(r.out)
+    assert out["promoted"] is True and "gone@" not in r.out + r.err
+    assert out["erased"]["erasures_applied"] == 1 and out["erased"]["erased_rows_removed"] == 1
+    conn = pg8000.native.Connection(
+        archiving.cluster.user, host="127.0.0.1", port=port, password=archiving.cluster.password,
+        database="postgres",
+    )  # fmt: skip
+    try:
+        assert conn.run("SELECT email FROM lead") == [["kept@example.com"]]
+    finally:
+        conn.close()
+    archiving.env["COLDCOPY_SERVER_COMMAND"] = archiving.command
+    v = cli(archiving, "--json", "verify", m.name, "--level", "restore")
+    checks = {c["name"]: c for c in json.loads(v.out)["checks"]}
+    assert v.rc == 0, v.out
+    erased = checks["the erasure ledger applied"]
+    assert erased["ok"] and erased["detail"].startswith("1 erasure(s) applied")
+
+
 def test_pitr_immediate_and_restore_point(archiving: Archiving, tmp_path: Path) -> None:
     archiving.marker("before-backup")
     base_backup(archiving)

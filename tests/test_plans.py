@@ -124,10 +124,18 @@ def test_compliance_finds_the_backup_covering_a_date_within_retention(
     assert rc == 0 and p["backup"]["name"] == m and p["backup"]["kind"] == "compliance"
     side = f"compliance_{day.strftime('%Y%m%d')}"
     assert f"coldcopy restore --backup-name {m} --target-db {side}" in p["commands"]
+    assert p["after"][0].startswith("the erasure ledger is empty")
     rc, p = plan(env, "compliance", "--date", (NOW - timedelta(days=5)).date().isoformat())
     assert rc == 0 and p["backup"]["name"] == a
     rc, p = plan(env, "compliance", "--date", (NOW - timedelta(days=400)).date().isoformat())
     assert rc == 1 and any("outside the compliance retention of 365 days" in x for x in p["blockers"])
+
+
+def test_every_plan_checks_the_erasure_ledger_was_re_applied() -> None:
+    cat, b, full = _pitr_catalog()
+    for scenario in ("corruption", "deletion", "disaster", "compliance"):
+        p = build_plan(scenario, cat, Facts("app", None, erasures=3), NOW, before=NOW, on_date=NOW.date())
+        assert "erasures re-applied before use: 3" in p.after[0] and "subjects remaining: 0" in p.after[0]
 
 
 def test_a_missing_or_different_key_makes_the_plan_fail(prepared: tuple[dict[str, str], list[str]]) -> None:

@@ -16,10 +16,13 @@ import pytest
 import test_changes
 from cli_helpers import run_cli
 from coldcopy.changes.slot import setup
+from coldcopy.config import load_settings
+from coldcopy.context import open_context
 from coldcopy.core.changes import Batch, SnapshotVisibility
 from coldcopy.core.recovery_plan import RecoveryRefused, Target
-from coldcopy.core.replay import Dump, Replayer, literal, plan_logical
+from coldcopy.core.replay import Dump, Replayer, literal, plan_logical, stream_time
 from coldcopy.postgres.cluster import PgCluster
+from coldcopy.restore.replay import batch_records
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 lpg, env = test_changes.lpg, test_changes.env  # the logical cluster and a database in it
@@ -227,3 +230,92 @@ def _marker_targets(lpg: PgCluster, env: dict[str, str]) -> None:
         assert rc == 8 and reason in out["err"], out
         assert not lpg.connect().run("SELECT 1 FROM pg_database WHERE datname = :n", n=name)
     conn.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_target_inside_a_gap_is_refused_with_nothing_created(lpg: PgCluster, env: dict[str, str]) -> None:
+    """A batch of the archive goes missing: a target inside it is refused (exit 8, the gap named)
+    before anything is created; a target before the gap still recovers."""
+    db = env["DB_NAME"]
+    conn = lpg.connect(db)
+    conn.run("SET synchronous_commit = on")
+    conn.run("CREATE TABLE status (id int PRIMARY KEY, phase text NOT NULL)")
+    conn.run("INSERT INTO status VALUES (1, 'backup')")
+    setup(conn, f"coldcopy_changes_{db}")
+    assert run_cli(env, "backup").rc == 0
+    after: dict[str, datetime] = {}
+    for phase in ("one", "two", "three"):
+        _phase(conn, phase)
+        after[phase] = conn.run("SELECT clock_timestamp()")[0][0]
+        assert run_cli(env, "changes", "drain").rc == 0
+    conn.close()
+    ctx = open_context(load_settings(env))
+    (lost,) = [
+        b
+        for b, _ in batch_records(ctx)
+        if stream_time(str(b.first_commit_at)) < after["two"] < stream_time(str(b.last_commit_at))
+    ]
+    ctx.storage.delete([lost.key])  # the batch holding phase two is gone: a gap in the stream
+
+    def databases() -> list[str]:
+        admin = lpg.connect()
+        try:
+            return sorted(str(r[0]) for r in admin.run("SELECT datname FROM pg_database"))
+        finally:
+            admin.close()
+
+    before = databases()
+    for when in (after["two"], after["three"]):
+        r = run_cli(env, "pitr", "--target-time", when.isoformat(), "--target-db", f"{db}_gap")
+        assert r.rc == 8 and "falls in a gap of the change archive" in r.err, r.err
+        assert databases() == before
+    try:
+        r = run_cli(
+            env, "--json", "pitr", "--target-time", after["one"].isoformat(), "--target-db", f"{db}_one"
+        )
+        assert r.rc == 0, r.err
+        got = lpg.connect(f"{db}_one")
+        assert got.run("SELECT phase FROM status") == [["one"]]
+        got.close()
+    finally:
+        _drop_recovered(lpg, db)
+
+
+@pytest.mark.timeout(240)
+def test_a_logical_pitr_re_applies_the_ledger_after_the_replay(
+    lpg: PgCluster, env: dict[str, str], tmp_path: Any
+) -> None:
+    """A lead inserted after the dump and erased later: PITR to a time between the two replays the
+    insert, then the ledger removes it before the database is handed over."""
+    db = env["DB_NAME"]
+    config = tmp_path / "erasures.json"
+    lead = {
+        "statements": ["DELETE FROM lead WHERE email = :subject"],
+        "check": "SELECT count(*) FROM lead WHERE email = :subject",
+    }
+    config.write_text(json.dumps({"kinds": {"lead": lead}}))
+    env = {**env, "GDPR_ERASURE_CONFIG": str(config)}
+    conn = lpg.connect(db)
+    conn.run("SET synchronous_commit = on")
+    conn.run("CREATE TABLE lead (id int PRIMARY KEY, email text NOT NULL)")
+    conn.run("INSERT INTO lead VALUES (1, 'kept@example.com')")
+    setup(conn, f"coldcopy_changes_{db}")
+    name = f"{db}_{secrets.token_hex(3)}"
+    try:
+        assert run_cli(env, "--json", "backup").rc == 0
+        conn.run("INSERT INTO lead VALUES (2, 'late@example.com')")
+        target = conn.run("SELECT clock_timestamp()")[0][0].astimezone(UTC).isoformat()
+        e = run_cli(env, "gdpr", "erase", "--subject", "late@example.com")
+        assert e.rc == 0, e.err
+        assert run_cli(env, "changes", "drain").rc == 0
+        r = run_cli(env, "--json", "pitr", "--target-time", target, "--target-db", name)
+        assert r.rc == 0, r.err
+        out = json.loads(r.out)
+        assert out["replay"]["transactions"] >= 1 and "late@" not in r.out + r.err
+        assert out["erased"]["erasures_applied"] == 1 and out["erased"]["erased_rows_removed"] == 1
+        got = lpg.connect(name)
+        assert got.run("SELECT id, email FROM lead ORDER BY id") == [[1, "kept@example.com"]]
+        got.close()
+    finally:
+        conn.close()
+        _drop_recovered(lpg, db)

@@ -176,6 +176,8 @@ class Settings:
     verify_sanity_queries: str = ""  # validated by core.sanity.parse_sanity_queries
     verify_sample_older: int = 2
     verify_statement_timeout_seconds: int = 60
+    # GDPR erasures: the JSON file declaring per kind of subject what erasing means (docs/erasures.md)
+    gdpr_erasure_config: str = ""
     # The variables these settings were read from, for a runner that inherits nothing (docker)
     variables: tuple[tuple[str, Secret], ...] = field(default=(), compare=False, repr=False)
 
@@ -447,6 +449,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "VERIFY_SANITY_QUERIES": ("verify_sanity_queries", _sanity, None),
     "VERIFY_SAMPLE_OLDER": ("verify_sample_older", _int(0, 1000), None),
     "VERIFY_STATEMENT_TIMEOUT_SECONDS": ("verify_statement_timeout_seconds", _int(1, 86400), None),
+    "GDPR_ERASURE_CONFIG": ("gdpr_erasure_config", str, None),
     # Features that parse their own part of the settings, checked with the rest (as before).
     "COLDCOPY_METRICS_LEGACY_GB": ("metrics_legacy_gb", _flag, None),
     "ALERT_BACKUP_MAX_AGE_HOURS": ("thresholds.backup_max_age_hours", _at_least(1), None),

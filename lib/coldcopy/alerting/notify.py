@@ -150,7 +150,8 @@ def check_alerts(
     cfg = settings.smtp
     inputs = gather(storage, now)
     catalog = CatalogStore(storage)
-    cat_digest = digest(catalog.read(), settings.thresholds.size_sample)
+    cat = catalog.read()
+    cat_digest = digest(cat, settings.thresholds.size_sample)
     alerts = active_alerts(settings, cat_digest, inputs, now)
     before = inputs.alert_state
     state = advance(before, alerts, now, notify=cfg.configured)
@@ -174,9 +175,11 @@ def check_alerts(
     if state != before:
         storage.put_json(STATE_KEY, state)
     # What /metrics, /alerts, /status and /recovery-time read instead of the records; and the
-    # catalog's digest, when no writer stored the current one (they read the catalog until then).
+    # catalog's digest, pages and index, when no writer stored the current ones or a page was lost
+    # (the endpoints read the catalog until then).
     save_monitor_state(storage, replace(inputs, alert_state=state))
     catalog.save_digest(cat_digest)
+    catalog.save_pages(cat)
     return {
         "active": len(alerts),
         "started": started,
@@ -229,4 +232,6 @@ def metrics_text(
         legacy_gb=settings.metrics_legacy_gb,
         wal=inputs.wal,
         computed_at=inputs.computed_at,
+        changes=inputs.changes,
+        changes_known=True,
     )

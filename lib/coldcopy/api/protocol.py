@@ -24,13 +24,12 @@ import binascii
 import contextlib
 import hmac
 import json
-from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.catalog_pages import SortKey
 from coldcopy.core.names import KINDS
 
 PACKAGE = "monitor"
@@ -291,12 +290,7 @@ def kind_param(value: Any) -> str | None:
 
 
 # -- pagination -----------------------------------------------------------------------------------
-SortKey = tuple[str, str]
-
-
-def sort_key(entry: CatalogEntry) -> SortKey:
-    """The catalog's order (newest first, name breaks ties): pages are cut on this key."""
-    return entry.created_at, entry.name
+# Pages are cut on the catalog's order (``core.catalog_pages.sort_key``); the cursor carries its key.
 
 
 def encode_cursor(key: SortKey) -> str:
@@ -322,23 +316,6 @@ def decode_cursor(text: Any) -> SortKey | None:
     ):
         raise bad
     return value[1], value[2]
-
-
-def paginate(
-    entries: Sequence[CatalogEntry], limit: int, after: SortKey | None
-) -> tuple[list[CatalogEntry], SortKey | None]:
-    """The page of ``entries`` (sorted newest first) strictly after ``after``, and the next cursor key.
-
-    Cutting on the sort key, not an offset, means a backup added between two requests neither
-    pushes an item onto the next page twice nor hides one.
-    """
-    start = 0
-    if after is not None:
-        ascending = [sort_key(e) for e in reversed(entries)]
-        start = len(entries) - bisect_left(ascending, after)
-    page = list(entries[start : start + limit])
-    more = start + limit < len(entries)
-    return page, (sort_key(page[-1]) if more and page else None)
 
 
 # -- views ----------------------------------------------------------------------------------------

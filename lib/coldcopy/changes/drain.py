@@ -33,7 +33,7 @@ import pg8000.native
 
 from coldcopy.changes.slot import HEARTBEAT_ID, PLUGIN, fingerprint, slot_state, unreplayable_tables
 from coldcopy.context import Context
-from coldcopy.core.changes import SCHEMA, batch_key, data_key
+from coldcopy.core.changes import FINGERPRINT_MODULUS, SCHEMA, batch_key, data_key, widen_xid, xid_ranges
 from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.manifest import StoredObject
 from coldcopy.core.times import Clock, iso, utc_now
@@ -61,6 +61,7 @@ class BatchResult:
     stored_size: int
     resumed: bool = False  # stored by an earlier drain that died before advancing the slot
     untracked_ddl: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # the schema's fingerprint at the batch's end (None: unknown)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class DrainResult:
     large_objects: int = 0
     confirmed_lsn: str = ""
     lag_bytes: int = 0
+    fingerprint: str | None = None  # the schema's fingerprint at the end of the newest batch
 
     @property
     def transactions(self) -> int:
@@ -112,17 +114,29 @@ def heartbeat(conn: pg8000.native.Connection, now: datetime) -> str:
     return fp
 
 
-class _Scan:
-    """What a batch's rows say: transactions, commit times, heartbeats and DDL (for untracked DDL)."""
+def _fingerprint_value(text: object) -> int | None:
+    """A schema fingerprint as a number (None: absent, or the md5 form of earlier versions)."""
+    return int(text) if isinstance(text, str) and text.isdigit() and len(text) <= 19 else None
 
-    def __init__(self, fingerprint: str | None) -> None:
+
+class _Scan:
+    """What a batch's rows say: transactions, commit times, heartbeats and DDL (for untracked DDL).
+
+    Untracked DDL: the schema's fingerprint is a set hash, so from the fingerprint at the previous
+    heartbeat, adding each captured command's change (its ddl_log row's after - before) gives the
+    fingerprint the next heartbeat must show; any other value means DDL the trigger did not see
+    (whatever else was captured in between, and in whatever order concurrent commands committed)."""
+
+    def __init__(self, fingerprint: str | None, xmax: int) -> None:
         self.transactions = 0
+        self.xmax = xmax  # a snapshot's xmax read after the batch's end: widens the 32-bit xids
+        self.xids: list[int] = []
         self.first_commit: str | None = None
         self.last_commit: str | None = None
         self.end_lsn = ""
         self.last_action = ""
         self.fingerprint = fingerprint
-        self.ddl_since_heartbeat = False
+        self.expected = _fingerprint_value(fingerprint)  # what the next heartbeat must show
         self.untracked: list[str] = []
         self.first_xid: int | None = None
         self.last_xid: int | None = None
@@ -139,20 +153,27 @@ class _Scan:
             xid = int(json.loads(data)["xid"])
             self.first_xid = xid if self.first_xid is None else self.first_xid
             self.last_xid = xid
+            self.xids.append(widen_xid(xid, self.xmax))
         elif f'"schema":"{SCHEMA}"' in data:
             self._own(json.loads(data))
         self.last_action = head[11:12]
 
     def _own(self, row: dict[str, Any]) -> None:
-        if row.get("table") == "ddl_log":
-            self.ddl_since_heartbeat = True
+        cols = {c["name"]: c.get("value") for c in row.get("columns") or []}
+        if row.get("table") == "ddl_log" and row.get("action") == "I":
+            before = _fingerprint_value(cols.get("fingerprint_before"))
+            after = _fingerprint_value(cols.get("fingerprint_after"))
+            if self.expected is None or before is None or after is None:
+                self.expected = None  # a row without fingerprints: unknown until the next heartbeat
+            else:
+                self.expected = (self.expected + after - before) % FINGERPRINT_MODULUS
         elif row.get("table") == "heartbeat" and row.get("action") == "U":
-            cols = {c["name"]: c.get("value") for c in row.get("columns") or []}
             fp = str(cols.get("fingerprint") or "")
-            if self.fingerprint and fp and fp != self.fingerprint and not self.ddl_since_heartbeat:
+            now = _fingerprint_value(fp)
+            if self.expected is not None and now is not None and now != self.expected:
                 self.untracked.append(f"schema changed before the heartbeat of {cols.get('at')}")
+            self.expected = now
             self.fingerprint = fp or self.fingerprint
-            self.ddl_since_heartbeat = False
 
 
 def _options(left_out: list[str]) -> list[str]:
@@ -180,9 +201,11 @@ def drain_batch(
     max_rows: int,
     now: Clock,
     fault: Fault | None = None,
+    previous_fingerprint: str | None = None,
 ) -> BatchResult | None:
     """One batch from the slot's position up to ``upto`` (at most about ``max_rows`` rows, never
-    less than a whole transaction); None when there is nothing to drain."""
+    less than a whole transaction); None when there is nothing to drain.  ``previous_fingerprint``:
+    the schema's fingerprint where the stream stands (None: read from the newest stored batch)."""
     state = slot_state(conn, slot)
     if not state.exists or state.invalidated:
         what = "is missing" if not state.exists else "was invalidated"
@@ -195,7 +218,10 @@ def drain_batch(
     if ctx.storage.exists(key):
         log.info("batch %s was stored by an earlier drain that did not advance the slot", key)
         return _resume(ctx, conn, slot, key)
-    scan = _Scan(_previous_fingerprint(ctx, start))
+    # Every transaction up to `upto` has its xid already: a snapshot's xmax read now is above them.
+    xmax = int(conn.run("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")[0][0])
+    fp = previous_fingerprint if previous_fingerprint is not None else _previous_fingerprint(ctx, start)
+    scan = _Scan(fp, xmax)
     attempt = secrets.token_hex(4)
     writer = VolumeWriter(ctx.storage, data_key(start, attempt), volume_size=VOLUME_SIZE, concurrency=2)
     packer = Packer(writer, ctx.key, ctx.settings.zstd_level, object_key=data_key(start, attempt))
@@ -257,6 +283,7 @@ def drain_batch(
         "transactions": scan.transactions,
         "first_xid": scan.first_xid,
         "last_xid": scan.last_xid,
+        "xids": xid_ranges(scan.xids),
         "first_commit_at": scan.first_commit,
         "last_commit_at": scan.last_commit,
         "stored_at": iso(now()),
@@ -289,6 +316,7 @@ def drain_batch(
         stats.raw_size,
         stats.stored_size,
         untracked_ddl=scan.untracked,
+        fingerprint=scan.fingerprint,
     )
 
 
@@ -298,7 +326,8 @@ def _resume(ctx: Context, conn: pg8000.native.Connection, slot: str, key: str) -
     end = str(rec["end_lsn"])
     _advance(conn, slot, end)
     sizes = (int(rec["rows"]), int(rec["transactions"]), int(rec["raw_size"]), int(rec["stored_size"]))
-    return BatchResult(key, str(rec["start_lsn"]), end, *sizes, resumed=True)
+    fp = str(rec.get("fingerprint") or "") or None
+    return BatchResult(key, str(rec["start_lsn"]), end, *sizes, resumed=True, fingerprint=fp)
 
 
 def _advance(conn: pg8000.native.Connection, slot: str, end_lsn: str) -> None:
@@ -326,19 +355,24 @@ def drain(
     now: Clock = utc_now,
     fault: Fault | None = None,
     max_batches: int | None = None,
+    previous_fingerprint: str | None = None,
 ) -> DrainResult:
-    """Heartbeat, then batches until the slot reaches the LSN read after the heartbeat."""
+    """Heartbeat, then batches until the slot reaches the LSN read after the heartbeat.
+    ``previous_fingerprint``: the schema's fingerprint the last drain ended with (the stored health
+    keeps it; None: read from the newest stored batch, a listing of the whole archive)."""
     at = now()
     heartbeat(conn, at)
     upto = str(conn.run("SELECT pg_current_wal_lsn()::text")[0][0])
     left_out = unreplayable_tables(conn)
-    result = DrainResult(slot, iso(at), upto, left_out=left_out)
+    result = DrainResult(slot, iso(at), upto, left_out=left_out, fingerprint=previous_fingerprint)
     t0 = time.monotonic()
     while max_batches is None or len(result.batches) < max_batches:
-        batch = drain_batch(ctx, conn, slot, upto, left_out, ctx.settings.changes_batch_rows, now, fault)
+        rows = ctx.settings.changes_batch_rows
+        batch = drain_batch(ctx, conn, slot, upto, left_out, rows, now, fault, result.fingerprint)
         if batch is None:
             break
         result.batches.append(batch)
+        result.fingerprint = batch.fingerprint or result.fingerprint
         result.untracked_ddl += batch.untracked_ddl
         if parse_lsn(batch.end_lsn) >= parse_lsn(upto):
             break

@@ -1,10 +1,14 @@
 """Retention of the change archive, run by cleanup after the backups' plan is known.
 
-A batch goes when no retained logical backup needs it: every transaction in it committed before
-the oldest retained dump's snapshot (``core/changes.prunable_batches``), keeping the newest of those
-batches as a margin (a transaction whose commit record precedes the snapshot's ``wal_lsn_before``
-can still be in progress in that snapshot until it leaves the proc array).  Its record is deleted
-first (the batch no longer exists), then its volumes.
+A batch goes when no retained logical backup needs it.  The dumps that count are the retained
+logical backups whose snapshot the stored stream can extend (``wal_lsn_before`` at or after the
+oldest stored batch's start; an older dump cannot be extended, so needs no batch).  Candidates
+end at or before the oldest such snapshot (``core/changes.prunable_batches``: a recovery from a
+dump starts at the batch its snapshot falls in), and each candidate's record lists its
+transactions' xids, so a candidate goes exactly when every counted dump sees all of them
+(``core/changes.needless_prefix``: a transaction whose commit record precedes ``wal_lsn_before``
+can still be in progress in that snapshot).  A batch's record is deleted first (the batch no
+longer exists), then its volumes.
 
 Volumes of drain attempts that never got a record (a drain killed between its volumes and its
 record; the next drain stores the batch again under a new attempt) are orphans: deleted once older
@@ -18,7 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from coldcopy.core.changes import BATCHES_PREFIX, DATA_PREFIX, Batch, batch_start, prunable_batches
+from coldcopy.core.changes import (
+    BATCHES_PREFIX,
+    DATA_PREFIX,
+    Batch,
+    SnapshotVisibility,
+    batch_start,
+    needless_prefix,
+    prunable_batches,
+)
 from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.manifest import manifest_key
 from coldcopy.core.names import LOGICAL_KINDS, parse_name
@@ -30,7 +42,7 @@ from coldcopy.storage.store import ObjectStore
 class ChangesPlan:
     """What cleanup deletes from the change archive, and why."""
 
-    oldest_needed_lsn: str | None = None  # the oldest retained dump's wal_lsn_before
+    oldest_needed_lsn: str | None = None  # the oldest extendable retained dump's wal_lsn_before
     needed_by: str = ""  # that dump
     batches: list[Batch] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)  # volumes of attempts no kept record points to
@@ -44,10 +56,14 @@ class ChangesPlan:
         }
 
 
-def oldest_needed(storage: ObjectStore, kept: Iterable[str]) -> tuple[str, str] | None:
-    """(name, wal_lsn_before) of the retained logical backup whose snapshot is the oldest, among
-    those that recorded one (older dumps cannot be extended by the stream, so need no batch)."""
-    best: tuple[str, str] | None = None
+def extendable_dumps(
+    storage: ObjectStore, kept: Iterable[str], stream_start: str | None
+) -> list[tuple[str, SnapshotVisibility]]:
+    """(name, visibility) of each retained logical backup that recorded its snapshot at or after
+    ``stream_start`` (the oldest stored batch's start), oldest snapshot first."""
+    if not stream_start:
+        return []
+    out = []
     for name in kept:
         try:
             if parse_name(name).kind not in LOGICAL_KINDS:
@@ -55,11 +71,19 @@ def oldest_needed(storage: ObjectStore, kept: Iterable[str]) -> tuple[str, str] 
             extra = storage.get_json(manifest_key(name)).get("extra") or {}
         except (NotFoundError, ValueError):
             continue
-        vis = extra.get("snapshot_visibility")
-        lsn = vis.get("wal_lsn_before") if isinstance(vis, dict) else None
-        if isinstance(lsn, str) and lsn and (best is None or parse_lsn(lsn) < parse_lsn(best[1])):
-            best = (name, lsn)
-    return best
+        raw = extra.get("snapshot_visibility")
+        if not isinstance(raw, dict):
+            continue
+        vis = SnapshotVisibility.from_dict(raw)
+        if vis.wal_lsn_before and parse_lsn(vis.wal_lsn_before) >= parse_lsn(stream_start):
+            out.append((name, vis))
+    return sorted(out, key=lambda d: parse_lsn(d[1].wal_lsn_before))
+
+
+def record_xids(storage: ObjectStore, key: str) -> list[list[int]] | None:
+    """The ``xids`` a batch record lists (None: a record from before they were listed)."""
+    raw = storage.get_json(key).get("xids")
+    return [[int(a), int(b)] for a, b in raw] if isinstance(raw, list) else None
 
 
 def stored_batches(storage: ObjectStore) -> list[Batch]:
@@ -85,11 +109,14 @@ def plan_changes(storage: ObjectStore, kept: Iterable[str], now: datetime, stale
     """The change archive's part of cleanup, given the backups cleanup keeps."""
     plan = ChangesPlan()
     batches = stored_batches(storage)
-    needed = oldest_needed(storage, kept)
-    if needed is not None:
-        plan.needed_by, plan.oldest_needed_lsn = needed
-        prunable = sorted(prunable_batches(batches, needed[1]), key=lambda b: parse_lsn(b.end_lsn))
-        plan.batches = prunable[:-1]  # the newest stays: see the module's docstring
+    dumps = extendable_dumps(storage, kept, batches[0].start_lsn if batches else None)
+    if dumps:
+        plan.needed_by, plan.oldest_needed_lsn = dumps[0][0], dumps[0][1].wal_lsn_before
+        candidates = sorted(
+            prunable_batches(batches, plan.oldest_needed_lsn), key=lambda b: parse_lsn(b.end_lsn)
+        )
+        xids = {b.key: record_xids(storage, b.key) for b in candidates}
+        plan.batches = needless_prefix(candidates, xids, [vis for _, vis in dumps])
     records = {b.key for b in batches}
     attempts: dict[str, set[str]] = {}  # batch record -> the attempt prefixes holding volumes for it
     volumes = list(storage.list(DATA_PREFIX))

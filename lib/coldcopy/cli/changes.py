@@ -6,11 +6,11 @@ import argparse
 from typing import Any
 
 from coldcopy.changes.health import load_health
-from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop
+from coldcopy.changes.monitor import archive_slot, drain_and_record, drain_loop, record_setup, record_teardown
 from coldcopy.changes.slot import setup, slot_state, teardown
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
-from coldcopy.config import DB, STORAGE
+from coldcopy.config import DB, STORAGE, missing
 from coldcopy.context import open_context
 from coldcopy.core.alerts import changes_alerts
 from coldcopy.core.changes import ChangesHealth
@@ -23,6 +23,13 @@ def cmd_changes_setup(args: argparse.Namespace) -> int:
     with Postgres(settings).session() as conn:
         r = setup(conn, archive_slot(settings))
     lines = [f"change archive set up on slot {r.slot}"]
+    if missing(settings, STORAGE):  # the slot works without the bucket; its watch does not
+        lines.append(
+            "WARNING: the bucket is not configured here (SPACES_*), so nothing watches the slot until "
+            "the first drain stores the archive's health: run a drain, or set up with the bucket settings"
+        )
+    else:  # the stale alert now fires if no drain ever reads the slot
+        record_setup(open_context(settings), r.slot, now())
     lines += [f"  created: {c}" for c in r.created] + [f"  already there: {c}" for c in r.existing]
     if r.left_out:
         lines.append(
@@ -41,15 +48,23 @@ def cmd_changes_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_changes_teardown(args: argparse.Namespace) -> int:
-    settings = settings_for(args, (DB,))
+    settings = settings_for(args, (DB, STORAGE))
+    ctx = open_context(settings)
+    slot = archive_slot(settings)
+    # Recorded first: the scheduled drain that then finds no slot stands down instead of alerting.
+    h = record_teardown(ctx, slot, now())
     with Postgres(settings).session() as conn:
-        removed = teardown(conn, archive_slot(settings))
+        removed = teardown(conn, slot)
     present(
         args,
-        {"removed": removed},
-        "removed: " + ", ".join(removed)
-        if removed
-        else "nothing to remove: the change archive was not set up",
+        {"removed": removed, "torn_down_at": h.torn_down_at},
+        (
+            "removed: " + ", ".join(removed)
+            if removed
+            else "nothing to remove: the change archive was not set up"
+        )
+        + f"\nrecorded as torn down at {h.torn_down_at}: "
+        "no drain runs and no alert fires until setup runs again",
     )
     return 0
 
@@ -109,6 +124,14 @@ def cmd_changes_status(args: argparse.Namespace) -> int:
     if h is None:
         present(args, {"slot": slot, "set_up": False}, "the change archive has not been drained here yet")
         return 1
+    if not h.in_use and not h.slot_exists:
+        present(
+            args,
+            {**h.to_dict(), "set_up": False, "alerts": []},
+            f"the change archive was torn down at {h.torn_down_at}: not set up (no slot {slot}); "
+            "`coldcopy changes setup` starts it again",
+        )
+        return 0
     alerts = changes_alerts(h, settings.thresholds, now())
     out: dict[str, Any] = {**h.to_dict(), "alerts": [a.to_dict() for a in alerts]}
     present(

@@ -98,41 +98,56 @@ def build_parser() -> argparse.ArgumentParser:
     _changes_commands(add, action)
     _files_commands(add, action)
     _key_commands(add, action)
-    _erase_commands(add, action)
+    _gdpr_commands(add, action)
     return p
 
 
-def _erase_commands(add: AddCommand, action: Action) -> None:
-    e = add("erase", None, "the erasure ledger: erasure requests every restore re-applies (docs/erasures.md)")
-    actions = e.add_subparsers(dest="erase_command", required=True, metavar="ACTION")
-    a = action(
+def _subject_args(p: argparse.ArgumentParser, *, kind: bool) -> None:
+    p.add_argument(
+        "--subject",
+        required=True,
+        help="the person's identifier (bound as :subject; stored only encrypted); - reads one line "
+        "from standard input (not shown in the process list)",
+    )
+    if kind:
+        p.add_argument("--kind", help="the kind of subject (default: the configuration's only kind)")
+
+
+def _gdpr_commands(add: AddCommand, action: Action) -> None:
+    g = add("gdpr", None, "erasures every restore re-applies, and a person's answers (docs/erasures.md)")
+    actions = g.add_subparsers(dest="gdpr_command", required=True, metavar="ACTION")
+    e = action(
         actions,
-        "add",
-        "erasures:cmd_erase_add",
-        "record an erasure of DB_NAME's rows (create-only, encrypted); every later restore deletes them",
+        "erase",
+        "gdpr:cmd_gdpr_erase",
+        "erase a subject from DB_NAME as GDPR_ERASURE_CONFIG declares, and record it (create-only, "
+        "encrypted): every later restore re-applies it",
     )
-    a.add_argument(
-        "--table", required=True, help="schema.table (checked against DB_NAME and its newest backup)"
+    _subject_args(e, kind=True)
+    e.add_argument(
+        "--check-only",
+        action="store_true",
+        help="the application has erased the subject: only check (the count must be 0), then record",
     )
-    a.add_argument(
-        "--where",
-        action="append",
-        metavar="COLUMN=VALUE",
-        help="rows to erase: the column equals the value (repeat: all must match); never free SQL",
-    )
-    a.add_argument(
-        "--subject", help="the person's identifier, kept only as a salted digest (default: the values)"
-    )
-    a.add_argument("--note", help="a reference for the request (no personal data)")
-    ls = action(actions, "list", "erasures:cmd_erase_list", "the recorded erasures")
-    ls.add_argument("--show-values", action="store_true", help="print the values erased (personal data)")
+    e.add_argument("--note", help="a reference for the request (no personal data)")
+    ls = action(actions, "list", "gdpr:cmd_gdpr_list", "the recorded erasures (ids and kinds)")
+    ls.add_argument("--show-values", action="store_true", help="print the subjects too (personal data)")
     r = action(
         actions,
         "report",
-        "erasures:cmd_erase_report",
-        "each erasure, the stored backups taken before it and when retention expires them",
+        "gdpr:cmd_gdpr_report",
+        "when the subject's erasure was recorded, which backups still hold older data and when they expire",
     )
-    r.add_argument("--subject", help="only the erasures recorded for this identifier (proved by its digest)")
+    _subject_args(r, kind=False)
+    x = action(
+        actions,
+        "export",
+        "gdpr:cmd_gdpr_export",
+        "a subject's data from a backup as JSON (restored into a scratch database, then dropped)",
+    )
+    _subject_args(x, kind=True)
+    x.add_argument("--backup", help="the backup to read (default: the newest logical backup of DB_NAME)")
+    x.add_argument("--output", help="a new file for the JSON (default: ./gdpr-export-<time>.json)")
 
 
 def _key_commands(add: AddCommand, action: Action) -> None:

@@ -58,6 +58,14 @@ def cmd_wal_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def erased_text(erased: dict[str, Any]) -> str:
+    """The erasure ledger's line of a recovery's report."""
+    return (
+        f"erasures re-applied before use: {erased.get('erasures_applied', 0)} "
+        f"({erased.get('erased_rows_removed', 0)} rows changed); subjects remaining: 0"
+    )
+
+
 def _pitr_text(r: PitrResult) -> str:
     lines = [
         f"physical archive: {r.backup} extracted into {r.target_dir} for recovery to {r.target} "
@@ -65,6 +73,7 @@ def _pitr_text(r: PitrResult) -> str:
     ]
     if r.promoted:
         lines.append(f"recovered and promoted on port {r.port}; {r.reached}")
+        lines.append(erased_text(r.erased))
         lines.append(f"delete {r.env_file} now: it holds the storage secrets that recovery needed")
     else:
         lines.append("to run the recovery:")
@@ -87,6 +96,7 @@ def _logical_text(r: LogicalPitrResult) -> str:
             f"{p.ddl} DDL) in {p.seconds:.1f} s ({p.per_second}/s); {p.skipped_in_dump} in the backup",
             f"  {last}",
             f"  sequences raised: {len(p.sequences_set)}; heartbeat at {r.heartbeat_at or '-'}",
+            "  " + erased_text(r.erased),
         ]
     )
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from coldcopy.changes.health import load_health
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.context import open_context
+from coldcopy.core.erasure import LEDGER_PREFIX
 from coldcopy.core.humanize import human_age, human_bytes
 from coldcopy.core.recovery_time import estimate
 from coldcopy.core.runbooks import Facts, build_plan
@@ -27,12 +29,14 @@ def _estimate_text(est: dict[str, Any]) -> str:
     for sc in est["scenarios"]:
         shown = _duration(sc["estimate_seconds"]) if sc["available"] else "-"
         lines.append(f"  {sc['title']:45} {shown:>10}  {sc['how']}")
+    if est.get("logical_replay"):
+        lines.append(f"change archive replay: {est['logical_replay']['basis']}")
     return "\n".join(lines)
 
 
 def cmd_recovery_time(args: argparse.Namespace) -> int:
     ctx = open_context(settings_for(args))
-    est = estimate(ctx.catalog.read(), now(), load(ctx.storage))
+    est = estimate(ctx.catalog.read(), now(), load(ctx.storage), load_health(ctx.storage))
     present(args, est, lambda: _estimate_text(est))
     return 0
 
@@ -41,7 +45,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     s = settings_for(args)
     ctx = open_context(s)
     facts = Facts(
-        s.db_name or s.cluster or "postgres", ctx.key.key_id if ctx.key else None, s.retention.compliance_days
+        s.db_name or s.cluster or "postgres",
+        ctx.key.key_id if ctx.key else None,
+        s.retention.compliance_days,
+        erasures=sum(1 for o in ctx.storage.list(LEDGER_PREFIX) if o.key.endswith(".json.zst")),
     )
     plan = build_plan(
         args.scenario,
@@ -51,6 +58,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         before=args.before,
         on_date=args.date,
         wal=load(ctx.storage),
+        changes=load_health(ctx.storage),
     )
     d = plan.to_dict()
     present(args, d, lambda: runbook_text(d))

@@ -322,8 +322,10 @@ def _wal(wal: WalHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
 
 
 def changes_alerts(h: ChangesHealth | None, th: Thresholds, now: datetime) -> list[Alert]:
-    """The change archive's rules: drain failing, stale, slot lag, slot lost, what it cannot carry."""
-    if h is None:
+    """The change archive's rules: drain failing, stale, slot lag, slot lost, what it cannot carry.
+    None (never set up) and an archive torn down deliberately (``coldcopy changes teardown``) have
+    none: only a slot that vanishes without a teardown is lost."""
+    if h is None or not h.in_use:
         return []
     out = []
     restart = "the change window restarts at the next logical backup; the next tick enqueues one"
@@ -341,8 +343,12 @@ def changes_alerts(h: ChangesHealth | None, th: Thresholds, now: datetime) -> li
         out.append(alert("changes-drain-failing", CRITICAL, h.failing_since or h.last_error_at, message))
     limit = timedelta(minutes=th.changes_max_age_minutes)
     newest = h.last_drain_at
+    set_up = parse_iso(h.checked_at) if newest is None and h.checked_at else None
     if newest is None:
-        out.append(alert("changes-stale", CRITICAL, None, "no change batch has been archived yet"))
+        if set_up is None or now - set_up > limit:  # set up, and no drain since: nothing reads the slot
+            since = f" since it was set up at {h.checked_at}" if set_up else " yet"
+            message = f"no change batch has been archived{since}: nothing drains the slot {h.slot}"
+            out.append(alert("changes-stale", CRITICAL, None if set_up is None else set_up + limit, message))
     elif now - parse_iso(newest) > limit:
         message = (
             f"no change batch archived since {newest} (more than {th.changes_max_age_minutes:g} minutes); "

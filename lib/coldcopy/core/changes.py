@@ -5,25 +5,29 @@ Keys, under the cluster prefix:
 * ``changes/batches/<start>.json``: one record per drained batch, written create-only and LAST.
   ``<start>`` is the slot's confirmed position (16 hex digits, so the listing is in stream order)
   when the batch was peeked; the record holds the whole LSN range (``start_lsn`` .. ``end_lsn``,
-  the position the slot is advanced to), the volumes, the sequences and the heartbeat.  One key
+  the position the slot is advanced to), the volumes, the sequences, the schema's fingerprint at
+  its end, and ``xids``: its transactions' 64-bit xids as sorted ``[first, last]`` runs (for
+  retention; records written before it lack the field).  One key
   per start position means two drains racing on the same slot position cannot both store a batch.
 * ``changes/data/<start>/<attempt>/data.NNNNNN``: the batch's stream (wal2json format-version 2
   lines, one per decoded row, compressed and encrypted like every stored object), cut into volumes.
   An attempt killed before its record leaves volumes no record points at; cleanup deletes them.
-* ``state/changes-status.json``: the archive's health, written by each drain (and read by the
-  tick, ``/status``, ``/metrics``, ``/alerts``).
+* ``state/changes-status.json``: the archive's health, written by setup, each drain and teardown
+  (read by the tick, which copies it into the monitor state for ``/status``, ``/metrics``,
+  ``/alerts``).
 
 Exactness against a dump: the dump records ``pg_current_snapshot()`` of its exported snapshot
 (:class:`SnapshotVisibility`); a recovery applies a transaction of the stream exactly when
-``visible(xid)`` is false.  Every transaction the dump does not see commits after the LSN read
-just before the dump's snapshot (``wal_lsn_before``), so batches ending at or before it are not
-needed by that dump (:func:`prunable_batches`).
+``visible(xid)`` is false.  Each batch record lists its transactions' xids (``xids``: 64-bit,
+``[first, last]`` runs), so retention deletes a batch ending at or before the oldest retained
+dump's ``wal_lsn_before`` exactly when every retained dump sees all of them
+(:func:`prunable_batches`, :func:`needless_prefix`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +39,9 @@ DATA_PREFIX = "changes/data/"
 STATUS_KEY = "state/changes-status.json"
 SCHEMA = "coldcopy"  # the ColdCopy schema in the protected database (DDL log, heartbeat)
 RESTORE_POINTS = "restore_points"  # its table of named restore points (`coldcopy restore-point`)
+#: The schema fingerprint is a set hash: the sum of each column's 60-bit hash modulo 2^60
+#: (changes/slot.FINGERPRINT_SQL), so each captured DDL command's change (after - before) adds up.
+FINGERPRINT_MODULUS = 1 << 60
 _BATCH_RE = re.compile(r"^changes/batches/([0-9A-F]{16})\.json$")
 _ATTEMPT_RE = re.compile(r"^[0-9a-f]{8,32}$")
 
@@ -70,6 +77,28 @@ def slot_name(cluster: str, db_name: str) -> str:
 
 
 # -- snapshot visibility -------------------------------------------------------------------------
+def widen_xid(xid32: int, near: int) -> int:
+    """A 32-bit xid (as logical decoding reports it) as the 64-bit xid (epoch and xid) nearest
+    ``near``, a 64-bit xid such as a snapshot's xmax (a live xid is within 2^31 of it)."""
+    best = ((near >> 32) << 32) | (xid32 & 0xFFFFFFFF)
+    for candidate in (best - (1 << 32), best + (1 << 32)):
+        if candidate >= 0 and abs(candidate - near) < abs(best - near):
+            best = candidate
+    return best
+
+
+def xid_ranges(xids: Iterable[int]) -> list[list[int]]:
+    """The xids as sorted ``[first, last]`` runs of consecutive ids (a batch record's ``xids``:
+    exactly its transactions, compactly, since a busy database assigns them mostly in a row)."""
+    out: list[list[int]] = []
+    for x in sorted(set(xids)):
+        if out and x == out[-1][1] + 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return out
+
+
 @dataclass(frozen=True)
 class SnapshotVisibility:
     """``pg_current_snapshot()`` of a dump's snapshot: which transactions the dump contains.
@@ -112,12 +141,14 @@ class SnapshotVisibility:
 
     def widen(self, xid32: int) -> int:
         """A 32-bit xid (as logical decoding reports it) as the 64-bit xid nearest this snapshot."""
-        epoch = self.xmax >> 32
-        best = (epoch << 32) | (xid32 & 0xFFFFFFFF)
-        for candidate in (best - (1 << 32), best + (1 << 32)):
-            if candidate >= 0 and abs(candidate - self.xmax) < abs(best - self.xmax):
-                best = candidate
-        return best
+        return widen_xid(xid32, self.xmax)
+
+    def sees_all(self, ranges: Iterable[Sequence[int]]) -> bool:
+        """Whether the dump contains every transaction of these ``[first, last]`` runs of 64-bit
+        xids (a batch record's ``xids``): each is below xmax and none is in progress (xip)."""
+        return all(
+            last < self.xmax and not any(first <= x <= last for x in self.xip) for first, last in ranges
+        )
 
     def visible(self, xid: int) -> bool:
         """Whether the dump contains the effects of committed transaction ``xid`` (64-bit, or a
@@ -178,6 +209,30 @@ def prunable_batches(batches: Iterable[Batch], oldest_needed_lsn: str | None) ->
     return [b for b in batches if parse_lsn(b.end_lsn) <= limit]
 
 
+def needless_prefix(
+    candidates: Sequence[Batch],
+    xids: Mapping[str, Sequence[Sequence[int]] | None],
+    dumps: Sequence[SnapshotVisibility],
+) -> list[Batch]:
+    """The batches retention deletes: the leading ``candidates`` (stream order; each ends at or
+    before every extendable dump's ``wal_lsn_before``: :func:`prunable_batches`) all of whose
+    transactions every one of ``dumps`` sees, by the xids each record lists (``xids[key]``).
+
+    A transaction whose commit record precedes ``wal_lsn_before`` may still be in progress in the
+    snapshot (xip: it leaves the proc array after its commit record), so such a batch is needed;
+    deletion stops there, so the archive left is one continuous stream.  A record from before
+    batches listed their xids (None) cannot be decided: the newest such candidate stays."""
+    out: list[Batch] = []
+    for i, b in enumerate(candidates):
+        ranges = xids.get(b.key)
+        if ranges is None and i == len(candidates) - 1:
+            break
+        if ranges is not None and not all(d.sees_all(ranges) for d in dumps):
+            break
+        out.append(b)
+    return out
+
+
 # -- health --------------------------------------------------------------------------------------
 @dataclass
 class ChangesHealth:
@@ -207,6 +262,19 @@ class ChangesHealth:
     last_end_lsn: str = ""  # the end of the newest stored batch
     window_backup: str = ""  # the oldest logical backup the stream extends
     batches_stored: int = 0  # by the last drain
+    consecutive_failures: int = 0  # drains that failed since the last one that succeeded
+    fingerprint: str = ""  # the schema's fingerprint at the end of the newest stored batch
+    torn_down_at: str | None = None  # `coldcopy changes teardown` removed the archive deliberately
+
+    @property
+    def in_use(self) -> bool:
+        """Whether the archive is set up here (not torn down deliberately)."""
+        return self.torn_down_at is None
+
+    @property
+    def slot_lost(self) -> bool:
+        """The slot vanished or was invalidated without a teardown, or the stream has a gap."""
+        return self.in_use and (not self.slot_exists or self.slot_invalidated or bool(self.gap_since))
 
     def to_dict(self) -> dict[str, Any]:
         """As stored (JSON)."""
@@ -217,6 +285,20 @@ class ChangesHealth:
         """From the stored JSON (unknown keys from newer versions are ignored)."""
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def torn_down(slot: str, at: str) -> ChangesHealth:
+    """The health ``coldcopy changes teardown`` stores: the archive was removed on purpose at
+    ``at`` (no slot, no alert; a later setup starts a new stream)."""
+    return ChangesHealth(slot, at, slot_exists=False, wal_status="", torn_down_at=at)
+
+
+def restart_backup_at(h: ChangesHealth | None) -> str | None:
+    """When the stream restarted after a lost slot (the gap's time) while no logical backup extends
+    the new stream yet: the tick enqueues one backup for it (once: a job slot at that time)."""
+    if h is None or not h.in_use or not h.gap_since or not h.stream_start_lsn:
+        return None
+    return h.gap_since if h.slot_exists and not h.slot_invalidated else None
 
 
 def window_backup(

@@ -28,6 +28,7 @@ from coldcopy.core.alerts import SEVERITIES, Alert, counts_by_severity
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import DURATION_BUCKETS, CatalogDigest, Histogram, Key, digest
+from coldcopy.core.changes import ChangesHealth, lag_ratio
 from coldcopy.core.times import parse_iso
 
 __all__ = ["DURATION_BUCKETS", "render", "render_digest"]
@@ -112,10 +113,13 @@ def render_digest(
     wal: WalHealth | None = None,
     legacy_gb: bool = False,
     computed_at: str | None = None,
+    changes: ChangesHealth | None = None,
+    changes_known: bool = False,
 ) -> str:
     """The exposition text from the catalog's digest: work that does not grow with the history.
     ``alerts`` None: the alert gauges are left out (nothing evaluated them).  ``computed_at``: when
-    the tick gathered the run and WAL inputs (a gauge of its own)."""
+    the tick gathered the run and WAL inputs (a gauge of its own).  ``changes_known``: the change
+    archive's health was read (``changes``; None: never set up), so its gauges are rendered."""
     w = _Writer()
     _backup_counters(w, d)
     _size_metrics(w, d, legacy_gb)
@@ -123,6 +127,8 @@ def render_digest(
     _verification_metrics(w, d)
     if wal is not None:
         _wal_metrics(w, wal, now)
+    if changes_known:
+        _changes_metrics(w, changes, now)
     _files_metrics(w, d, now)
     w.metric(
         "coldcopy_manifests_unreadable",
@@ -358,4 +364,85 @@ def _wal_metrics(w: _Writer, wal: WalHealth, now: datetime) -> None:
             "gauge",
             "Latest time the database can be recovered to (Unix time).",
             [({}, parse_iso(wal.window_end).timestamp())],
+        )
+
+
+def _changes_metrics(w: _Writer, h: ChangesHealth | None, now: datetime) -> None:
+    """The change archive (its health as the last drain stored it): ``coldcopy_changes_set_up`` from
+    the first scrape (0 when never set up or torn down), the rest while it is in use."""
+    in_use = h is not None and h.in_use
+    w.metric(
+        "coldcopy_changes_set_up",
+        "gauge",
+        "1 if the change archive (logical slot drained into the bucket) is in use, 0 if it was "
+        "never set up or was torn down.",
+        [({}, int(in_use))],
+    )
+    if h is not None and h.torn_down_at:
+        w.metric(
+            "coldcopy_changes_torn_down_timestamp_seconds",
+            "gauge",
+            "When `coldcopy changes teardown` removed the change archive (Unix time).",
+            [({}, parse_iso(h.torn_down_at).timestamp())],
+        )
+    if h is None or not in_use:
+        return
+    gauges: list[tuple[str, str, float]] = [
+        ("slot_lag_bytes", "WAL the change archive's slot holds back on the server.", h.lag_bytes),
+        ("slot_lost", "1 if the slot is missing or invalidated, or the stream has a gap.", int(h.slot_lost)),
+        (
+            "tables_left_out",
+            "Tables left out of the change archive (no replayable identity).",
+            len(h.left_out),
+        ),
+        (
+            "drain_consecutive_failures",
+            "Change drains that failed since the last one that succeeded.",
+            h.consecutive_failures,
+        ),
+        (
+            "large_objects",
+            "Large objects in the database (logical decoding does not carry them).",
+            h.large_objects,
+        ),
+        ("untracked_ddl", "Schema changes seen without a captured DDL command.", len(h.untracked_ddl)),
+    ]
+    for name, help_, value in gauges:
+        w.metric(f"coldcopy_changes_{name}", "gauge", help_, [({}, value)])
+    ratio = lag_ratio(h)
+    if ratio is not None:
+        w.metric(
+            "coldcopy_changes_slot_lag_ratio",
+            "gauge",
+            "The slot's lag as a fraction of max_slot_wal_keep_size (at 1 the server invalidates it).",
+            [({}, round(ratio, 6))],
+        )
+    stamps = (
+        (
+            "last_archived",
+            "When the last drain archived everything committed before it (Unix time).",
+            h.last_drain_at,
+        ),
+        ("newest_commit", "Commit time of the newest archived transaction (Unix time).", h.newest_commit_at),
+        (
+            "window_start",
+            "Start of the change window: the oldest dump it extends (Unix time).",
+            h.window_start,
+        ),
+        ("window_end", "End of the change window: the newest archived change (Unix time).", h.window_end),
+    )
+    for name, help_, at in stamps:
+        if at:
+            w.metric(
+                f"coldcopy_changes_{name}_timestamp_seconds",
+                "gauge",
+                help_,
+                [({}, parse_iso(at).timestamp())],
+            )
+    if h.last_drain_at:
+        w.metric(
+            "coldcopy_changes_archive_age_seconds",
+            "gauge",
+            "Age of the newest archived change (since the last drain that succeeded).",
+            [({}, max(0.0, round((now - parse_iso(h.last_drain_at)).total_seconds(), 3)))],
         )

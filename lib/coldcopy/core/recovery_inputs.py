@@ -51,6 +51,17 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class ReplayDrill:
+    """One logical PITR drill's replay: transactions in seconds, covering seconds of history."""
+
+    name: str
+    at: str
+    transactions: int
+    seconds: float
+    history_seconds: float
+
+
+@dataclass(frozen=True)
 class BackupRef:
     """A backup as an estimate needs it: its name, when it finished and its dump's raw size."""
 
@@ -70,6 +81,7 @@ class RecoveryInputs:
     latest: BackupRef | None = None  # the newest full backup, else the newest logical one
     base_backups: tuple[BackupRef, ...] = ()  # newest first
     all_bases: bool = True  # whether ``base_backups`` holds every base backup of the catalog
+    pitr_drills: tuple[ReplayDrill, ...] = ()  # the newest MAX_MEASUREMENTS logical PITR drills
 
     def base_for(self, target: datetime) -> BackupRef | None:
         """The newest base backup that finished before ``target`` (with FINISH_SLACK)."""
@@ -97,6 +109,9 @@ class RecoveryInputs:
             "latest": None if self.latest is None else ref(self.latest),
             "base_backups": [ref(b) for b in self.base_backups],
             "all_bases": self.all_bases,
+            "pitr_drills": [
+                [d.name, d.at, d.transactions, d.seconds, d.history_seconds] for d in self.pitr_drills
+            ],
         }
 
 
@@ -118,6 +133,10 @@ def parse_inputs(raw: dict[str, Any]) -> RecoveryInputs:
         latest=None if raw["latest"] is None else ref(raw["latest"]),
         base_backups=tuple(ref(b) for b in raw["base_backups"]),
         all_bases=bool(raw["all_bases"]),
+        pitr_drills=tuple(
+            ReplayDrill(str(n), str(a), int(t), float(s), float(h))
+            for n, a, t, s, h in raw.get("pitr_drills", [])
+        ),
     )
 
 
@@ -170,6 +189,30 @@ def replay_measurements(cat: Catalog) -> list[Measurement]:
     return sorted(out, key=lambda m: (m.at, m.name), reverse=True)
 
 
+def pitr_drills(cat: Catalog) -> list[ReplayDrill]:
+    """The replay of each backup's latest successful logical PITR drill that replayed a transaction,
+    newest first."""
+    out = []
+    for name, record in cat.verifications.items():
+        proof = record.get("pitr_drill") or {}
+        m = proof.get("measurement") if isinstance(proof, dict) else None
+        if not isinstance(m, dict):
+            continue
+        try:
+            drill = ReplayDrill(
+                name,
+                str(proof.get("at")),
+                int(m["replay_transactions"]),
+                float(m["replay_seconds"]),
+                float(m["history_seconds"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        if drill.transactions > 0 and drill.seconds > 0 and drill.history_seconds > 0:  # replayed something
+            out.append(drill)
+    return sorted(out, key=lambda d: (d.at, d.name), reverse=True)
+
+
 def recovery_inputs(cat: Catalog, keep_bases_after: datetime | None = None) -> RecoveryInputs:
     """The estimate's inputs from the catalog; every base backup, or (``keep_bases_after``) those
     that finished after it plus the newest one that did not."""
@@ -193,4 +236,5 @@ def recovery_inputs(cat: Catalog, keep_bases_after: datetime | None = None) -> R
         latest=latest,
         base_backups=tuple(kept),
         all_bases=len(kept) == len(bases),
+        pitr_drills=tuple(pitr_drills(cat)[:MAX_MEASUREMENTS]),
     )

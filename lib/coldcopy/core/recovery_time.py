@@ -14,6 +14,12 @@ labelled ASSUMED rate.  The WAL volume per hour is measured from the archive
 (``archive_report.wal_rate``: the widest base backup window's segments over its hours) once a window
 spans an hour; before that it is a labelled assumption.  Without a window the scenarios are reported
 as not available, never invented.
+
+Point-in-time recovery from the change archive (``ChangesHealth``, from ``coldcopy.changes.health``)
+restores a dump and replays the archive from it: logical PITR drills (``coldcopy.verify.pitr_drill``)
+measure the replay in transactions per second and in seconds of the archive's history covered per
+second of replay, which the estimate divides the history since the dump by; without a drill it is
+a labelled assumption of replaying as fast as the changes were written.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.changes import ChangesHealth
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.recovery_inputs import (
@@ -38,6 +45,7 @@ from coldcopy.core.recovery_inputs import (
     measurements,
     recovery_inputs,
 )
+from coldcopy.core.replay import stream_time
 from coldcopy.core.times import iso, parse_iso
 
 DEFAULT_THROUGHPUT = 10_000_000  # bytes of dump per second: an assumption, used only without measurements
@@ -49,6 +57,7 @@ PITR_UNAVAILABLE = (
 # replay rate until a drill.
 ASSUMED_WAL_BYTES_PER_HOUR = 1_000_000_000  # WAL the server writes per hour
 ASSUMED_REPLAY_RATE = 100_000_000  # bytes of WAL replayed per second
+ASSUMED_HISTORY_PER_REPLAY_SECOND = 1.0  # the change archive replays as fast as it was written
 
 
 @dataclass(frozen=True)
@@ -236,12 +245,143 @@ def _pitr_estimate(
     }
 
 
-def estimate(cat: Catalog, now: datetime, wal: WalHealth | None = None) -> dict[str, Any]:
+# -- point-in-time recovery from the change archive -------------------------------------------------
+@dataclass(frozen=True)
+class LogicalReplay:
+    """How fast the change archive replays: seconds of history per second, and transactions/s."""
+
+    history_per_second: float
+    transactions_per_second: float | None
+    measured: bool
+    basis: str
+
+
+def logical_replay(cat: Catalog, now: datetime) -> LogicalReplay:
+    """The change archive's replay speed, from the newest logical PITR drills (or the assumption)."""
+    return _logical_replay(recovery_inputs(cat), now)
+
+
+def _logical_replay(inputs: RecoveryInputs, now: datetime) -> LogicalReplay:
+    """Totals over the newest drills (as the WAL replay's): a drill that replayed little counts little."""
+    drills = inputs.pitr_drills
+    if not drills:
+        return LogicalReplay(
+            ASSUMED_HISTORY_PER_REPLAY_SECOND,
+            None,
+            False,
+            "an ASSUMED replay as fast as the changes were written; not measured (no logical PITR drill "
+            "yet: the weekly verification or POST /restore-test runs one)",
+        )
+    tx, secs = sum(d.transactions for d in drills), sum(d.seconds for d in drills)
+    history = sum(d.history_seconds for d in drills)
+    age = (now - parse_iso(drills[0].at)).total_seconds() / 3600
+    return LogicalReplay(
+        history / secs,
+        tx / secs,
+        True,
+        f"the measured replay of the {len(drills)} newest logical PITR drill(s): {tx} transactions in "
+        f"{secs:.1f} s = {tx / secs:.1f} transactions/s, {history / secs:.1f} s of history per second "
+        f"(newest {drills[0].at}, {age:.1f} h old)",
+    )
+
+
+def archive_window(changes: ChangesHealth | None) -> tuple[datetime, datetime] | None:
+    """(start, newest archived commit) of the change archive's window; None when it has none (not
+    set up, no logical backup since it (re)started)."""
+    if changes is None or not changes.window_start or not (changes.newest_commit_at or changes.window_end):
+        return None
+    newest = (
+        stream_time(changes.newest_commit_at)
+        if changes.newest_commit_at
+        else parse_iso(str(changes.window_end))
+    )
+    return parse_iso(changes.window_start), newest
+
+
+def logical_pitr_estimate(
+    cat: Catalog, now: datetime, changes: ChangesHealth | None, target: datetime, dump: CatalogEntry | None
+) -> dict[str, Any]:
+    """Restore ``dump`` (the newest logical backup before ``target``), then replay the change
+    archive from it up to ``target``; as ``pitr_estimate``."""
+    ref = None if dump is None else BackupRef(dump.name, dump.finished_at, dump.raw_size_bytes)
+    return _logical_pitr_estimate(recovery_inputs(cat), now, changes, target, ref)
+
+
+def _logical_pitr_estimate(
+    inputs: RecoveryInputs,
+    now: datetime,
+    changes: ChangesHealth | None,
+    target: datetime,
+    dump: BackupRef | None,
+) -> dict[str, Any]:
+    window = archive_window(changes)
+    if window is None:
+        return {
+            "available": False,
+            "estimate_seconds": None,
+            "how": "not available: the change archive has no window (no logical backup since it started)",
+        }
+    if not window[0] <= target <= window[1]:
+        return {
+            "available": False,
+            "estimate_seconds": None,
+            "how": f"not available: {iso(target)} is outside the change archive's window "
+            f"{iso(window[0])} .. {iso(window[1])}",
+        }
+    if dump is None:
+        return {"available": False, "estimate_seconds": None, "how": "not available: no logical backup"}
+    rate, speed = _throughput(inputs, now), _logical_replay(inputs, now)
+    history = max((target - parse_iso(dump.finished_at)).total_seconds(), 0.0)
+    restore = restore_seconds(dump.raw_size_bytes, rate)
+    replay = round(history / speed.history_per_second, 1)
+    return {
+        "available": True,
+        "estimate_seconds": round(restore + replay, 1),
+        "backup": dump.name,
+        "target": iso(target),
+        "restore_seconds": restore,
+        "replay_seconds": replay,
+        "history_seconds": round(history, 1),
+        "replay_measured": speed.measured,
+        "replay_transactions_per_second": None
+        if speed.transactions_per_second is None
+        else round(speed.transactions_per_second, 1),
+        "how": f"restore {dump.raw_size_bytes} bytes of dump {dump.name} at {rate.basis}; then replay "
+        f"{history / 3600:.1f} h of the change archive at {speed.basis}",
+    }
+
+
+def _logical_scenario(inputs: RecoveryInputs, now: datetime, changes: ChangesHealth) -> dict[str, Any]:
+    """Point-in-time recovery from the change archive to its newest archived commit."""
+    window = archive_window(changes)
+    target = window[1] if window else now
+    return {
+        "scenario": "pitr-logical-now",
+        "title": "point-in-time recovery from the change archive to its newest commit",
+        **_logical_pitr_estimate(inputs, now, changes, target, inputs.latest),
+    }
+
+
+def _logical_view(r: LogicalReplay) -> dict[str, Any]:
+    return {
+        "measured": r.measured,
+        "history_per_replay_second": round(r.history_per_second, 2),
+        "transactions_per_second": None
+        if r.transactions_per_second is None
+        else round(r.transactions_per_second, 1),
+        "basis": r.basis,
+    }
+
+
+def estimate(
+    cat: Catalog, now: datetime, wal: WalHealth | None = None, changes: ChangesHealth | None = None
+) -> dict[str, Any]:
     """Every scenario's estimate, with how it was reached (the `recovery-time` and API answer).
 
     ``wal`` is the WAL archive's summary (``coldcopy.wal.monitor.load``); None means PITR is not in use.
+    ``changes`` is the change archive's health; None means it is not in use.
     """
-    out = estimate_from(recovery_inputs(cat), now, wal)
+    out = estimate_from(recovery_inputs(cat), now, wal, changes)
     assert out is not None  # every base backup is in the inputs
     return out
 
@@ -257,7 +397,7 @@ def pitr_targets(now: datetime, wal: WalHealth | None) -> list[tuple[str, str, d
 
 
 def estimate_from(
-    inputs: RecoveryInputs, now: datetime, wal: WalHealth | None = None
+    inputs: RecoveryInputs, now: datetime, wal: WalHealth | None = None, changes: ChangesHealth | None = None
 ) -> dict[str, Any] | None:
     """``estimate`` from the catalog's inputs (the digest's: ``core.recovery_inputs``); None when
     they do not hold the base backup a point-in-time target needs (estimate from the catalog)."""
@@ -269,7 +409,8 @@ def estimate_from(
     pitr = [
         {"scenario": k, "title": t, **_pitr_estimate(inputs, now, wal, target)} for k, t, target in targets
     ]
-    scenarios = [restore, *pitr, _disaster_scenario(restore)]
+    logical = [] if changes is None else [_logical_scenario(inputs, now, changes)]
+    scenarios = [restore, *pitr, *logical, _disaster_scenario(restore)]
     out: dict[str, Any] = {
         "estimated": rate.measured,
         "estimate_seconds": restore["estimate_seconds"],
@@ -285,6 +426,8 @@ def estimate_from(
         else {"start": wal.window_start, "end": wal.window_end, "gaps": len(wal.gaps)},
         "checked_at": iso(now),
     }
+    if changes is not None:
+        out["logical_replay"] = _logical_view(_logical_replay(inputs, now))
     if not rate.measured:
         out["reason"] = "no test restores measured yet; the figures use a labelled default throughput"
         out["how_to_measure"] = "`coldcopy verify NAME --level restore` or POST /restore-test"

@@ -5,8 +5,12 @@ the exact ``coldcopy`` commands in with real names, and says how long it should 
 would be lost, what to check afterwards and what would make the plan fail.  With a WAL archive
 whose recoverable window covers the time needed (``wal``, from ``coldcopy.wal.monitor.load``), a
 deletion is undone by point-in-time recovery to just before it, and corruption/disaster plans name
-PITR as the option with the smallest data loss.  The alert rules'
-plan names (``missed-backup``, ``corrupt-backup``…) map onto the four runbooks.
+PITR as the option with the smallest data loss.  With a change archive whose window covers the time
+(``changes``, the archive's health from ``coldcopy.changes.health``), a deletion is undone by
+``coldcopy pitr --target-time`` into a new database and the lost rows are copied back, and
+corruption/disaster plans offer PITR to the newest archived commit, with the data-loss window the
+archive's state gives.  The alert rules' plan names (``missed-backup``, ``corrupt-backup``…) map
+onto the four runbooks.
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ from typing import Any
 
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
+from coldcopy.core.changes import ChangesHealth
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import LOGICAL_KINDS
 from coldcopy.core.recovery_time import (
     PITR_UNAVAILABLE,
     PROVISION_SECONDS,
+    archive_window,
     base_for,
     in_window,
+    logical_pitr_estimate,
     pitr_estimate,
     restore_seconds,
     throughput,
 )
 from coldcopy.core.times import iso, parse_iso
+from coldcopy.core.verification import PITR_LEVEL
 
 SCENARIOS = ("corruption", "deletion", "disaster", "compliance")
 PITR_PORT = 5433  # the recovered server runs beside the live one
@@ -105,6 +113,7 @@ class Facts:
     db_name: str
     key_id: str | None  # of the configured BACKUP_ENCRYPTION_KEY, None when unset
     compliance_retention_days: int = 365
+    erasures: int = 0  # records in the erasure ledger (docs/erasures.md)
 
 
 @dataclass
@@ -135,13 +144,26 @@ def _stamp(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y%m%d_%H%M")
 
 
-def _verification(cat: Catalog, name: str) -> dict[str, Any] | None:
+def _dump_verification(cat: Catalog, name: str) -> dict[str, Any] | None:
+    """The backup's latest verification of the dump itself.  A logical PITR drill's record (level
+    ``pitr``) is about the change archive too, so the test restore it carries forward stands in."""
     v = cat.verifications.get(name)
+    if not v or v.get("level") != PITR_LEVEL:
+        return v
+    proof = v.get("restore_proof")
+    if not isinstance(proof, dict):
+        return None
+    level = "restore" if proof.get("restore_level_at") else proof.get("level")
+    return {"at": proof.get("at"), "level": level, "ok": proof.get("ok")}
+
+
+def _verification(cat: Catalog, name: str) -> dict[str, Any] | None:
+    v = _dump_verification(cat, name)
     return {"at": v.get("at"), "level": v.get("level"), "ok": v.get("ok")} if v else None
 
 
 def _verified(cat: Catalog, name: str) -> bool:
-    return bool((cat.verifications.get(name) or {}).get("ok"))
+    return bool((_dump_verification(cat, name) or {}).get("ok"))
 
 
 def _backup_view(cat: Catalog, e: CatalogEntry) -> dict[str, Any]:
@@ -175,6 +197,7 @@ def _common(
     e: CatalogEntry | None,
     now: datetime,
     wal: WalHealth | None = None,
+    changes: ChangesHealth | None = None,
 ) -> None:
     """Backup, key and verification checks, the estimate and the data-loss window."""
     if e is None:
@@ -190,7 +213,13 @@ def _common(
             f"the configured BACKUP_ENCRYPTION_KEY has key id {facts.key_id} but {e.name} needs key id "
             f"{e.key_id}: find that passphrase first"
         )
-    v = cat.verifications.get(e.name)
+    drill = cat.verifications.get(e.name) or {}
+    if drill.get("level") == PITR_LEVEL and not drill.get("ok"):
+        plan.risks.append(
+            f"the last PITR drill from {e.name} FAILED ({drill.get('at')}): a replay of the change "
+            "archive from it may fail; see why with `coldcopy list-backups` before relying on it"
+        )
+    v = _dump_verification(cat, e.name)
     if not v:
         plan.risks.append(f"{e.name} was never verified: verify it before relying on it (first command)")
     elif not v.get("ok"):
@@ -201,7 +230,7 @@ def _common(
         plan.risks.append(f"{e.name} was verified at level {v.get('level')}, not by a test restore")
     if not any(_verified(cat, x.name) for x in cat.entries() if x.kind in LOGICAL_KINDS):
         plan.risks.append("no backup in the bucket has a successful verification")
-    if wal is None or not wal.window_start or not wal.window_end:
+    if (wal is None or not wal.window_start or not wal.window_end) and archive_window(changes) is None:
         plan.risks.append(f"point-in-time recovery is {PITR_UNAVAILABLE}")
     rate = throughput(cat, now)
     plan.estimate = {
@@ -234,8 +263,10 @@ def build_plan(
     before: datetime | None = None,
     on_date: date | None = None,
     wal: WalHealth | None = None,
+    changes: ChangesHealth | None = None,
 ) -> Runbook:
-    """The runbook of ``scenario`` (or of an alert's plan name) from the catalog and the WAL archive."""
+    """The runbook of ``scenario`` (or of an alert's plan name) from the catalog, the WAL archive
+    and the change archive."""
     alert = None
     if scenario in ALIASES:
         alert = scenario
@@ -247,11 +278,27 @@ def build_plan(
         "deletion": _deletion,
         "disaster": _disaster,
         "compliance": _compliance,
-    }[scenario](cat, facts, now, before, on_date, wal)
+    }[scenario](cat, facts, now, before, on_date, wal, changes)
     if alert:
         plan.alert = alert
         plan.first.insert(0, hint)
+    if plan.backup is not None:
+        plan.after.insert(0, erasure_step(facts.erasures))
     return plan
+
+
+def erasure_step(erasures: int) -> str:
+    """Every plan's check of the erasure ledger: each restore and PITR applies it before it reports."""
+    if not erasures:
+        return (
+            "the erasure ledger is empty (`coldcopy gdpr list`): nothing to re-apply; an erasure "
+            "recorded before the restore runs would be"
+        )
+    return (
+        f"the output says `erasures re-applied before use: {erasures}` and `subjects remaining: 0`: "
+        f"the {erasures} recorded erasure(s) (`coldcopy gdpr list`) were applied before the data "
+        "could be used; a ledger that cannot be applied fails the restore (docs/erasures.md)"
+    )
 
 
 def _pitr_dir(target: datetime) -> str:
@@ -293,12 +340,136 @@ def _pitr_to_now(p: Runbook, cat: Catalog, wal: WalHealth | None, now: datetime,
         p.risks.append(f"the WAL archive has gap(s) ({_gaps(wal)}): check `coldcopy wal-status` first")
 
 
+def _copy_back(side: str, db: str) -> list[str]:
+    """The commands that copy lost rows from the recovered database ``side`` back into ``db``."""
+    return [
+        "# copy the lost rows back, table by table (replace <table> and <condition>): a dropped table whole,",
+        f"pg_dump --data-only --table=<table> {side} | psql {db}",
+        "# or only the deleted rows of a table that is still there:",
+        f"psql -d {side} -c '\\copy (SELECT * FROM <table> WHERE <condition>) TO STDOUT' | "
+        f"psql -d {db} -c '\\copy <table> FROM STDIN'",
+    ]
+
+
+def _deletion_logical(
+    p: Runbook,
+    cat: Catalog,
+    f: Facts,
+    now: datetime,
+    before: datetime,
+    changes: ChangesHealth | None,
+    wal: WalHealth | None,
+) -> Runbook:
+    """Undo a deletion by PITR from the change archive to one second before it, into a new database."""
+    target = before - timedelta(seconds=1)
+    window = archive_window(changes)
+    assert window is not None
+    e = _pick(cat, target, prefer_verified=False)
+    side = f"{f.db_name}_before_{_stamp(before)}"
+    p.first = [
+        "Stop whatever is deleting (the job, the migration, the user) and note the time it happened.",
+        f"Recover the data as it was at {iso(target)}, one second before the deletion at {iso(before)}, "
+        f"into a new database {side} from the change archive (window {iso(window[0])} .. "
+        f"{iso(window[1])}): `coldcopy pitr` restores the newest dump before that time and replays the "
+        f"archived transactions up to it; the live database {f.db_name!r} keeps running and keeps "
+        "its later changes.",
+    ]
+    _common(p, cat, f, e, now, wal, changes)
+    p.risks = [r.replace(" (first command)", "") for r in p.risks]  # no dump verification runs here
+    if e is None:
+        return p
+    est = logical_pitr_estimate(cat, now, changes, target, e)
+    if est["available"]:
+        p.estimate = {
+            "seconds": est["estimate_seconds"],
+            "basis": est["how"],
+            "measured": est["replay_measured"],
+        }
+    p.commands = [
+        "coldcopy changes status",
+        f"coldcopy pitr --target-time {iso(target)} --target-db {side}",
+        *_copy_back(side, f.db_name),
+        f"# when done: DROP DATABASE {side}",
+    ]
+    p.after = [
+        f"`coldcopy pitr` printed the window, the dump and the batches before it restored, and its last "
+        f"replayed transaction committed before {iso(before)}",
+        f"the deleted rows are in {side} (`SELECT count(*) FROM <table>`), and so is the newest row "
+        f"written just before {iso(before)}",
+        f"the restored rows are present in {f.db_name} and their counts match {side}",
+        "foreign keys and sequences are consistent (setval where rows were re-inserted)",
+        f"drop {side} when done",
+    ]
+    p.data_loss = {
+        "from": iso(before),
+        "to": iso(now),
+        "seconds": 0,
+        "text": f"none before {iso(before)} (the archive is replayed up to {iso(target)}); the live "
+        f"database keeps everything written after {iso(before)}, but whatever depended on the deleted "
+        "rows after that time must be re-applied by hand",
+    }
+    return p
+
+
+def _archive_pitr(
+    p: Runbook, cat: Catalog, changes: ChangesHealth | None, now: datetime, where: str, into: str
+) -> None:
+    """Offer PITR from the change archive to its newest archived commit, with the data-loss window
+    the archive's state gives (``where``: the pitr command's destination arguments)."""
+    if changes is None:
+        return
+    window = archive_window(changes)
+    if window is None:
+        p.risks.append(
+            "the change archive has no window (no logical backup since it started"
+            + (f", or since it lost continuity at {changes.gap_since}" if changes.gap_since else "")
+            + "): point-in-time recovery from it is not possible; take a backup to start one"
+        )
+        return
+    newest = window[1]
+    lost = max((now - newest).total_seconds(), 0.0)
+    cmd = f"coldcopy pitr --target-time {iso(newest)}" + (f" {where}" if where else "")
+    est = logical_pitr_estimate(cat, now, changes, newest, _pick(cat, newest, prefer_verified=False))
+    took = f", estimated {est['estimate_seconds']:.0f} s" if est["available"] else ""
+    p.first.append(
+        f"Smallest data loss: point-in-time recovery from the change archive to its newest archived "
+        f"commit ({iso(newest)}), {into}: `{cmd}`{took}. It loses only what was committed after "
+        f"{iso(newest)} ({lost:.0f} s before now; last drain {changes.last_drain_at or 'never'}); the "
+        "dump restore below loses everything after its backup."
+    )
+    if changes.last_error:
+        p.risks.append(
+            f"the change archive's last drain failed ({changes.last_error[:200]}): the archive stops at "
+            f"{iso(newest)}; run `coldcopy changes drain` while the database is still reachable"
+        )
+    if changes.slot_invalidated or not changes.slot_exists:
+        p.risks.append(
+            "the change archive's replication slot is lost: nothing after the newest commit is kept"
+        )
+    loss = {
+        "to": iso(newest),
+        "seconds": round(lost),
+        "text": f"changes committed after {iso(newest)}, the newest in the change archive ({lost:.0f} s)",
+    }
+    if p.data_loss:
+        p.data_loss["with_pitr"] = loss
+        p.data_loss["text"] += f"; with point-in-time recovery from the change archive only {loss['text']}"
+    else:
+        p.data_loss = {"from": iso(newest), **loss}
+
+
 def _verify_cmds(e: CatalogEntry) -> list[str]:
     return [f"coldcopy verify {e.name} --level restore"]
 
 
 def _corruption(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+    cat: Catalog,
+    f: Facts,
+    now: datetime,
+    before: datetime | None,
+    d: date | None,
+    wal: WalHealth | None,
+    changes: ChangesHealth | None = None,
 ) -> Runbook:
     e = _pick(cat, before, prefer_verified=True)
     p = Runbook("corruption", "data in the live database is corrupt", None)
@@ -312,7 +483,7 @@ def _corruption(
             else "."
         ),
     ]
-    _common(p, cat, f, e, now, wal)
+    _common(p, cat, f, e, now, wal, changes)
     _pitr_to_now(p, cat, wal, now, "to just before the corruption started (`--target-time`)")
     if e is not None:
         side = f"{f.db_name}_restored_{_stamp(now)}"
@@ -336,11 +507,22 @@ def _corruption(
                 "stay connected, and changes nothing if its check finds a difference."
             )
         _loss(p, e, now, "now")
+    side = f"{f.db_name}_pitr_{_stamp(now)}"
+    _archive_pitr(
+        p, cat, changes, now, f"--target-db {side}", f"into a new database {side} beside {f.db_name!r} "
+        "(or to just before the corruption started: an earlier --target-time)",
+    )  # fmt: skip
     return p
 
 
 def _deletion(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+    cat: Catalog,
+    f: Facts,
+    now: datetime,
+    before: datetime | None,
+    d: date | None,
+    wal: WalHealth | None,
+    changes: ChangesHealth | None = None,
 ) -> Runbook:
     p = Runbook("deletion", "rows or tables were deleted by mistake", None)
     if before is None:
@@ -350,8 +532,16 @@ def _deletion(
         target = before - timedelta(seconds=1)
         if in_window(wal, target) or (wal.gaps and parse_iso(wal.window_start) <= target):
             return _deletion_pitr(p, cat, f, now, before, target, wal)
+    window = archive_window(changes)
+    if not p.blockers and window is not None and window[0] <= before - timedelta(seconds=1) <= window[1]:
+        return _deletion_logical(p, cat, f, now, before, changes, wal)
     e = _pick(cat, before, prefer_verified=False)
-    if wal is not None and wal.window_start and wal.window_end:
+    if window is not None:
+        why = (
+            f"not possible: {iso(before)} is outside the change archive's window "
+            f"{iso(window[0])} .. {iso(window[1])}"
+        )
+    elif wal is not None and wal.window_start and wal.window_end:
         why = (
             f"not possible: {iso(before)} is outside the WAL archive's recoverable window "
             f"{wal.window_start} .. {wal.window_end}"
@@ -363,14 +553,13 @@ def _deletion(
         f"Point-in-time recovery to just before {iso(before)} is {why}; the plan restores the "
         "newest dump taken before that time into a separate database and copies the lost rows back.",
     ]
-    _common(p, cat, f, e, now, wal)
+    _common(p, cat, f, e, now, wal, changes)
     if e is not None:
         side = f"{f.db_name}_before_{_stamp(before)}"
         p.commands = [
             *_verify_cmds(e),
             f"coldcopy restore --backup-name {e.name} --target-db {side}",
-            "# copy the lost rows back, table by table (replace <table>):",
-            f"pg_dump --data-only --table=<table> {side} | psql {f.db_name}",
+            *_copy_back(side, f.db_name),
         ]
         p.after = [
             f"the restored rows are present in {f.db_name} and their counts match {side}",
@@ -443,11 +632,17 @@ def _deletion_pitr(
 
 
 def _disaster(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+    cat: Catalog,
+    f: Facts,
+    now: datetime,
+    before: datetime | None,
+    d: date | None,
+    wal: WalHealth | None,
+    changes: ChangesHealth | None = None,
 ) -> Runbook:
     e = _pick(cat, before, prefer_verified=True)
     if e is not None and e.supabase:
-        return _supabase_disaster(cat, f, now, e, wal)
+        return _supabase_disaster(cat, f, now, e, wal, changes)
     p = Runbook("disaster", "the database server is lost: restore onto a new server", None)
     p.first = [
         "Provision a new PostgreSQL server of the same or a newer major version"
@@ -456,7 +651,7 @@ def _disaster(
         "settings and the same BACKUP_ENCRYPTION_KEY.",
         "Create the application's roles on the new server (coldcopy restores the database, not the roles).",
     ]
-    _common(p, cat, f, e, now, wal)
+    _common(p, cat, f, e, now, wal, changes)
     _pitr_to_now(p, cat, wal, now, "to now onto the new server")
     if e is not None:
         p.commands = [
@@ -473,6 +668,7 @@ def _disaster(
         ]
         _provisioned(p, "provision")
         _loss(p, e, now, "now")
+    _archive_pitr(p, cat, changes, now, "", f"into {f.db_name!r} on the new server (DB_* pointed at it)")
     return p
 
 
@@ -498,7 +694,12 @@ SUPABASE_NOT_IN_A_DUMP = (
 
 
 def _supabase_disaster(
-    cat: Catalog, f: Facts, now: datetime, e: CatalogEntry, wal: WalHealth | None
+    cat: Catalog,
+    f: Facts,
+    now: datetime,
+    e: CatalogEntry,
+    wal: WalHealth | None,
+    changes: ChangesHealth | None = None,
 ) -> Runbook:
     """The project is lost: a new Supabase project, the same extensions, the restore into it."""
     p = Runbook("disaster", "the Supabase project is lost: restore into a new project", None)
@@ -551,6 +752,10 @@ def _supabase_disaster(
     ]
     _provisioned(p, "create the project")
     _loss(p, e, now, "now")
+    _archive_pitr(
+        p, cat, changes, now, "", "into the new project's database (DB_* pointed at it, no --target-db), "
+        "instead of the restore",
+    )  # fmt: skip
     return p
 
 
@@ -568,7 +773,13 @@ def _files_cmds(files: dict[str, Any] | None) -> list[str]:
 
 
 def _compliance(
-    cat: Catalog, f: Facts, now: datetime, before: datetime | None, d: date | None, wal: WalHealth | None
+    cat: Catalog,
+    f: Facts,
+    now: datetime,
+    before: datetime | None,
+    d: date | None,
+    wal: WalHealth | None,
+    changes: ChangesHealth | None = None,
 ) -> Runbook:
     p = Runbook("compliance", "show the data as it was on a date (audit, legal request)", None)
     if d is None:
@@ -583,7 +794,7 @@ def _compliance(
         )
     e = _pick(cat, end, prefer_verified=False)
     p.first = [f"Restore into a separate database; never touch {f.db_name!r} for an audit."]
-    _common(p, cat, f, e, now, wal)
+    _common(p, cat, f, e, now, wal, changes)
     if e is not None:
         side = f"compliance_{d.strftime('%Y%m%d')}"
         p.commands = [

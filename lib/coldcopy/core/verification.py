@@ -20,6 +20,7 @@ from coldcopy.core.names import LOGICAL_KINDS
 LEVELS = ("checksum", "full", "restore")
 TEST_RESTORE_LEVELS = ("full", "restore")
 DRILLED_KINDS = (*LOGICAL_KINDS, "base")  # what the weekly job test-restores (base: a PITR drill)
+PITR_LEVEL = "pitr"  # a logical PITR drill's record (verify.pitr_drill), kept under the dump it restored
 
 
 @dataclass
@@ -113,6 +114,16 @@ def restore_proof(record: dict[str, Any], at: str, prev: dict[str, Any] | None) 
         "measurement": record.get("measurement"),
         "restore_level_at": level_at,
     }
+
+
+def drill_proof(record: dict[str, Any], at: str, prev: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The latest successful logical PITR drill from this backup, carried forward by the records
+    that did not drill (``{at, measurement}``): what recovery-time estimates read its replay from."""
+    m = record.get("measurement")
+    if record.get("level") == PITR_LEVEL and record.get("ok") and isinstance(m, dict):
+        return {"at": at, "measurement": m}
+    before = (prev or {}).get("pitr_drill")
+    return before if isinstance(before, dict) else None
 
 
 def week_seed(now: datetime) -> str:

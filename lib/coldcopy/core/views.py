@@ -85,6 +85,8 @@ def changes_view(h: ChangesHealth, th: Thresholds, now: datetime) -> dict[str, A
 
     found = changes_alerts(h, th, now)
     return {
+        "set_up": h.in_use,
+        "torn_down_at": h.torn_down_at,
         "slot": h.slot,
         "slot_exists": h.slot_exists,
         "slot_invalidated": h.slot_invalidated,
@@ -98,6 +100,9 @@ def changes_view(h: ChangesHealth, th: Thresholds, now: datetime) -> dict[str, A
         "window_end": h.window_end,
         "tables_left_out": list(h.left_out),
         "last_error": h.last_error or None,
+        "consecutive_failures": h.consecutive_failures,
+        "large_objects": h.large_objects,
+        "untracked_ddl": list(h.untracked_ddl),
         "problems": [a.message for a in found if a.severity == CRITICAL],
         "warnings": [a.message for a in found if a.severity != CRITICAL],
     }

@@ -3,7 +3,9 @@
 transaction reaches the bucket within about one interval plus one drain.
 
 The archive is optional: in a deployment where ``coldcopy changes setup`` never ran (no slot and
-no stored health), each run answers ``{"status": "not set up"}`` and stores nothing.
+no stored health), each run answers ``{"status": "not set up"}`` and stores nothing; after
+``coldcopy changes teardown`` (recorded in the health) it answers the same with ``torn_down_at``,
+and raises no alert.  A slot that vanishes without a teardown is drained, fails, and alerts.
 
 It must never raise to the platform: an error becomes an ``{"error": …}`` summary and a log line
 (the drain has already written it into the archive's health, which the tick's alert check reads).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from coldcopy.changes.health import load_health
 from coldcopy.changes.monitor import archive_in_use, archive_slot, drain_loop
 from coldcopy.config import DB, STORAGE, Settings, load_settings, redact
 from coldcopy.context import open_context
@@ -32,7 +35,11 @@ def run(event: Any = None, context: Any = None) -> dict[str, Any]:
         settings = load_settings(need=(DB, STORAGE))
         ctx = open_context(settings)
         if not archive_in_use(ctx):
-            return {"status": "not set up", "slot": archive_slot(settings)}
+            out: dict[str, Any] = {"status": "not set up", "slot": archive_slot(settings)}
+            h = load_health(ctx.storage)
+            if h is not None and h.torn_down_at:
+                out["torn_down_at"] = h.torn_down_at
+            return out
         return drain_loop(ctx, BUDGET_SECONDS)
     except ColdCopyError as exc:
         message = redact(str(exc), settings)

@@ -15,9 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from coldcopy.alerting.notify import check_alerts
+from coldcopy.changes.health import load_health
 from coldcopy.config import STORAGE, Settings, load_settings, redact
-from coldcopy.core.schedule import due_slots, schedule_table
-from coldcopy.core.times import iso, utc_now
+from coldcopy.core.changes import restart_backup_at
+from coldcopy.core.schedule import Slot, due_slots, schedule_table
+from coldcopy.core.times import iso, parse_iso, utc_now
 from coldcopy.errors import ColdCopyError
 from coldcopy.ops.launchers import Launcher, wake
 from coldcopy.ops.queue import enqueue, mark_stale, pending
@@ -75,6 +77,21 @@ def tick(
     except ColdCopyError as exc:
         log.error("the alert check failed: %s", redact(exc.message, settings))
         summary["errors"].append({"alerts": True, "message": redact(exc.message, settings)})
+    try:  # the change stream restarted after a lost slot: its window starts at the next backup
+        restart = restart_backup_at(load_health(storage))
+        if restart is not None:
+            slot_id = Slot("backup-full", parse_iso(restart)).id
+            run_id = enqueue(storage, "backup-full", {}, slot=slot_id, now=now)
+            if run_id is not None:
+                why = "the change stream restarted"
+                summary["enqueued"].append(
+                    {"run_id": run_id, "kind": "backup-full", "slot": slot_id, "why": why}
+                )
+    except ColdCopyError as exc:
+        log.error(
+            "could not enqueue the backup the change stream restarts at: %s", redact(exc.message, settings)
+        )
+        summary["errors"].append({"changes": True, "message": redact(exc.message, settings)})
     waiting = pending(storage)
     summary["pending"] = len(waiting)
     if waiting and wake_runner:

@@ -2,18 +2,21 @@
 
 Each ``packages/monitor/<fn>/__main__.py`` calls ``handle`` with its own name; ``coldcopy serve``
 calls those same ``main`` functions locally.  Settings come from the environment (project.yml's
-``environment``), loaded once per process with the storage client and a parsed-catalog cache, so
-a warm call costs one conditional GET of catalog.json plus one journal listing (``/status``,
-``/alerts``, ``/metrics`` and ``/recovery-time`` also GET the monitor state the tick stores, with the
-newest runs, the WAL summary and the alert notifier's state: ``core.monitor_state``; its age is in
-each answer).  ``/status``, ``/alerts``, ``/metrics`` and ``/recovery-time`` read the catalog's
-digest instead of catalog.json (``core.catalog_digest``: aggregates whose size does not grow with
-the backups, stored by every catalog writer), so neither their CPU nor their cold start grows with
-the history; while the journal holds records the digest has not applied (or, for
-``/recovery-time``, a point-in-time target is older than the base backups the digest keeps) they
-read the catalog itself.  ``/health`` reads the digest and one page of the journal listing, never
-catalog.json.  No call lists the run records, the WAL archive or the verifications: the number of
-requests does not grow with the history.
+``environment``), loaded once per process with the storage client and the parsed copies of what
+it reads (each revalidated by a conditional GET), so no warm call downloads or parses more than
+what changed.  ``/status``, ``/alerts``, ``/metrics`` and ``/recovery-time`` read the catalog's
+digest (``core.catalog_digest``: aggregates whose size does not grow with the backups) and the
+monitor state the tick stores (the newest runs, the WAL summary and the alert notifier's state:
+``core.monitor_state``; its age is in each answer); ``/backups`` (every page, every kind; the
+dashboard's too) reads the catalog's page index and only the monthly pages its answer comes from
+(``core.catalog_pages``).  All are stored by every catalog writer and repaired by the tick, so
+neither the CPU nor the cold start of a call grows with the history.  Each also lists the journal
+from its watermark (one request): while the journal holds records they have not applied, a page is
+missing (a bucket from before pages, a lost object), or, for ``/recovery-time``, a point-in-time
+target is older than the base backups the digest keeps, they read catalog.json itself, and the
+answer is the same.  ``/health`` reads the digest and one page of the journal listing, never
+catalog.json; ``/runs/<id>`` one GET of the run's record.  No call lists the run records, the WAL
+archive or the verifications: the number of requests does not grow with the history.
 
 Nothing here lets an exception escape: bad input is a 4xx, a server-side problem a JSON 5xx, and
 tracebacks go to the function's log only.  Heavy modules (pg8000, zstandard, cryptography) are
@@ -45,18 +48,18 @@ from coldcopy.api.protocol import (
     json_response,
     kind_param,
     limit_param,
-    paginate,
     parse_event,
     path_arg,
     queued_view,
     text_response,
 )
+from coldcopy.changes.health import load_health
 from coldcopy.config import STORAGE, Settings, missing, read_settings, redact
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.monitor_state import MonitorState, freshness
 from coldcopy.core.names import validate_name
 from coldcopy.core.times import Clock, iso, utc_now
-from coldcopy.core.views import listing_rows, status_from_digest
+from coldcopy.core.views import listing_row, status_from_digest
 from coldcopy.errors import ColdCopyError, InvalidNameError, NotFoundError, StorageError
 from coldcopy.storage.catalog_store import CatalogStore
 from coldcopy.storage.state_store import load_monitor_state
@@ -186,7 +189,8 @@ def _status(req: Request, cfg: _Config) -> dict[str, Any]:
     state = load_monitor_state(b.storage)  # also the tick's copy of the change archive's health
     wal, fresh = _wal_and_freshness(b.storage, now, state)
     d = b.catalog.current_digest()
-    changes = state.changes if state is not None else None
+    # Before the first tick stores its copy, the change archive's own health object (one GET).
+    changes = state.changes if state is not None else load_health(b.storage)
     view = status_from_digest(
         d, now, encrypted=s.encrypted, wal=wal, thresholds=s.thresholds, changes=changes
     )
@@ -197,20 +201,18 @@ def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
     limit = limit_param(req.param("limit"))
     kind = kind_param(req.param("kind"))
     after = decode_cursor(req.param("cursor"))
-    cat = _get_backend(cfg).catalog.read_cached()
-    entries = cat.entries(kind)
-    rows, next_key = paginate(entries, limit, after)
+    got = _get_backend(cfg).catalog.listing(kind, limit, after)  # the index and the pages it needs
     body: dict[str, Any] = {
-        "backups": listing_rows(cat, rows),
-        "count": len(rows),
-        "total": len(entries),
+        "backups": [listing_row(e, v, got.files.get(e.name)) for e, v in got.rows],
+        "count": len(got.rows),
+        "total": got.total,
         "limit": limit,
         "kind": kind,
         "next_cursor": None,
         "links": {},
     }
-    if next_key is not None:
-        cursor = encode_cursor(next_key)
+    if got.next_key is not None:
+        cursor = encode_cursor(got.next_key)
         body["next_cursor"] = cursor
         body["links"]["next"] = f"/backups?limit={limit}&cursor={cursor}" + (f"&kind={kind}" if kind else "")
     return json_response(200, body)
@@ -230,7 +232,7 @@ def _backup(req: Request, cfg: _Config) -> dict[str, Any]:
     assert name is not None
     catalog = _get_backend(cfg).catalog
     manifest = catalog.manifest(name)  # NotFoundError → 404
-    files = catalog.read_cached().files_by_backup().get(name)  # the catalog /backups reads, cached
+    files = catalog.files_of(manifest.entry())  # the one page of the catalog that holds it
     return json_response(200, {**manifest.to_dict(), "files_snapshot": files})
 
 
@@ -322,11 +324,13 @@ def _recovery_time(req: Request, cfg: _Config) -> dict[str, Any]:
 
     b = _get_backend(cfg)
     now = _now()
-    wal, fresh = _wal_and_freshness(b.storage, now)
+    state = load_monitor_state(b.storage)  # also the tick's copy of the change archive's health
+    wal, fresh = _wal_and_freshness(b.storage, now, state)
+    changes = state.changes if state is not None else None
     d = b.catalog.read_digest()
-    answer = None if d is None else estimate_from(d.recovery, now, wal)
+    answer = None if d is None else estimate_from(d.recovery, now, wal, changes)
     if answer is None:  # the digest is behind the journal, or lacks a base backup a target needs
-        answer = estimate(b.catalog.read_cached(), now, wal)
+        answer = estimate(b.catalog.read_cached(), now, wal, changes)
     return json_response(200, {**answer, "state": fresh})
 
 

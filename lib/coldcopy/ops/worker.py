@@ -35,8 +35,9 @@ from coldcopy.postgres.client import Postgres
 from coldcopy.restore.guard import put_right_if_interrupted
 from coldcopy.storage.project_files import open_project_storage
 from coldcopy.storage.store import ObjectStore
+from coldcopy.verify.pitr_drill import run_pitr_drill
 from coldcopy.verify.run import run_verify
-from coldcopy.verify.scheduled import run_scheduled
+from coldcopy.verify.scheduled import drill_summary, run_scheduled
 from coldcopy.wal.sweep import run_sweep
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,10 @@ def _verify(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if name is None:
         report = run_scheduled(settings, ctx=ctx)
         if not report["ok"]:
+            drill = report["pitr_drill"]
             failed = ", ".join(
                 [r["name"] for r in report["results"] if not r["ok"]]
+                + ([f"the PITR drill from {drill['name']}"] if drill and not drill["ok"] else [])
                 + (["the files drill"] if report["files"] and not report["files"]["ok"] else [])
             )
             raise JobFailed(f"scheduled verification failed for {failed}", report)
@@ -106,14 +109,22 @@ def _verify(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _restore_test(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    """A timed test restore (level ``restore``) of the named backup, or of the newest one."""
+    """A timed test restore (level ``restore``) of the named backup, or of the newest one; then,
+    when a change archive exists, a logical PITR drill (``pitr_drill`` in the result)."""
     name = params.get("name")
     if name is None:
         entries = [e for e in ctx.catalog.read().entries() if e.kind in LOGICAL_KINDS]
         if not entries:
             raise NotFoundError("there is no backup to test-restore", "take a backup first: coldcopy backup")
         name = entries[0].name
-    return _verify(ctx, {"name": name, "level": "restore"})
+    out = _verify(ctx, {"name": name, "level": "restore"})
+    drill = run_pitr_drill(ctx.settings, ctx=ctx)
+    out["pitr_drill"] = None if drill is None else drill_summary(drill)
+    if drill is not None and not drill.ok:
+        raise JobFailed(
+            f"the PITR drill from {drill.name} failed: {'; '.join(out['pitr_drill']['failed'])}", out
+        )
+    return out
 
 
 def _wal_sweep(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import pg8000.native
@@ -24,8 +24,6 @@ from coldcopy.core.erasure import (
     LEDGER_PREFIX,
     Erasure,
     apply_sql,
-    new_id,
-    subject_digest,
 )
 from coldcopy.errors import ConfigError, DatabaseError, IntegrityError
 from coldcopy.stream.pipeline import Unpacker, pack_bytes
@@ -38,15 +36,25 @@ class Applied:
     """What re-applying the ledger did to one restored database."""
 
     erasures: int = 0
-    rows_removed: int = 0
+    rows_removed: int = 0  # rows the statements deleted or changed
     per_erasure: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "erasures_applied": self.erasures,
             "erased_rows_removed": self.rows_removed,
+            # every erasure's check counted zero (a count above zero fails the restore instead)
+            "erased_subjects_remaining": 0,
             "erasures": dict(self.per_erasure),
         }
+
+    def add(self, other: Applied) -> Applied:
+        """Both together (one server's databases)."""
+        return Applied(
+            self.erasures + other.erasures,
+            self.rows_removed + other.rows_removed,
+            {**self.per_erasure, **other.per_erasure},
+        )
 
     @classmethod
     def from_setting(cls, erasures: list[Erasure], text: str | None) -> Applied:
@@ -63,35 +71,16 @@ class Applied:
         return cls(len(erasures), sum(per.values()), per)
 
 
-def record_erasure(
-    ctx: Context,
-    database: str,
-    table: str,
-    match: dict[str, str],
-    subject: str,
-    now: datetime,
-    note: str = "",
-) -> Erasure:
-    """Store a new erasure, create-only and encrypted; ConfigError when backups are not encrypted
-    (the ledger would hold the personal data in the clear)."""
+def record_erasure(ctx: Context, erasure: Erasure) -> Erasure:
+    """Store ``erasure``, create-only and encrypted; ConfigError when backups are not encrypted
+    (the ledger holds the subject, which a restore binds again)."""
     if ctx.key is None:
         raise ConfigError(
             [
-                "BACKUP_ENCRYPTION_KEY is not set, and the erasure ledger holds the values it erases: "
+                "BACKUP_ENCRYPTION_KEY is not set, and the erasure ledger holds the subjects it erases: "
                 "it is stored only encrypted"
             ]
         )
-    salt = secrets.token_hex(16)
-    erasure = Erasure(
-        id=new_id(now, secrets.token_hex(4)),
-        recorded_at=now.replace(microsecond=0),
-        database=database,
-        table=table,
-        match=dict(match),
-        subject_salt=salt,
-        subject_sha256=subject_digest(salt, subject),
-        note=note,
-    )
     packed, _ = pack_bytes(
         json.dumps(erasure.to_dict(), sort_keys=True).encode(),
         ctx.key,
@@ -99,7 +88,7 @@ def record_erasure(
         object_key=erasure.key,
     )
     ctx.storage.put_bytes(erasure.key, packed, create_only=True)
-    log.info("recorded erasure %s on %s", erasure.id, erasure.table)
+    log.info("recorded erasure %s (kind %s)", erasure.id, erasure.kind)
     return erasure
 
 
@@ -124,25 +113,54 @@ def read_ledger(ctx: Context, database: str | None = None) -> list[Erasure]:
     return sorted((e for e in out if database is None or e.database == database), key=lambda e: e.id)
 
 
-def apply_erasures(conn: pg8000.native.Connection, erasures: list[Erasure]) -> Applied:
-    """Apply ``erasures`` on ``conn`` in one transaction; DatabaseError (naming an erasure, never a
-    value) if one cannot be applied, and then nothing was removed."""
-    if not erasures:
-        return Applied()
+@contextmanager
+def erasing(
+    conn: pg8000.native.Connection, erasures: list[Erasure], *, statements: bool = True, restored: bool = True
+) -> Iterator[Applied]:
+    """Apply ``erasures`` on ``conn`` in one transaction (only their checks, without
+    ``statements``; ``restored``: see ``apply_sql``), committed when the body returns;
+    DatabaseError (naming an erasure, never a value) if one cannot be applied or a check still
+    counts rows, and then nothing was changed."""
     conn.run("BEGIN")
     try:
-        conn.run(apply_sql(erasures))
+        conn.run(apply_sql(erasures, statements=statements, restored=restored))
         rows = conn.run(f"SELECT current_setting('{ERASED_SETTING}', true)")
-        applied = Applied.from_setting(erasures, rows[0][0])
+        yield Applied.from_setting(erasures, rows[0][0])
         conn.run("COMMIT")
     except pg8000.native.DatabaseError as exc:
         conn.run("ROLLBACK")
         info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         raise DatabaseError(
             f"the erasure ledger could not be applied: {info.get('M', 'error')}",
-            "the restore was not completed and the target was left as it was; see docs/erasures.md",
+            "nothing was changed by it (a restore was not completed; the target was left as it "
+            "was); see docs/erasures.md",
         ) from None
     except BaseException:
         conn.run("ROLLBACK")
         raise
+
+
+def apply_erasures(conn: pg8000.native.Connection, erasures: list[Erasure]) -> Applied:
+    """Apply ``erasures`` on ``conn`` in one transaction (see ``erasing``)."""
+    if not erasures:
+        return Applied()
+    with erasing(conn, erasures) as applied:
+        return applied
+
+
+DATABASES = "SELECT datname FROM pg_database WHERE datallowconn"
+
+
+def apply_to_server(
+    connect: Callable[[str], pg8000.native.Connection], erasures: list[Erasure], present: set[str]
+) -> Applied:
+    """The ledger applied to a recovered server: each erasure in its database, where the server
+    has that database (``present``, as ``DATABASES`` lists them; ``connect(name)`` opens one)."""
+    applied = Applied()
+    for database in sorted({e.database for e in erasures} & present):
+        conn = connect(database)
+        try:
+            applied = applied.add(apply_erasures(conn, [e for e in erasures if e.database == database]))
+        finally:
+            conn.close()
     return applied

@@ -42,12 +42,18 @@ def run_restore(
     no_owner: bool = False,
     check_counts: bool = True,
     progress: Progress | None = None,
+    no_privileges: bool = False,
+    erase: bool = True,
 ) -> dict[str, Any]:
+    """Restore ``name``; the erasure ledger is applied before the data is used (a caller that
+    applies it itself later, before anyone can use the database, passes ``erase=False``).
+    ``no_privileges`` (a drill's scratch, where the server's roles need not exist): a plain dump
+    is restored without its grants, and grants and roles are left out of the shape check."""
     t0 = time.monotonic()
     ctx = open_context(settings)
     reader = BackupReader(ctx, name)
     reader.confirm()  # wrong key, missing or resized objects: refused before we touch any database
-    erasures = read_ledger(ctx, reader.manifest.database)  # re-applied by every restore
+    erasures = read_ledger(ctx, reader.manifest.database) if erase else []  # re-applied by every restore
     pg = Postgres(settings)
     pg_restore = _pg_restore_for(pg, reader)
     final = validate_db_identifier(target_db or settings.db_name, "target database")
@@ -67,8 +73,9 @@ def run_restore(
         _refuse_unendable_sessions(pg, final)  # before anything is written or anyone disconnected
         exists, staging = _create_staging(pg, final, in_place, clean)
         applied = _restore_checked(
-            reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress, erasures
-        )
+            reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress, erasures,
+            no_privileges=no_privileges,
+        )  # fmt: skip
         pause_point(settings, "restore:before-swap")
         if exists:
             old_name: str | None = _swap_in(pg, ctx.storage, settings, final, staging, keep_old)
@@ -223,11 +230,13 @@ def _restore_checked(
     check_counts: bool,
     progress: Progress | None,
     erasures: list[Erasure],
+    *,
+    no_privileges: bool = False,
 ) -> Applied:
     """The backup restored into ``staging``, its row counts checked (as restored: before the
     erasures), the erasure ledger applied, its shape checked; ``staging`` dropped if any fails."""
     try:
-        pg_restore_into(reader, pg, tool, staging, settings, no_owner, progress)
+        pg_restore_into(reader, pg, tool, staging, settings, no_owner, progress, no_privileges=no_privileges)
         exact = check_counts and reader.manifest.row_counts == "exact"
         mismatches = _check_counts(pg, staging, reader.manifest.tables) if exact else []
         if mismatches:
@@ -236,7 +245,9 @@ def _restore_checked(
             )
         with pg.session(staging) as conn:
             applied = apply_erasures(conn, erasures)
-        differs = shape_problems(pg, staging, reader.manifest.shape)
+        differs = shape_problems(
+            pg, staging, reader.manifest.shape, ("grants", "roles") if no_privileges else ()
+        )
         if differs:
             raise DatabaseError(
                 "the restored database differs from the backup (the target was left as it was):\n  "

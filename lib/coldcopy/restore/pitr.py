@@ -19,16 +19,18 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from coldcopy.backup.reader import BackupReader, open_tar
 from coldcopy.config import Settings
 from coldcopy.context import Context, open_context
+from coldcopy.core.erasure import Erasure
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.recovery_plan import RecoveryPlan, RecoveryRefused, Target, parse_history, plan_recovery
 from coldcopy.errors import DatabaseError
+from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.server import (
     as_owner,
     chown_tree,
@@ -36,7 +38,9 @@ from coldcopy.postgres.server import (
     control_state,
     postmaster_pid,
     server_tool,
+    stop_server,
 )
+from coldcopy.restore.erasures import DATABASES, Applied, apply_to_server, read_ledger
 from coldcopy.restore.safe_tar import extract_all
 from coldcopy.wal import spool as walspool
 from coldcopy.wal.archive import archived_names, read_archived
@@ -60,6 +64,7 @@ class PitrResult:
     log_file: str = ""
     steps: list[str] = field(default_factory=list)
     server_major: int = 0
+    erased: dict[str, Any] = field(default_factory=dict)  # the erasure ledger applied after promotion
     plan: RecoveryPlan | None = field(default=None, repr=False)  # for the WAL feeder of start_recovery
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,10 +137,38 @@ def run_pitr(
         raise RecoveryRefused(f"{target_dir} exists and is not empty", "give a new or empty folder")
     archive = load_archive(ctx)
     plan = plan_recovery(base_manifests(ctx), archive.names, target, backup, archive.histories)
+    erasures = read_ledger(ctx)  # every record opens, before anything is written
+    if erasures and not start:
+        raise RecoveryRefused(
+            f"the erasure ledger holds {len(erasures)} erasure(s), applied once the recovered server "
+            "is promoted and before it is used",
+            "pass --start (and DB_USER/DB_PASSWORD of a role of the backed-up cluster)",
+        )
+    if erasures and not settings.db_user:
+        raise RecoveryRefused(
+            "the erasure ledger is applied to the recovered server as DB_USER, which is not set",
+            "set DB_USER (and DB_PASSWORD) to a role of the backed-up cluster",
+        )
     result = prepare_recovery(ctx, plan, target, target_dir, port=port, command=command, timeout=timeout)
     if start:
         start_recovery(settings, result, timeout, ctx=ctx)
+        try:
+            result.erased = erase_recovered(settings, port, erasures).to_dict()
+        except BaseException:
+            stop_server(settings, target_dir, result.server_major)  # not to be used unerased
+            raise
     return result
+
+
+def erase_recovered(settings: Settings, port: int, erasures: list[Erasure]) -> Applied:
+    """The erasure ledger applied to the recovered server on ``port`` of this machine, as DB_USER;
+    DatabaseError if it cannot be (the recovered folder is then not to be used)."""
+    if not erasures:
+        return Applied()
+    local = Postgres(replace(settings, db_host="127.0.0.1", db_port=port, db_sslmode="prefer"))
+    with local.session(local.maintenance_db()) as conn:
+        present = {str(r[0]) for r in conn.run(DATABASES)}
+    return apply_to_server(local.connect, erasures, present)
 
 
 def _beside(target_dir: Path) -> tuple[Path, Path, Path]:

@@ -49,6 +49,7 @@ from coldcopy.core.replay import (
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.restore.erasures import apply_erasures, read_ledger
 from coldcopy.restore.logical import run_restore
 from coldcopy.stream.pipeline import Unpacker, prefetch
 
@@ -87,6 +88,7 @@ class LogicalPitrResult:
     restore_seconds: float
     replay: ReplayStats
     heartbeat_at: str | None = None
+    erased: dict[str, Any] = field(default_factory=dict)  # the erasure ledger applied after the replay
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -307,20 +309,36 @@ def run_logical_pitr(
     target_db: str | None,
     *,
     on_plan: Any = None,
+    scratch: bool = False,
 ) -> LogicalPitrResult:
-    """Restore the newest dump before ``target`` and replay the change archive onto it."""
+    """Restore the newest dump before ``target``, replay the change archive onto it, then apply
+    the erasure ledger (in place, also before the swap: the live database never holds an erased
+    subject's rows from the dump).  ``scratch`` (a drill's scratch database): a plain dump is
+    restored without owners and grants, as test restores are, since the scratch server need not
+    have the server's roles."""
     ctx = open_context(settings)
     plan, records = plan_for(ctx, target)
+    erasures = read_ledger(
+        ctx, ctx.catalog.manifest(plan.dump.name).database
+    )  # every record opens, before anything is written
     if on_plan is not None:
         on_plan(plan)  # printed before the restore starts
     t0 = time.monotonic()
-    restored = run_restore(settings, plan.dump.name, target_db)
+    restored = run_restore(
+        settings,
+        plan.dump.name,
+        target_db,
+        no_owner=scratch,
+        no_privileges=scratch,
+        erase=target_db is None,
+    )
     restore_seconds = time.monotonic() - t0
     final = str(restored["target_db"])
     pg = Postgres(settings)
     try:
         with pg.session(final) as conn:
             stats = apply(ctx, conn, plan, {b.key: r for b, r in records})
+            erased = apply_erasures(conn, erasures)  # what the replay brought back goes again
             beat = conn.run(f"SELECT max(at) FROM {SCHEMA}.heartbeat") if _has_heartbeat(conn) else []
     except BaseException:
         if target_db is not None:
@@ -338,6 +356,7 @@ def run_logical_pitr(
         restore_seconds=round(restore_seconds, 3),
         replay=stats,
         heartbeat_at=heartbeat.isoformat() if heartbeat else None,
+        erased=erased.to_dict(),
     )
 
 

@@ -1,10 +1,18 @@
-"""Reading and writing the catalog in the bucket (the I/O half of ``catalog`` and ``catalog_digest``).
+"""Reading and writing the catalog in the bucket (the I/O half of ``catalog``, ``catalog_digest`` and
+``catalog_pages``).
 
-Every save writes ``catalog.json`` and, beside it, its digest (``state/catalog-digest.json``, a few
-kilobytes whatever the history: ``core.catalog_digest``).  The monitor's ``/metrics``, ``/status``
-``/alerts`` and ``/recovery-time`` read the digest (a conditional GET) and the journal listing they
-read anyway; when the listing holds records the digest has not applied, they read the catalog
-instead.  ``/health`` checks that the two can be read (``check_readable``).
+Every save writes ``catalog.json`` and, beside it, its backups cut into monthly pages with their
+index (``catalog/pages/<YYYY-MM>.json``, ``catalog/index.json``: ``core.catalog_pages``; only the
+pages that changed are written) and its digest (``state/catalog-digest.json``, a few kilobytes
+whatever the history: ``core.catalog_digest``).  The monitor's ``/metrics``, ``/status``,
+``/alerts`` and ``/recovery-time`` read the digest, ``/backups`` the index and the pages its answer
+comes from (the digest and the index by a conditional GET; a page whose SHA-256 a parsed copy
+already has is not fetched at all), and both the journal listing they read anyway; when the
+listing holds records they have not applied, or a page is missing or not the one the index names,
+they read the catalog instead.  ``/health`` checks that the catalog can be read
+(``check_readable``).  The tick repairs the digest, the index and the pages (``save_digest``,
+``save_pages``): a bucket from before them, a lost page, a writer that died between its record and
+its save.
 """
 
 from __future__ import annotations
@@ -12,19 +20,37 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from coldcopy.core.catalog import JOURNAL, Catalog, journal_key, start_after
 from coldcopy.core.catalog_digest import DIGEST_KEY, CatalogDigest, digest, parse_digest
-from coldcopy.core.manifest import Manifest, check_identity, manifest_key
+from coldcopy.core.catalog_pages import (
+    INDEX_KEY,
+    PAGES,
+    Listing,
+    Page,
+    PageIndex,
+    PageRef,
+    SortKey,
+    build,
+    listing_from_pages,
+    listing_of,
+    page_id,
+    parse_index,
+    parse_page,
+)
+from coldcopy.core.manifest import CatalogEntry, Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
 from coldcopy.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 CATALOG_KEY = "catalog.json"
+PAGE_CACHE_BYTES = 16 << 20  # the stored size of the parsed pages a long-lived reader keeps
 
 
 class CatalogStore:
@@ -34,7 +60,8 @@ class CatalogStore:
         self._lock = threading.Lock()
         self._snapshot: tuple[str | None, Catalog | None] = (None, None)
         self._records: dict[str, dict[str, Any]] = {}
-        self._digest: tuple[str | None, CatalogDigest | None] = (None, None)
+        self._small: dict[str, tuple[str | None, Any]] = {}  # digest and index: ETag, parsed
+        self._pages: OrderedDict[str, tuple[int, Page]] = OrderedDict()  # SHA-256 -> size, page; LRU first
 
     # -- journal ----------------------------------------------------------------------------------
     def record(self, kind: str, ident: str, payload: dict[str, Any], when: datetime | None = None) -> str:
@@ -113,20 +140,26 @@ class CatalogStore:
             if o.key.endswith(".json") and o.key not in applied
         ]
 
-    def _stored_digest(self) -> CatalogDigest | None:
-        """The stored digest as it is (one conditional GET: an unchanged digest is not downloaded or
-        parsed again); None when there is none or it is unreadable."""
+    def _read_small(self, key: str, parse: Callable[[Any], Any]) -> Any:
+        """A small object kept parsed (the digest, the page index) as it is now: one conditional GET,
+        so an unchanged one is not downloaded or parsed again.  None when there is none, or
+        whatever ``parse`` answers for one it cannot read."""
         with self._lock:
-            etag, got_digest = self._digest
+            etag, parsed = self._small.get(key, (None, None))
         try:
-            got = self.storage.get_bytes_if_changed(DIGEST_KEY, etag)
+            got = self.storage.get_bytes_if_changed(key, etag)
         except NotFoundError:
-            etag, got_digest, got = None, None, None
+            etag, parsed, got = None, None, None
         if got is not None and got[1] != etag:
-            etag, got_digest = got[1], _parse_digest_bytes(got[0])
+            etag, parsed = got[1], _parse_small(got[0], parse, key)
         with self._lock:
-            self._digest = (etag, got_digest)
-        return got_digest
+            self._small[key] = (etag, parsed)
+        return parsed
+
+    def _stored_digest(self) -> CatalogDigest | None:
+        """The stored digest as it is; None when there is none or it is unreadable."""
+        d: CatalogDigest | None = self._read_small(DIGEST_KEY, parse_digest)
+        return d
 
     def read_digest(self) -> CatalogDigest | None:
         """The stored digest, when it is the catalog's as ``read()`` would answer it: one conditional
@@ -154,6 +187,53 @@ class CatalogStore:
             return stored
         return digest(self.read_cached(), size_sample)
 
+    def read_index(self) -> PageIndex | None:
+        """The stored page index, when it is the catalog's as ``read()`` would answer it: one
+        conditional GET and one journal listing.  None when there is none, it is unreadable, or the
+        journal holds records it has not applied."""
+        index: PageIndex | None = self._read_small(INDEX_KEY, parse_index)
+        if index is None or self._unapplied(index.watermark, index.applied):
+            return None
+        return index
+
+    def load_page(self, ref: PageRef) -> Page | None:
+        """The page ``ref`` names: the parsed copy with its SHA-256, else one GET; None when it is
+        missing or not that page."""
+        with self._lock:
+            kept = self._pages.get(ref.sha256)
+            if kept is not None:
+                self._pages.move_to_end(ref.sha256)
+                return kept[1]
+        try:
+            page = parse_page(self.storage.get_bytes(ref.key), ref)
+        except NotFoundError:
+            page = None
+        if page is None:
+            log.warning("%s is missing or not the page %s names; reading the catalog", ref.key, INDEX_KEY)
+            return None
+        with self._lock:
+            self._pages[ref.sha256] = (ref.size, page)
+            while len(self._pages) > 1 and sum(size for size, _ in self._pages.values()) > PAGE_CACHE_BYTES:
+                self._pages.popitem(last=False)
+        return page
+
+    def listing(self, kind: str | None, limit: int, after: SortKey | None) -> Listing:
+        """One page of the backups (``GET /backups``): from the index and the pages it comes from,
+        or from ``read_cached()`` while they are behind the journal, missing or not readable."""
+        index = self.read_index()
+        got = None if index is None else listing_from_pages(index, self.load_page, kind, limit, after)
+        return got if got is not None else listing_of(self.read_cached(), kind, limit, after)
+
+    def files_of(self, entry: CatalogEntry) -> Mapping[str, Any] | None:
+        """The files snapshot taken with the backup ``entry`` (``GET /backup/<name>``): from the one
+        page that holds it, or from ``read_cached()`` while the pages are behind or unreadable."""
+        index = self.read_index()
+        ref = next((r for r in index.pages if r.id == page_id(entry.created_at)), None) if index else None
+        page = self.load_page(ref) if ref is not None else None
+        if page is not None:
+            return page.files.get(entry.name)
+        return self.read_cached().files_by_backup().get(entry.name)
+
     def save_digest(self, d: CatalogDigest) -> bool:
         """Store ``d`` when the stored digest is missing, unreadable, behind ``d``'s watermark, or says
         otherwise at the same watermark (the tick's repair of a digest no writer stored: a bucket
@@ -168,6 +248,30 @@ class CatalogStore:
         self.storage.put_json(DIGEST_KEY, d.to_dict())
         return True
 
+    def save_pages(self, cat: Catalog) -> int:
+        """Store ``cat``'s pages and index: the pages the stored index names otherwise, or that are
+        missing or of another size in the listing, then the index when it changed; pages of months
+        left empty are deleted.  Returns how many pages were written.  A stored index newer than
+        ``cat`` (a writer saved after ``cat`` was read) is left alone, as ``save_digest`` does."""
+        index, bodies = build(cat)
+        try:
+            stored = parse_index(self.storage.get_json(INDEX_KEY))
+        except (NotFoundError, ValueError):
+            stored = None
+        if stored is not None and (stored.watermark or "") > (index.watermark or ""):
+            return 0
+        listed = {o.key: o.size for o in self.storage.list(PAGES)}
+        before = {r.id: r.sha256 for r in stored.pages} if stored is not None else {}
+        changed = [r for r in index.pages if before.get(r.id) != r.sha256 or listed.get(r.key) != r.size]
+        for ref in changed:
+            self.storage.put_bytes(ref.key, bodies[ref.key], content_type="application/json")
+        if stored != index:
+            self.storage.put_json(INDEX_KEY, index.to_dict())
+        left = sorted(set(listed) - set(bodies))
+        if left:
+            self.storage.delete(left)
+        return len(changed)
+
     @staticmethod
     def _parse_snapshot(raw: bytes) -> Catalog | None:
         try:
@@ -178,9 +282,11 @@ class CatalogStore:
 
     # -- writing ----------------------------------------------------------------------------------
     def save(self, cat: Catalog) -> None:
-        """Write catalog.json, then its digest (a reader finds a digest behind the catalog's records
-        and reads the catalog until the next save or tick)."""
+        """Write catalog.json, then its pages and their index, then its digest (a reader finds an
+        index or digest behind the catalog's records and reads the catalog until the next save or
+        tick)."""
         self.storage.put_json(CATALOG_KEY, cat.to_dict())
+        self.save_pages(cat)
         self.storage.put_json(DIGEST_KEY, digest(cat).to_dict())
 
     def refresh(self) -> Catalog:
@@ -242,14 +348,15 @@ class CatalogStore:
         return manifest
 
 
-def _parse_digest_bytes(raw: bytes) -> CatalogDigest | None:
+def _parse_small(raw: bytes, parse: Callable[[Any], Any], key: str) -> Any:
+    """``parse`` of a small object's JSON; None (with a warning) when this version cannot read it."""
     try:
-        d = parse_digest(json.loads(raw))
+        parsed = parse(json.loads(raw))
     except ValueError:
-        d = None
-    if d is None:
-        log.warning("%s is not a catalog digest this version reads; reading the catalog", DIGEST_KEY)
-    return d
+        parsed = None
+    if parsed is None:
+        log.warning("%s is not in a format this version reads; reading the catalog instead", key)
+    return parsed
 
 
 def _copy(cat: Catalog) -> Catalog:

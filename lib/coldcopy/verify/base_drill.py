@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context, open_context
 from coldcopy.core.drill import Commit, choose_target, drill_settings, parse_waldump, stop_time_from_log
+from coldcopy.core.erasure import Erasure
 from coldcopy.core.lsn import format_lsn, parse_lsn
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.recovery_plan import RecoveryPlan, Target, plan_recovery, reachable_segments
@@ -56,6 +57,7 @@ from coldcopy.postgres.server import (
     server_tool,
     stop_server,
 )
+from coldcopy.restore.erasures import DATABASES, apply_to_server, read_ledger
 from coldcopy.restore.pitr import Archive, PitrResult, load_archive, prepare_recovery, start_recovery
 from coldcopy.verify.record import record_result
 from coldcopy.wal.archive import fetch
@@ -78,6 +80,7 @@ class _Drill:
     rng: random.Random
     command: str | None
     timeout: float
+    erasures: list[Erasure] = field(default_factory=list)
 
     @property
     def data(self) -> Path:
@@ -177,6 +180,7 @@ def _run(d: _Drill) -> None:
     m, result = d.manifest, d.result
     major = m.server_version_num // 10000
     _check_server_binaries(d.ctx.settings, major)
+    d.erasures = read_ledger(d.ctx)  # every record opens, before anything is restored
     archive = load_archive(d.ctx)
     reach = _reachable(m, archive)
     consistent_at = parse_iso(m.extra["stop_time"])
@@ -296,6 +300,27 @@ def _recover(d: _Drill, pitr: PitrResult, target: Target, measurement: dict[str,
     measurement["promoted"] = True
     d.result.add("recovered and promoted", True, pitr.reached)
     _check_server(d, pitr, target, measurement, replay_seconds)
+    _erase(d, pitr.port)
+
+
+def _erase(d: _Drill, port: int) -> None:
+    """The erasure ledger applied to the recovered server, as every recovery applies it."""
+    conn = _connect(d, port)
+    try:
+        present = {str(r[0]) for r in conn.run(DATABASES)}
+    finally:
+        conn.close()
+    try:
+        applied = apply_to_server(lambda db: _connect(d, port, db), d.erasures, present)
+    except ColdCopyError as exc:
+        d.result.add("the erasure ledger applied", False, exc.message)
+        return
+    d.result.add(
+        "the erasure ledger applied",
+        True,
+        f"{applied.erasures} erasure(s) applied, {applied.rows_removed} row(s) changed; "
+        "every check counts 0 rows of its subject",
+    )
 
 
 def _check_server_binaries(settings: Settings, major: int) -> None:
@@ -356,13 +381,15 @@ def _write_owned(path: Path, text: str) -> None:
     chown_to_owner(path)
 
 
-def _connect(d: _Drill, port: int) -> pg8000.native.Connection:
-    """As the role that took the backup, else ``postgres``; in the backed-up database, else template1."""
+def _connect(d: _Drill, port: int, database: str | None = None) -> pg8000.native.Connection:
+    """As the role that took the backup, else ``postgres``; in ``database``, else the backed-up
+    database, else template1."""
     sock = str(d.folder / f".s.PGSQL.{port}")
     users = list(dict.fromkeys(u for u in (d.ctx.settings.db_user, "postgres") if u))
     last: Exception | None = None
+    tried = (database,) if database else (d.manifest.database, "template1")
     for user in users:
-        for db in dict.fromkeys(x for x in (d.manifest.database, "template1") if x):
+        for db in dict.fromkeys(x for x in tried if x):
             try:
                 return pg8000.native.Connection(user, unix_sock=sock, database=db, timeout=60)
             except (pg8000.exceptions.Error, OSError) as exc:

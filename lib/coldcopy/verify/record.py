@@ -1,10 +1,11 @@
-"""Recording a verification: one journal record, carrying forward the latest test restore."""
+"""Recording a verification: one journal record, carrying forward the latest test restore and the
+latest logical PITR drill."""
 
 from __future__ import annotations
 
 from coldcopy.context import Context
 from coldcopy.core.times import iso, utc_now
-from coldcopy.core.verification import VerifyResult, restore_proof
+from coldcopy.core.verification import VerifyResult, drill_proof, restore_proof
 from coldcopy.errors import ColdCopyError
 
 
@@ -15,6 +16,7 @@ def record_result(ctx: Context, result: VerifyResult) -> None:
         payload = result.to_dict()
         prev = ctx.catalog.read().verifications.get(result.name)
         payload["restore_proof"] = restore_proof(payload, iso(now), prev)
+        payload["pitr_drill"] = drill_proof(payload, iso(now), prev)
         ctx.catalog.record("verification", result.name, payload, when=now)
         ctx.catalog.refresh()
     except ColdCopyError:

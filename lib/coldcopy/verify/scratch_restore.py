@@ -80,10 +80,11 @@ SCRATCH_SUPERUSER = "coldcopy_scratch"
 
 
 @contextmanager
-def scratch_database(settings: Settings, *, cron: bool = False) -> Iterator[Scratch]:
+def scratch_database(settings: Settings, *, cron: bool = False, create: bool = True) -> Iterator[Scratch]:
     """A new, empty database for a test restore; dropped on the way out, whatever happened.
     ``cron``: the dump has pg_cron, so a throwaway cluster preloads it (when installed here) with
-    the scratch database as ``cron.database_name``."""
+    the scratch database as ``cron.database_name``.  ``create=False``: only the name is reserved
+    (a restore creates the database under it), and dropped on the way out all the same."""
     dbname = scratch_name()
     cluster = None
     if settings.verify_db_host:
@@ -133,7 +134,8 @@ def scratch_database(settings: Settings, *, cron: bool = False) -> Iterator[Scra
             stale = stale_scratch(existing, datetime.now(UTC))
             for name in stale:
                 pg.drop_database(admin, name)
-            pg.create_database(admin, dbname)
+            if create:
+                pg.create_database(admin, dbname)
         scratch = Scratch(pg, target, dbname, where, stale_dropped=tuple(stale))
         try:
             yield scratch
@@ -195,7 +197,8 @@ def _erasures_check(result: VerifyResult, applied: Applied) -> None:
     result.add(
         "the erasure ledger applied",
         True,
-        f"{applied.erasures} erasure(s) applied, {applied.rows_removed} row(s) removed",
+        f"{applied.erasures} erasure(s) applied, {applied.rows_removed} row(s) changed; "
+        "every check counts 0 rows of its subject",
     )
 
 

@@ -1,0 +1,229 @@
+"""The catalog's backups cut into monthly pages with a small index, for ``GET /backups``.  Pure: no I/O.
+
+``GET /backups`` (every page, every ``kind``; the dashboard reads its first 200) used to parse the
+whole ``catalog.json`` on a cold start and cut its page from every backup: work that grows with the
+history.  Beside ``catalog.json`` every catalog writer (and the tick's repair) stores the same
+backups again, cut by the month of their ``created_at`` (``catalog/pages/<YYYY-MM>.json``, each
+with the latest verification of its backups), and ``catalog/index.json``: for each page, newest
+first, its SHA-256, its size and how many backups of each kind it holds, with the watermark and
+the applied journal keys of the catalog it was cut from.  A listing reads the index and only the
+pages its answer comes from; a page's size follows the backup schedule (one month of backups),
+not the history, and the index gains one short row a month.
+
+The pages are a cache like ``catalog.json`` (``../shared/DESIGN.md`` §3): made from the catalog by
+:func:`build` alone, checked against the index's SHA-256 when read, and a reader that finds the
+index behind the journal, a page missing or not the one the index names answers from the catalog
+instead (``storage.catalog_store``).  Order, cursor and totals are those of :func:`listing_of`, the
+whole catalog's, by construction: pages cut the same order (newest ``created_at`` first, the name
+breaking ties) at prefixes of ``created_at``, and a prefix orders strings as the strings do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coldcopy.core.catalog import Catalog
+from coldcopy.core.manifest import CatalogEntry
+
+PAGES = "catalog/pages/"
+INDEX_KEY = "catalog/index.json"
+INDEX_FORMAT = "coldcopy-catalog-index/1"
+PAGE_FORMAT = "coldcopy-catalog-page/1"
+_MONTH = re.compile(r"\d{4}-\d{2}")
+SortKey = tuple[str, str]
+Verification = Mapping[str, Any]
+
+
+# -- the catalog's order --------------------------------------------------------------------------
+def sort_key(entry: CatalogEntry) -> SortKey:
+    """The catalog's order (newest first, name breaks ties): pages are cut on this key."""
+    return entry.created_at, entry.name
+
+
+def paginate(
+    entries: Sequence[CatalogEntry], limit: int, after: SortKey | None
+) -> tuple[list[CatalogEntry], SortKey | None]:
+    """The page of ``entries`` (sorted newest first) strictly after ``after``, and the next cursor key.
+
+    Cutting on the sort key, not an offset, means a backup added between two requests neither
+    pushes an item onto the next page twice nor hides one.
+    """
+    start = 0
+    if after is not None:
+        ascending = [sort_key(e) for e in reversed(entries)]
+        start = len(entries) - bisect_left(ascending, after)
+    page = list(entries[start : start + limit])
+    more = start + limit < len(entries)
+    return page, (sort_key(page[-1]) if more and page else None)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of ``GET /backups``: its backups with their latest verification, how many backups
+    of the kind there are in all, and the sort key the next page starts after (None: the last)."""
+
+    rows: list[tuple[CatalogEntry, Verification | None]]
+    total: int
+    next_key: SortKey | None
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # the rows' files snapshots
+
+
+def listing_of(cat: Catalog, kind: str | None, limit: int, after: SortKey | None) -> Listing:
+    """The listing cut from the whole catalog."""
+    entries = cat.entries(kind)
+    rows, next_key = paginate(entries, limit, after)
+    files = cat.files_by_backup()
+    paired = {e.name: files[e.name] for e in rows if e.name in files}
+    return Listing([(e, cat.verifications.get(e.name)) for e in rows], len(entries), next_key, paired)
+
+
+# -- pages and their index ------------------------------------------------------------------------
+def page_id(created_at: str) -> str:
+    """The page a backup is on: the month of its ``created_at`` (its first 7 characters)."""
+    return created_at[:7]
+
+
+def page_key(pid: str) -> str:
+    """Where a page is stored; a ``created_at`` that is not ISO (never written by ColdCopy) still
+    gets a safe key of its own."""
+    return f"{PAGES}{pid}.json" if _MONTH.fullmatch(pid) else f"{PAGES}x{pid.encode().hex()}.json"
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """A page as the index names it."""
+
+    id: str
+    sha256: str
+    size: int
+    counts: Mapping[str, int]  # backups on the page, by kind
+
+    @property
+    def key(self) -> str:
+        return page_key(self.id)
+
+    def count(self, kind: str | None) -> int:
+        return sum(self.counts.values()) if kind is None else self.counts.get(kind, 0)
+
+
+@dataclass(frozen=True)
+class PageIndex:
+    """The pages of the catalog as of ``watermark`` (with the journal keys it has ``applied``)."""
+
+    watermark: str | None
+    applied: frozenset[str]
+    pages: tuple[PageRef, ...]  # newest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": INDEX_FORMAT,
+            "watermark": self.watermark,
+            "applied": sorted(self.applied),
+            "pages": [[p.id, p.sha256, p.size, dict(sorted(p.counts.items()))] for p in self.pages],
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    """The backups of one page, newest first, their latest verifications and files snapshots."""
+
+    entries: tuple[CatalogEntry, ...]
+    verifications: Mapping[str, Verification]
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # backup -> its snapshot
+
+    def of_kind(self, kind: str | None) -> list[CatalogEntry]:
+        return [e for e in self.entries if kind is None or e.kind == kind]
+
+
+def build(cat: Catalog) -> tuple[PageIndex, dict[str, bytes]]:
+    """The catalog's index and its pages' bodies by key (canonical JSON: the same catalog makes the
+    same bytes, so a writer rewrites only the pages that changed)."""
+    groups: dict[str, list[CatalogEntry]] = {}
+    files = cat.files_by_backup()
+    for e in cat.entries():  # newest first
+        groups.setdefault(page_id(e.created_at), []).append(e)
+    refs: list[PageRef] = []
+    bodies: dict[str, bytes] = {}
+    for pid, entries in sorted(groups.items(), reverse=True):
+        checked = {e.name: cat.verifications[e.name] for e in entries if e.name in cat.verifications}
+        doc = {
+            "format": PAGE_FORMAT,
+            "id": pid,
+            "backups": [e.to_dict() for e in entries],
+            "verifications": checked,
+            "files": {e.name: files[e.name] for e in entries if e.name in files},
+        }
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+        counts: dict[str, int] = {}
+        for e in entries:
+            counts[e.kind] = counts.get(e.kind, 0) + 1
+        ref = PageRef(pid, hashlib.sha256(body).hexdigest(), len(body), counts)
+        refs.append(ref)
+        bodies[ref.key] = body
+    return PageIndex(cat.watermark, frozenset(cat.applied), tuple(refs)), bodies
+
+
+def parse_index(raw: Any) -> PageIndex | None:
+    """A stored index; None when it is not one this version reads (the reader uses the catalog)."""
+    if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT:
+        return None
+    try:
+        pages = tuple(
+            PageRef(str(pid), str(sha), int(size), {str(k): int(n) for k, n in counts.items()})
+            for pid, sha, size, counts in raw["pages"]
+        )
+        return PageIndex(raw["watermark"], frozenset(raw["applied"]), pages)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def parse_page(body: bytes, ref: PageRef) -> Page | None:
+    """The page ``ref`` names, from its stored bytes; None when they are not that page (lost, left
+    by another save, damaged)."""
+    if hashlib.sha256(body).hexdigest() != ref.sha256:
+        return None
+    try:
+        doc = json.loads(body)
+        if doc.get("format") != PAGE_FORMAT or doc.get("id") != ref.id:
+            return None
+        return Page(
+            tuple(CatalogEntry.from_dict(e) for e in doc["backups"]),
+            dict(doc["verifications"]),
+            dict(doc.get("files") or {}),  # absent in a page cut before files snapshots
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def listing_from_pages(
+    index: PageIndex,
+    load: Callable[[PageRef], Page | None],
+    kind: str | None,
+    limit: int,
+    after: SortKey | None,
+) -> Listing | None:
+    """What :func:`listing_of` answers for the catalog ``index`` was cut from, loading only the pages
+    the answer comes from (``load``: None when a page cannot be had; then so is the answer)."""
+    refs = [r for r in index.pages if r.count(kind)]
+    total = sum(r.count(kind) for r in refs)
+    if after is not None:
+        refs = [r for r in refs if r.id <= page_id(after[0])]  # newer pages hold nothing after it
+    rows: list[tuple[CatalogEntry, Verification | None]] = []
+    files: dict[str, Mapping[str, Any]] = {}
+    for i, ref in enumerate(refs):
+        page = load(ref)
+        if page is None:
+            return None
+        got, more_here = paginate(page.of_kind(kind), limit - len(rows), after)
+        rows += [(e, page.verifications.get(e.name)) for e in got]
+        files.update({e.name: page.files[e.name] for e in got if e.name in page.files})
+        if len(rows) == limit:
+            more = more_here is not None or i + 1 < len(refs)
+            return Listing(rows, total, sort_key(rows[-1][0]) if more else None, files)
+    return Listing(rows, total, None, files)
