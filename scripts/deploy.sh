@@ -8,7 +8,8 @@
 #
 # Values come from the process environment first, then the env file (default .env), like the
 # functions deployer. Every placeholder of project.yml and runner_image/app.yaml must have a
-# non-empty value. --dry-run checks everything it can without doctl and prints the commands.
+# non-empty value, but the runner's optional ones (SUPABASE_STORAGE_*: their lines are left out when
+# empty). --dry-run checks everything it can without doctl and prints the commands.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +19,7 @@ do_runner=1
 do_functions=1
 unset_app_id="00000000-0000-0000-0000-000000000000"   # the example's "not created yet"
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "deploy: $*" >&2; exit 1; }
 note() { echo "deploy: $*" >&2; }
 
@@ -50,6 +51,7 @@ helper() {
   python3 - "$@" <<'PY'
 import json, os, re, sys
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+OPTIONAL = re.compile(r"\$\{\?([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def env_file(path):
     values = {}
@@ -80,10 +82,20 @@ elif cmd == "yamlenv":  # yamlenv <template>: NAME=value\0 for doctl's environme
         if values.get(name):
             sys.stdout.write(f"{name}={json.dumps(values[name])[1:-1]}\0")
 elif cmd == "render":  # render <template> <out>: JSON escapes are valid in YAML double quotes
-    text = open(sys.argv[3], encoding="utf-8").read()
+    # An optional placeholder (a question mark before the name) without a value drops its line.
+    lines = [
+        ln for ln in open(sys.argv[3], encoding="utf-8").read().splitlines(keepends=True)
+        if all(values.get(n) for n in OPTIONAL.findall(ln))
+    ]
+    text = OPTIONAL.sub(lambda m: "${" + m.group(1) + "}", "".join(lines))
     fd = os.open(sys.argv[4], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(VAR.sub(lambda m: json.dumps(values[m.group(1)])[1:-1], text))
+elif cmd == "partial":  # partial <template>: optional settings of one group set while others are not
+    names = sorted(set(OPTIONAL.findall(open(sys.argv[3], encoding="utf-8").read())))
+    storage = [n for n in names if n.startswith("SUPABASE_STORAGE_") and n != "SUPABASE_STORAGE_REGION"]
+    if any(values.get(n) for n in storage):
+        print(" ".join(n for n in storage if not values.get(n)))
 PY
 }
 get() { helper get "$env_file" "$1"; }
@@ -104,6 +116,10 @@ if [ "$do_runner" = 0 ] && [ -z "$app_id" ]; then
   missing+=(RUNNER_APP_ID)   # deploying only the functions: the runner app must already exist
 fi
 [ ${#missing[@]} -eq 0 ] || die "set these in $env_file (non-empty; see deploy/functions.env.example): ${missing[*]}"
+if [ "$do_runner" = 1 ]; then
+  partial="$(helper partial "$env_file" "$repo/runner_image/app.yaml")"
+  [ -z "$partial" ] || die "files snapshots need SUPABASE_STORAGE_ENDPOINT, _KEY and _SECRET together; set in $env_file: $partial (or leave all three empty)"
+fi
 
 run() {
   if [ "$dry_run" = 1 ]; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi

@@ -113,6 +113,7 @@ def render(
     _verification_metrics(w, cat)
     if wal is not None:
         _wal_metrics(w, wal, now)
+    _files_metrics(w, cat, now)
     w.metric(
         "coldcopy_manifests_unreadable",
         "gauge",
@@ -130,6 +131,69 @@ def render(
             [({}, parse_iso(computed_at).timestamp())],
         )
     return w.text()
+
+
+def _files_metrics(w: _Writer, cat: Catalog, now: datetime) -> None:
+    """The files snapshots (added with them, issue 16), straight from the catalog's records."""
+    w.metric(
+        "coldcopy_files_snapshots",
+        "gauge",
+        "Complete files snapshots of the project's Storage kept in the bucket.",
+        [({}, len(cat.files))],
+    )
+    w.metric(
+        "coldcopy_files_snapshot_failures_total",
+        "counter",
+        "Failed files snapshot attempts recorded (the catalog keeps the newest 200).",
+        [({}, len(cat.files_failures))],
+    )
+    behind = 0.0
+    due = sorted((at, n) for n, at in cat.files_due.items() if n in cat.backups)
+    if due:
+        name = due[-1][1]
+        if not any(r.get("backup") == name for r in cat.files.values()):
+            behind = max(0.0, (now - parse_iso(cat.backups[name].finished_at)).total_seconds())
+    w.metric(
+        "coldcopy_files_snapshot_behind_seconds",
+        "gauge",
+        "Seconds since the newest scheduled backup finished while its files snapshot is still "
+        "missing (0 when every queued snapshot is taken).",
+        [({}, behind)],
+    )
+    if not cat.files:
+        return
+    newest = cat.files[max(cat.files)]
+    w.metric(
+        "coldcopy_files_last_snapshot_timestamp_seconds",
+        "gauge",
+        "When the newest complete files snapshot was taken (Unix time).",
+        [({}, parse_iso(newest["created_at"]).timestamp())],
+    )
+    w.metric(
+        "coldcopy_files_last_snapshot_objects",
+        "gauge",
+        "Objects in the newest files snapshot.",
+        [({}, newest["objects"])],
+    )
+    w.metric(
+        "coldcopy_files_last_snapshot_bytes",
+        "gauge",
+        "Bytes of the objects in the newest files snapshot.",
+        [({}, newest["bytes"])],
+    )
+    if newest.get("rows_checked") is not None:
+        w.metric(
+            "coldcopy_files_rows_without_file",
+            "gauge",
+            "storage.objects rows with no file in the newest files snapshot.",
+            [({}, newest["rows_without_file"])],
+        )
+        w.metric(
+            "coldcopy_files_without_row",
+            "gauge",
+            "Files in the newest files snapshot with no storage.objects row.",
+            [({}, newest["files_without_row"])],
+        )
 
 
 def _backup_counters(w: _Writer, cat: Catalog, entries: list[CatalogEntry]) -> None:

@@ -250,3 +250,40 @@ def test_the_functions_get_a_password_with_quote_and_backslash_intact(
     assert drain["environment"]["DB_PASSWORD"] == SECRET
     assert drain["environment"]["DB_SSLROOTCERT"] == in_file["DB_SSLROOTCERT"]  # as the runner gets it
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_the_runner_gets_the_storage_settings_only_when_they_are_set(
+    tmp_path: Path, fake_doctl: dict[str, str]
+) -> None:
+    """SUPABASE_STORAGE_* are optional: left out of the runner's spec when empty, passed through
+    (the key and secret as SECRET) when set, and refused when only some of them are."""
+    spec = Path(fake_doctl["FAKE_DOCTL_LOG"] + ".spec")
+
+    def runner_envs() -> dict[str, dict[str, str]]:
+        return {e["key"]: e for e in yaml.safe_load(spec.read_text())["jobs"][0]["envs"]}
+
+    proc = deploy("--runner-only", "--env", str(write_env(tmp_path / "a.env")), env=fake_doctl)
+    assert proc.returncode == 0, proc.stderr
+    envs = runner_envs()
+    assert "DB_HOST" in envs and not [k for k in envs if k.startswith("SUPABASE_STORAGE_")]
+
+    storage_secret = 'st"or\\age-secret'
+    values = {
+        "SUPABASE_STORAGE_ENDPOINT": "https://abcd.supabase.co/storage/v1/s3",
+        "SUPABASE_STORAGE_REGION": "eu-central-1",
+        "SUPABASE_STORAGE_KEY": "storage-key-id",
+        "SUPABASE_STORAGE_SECRET": storage_secret,
+    }
+    proc = deploy("--runner-only", "--env", str(write_env(tmp_path / "b.env", **values)), env=fake_doctl)
+    assert proc.returncode == 0, proc.stderr
+    envs = runner_envs()
+    assert {k: envs[k]["value"] for k in values} == values
+    assert envs["SUPABASE_STORAGE_SECRET"]["type"] == envs["SUPABASE_STORAGE_KEY"]["type"] == "SECRET"
+    assert "${" not in spec.read_text() and storage_secret not in proc.stdout + proc.stderr
+    runner = load_settings({**{k: envs[k]["value"] for k in values}, "COLDCOPY_ENV_FILE": os.devnull})
+    assert runner.files_configured and runner.files_secret.reveal() == storage_secret
+
+    partial = {"SUPABASE_STORAGE_ENDPOINT": values["SUPABASE_STORAGE_ENDPOINT"]}
+    proc = deploy("--runner-only", "--env", str(write_env(tmp_path / "c.env", **partial)), env=fake_doctl)
+    assert proc.returncode != 0
+    assert "SUPABASE_STORAGE_KEY SUPABASE_STORAGE_SECRET" in proc.stderr

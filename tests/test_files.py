@@ -4,26 +4,40 @@ Storage's S3 endpoint; the bucket is the session's S3 server (Spaces)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from cli_helpers import run_cli
-from coldcopy.backup.files import committed, prune_files, snapshot_for_backup, take_snapshot
+from cli_helpers import killed_at_point, run_cli, web_get
+from coldcopy.backup.files import committed, prune_files, resolve, take_snapshot
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
-from coldcopy.core.files import CONTENT_PREFIX, inflight_key
+from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.catalog import Catalog, journal_key
+from coldcopy.core.files import CONTENT_PREFIX, Entry, drill_sample, inflight_key
+from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.metrics import render
+from coldcopy.core.runbooks import Facts, build_plan
+from coldcopy.core.times import iso
+from coldcopy.core.views import status_view
 from coldcopy.errors import IntegrityError
+from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
-from coldcopy.ops.worker import HANDLERS
+from coldcopy.ops import queue
+from coldcopy.ops.worker import HANDLERS, run_worker
+from coldcopy.postgres.cluster import PgCluster
 from coldcopy.restore.files import restore_files, verify_files
 from coldcopy.storage.project_files import ProjectStorage, open_project_storage
+from coldcopy.verify.files_drill import drill_files
+from test_metrics import assert_clean
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 UNICODE_KEY = "users/ünï cödé/fïle ✓ (1).txt"
@@ -135,7 +149,7 @@ def test_a_snapshot_restores_into_an_empty_project_equal_object_by_object(
     assert len(_contents(ctx)) == 5
     assert counted.calls["GetObject"] == 5 and counted.calls["HeadObject"] == 1
     assert list(committed(ctx.storage)) == ["files_20261124_020000"]
-    assert snapshot_for_backup(ctx.storage, "full_backup_app_20261124_020000") == "files_20261124_020000"
+    assert resolve(ctx.storage, "full_backup_app_20261124_020000")[0] == "files_20261124_020000"
 
     storage_server.reset()  # the disaster: a new, empty project
     assert _state(storage_server) == {}
@@ -171,15 +185,18 @@ def test_a_second_snapshot_copies_only_new_and_changed_objects(
     assert (r.objects, r.unchanged, r.changed, r.copied_contents, r.deduplicated) == (7, 4, 3, 2, 1)
     # The listing, plus one GET per new content and one HEAD for the one already stored.
     assert dict(counted.calls) == {"ListBuckets": 1, "ListObjectsV2": 3, "GetObject": 2, "HeadObject": 1}
-    # Bucket side: 2 contents × (volume + meta) + index + commit + in-flight marker.
-    assert spaces.calls["PutObject"] == 7
+    # Bucket side: 2 contents × (volume + meta) + index + commit + in-flight marker, then the
+    # catalog's journal record, catalog.json, its page index (no backups: no page) and its digest.
+    assert spaces.calls["PutObject"] == 7 + 4
 
     project, counted = _project(settings)
     spaces = Counted(ctx.storage.client)  # type: ignore[attr-defined]
     r3 = take_snapshot(ctx, project, now=T0 + timedelta(days=2))
     assert (r3.changed, r3.copied_contents) == (0, 0)
     assert dict(counted.calls) == {"ListBuckets": 1, "ListObjectsV2": 3}
-    assert spaces.calls["PutObject"] == 3 and spaces.calls["GetObject"] == 3  # marker, index, commit
+    # marker, index, commit (+ the catalog: journal record, catalog.json, page index, digest); GETs:
+    # the previous index and commit, the catalog.json, the new journal record and the page index
+    assert spaces.calls["PutObject"] == 3 + 4 and spaces.calls["GetObject"] == 3 + 3
 
 
 class Killed(Exception):
@@ -301,6 +318,7 @@ def test_retention_deletes_unreferenced_contents_and_keeps_what_a_retained_snaps
     )
     assert out["contents_deleted"] == 1
     assert list(committed(ctx.storage)) == ["files_20261125_020000"]
+    assert list(ctx.catalog.read().files) == ["files_20261125_020000"]  # the catalog follows
     storage_server.reset()
     r = restore_files(ctx, open_project_storage(settings), "files_20261125_020000")
     assert r.ok and r.restored == 2  # every content the retained snapshot needs is still there
@@ -321,3 +339,223 @@ def test_the_storage_secret_never_shows(env: dict[str, str]) -> None:
     assert r.rc != 0 and "project's Storage" in r.err
     assert env["SUPABASE_STORAGE_SECRET"] not in r.err + r.out
     assert "project-storage-secret" not in repr(load_settings(env))
+
+
+# -- tied to the database backup ------------------------------------------------------------------
+@pytest.fixture
+def coldcopy_db(fresh_db: str) -> str:
+    """The database ``coldcopy_env`` points at here: a fresh one, given a ``storage.objects`` table."""
+    return fresh_db
+
+
+def _storage_objects(pg: PgCluster, db: str, rows: list[tuple[str, str]]) -> None:
+    """The part of Supabase's storage schema the check reads: ``storage.objects (bucket_id, name)``."""
+    conn = pg.connect(db)
+    try:
+        conn.run("CREATE SCHEMA storage")
+        conn.run("CREATE TABLE storage.objects (id serial PRIMARY KEY, bucket_id text, name text)")
+        for b, n in rows:
+            conn.run("INSERT INTO storage.objects (bucket_id, name) VALUES (:b, :n)", b=b, n=n)
+    finally:
+        conn.close()
+
+
+def test_a_scheduled_full_backup_is_followed_by_its_snapshot_and_every_view_shows_the_pair(
+    coldcopy_env: dict[str, str], env: dict[str, str], pg: PgCluster, fresh_db: str, storage_server: S3Server
+) -> None:
+    _seed(storage_server)
+    # Rows for four of the six objects, and one row whose file is gone: 1 row without a file,
+    # 2 files without a row (the unicode key and the copy of u1's avatar).
+    rows = [("avatars", "u1/me.png"), ("avatars", "u2/me.png"), ("docs", "a/b/c/deep key.txt")]
+    _storage_objects(pg, fresh_db, [*rows, ("docs", "empty"), ("avatars", "gone/lost.png")])
+    full = {**env, **coldcopy_env, "MONITOR_TOKEN": "t" * 32, "COLDCOPY_CLUSTER": "files"}
+    settings = load_settings(full)
+    queue.enqueue(open_context(settings).storage, "backup-full", {})
+    report = run_worker(settings, heartbeat_seconds=5)
+    assert [(r["kind"], r["state"]) for r in report.runs] == [
+        ("backup-full", "succeeded"),
+        ("files-snapshot", "succeeded"),
+    ]
+    ctx = open_context(settings)
+    name = ctx.catalog.read().entries()[0].name
+    (snap,) = committed(ctx.storage)
+    assert list(ctx.catalog.read().files) == [snap]  # keyed by snapshot id
+    assert list(ctx.catalog.read().files_due) == [name]  # the worker queued it after the backup
+
+    listed = json.loads(run_cli(full, "list-backups", "--json").out)
+    assert [(r["name"], r["files_snapshot"]) for r in listed] == [(name, snap)]
+    assert snap in run_cli(full, "list-backups").out  # the FILES column
+    shown = json.loads(run_cli(full, "show", name, "--json").out)["files_snapshot"]
+    assert (shown["snapshot"], shown["backup"], shown["objects"]) == (snap, name, 6)
+    assert (shown["rows_checked"], shown["rows_without_file"], shown["files_without_row"]) == (5, 1, 2)
+    assert "1 storage.objects rows without a file, 2 files without a row" in run_cli(full, "show", name).out
+
+    clock = lambda: datetime.now(UTC)  # noqa: E731 - the backup was taken now
+    api = web_get(settings, "backups", full["MONITOR_TOKEN"], clock)
+    assert [(b["name"], b["files_snapshot"]) for b in api["backups"]] == [(name, snap)]
+    web.use_settings(settings, clock=clock)
+    try:
+        headers = {"authorization": f"Bearer {full['MONITOR_TOKEN']}"}
+        detail = web.handle("backup", {"http": {"method": "GET", "path": f"/{name}", "headers": headers}})
+    finally:
+        web.use_settings(None)
+    assert json.loads(detail["body"])["files_snapshot"]["snapshot"] == snap
+
+    st = json.loads(run_cli(full, "status", "--json").out)
+    assert st["files"]["newest"]["snapshot"] == snap and st["files"]["problems"] == []
+    assert f"files:        newest snapshot {snap}: 6 objects in 3 buckets" in run_cli(full, "status").out
+    text = render(ctx.catalog.read(), datetime.now(UTC))
+    assert "coldcopy_files_rows_without_file 1" in text and "coldcopy_files_without_row 2" in text
+
+    plan = run_cli(full, "plan", "disaster")
+    assert f"coldcopy files restore --snapshot {snap}" in plan.out, plan.out + plan.err
+    restored = run_cli(full, "restore", "--backup-name", name, "--target-db", f"{fresh_db}_r")
+    assert restored.rc == 0, restored.err
+    assert f"restore them with: coldcopy files restore --snapshot {snap}" in restored.out
+    assert "1 storage.objects rows without a file" in restored.out
+    pg.drop_database(f"{fresh_db}_r")
+    files = run_cli(full, "files", "restore", "--snapshot", name)  # by the backup's name
+    assert files.rc == 0 and "6 already identical" in files.out, files.out + files.err
+    assert "1 storage.objects rows without a file, 2 files without a row" in files.out
+
+
+def _entry(name: str, finished: datetime) -> CatalogEntry:
+    return CatalogEntry(
+        name=name,
+        kind="full",
+        database="app",
+        created_at=iso(finished - timedelta(minutes=1)),
+        finished_at=iso(finished),
+        duration_seconds=60.0,
+        size_bytes=100,
+        raw_size_bytes=300,
+        encrypted=True,
+        key_id="k1",
+        server_version="17.2",
+    )
+
+
+def test_the_files_alerts_fire_and_clear_from_the_records_and_the_metrics_follow() -> None:
+    t = datetime(2026, 11, 24, 2, 1, tzinfo=UTC)
+    name = "full_backup_app_20261124_020000"
+    cat = Catalog(backups={name: _entry(name, t)})
+    th = Thresholds(files_max_lag_hours=6)
+    records: list[tuple[str, dict[str, Any]]] = []
+
+    def add(kind: str, ident: str, at: datetime, **payload: Any) -> None:
+        records.append(
+            (journal_key(kind, ident, at), {"type": kind, "name": ident, "at": iso(at), **payload})
+        )
+        cat.merge(records, now=at)
+
+    def files_alerts(now: datetime) -> list[tuple[str, str]]:
+        return [(a.rule, a.severity) for a in evaluate(cat, [], None, th, now) if a.rule.startswith("files")]
+
+    add("files_snapshot_due", name, t)  # the worker queued its snapshot
+    assert files_alerts(t + timedelta(hours=5)) == []
+    assert files_alerts(t + timedelta(hours=7)) == [("files-snapshot-late", "warning")]
+    text = render(cat, t + timedelta(hours=7))
+    assert_clean(text)
+    assert "coldcopy_files_snapshot_behind_seconds 25200" in text and "coldcopy_files_snapshots 0" in text
+
+    add(
+        "files_snapshot_failed",
+        name,
+        t + timedelta(minutes=10),
+        backup=name,
+        error="cannot reach the project's Storage",
+    )
+    assert ("files-snapshot-failed", "critical") in files_alerts(t + timedelta(hours=1))
+    st = status_view(cat, t + timedelta(hours=1), encrypted=True, wal=None, thresholds=th)
+    assert not st["ok"] and any("files snapshot" in p for p in st["problems"])
+    assert "coldcopy_files_snapshot_failures_total 1" in render(cat, t)
+
+    snap = {
+        "snapshot": "files_20261124_100000",
+        "created_at": iso(t + timedelta(hours=8)),
+        "backup": name,
+        "buckets": 2,
+        "objects": 6,
+        "bytes": 9000,
+        "contents": 5,
+        "stored_bytes": 4000,
+        "rows_checked": None,
+    }
+    add("files_snapshot", snap["snapshot"], t + timedelta(hours=8), **snap)
+    assert files_alerts(t + timedelta(hours=9)) == []  # taken by hand after the failure: both clear
+    assert status_view(cat, t + timedelta(hours=9), encrypted=True, wal=None, thresholds=th)["ok"]
+    text = render(cat, t + timedelta(hours=9))
+    assert_clean(text)
+    assert (
+        "coldcopy_files_snapshot_behind_seconds 0" in text
+        and "coldcopy_files_last_snapshot_objects 6" in text
+    )
+    assert "coldcopy_files_rows_without_file" not in text  # not checked: no series rather than a false 0
+    facts = Facts(db_name="app", key_id="k1")
+    plan = build_plan("files", cat, facts, t + timedelta(hours=9))
+    assert plan.alert == "files" and "coldcopy files backup" in plan.first[0]
+
+    supabase = replace(cat.backups[name], platform={"platform": "supabase", "extensions": []})
+    with_files = build_plan("disaster", replace(cat, backups={name: supabase}), facts, t + timedelta(hours=9))
+    restore_cmd = "coldcopy files restore --snapshot files_20261124_100000"
+    assert restore_cmd in with_files.commands and not any("Storage files" in a for a in with_files.after)
+
+    add("files_snapshot_deleted", snap["snapshot"], t + timedelta(days=40))
+    without = build_plan("disaster", replace(cat, backups={name: supabase}), facts, t + timedelta(days=40))
+    assert not any("coldcopy files" in c for c in without.commands)
+    assert any("no files snapshot was taken with" in r for r in without.risks)
+    assert any("Storage files (the objects' rows come back" in a for a in without.after)
+    assert cat.files == {} and "coldcopy_files_snapshots 0" in render(cat, t + timedelta(days=40))
+
+
+@pytest.mark.parametrize(("point", "done"), [("files:content-stored", 1), ("files:before-commit", 5)])
+def test_a_snapshot_killed_by_sigkill_lists_nothing_partial_and_the_next_run_copies_only_what_is_missing(
+    env: dict[str, str], storage_server: S3Server, tmp_path: Any, point: str, done: int
+) -> None:
+    _seed(storage_server)
+    env = {**env, "COLDCOPY_UPLOAD_CONCURRENCY": "1", "PATH": os.environ.get("PATH", "")}
+    killed_at_point(env, point, tmp_path, "files", "backup")
+    settings = load_settings(env)
+    ctx = open_context(settings)
+    assert committed(ctx.storage) == {}
+    assert run_cli(env, "files", "list").out.startswith("no files snapshots")
+    assert len(_contents(ctx)) == done
+    project, counted = _project(settings)
+    r = take_snapshot(ctx, project, now=datetime.now(UTC) + timedelta(seconds=2))
+    assert (r.copied_contents, counted.calls["GetObject"]) == (5 - done, 5 - done)
+    (snap,) = committed(ctx.storage)
+    assert verify_files(ctx, snap)["ok"]
+
+
+def test_the_weekly_drill_restores_a_sample_into_a_scratch_bucket_compares_it_and_removes_it(
+    settings: Settings, storage_server: S3Server, s3_server: S3Server, bucket: str
+) -> None:
+    _seed(storage_server)
+    ctx = open_context(settings)
+    take_snapshot(ctx, open_project_storage(settings), now=T0)
+    before = _state(storage_server)
+    out = drill_files(ctx, open_project_storage(settings), T0 + timedelta(days=3), sample=4)
+    assert out["ok"] and (out["sampled"], out["compared"]) == (4, 4), out
+    assert out["scratch_bucket"] == "coldcopy-drill-20261127-020000"
+    assert _state(storage_server) == before  # the scratch bucket is gone; nothing else was touched
+
+    # A stored content changed behind ColdCopy's back: the drill says which object, and cleans up.
+    vol = next(o for o in ctx.storage.list(CONTENT_PREFIX) if o.key.endswith(".000000"))
+    data = bytearray(ctx.storage.get_bytes(vol.key))
+    data[-5] ^= 1
+    s3_server.client().put_object(Bucket=bucket, Key=ctx.storage.full_key(vol.key), Body=bytes(data))
+    bad = drill_files(ctx, open_project_storage(settings), T0 + timedelta(days=3), sample=6)
+    assert not bad["ok"] and all("could not be restored" in p for p in bad["problems"])
+    assert bad["compared"] == 6 - len(bad["problems"]) < 6
+    assert _state(storage_server) == before
+
+
+def test_the_drill_sample_is_the_largest_object_and_a_sample_that_changes_with_the_week() -> None:
+    cid = "0" * 64
+    entries = [Entry("b", f"k{i:03d}", i, '"e"', "2026-11-24T00:00:00Z", cid) for i in range(100)]
+    week = drill_sample(entries, 20, "2026-W48")
+    assert len(week) == 20 and week[0].key == "k099" and len({e.key for e in week}) == 20
+    assert drill_sample(entries, 20, "2026-W48") == week  # the same all week
+    assert drill_sample(entries, 20, "2026-W49") != week
+    assert drill_sample(entries[:3], 20, "2026-W48") == [entries[2], entries[0], entries[1]]
+    assert drill_sample([], 20, "2026-W48") == []

@@ -43,7 +43,7 @@ JOB_KEYS = {
     "termination", "timeout", "alerts", "log_destinations",
 }  # fmt: skip
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|ENCRYPTION_KEY|SPACES_KEY|CREDENTIAL)")
-PLACEHOLDER = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*\}$")
+PLACEHOLDER = re.compile(r"^\$\{\??[A-Z_][A-Z0-9_]*\}$")  # ${?NAME}: optional (scripts/deploy.sh)
 DURATION = re.compile(r"^(?=\d)(\d+h)?(\d+m)?(\d+s)?$")
 
 
@@ -238,7 +238,7 @@ def test_app_spec_placeholders_are_documented() -> None:
         for line in (REPO / "deploy" / "functions.env.example").read_text().splitlines()
         if "=" in line and not line.lstrip().startswith("#")
     }
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", APP_SPEC.read_text()))
+    used = set(re.findall(r"\$\{\??([A-Z_][A-Z0-9_]*)\}", APP_SPEC.read_text()))
     assert used and used <= documented, used - documented
 
 

@@ -461,6 +461,7 @@ _SPEC: dict[str, tuple[str, _Conv, str | None]] = {
     "ALERT_SIZE_SAMPLE": ("thresholds.size_sample", _at_least(2, integer=True), None),
     "ALERT_CHANGES_MAX_AGE_MINUTES": ("thresholds.changes_max_age_minutes", _at_least(1), None),
     "ALERT_CHANGES_SLOT_LAG_RATIO": ("thresholds.changes_slot_lag_ratio", _at_least(0), None),
+    "ALERT_FILES_MAX_LAG_HOURS": ("thresholds.files_max_lag_hours", _at_least(0), None),
     "SMTP_HOST": ("smtp.host", str, None),
     "SMTP_PORT": ("smtp.port", _port, None),
     "SMTP_SECURITY": ("smtp.security", _security, None),

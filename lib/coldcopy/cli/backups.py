@@ -7,19 +7,19 @@ import argparse
 import logging
 from typing import Any
 
-from coldcopy.backup.files import snapshot_for_backup
 from coldcopy.backup.logical import run_backup
 from coldcopy.changes.health import load_health
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present, progress_meter
 from coldcopy.config import DB, STORAGE
 from coldcopy.context import open_context
+from coldcopy.core.files import pairing_text
 from coldcopy.core.humanize import human_age, human_bytes, table
 from coldcopy.core.keys import stale_key_ids
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
 from coldcopy.core.shape import summary as shape_summary
-from coldcopy.core.views import backup_summary, listing_row, status_view
+from coldcopy.core.views import backup_summary, listing_rows, status_view
 from coldcopy.postgres.client import Postgres
 from coldcopy.restore.guard import put_right_if_interrupted
 from coldcopy.restore.logical import run_restore
@@ -60,6 +60,7 @@ def _listing_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no backups yet — run `coldcopy backup`"
     verified = {True: "ok", False: "FAILED", None: "-"}
+    files = any(r["files_snapshot"] for r in rows)  # the column only where Storage files are backed up
     return table(
         [
             [
@@ -71,16 +72,26 @@ def _listing_text(rows: list[dict[str, Any]]) -> str:
                 "yes" if r["encrypted"] else "NO",
                 verified[r["verification_ok"]]
                 + (f" ({r['verification_level']})" if r["verification_level"] else ""),
+                *([r["files_snapshot"] or "-"] if files else []),
             ]
             for r in rows
         ],
-        ["NAME", "KIND", "CREATED (UTC)", "SIZE", "DURATION", "ENCRYPTED", "VERIFIED"],
+        [
+            "NAME",
+            "KIND",
+            "CREATED (UTC)",
+            "SIZE",
+            "DURATION",
+            "ENCRYPTED",
+            "VERIFIED",
+            *(["FILES"] if files else []),
+        ],
     )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     cat = open_context(settings_for(args)).catalog.read()
-    rows = [listing_row(e, cat.verifications.get(e.name)) for e in cat.entries(args.kind)]
+    rows = listing_rows(cat, cat.entries(args.kind))
     present(args, rows, lambda: _listing_text(rows))
     return 0
 
@@ -116,8 +127,11 @@ def _platform_text(platform: dict[str, Any]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    m = open_context(settings_for(args)).catalog.manifest(validate_name(args.name))
-    present(args, m.to_dict(), lambda: _manifest_text(m))
+    ctx = open_context(settings_for(args))
+    m = ctx.catalog.manifest(validate_name(args.name))
+    files = ctx.catalog.read().files_by_backup().get(m.name)
+    text = _manifest_text(m) + (f"\n{'files snapshot':20} {pairing_text(files)}" if files else "")
+    present(args, {**m.to_dict(), "files_snapshot": files}, text)
     return 0
 
 
@@ -152,6 +166,18 @@ def _status_text(st: dict[str, Any], encrypted: bool) -> str:
             + (f"archived through {human_age(through)} ago" if through is not None else "never drained")
         )
         lines += [f"  ~ {w}" for w in ch["warnings"]]
+    files = st.get("files")
+    if files is not None:
+        newest = files["newest"]
+        lines.append(
+            "files:        "
+            + (
+                f"newest snapshot {pairing_text(newest)} ({human_age(files['newest_age_seconds'])} ago)"
+                if newest
+                else "no complete snapshot yet"
+            )
+        )
+        lines += [f"  ~ {w}" for w in files["warnings"]]
     if st["problems"]:
         lines += ["problems:", *(f"  ! {p}" for p in st["problems"])]
     else:
@@ -230,7 +256,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             progress=meter,
         )
     # The files that go with this database (storage.objects rows point to them).
-    r["files_snapshot"] = snapshot_for_backup(open_context(s).storage, str(r["name"]))
+    r["files_snapshot"] = open_context(s).catalog.read().files_by_backup().get(str(r["name"]))
     present(args, r, lambda: _restore_text(r))
     return 0
 
@@ -248,9 +274,10 @@ def _restore_text(r: dict[str, Any]) -> str:
         f"({r.get('erased_rows_removed', 0)} rows changed); subjects remaining: 0 (every check counts 0)"
     )
     lines += [f"  not given back: {x}" for x in r.get("left_out", [])]
-    snap = r.get("files_snapshot")
-    if snap:
-        lines.append(f"  its Storage files: coldcopy files restore --snapshot {snap}")
+    files = r.get("files_snapshot")
+    if files:
+        lines.append(f"  its Storage files: snapshot {pairing_text(files)}")
+        lines.append(f"  restore them with: coldcopy files restore --snapshot {files['snapshot']}")
     lines += [
         f"  run as a superuser or set in the dashboard: {sql}" for sql in r.get("settings_to_apply", [])
     ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from coldcopy.backup.files import committed, take_snapshot
+from coldcopy.backup.files import committed, storage_rows, take_snapshot
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present
 from coldcopy.config import FILES, STORAGE
 from coldcopy.context import open_context
+from coldcopy.core.files import pairing_text
 from coldcopy.core.humanize import human_bytes, table
 from coldcopy.core.names import validate_name
 from coldcopy.restore.files import restore_files, verify_files
@@ -19,13 +20,13 @@ def cmd_files_backup(args: argparse.Namespace) -> int:
     s = settings_for(args, (STORAGE, FILES))
     ctx = open_context(s)
     backup = validate_name(args.backup) if args.backup else None
-    r = take_snapshot(ctx, open_project_storage(s), now=now(), backup=backup)
+    r = take_snapshot(ctx, open_project_storage(s), now=now(), backup=backup, rows=lambda: storage_rows(s))
     present(
         args,
         r.to_dict(),
         f"files snapshot {r.snapshot}: {r.objects} objects ({r.unchanged} unchanged, {r.changed} new or "
         f"changed); {r.copied_contents} contents copied ({human_bytes(r.copied_bytes)}), "
-        f"{r.deduplicated} already stored",
+        f"{r.deduplicated} already stored\n  {pairing_text(r.summary)}",
     )
     return 0
 
@@ -72,6 +73,14 @@ def cmd_files_restore(args: argparse.Namespace) -> int:
         f"files snapshot {r.snapshot} (backup {r.backup or '-'}): {r.selected} objects selected, "
         f"{r.restored} written ({human_bytes(r.bytes_written)}), {r.skipped} already identical, "
         f"{r.checked} checked against the index",
+        *(
+            [
+                f"  when it was taken: {r.rows_without_file} storage.objects rows without a file, "
+                f"{r.files_without_row} files without a row"
+            ]
+            if r.rows_without_file is not None
+            else []
+        ),
         *(f"  ! {p}" for p in r.problems[:50]),
     ]
     present(args, r.to_dict(), "\n".join(lines))

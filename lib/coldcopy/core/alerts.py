@@ -51,6 +51,8 @@ PLANS = {
     "changes-untracked": "coldcopy plan change-archive",
     "restore-interrupted": "coldcopy plan restore-interrupted",
     "key-unheld": "coldcopy plan key-rotation",
+    "files-snapshot-failed": "coldcopy plan files",
+    "files-snapshot-late": "coldcopy plan files",
 }
 
 
@@ -93,6 +95,7 @@ class Thresholds:
     heartbeat_stale_seconds: int = 600
     changes_max_age_minutes: float = 10.0
     changes_slot_lag_ratio: float = 0.5
+    files_max_lag_hours: float = 6.0
 
 
 # -- the rules ------------------------------------------------------------------------------------
@@ -140,6 +143,7 @@ def evaluate_digest(
         *_unreadable(d),
         *_interrupted(interrupted),
         *key_alerts(unheld_keys or {}, keys_counted_at),
+        *files_alerts(d.files, th, now),
     ]
     return sorted(out, key=lambda a: (SEVERITIES.index(a.severity), a.since or "", a.id))
 
@@ -175,6 +179,38 @@ def key_alerts(unheld: Mapping[str, int], counted_at: str | None) -> list[Alert]
         for key_id, n in sorted(unheld.items())
         if n > 0
     ]
+
+
+def files_alerts(facts: Mapping[str, Any], th: Thresholds, now: datetime) -> list[Alert]:
+    """The files snapshots' rules (``catalog_digest.files_facts``): the newest attempt failed; the
+    newest backup whose snapshot was queued has none ``files_max_lag_hours`` after it finished."""
+    out = []
+    newest, failure = facts.get("newest"), facts.get("last_failure")
+    if failure and (newest is None or str(failure.get("at")) > str(newest.get("created_at"))):
+        out.append(
+            alert(
+                "files-snapshot-failed",
+                CRITICAL,
+                str(failure.get("at") or "") or None,
+                f"the last files snapshot of the project's Storage failed at {failure.get('at')}: "
+                f"{failure.get('error')}",
+            )
+        )
+    awaiting = facts.get("awaiting")
+    if awaiting and awaiting.get("snapshot") is None:
+        due = parse_iso(str(awaiting["finished_at"])) + timedelta(hours=th.files_max_lag_hours)
+        if now > due:
+            out.append(
+                alert(
+                    "files-snapshot-late",
+                    WARNING,
+                    due,
+                    f"backup {awaiting['backup']} has no files snapshot {th.files_max_lag_hours:g} hours "
+                    f"after it finished ({awaiting['finished_at']}): its Storage files are not backed up",
+                    str(awaiting["backup"]),
+                )
+            )
+    return out
 
 
 def _backup_age(d: CatalogDigest, last: datetime | None, th: Thresholds, now: datetime) -> list[Alert]:

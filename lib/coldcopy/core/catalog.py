@@ -22,6 +22,9 @@ CATALOG_FORMAT = "coldcopy-catalog/1"
 JOURNAL = "journal/"
 SKEW = timedelta(minutes=10)
 MAX_FAILURES = 200
+# Journal records of files snapshots: one complete (``name``: its id), deleted by retention, failed
+# (``name``: the backup it was for, or ""), and queued after a full backup (``name``: the backup).
+FILES_RECORDS = ("files_snapshot", "files_snapshot_deleted", "files_snapshot_failed", "files_snapshot_due")
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
 
 
@@ -56,6 +59,12 @@ class Catalog:
     failures: list[dict[str, Any]] = field(default_factory=list)  # newest last
     verifications: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> latest result
     unreadable: dict[str, str] = field(default_factory=dict)  # name -> why its manifest can't be read
+    # Files snapshots of the project's Storage (``core.files``): each complete one's commit summary
+    # by id (with the backup it was taken with), the failed attempts (newest last), and the backups
+    # whose snapshot the worker queued (backup -> when): a pair the alerts expect.
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files_failures: list[dict[str, Any]] = field(default_factory=list)
+    files_due: dict[str, str] = field(default_factory=dict)
     watermark: str | None = None
     applied: set[str] = field(default_factory=set)  # journal keys applied inside the skew window
     generated_at: str | None = None
@@ -88,6 +97,8 @@ class Catalog:
             self.failures.append({k: record.get(k) for k in ("name", "kind", "at", "error")})
             self.failures.sort(key=lambda f: str(f.get("at")))
             del self.failures[:-MAX_FAILURES]
+        elif kind in FILES_RECORDS:
+            self._apply_files(kind, name, record)
         elif kind == "verification":
             prev = self.verifications.get(name)
             if prev is None or str(prev.get("at")) <= str(record.get("at")):
@@ -95,6 +106,18 @@ class Catalog:
         self.applied.add(key)
         if (self.watermark is None or key > self.watermark) and (limit is None or key <= limit):
             self.watermark = key
+
+    def _apply_files(self, kind: str, name: str, record: dict[str, Any]) -> None:
+        if kind == "files_snapshot":
+            self.files[name] = {k: v for k, v in record.items() if k != "type"}
+        elif kind == "files_snapshot_deleted":
+            self.files.pop(name, None)
+        elif kind == "files_snapshot_failed":
+            self.files_failures.append({k: record.get(k) for k in ("name", "backup", "at", "error")})
+            self.files_failures.sort(key=lambda f: str(f.get("at")))
+            del self.files_failures[:-MAX_FAILURES]
+        elif kind == "files_snapshot_due" and name not in self.deleted:
+            self.files_due[name] = str(record.get("at", ""))
 
     def merge(self, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None) -> None:
         limit = f"{JOURNAL}{((now or datetime.now(UTC)) + SKEW).strftime(_STAMP)}"
@@ -113,6 +136,15 @@ class Catalog:
         items = [e for e in self.backups.values() if kind is None or e.kind == kind]
         return sorted(items, key=lambda e: (e.created_at, e.name), reverse=True)
 
+    def files_by_backup(self) -> dict[str, dict[str, Any]]:
+        """The newest files snapshot taken with each backup still in the catalog, by backup."""
+        out: dict[str, dict[str, Any]] = {}
+        for _, rec in sorted(self.files.items()):
+            backup = rec.get("backup")
+            if isinstance(backup, str) and backup in self.backups:
+                out[backup] = rec
+        return out
+
     def last_failure(self) -> dict[str, Any] | None:
         return self.failures[-1] if self.failures else None
 
@@ -128,6 +160,9 @@ class Catalog:
             "failures": self.failures,
             "verifications": self.verifications,
             "unreadable": self.unreadable,
+            "files": self.files,
+            "files_failures": self.files_failures,
+            "files_due": {n: at for n, at in self.files_due.items() if n in self.backups},
         }
 
     @classmethod
@@ -140,6 +175,9 @@ class Catalog:
             failures=list(d.get("failures", [])),
             verifications=dict(d.get("verifications", {})),
             unreadable=dict(d.get("unreadable", {})),
+            files=dict(d.get("files", {})),
+            files_failures=list(d.get("files_failures", [])),
+            files_due=dict(d.get("files_due", {})),
             watermark=d.get("watermark"),
             applied=set(d.get("applied", [])),
             generated_at=d.get("generated_at"),

@@ -103,6 +103,8 @@ class CatalogDigest:
     verification: dict[str, Any] = field(default_factory=dict)  # newest_ts, newest_ok, ok_ts, failed
     # recovery time
     recovery: RecoveryInputs = RecoveryInputs()
+    # files snapshots of the project's Storage (``files_facts``)
+    files: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last_failure(self) -> dict[str, Any] | None:
@@ -135,6 +137,7 @@ class CatalogDigest:
             "durations": keyed({k: [list(h.buckets), h.count, h.total] for k, h in self.durations.items()}),
             "verification": self.verification,
             "recovery": self.recovery.to_dict(),
+            "files": self.files,
         }
 
 
@@ -175,6 +178,7 @@ def parse_digest(raw: Any) -> CatalogDigest | None:
             },
             verification=dict(raw["verification"]),
             recovery=parse_inputs(raw["recovery"]),
+            files=dict(raw.get("files") or {}),  # absent in a digest stored before files snapshots
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
@@ -245,7 +249,35 @@ def digest(cat: Catalog, size_sample: int = SIZE_SAMPLE_KEPT) -> CatalogDigest:
         durations={k: _histogram(v) for k, v in durations.items()},
         verification=_verification_facts(cat),
         recovery=recovery_inputs(cat, None if latest is None else latest[0] - BASES_KEPT_FOR),
+        files=files_facts(cat),
     )
+
+
+def files_facts(cat: Catalog) -> dict[str, Any]:
+    """What the status, metrics and alerts say of the files snapshots: how many are kept, the
+    newest (its record: objects, sizes, the storage.objects check), the failed attempts and the
+    newest, and the newest backup whose snapshot was queued (``awaiting``: with its finish time,
+    and the snapshot taken with it, None until there is one)."""
+    newest = cat.files[max(cat.files)] if cat.files else None
+    failure = cat.files_failures[-1] if cat.files_failures else None
+    due = [(at, n) for n, at in cat.files_due.items() if n in cat.backups]
+    awaiting = None
+    if due:
+        _, name = max(due)
+        paired = cat.files_by_backup().get(name)
+        awaiting = {
+            "backup": name,
+            "finished_at": cat.backups[name].finished_at,
+            "snapshot": paired.get("snapshot") if paired else None,
+            "snapshot_at": paired.get("created_at") if paired else None,
+        }
+    return {
+        "snapshots": len(cat.files),
+        "newest": newest,
+        "failures": len(cat.files_failures),
+        "last_failure": failure,
+        "awaiting": awaiting,
+    }
 
 
 def _histogram(values: list[float]) -> Histogram:

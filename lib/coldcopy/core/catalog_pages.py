@@ -25,7 +25,7 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from coldcopy.core.catalog import Catalog
@@ -71,13 +71,16 @@ class Listing:
     rows: list[tuple[CatalogEntry, Verification | None]]
     total: int
     next_key: SortKey | None
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # the rows' files snapshots
 
 
 def listing_of(cat: Catalog, kind: str | None, limit: int, after: SortKey | None) -> Listing:
     """The listing cut from the whole catalog."""
     entries = cat.entries(kind)
     rows, next_key = paginate(entries, limit, after)
-    return Listing([(e, cat.verifications.get(e.name)) for e in rows], len(entries), next_key)
+    files = cat.files_by_backup()
+    paired = {e.name: files[e.name] for e in rows if e.name in files}
+    return Listing([(e, cat.verifications.get(e.name)) for e in rows], len(entries), next_key, paired)
 
 
 # -- pages and their index ------------------------------------------------------------------------
@@ -128,10 +131,11 @@ class PageIndex:
 
 @dataclass(frozen=True)
 class Page:
-    """The backups of one page, newest first, and their latest verifications."""
+    """The backups of one page, newest first, their latest verifications and files snapshots."""
 
     entries: tuple[CatalogEntry, ...]
     verifications: Mapping[str, Verification]
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # backup -> its snapshot
 
     def of_kind(self, kind: str | None) -> list[CatalogEntry]:
         return [e for e in self.entries if kind is None or e.kind == kind]
@@ -141,6 +145,7 @@ def build(cat: Catalog) -> tuple[PageIndex, dict[str, bytes]]:
     """The catalog's index and its pages' bodies by key (canonical JSON: the same catalog makes the
     same bytes, so a writer rewrites only the pages that changed)."""
     groups: dict[str, list[CatalogEntry]] = {}
+    files = cat.files_by_backup()
     for e in cat.entries():  # newest first
         groups.setdefault(page_id(e.created_at), []).append(e)
     refs: list[PageRef] = []
@@ -152,6 +157,7 @@ def build(cat: Catalog) -> tuple[PageIndex, dict[str, bytes]]:
             "id": pid,
             "backups": [e.to_dict() for e in entries],
             "verifications": checked,
+            "files": {e.name: files[e.name] for e in entries if e.name in files},
         }
         body = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
         counts: dict[str, int] = {}
@@ -186,7 +192,11 @@ def parse_page(body: bytes, ref: PageRef) -> Page | None:
         doc = json.loads(body)
         if doc.get("format") != PAGE_FORMAT or doc.get("id") != ref.id:
             return None
-        return Page(tuple(CatalogEntry.from_dict(e) for e in doc["backups"]), dict(doc["verifications"]))
+        return Page(
+            tuple(CatalogEntry.from_dict(e) for e in doc["backups"]),
+            dict(doc["verifications"]),
+            dict(doc.get("files") or {}),  # absent in a page cut before files snapshots
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -205,13 +215,15 @@ def listing_from_pages(
     if after is not None:
         refs = [r for r in refs if r.id <= page_id(after[0])]  # newer pages hold nothing after it
     rows: list[tuple[CatalogEntry, Verification | None]] = []
+    files: dict[str, Mapping[str, Any]] = {}
     for i, ref in enumerate(refs):
         page = load(ref)
         if page is None:
             return None
         got, more_here = paginate(page.of_kind(kind), limit - len(rows), after)
         rows += [(e, page.verifications.get(e.name)) for e in got]
+        files.update({e.name: page.files[e.name] for e in got if e.name in page.files})
         if len(rows) == limit:
             more = more_here is not None or i + 1 < len(refs)
-            return Listing(rows, total, sort_key(rows[-1][0]) if more else None)
-    return Listing(rows, total, None)
+            return Listing(rows, total, sort_key(rows[-1][0]) if more else None, files)
+    return Listing(rows, total, None, files)

@@ -15,8 +15,9 @@ same ETag, size and last-modified time: its entry (metadata included) is carried
 from __future__ import annotations
 
 import hashlib
+import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -299,3 +300,69 @@ def unreferenced(stored: Iterable[str], indexes: Iterable[Index]) -> list[str]:
     """The stored contents no index refers to."""
     needed = {e.content for i in indexes for e in i.entries}
     return sorted(set(stored) - needed)
+
+
+EXAMPLES_KEPT = 5  # of each kind of mismatch, in the commit record
+
+
+def reconcile(rows: Iterable[tuple[str, str]], entries: Iterable[Entry]) -> dict[str, Any]:
+    """``storage.objects`` rows (bucket, name) against a snapshot's objects: how many rows have no
+    file in the snapshot (a dangling row after a restore) and how many files have no row (an
+    object the API no longer knows), with a few of each as examples."""
+    have = {(e.bucket, e.key) for e in entries}
+    listed = set(rows)
+    no_file = sorted(listed - have)
+    no_row = sorted(have - listed)
+    return {
+        "rows_checked": len(listed),
+        "rows_without_file": len(no_file),
+        "files_without_row": len(no_row),
+        "examples_rows_without_file": [f"{b}/{k[:200]}" for b, k in no_file[:EXAMPLES_KEPT]],
+        "examples_files_without_row": [f"{b}/{k[:200]}" for b, k in no_row[:EXAMPLES_KEPT]],
+    }
+
+
+#: What the catalog keeps of a snapshot (its journal record): the summary and the row check.
+RECORD_FIELDS = (
+    "snapshot",
+    "created_at",
+    "backup",
+    "buckets",
+    "objects",
+    "bytes",
+    "contents",
+    "stored_bytes",
+    "rows_checked",
+    "rows_without_file",
+    "files_without_row",
+)
+
+
+def pairing_text(rec: Mapping[str, Any]) -> str:
+    """One line on a snapshot for `show` and `restore`: its objects and the row check's counts."""
+    rows = (
+        "storage.objects not checked (no database connection when it was taken)"
+        if rec.get("rows_checked") is None
+        else f"{rec.get('rows_without_file')} storage.objects rows without a file, "
+        f"{rec.get('files_without_row')} files without a row"
+    )
+    return f"{rec.get('snapshot')}: {rec.get('objects')} objects in {rec.get('buckets')} buckets; {rows}"
+
+
+DRILL_SAMPLE = 20  # objects the weekly drill restores into a scratch bucket
+
+
+def drill_bucket(when: datetime) -> str:
+    """The scratch bucket of a drill started at ``when`` (a valid S3 bucket name)."""
+    return "coldcopy-drill-" + when.astimezone(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def drill_sample(entries: Sequence[Entry], n: int, seed: str) -> list[Entry]:
+    """The objects a drill restores: the largest (it takes the multipart path when large) and a
+    seeded random sample of the rest, ``n`` in all; the same seed picks the same objects."""
+    if not entries:
+        return []
+    largest = max(entries, key=lambda e: (e.size, e.bucket, e.key))
+    rest = [e for e in entries if e is not largest]
+    picked = random.Random(seed).sample(rest, min(max(n - 1, 0), len(rest)))
+    return [largest, *sorted(picked, key=lambda e: (e.bucket, e.key))]

@@ -129,6 +129,7 @@ def render_digest(
         _wal_metrics(w, wal, now)
     if changes_known:
         _changes_metrics(w, changes, now)
+    _files_metrics(w, d, now)
     w.metric(
         "coldcopy_manifests_unreadable",
         "gauge",
@@ -270,6 +271,69 @@ def _verification_metrics(w: _Writer, d: CatalogDigest) -> None:
         "Backups whose latest verification failed.",
         [({}, int(v.get("failed", 0)))],
     )
+
+
+def _files_metrics(w: _Writer, d: CatalogDigest, now: datetime) -> None:
+    """The files snapshots of the project's Storage: the counts always (0 before the first), the
+    newest snapshot's time, size and storage.objects check once there is one."""
+    f = d.files
+    w.metric(
+        "coldcopy_files_snapshots",
+        "gauge",
+        "Complete files snapshots of the project's Storage kept in the bucket.",
+        [({}, int(f.get("snapshots", 0)))],
+    )
+    w.metric(
+        "coldcopy_files_snapshot_failures_total",
+        "counter",
+        "Failed files snapshot attempts recorded (the catalog keeps the newest 200).",
+        [({}, int(f.get("failures", 0)))],
+    )
+    awaiting = f.get("awaiting")
+    behind = 0.0
+    if awaiting and awaiting.get("snapshot") is None:
+        behind = max(0.0, (now - parse_iso(str(awaiting["finished_at"]))).total_seconds())
+    w.metric(
+        "coldcopy_files_snapshot_behind_seconds",
+        "gauge",
+        "Seconds since the newest scheduled backup finished while its files snapshot is still "
+        "missing (0 when every queued snapshot is taken).",
+        [({}, behind)],
+    )
+    newest = f.get("newest")
+    if not newest:
+        return
+    w.metric(
+        "coldcopy_files_last_snapshot_timestamp_seconds",
+        "gauge",
+        "When the newest complete files snapshot was taken (Unix time).",
+        [({}, parse_iso(str(newest["created_at"])).timestamp())],
+    )
+    w.metric(
+        "coldcopy_files_last_snapshot_objects",
+        "gauge",
+        "Objects in the newest files snapshot.",
+        [({}, int(newest.get("objects") or 0))],
+    )
+    w.metric(
+        "coldcopy_files_last_snapshot_bytes",
+        "gauge",
+        "Bytes of the objects in the newest files snapshot.",
+        [({}, int(newest.get("bytes") or 0))],
+    )
+    if newest.get("rows_checked") is not None:
+        w.metric(
+            "coldcopy_files_rows_without_file",
+            "gauge",
+            "storage.objects rows with no file in the newest files snapshot.",
+            [({}, int(newest.get("rows_without_file") or 0))],
+        )
+        w.metric(
+            "coldcopy_files_without_row",
+            "gauge",
+            "Files in the newest files snapshot with no storage.objects row.",
+            [({}, int(newest.get("files_without_row") or 0))],
+        )
 
 
 def _wal_metrics(w: _Writer, wal: WalHealth, now: datetime) -> None:

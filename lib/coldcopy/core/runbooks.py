@@ -91,6 +91,14 @@ ALIASES: dict[str, tuple[str, str]] = {
         "(`coldcopy backup`): the change window restarts at that backup. A slot that no drain reads "
         "keeps WAL on the server until its disk fills: `coldcopy changes teardown` when you stop.",
     ),
+    "files": (
+        "disaster",
+        "The project's Storage files are not backed up with the newest backup: read the error "
+        "(`coldcopy status`, `coldcopy runs`), check the SUPABASE_STORAGE_* settings, then take a "
+        "snapshot by hand (`coldcopy files backup --backup <the backup's name>`) and check it "
+        "(`coldcopy files verify --snapshot <id>`). A killed snapshot resumes: the next run copies "
+        "only what is still missing.",
+    ),
     "recovery-window": (
         "deletion",
         "The recovery window is shorter than required: only the dumps below can be restored.",
@@ -649,6 +657,7 @@ def _disaster(
         p.commands = [
             *_verify_cmds(e),
             f"coldcopy restore --backup-name {e.name}",
+            *_files_cmds(cat.files_by_backup().get(e.name)),
             "coldcopy backup",
             "coldcopy status",
         ]
@@ -673,8 +682,10 @@ def _provisioned(p: Runbook, what: str) -> None:
 
 
 # What a database backup of a Supabase project does not hold, to redo by hand on a new project.
+STORAGE_FILES_NOT_IN_A_DUMP = (
+    "Storage files (the objects' rows come back, the files themselves are not in a database backup)"
+)
 SUPABASE_NOT_IN_A_DUMP = (
-    "Storage files (the objects' rows come back, the files themselves are not in a database backup)",
     "Edge Functions (deploy them again from your repository: supabase functions deploy)",
     "Auth settings: providers and their secrets, SMTP, redirect URLs, email templates, JWT expiry",
     "the new project's API URL and keys (anon, service_role): update the application's configuration",
@@ -703,14 +714,29 @@ def _supabase_disaster(
         "the new project, DB_NAME=postgres; the same DO_SPACES_* settings and BACKUP_ENCRYPTION_KEY.",
     ]
     _common(p, cat, f, e, now, wal)
+    files = cat.files_by_backup().get(e.name)
     p.commands = [
         *_verify_cmds(e),
         f"coldcopy restore --backup-name {e.name}",
+        *_files_cmds(files),
         "coldcopy backup",
         "coldcopy status",
     ]
+    if files is None:
+        p.risks.append(
+            f"no files snapshot was taken with {e.name}: the Storage files are not in ColdCopy "
+            "(set SUPABASE_STORAGE_* so that every scheduled backup takes one)"
+        )
     p.after = [
         "the restore's output lists nothing under left_out that the application needs",
+        *(
+            [
+                f"`coldcopy files restore` checked {files.get('objects')} objects; storage.objects rows "
+                f"without a file when it was taken: {files.get('rows_without_file', 'not checked')}"
+            ]
+            if files
+            else []
+        ),
         *(
             [
                 "re-enter the custom roles' passwords (no dump can read them without superuser): "
@@ -720,7 +746,8 @@ def _supabase_disaster(
             else []
         ),
         *(["the cron jobs are listed in cron.job of the new project"] if e.platform.get("cron_jobs") else []),
-        "redo what a database backup does not hold: " + "; ".join(SUPABASE_NOT_IN_A_DUMP),
+        "redo what a database backup does not hold: "
+        + "; ".join(((STORAGE_FILES_NOT_IN_A_DUMP,) if files is None else ()) + SUPABASE_NOT_IN_A_DUMP),
         "the application connects with the new URL and keys and its smoke tests pass",
     ]
     _provisioned(p, "create the project")
@@ -730,6 +757,19 @@ def _supabase_disaster(
         "instead of the restore",
     )  # fmt: skip
     return p
+
+
+def _files_cmds(files: dict[str, Any] | None) -> list[str]:
+    """The files step of a restore: the snapshot taken with the backup (None: no step), into the new
+    project's Storage (its S3 endpoint and keys in SUPABASE_STORAGE_*)."""
+    if files is None:
+        return []
+    snap = files.get("snapshot")
+    return [
+        "# the Storage files: set SUPABASE_STORAGE_* to the new project's S3 endpoint and keys, then",
+        f"coldcopy files verify --snapshot {snap}",
+        f"coldcopy files restore --snapshot {snap}",
+    ]
 
 
 def _compliance(

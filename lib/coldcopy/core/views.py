@@ -8,12 +8,12 @@ health, the settings' thresholds); the views decide what is wrong the same way e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from coldcopy.core.alerts import CRITICAL, Thresholds, changes_alerts, wal_alerts
+from coldcopy.core.alerts import CRITICAL, Thresholds, changes_alerts, files_alerts, wal_alerts
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import CatalogDigest, digest
@@ -27,14 +27,24 @@ from coldcopy.core.verification import storage_failure
 STATUS_MAX_AGE_HOURS = 26
 
 
-def listing_row(entry: CatalogEntry, verification: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A backup in a listing: its catalog entry plus its last verification."""
+def listing_row(
+    entry: CatalogEntry, verification: Mapping[str, Any] | None, files: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A backup in a listing: its catalog entry plus its last verification and the files snapshot
+    taken with it (``files``: its record in the catalog, ``Catalog.files_by_backup``)."""
     return {
         **entry.to_dict(),
         "last_verification": verification.get("at") if verification else None,
         "verification_ok": verification.get("ok") if verification else None,
         "verification_level": verification.get("level") if verification else None,
+        "files_snapshot": files.get("snapshot") if files else None,
     }
+
+
+def listing_rows(cat: Catalog, entries: Sequence[CatalogEntry]) -> list[dict[str, Any]]:
+    """``listing_row`` of each of ``entries`` (backups of ``cat``)."""
+    files = cat.files_by_backup()
+    return [listing_row(e, cat.verifications.get(e.name), files.get(e.name)) for e in entries]
 
 
 def backup_summary(m: Manifest, *, encrypted: bool) -> dict[str, Any]:
@@ -93,6 +103,27 @@ def changes_view(h: ChangesHealth, th: Thresholds, now: datetime) -> dict[str, A
         "consecutive_failures": h.consecutive_failures,
         "large_objects": h.large_objects,
         "untracked_ddl": list(h.untracked_ddl),
+        "problems": [a.message for a in found if a.severity == CRITICAL],
+        "warnings": [a.message for a in found if a.severity != CRITICAL],
+    }
+
+
+def files_view(facts: Mapping[str, Any], th: Thresholds, now: datetime) -> dict[str, Any] | None:
+    """The files snapshots as the status shows them (None when none was ever taken or queued): the
+    newest with its age and the storage.objects check, the backup awaiting one, and the files
+    rules' findings (critical ones are problems)."""
+    if not (facts.get("snapshots") or facts.get("failures") or facts.get("awaiting")):
+        return None
+    newest = facts.get("newest")
+    found = files_alerts(facts, th, now)
+    return {
+        "snapshots": facts.get("snapshots", 0),
+        "newest": newest,
+        "newest_age_seconds": (now - parse_iso(str(newest["created_at"]))).total_seconds()
+        if newest
+        else None,
+        "awaiting": facts.get("awaiting"),
+        "last_failure": facts.get("last_failure"),
         "problems": [a.message for a in found if a.severity == CRITICAL],
         "warnings": [a.message for a in found if a.severity != CRITICAL],
     }
@@ -158,6 +189,9 @@ def status_from_digest(
     changes_part = None if changes is None else changes_view(changes, thresholds, now)
     if changes_part is not None:
         problems += changes_part["problems"]
+    files_part = files_view(d.files, thresholds, now)
+    if files_part is not None:
+        problems += files_part["problems"]
     return {
         "last_backup": dict(last) if last else None,
         "last_backup_age_seconds": age,
@@ -167,6 +201,7 @@ def status_from_digest(
         "last_failure": failure,
         "wal": wal_part,
         "changes": changes_part,
+        "files": files_part,
         "problems": problems,
         "ok": not problems,
         "encryption_configured": encrypted,

@@ -203,7 +203,7 @@ def _backups(req: Request, cfg: _Config) -> dict[str, Any]:
     after = decode_cursor(req.param("cursor"))
     got = _get_backend(cfg).catalog.listing(kind, limit, after)  # the index and the pages it needs
     body: dict[str, Any] = {
-        "backups": [listing_row(e, v) for e, v in got.rows],
+        "backups": [listing_row(e, v, got.files.get(e.name)) for e, v in got.rows],
         "count": len(got.rows),
         "total": got.total,
         "limit": limit,
@@ -230,8 +230,10 @@ def _backup_name(req: Request, *, required: bool) -> str | None:
 def _backup(req: Request, cfg: _Config) -> dict[str, Any]:
     name = _backup_name(req, required=True)
     assert name is not None
-    manifest = _get_backend(cfg).catalog.manifest(name)  # NotFoundError → 404
-    return json_response(200, manifest.to_dict())
+    catalog = _get_backend(cfg).catalog
+    manifest = catalog.manifest(name)  # NotFoundError → 404
+    files = catalog.files_of(manifest.entry())  # the one page of the catalog that holds it
+    return json_response(200, {**manifest.to_dict(), "files_snapshot": files})
 
 
 def _enqueue(cfg: _Config, kind: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from coldcopy.backup.files import take_snapshot
+from coldcopy.backup.files import storage_rows, take_snapshot
 from coldcopy.backup.logical import run_backup
 from coldcopy.changes.monitor import drain_and_record
 from coldcopy.config import DB, FILES, Settings, missing, redact
@@ -73,6 +73,10 @@ def _backup(kind: str) -> Handler:
         out = backup_summary(m, encrypted=ctx.settings.encrypted)
         if kind == "full" and ctx.settings.files_configured:  # the files go with it, as a job of their own
             out["files_snapshot_run"] = queue.enqueue(ctx.storage, "files-snapshot", {"name": m.name})
+            ctx.catalog.record(
+                "files_snapshot_due", m.name, {"name": m.name}
+            )  # the alerts expect its pair from now
+            ctx.catalog.refresh()
         return out
 
     handler.__name__ = f"backup_{kind}"
@@ -91,6 +95,7 @@ def _verify(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
             failed = ", ".join(
                 [r["name"] for r in report["results"] if not r["ok"]]
                 + ([f"the PITR drill from {drill['name']}"] if drill and not drill["ok"] else [])
+                + (["the files drill"] if report["files"] and not report["files"]["ok"] else [])
             )
             raise JobFailed(f"scheduled verification failed for {failed}", report)
         return report
@@ -144,7 +149,9 @@ def _files_snapshot(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if absent:
         raise ConfigError([f"{var} is not set" for var in absent])
     name = params.get("name")
-    report = take_snapshot(ctx, open_project_storage(settings), now=utc_now(), backup=name)
+    report = take_snapshot(
+        ctx, open_project_storage(settings), now=utc_now(), backup=name, rows=lambda: storage_rows(settings)
+    )
     return report.to_dict()
 
 

@@ -43,6 +43,9 @@ class RestoreReport:
     buckets_created: list[str] = field(default_factory=list)
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    # storage.objects when the snapshot was taken (None: not checked): rows the files do not match
+    rows_without_file: int | None = None
+    files_without_row: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,8 +72,11 @@ def _multipart_etag(md5s: list[bytes]) -> str:
     return f'"{hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"'
 
 
-def _write(target: ProjectStorage, storage: ObjectStore, key: MasterKey | None, e: Entry, c: Content) -> str:
-    """Write one object; returns the ETag the target must then list for it."""
+def write_object(
+    target: ProjectStorage, storage: ObjectStore, key: MasterKey | None, e: Entry, c: Content
+) -> str:
+    """Write one object (``e``'s bucket and key, with its metadata) from its stored content, every
+    byte authenticated first; returns the ETag the target must then list for it."""
     meta = ObjectMeta(c.raw_size, "", "", e.content_type, e.cache_control, dict(e.metadata))
     if c.raw_size <= PART_SIZE:
         data = b"".join(_plain(storage, c, key))  # checked whole before the PUT
@@ -120,7 +126,13 @@ def restore_files(
     snap, commit = resolve(storage, name)
     index = read_index(storage, snap, ctx.key, commit)
     chosen = select(index.entries, bucket, prefix)
-    report = RestoreReport(snap, index.backup, selected=len(chosen))
+    report = RestoreReport(
+        snap,
+        index.backup,
+        selected=len(chosen),
+        rows_without_file=commit.get("rows_without_file"),
+        files_without_row=commit.get("files_without_row"),
+    )
     buckets = sorted({e.bucket for e in chosen})
     for b in buckets:
         if target.ensure_bucket(b):
@@ -136,7 +148,7 @@ def restore_files(
             todo.append(e)
 
     def one(e: Entry) -> tuple[Entry, str]:
-        return e, _write(target, storage, ctx.key, e, index.contents[e.content])
+        return e, write_object(target, storage, ctx.key, e, index.contents[e.content])
 
     expected: dict[tuple[str, str], str] = {}
     for e, etag in in_parallel(one, todo, ctx.settings.upload_concurrency):

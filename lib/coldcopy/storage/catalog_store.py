@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -39,10 +39,11 @@ from coldcopy.core.catalog_pages import (
     build,
     listing_from_pages,
     listing_of,
+    page_id,
     parse_index,
     parse_page,
 )
-from coldcopy.core.manifest import Manifest, check_identity, manifest_key
+from coldcopy.core.manifest import CatalogEntry, Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
 from coldcopy.storage.store import ObjectStore
@@ -223,6 +224,16 @@ class CatalogStore:
         got = None if index is None else listing_from_pages(index, self.load_page, kind, limit, after)
         return got if got is not None else listing_of(self.read_cached(), kind, limit, after)
 
+    def files_of(self, entry: CatalogEntry) -> Mapping[str, Any] | None:
+        """The files snapshot taken with the backup ``entry`` (``GET /backup/<name>``): from the one
+        page that holds it, or from ``read_cached()`` while the pages are behind or unreadable."""
+        index = self.read_index()
+        ref = next((r for r in index.pages if r.id == page_id(entry.created_at)), None) if index else None
+        page = self.load_page(ref) if ref is not None else None
+        if page is not None:
+            return page.files.get(entry.name)
+        return self.read_cached().files_by_backup().get(entry.name)
+
     def save_digest(self, d: CatalogDigest) -> bool:
         """Store ``d`` when the stored digest is missing, unreadable, behind ``d``'s watermark, or says
         otherwise at the same watermark (the tick's repair of a digest no writer stored: a bucket
@@ -356,6 +367,9 @@ def _copy(cat: Catalog) -> Catalog:
         failures=list(cat.failures),
         verifications=dict(cat.verifications),
         unreadable=dict(cat.unreadable),
+        files=dict(cat.files),
+        files_failures=list(cat.files_failures),
+        files_due=dict(cat.files_due),
         watermark=cat.watermark,
         applied=set(cat.applied),
         generated_at=cat.generated_at,

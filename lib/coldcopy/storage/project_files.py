@@ -194,6 +194,16 @@ class ProjectStorage:
             ),
         )
 
+    def delete_bucket(self, bucket: str) -> None:
+        """Delete every object of ``bucket``, then the bucket (a drill's scratch bucket)."""
+        keys = [o.key for o in self.listing(bucket)]
+        for i in range(0, len(keys), 1000):
+            batch: Any = {"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+            self._call(
+                "delete objects", functools.partial(self.client.delete_objects, Bucket=bucket, Delete=batch)
+            )
+        self._call("delete a bucket", lambda: self.client.delete_bucket(Bucket=bucket))
+
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
         self._call(
             "abort an upload",

@@ -1,4 +1,6 @@
-"""The weekly verification job: test-restore what was never test-restored, and a sample of the rest.
+"""The weekly verification job: test-restore what was never test-restored, and a sample of the rest;
+with files snapshots on, restore a sample of the newest one's files into a scratch bucket
+(``verify.files_drill``).
 
 Base backups are among them: :func:`coldcopy.verify.run.run_verify` drills them.  When a change
 archive exists, a logical PITR drill (:mod:`coldcopy.verify.pitr_drill`) runs too.
@@ -15,6 +17,8 @@ from coldcopy.context import Context, open_context
 from coldcopy.core.times import utc_now
 from coldcopy.core.verification import VerifyResult, schedule_selection, week_seed
 from coldcopy.errors import NotFoundError
+from coldcopy.storage.project_files import open_project_storage
+from coldcopy.verify.files_drill import drill_files
 from coldcopy.verify.pitr_drill import run_pitr_drill
 from coldcopy.verify.run import run_verify
 
@@ -49,6 +53,8 @@ def run_scheduled(
             }
         )
     drill = run_pitr_drill(settings, rng=rng, ctx=ctx)
+    # The files: a sample of the newest snapshot restored into a scratch bucket and compared.
+    files = drill_files(ctx, open_project_storage(settings), now) if settings.files_configured else None
     return {
         "name": results[0]["name"] if results else None,  # the newest backup verified
         "level": "restore",
@@ -57,7 +63,10 @@ def run_scheduled(
         "sampled": sampled,
         "results": results,
         "pitr_drill": None if drill is None else drill_summary(drill),
-        "ok": all(r["ok"] for r in results) and (drill is None or drill.ok),
+        "files": files,
+        "ok": all(r["ok"] for r in results)
+        and (drill is None or drill.ok)
+        and (files is None or files["ok"]),
     }
 
 
