@@ -149,9 +149,7 @@ def check_alerts(
     """Evaluate, advance the state, send what is pending; a summary for the tick."""
     cfg = settings.smtp
     inputs = gather(storage, now)
-    catalog = CatalogStore(storage)
-    cat = catalog.read()
-    cat_digest = digest(cat, settings.thresholds.size_sample)
+    cat_digest = CatalogStore(storage).upkeep(settings.thresholds.size_sample)
     alerts = active_alerts(settings, cat_digest, inputs, now)
     before = inputs.alert_state
     state = advance(before, alerts, now, notify=cfg.configured)
@@ -174,12 +172,9 @@ def check_alerts(
             )
     if state != before:
         storage.put_json(STATE_KEY, state)
-    # What /metrics, /alerts, /status and /recovery-time read instead of the records; and the
-    # catalog's digest, pages and index, when no writer stored the current ones or a page was lost
-    # (the endpoints read the catalog until then).
+    # What /metrics, /alerts, /status and /recovery-time read instead of the records (the catalog's
+    # digest, pages and index were kept current above: the endpoints read the catalog until then).
     save_monitor_state(storage, replace(inputs, alert_state=state))
-    catalog.save_digest(cat_digest)
-    catalog.save_pages(cat)
     return {
         "active": len(alerts),
         "started": started,

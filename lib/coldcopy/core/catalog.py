@@ -11,6 +11,7 @@ the skew window covers writers whose clocks or uploads lag behind a newer waterm
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,9 @@ CATALOG_FORMAT = "coldcopy-catalog/1"
 JOURNAL = "journal/"
 SKEW = timedelta(minutes=10)
 MAX_FAILURES = 200
+# The record types that change the catalog's backups, deletions or verifications; the others (job
+# runs, pins, cleanups, failures) change at most its failures, watermark and applied keys.
+ENTRY_TYPES = frozenset({"backup", "backup_deleted", "verification"})
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
 
 
@@ -145,3 +149,20 @@ class Catalog:
             generated_at=d.get("generated_at"),
         )
         return cat
+
+
+def merge_beside_entries(
+    watermark: str | None,
+    applied: Iterable[str],
+    failures: Sequence[dict[str, Any]],
+    records: list[tuple[str, dict[str, Any]]],
+    now: datetime | None = None,
+) -> Catalog | None:
+    """What merging ``records`` leaves of a catalog's failures, watermark and applied keys, from
+    those alone (a cache made from the catalog keeps them: the digest, the page index); None when
+    a record is of one of ENTRY_TYPES, which needs the whole catalog."""
+    if any(isinstance(r, dict) and r.get("type") in ENTRY_TYPES for _, r in records):
+        return None
+    cat = Catalog(failures=[dict(f) for f in failures], watermark=watermark, applied=set(applied))
+    cat.merge(records, now)
+    return cat

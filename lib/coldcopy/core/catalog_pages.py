@@ -25,10 +25,11 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog import Catalog, merge_beside_entries
 from coldcopy.core.manifest import CatalogEntry
 
 PAGES = "catalog/pages/"
@@ -161,6 +162,18 @@ def build(cat: Catalog) -> tuple[PageIndex, dict[str, bytes]]:
         refs.append(ref)
         bodies[ref.key] = body
     return PageIndex(cat.watermark, frozenset(cat.applied), tuple(refs)), bodies
+
+
+def advance_index(
+    index: PageIndex, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None
+) -> PageIndex | None:
+    """``index`` with journal records it has not applied, when none changes a backup, deletion or
+    verification (so no page changes): what :func:`build` makes of the catalog they are merged
+    into; None otherwise (the caller reads the catalog)."""
+    merged = merge_beside_entries(index.watermark, index.applied, (), records, now)
+    if merged is None:
+        return None
+    return replace(index, watermark=merged.watermark, applied=frozenset(merged.applied))
 
 
 def parse_index(raw: Any) -> PageIndex | None:

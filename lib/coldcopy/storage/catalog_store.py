@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coldcopy.core.catalog import JOURNAL, Catalog, journal_key, start_after
-from coldcopy.core.catalog_digest import DIGEST_KEY, CatalogDigest, digest, parse_digest
+from coldcopy.core.catalog_digest import DIGEST_KEY, CatalogDigest, advance, digest, parse_digest
 from coldcopy.core.catalog_pages import (
     INDEX_KEY,
     PAGES,
@@ -36,6 +36,7 @@ from coldcopy.core.catalog_pages import (
     PageIndex,
     PageRef,
     SortKey,
+    advance_index,
     build,
     listing_from_pages,
     listing_of,
@@ -260,6 +261,57 @@ class CatalogStore:
         if left:
             self.storage.delete(left)
         return len(changed)
+
+    def upkeep(self, size_sample: int = 0) -> CatalogDigest:
+        """The tick's upkeep of the digest, the page index and the pages, bounded by what changed;
+        returns the catalog's digest (what ``digest(read(), size_sample)`` makes).
+
+        Reads the stored digest and index (a GET each), the journal after their watermarks (one
+        LIST), the records they have not applied (a GET each) and the pages' listing (one LIST).
+        Records that change no backup, deletion or verification (a job's run record, a failure:
+        their writers save no catalog) advance the digest and the index without the catalog
+        (``catalog_digest.advance``, ``catalog_pages.advance_index``), and a page no index names is
+        deleted.  Otherwise (a writer died between its record and its save), or when the digest or
+        the index is missing, unreadable or kept fewer sizes than ``size_sample``, or a page is
+        lost, the catalog is read and they are made from it, as a writer makes them."""
+        stored: CatalogDigest | None = self._read_small(DIGEST_KEY, parse_digest)
+        index: PageIndex | None = self._read_small(INDEX_KEY, parse_index)
+        if stored is not None and index is not None and stored.size_sample_kept >= size_sample:
+            got = self._advance(stored, index)
+            if got is not None:
+                return got
+        cat = self.read()
+        made = digest(cat, size_sample)
+        self.save_digest(made)
+        self.save_pages(cat)
+        return made
+
+    def _advance(self, stored: CatalogDigest, index: PageIndex) -> CatalogDigest | None:
+        """``upkeep`` without the catalog; None when it needs the catalog."""
+        floors = [start_after(stored.watermark) or "", start_after(index.watermark) or ""]
+        keys = [
+            o.key
+            for o in self.storage.list(JOURNAL, start_after=min(floors) or None)
+            if o.key.endswith(".json")
+        ]
+        for_digest = [k for k in keys if k > floors[0] and k not in stored.applied]
+        for_index = [k for k in keys if k > floors[1] and k not in index.applied]
+        fetched = dict(self._fetch(sorted({*for_digest, *for_index})))
+        new_digest = advance(stored, [(k, fetched[k]) for k in for_digest if k in fetched])
+        new_index = advance_index(index, [(k, fetched[k]) for k in for_index if k in fetched])
+        if new_digest is None or new_index is None:
+            return None
+        listed = {o.key: o.size for o in self.storage.list(PAGES)}
+        if any(listed.get(r.key) != r.size for r in new_index.pages):
+            return None  # a page is lost or not the index's: the catalog rewrites it
+        if new_digest != stored:
+            self.save_digest(new_digest)
+        if new_index != index:
+            self.storage.put_json(INDEX_KEY, new_index.to_dict())
+        left = sorted(set(listed) - {r.key for r in new_index.pages})
+        if left:
+            self.storage.delete(left)
+        return new_digest
 
     @staticmethod
     def _parse_snapshot(raw: bytes) -> Catalog | None:
