@@ -25,9 +25,9 @@ from coldcopy.config import Settings, SmtpConfig, load_settings
 from coldcopy.core.alert_state import delivery_alert
 from coldcopy.core.alerts import evaluate
 from coldcopy.core.archive_report import WalHealth
-from coldcopy.core.catalog import SKEW, Catalog
-from coldcopy.core.catalog_digest import DIGEST_KEY, digest, parse_digest
-from coldcopy.core.catalog_pages import INDEX_KEY, parse_index
+from coldcopy.core.catalog import SKEW, Catalog, journal_key
+from coldcopy.core.catalog_digest import DIGEST_KEY, advance, digest, parse_digest
+from coldcopy.core.catalog_pages import INDEX_KEY, advance_index, parse_index
 from coldcopy.core.catalog_pages import build as build_pages
 from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_key
 from coldcopy.core.keys import KEYS_STATE_KEY, keys_state
@@ -605,3 +605,36 @@ def test_the_runs_a_tick_reads_since_the_last_give_what_listing_the_window_gives
         inputs = gather(storage, now, previous, lag)
         assert inputs.runs == gather(storage, now).runs, tick
         previous = parse(inputs.to_dict())  # as stored
+
+
+def test_a_digest_and_index_advanced_over_records_are_those_of_the_merged_catalog() -> None:
+    """Run records, failures past the 200 the catalog keeps (a key's failed count drops), pins,
+    unknown and damaged records: advancing the digest and the page index over them gives what the
+    merged catalog gives; a record that changes a backup, a deletion or a verification needs it."""
+    rng = random.Random(7)
+    cat = Catalog()
+    for i in range(60):
+        e = entry(NOW - timedelta(hours=7 * i), size=1000 + i, kind=rng.choice(["full", "compliance"]))
+        cat.backups[e.name] = e
+    at = NOW - timedelta(days=3)
+    cat.merge(
+        [(journal_key("backup_failed", "x", at), {"type": "backup_failed", "name": "x", "at": iso(at)})]
+    )
+    records: list[tuple[str, dict[str, Any]]] = []
+    for i in range(260):
+        at = NOW + timedelta(minutes=i)
+        db = "app" if i < 30 else "other"  # app's failures fall out of the newest 200
+        name = f"full_backup_{db}_{at:%Y%m%d_%H%M%S}"
+        kind = "backup_failed" if i < 230 else rng.choice(["run", "backup_pinned", "cleanup", "new-kind"])
+        body: Any = {"type": kind, "name": name, "kind": "full", "at": iso(at), "error": "x"}
+        records.append((journal_key(kind, name, at), body if i != 5 else "damaged"))  # type: ignore[arg-type]
+    before, index = digest(cat), build_pages(cat)[0]
+    cat.merge(records)
+    advanced = advance(before, records)
+    assert advanced == digest(cat) and advanced != before
+    app_failures = sum(1 for _, r in records[:30] if isinstance(r, dict) and r["type"] == "backup_failed")
+    assert app_failures and advanced.counters[("full", "app")][1] < app_failures  # fell out of the 200
+    assert advance_index(index, records) == build_pages(cat)[0]
+    for kind in ("backup", "backup_deleted", "verification"):
+        one = [(journal_key(kind, "y", NOW), {"type": kind, "name": "y"})]
+        assert advance(before, one) is None and advance_index(index, one) is None

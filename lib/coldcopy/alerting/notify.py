@@ -10,7 +10,9 @@ run records.  ``alerts_report`` is what ``GET /alerts`` and ``coldcopy alerts`` 
 ``metrics_text`` what ``GET /metrics`` answers; both take those inputs, stored by the tick (the web)
 or gathered now (the CLI, and the web before the first tick), and the catalog or its digest
 (``core.catalog_digest``: the web reads the stored one, so no call walks every backup).  The tick
-also stores the catalog's digest when no writer stored the current one.
+keeps the catalog's digest, pages and index current (``CatalogStore.upkeep``) and lists only the
+runs made since the last tick (``recent_runs``), so its own requests and CPU follow what changed
+since, not the history.
 
 Imports stay light (no PostgreSQL driver, compression or crypto): this runs in small functions.
 """

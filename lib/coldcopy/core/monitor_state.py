@@ -6,7 +6,9 @@ change archive's health, the intent records of interrupted restores, and the key
 streams that no setting held at the last count (``state/keys.json``, the key-unheld alert).
 Gathering the first means listing days of run records, which grows with the history; so the tick
 gathers them once, after its alert check, into one small object (``state/monitor.json``,
-rewritten each tick: a few kilobytes, one writer).  ``/metrics``, ``/alerts``, ``/status`` and
+rewritten each tick: a few kilobytes, one writer).  The next tick lists only the runs made since
+(:func:`listing_start`, with the run ids it saw: ``seen_runs``), so its listing follows the jobs,
+not the history.  ``/metrics``, ``/alerts``, ``/status`` and
 ``/recovery-time`` read that object with one GET, and the catalog (which they read fresh anyway)
 with the usual conditional GET and journal listing, then apply the same rules to the same inputs:
 the same answer as computing everything on the spot, as of the tick's ``computed_at``.

@@ -12,7 +12,9 @@ listing holds records they have not applied, or a page is missing or not the one
 they read the catalog instead.  ``/health`` checks that the catalog can be read
 (``check_readable``).  The tick repairs the digest, the index and the pages (``save_digest``,
 ``save_pages``): a bucket from before them, a lost page, a writer that died between its record and
-its save.
+its save.  It does so from the records they have not applied (``upkeep``), reading
+``catalog.json`` only when one of those changes a backup, a deletion or a verification (a writer
+died between its record and its save) or a cache or page is missing.
 """
 
 from __future__ import annotations
