@@ -37,6 +37,7 @@ from coldcopy.core.catalog_pages import (
     Page,
     PageIndex,
     PageRef,
+    Since,
     SortKey,
     advance_index,
     build,
@@ -44,6 +45,8 @@ from coldcopy.core.catalog_pages import (
     listing_of,
     parse_index,
     parse_page,
+    recut,
+    touched,
 )
 from coldcopy.core.manifest import Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
@@ -97,11 +100,20 @@ class CatalogStore:
 
     def read(self) -> Catalog:
         """The snapshot merged with the journal records newer than its watermark."""
-        cat = self.load_snapshot() or Catalog()
+        return self._read()[0]
+
+    def _read(self) -> tuple[Catalog, Since | None]:
+        """``read()``, and what it merged the snapshot with (None: there was no readable snapshot)."""
+        snapshot = self.load_snapshot()
+        cat = snapshot or Catalog()
+        watermark, applied = cat.watermark, frozenset(cat.applied)
         new = self._unapplied(cat.watermark, cat.applied)
-        if new:
-            cat.merge(self._fetch(new))
-        return cat
+        records = self._fetch(new) if new else []
+        pages = touched(cat, records)
+        if records:
+            cat.merge(records)
+        since = Since(watermark, applied, frozenset(pages | touched(cat, records)))
+        return cat, since if snapshot is not None else None
 
     def read_cached(self) -> Catalog:
         """What read() answers, for long-lived readers (the web functions), without re-parsing.
@@ -240,26 +252,36 @@ class CatalogStore:
         self.storage.put_json(DIGEST_KEY, d.to_dict())
         return True
 
-    def save_pages(self, cat: Catalog) -> int:
+    def save_pages(self, cat: Catalog, since: Since | None = None) -> int:
         """Store ``cat``'s pages and index: the pages the stored index names otherwise, or that are
         missing or of another size in the listing, then the index when it changed; pages of months
         left empty are deleted.  Returns how many pages were written.  A stored index newer than
-        ``cat`` (a writer saved after ``cat`` was read) is left alone, as ``save_digest`` does."""
-        index, bodies = build(cat)
+        ``cat`` (a writer saved after ``cat`` was read) is left alone, as ``save_digest`` does.
+        ``since`` (a writer's: what ``cat`` was merged from) cuts only the pages its records
+        touched when the stored index allows (``catalog_pages.recut``), else every page."""
         try:
             stored = parse_index(self.storage.get_json(INDEX_KEY))
         except (NotFoundError, ValueError):
             stored = None
-        if stored is not None and (stored.watermark or "") > (index.watermark or ""):
+        if stored is not None and (stored.watermark or "") > (cat.watermark or ""):
             return 0
         listed = {o.key: o.size for o in self.storage.list(PAGES)}
         before = {r.id: r.sha256 for r in stored.pages} if stored is not None else {}
-        changed = [r for r in index.pages if before.get(r.id) != r.sha256 or listed.get(r.key) != r.size]
+
+        def changes(index: PageIndex) -> list[PageRef]:
+            return [r for r in index.pages if before.get(r.id) != r.sha256 or listed.get(r.key) != r.size]
+
+        got = recut(cat, stored, since) if stored is not None and since is not None else None
+        index, bodies = got if got is not None else build(cat)
+        changed = changes(index)
+        if any(r.key not in bodies for r in changed):  # a page it did not cut is lost: cut them all
+            index, bodies = build(cat)
+            changed = changes(index)
         for ref in changed:
             self.storage.put_bytes(ref.key, bodies[ref.key], content_type="application/json")
         if stored != index:
             self.storage.put_json(INDEX_KEY, index.to_dict())
-        left = sorted(set(listed) - set(bodies))
+        left = sorted(set(listed) - {r.key for r in index.pages})
         if left:
             self.storage.delete(left)
         return len(changed)
@@ -324,18 +346,19 @@ class CatalogStore:
             return None
 
     # -- writing ----------------------------------------------------------------------------------
-    def save(self, cat: Catalog) -> None:
+    def save(self, cat: Catalog, since: Since | None = None) -> None:
         """Write catalog.json, then its pages and their index, then its digest (a reader finds an
         index or digest behind the catalog's records and reads the catalog until the next save or
-        tick)."""
+        tick).  ``since``: what ``cat`` was merged from (``save_pages``)."""
         self.storage.put_json(CATALOG_KEY, cat.to_dict())
-        self.save_pages(cat)
+        self.save_pages(cat, since)
         self.storage.put_json(DIGEST_KEY, digest(cat).to_dict())
 
     def refresh(self) -> Catalog:
-        """Read, merge and write back (writers call this after recording)."""
-        cat = self.read()
-        self.save(cat)
+        """Read, merge and write back (writers call this after recording); only the pages of the
+        months the merged records touched are cut again."""
+        cat, since = self._read()
+        self.save(cat, since)
         return cat
 
     def rebuild(self) -> Catalog:
