@@ -498,6 +498,37 @@ def add_run_record(backend: Any, cluster: str) -> None:
     backend.put_object(BUCKET, prefix + key, json.dumps({"type": "run", "at": iso(now), **run}).encode())
 
 
+def writer_refresh(n_backups: int) -> tuple[float, float]:
+    """CPU seconds of a writer's refresh after one new backup (read the catalog, save catalog.json,
+    cut the pages its records touched, the digest), on an in-memory store of ``n_backups`` (one
+    every 30 minutes); and of cutting every page of that catalog, which each save did before."""
+    from coldcopy.core.catalog_pages import build
+    from coldcopy.core.manifest import CatalogEntry
+    from coldcopy.core.times import iso
+    from coldcopy.storage.catalog_store import CatalogStore
+    from coldcopy.storage.memory import MemoryStore
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    store = CatalogStore(MemoryStore())
+    cat = store.read()
+    for i in range(n_backups + 1):
+        when = now - timedelta(minutes=30 * (n_backups - i))
+        name = f"full_backup_app_{when:%Y%m%d_%H%M%S}"
+        e = CatalogEntry(
+            name, "full", "app", iso(when), iso(when), 95.0, 52_000_000, 180_000_000, True, "k1", "15"
+        )
+        if i < n_backups:
+            cat.backups[e.name] = e
+    store.save(cat)
+    store.record("backup", e.name, {"name": e.name, "entry": e.to_dict()})
+    c0 = time.process_time()
+    merged = store.refresh()
+    writer = time.process_time() - c0
+    c0 = time.process_time()
+    build(merged)
+    return writer, time.process_time() - c0
+
+
 def tick_text(f: dict[str, Any]) -> str:
     return f"{f['wall']:.2f} s wall, {f['cpu']:.2f} s CPU, S3: {s3_text(f['s3'])}"
 
@@ -710,6 +741,16 @@ def main() -> int:
         add_run_record(backend, cluster)
         after_job = run_tick_check(env_c, counter)
         print(f"  after a job finished (a run record and its journal record): {tick_text(after_job)}")
+    for n in (args.backups // 10, args.backups):  # in a fresh interpreter: not this one's big heap
+        code = f"import json, bench_api; print(json.dumps(bench_api.writer_refresh({n})))"
+        child = [sys.executable, "-c", code]
+        out = subprocess.run(child, capture_output=True, text=True, check=True, cwd=REPO / "scripts").stdout
+        writer, every = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"a writer's refresh after one new backup at {n:,} backups: {writer:.2f} s CPU "
+            f"(read, save catalog.json, cut the pages its records touched, digest); cutting every page, "
+            f"as each save did before: {every:.2f} s CPU"
+        )
     if args.tick_only:
         server.stop()
         return 0
