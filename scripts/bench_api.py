@@ -457,16 +457,80 @@ def bench_env(endpoint: str, cluster: str) -> dict[str, str]:
     }
 
 
-def run_tick_check(env: dict[str, str]) -> float:
-    """The tick's alert check (it stores the monitor state); its seconds."""
-    from coldcopy.alerting.notify import check_alerts
-    from coldcopy.config import load_settings
-    from coldcopy.storage.s3 import open_store
+TICK_CHILD = """
+import json, sys, time
+from datetime import UTC, datetime
+from coldcopy.alerting.notify import check_alerts
+from coldcopy.config import load_settings
+from coldcopy.storage.s3 import open_store
+settings = load_settings()
+storage = open_store(settings)
+t0, c0 = time.perf_counter(), time.process_time()
+check_alerts(settings, storage, datetime.now(UTC))
+print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
+"""
 
-    settings = load_settings(env)
-    t0 = time.perf_counter()
-    check_alerts(settings, open_store(settings), datetime.now(UTC))
-    return time.perf_counter() - t0
+
+def run_tick_check(env: dict[str, str], counter: RequestCounter) -> dict[str, Any]:
+    """The tick's alert check in a fresh interpreter, as the scheduled function runs it: its wall
+    clock and CPU seconds (the child's own, not moto's) and the S3 requests moto received."""
+    counter.take()
+    out = subprocess.run(
+        [sys.executable, "-c", TICK_CHILD], env=env, capture_output=True, text=True, check=True, cwd=REPO
+    )
+    figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    figures["s3"] = counter.take()
+    return figures
+
+
+def add_run_record(backend: Any, cluster: str) -> None:
+    """What a finished job leaves: a new run record and its journal record (no catalog save)."""
+    from coldcopy.core.catalog import journal_key
+    from coldcopy.core.jobs import new_run_id
+    from coldcopy.core.times import iso
+
+    now = datetime.now(UTC)
+    run_id = new_run_id(now)
+    run = {"run_id": run_id, "kind": "verify", "state": "succeeded", "finished_at": iso(now)}
+    prefix = f"coldcopy/{cluster}/"
+    backend.put_object(BUCKET, f"{prefix}runs/{run_id}.json", json.dumps(run).encode())
+    key = journal_key("run", run_id, now)
+    backend.put_object(BUCKET, prefix + key, json.dumps({"type": "run", "at": iso(now), **run}).encode())
+
+
+def writer_refresh(n_backups: int) -> tuple[float, float]:
+    """CPU seconds of a writer's refresh after one new backup (read the catalog, save catalog.json,
+    cut the pages its records touched, the digest), on an in-memory store of ``n_backups`` (one
+    every 30 minutes); and of cutting every page of that catalog, which each save did before."""
+    from coldcopy.core.catalog_pages import build
+    from coldcopy.core.manifest import CatalogEntry
+    from coldcopy.core.times import iso
+    from coldcopy.storage.catalog_store import CatalogStore
+    from coldcopy.storage.memory import MemoryStore
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    store = CatalogStore(MemoryStore())
+    cat = store.read()
+    for i in range(n_backups + 1):
+        when = now - timedelta(minutes=30 * (n_backups - i))
+        name = f"full_backup_app_{when:%Y%m%d_%H%M%S}"
+        e = CatalogEntry(
+            name, "full", "app", iso(when), iso(when), 95.0, 52_000_000, 180_000_000, True, "k1", "15"
+        )
+        if i < n_backups:
+            cat.backups[e.name] = e
+    store.save(cat)
+    store.record("backup", e.name, {"name": e.name, "entry": e.to_dict()})
+    c0 = time.process_time()
+    merged = store.refresh()
+    writer = time.process_time() - c0
+    c0 = time.process_time()
+    build(merged)
+    return writer, time.process_time() - c0
+
+
+def tick_text(f: dict[str, Any]) -> str:
+    return f"{f['wall']:.2f} s wall, {f['cpu']:.2f} s CPU, S3: {s3_text(f['s3'])}"
 
 
 # (label, path, function for the cold call, its path suffix): every read endpoint and page kind.
@@ -617,6 +681,7 @@ def main() -> int:
     ap.add_argument("--others", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--tick-only", action="store_true", help="measure the tick's alert check only")
     args = ap.parse_args()
 
     import boto3
@@ -666,12 +731,29 @@ def main() -> int:
     if not same:
         raise SystemExit("the indexed listing disagrees with moto's")
     for cluster, _, _ in sizes:
-        took = run_tick_check(bench_env(endpoint, cluster))
+        env_c = bench_env(endpoint, cluster)
+        first = run_tick_check(env_c, counter)
         print(
-            f"the tick's alert check on {cluster} (lists 8 days of runs, stores the monitor state, and the "
-            f"catalog's digest, pages and index the seed left out): {took:.2f} s; "
-            + pages_text(backend, cluster)
+            f"the tick's alert check on {cluster}: first (stores the monitor state, and the catalog's "
+            f"digest, pages and index the seed left out): {tick_text(first)}; " + pages_text(backend, cluster)
         )
+        print(f"  the next tick, nothing new: {tick_text(run_tick_check(env_c, counter))}")
+        add_run_record(backend, cluster)
+        after_job = run_tick_check(env_c, counter)
+        print(f"  after a job finished (a run record and its journal record): {tick_text(after_job)}")
+    for n in (args.backups // 10, args.backups):  # in a fresh interpreter: not this one's big heap
+        code = f"import json, bench_api; print(json.dumps(bench_api.writer_refresh({n})))"
+        child = [sys.executable, "-c", code]
+        out = subprocess.run(child, capture_output=True, text=True, check=True, cwd=REPO / "scripts").stdout
+        writer, every = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"a writer's refresh after one new backup at {n:,} backups: {writer:.2f} s CPU "
+            f"(read, save catalog.json, cut the pages its records touched, digest); cutting every page, "
+            f"as each save did before: {every:.2f} s CPU"
+        )
+    if args.tick_only:
+        server.stop()
+        return 0
 
     results = {}
     for cluster, n_backups, _ in sizes:

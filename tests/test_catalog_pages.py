@@ -428,3 +428,55 @@ def test_backups_reads_the_index_and_only_the_pages_it_needs(
 
 def query_of(query: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in query.split("&"))
+
+
+def test_a_writer_cuts_only_the_pages_its_records_touched_and_stores_what_cutting_all_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writers' records of every kind (new backups in old and new months, a backup recorded again
+    with another created_at, deletions, verifications, failures, job runs), a writer that dies
+    before its save, ticks that advance the index over run records: after each save the stored
+    index and pages are what cutting the whole catalog gives, and most saves cut only a page."""
+    from coldcopy.storage import catalog_store
+
+    full_cuts: list[int] = []
+    real_build = catalog_store.build
+    monkeypatch.setattr(catalog_store, "build", lambda cat: full_cuts.append(1) or real_build(cat))
+    rng = random.Random(23)
+    storage = MemoryStore()
+    store = CatalogStore(storage)
+    store.save(history(seed=3, n=120))
+    names = sorted(store.read().backups)
+    saves = 0
+    for step in range(120):
+        when = NOW + timedelta(minutes=10 * step)
+        roll = rng.random()
+        if roll < 0.3:
+            e = entry(when - timedelta(days=rng.choice([0, 0, 40, 200])), rng.choice(KINDS))
+            names.append(e.name)
+            store.record("backup", e.name, {"name": e.name, "entry": e.to_dict()}, when=when)
+        elif roll < 0.4:
+            old = store.read().backups.get(rng.choice(names))
+            if old is not None:  # the same backup recorded again, in another month
+                moved = replace(old, created_at=iso(when))
+                store.record("backup", old.name, {"name": old.name, "entry": moved.to_dict()}, when=when)
+        elif roll < 0.5:
+            store.record("backup_deleted", rng.choice(names), {"name": rng.choice(names)}, when=when)
+        elif roll < 0.7:
+            name = rng.choice(names)
+            store.record("verification", name, {"name": name, "ok": rng.random() < 0.7}, when=when)
+        elif roll < 0.8:
+            store.record("backup_failed", "x", {"name": "x", "kind": "full"}, when=when)
+        else:
+            store.record("run", f"r{step}", {"run_id": f"r{step}", "kind": "verify"}, when=when)
+        if rng.random() < 0.3:
+            store.upkeep()  # the tick: advances the index over run records and failures
+        if rng.random() < 0.8:  # else the writer died between its record and its save
+            store.refresh()
+            saves += 1
+            cat = store.read()
+            index, bodies = real_build(cat)
+            assert parse_index(storage.get_json(INDEX_KEY)) == index, step
+            assert {k: storage.get_bytes(k) for k in bodies} == bodies, step
+            assert sorted(o.key for o in storage.list(PAGES)) == sorted(bodies)
+    assert len(full_cuts) < saves / 3, (len(full_cuts), saves)

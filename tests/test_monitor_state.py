@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -19,13 +20,15 @@ import catalog_walk
 import recovery_walk
 from cli_helpers import web_call
 from coldcopy.alerting.email import EmailError
-from coldcopy.alerting.notify import alerts_report, check_alerts, load_state, recent_runs
+from coldcopy.alerting.notify import alerts_report, check_alerts, gather, load_state, recent_runs
 from coldcopy.config import Settings, SmtpConfig, load_settings
 from coldcopy.core.alert_state import delivery_alert
 from coldcopy.core.alerts import evaluate
 from coldcopy.core.archive_report import WalHealth
-from coldcopy.core.catalog import Catalog
-from coldcopy.core.catalog_digest import DIGEST_KEY, digest, parse_digest
+from coldcopy.core.catalog import SKEW, Catalog, journal_key
+from coldcopy.core.catalog_digest import DIGEST_KEY, advance, digest, parse_digest
+from coldcopy.core.catalog_pages import INDEX_KEY, advance_index, parse_index
+from coldcopy.core.catalog_pages import build as build_pages
 from coldcopy.core.changes import STATUS_KEY, ChangesHealth
 from coldcopy.core.jobs import FAILED, RUNNING, SUCCEEDED, Run, new_run_id, run_key
 from coldcopy.core.keys import KEYS_STATE_KEY, keys_state
@@ -38,6 +41,7 @@ from coldcopy.functions import web
 from coldcopy.localstack.s3server import S3Server
 from coldcopy.storage import s3 as s3_module
 from coldcopy.storage.catalog_store import CatalogStore
+from coldcopy.storage.memory import MemoryStore
 from coldcopy.storage.s3 import S3Store, open_store
 from coldcopy.storage.state_store import load_monitor_state
 from coldcopy.storage.store import ObjectStore
@@ -140,7 +144,7 @@ def from_the_records(settings: Settings, storage: ObjectStore, now: datetime) ->
     notifier's state), the metrics and the catalog's alerts by walking every backup (the oracle)."""
     cat = CatalogStore(storage).read()
     wal = wal_monitor.load(storage)
-    alerts = evaluate(cat, recent_runs(storage, now), wal, settings.thresholds, now)
+    alerts = evaluate(cat, recent_runs(storage, now)[0], wal, settings.thresholds, now)
     catalog_rules = {a.rule for a in catalog_walk.catalog_alerts(cat, settings.thresholds, now)}
     assert [a for a in alerts if a.rule in catalog_rules] == catalog_walk.catalog_alerts(
         cat, settings.thresholds, now
@@ -525,3 +529,143 @@ def test_recovery_time_from_the_tick_state_includes_pitr_from_the_change_archive
     (logical,) = [s for s in answer["scenarios"] if s["scenario"] == "pitr-logical-now"]
     assert logical["available"] and logical["target"] == iso(NOW) and not logical["replay_measured"]
     assert answer["logical_replay"]["measured"] is False and "ASSUMED" in answer["logical_replay"]["basis"]
+
+
+# -- the tick's own requests follow what changed, not the history ---------------------------------
+def tick_requests(settings: Settings, backups: int, runs: int) -> list[tuple[str, str]]:
+    """The S3 requests (operation, key or prefix under the cluster's) of a tick that finds nothing
+    new, after a first tick over ``backups`` backups and ``runs`` runs."""
+    storage = open_store(settings)
+    seed(storage, backups=backups, runs=runs)
+    check_alerts(settings, storage, NOW, sender=failing_sender)  # the first lists the whole window
+    calls: list[tuple[str, str]] = []
+
+    def seen(model: Any, params: dict[str, Any], **_: Any) -> None:
+        key = str(params.get("Key", params.get("Prefix", "")))
+        calls.append((model.name, key.removeprefix(settings.prefix)))
+
+    def listed(parsed: dict[str, Any], **_: Any) -> None:  # how many keys a listing returned
+        prefix = str(parsed.get("Prefix", "")).removeprefix(settings.prefix)
+        calls.append((f"listed {prefix}", str(len(parsed.get("Contents", [])))))
+
+    storage.client.meta.events.register("before-parameter-build.s3", seen)
+    storage.client.meta.events.register("after-call.s3.ListObjectsV2", listed)
+    check_alerts(settings, storage, NOW + timedelta(minutes=5), sender=failing_sender)
+    return sorted(calls)
+
+
+def test_a_tick_with_nothing_new_makes_the_same_few_requests_whatever_the_history(
+    s3_server: S3Server, bucket: str, settings: Settings
+) -> None:
+    def cluster(name: str) -> Settings:
+        env = {**s3_server.spaces_env(bucket), "COLDCOPY_CLUSTER": name, "COLDCOPY_LAUNCHER": "none"}
+        return load_settings(env, env_file=Path(os.devnull))
+
+    small = tick_requests(cluster("small"), backups=5, runs=5)
+    large = tick_requests(cluster("large"), backups=400, runs=600)  # 80 and 120 times more
+    months = {"small": 2, "large": 5}  # the pages: one a month (backups every 6 hours)
+    assert ("listed catalog/pages/", str(months["small"])) in small
+    assert ("listed catalog/pages/", str(months["large"])) in large
+    small.remove(("listed catalog/pages/", str(months["small"])))
+    large.remove(("listed catalog/pages/", str(months["large"])))
+    assert small == large  # the same requests, and the other listings return as many keys
+    assert not [c for c in small if c[1] == "catalog.json" or c[1].startswith("journal/2")]
+    lists = sorted(key for op, key in small if op == "ListObjectsV2")
+    # the journal after the caches' watermark, the pages, the restore intents, the runs made lately
+    assert lists == ["catalog/pages/", "journal/", "runs/", "state/restore-intents/"]
+    assert len(small) <= 16, small
+
+
+def test_a_tick_after_jobs_reads_what_they_wrote_and_stores_what_the_catalog_gives(
+    settings: Settings, storage: S3Store
+) -> None:
+    seed(storage, backups=12, runs=40)
+    check_alerts(settings, storage, NOW, sender=failing_sender)
+    store = CatalogStore(storage)
+    later = NOW + timedelta(minutes=5)
+    done = Run(new_run_id(later - timedelta(minutes=2)), "verify", enqueued_at=iso(later)).outcome(
+        ok=False, at=later - timedelta(minutes=1), error="disk full"
+    )
+    put_run(storage, done)  # what a finished job leaves: its record, its journal record, no catalog save
+    store.record("run", done.run_id, done.journal_entry(), when=later - timedelta(minutes=1))
+    failed = "full_backup_app_20261124_115500"
+    store.record("backup_failed", failed, {"name": failed, "kind": "full", "error": "x"}, when=later)
+    gets: list[str] = []
+    storage.client.meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: gets.append(str(params["Key"]))
+    )
+    check_alerts(settings, storage, later, sender=failing_sender)
+    assert f"{settings.prefix}catalog.json" not in gets
+    cat = store.read()
+    assert parse_digest(storage.get_json(DIGEST_KEY)) == digest(cat, settings.thresholds.size_sample)
+    assert parse_index(storage.get_json(INDEX_KEY)) == build_pages(cat)[0]
+    assert store.read_digest() is not None and store.read_index() is not None  # current for the endpoints
+    state = load_monitor_state(storage)
+    assert state is not None and state.runs == gather(storage, later).runs  # as listing the whole window
+    assert [a["rule"] for a in json.loads(call(settings, "alerts", later)["body"])["alerts"]] == [
+        a["rule"] for a in from_the_records(settings, storage, later)[1]
+    ]
+
+
+def test_the_runs_a_tick_reads_since_the_last_give_what_listing_the_window_gives() -> None:
+    """Ticks every 5 minutes over runs enqueued late (slot ids up to the grace behind), running
+    ones that finish or go silent, kinds that stop, more than MAX_RUNS in the window: each tick's
+    newest runs, from the last tick's state and the runs made since, are the whole window's."""
+    rng = random.Random(18)
+    storage = MemoryStore()
+    lag = timedelta(minutes=60) + SKEW
+    kinds = ["backup-full", "verify", "cleanup", "wal-sweep"]
+    running: list[Run] = []
+    previous = None
+    now = NOW - timedelta(days=9)
+    for tick in range(400):
+        now += timedelta(minutes=5 if tick % 50 else 600)  # now and then a tick missed for hours
+        for run in list(running):
+            if rng.random() < 0.3:
+                running.remove(run)
+                put_run(storage, run.outcome(ok=rng.random() < 0.7, at=now))
+        for _ in range(rng.choice([0, 0, 1, 2, 3])):
+            at = now - timedelta(minutes=rng.choice([0, 1, 30, 60]))
+            kind = kinds[0 if tick > 300 else rng.randrange(len(kinds))]
+            run = Run(new_run_id(at), kind, state=RUNNING, enqueued_at=iso(at), started_at=iso(at))
+            put_run(storage, run)
+            if rng.random() < 0.5:
+                running.append(run)
+            else:
+                put_run(storage, run.outcome(ok=True, at=now))
+        inputs = gather(storage, now, previous, lag)
+        assert inputs.runs == gather(storage, now).runs, tick
+        previous = parse(inputs.to_dict())  # as stored
+
+
+def test_a_digest_and_index_advanced_over_records_are_those_of_the_merged_catalog() -> None:
+    """Run records, failures past the 200 the catalog keeps (a key's failed count drops), pins,
+    unknown and damaged records: advancing the digest and the page index over them gives what the
+    merged catalog gives; a record that changes a backup, a deletion or a verification needs it."""
+    rng = random.Random(7)
+    cat = Catalog()
+    for i in range(60):
+        e = entry(NOW - timedelta(hours=7 * i), size=1000 + i, kind=rng.choice(["full", "compliance"]))
+        cat.backups[e.name] = e
+    at = NOW - timedelta(days=3)
+    cat.merge(
+        [(journal_key("backup_failed", "x", at), {"type": "backup_failed", "name": "x", "at": iso(at)})]
+    )
+    records: list[tuple[str, dict[str, Any]]] = []
+    for i in range(260):
+        at = NOW + timedelta(minutes=i)
+        db = "app" if i < 30 else "other"  # app's failures fall out of the newest 200
+        name = f"full_backup_{db}_{at:%Y%m%d_%H%M%S}"
+        kind = "backup_failed" if i < 230 else rng.choice(["run", "backup_pinned", "cleanup", "new-kind"])
+        body: Any = {"type": kind, "name": name, "kind": "full", "at": iso(at), "error": "x"}
+        records.append((journal_key(kind, name, at), body if i != 5 else "damaged"))  # type: ignore[arg-type]
+    before, index = digest(cat), build_pages(cat)[0]
+    cat.merge(records)
+    advanced = advance(before, records)
+    assert advanced == digest(cat) and advanced != before
+    app_failures = sum(1 for _, r in records[:30] if isinstance(r, dict) and r["type"] == "backup_failed")
+    assert app_failures and advanced.counters[("full", "app")][1] < app_failures  # fell out of the 200
+    assert advance_index(index, records) == build_pages(cat)[0]
+    for kind in ("backup", "backup_deleted", "verification"):
+        one = [(journal_key(kind, "y", NOW), {"type": kind, "name": "y"})]
+        assert advance(before, one) is None and advance_index(index, one) is None

@@ -10,7 +10,9 @@ run records.  ``alerts_report`` is what ``GET /alerts`` and ``coldcopy alerts`` 
 ``metrics_text`` what ``GET /metrics`` answers; both take those inputs, stored by the tick (the web)
 or gathered now (the CLI, and the web before the first tick), and the catalog or its digest
 (``core.catalog_digest``: the web reads the stored one, so no call walks every backup).  The tick
-also stores the catalog's digest when no writer stored the current one.
+keeps the catalog's digest, pages and index current (``CatalogStore.upkeep``) and lists only the
+runs made since the last tick (``recent_runs``), so its own requests and CPU follow what changed
+since, not the history.
 
 Imports stay light (no PostgreSQL driver, compression or crypto): this runs in small functions.
 """
@@ -30,11 +32,11 @@ from coldcopy.changes.health import load_health
 from coldcopy.config import Settings, SmtpConfig
 from coldcopy.core.alert_state import STATE_KEY, advance, delivered, delivery_alert, failed, parse_state
 from coldcopy.core.alerts import Alert, counts_by_severity, evaluate_digest
-from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog import SKEW, Catalog
 from coldcopy.core.catalog_digest import CatalogDigest, digest
 from coldcopy.core.jobs import RUNS, Run, run_id_of, run_ids_after
 from coldcopy.core.metrics import render_digest
-from coldcopy.core.monitor_state import MonitorState, build, freshness
+from coldcopy.core.monitor_state import MonitorState, Seen, build, freshness, listing_start
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, NotFoundError
 from coldcopy.ops.queue import get_run
@@ -58,29 +60,52 @@ _runs_lock = threading.Lock()
 _finished_runs: dict[str, Run] = {}  # run records that can no longer change
 
 
-def recent_runs(storage: ObjectStore, now: datetime) -> list[Run]:
-    """Run records of the last RUNS_WINDOW (newest MAX_RUNS); finished ones are fetched once per process."""
-    after = f"{RUNS}{run_ids_after(now - RUNS_WINDOW)}"
-    ids = sorted(
-        (i for o in storage.list(RUNS, start_after=after) if (i := run_id_of(o.key, RUNS))), reverse=True
-    )
-    out = []
-    for run_id in ids[:MAX_RUNS]:
-        key = f"{storage.bucket}/{storage.prefix}{run_id}"
+def recent_runs(
+    storage: ObjectStore, now: datetime, previous: MonitorState | None = None, lag: timedelta = timedelta(0)
+) -> tuple[list[Run], tuple[Seen, ...]]:
+    """Run records among the newest MAX_RUNS of the last RUNS_WINDOW, with the newest of each kind
+    (all the rules read), and those ids with their kinds once finished (for the next tick).
+
+    With ``previous``, the last tick's state, only the runs made since it (less ``lag``) are listed,
+    and a run it saw finished is read again only if it is now the newest of its kind and not among
+    its stored runs: the requests follow the runs made and still running, not the history."""
+    start, seen = listing_start(previous, now, RUNS_WINDOW, lag)
+    floor = run_ids_after(now - RUNS_WINDOW)
+    known = {run_id: kind for run_id, kind in seen if run_id > floor}
+    stored = {r.run_id: r for r in previous.runs if r.finished} if previous is not None and seen else {}
+    after = f"{RUNS}{run_ids_after(start)}"
+    listed = {i for o in storage.list(RUNS, start_after=after) if (i := run_id_of(o.key, RUNS))}
+    out: list[Run] = []
+    kinds: set[str] = set()
+    now_seen: list[Seen] = []
+    for run_id in sorted({*known, *listed}, reverse=True)[:MAX_RUNS]:
+        kind = known.get(run_id)
+        if kind is not None and kind in kinds:  # finished, and a newer run of its kind was read
+            now_seen.append((run_id, kind))
+            continue
+        run = (stored.get(run_id) if kind is not None else None) or _read_run(storage, run_id)
+        now_seen.append((run_id, run.kind if run is not None and run.finished else None))
+        if run is not None:
+            kinds.add(run.kind)
+            out.append(run)
+    return out, tuple(now_seen)
+
+
+def _read_run(storage: ObjectStore, run_id: str) -> Run | None:
+    """A run record (a finished one is fetched once per process); None when missing or unreadable."""
+    key = f"{storage.bucket}/{storage.prefix}{run_id}"
+    with _runs_lock:
+        run = _finished_runs.get(key)
+    if run is not None:
+        return run
+    try:
+        run = get_run(storage, run_id)
+    except ColdCopyError:
+        return None
+    if run is not None and run.finished:
         with _runs_lock:
-            run = _finished_runs.get(key)
-        if run is None:
-            try:
-                run = get_run(storage, run_id)
-            except ColdCopyError:
-                continue
-            if run is None:
-                continue
-            if run.finished:
-                with _runs_lock:
-                    _finished_runs[key] = run
-        out.append(run)
-    return out
+            _finished_runs[key] = run
+    return run
 
 
 def load_state(storage: ObjectStore) -> dict[str, Any]:
@@ -93,18 +118,23 @@ def load_state(storage: ObjectStore) -> dict[str, Any]:
         return parse_state(None)
 
 
-def gather(storage: ObjectStore, now: datetime) -> MonitorState:
+def gather(
+    storage: ObjectStore, now: datetime, previous: MonitorState | None = None, lag: timedelta = timedelta(0)
+) -> MonitorState:
     """The rules' inputs besides the catalog, read from the records now (the tick, the CLI): the
-    recent run records, the stored WAL summary, the notifier's state, the change archive's
+    recent run records (``recent_runs``: from ``previous``, the last tick's state, and the runs
+    made since, when given), the stored WAL summary, the notifier's state, the change archive's
     health, the interrupted restores and the last count of streams per key id."""
+    runs, seen = recent_runs(storage, now, previous, lag)
     return build(
         now,
-        recent_runs(storage, now),
+        runs,
         load(storage),
         load_state(storage),
         load_health(storage),
         pending_intents(storage),
         load_keys_state(storage),
+        seen,
     )
 
 
@@ -148,10 +178,9 @@ def check_alerts(
 ) -> dict[str, Any]:
     """Evaluate, advance the state, send what is pending; a summary for the tick."""
     cfg = settings.smtp
-    inputs = gather(storage, now)
-    catalog = CatalogStore(storage)
-    cat = catalog.read()
-    cat_digest = digest(cat, settings.thresholds.size_sample)
+    lag = timedelta(minutes=settings.schedule_grace_minutes) + SKEW  # how late a run id can be listed
+    inputs = gather(storage, now, load_monitor_state(storage), lag)
+    cat_digest = CatalogStore(storage).upkeep(settings.thresholds.size_sample)
     alerts = active_alerts(settings, cat_digest, inputs, now)
     before = inputs.alert_state
     state = advance(before, alerts, now, notify=cfg.configured)
@@ -174,12 +203,9 @@ def check_alerts(
             )
     if state != before:
         storage.put_json(STATE_KEY, state)
-    # What /metrics, /alerts, /status and /recovery-time read instead of the records; and the
-    # catalog's digest, pages and index, when no writer stored the current ones or a page was lost
-    # (the endpoints read the catalog until then).
+    # What /metrics, /alerts, /status and /recovery-time read instead of the records (the catalog's
+    # digest, pages and index were kept current above: the endpoints read the catalog until then).
     save_monitor_state(storage, replace(inputs, alert_state=state))
-    catalog.save_digest(cat_digest)
-    catalog.save_pages(cat)
     return {
         "active": len(alerts),
         "started": started,

@@ -11,6 +11,7 @@ the skew window covers writers whose clocks or uploads lag behind a newer waterm
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,10 @@ MAX_FAILURES = 200
 # Journal records of files snapshots: one complete (``name``: its id), deleted by retention, failed
 # (``name``: the backup it was for, or ""), and queued after a full backup (``name``: the backup).
 FILES_RECORDS = ("files_snapshot", "files_snapshot_deleted", "files_snapshot_failed", "files_snapshot_due")
+# The record types that change the catalog's backups, deletions, verifications or files pairing
+# (pages and digest); the others (job runs, pins, cleanups, failures) change at most its failures,
+# watermark and applied keys.
+ENTRY_TYPES = frozenset({"backup", "backup_deleted", "verification", *FILES_RECORDS})
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
 
 
@@ -183,3 +188,20 @@ class Catalog:
             generated_at=d.get("generated_at"),
         )
         return cat
+
+
+def merge_beside_entries(
+    watermark: str | None,
+    applied: Iterable[str],
+    failures: Sequence[dict[str, Any]],
+    records: list[tuple[str, dict[str, Any]]],
+    now: datetime | None = None,
+) -> Catalog | None:
+    """What merging ``records`` leaves of a catalog's failures, watermark and applied keys, from
+    those alone (a cache made from the catalog keeps them: the digest, the page index); None when
+    a record is of one of ENTRY_TYPES, which needs the whole catalog."""
+    if any(isinstance(r, dict) and r.get("type") in ENTRY_TYPES for _, r in records):
+        return None
+    cat = Catalog(failures=[dict(f) for f in failures], watermark=watermark, applied=set(applied))
+    cat.merge(records, now)
+    return cat

@@ -23,11 +23,13 @@ instead.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog import Catalog, merge_beside_entries
 from coldcopy.core.names import KINDS, parse_name
 from coldcopy.core.recovery_inputs import BASES_KEPT_FOR, RecoveryInputs, parse_inputs, recovery_inputs
 from coldcopy.core.times import parse_iso
@@ -219,10 +221,6 @@ def digest(cat: Catalog, size_sample: int = SIZE_SAMPLE_KEPT) -> CatalogDigest:
     for name in cat.deleted:
         key = name_key(name)
         success[key] = success.get(key, 0) + 1
-    failed: dict[Key, int] = {}
-    for f in cat.failures:
-        key = name_key(str(f.get("name", "")), str(f.get("kind") or "") or None)
-        failed[key] = failed.get(key, 0) + 1
     return CatalogDigest(
         watermark=cat.watermark,
         applied=frozenset(cat.applied),
@@ -242,7 +240,7 @@ def digest(cat: Catalog, size_sample: int = SIZE_SAMPLE_KEPT) -> CatalogDigest:
         size_groups={
             k: SizeGroup(g[0][0], g[0][1], g[0][2], tuple(s for _, s, _ in g[1:])) for k, g in groups.items()
         },
-        counters={k: (success.get(k, 0), failed.get(k, 0)) for k in {*success, *failed}},
+        counters=_counters(success, cat.failures),
         by_kind=by_kind,
         newest=newest,
         last_by_kind=last_by_kind,
@@ -278,6 +276,35 @@ def files_facts(cat: Catalog) -> dict[str, Any]:
         "last_failure": failure,
         "awaiting": awaiting,
     }
+
+
+def _counters(success: dict[Key, int], failures: Sequence[dict[str, Any]]) -> dict[Key, tuple[int, int]]:
+    """(successes, failures) per (kind, database): ``success`` counted, the failures the catalog kept."""
+    failed: dict[Key, int] = {}
+    for f in failures:
+        key = name_key(str(f.get("name", "")), str(f.get("kind") or "") or None)
+        failed[key] = failed.get(key, 0) + 1
+    return {k: (success.get(k, 0), failed.get(k, 0)) for k in {*success, *failed}}
+
+
+def advance(
+    d: CatalogDigest, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None
+) -> CatalogDigest | None:
+    """``d`` with journal records it has not applied, without the catalog: what ``digest`` makes of
+    the catalog they are merged into, when none changes a backup, deletion or verification (a job's
+    run record, a failure, a pin: what the tick finds after a job, whose writer saves no catalog);
+    None otherwise (the caller reads the catalog)."""
+    merged = merge_beside_entries(d.watermark, d.applied, d.failures, records, now)
+    if merged is None:
+        return None
+    success = {k: s for k, (s, _) in d.counters.items() if s}
+    return replace(
+        d,
+        watermark=merged.watermark,
+        applied=frozenset(merged.applied),
+        failures=tuple(merged.failures),
+        counters=_counters(success, merged.failures),
+    )
 
 
 def _histogram(values: list[float]) -> Histogram:

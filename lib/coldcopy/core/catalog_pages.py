@@ -25,10 +25,11 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
-from coldcopy.core.catalog import Catalog
+from coldcopy.core.catalog import ENTRY_TYPES, Catalog, merge_beside_entries, start_after
 from coldcopy.core.manifest import CatalogEntry
 
 PAGES = "catalog/pages/"
@@ -148,25 +149,105 @@ def build(cat: Catalog) -> tuple[PageIndex, dict[str, bytes]]:
     files = cat.files_by_backup()
     for e in cat.entries():  # newest first
         groups.setdefault(page_id(e.created_at), []).append(e)
-    refs: list[PageRef] = []
-    bodies: dict[str, bytes] = {}
-    for pid, entries in sorted(groups.items(), reverse=True):
-        checked = {e.name: cat.verifications[e.name] for e in entries if e.name in cat.verifications}
-        doc = {
-            "format": PAGE_FORMAT,
-            "id": pid,
-            "backups": [e.to_dict() for e in entries],
-            "verifications": checked,
-            "files": {e.name: files[e.name] for e in entries if e.name in files},
-        }
-        body = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
-        counts: dict[str, int] = {}
-        for e in entries:
-            counts[e.kind] = counts.get(e.kind, 0) + 1
-        ref = PageRef(pid, hashlib.sha256(body).hexdigest(), len(body), counts)
-        refs.append(ref)
-        bodies[ref.key] = body
-    return PageIndex(cat.watermark, frozenset(cat.applied), tuple(refs)), bodies
+    cut = [
+        _cut(pid, entries, cat.verifications, files) for pid, entries in sorted(groups.items(), reverse=True)
+    ]
+    return PageIndex(cat.watermark, frozenset(cat.applied), tuple(r for r, _ in cut)), {
+        r.key: body for r, body in cut
+    }
+
+
+def _cut(
+    pid: str,
+    entries: Sequence[CatalogEntry],
+    verifications: Mapping[str, Any],
+    files: Mapping[str, dict[str, Any]],
+) -> tuple[PageRef, bytes]:
+    """One page (``entries`` newest first) and its body; ``files``: each backup's files snapshot."""
+    checked = {e.name: verifications[e.name] for e in entries if e.name in verifications}
+    doc = {
+        "format": PAGE_FORMAT,
+        "id": pid,
+        "backups": [e.to_dict() for e in entries],
+        "verifications": checked,
+        "files": {e.name: files[e.name] for e in entries if e.name in files},
+    }
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    return PageRef(pid, hashlib.sha256(body).hexdigest(), len(body), counts), body
+
+
+@dataclass(frozen=True)
+class Since:
+    """What a writer's catalog was merged from: its snapshot's watermark and applied keys, and the
+    pages the merged records' backups are on (before or after them: :func:`touched`)."""
+
+    watermark: str | None
+    applied: frozenset[str]
+    pages: frozenset[str]
+
+
+def touched(cat: Catalog, records: Sequence[tuple[str, Any]]) -> set[str]:
+    """The pages the backups ``records`` name (directly, or through the files snapshot a files record
+    names) are on in ``cat`` (asked before and after merging them), with those of the entries their
+    backup records carry."""
+    out: set[str] = set()
+    for _, r in records:
+        if not isinstance(r, dict) or r.get("type") not in ENTRY_TYPES:
+            continue
+        name = str(r.get("name", ""))
+        # a files record names a snapshot (its own, or one retention deleted) or the backup it is for
+        snapshot = cat.files.get(name) or {}
+        for backup in (name, r.get("backup"), snapshot.get("backup")):
+            e = cat.backups.get(str(backup))
+            if e is not None:
+                out.add(page_id(e.created_at))
+        entry = r.get("entry")
+        if isinstance(entry, dict) and isinstance(entry.get("created_at"), str):
+            out.add(page_id(entry["created_at"]))
+    return out
+
+
+def recut(cat: Catalog, stored: PageIndex, since: Since) -> tuple[PageIndex, dict[str, bytes]] | None:
+    """What :func:`build` makes of ``cat``, cutting only the pages ``since`` names (the bodies
+    returned) and taking the others' rows from ``stored``: when ``stored`` was cut from a catalog
+    between ``cat``'s snapshot and ``cat`` (the same one, or one a tick advanced over records that
+    change no page), every other page is the same in both.  None otherwise."""
+    floor, top = start_after(stored.watermark) or "", cat.watermark or ""
+    if not (since.watermark or "") <= (stored.watermark or "") <= top:
+        return None  # behind the snapshot, or cut from a newer catalog than this one
+    if any(k > floor and k not in stored.applied for k in since.applied):
+        return None  # the snapshot applied a record the stored index did not
+    if any(k > (start_after(cat.watermark) or "") and k not in cat.applied for k in stored.applied):
+        return None
+    files = cat.files_by_backup()
+    groups: dict[str, list[CatalogEntry]] = {pid: [] for pid in since.pages}
+    for e in cat.backups.values():
+        pid = page_id(e.created_at)
+        if pid in groups:
+            groups[pid].append(e)
+    cut = {
+        pid: _cut(pid, sorted(entries, key=sort_key, reverse=True), cat.verifications, files)
+        for pid, entries in groups.items()
+        if entries
+    }
+    refs = [r for r in stored.pages if r.id not in since.pages] + [r for r, _ in cut.values()]
+    refs.sort(key=lambda r: r.id, reverse=True)
+    return PageIndex(cat.watermark, frozenset(cat.applied), tuple(refs)), {r.key: b for r, b in cut.values()}
+
+
+def advance_index(
+    index: PageIndex, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None
+) -> PageIndex | None:
+    """``index`` with journal records it has not applied, when none changes a backup, deletion or
+    verification (so no page changes): what :func:`build` makes of the catalog they are merged
+    into; None otherwise (the caller reads the catalog)."""
+    merged = merge_beside_entries(index.watermark, index.applied, (), records, now)
+    if merged is None:
+        return None
+    return replace(index, watermark=merged.watermark, applied=frozenset(merged.applied))
 
 
 def parse_index(raw: Any) -> PageIndex | None:

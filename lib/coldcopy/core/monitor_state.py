@@ -6,7 +6,9 @@ change archive's health, the intent records of interrupted restores, and the key
 streams that no setting held at the last count (``state/keys.json``, the key-unheld alert).
 Gathering the first means listing days of run records, which grows with the history; so the tick
 gathers them once, after its alert check, into one small object (``state/monitor.json``,
-rewritten each tick: a few kilobytes, one writer).  ``/metrics``, ``/alerts``, ``/status`` and
+rewritten each tick: a few kilobytes, one writer).  The next tick lists only the runs made since
+(:func:`listing_start`, with the run ids it saw: ``seen_runs``), so its listing follows the jobs,
+not the history.  ``/metrics``, ``/alerts``, ``/status`` and
 ``/recovery-time`` read that object with one GET, and the catalog (which they read fresh anyway)
 with the usual conditional GET and journal listing, then apply the same rules to the same inputs:
 the same answer as computing everything on the spot, as of the tick's ``computed_at``.
@@ -35,6 +37,7 @@ STATE_KEY = "state/monitor.json"
 STATE_FORMAT = "coldcopy-monitor-state/1"
 TICK_INTERVAL = timedelta(minutes=5)  # project.yml's coldcopy-tick trigger: "*/5 * * * *"
 STALE_AFTER = 3 * TICK_INTERVAL
+Seen = tuple[str, str | None]  # a run id and its kind once finished
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class MonitorState:
     interrupted: tuple[dict[str, Any], ...] = ()  # intent records of restores killed mid-swap
     unheld_keys: dict[str, int] = field(default_factory=dict)  # key id -> streams no setting held
     keys_counted_at: str | None = None  # when ``key status`` or ``key rotate`` counted them
+    # The run ids the newest runs were chosen from (the newest MAX_RUNS of the window), each with its
+    # kind once finished (None: read it again); the next tick lists only the runs made since.
+    seen_runs: tuple[Seen, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +67,7 @@ class MonitorState:
             "interrupted": list(self.interrupted),
             "unheld_keys": dict(self.unheld_keys),
             "keys_counted_at": self.keys_counted_at,
+            "seen_runs": None if self.seen_runs is None else [list(s) for s in self.seen_runs],
         }
 
 
@@ -80,6 +87,7 @@ def build(
     changes: ChangesHealth | None = None,
     interrupted: Sequence[Mapping[str, Any]] = (),
     keys: Mapping[str, Any] | None = None,
+    seen_runs: Sequence[Seen] | None = None,
 ) -> MonitorState:
     """The state to store after a tick's alert check at ``now`` (``keys``: the stored count of
     streams per key id, ``core/keys.py``)."""
@@ -93,7 +101,25 @@ def build(
         records,
         unheld_at_count(keys),
         str(keys["at"]) if keys is not None and keys.get("at") else None,
+        None if seen_runs is None else tuple(seen_runs),
     )
+
+
+def listing_start(
+    previous: MonitorState | None, now: datetime, window: timedelta, lag: timedelta
+) -> tuple[datetime, tuple[Seen, ...]]:
+    """Where a tick's listing of the run records of the last ``window`` starts, and the run ids an
+    earlier tick saw that it need not list again: ``lag`` before the ``previous`` tick (a run id can
+    sort up to ``lag`` behind the newest one listed then: a scheduled slot's id is the slot's time,
+    enqueued up to the schedule's grace after it), with the ids that tick saw; or the whole window
+    and none (no earlier tick, one from before ``seen_runs``, or one outside the window)."""
+    start = now - window
+    if previous is None or previous.seen_runs is None:
+        return start, ()
+    since = parse_iso(previous.computed_at) - lag
+    if not start < since <= now:
+        return start, ()
+    return since, previous.seen_runs
 
 
 def wal_of(raw: Any) -> WalHealth | None:
@@ -127,7 +153,21 @@ def parse(raw: Any) -> MonitorState | None:
         tuple(r for r in raw.get("interrupted") or [] if isinstance(r, dict)),
         _counts(raw.get("unheld_keys")),
         str(raw["keys_counted_at"]) if raw.get("keys_counted_at") else None,
+        _seen(raw.get("seen_runs")),
     )
+
+
+def _seen(raw: Any) -> tuple[Seen, ...] | None:
+    """Stored run ids with their kinds; None (the next tick lists the whole window) when absent
+    or not that."""
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            return None
+        out.append((item[0], item[1] if isinstance(item[1], str) else None))
+    return tuple(out)
 
 
 def _counts(raw: Any) -> dict[str, int]:

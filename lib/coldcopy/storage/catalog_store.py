@@ -12,7 +12,9 @@ listing holds records they have not applied, or a page is missing or not the one
 they read the catalog instead.  ``/health`` checks that the catalog can be read
 (``check_readable``).  The tick repairs the digest, the index and the pages (``save_digest``,
 ``save_pages``): a bucket from before them, a lost page, a writer that died between its record and
-its save.
+its save.  It does so from the records they have not applied (``upkeep``), reading
+``catalog.json`` only when one of those changes a backup, a deletion or a verification (a writer
+died between its record and its save) or a cache or page is missing.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coldcopy.core.catalog import JOURNAL, Catalog, journal_key, start_after
-from coldcopy.core.catalog_digest import DIGEST_KEY, CatalogDigest, digest, parse_digest
+from coldcopy.core.catalog_digest import DIGEST_KEY, CatalogDigest, advance, digest, parse_digest
 from coldcopy.core.catalog_pages import (
     INDEX_KEY,
     PAGES,
@@ -35,13 +37,17 @@ from coldcopy.core.catalog_pages import (
     Page,
     PageIndex,
     PageRef,
+    Since,
     SortKey,
+    advance_index,
     build,
     listing_from_pages,
     listing_of,
     page_id,
     parse_index,
     parse_page,
+    recut,
+    touched,
 )
 from coldcopy.core.manifest import CatalogEntry, Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
@@ -95,11 +101,20 @@ class CatalogStore:
 
     def read(self) -> Catalog:
         """The snapshot merged with the journal records newer than its watermark."""
-        cat = self.load_snapshot() or Catalog()
+        return self._read()[0]
+
+    def _read(self) -> tuple[Catalog, Since | None]:
+        """``read()``, and what it merged the snapshot with (None: there was no readable snapshot)."""
+        snapshot = self.load_snapshot()
+        cat = snapshot or Catalog()
+        watermark, applied = cat.watermark, frozenset(cat.applied)
         new = self._unapplied(cat.watermark, cat.applied)
-        if new:
-            cat.merge(self._fetch(new))
-        return cat
+        records = self._fetch(new) if new else []
+        pages = touched(cat, records)
+        if records:
+            cat.merge(records)
+        since = Since(watermark, applied, frozenset(pages | touched(cat, records)))
+        return cat, since if snapshot is not None else None
 
     def read_cached(self) -> Catalog:
         """What read() answers, for long-lived readers (the web functions), without re-parsing.
@@ -248,29 +263,90 @@ class CatalogStore:
         self.storage.put_json(DIGEST_KEY, d.to_dict())
         return True
 
-    def save_pages(self, cat: Catalog) -> int:
+    def save_pages(self, cat: Catalog, since: Since | None = None) -> int:
         """Store ``cat``'s pages and index: the pages the stored index names otherwise, or that are
         missing or of another size in the listing, then the index when it changed; pages of months
         left empty are deleted.  Returns how many pages were written.  A stored index newer than
-        ``cat`` (a writer saved after ``cat`` was read) is left alone, as ``save_digest`` does."""
-        index, bodies = build(cat)
+        ``cat`` (a writer saved after ``cat`` was read) is left alone, as ``save_digest`` does.
+        ``since`` (a writer's: what ``cat`` was merged from) cuts only the pages its records
+        touched when the stored index allows (``catalog_pages.recut``), else every page."""
         try:
             stored = parse_index(self.storage.get_json(INDEX_KEY))
         except (NotFoundError, ValueError):
             stored = None
-        if stored is not None and (stored.watermark or "") > (index.watermark or ""):
+        if stored is not None and (stored.watermark or "") > (cat.watermark or ""):
             return 0
         listed = {o.key: o.size for o in self.storage.list(PAGES)}
         before = {r.id: r.sha256 for r in stored.pages} if stored is not None else {}
-        changed = [r for r in index.pages if before.get(r.id) != r.sha256 or listed.get(r.key) != r.size]
+
+        def changes(index: PageIndex) -> list[PageRef]:
+            return [r for r in index.pages if before.get(r.id) != r.sha256 or listed.get(r.key) != r.size]
+
+        got = recut(cat, stored, since) if stored is not None and since is not None else None
+        index, bodies = got if got is not None else build(cat)
+        changed = changes(index)
+        if any(r.key not in bodies for r in changed):  # a page it did not cut is lost: cut them all
+            index, bodies = build(cat)
+            changed = changes(index)
         for ref in changed:
             self.storage.put_bytes(ref.key, bodies[ref.key], content_type="application/json")
         if stored != index:
             self.storage.put_json(INDEX_KEY, index.to_dict())
-        left = sorted(set(listed) - set(bodies))
+        left = sorted(set(listed) - {r.key for r in index.pages})
         if left:
             self.storage.delete(left)
         return len(changed)
+
+    def upkeep(self, size_sample: int = 0) -> CatalogDigest:
+        """The tick's upkeep of the digest, the page index and the pages, bounded by what changed;
+        returns the catalog's digest (what ``digest(read(), size_sample)`` makes).
+
+        Reads the stored digest and index (a GET each), the journal after their watermarks (one
+        LIST), the records they have not applied (a GET each) and the pages' listing (one LIST).
+        Records that change no backup, deletion or verification (a job's run record, a failure:
+        their writers save no catalog) advance the digest and the index without the catalog
+        (``catalog_digest.advance``, ``catalog_pages.advance_index``), and a page no index names is
+        deleted.  Otherwise (a writer died between its record and its save), or when the digest or
+        the index is missing, unreadable or kept fewer sizes than ``size_sample``, or a page is
+        lost, the catalog is read and they are made from it, as a writer makes them."""
+        stored: CatalogDigest | None = self._read_small(DIGEST_KEY, parse_digest)
+        index: PageIndex | None = self._read_small(INDEX_KEY, parse_index)
+        if stored is not None and index is not None and stored.size_sample_kept >= size_sample:
+            got = self._advance(stored, index)
+            if got is not None:
+                return got
+        cat = self.read()
+        made = digest(cat, size_sample)
+        self.save_digest(made)
+        self.save_pages(cat)
+        return made
+
+    def _advance(self, stored: CatalogDigest, index: PageIndex) -> CatalogDigest | None:
+        """``upkeep`` without the catalog; None when it needs the catalog."""
+        floors = [start_after(stored.watermark) or "", start_after(index.watermark) or ""]
+        keys = [
+            o.key
+            for o in self.storage.list(JOURNAL, start_after=min(floors) or None)
+            if o.key.endswith(".json")
+        ]
+        for_digest = [k for k in keys if k > floors[0] and k not in stored.applied]
+        for_index = [k for k in keys if k > floors[1] and k not in index.applied]
+        fetched = dict(self._fetch(sorted({*for_digest, *for_index})))
+        new_digest = advance(stored, [(k, fetched[k]) for k in for_digest if k in fetched])
+        new_index = advance_index(index, [(k, fetched[k]) for k in for_index if k in fetched])
+        if new_digest is None or new_index is None:
+            return None
+        listed = {o.key: o.size for o in self.storage.list(PAGES)}
+        if any(listed.get(r.key) != r.size for r in new_index.pages):
+            return None  # a page is lost or not the index's: the catalog rewrites it
+        if new_digest != stored:
+            self.save_digest(new_digest)
+        if new_index != index:
+            self.storage.put_json(INDEX_KEY, new_index.to_dict())
+        left = sorted(set(listed) - {r.key for r in new_index.pages})
+        if left:
+            self.storage.delete(left)
+        return new_digest
 
     @staticmethod
     def _parse_snapshot(raw: bytes) -> Catalog | None:
@@ -281,18 +357,19 @@ class CatalogStore:
             return None
 
     # -- writing ----------------------------------------------------------------------------------
-    def save(self, cat: Catalog) -> None:
+    def save(self, cat: Catalog, since: Since | None = None) -> None:
         """Write catalog.json, then its pages and their index, then its digest (a reader finds an
         index or digest behind the catalog's records and reads the catalog until the next save or
-        tick)."""
+        tick).  ``since``: what ``cat`` was merged from (``save_pages``)."""
         self.storage.put_json(CATALOG_KEY, cat.to_dict())
-        self.save_pages(cat)
+        self.save_pages(cat, since)
         self.storage.put_json(DIGEST_KEY, digest(cat).to_dict())
 
     def refresh(self) -> Catalog:
-        """Read, merge and write back (writers call this after recording)."""
-        cat = self.read()
-        self.save(cat)
+        """Read, merge and write back (writers call this after recording); only the pages of the
+        months the merged records touched are cut again."""
+        cat, since = self._read()
+        self.save(cat, since)
         return cat
 
     def rebuild(self) -> Catalog:
