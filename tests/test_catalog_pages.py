@@ -434,7 +434,8 @@ def test_a_writer_cuts_only_the_pages_its_records_touched_and_stores_what_cuttin
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Writers' records of every kind (new backups in old and new months, a backup recorded again
-    with another created_at, deletions, verifications, failures, job runs), a writer that dies
+    with another created_at, deletions, verifications, failures, files snapshots taken and deleted,
+    job runs), a writer that dies
     before its save, ticks that advance the index over run records: after each save the stored
     index and pages are what cutting the whole catalog gives, and most saves cut only a page."""
     from coldcopy.storage import catalog_store
@@ -465,8 +466,15 @@ def test_a_writer_cuts_only_the_pages_its_records_touched_and_stores_what_cuttin
         elif roll < 0.7:
             name = rng.choice(names)
             store.record("verification", name, {"name": name, "ok": rng.random() < 0.7}, when=when)
-        elif roll < 0.8:
+        elif roll < 0.75:
             store.record("backup_failed", "x", {"name": "x", "kind": "full"}, when=when)
+        elif roll < 0.8:  # a files snapshot taken with a backup, or one retention deleted
+            snap = f"s{rng.randrange(8)}"
+            if rng.random() < 0.7:
+                rec = {"name": snap, "backup": rng.choice(names), "created_at": iso(when)}
+                store.record("files_snapshot", snap, rec, when=when)
+            else:
+                store.record("files_snapshot_deleted", snap, {"name": snap}, when=when)
         else:
             store.record("run", f"r{step}", {"run_id": f"r{step}", "kind": "verify"}, when=when)
         if rng.random() < 0.3:
