@@ -14,7 +14,7 @@ import pg8000.native
 import pytest
 
 import test_changes
-from cli_helpers import run_cli
+from cli_helpers import killed_at_point, run_cli
 from coldcopy.changes.slot import setup
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
@@ -491,6 +491,103 @@ def test_a_logical_pitr_re_applies_the_ledger_after_the_replay(
         got.close()
     finally:
         conn.close()
+        _drop_recovered(lpg, db)
+
+
+@pytest.mark.timeout(240)
+def test_an_in_place_pitr_replays_and_erases_in_staging_before_the_swap(
+    lpg: PgCluster, env: dict[str, str], tmp_path: Any
+) -> None:
+    """`coldcopy pitr` without --target-db replaces DB_NAME: the dump is restored, replayed and the
+    ledger applied in the staging database, and only then swapped in.  A damaged batch leaves the
+    live database exactly as it was; killed at the swap, the live database is untouched and the
+    staging one already holds the replayed, erased result (never the dump's state); a full run
+    gives that result under DB_NAME."""
+    db = env["DB_NAME"]
+    config = tmp_path / "erasures.json"
+    lead = {
+        "statements": ["DELETE FROM lead WHERE email = :subject"],
+        "check": "SELECT count(*) FROM lead WHERE email = :subject",
+    }
+    config.write_text(json.dumps({"kinds": {"lead": lead}}))
+    env = {**env, "GDPR_ERASURE_CONFIG": str(config)}
+    conn = lpg.connect(db)
+    conn.run("SET synchronous_commit = on")
+    conn.run("CREATE TABLE lead (id int PRIMARY KEY, email text NOT NULL)")
+    conn.run("INSERT INTO lead VALUES (1, 'kept@example.com'), (2, 'gone@example.com')")
+    setup(conn, f"coldcopy_changes_{db}")
+    try:
+        assert run_cli(env, "backup").rc == 0
+        conn.run("INSERT INTO lead VALUES (3, 'late@example.com'), (5, 'late2@example.com')")
+        conn.run("UPDATE lead SET email = 'kept2@example.com' WHERE id = 1")
+        target = conn.run("SELECT clock_timestamp()")[0][0].astimezone(UTC).isoformat()
+        for subject in ("gone@example.com", "late2@example.com"):  # one in the dump, one replayed
+            assert run_cli(env, "gdpr", "erase", "--subject", subject).rc == 0
+        assert run_cli(env, "changes", "drain").rc == 0
+        conn.run("INSERT INTO lead VALUES (4, 'after@example.com')")  # the live state differs from both
+        conn.close()
+
+        def live() -> tuple[Any, Any, list[str]]:
+            admin = lpg.connect()
+            try:
+                oid = admin.run("SELECT oid FROM pg_database WHERE datname = :d", d=db)
+                others = admin.run("SELECT datname FROM pg_database WHERE datname LIKE :p", p=f"{db}\\_%")
+            finally:
+                admin.close()
+            c = lpg.connect(db)
+            try:
+                return oid, c.run("SELECT id, email FROM lead ORDER BY id"), sorted(str(r[0]) for r in others)
+            finally:
+                c.close()
+
+        before = live()
+        assert before[1] == [[1, "kept2@example.com"], [3, "late@example.com"], [4, "after@example.com"]]
+        assert before[2] == []
+
+        # A damaged batch: the replay fails in the staging database; the live one is as it was.
+        ctx = open_context(load_settings(env))
+        pieces = [StoredObject.from_dict(r["data"]).pieces()[0][0] for _, r in batch_records(ctx)]
+        originals = {k: ctx.storage.get_bytes(k) for k in pieces}
+        for k, data in originals.items():
+            bad = bytearray(data)
+            bad[len(bad) // 2] ^= 0xFF
+            ctx.storage.put_bytes(k, bytes(bad))
+        r = run_cli(env, "pitr", "--target-time", target)
+        assert r.rc != 0 and "authentication" in r.err, r.err
+        assert live() == before
+        for k, data in originals.items():
+            ctx.storage.put_bytes(k, data)
+
+        # Killed where the swap would start: the replay and the ledger have already run in staging.
+        killed_at_point(env, "restore:before-swap", tmp_path, "pitr", "--target-time", target)
+        oid, rows, others = live()
+        assert (oid, rows) == before[:2]
+        (staging,) = others
+        assert "_ccstage_" in staging
+        s = lpg.connect(staging)
+        recovered = [[1, "kept2@example.com"], [3, "late@example.com"]]
+        assert s.run("SELECT id, email FROM lead ORDER BY id") == recovered
+        s.close()
+
+        # The full run: the result under DB_NAME (the killed run's staging dropped first).
+        r = run_cli(env, "--json", "pitr", "--target-time", target)
+        assert r.rc == 0, r.err
+        out = json.loads(r.out)
+        assert out["target_db"] == db and out["replay"]["transactions"] >= 2
+        # the replay brought late2 back and the ledger took it away again (gone@ went with the dump's
+        # own erasure pass, before the replay)
+        assert out["erased"]["erasures_applied"] == 2 and out["erased"]["erased_rows_removed"] == 1
+        assert "late2@" not in r.out + r.err
+        oid, rows, others = live()
+        assert oid != before[0] and rows == recovered
+        assert staging not in others and [n for n in others if "_ccstage_" in n] == []
+    finally:
+        admin = lpg.connect()
+        admin.run(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database LIKE :p",
+            p=f"{db}%",
+        )
+        admin.close()
         _drop_recovered(lpg, db)
 
 
