@@ -246,6 +246,39 @@ def test_plans_refuse_targets_outside_the_window_and_in_gaps() -> None:
         assert exc.value.exit_code == 8
 
 
+def test_plans_take_earlier_batches_holding_a_transaction_the_snapshot_does_not_see() -> None:
+    """A transaction whose commit record precedes the dump's wal_lsn_before can still be in progress
+    in its snapshot (xip): its batch is replayed although it ends before wal_lsn_before.  Batches
+    whose transactions the snapshot all sees are not; a record without xids (older ones) cannot be
+    decided, so the newest such batch before wal_lsn_before is taken."""
+    vis = SnapshotVisibility(100, 110, (105,), "0/300")
+    dump = Dump("full_backup_db_1", T0, T0 + timedelta(minutes=1), vis)
+
+    def batch(start: str, end: str, minute: int, xids: tuple[tuple[int, int], ...] | None) -> Batch:
+        first, last = f"2026-12-01 12:{minute:02d}:00+00", f"2026-12-01 12:{minute + 1:02d}:00+00"
+        return Batch(f"k{start}", start, end, 1, first, last, 1, xids)
+
+    def planned(*xids: tuple[tuple[int, int], ...] | None) -> list[str]:
+        batches = [
+            batch("0/100", "0/200", 0, xids[0]),
+            batch("0/200", "0/300", 0, xids[1]),
+            batch("0/300", "0/400", 5, xids[2]),
+        ]
+        plan = plan_logical(Target("time", time=T0 + timedelta(minutes=5)), [dump], batches)
+        return [b.start_lsn for b in plan.batches]
+
+    after = ((106, 112),)
+    # 105 committed before wal_lsn_before but was in progress in the snapshot: its batch is taken
+    assert planned(((90, 99),), ((104, 105),), after) == ["0/200", "0/300"]
+    assert planned(((90, 99), (105, 105)), ((100, 104),), after) == ["0/100", "0/300"]
+    # every transaction before wal_lsn_before seen (below xmax, not in xip): only the batch after
+    assert planned(((90, 99),), ((100, 104), (106, 109)), after) == ["0/300"]
+    assert planned(None, ((100, 104),), after) == ["0/300"]
+    # older records without xids: the newest batch before wal_lsn_before is taken as a margin
+    assert planned(None, None, None) == ["0/200", "0/300"]
+    assert planned(((90, 99),), None, after) == ["0/200", "0/300"]
+
+
 # -- a logical cluster (test_changes' fixtures) ------------------------------------------------------
 def _drop_recovered(lpg: PgCluster, db: str) -> None:
     conn = lpg.connect()
