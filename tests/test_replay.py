@@ -487,6 +487,22 @@ def test_a_target_inside_a_gap_is_refused_with_nothing_created(lpg: PgCluster, e
         _drop_recovered(lpg, db)
 
 
+def _leads(
+    lpg: PgCluster, env: dict[str, str], tmp_path: Any
+) -> tuple[dict[str, str], pg8000.native.Connection]:
+    """A lead table in DB_NAME and an erasure config for it: the env with it, and a connection."""
+    config = tmp_path / "erasures.json"
+    lead = {
+        "statements": ["DELETE FROM lead WHERE email = :subject"],
+        "check": "SELECT count(*) FROM lead WHERE email = :subject",
+    }
+    config.write_text(json.dumps({"kinds": {"lead": lead}}))
+    conn = lpg.connect(env["DB_NAME"])
+    conn.run("SET synchronous_commit = on")
+    conn.run("CREATE TABLE lead (id int PRIMARY KEY, email text NOT NULL)")
+    return {**env, "GDPR_ERASURE_CONFIG": str(config)}, conn
+
+
 @pytest.mark.timeout(240)
 def test_a_logical_pitr_re_applies_the_ledger_after_the_replay(
     lpg: PgCluster, env: dict[str, str], tmp_path: Any
@@ -494,16 +510,7 @@ def test_a_logical_pitr_re_applies_the_ledger_after_the_replay(
     """A lead inserted after the dump and erased later: PITR to a time between the two replays the
     insert, then the ledger removes it before the database is handed over."""
     db = env["DB_NAME"]
-    config = tmp_path / "erasures.json"
-    lead = {
-        "statements": ["DELETE FROM lead WHERE email = :subject"],
-        "check": "SELECT count(*) FROM lead WHERE email = :subject",
-    }
-    config.write_text(json.dumps({"kinds": {"lead": lead}}))
-    env = {**env, "GDPR_ERASURE_CONFIG": str(config)}
-    conn = lpg.connect(db)
-    conn.run("SET synchronous_commit = on")
-    conn.run("CREATE TABLE lead (id int PRIMARY KEY, email text NOT NULL)")
+    env, conn = _leads(lpg, env, tmp_path)
     conn.run("INSERT INTO lead VALUES (1, 'kept@example.com')")
     setup(conn, f"coldcopy_changes_{db}")
     name = f"{db}_{secrets.token_hex(3)}"
@@ -537,16 +544,7 @@ def test_an_in_place_pitr_replays_and_erases_in_staging_before_the_swap(
     staging one already holds the replayed, erased result (never the dump's state); a full run
     gives that result under DB_NAME."""
     db = env["DB_NAME"]
-    config = tmp_path / "erasures.json"
-    lead = {
-        "statements": ["DELETE FROM lead WHERE email = :subject"],
-        "check": "SELECT count(*) FROM lead WHERE email = :subject",
-    }
-    config.write_text(json.dumps({"kinds": {"lead": lead}}))
-    env = {**env, "GDPR_ERASURE_CONFIG": str(config)}
-    conn = lpg.connect(db)
-    conn.run("SET synchronous_commit = on")
-    conn.run("CREATE TABLE lead (id int PRIMARY KEY, email text NOT NULL)")
+    env, conn = _leads(lpg, env, tmp_path)
     conn.run("INSERT INTO lead VALUES (1, 'kept@example.com'), (2, 'gone@example.com')")
     setup(conn, f"coldcopy_changes_{db}")
     try:
