@@ -173,10 +173,14 @@ class Batch:
     first_commit_at: str | None
     last_commit_at: str | None
     stored_size: int
+    # its transactions' 64-bit xids as sorted [first, last] runs (None: a record from before
+    # batches listed them, or a summary that did not read the record)
+    xids: tuple[tuple[int, int], ...] | None = None
 
     @classmethod
     def from_record(cls, key: str, rec: dict[str, Any]) -> Batch:
         """From a stored batch record."""
+        raw = rec.get("xids")
         return cls(
             key,
             str(rec["start_lsn"]),
@@ -185,6 +189,7 @@ class Batch:
             rec.get("first_commit_at"),
             rec.get("last_commit_at"),
             int(rec.get("stored_size") or 0),
+            tuple((int(a), int(b)) for a, b in raw) if isinstance(raw, list) else None,
         )
 
 

@@ -201,8 +201,7 @@ def plan_logical(target: Target, dumps: Sequence[Dump], batches: Sequence[Batch]
         if not before:
             continue
         dump = before[-1]
-        start = parse_lsn(dump.visibility.wal_lsn_before)
-        chosen = [b for b in run.batches if parse_lsn(b.end_lsn) > start and _batch_needed(target, b)]
+        chosen = [b for b in replay_batches(run.batches, dump.visibility) if _batch_needed(target, b)]
         window_end = run.newest_commit() or ds[-1].finished_at
         return LogicalPlan(dump, tuple(chosen), target, ds[0].started_at, window_end)
     raise RecoveryRefused(
@@ -210,6 +209,26 @@ def plan_logical(target: Target, dumps: Sequence[Dump], batches: Sequence[Batch]
         "replication slot was lost or re-created, with no backup after it before the target)",
         "choose a target inside the window `coldcopy changes status` shows",
     )
+
+
+def replay_batches(batches: Sequence[Batch], visibility: SnapshotVisibility) -> list[Batch]:
+    """The batches (stream order) that may hold a transaction the dump lacks: every one ending after
+    its ``wal_lsn_before``, and before it every one listing an xid its snapshot does not see (a
+    transaction whose commit record precedes ``wal_lsn_before`` may still be in progress in the
+    snapshot: it leaves the proc array after its commit record).  A record from before batches
+    listed their xids cannot be decided: the newest batch ending before ``wal_lsn_before`` is
+    taken too when it lacks them (retention keeps it for the same reason: ``needless_prefix``).
+    The replay skips what the dump already has, so a batch taken too many costs only its reading."""
+    start = parse_lsn(visibility.wal_lsn_before)
+    before = [b for b in batches if parse_lsn(b.end_lsn) <= start]
+    undecided = before[-1].key if before and before[-1].xids is None else None
+    return [
+        b
+        for b in batches
+        if parse_lsn(b.end_lsn) > start
+        or b.key == undecided
+        or (b.xids is not None and not visibility.sees_all(b.xids))
+    ]
 
 
 def _batch_needed(target: Target, b: Batch) -> bool:

@@ -123,21 +123,30 @@ def erasing(
     counts rows, and then nothing was changed."""
     conn.run("BEGIN")
     try:
+        yield erase_in_transaction(conn, erasures, statements=statements, restored=restored)
+        conn.run("COMMIT")
+    except BaseException:
+        conn.run("ROLLBACK")
+        raise
+
+
+def erase_in_transaction(
+    conn: pg8000.native.Connection, erasures: list[Erasure], *, statements: bool = True, restored: bool = True
+) -> Applied:
+    """Apply ``erasures`` inside the transaction open on ``conn`` (the caller commits or rolls
+    back); DatabaseError (naming an erasure, never a value) if one cannot be applied or a check
+    still counts rows."""
+    try:
         conn.run(apply_sql(erasures, statements=statements, restored=restored))
         rows = conn.run(f"SELECT current_setting('{ERASED_SETTING}', true)")
-        yield Applied.from_setting(erasures, rows[0][0])
-        conn.run("COMMIT")
     except pg8000.native.DatabaseError as exc:
-        conn.run("ROLLBACK")
         info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         raise DatabaseError(
             f"the erasure ledger could not be applied: {info.get('M', 'error')}",
             "nothing was changed by it (a restore was not completed; the target was left as it "
             "was); see docs/erasures.md",
         ) from None
-    except BaseException:
-        conn.run("ROLLBACK")
-        raise
+    return Applied.from_setting(erasures, rows[0][0])
 
 
 def apply_erasures(conn: pg8000.native.Connection, erasures: list[Erasure]) -> Applied:

@@ -6,6 +6,7 @@ import logging
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pg8000.native
@@ -44,11 +45,16 @@ def run_restore(
     progress: Progress | None = None,
     no_privileges: bool = False,
     erase: bool = True,
+    before_swap: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Restore ``name``; the erasure ledger is applied before the data is used (a caller that
     applies it itself later, before anyone can use the database, passes ``erase=False``).
     ``no_privileges`` (a drill's scratch, where the server's roles need not exist): a plain dump
-    is restored without its grants, and grants and roles are left out of the shape check."""
+    is restored without its grants, and grants and roles are left out of the shape check.
+    ``before_swap(dbname)`` (``coldcopy pitr``'s replay) runs on the restored and checked staging
+    database, under the restore's lock, before it is renamed into place; if it raises, the staging
+    database is dropped and the target is left as it was.  A Supabase project's own database is
+    restored in place in one transaction (no staging database): there it runs after that commit."""
     t0 = time.monotonic()
     ctx = open_context(settings)
     reader = BackupReader(ctx, name)
@@ -64,7 +70,7 @@ def run_restore(
     platform = _platform_of(pg, final if here else pg.maintenance_db())
     if platform.platform == "supabase" or reader.manifest.platform.get("platform") == "supabase":
         return _restore_project(
-            ctx, reader, pg, settings, final, in_place, clean, platform, progress, t0, erasures
+            ctx, reader, pg, settings, final, in_place, clean, platform, progress, t0, erasures, before_swap
         )
     if keep_old is None:
         keep_old = in_place  # replacing DB_NAME keeps the old copy unless told otherwise
@@ -76,6 +82,7 @@ def run_restore(
             reader, pg, pg_restore.path, staging, settings, no_owner, check_counts, progress, erasures,
             no_privileges=no_privileges,
         )  # fmt: skip
+        _finish_staging(pg, staging, before_swap)
         pause_point(settings, "restore:before-swap")
         if exists:
             old_name: str | None = _swap_in(pg, ctx.storage, settings, final, staging, keep_old)
@@ -113,6 +120,7 @@ def _restore_project(
     progress: Progress | None,
     t0: float,
     erasures: list[Erasure],
+    before_swap: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """A Supabase backup, or a Supabase target: the backup is given back inside the database in
     one transaction (restore/project.py), never by renaming or dropping the project's database."""
@@ -132,6 +140,8 @@ def _restore_project(
             progress=progress,
             erasures=erasures,
         )
+        if before_swap is not None:  # the project's database cannot be staged: after the commit
+            before_swap(final)
     else:  # a new database: restored under a staging name, renamed when complete
         with restore_guard(pg, ctx.storage, final):
             exists, staging = _create_staging(pg, final, False, clean)
@@ -151,6 +161,7 @@ def _restore_project(
                 with pg.session(pg.maintenance_db()) as admin:
                     pg.drop_database(admin, staging)
                 raise
+            _finish_staging(pg, staging, before_swap)
             pause_point(settings, "restore:before-swap")
             if exists:
                 _swap_in(pg, ctx.storage, settings, final, staging, keep_old=False)
@@ -168,6 +179,18 @@ def _restore_project(
         "platform": facts.platform,
         **done.to_dict(),
     }
+
+
+def _finish_staging(pg: Postgres, staging: str, before_swap: Callable[[str], None] | None) -> None:
+    """``before_swap`` run on ``staging``; ``staging`` dropped if it fails (the target untouched)."""
+    if before_swap is None:
+        return
+    try:
+        before_swap(staging)
+    except BaseException:
+        with pg.session(pg.maintenance_db()) as admin:
+            pg.drop_database(admin, staging)
+        raise
 
 
 def _refuse_unendable_sessions(

@@ -6,7 +6,8 @@ replay the archived transactions it does not contain, exactly to the target.
    (:func:`coldcopy.core.replay.plan_logical`): refused with exit 8 and nothing created when the
    target is outside the window or in a gap;
 2. the dump is restored with ``coldcopy restore``'s own path (the Supabase-faithful one for a
-   project), into ``--target-db`` or the project's database;
+   project) into its staging database, and steps 3 and 4 run there before it is renamed into
+   place as ``--target-db`` or DB_NAME (a project's own database: after the restore's commit);
 3. the batches are streamed (never held whole; fetched, decrypted and decompressed a volume ahead
    in a thread of their own) through :class:`coldcopy.core.replay_sql.Replayer`, which groups each
    table's rows into multi-row statements (the tables' keys and types come from
@@ -14,8 +15,9 @@ replay the archived transactions it does not contain, exactly to the target.
    ``session_replication_role = replica`` (user triggers and the DDL capture do not fire: their
    effects are in the stream), about a megabyte of statements per round trip, sent by
    :class:`Sender`'s thread while the next are written; at the end the sequences are set to at
-   least their captured position and the largest value their column holds; then COMMIT.  A failure
-   rolls the replay back and drops a ``--target-db`` this command created.
+   least their captured position and the largest value their column holds;
+4. the erasure ledger is applied in the same transaction; then COMMIT.  A failure rolls the
+   replay back and drops the staging database: the target is left as it was.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from coldcopy.backup.reader import expected, finish_checked
 from coldcopy.config import Settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.changes import BATCHES_PREFIX, RESTORE_POINTS, SCHEMA, Batch, SnapshotVisibility
+from coldcopy.core.erasure import Erasure
 from coldcopy.core.lsn import format_lsn
 from coldcopy.core.manifest import StoredObject
 from coldcopy.core.names import LOGICAL_KINDS
@@ -55,7 +58,7 @@ from coldcopy.core.sql import quote_ident
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
-from coldcopy.restore.erasures import apply_erasures, read_ledger
+from coldcopy.restore.erasures import Applied, erase_in_transaction, read_ledger
 from coldcopy.restore.logical import run_restore
 from coldcopy.stream.pipeline import Unpacker, prefetch
 
@@ -373,8 +376,10 @@ def apply(
     conn: pg8000.native.Connection,
     plan: LogicalPlan,
     records: dict[str, dict[str, Any]],
+    before_commit: Callable[[pg8000.native.Connection], None] | None = None,
 ) -> ReplayStats:
-    """Replay the plan's batches onto the restored dump in ``conn``, in one transaction."""
+    """Replay the plan's batches onto the restored dump in ``conn``, in one transaction;
+    ``before_commit`` (the erasure ledger) runs in it last, after the sequences are set."""
     t0 = time.monotonic()
     stats = ReplayStats()
     sender = Sender(conn, stats)
@@ -409,6 +414,8 @@ def apply(
             )
         s0 = time.perf_counter()
         stats.sequences_set = set_sequences(conn, captured)
+        if before_commit is not None:
+            before_commit(conn)
         conn.run("COMMIT")
         stats.server_seconds += time.perf_counter() - s0
     except pg8000.exceptions.DatabaseError as exc:
@@ -471,11 +478,15 @@ def run_logical_pitr(
     on_plan: Any = None,
     scratch: bool = False,
 ) -> LogicalPitrResult:
-    """Restore the newest dump before ``target``, replay the change archive onto it, then apply
-    the erasure ledger (in place, also before the swap: the live database never holds an erased
-    subject's rows from the dump).  ``scratch`` (a drill's scratch database): a plain dump is
-    restored without owners and grants, as test restores are, since the scratch server need not
-    have the server's roles."""
+    """Restore the newest dump before ``target``, replay the change archive onto it and apply the
+    erasure ledger in the replay's transaction, all in the restore's staging database before it is
+    renamed into place (``--target-db`` or DB_NAME): a failed replay leaves the target as it was,
+    and nobody ever sees the dump's state nor an erased subject's rows.  A Supabase project's own
+    database cannot be staged (restore/project.py gives the dump back inside it in one transaction,
+    the ledger applied in it): there the replay's transaction follows that commit, and a failed
+    replay leaves the project at the dump's state.  ``scratch`` (a drill's scratch database): a
+    plain dump is restored without owners and grants, as test restores are, since the scratch
+    server need not have the server's roles."""
     ctx = open_context(settings)
     plan, records = plan_for(ctx, target)
     erasures = read_ledger(
@@ -484,27 +495,35 @@ def run_logical_pitr(
     if on_plan is not None:
         on_plan(plan)  # printed before the restore starts
     t0 = time.monotonic()
+    pg = Postgres(settings)
+    done: dict[str, Any] = {}
+
+    def replay(dbname: str) -> None:
+        done["restore_seconds"] = time.monotonic() - t0
+        erased: list[Applied] = []
+        with pg.session(dbname) as conn:
+            done["stats"] = apply(
+                ctx,
+                conn,
+                plan,
+                {b.key: r for b, r in records},
+                lambda c: erased.append(_erase_after_replay(c, erasures)),
+            )
+            done["erased"] = erased[0] if erased else Applied()
+            done["beat"] = conn.run(f"SELECT max(at) FROM {SCHEMA}.heartbeat") if _has_heartbeat(conn) else []
+
     restored = run_restore(
         settings,
         plan.dump.name,
         target_db,
         no_owner=scratch,
         no_privileges=scratch,
-        erase=target_db is None,
+        erase=target_db is None,  # a project's own database holds the dump before the replay
+        before_swap=replay,
     )
-    restore_seconds = time.monotonic() - t0
     final = str(restored["target_db"])
-    pg = Postgres(settings)
-    try:
-        with pg.session(final) as conn:
-            stats = apply(ctx, conn, plan, {b.key: r for b, r in records})
-            erased = apply_erasures(conn, erasures)  # what the replay brought back goes again
-            beat = conn.run(f"SELECT max(at) FROM {SCHEMA}.heartbeat") if _has_heartbeat(conn) else []
-    except BaseException:
-        if target_db is not None:
-            with pg.session(pg.maintenance_db()) as admin:
-                pg.drop_database(admin, final)  # nothing half-recovered under the name asked for
-        raise
+    stats, erased, beat = done["stats"], done["erased"], done["beat"]
+    restore_seconds = done["restore_seconds"]
     heartbeat: datetime | None = beat[0][0] if beat else None
     return LogicalPitrResult(
         archive="logical",
@@ -518,6 +537,15 @@ def run_logical_pitr(
         heartbeat_at=heartbeat.isoformat() if heartbeat else None,
         erased=erased.to_dict(),
     )
+
+
+def _erase_after_replay(conn: pg8000.native.Connection, erasures: list[Erasure]) -> Applied:
+    """The ledger, in the replay's transaction: what the replay brought back goes again, as
+    ordinary deletes (the tables' triggers and foreign keys act as on the live database)."""
+    if not erasures:
+        return Applied()
+    conn.run("SET LOCAL session_replication_role = origin")
+    return erase_in_transaction(conn, erasures)
 
 
 def _has_heartbeat(conn: pg8000.native.Connection) -> bool:
