@@ -21,7 +21,7 @@ from coldcopy.core.catalog_digest import DIGEST_KEY, CatalogDigest, digest, pars
 from coldcopy.core.manifest import Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
-from coldcopy.storage.store import ObjectStore
+from coldcopy.storage.store import ObjectStore, encode_json
 
 log = logging.getLogger(__name__)
 CATALOG_KEY = "catalog.json"
@@ -43,6 +43,8 @@ class CatalogStore:
         key = journal_key(kind, ident, when)
         body = {"type": kind, "at": iso(when), **payload}
         self.storage.put_json(key, body, create_only=True)
+        with self._lock:  # what a GET of it would answer: read_cached() need not fetch it
+            self._records[key] = json.loads(encode_json(body))
         return key
 
     def _fetch(self, keys: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -184,8 +186,10 @@ class CatalogStore:
         self.storage.put_json(DIGEST_KEY, digest(cat).to_dict())
 
     def refresh(self) -> Catalog:
-        """Read, merge and write back (writers call this after recording)."""
-        cat = self.read()
+        """Read, merge and write back (writers call this after recording).  Reads as ``read_cached()``:
+        a writer that read the catalog ahead (a backup, while its dump streams) downloads and
+        parses ``catalog.json`` only if it changed since, and fetches no record it wrote itself."""
+        cat = self.read_cached()
         self.save(cat)
         return cat
 
