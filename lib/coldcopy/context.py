@@ -17,12 +17,10 @@ from coldcopy.stream.crypto import MasterKey
 
 
 class Context:
-    def __init__(self, settings: Settings, storage: ObjectStore, *, key: MasterKey | None = None) -> None:
+    def __init__(self, settings: Settings, storage: ObjectStore) -> None:
         self.settings = settings
         self.storage = storage
         self.catalog = CatalogStore(storage)
-        if key is not None:  # derived already (a backup derives it in the background)
-            self.key = key
 
     @cached_property
     def key(self) -> MasterKey | None:
@@ -38,15 +36,13 @@ def settings_key(settings: Settings) -> MasterKey | None:
     return key.with_previous(previous) if previous else key
 
 
-def open_context(
-    settings: Settings, storage: ObjectStore | None = None, *, key: MasterKey | None = None
-) -> Context:
-    """The context of ``settings``: its bucket (or ``storage``: tests pass a MemoryStore) and, when
-    the caller derived it already, its ``key``."""
+def open_context(settings: Settings, storage: ObjectStore | None = None) -> Context:
+    """The context of ``settings``: its bucket (or ``storage``: tests pass a MemoryStore).  Its key
+    is derived on first use (a backup derives it in the background and sets it)."""
     if storage is None:
-        # Late: boto3 takes 0.2-0.4 s to import and set up, so a backup opens its bucket in a
+        # Late: botocore takes 0.2-0.4 s to import and set up, so a backup opens its bucket in a
         # thread while pg_dump starts (backup/session.py), and commands given a store never load it.
         from coldcopy.storage.s3 import open_store
 
         storage = open_store(settings)
-    return Context(settings, storage, key=key)
+    return Context(settings, storage)

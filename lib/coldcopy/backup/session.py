@@ -41,11 +41,12 @@ T = TypeVar("T")
 
 class Start:
     """The bucket's side of a backup's start and its key, made ready in threads while the database's
-    side starts (connect, snapshot, pg_dump's own start-up): the key derived (scrypt, twice: its id
-    and this process's key-encryption key; both release the GIL), the storage client (boto3's import
-    and set-up), ``put_right`` (an interrupted restore of DB_NAME), killed backups cleaned up, the
-    name claimed, and then the catalog read ahead for its update at the end.  Nothing is written to
-    the backup's name before the name is claimed, and nothing is streamed before ``wait()``."""
+    side starts (connect, snapshot, pg_dump's own start-up): the key derived (scrypt, twice, one
+    after the other: its id and this process's key-encryption key; scrypt releases the GIL), the
+    storage client (botocore's import and set-up), then at once ``put_right`` (an interrupted
+    restore of DB_NAME), killed backups cleaned up and the name claimed, then the catalog read
+    ahead for its update at the end.  Nothing is written under the backup's name before the name is
+    claimed, and nothing is stored before ``wait()``."""
 
     def __init__(
         self,
