@@ -6,6 +6,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import wait
 from typing import Any
 
 import pg8000.native
@@ -19,7 +20,7 @@ from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key
 from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ColdCopyError, DatabaseError
 from coldcopy.postgres.client import Postgres
-from coldcopy.postgres.shape import read_facts, read_shape
+from coldcopy.postgres.shape import Facts, read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, die_with_parent, run_tool
 from coldcopy.storage.volumes import VolumeWriter
@@ -54,8 +55,8 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
     args = _pg_dump_args(ses.tool.path, snapshot, s.db_name)
-    # pg_dump and pg_dumpall start now and do their own start-up (catalog reads, locks) while this
-    # process reads the shape and the bucket's side gets ready; nothing is stored before the name.
+    # pg_dump and pg_dumpall start now and do their own start-up (catalog reads, locks) while the
+    # bucket's side gets ready; nothing is stored before the name is claimed.
     t_dump = time.monotonic()
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env(), preexec_fn=die_with_parent
@@ -64,6 +65,18 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     log.debug("pg_dump started (monotonic clock %.3f s)", t_dump)
     errors = StderrTail(proc.stderr)
     roles = ses.start.background(lambda: _roles(ses))
+
+    def in_snapshot() -> tuple[dict[str, Any], dict[str, int], Facts, dict[str, Any]]:
+        t1 = time.monotonic()
+        visibility = snapshot_visibility(conn, lsn_before)  # what the change archive replays on top
+        listed = pg.user_tables(conn)  # the catalog only; the rows are counted in the dump's stream
+        facts = read_facts(conn)
+        shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
+        phase("tables and shape in the snapshot (in the background)", t1)
+        return visibility, listed, facts, shape
+
+    # Read while the dump streams (the connection is that thread's until the stream has ended).
+    known = ses.start.background(in_snapshot)
     writers: list[VolumeWriter] = []
 
     def target(block: bool) -> Target | None:
@@ -77,11 +90,7 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
         return writers[0], ctx.key, data_key(name)
 
     try:
-        visibility = snapshot_visibility(conn, lsn_before)  # what the change archive replays on top
-        listed = pg.user_tables(conn)  # the catalog only; the rows are counted in the dump's stream
-        facts = read_facts(conn)
-        shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
-        phase("snapshot, tables and shape", t0)
+        phase("snapshot", t0)
         counter = StreamCounts() if s.row_counts == "exact" else None
         tap = counter.feed if counter else None
         # The dump's first bytes are compressed and held (at most one volume) while the name is
@@ -116,7 +125,9 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
         proc.wait()
         for writer in writers:
             writer.abort()
+        wait([known])  # the connection is free again before it is closed
         raise
+    visibility, listed, facts, shape = known.result()
     conn.run("COMMIT")
     ctx, name = ses.start.wait()
     tables, row_counts = _row_counts(listed, counter)

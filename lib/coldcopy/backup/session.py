@@ -57,7 +57,7 @@ class Start:
         put_right: Callable[[Context], list[str]] | None,
     ) -> None:
         self.settings, self.kind, self.started = settings, kind, started
-        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="backup-start")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="backup-start")
         self._tasks: list[Future[Any]] = []  # the body's (``background``)
         self._key = self._pool.submit(self._derive_key, ctx)
         self._bucket = self._pool.submit(self._bucket_side, ctx, put_right)
