@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 from cli_helpers import run_cli, spawn_cli
@@ -267,6 +268,19 @@ def test_bad_password_reported_and_nothing_listed(coldcopy_env) -> None:  # type
     assert json.loads(run_cli(coldcopy_env, "list-backups", "--json").out) == []
     st = json.loads(run_cli(coldcopy_env, "status", "--json").out)
     assert st["last_failure"] and "refused the login" in st["last_failure"]["error"]
+    # the name was claimed in the background meanwhile; its in-flight marker is gone again
+    assert not keys(coldcopy_env, f"coldcopy/{coldcopy_env['DB_NAME']}/inflight/")
+
+
+def test_a_bucket_that_fails_stops_the_dump_started_beside_it(coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    """pg_dump starts while the bucket's side gets ready in the background; when that side fails
+    (a bucket that does not exist), the backup says so (exit 6) and leaves no pg_dump behind."""
+    env = {**coldcopy_env, "DO_SPACES_BUCKET": "no-such-bucket-here"}
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    r = run_cli(env, "backup")
+    assert r.rc == 6 and "does not exist" in r.err and "DO_SPACES_BUCKET" in r.err, r.err
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.name() in ("pg_dump", "pg_dumpall")]
 
 
 def test_pg_dump_failure_mid_dump_reported(pg, coldcopy_env, fresh_db) -> None:  # type: ignore[no-untyped-def]

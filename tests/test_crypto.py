@@ -23,6 +23,7 @@ from coldcopy.stream.crypto import (
     read_header,
     rewrap_header,
 )
+from coldcopy.stream.pipeline import Unpacker, pack_stream
 
 PASSPHRASE = "correct horse battery staple"
 KEY = MasterKey.from_passphrase(PASSPHRASE)
@@ -425,3 +426,50 @@ def test_the_documented_python_recipe_decrypts_what_coldcopy_writes() -> None:
     stream = encrypt(data, frame_size=4096, step=1000)
     assert b"".join(recipe(io.BytesIO(stream), PASSPHRASE.encode())) == data  # type: ignore[operator]
     assert b"".join(recipe(io.BytesIO(encrypt(b"")), PASSPHRASE.encode())) == b""  # type: ignore[operator]
+
+
+def test_a_key_made_ready_derives_its_kek_up_front_and_streams_derive_nothing() -> None:
+    """A backup derives this process's key-encryption key in the background, before its stream
+    (``ready()``); the stream then runs no scrypt, and reads as any other with the key."""
+    passphrase = "a backup's key, made ready in the background"
+    key = MasterKey.from_passphrase(passphrase)
+    misses = crypto._scrypt.cache_info().misses
+    assert key.ready() is key
+    assert crypto._scrypt.cache_info().misses == misses + 1  # the KEK, once
+    stream = encrypt(DATA, key)
+    assert crypto._scrypt.cache_info().misses == misses + 1  # none at the stream's start
+    assert decrypt(stream, MasterKey.from_passphrase(passphrase)) == DATA
+
+
+def test_a_packer_without_a_sink_holds_what_it_compressed_until_the_target_is_ready(tmp_path: Path) -> None:
+    """pack_stream with a ``target``: nothing reaches a sink before the target answers; while it
+    is not ready the compressed bytes are held, and it is asked to block once ``hold`` is reached.
+    The stored stream then opens like any other."""
+    raw = os.urandom(3 << 20)  # incompressible: every 1 MiB chunk adds about 1 MiB held
+    src = tmp_path / "dump"
+    src.write_bytes(raw)
+    out = bytearray()
+    asked: list[bool] = []
+
+    class Sink:
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            out.extend(data)
+
+    def target(block: bool) -> tuple[Sink, MasterKey, str] | None:
+        asked.append(block)
+        assert not out  # nothing was written anywhere before the target answered
+        return (Sink(), KEY, "backups/x/data") if block else None
+
+    with src.open("rb") as f:
+        stats = pack_stream(f, None, None, 1, target=target, hold=3 << 19)  # 1.5 MiB
+    assert asked == [False, True]  # held 1 MiB, then 2 MiB ≥ 1.5 MiB: blocked for the target
+    unpacker = Unpacker(KEY, expect_object="backups/x/data")
+    assert unpacker.feed(bytes(out)) == raw
+    assert unpacker.finish(stats).raw_sha256 == stats.raw_sha256
+
+
+def test_a_packer_without_a_sink_or_target_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "dump"
+    src.write_bytes(b"x" * 10)
+    with src.open("rb") as f, pytest.raises(ValueError, match="a sink or a target"):
+        pack_stream(f, None, None, 1)

@@ -655,6 +655,37 @@ def test_catalog_cache_revalidates_with_one_conditional_get_and_one_listing(api_
     assert late.name in store.read_cached().backups
 
 
+def test_a_writer_that_read_ahead_updates_the_catalog_without_fetching_it_or_its_own_record(
+    api_env: dict[str, str],
+) -> None:
+    """A backup reads the catalog while its dump streams; its update at the end then neither
+    downloads catalog.json again nor GETs the journal record it has just written."""
+    entries = history(30)
+    seed(api_env, entries, in_snapshot=25)
+    storage = open_store(settings_of(api_env))
+    calls: list[tuple[str, int]] = []
+
+    def seen(http_response: Any, model: Any, **_: Any) -> None:
+        calls.append((model.name, http_response.status_code))
+
+    storage.client.meta.events.register("after-call.s3", seen)
+    store = CatalogStore(storage)
+    store.read_cached()  # the read-ahead
+    late = entry("full", "late", T0 + timedelta(days=400))
+    calls.clear()
+    record_backup(store, late)
+    cat = store.refresh()
+    assert calls == [
+        ("PutObject", 200),  # the record
+        ("GetObject", 304),  # catalog.json, unchanged since the read-ahead
+        ("ListObjectsV2", 200),  # the journal since its watermark
+        ("PutObject", 200),  # catalog.json
+        ("PutObject", 200),  # its digest
+    ]
+    assert late.name in cat.backups
+    assert CatalogStore(storage).read().backups == cat.backups  # what a fresh reader finds
+
+
 # -- the event the local host builds, and the one the functions read ------------------------------
 def test_the_host_builds_digitaloceans_event_and_the_functions_read_every_shape() -> None:
     from coldcopy.api.protocol import parse_event

@@ -12,7 +12,6 @@ from functools import cached_property
 
 from coldcopy.config import Settings
 from coldcopy.storage.catalog_store import CatalogStore
-from coldcopy.storage.s3 import open_store
 from coldcopy.storage.store import ObjectStore
 from coldcopy.stream.crypto import MasterKey
 
@@ -38,5 +37,12 @@ def settings_key(settings: Settings) -> MasterKey | None:
 
 
 def open_context(settings: Settings, storage: ObjectStore | None = None) -> Context:
-    """The context of ``settings``: its bucket (or ``storage``: tests pass a MemoryStore)."""
-    return Context(settings, storage if storage is not None else open_store(settings))
+    """The context of ``settings``: its bucket (or ``storage``: tests pass a MemoryStore).  Its key
+    is derived on first use (a backup derives it in the background and sets it)."""
+    if storage is None:
+        # Late: botocore takes 0.2-0.4 s to import and set up, so a backup opens its bucket in a
+        # thread while pg_dump starts (backup/session.py), and commands given a store never load it.
+        from coldcopy.storage.s3 import open_store
+
+        storage = open_store(settings)
+    return Context(settings, storage)

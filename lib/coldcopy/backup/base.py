@@ -83,10 +83,11 @@ def _server_clock(conn: Any) -> datetime:
 def _stream(
     ses: Session, facts: dict[str, Any], progress: Progress | None, now: Callable[[], datetime]
 ) -> Manifest:
-    ctx, pg, conn, name = ses.ctx, ses.pg, ses.conn, ses.name
-    s = ctx.settings
+    pg, conn, s = ses.pg, ses.conn, ses.settings
     t0 = time.monotonic()
-    args = _basebackup_args(pg.tool("pg_basebackup").path, name)
+    # The label is the backup's name: the one thing here that waits for the bucket's side.
+    ctx, name = ses.start.wait()
+    args = _basebackup_args(ses.tool.path, name)
     writer = ses.data_writer()
     watcher = TarWatcher()
     start_time = _server_clock(conn)
@@ -96,7 +97,7 @@ def _stream(
     assert proc.stdout is not None and proc.stderr is not None
     errors = StderrTail(proc.stderr)
     try:
-        packer = Packer(writer, ctx.key, s.zstd_level, object_key=data_key(ses.name))
+        packer = Packer(writer, ctx.key, s.zstd_level, object_key=data_key(name))
         for chunk in prefetch(read_chunks(proc.stdout)):
             watcher.feed(chunk)
             packer.write(chunk)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections.abc import Callable
+from concurrent.futures import wait
 from typing import Any
 
 import pg8000.native
@@ -18,10 +20,11 @@ from coldcopy.core.manifest import Manifest, StoredObject, data_key, globals_key
 from coldcopy.core.times import Clock, utc_now
 from coldcopy.errors import ColdCopyError, DatabaseError
 from coldcopy.postgres.client import Postgres
-from coldcopy.postgres.shape import read_facts, read_shape
+from coldcopy.postgres.shape import Facts, read_facts, read_shape
 from coldcopy.postgres.tls import libpq_tls_hint
 from coldcopy.postgres.tools import StderrTail, die_with_parent, run_tool
-from coldcopy.stream.pipeline import Progress, pack_bytes, pack_stream
+from coldcopy.storage.volumes import VolumeWriter
+from coldcopy.stream.pipeline import Progress, Target, pack_bytes, pack_stream
 
 log = logging.getLogger(__name__)
 
@@ -33,42 +36,80 @@ def run_backup(
     now: Clock = utc_now,
     *,
     ctx: Context | None = None,
+    put_right: Callable[[Context], list[str]] | None = None,
 ) -> Manifest:
-    """A logical backup (pg_dump) of DB_NAME (into ``ctx``'s bucket, when the caller has a context)."""
+    """A logical backup (pg_dump) of DB_NAME (into ``ctx``'s bucket, when the caller has a context;
+    ``put_right``: what a killed restore of DB_NAME left, set right first)."""
 
     def body(ses: Session) -> Manifest:
         return _dump(ses, kind, progress, now)
 
-    return run_stream_backup(settings, kind, "pg_dump", body, now, ctx=ctx)
+    return run_stream_backup(settings, kind, "pg_dump", body, now, ctx=ctx, put_right=put_right)
 
 
 def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Manifest:
-    ctx, pg, conn, name = ses.ctx, ses.pg, ses.conn, ses.name
-    s = ctx.settings
+    pg, conn, s = ses.pg, ses.conn, ses.settings
     t0 = time.monotonic()
     # One exported snapshot for pg_dump, the list of tables and the shape, so they all agree.
     lsn_before = wal_lsn(conn)  # every transaction the snapshot misses commits after this
     conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
-    visibility = snapshot_visibility(conn, lsn_before)  # what the change archive replays on top
-    args = _pg_dump_args(pg.tool("pg_dump").path, snapshot, s.db_name)
-    listed = pg.user_tables(conn)  # the catalog only; the rows are counted in the dump's stream
-    facts = read_facts(conn)
-    shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
-    phase("snapshot, tables and shape", t0)
-    counter = StreamCounts() if s.row_counts == "exact" else None
-    writer = ses.data_writer()
+    args = _pg_dump_args(ses.tool.path, snapshot, s.db_name)
+    # pg_dump and pg_dumpall start now and do their own start-up (catalog reads, locks) while the
+    # bucket's side gets ready; nothing is stored before the name is claimed.
+    t_dump = time.monotonic()
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env(), preexec_fn=die_with_parent
     )
     assert proc.stdout is not None and proc.stderr is not None
+    log.debug("pg_dump started (monotonic clock %.3f s)", t_dump)
     errors = StderrTail(proc.stderr)
+    roles = ses.start.background(lambda: _roles(ses))
+
+    def in_snapshot() -> tuple[dict[str, Any], dict[str, int], Facts, dict[str, Any]]:
+        t1 = time.monotonic()
+        visibility = snapshot_visibility(conn, lsn_before)  # what the change archive replays on top
+        listed = pg.user_tables(conn)  # the catalog only; the rows are counted in the dump's stream
+        facts = read_facts(conn)
+        shape = read_shape(conn, facts)  # in the dump's snapshot: what a restore must give back
+        phase("tables and shape in the snapshot (in the background)", t1)
+        return visibility, listed, facts, shape
+
+    # Read while the dump streams (the connection is that thread's until the stream has ended).
+    known = ses.start.background(in_snapshot)
+    writers: list[VolumeWriter] = []
+
+    def target(block: bool) -> Target | None:
+        """The stream's volumes, its key and name, once the bucket's side is ready (``block``: wait)."""
+        if not (block or ses.start.is_ready()):
+            return None
+        t1 = time.monotonic()
+        ctx, name = ses.start.wait()
+        phase("waiting for the bucket and the key", t1)
+        writers.append(ses.data_writer())
+        return writers[0], ctx.key, data_key(name)
+
     try:
+        phase("snapshot", t0)
+        counter = StreamCounts() if s.row_counts == "exact" else None
         tap = counter.feed if counter else None
+        # The dump's first bytes are compressed and held (at most one volume) while the name is
+        # claimed and the key derived: pg_dump does not wait for them.
         stats = pack_stream(
-            proc.stdout, writer, ctx.key, s.zstd_level, progress, tap=tap, object_key=data_key(name)
+            proc.stdout,
+            None,
+            None,
+            s.zstd_level,
+            progress,
+            tap=tap,
+            target=target,
+            hold=s.volume_size_mb << 20,
         )
-        log.debug("dump streamed: %d bytes in %.2f s", stats.raw_size, time.monotonic() - t0)
+        log.debug(
+            "dump streamed: %d bytes in %.2f s from pg_dump's start",
+            stats.raw_size,
+            time.monotonic() - t_dump,
+        )
         rc = proc.wait()
         if rc != 0:
             text = errors.text()
@@ -77,18 +118,22 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
                 libpq_tls_hint(text, pg.names)
                 or "nothing was stored; fix the cause above and run the backup again",
             )
-        volumes = writer.complete()
-        log.debug("upload complete after %.2f s", time.monotonic() - t0)
+        volumes = writers[0].complete()
+        log.debug("upload complete after %.2f s", time.monotonic() - t_dump)
     except BaseException:
         proc.kill()
         proc.wait()
-        writer.abort()
+        for writer in writers:
+            writer.abort()
+        wait([known])  # the connection is free again before it is closed
         raise
+    visibility, listed, facts, shape = known.result()
     conn.run("COMMIT")
+    ctx, name = ses.start.wait()
     tables, row_counts = _row_counts(listed, counter)
     t1 = time.monotonic()
-    glob_obj, glob_note = _globals(ctx, pg, name)
-    phase("roles (pg_dumpall)", t1)
+    glob_obj, glob_note = roles.result()
+    phase("roles (stored during the dump)", t1)
     manifest = manifest_for(
         ses,
         kind=kind,
@@ -176,11 +221,12 @@ def _pg_dump_args(tool: str, snapshot: str, dbname: str) -> list[str]:
     return [tool, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password", dbname]
 
 
-def _globals(ctx: Context, pg: Postgres, name: str) -> tuple[StoredObject | None, str]:
-    """Roles and tablespaces, when this user may read them (never their passwords)."""
+def _roles_sql(pg: Postgres, settings: Settings) -> bytes | str:
+    """Roles and tablespaces as SQL (``pg_dumpall --globals-only``, never their passwords), or why
+    they could not be read (this user may not)."""
     try:
         tool = pg.tool("pg_dumpall")
-        sql = run_tool(
+        return run_tool(
             [
                 tool.path,
                 "--globals-only",
@@ -189,12 +235,21 @@ def _globals(ctx: Context, pg: Postgres, name: str) -> tuple[StoredObject | None
                 f"--database={pg.maintenance_db()}",
             ],
             pg.libpq_env(),
-            ctx.settings,
+            settings,
             "pg_dumpall --globals-only",
         )
     except ColdCopyError as exc:
         log.warning("roles were not saved: %s", exc.message)
-        return None, f"roles not saved: {exc.message[:300]}"
+        return f"roles not saved: {exc.message[:300]}"
+
+
+def _roles(ses: Session) -> tuple[StoredObject | None, str]:
+    """The roles' SQL stored beside the backup's data, once its name is claimed (in the background,
+    while the dump streams); or, when it could not be read, why."""
+    sql = _roles_sql(ses.pg, ses.settings)
+    if isinstance(sql, str):
+        return None, sql
+    ctx, name = ses.start.wait()
     blob, stats = pack_bytes(sql, ctx.key, ctx.settings.zstd_level, object_key=globals_key(name))
     ctx.storage.put_bytes(globals_key(name), blob, create_only=True)
     return stored_object(globals_key(name), stats), ""

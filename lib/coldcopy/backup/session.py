@@ -1,25 +1,30 @@
 """The life of every backup, logical or physical (``run_stream_backup``).
 
-Connect (a bad password fails before anything is written), check the client tool against the
-server's major version, clean up after killed runs (in-flight markers), claim a unique name, run
-the kind's body — which streams into the backup's volumes and commits the manifest — leave
-nothing behind on failure and record the failure, then index the backup in the catalog.
+Connect (a bad password fails before anything is streamed), check the client tool against the
+server's major version, run the kind's body — which starts its tool, then streams into the
+backup's volumes and commits the manifest — leave nothing behind on failure and record the
+failure, then index the backup in the catalog.  Meanwhile, in threads (``Start``), the bucket's
+side gets ready: the key derived, the storage client set up, killed runs cleaned up (in-flight
+markers) and a unique name claimed; the body waits for it only when its stream's first bytes are
+there to be stored.  What each part costs: ``phase`` lines of ``--debug`` (scripts/bench_backup.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from coldcopy import __version__
 from coldcopy.backup.inflight import Marker, clean_stale, remove_partial
 from coldcopy.config import Settings, redact
-from coldcopy.context import Context, open_context
+from coldcopy.context import Context, open_context, settings_key
 from coldcopy.core.manifest import Manifest, StoredObject, data_key, manifest_key
 from coldcopy.core.names import make_name
 from coldcopy.core.times import Clock, iso
@@ -27,26 +32,155 @@ from coldcopy.errors import ColdCopyError, ConflictError, DatabaseError, Integri
 from coldcopy.postgres.client import Postgres
 from coldcopy.postgres.tools import ToolVersion, major_of
 from coldcopy.storage.volumes import VolumeWriter, stored_problem
+from coldcopy.stream.crypto import MasterKey
 from coldcopy.stream.pipeline import StreamStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Start:
+    """The bucket's side of a backup's start and its key, made ready in threads while the database's
+    side starts (connect, snapshot, pg_dump's own start-up): the key derived (scrypt, twice, one
+    after the other: its id and this process's key-encryption key; scrypt releases the GIL), the
+    storage client (botocore's import and set-up), then at once ``put_right`` (an interrupted
+    restore of DB_NAME), killed backups cleaned up and the name claimed, then the catalog read
+    ahead for its update at the end.  Nothing is written under the backup's name before the name is
+    claimed, and nothing is stored before ``wait()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kind: str,
+        started: datetime,
+        ctx: Context | None,
+        put_right: Callable[[Context], list[str]] | None,
+    ) -> None:
+        self.settings, self.kind, self.started = settings, kind, started
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="backup-start")
+        self._tasks: list[Future[Any]] = []  # the body's (``background``)
+        self._key = self._pool.submit(self._derive_key, ctx)
+        self._bucket = self._pool.submit(self._bucket_side, ctx, put_right)
+        self._catalog: Future[object] | None = None
+        self._ready: tuple[Context, str] | None = None
+        self._lock = threading.Lock()
+        self._opened = ctx is None  # the context is ours to give the derived key
+        self.put_right_done: list[str] = []
+
+    def _derive_key(self, ctx: Context | None) -> MasterKey | None:
+        t0 = time.monotonic()
+        key = ctx.key if ctx is not None else settings_key(self.settings)
+        if key is not None:
+            key.ready()  # this process's key-encryption key, derived now rather than at the stream's start
+        phase("key derivation (in the background)", t0)
+        return key
+
+    def _bucket_side(
+        self, ctx: Context | None, put_right: Callable[[Context], list[str]] | None
+    ) -> tuple[Context, str, Marker]:
+        t0 = time.monotonic()
+        ctx = ctx or open_context(self.settings)
+        phase("storage client (in the background)", t0)
+        # Three independent parts, at once (one to three requests each; a killed backup's marker is
+        # stale, never this one's: its process is alive and it was just written).
+        side = [self._pool.submit(self._clean_stale, ctx)]
+        if put_right is not None:
+            side.append(self._pool.submit(self._put_right, put_right, ctx))
+        t0 = time.monotonic()
+        try:
+            name, marker = claim_name(ctx, self.kind, self.started)
+        finally:
+            done = wait(side)
+        phase("name claim (in the background)", t0)
+        try:
+            for f in done.done:
+                f.result()
+        except BaseException:
+            _remove_marker(marker)
+            raise
+        self._catalog = self._pool.submit(ctx.catalog.read_cached)  # what the update at the end reads
+        return ctx, name, marker
+
+    def _clean_stale(self, ctx: Context) -> None:
+        t0 = time.monotonic()
+        clean_stale(ctx.storage, self.settings.stale_upload_seconds)
+        phase("stale uploads (in the background)", t0)
+
+    def _put_right(self, put_right: Callable[[Context], list[str]], ctx: Context) -> None:
+        t0 = time.monotonic()
+        self.put_right_done = put_right(ctx)
+        phase("interrupted restores (in the background)", t0)
+
+    def background(self, fn: Callable[[], T]) -> Future[T]:
+        """``fn()`` in one of the start's threads (a backup's roles, while its dump streams); a
+        failed backup waits for it before it removes what was stored."""
+        task = self._pool.submit(fn)
+        self._tasks.append(task)
+        return task
+
+    def is_ready(self) -> bool:
+        """Whether ``wait()`` would answer (or raise) at once."""
+        return self._bucket.done() and self._key.done()
+
+    def wait(self) -> tuple[Context, str]:
+        """The context (with the derived key) and the claimed name, once both are ready; raises
+        what went wrong on the bucket's side."""
+        with self._lock:
+            if self._ready is None:
+                ctx, name, _ = self._bucket.result()
+                key = self._key.result()
+                if self._opened and key is not None:
+                    ctx.key = key
+                self._ready = ctx, name
+            return self._ready
+
+    def settled(self) -> tuple[Context | None, str | None, Marker | None]:
+        """After a failure: what the bucket's side got to (a context, a claimed name and its
+        marker), once it and the body's tasks have stopped; Nones for what it did not get to."""
+        wait([self._key, *self._tasks])
+        try:
+            ctx, name, marker = self._bucket.result()
+        except BaseException:  # noqa: BLE001 - the backup's own error is the one reported
+            return None, None, None
+        return ctx, name, marker
+
+    def catalog_read(self) -> None:
+        """Wait for the catalog's read-ahead (its errors are the update's to meet again)."""
+        if self._catalog is not None:
+            with contextlib.suppress(Exception):
+                self._catalog.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
 class Session:
-    """What a backup's body gets: a checked connection and a claimed name."""
+    """What a backup's body gets: a checked connection, and (``ctx``, ``name``: each waits for the
+    bucket's side, so read them once the dump has started) the context and the claimed name."""
 
-    ctx: Context
+    start: Start
     pg: Postgres
     conn: Any
-    name: str
     started: datetime
     server: tuple[int, str]  # server_version_num, server_version
     tool: ToolVersion
 
+    @property
+    def settings(self) -> Settings:
+        return self.start.settings
+
+    @property
+    def ctx(self) -> Context:
+        return self.start.wait()[0]
+
+    @property
+    def name(self) -> str:
+        return self.start.wait()[1]
+
     def data_writer(self) -> VolumeWriter:
         """Where the backup's stream goes: its volumes under ``backups/<name>/data``."""
-        s = self.ctx.settings
+        s = self.settings
         return VolumeWriter(
             self.ctx.storage,
             data_key(self.name),
@@ -76,36 +210,39 @@ def run_stream_backup(
     now: Clock,
     *,
     ctx: Context | None = None,
+    put_right: Callable[[Context], list[str]] | None = None,
 ) -> Manifest:
-    """The life of every backup, logical or physical: connect, check the tool against the server,
-    clean up after killed runs, claim a name, run ``body`` (which commits the manifest), leave
-    nothing behind on failure and record it, then index the backup in the catalog."""
-    t0 = time.monotonic()
-    ctx = ctx or open_context(settings)
-    phase("storage client", t0)
-    started = now()
-    claimed: list[str] = []
+    """The life of every backup, logical or physical: connect and check the tool against the server
+    while the bucket's side starts in the background (``Start``), run ``body`` (which starts its
+    tool, waits for the name and commits the manifest), leave nothing behind on failure and record
+    it, then index the backup in the catalog."""
+    start = Start(settings, kind, now(), ctx, put_right)
     try:
-        manifest = _in_session(ctx, kind, tool_name, started, claimed, body)
-    except BaseException as exc:
-        name = claimed[0] if claimed else str(make_name(kind, settings.db_name, started))
-        _record_failure(ctx, name, kind, exc)
-        raise
-    try:
-        t0 = time.monotonic()
-        key = ctx.catalog.record(
-            "backup", manifest.name, {"name": manifest.name, "entry": manifest.entry().to_dict()}
-        )
-        log.debug("journal record %s written", key)
-        ctx.catalog.refresh()
-        phase("catalog", t0)
-    except ColdCopyError as exc:
-        log.warning(
-            "backup %s is stored, but the catalog could not be updated (%s); run `coldcopy catalog rebuild`",
-            manifest.name,
-            exc.message,
-        )
-    return manifest
+        try:
+            manifest = _in_session(start, tool_name, body)
+        except BaseException as exc:
+            _failed(start, exc)
+            raise
+        ctx = start.wait()[0]
+        try:
+            t0 = time.monotonic()
+            start.catalog_read()
+            key = ctx.catalog.record(
+                "backup", manifest.name, {"name": manifest.name, "entry": manifest.entry().to_dict()}
+            )
+            log.debug("journal record %s written", key)
+            ctx.catalog.refresh()
+            phase("catalog", t0)
+        except ColdCopyError as exc:
+            log.warning(
+                "backup %s is stored, but the catalog could not be updated (%s); "
+                "run `coldcopy catalog rebuild`",
+                manifest.name,
+                exc.message,
+            )
+        return manifest
+    finally:
+        start.close()
 
 
 def claim_name(ctx: Context, kind: str, started: datetime) -> tuple[str, Marker]:
@@ -123,24 +260,13 @@ def claim_name(ctx: Context, kind: str, started: datetime) -> tuple[str, Marker]
     raise ConflictError("could not find a free backup name", "too many backups are starting at once")
 
 
-def _in_session(
-    ctx: Context,
-    kind: str,
-    tool_name: str,
-    started: datetime,
-    claimed: list[str],
-    body: Callable[[Session], Manifest],
-) -> Manifest:
+def _in_session(start: Start, tool_name: str, body: Callable[[Session], Manifest]) -> Manifest:
     t0 = time.monotonic()
-    if ctx.settings.encrypted:
-        assert ctx.key is not None  # derived here (scrypt), not in the middle of the stream
-    phase("key derivation", t0)
-    t0 = time.monotonic()
-    pg = Postgres(ctx.settings)
+    pg = Postgres(start.settings)
     tool = pg.tool(tool_name)
     phase("client tool version", t0)
     t0 = time.monotonic()
-    conn = pg.connect()  # fails early on a bad password, before anything is written
+    conn = _connect(pg, start)  # fails early on a bad password, before anything is streamed
     try:
         server_num, server_text = pg.server_version(conn)
         phase("connection", t0)
@@ -149,29 +275,51 @@ def _in_session(
                 f"the local {tool_name} is version {tool.major} but the server runs {server_text}",
                 f"install postgresql-client-{major_of(server_num)} (or newer) or point PG_BIN_DIR at it",
             )
-        t0 = time.monotonic()
-        clean_stale(ctx.storage, ctx.settings.stale_upload_seconds)
-        phase("stale uploads", t0)
-        t0 = time.monotonic()
-        name, marker = claim_name(ctx, kind, started)
-        claimed.append(name)
-        phase("name claim", t0)
-        try:
-            return body(Session(ctx, pg, conn, name, started, (server_num, server_text), tool))
-        except BaseException:
-            try:  # a backup that did not finish leaves nothing behind
-                remove_partial(ctx.storage, name)
-            except ColdCopyError as exc:
-                log.warning("could not remove the partial objects of %s: %s", name, exc.message)
-            raise
-        finally:
-            try:
-                marker.remove()
-            except ColdCopyError as exc:
-                log.warning("could not remove the in-flight marker: %s", exc.message)
+        manifest = body(Session(start, pg, conn, start.started, (server_num, server_text), tool))
     finally:
         with contextlib.suppress(Exception):  # the backup's outcome is decided; closing can't change it
             conn.close()
+    _, _, marker = start.settled()
+    if marker is not None:
+        _remove_marker(marker)
+    return manifest
+
+
+def _connect(pg: Postgres, start: Start) -> Any:
+    """The connection to DB_NAME; when it fails, and the bucket's side then finds that a killed
+    restore had renamed DB_NAME aside and puts it back, connect again."""
+    try:
+        return pg.connect()
+    except DatabaseError:
+        start.settled()
+        if not start.put_right_done:
+            raise
+        return pg.connect()
+
+
+def _remove_marker(marker: Marker) -> None:
+    try:
+        marker.remove()
+    except ColdCopyError as exc:
+        log.warning("could not remove the in-flight marker: %s", exc.message)
+
+
+def _failed(start: Start, exc: BaseException) -> None:
+    """A backup that did not finish leaves nothing behind (its objects, its marker) and is recorded
+    as failed, as far as the bucket's side got (once it has stopped)."""
+    ctx, name, marker = start.settled()
+    if ctx is None:
+        return
+    if name is not None:
+        try:
+            remove_partial(ctx.storage, name)
+        except ColdCopyError as rm_exc:
+            log.warning("could not remove the partial objects of %s: %s", name, rm_exc.message)
+    if marker is not None:
+        _remove_marker(marker)
+    _record_failure(
+        ctx, name or str(make_name(start.kind, start.settings.db_name, start.started)), start.kind, exc
+    )
 
 
 def manifest_for(

@@ -1,5 +1,5 @@
-"""Commands for logical backups: `backup`, `list-backups`, `show`, `status`, `verify`, `restore`,
-`catalog rebuild`."""
+"""Commands for logical backups: `list-backups`, `show`, `status`, `verify`, `restore`, `catalog
+rebuild` (`backup` itself is :mod:`coldcopy.cli.backup`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import argparse
 import logging
 from typing import Any
 
-from coldcopy.backup.logical import run_backup
 from coldcopy.changes.health import load_health
 from coldcopy.cli.common import now, settings_for
 from coldcopy.cli.output import present, progress_meter
@@ -19,41 +18,13 @@ from coldcopy.core.keys import stale_key_ids
 from coldcopy.core.manifest import Manifest
 from coldcopy.core.names import validate_name
 from coldcopy.core.shape import summary as shape_summary
-from coldcopy.core.views import backup_summary, listing_rows, status_view
-from coldcopy.postgres.client import Postgres
-from coldcopy.restore.guard import put_right_if_interrupted
+from coldcopy.core.views import listing_rows, status_view
 from coldcopy.restore.logical import run_restore
 from coldcopy.storage.state_store import load_keys_state, pending_intents
 from coldcopy.verify.run import run_verify
 from coldcopy.wal.monitor import compute
 
 log = logging.getLogger("coldcopy")
-UNENCRYPTED_WARNING = (
-    "WARNING: BACKUP_ENCRYPTION_KEY is not set — backups are stored UNENCRYPTED. "
-    "Set it (and keep a copy somewhere safe) to encrypt new backups."
-)
-
-
-def cmd_backup(args: argparse.Namespace) -> int:
-    s = settings_for(args, (DB, STORAGE))
-    if not s.encrypted:
-        log.warning(UNENCRYPTED_WARNING)
-    ctx = open_context(s)
-    for line in put_right_if_interrupted(Postgres(s), ctx.storage, s.db_name):
-        log.warning("%s", line)  # DB_NAME first, if a restore of it was killed between its renames
-    with progress_meter(args) as meter:
-        m = run_backup(s, args.kind, progress=meter, ctx=ctx)
-    out = backup_summary(m, encrypted=s.encrypted)
-    ratio = m.raw_size / m.stored_size if m.stored_size else 0
-    present(
-        args,
-        out,
-        f"backup {m.name} stored: {human_bytes(m.stored_size)} "
-        f"({human_bytes(m.raw_size)} dump, {ratio:.1f}x) in {m.duration_seconds:.1f} s, "
-        f"{len(m.tables)} tables, {'encrypted' if s.encrypted else 'NOT ENCRYPTED'}"
-        + ("" if m.globals else f"; {m.globals_note}"),
-    )
-    return 0
 
 
 def _listing_text(rows: list[dict[str, Any]]) -> str:

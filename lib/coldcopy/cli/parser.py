@@ -240,7 +240,7 @@ def _demo_command(add: AddCommand) -> None:
 
 
 def _backup_commands(add: AddCommand, action: Action) -> None:
-    b = add("backup", "backups:cmd_backup", "take a logical backup of DB_NAME")
+    b = add("backup", "backup:cmd_backup", "take a logical backup of DB_NAME")
     b.add_argument("--kind", choices=["full", "compliance"], default="full")
     ls = add("list-backups", "backups:cmd_list", "list backups, newest first")
     ls.add_argument("--kind", choices=["full", "compliance", "base"])

@@ -52,7 +52,7 @@ from coldcopy.core.catalog_pages import (
 from coldcopy.core.manifest import CatalogEntry, Manifest, check_identity, manifest_key
 from coldcopy.core.times import iso
 from coldcopy.errors import ColdCopyError, IntegrityError, NotFoundError
-from coldcopy.storage.store import ObjectStore
+from coldcopy.storage.store import ObjectStore, encode_json
 
 log = logging.getLogger(__name__)
 CATALOG_KEY = "catalog.json"
@@ -76,6 +76,8 @@ class CatalogStore:
         key = journal_key(kind, ident, when)
         body = {"type": kind, "at": iso(when), **payload}
         self.storage.put_json(key, body, create_only=True)
+        with self._lock:  # what a GET of it would answer: read_cached() need not fetch it
+            self._records[key] = json.loads(encode_json(body))
         return key
 
     def _fetch(self, keys: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -107,17 +109,17 @@ class CatalogStore:
         """``read()``, and what it merged the snapshot with (None: there was no readable snapshot)."""
         snapshot = self.load_snapshot()
         cat = snapshot or Catalog()
-        watermark, applied = cat.watermark, frozenset(cat.applied)
         new = self._unapplied(cat.watermark, cat.applied)
         records = self._fetch(new) if new else []
-        pages = touched(cat, records)
-        if records:
-            cat.merge(records)
-        since = Since(watermark, applied, frozenset(pages | touched(cat, records)))
-        return cat, since if snapshot is not None else None
+        return _merged(cat, records, snapshot is not None)
 
     def read_cached(self) -> Catalog:
-        """What read() answers, for long-lived readers (the web functions), without re-parsing.
+        """What read() answers, for long-lived readers (the web functions), without re-parsing
+        (``_read_cached``)."""
+        return self._read_cached()[0]
+
+    def _read_cached(self) -> tuple[Catalog, Since | None]:
+        """``read_cached()``, and what it merged the snapshot with (as ``_read``).
 
         Still one GET of catalog.json plus one journal listing per call, but the GET is
         conditional (If-None-Match on the ETag of the parsed copy): an unchanged snapshot is not
@@ -143,9 +145,7 @@ class CatalogStore:
         with self._lock:
             self._records = {k: r for k, r in {**self._records, **fetched}.items() if k in listed}
             records = [(k, self._records[k]) for k in new if k in self._records]
-        if records:
-            cat.merge(records)
-        return cat
+        return _merged(cat, records, snap is not None)
 
     def _unapplied(self, watermark: str | None, applied: set[str] | frozenset[str]) -> list[str]:
         """Journal keys newer than ``watermark`` (less the skew) that are not in ``applied``."""
@@ -367,8 +367,10 @@ class CatalogStore:
 
     def refresh(self) -> Catalog:
         """Read, merge and write back (writers call this after recording); only the pages of the
-        months the merged records touched are cut again."""
-        cat, since = self._read()
+        months the merged records touched are cut again.  Reads as ``read_cached()``: a writer that
+        read the catalog ahead (a backup, while its dump streams) downloads and parses
+        ``catalog.json`` only if it changed since, and fetches no record it wrote itself."""
+        cat, since = self._read_cached()
         self.save(cat, since)
         return cat
 
@@ -434,6 +436,18 @@ def _parse_small(raw: bytes, parse: Callable[[Any], Any], key: str) -> Any:
     if parsed is None:
         log.warning("%s is not in a format this version reads; reading the catalog instead", key)
     return parsed
+
+
+def _merged(
+    cat: Catalog, records: list[tuple[str, dict[str, Any]]], snapshot: bool
+) -> tuple[Catalog, Since | None]:
+    """``cat`` (a snapshot, or empty when there was none readable) merged with ``records``, and what
+    it was merged from (None without a snapshot: a writer then cuts every page)."""
+    watermark, applied = cat.watermark, frozenset(cat.applied)
+    pages = touched(cat, records)
+    if records:
+        cat.merge(records)
+    return cat, Since(watermark, applied, frozenset(pages | touched(cat, records))) if snapshot else None
 
 
 def _copy(cat: Catalog) -> Catalog:

@@ -87,6 +87,14 @@ class MasterKey:
     def from_passphrase(cls, passphrase: str) -> MasterKey:
         return _master_key(passphrase.encode("utf-8"))
 
+    def ready(self) -> MasterKey:
+        """Derive now the key-encryption key that this process's streams will wrap their data keys
+        with (scrypt, with a fresh salt, once per process), instead of at the first stream; returns
+        this key.  A backup calls it in a thread while pg_dump starts (after the key id's scrypt, not
+        beside it: each holds 32 MiB while it runs, and two at once would raise the peak memory)."""
+        self._encryption_kek()
+        return self
+
     def _encryption_kek(self) -> tuple[bytes, bytes]:
         if self._kek is None:
             salt = os.urandom(16)

@@ -39,22 +39,42 @@ class StreamStats:
 
 
 class Packer:
-    """Compress, encrypt and hash bytes on their way to a sink."""
+    """Compress, encrypt and hash bytes on their way to a sink.
+
+    Created without a sink, it compresses and holds the compressed bytes (``held``) until
+    ``attach`` names the sink, the key and the object: a backup compresses its dump's first bytes
+    while its name is claimed and its key derived."""
 
     def __init__(
-        self, sink: Sink, key: MasterKey | None, level: int, threads: int = 0, *, object_key: str = ""
+        self, sink: Sink | None, key: MasterKey | None, level: int, threads: int = 0, *, object_key: str = ""
     ) -> None:
-        self.sink = sink
+        self.sink: Sink | None = None
         self._zstd = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).compressobj()
-        self._enc = Encryptor(key, object_key=object_key)
+        self._enc: Encryptor | None = None
+        self._held = bytearray()  # compressed, before the sink is attached
         self._raw = hashlib.sha256()
         self._stored = hashlib.sha256()
         self.raw_size = 0
         self.stored_size = 0
+        if sink is not None:
+            self.attach(sink, key, object_key)
+
+    @property
+    def held(self) -> int:
+        """Compressed bytes waiting for ``attach``."""
+        return len(self._held)
+
+    def attach(self, sink: Sink, key: MasterKey | None, object_key: str = "") -> None:
+        """From now on, encrypt for ``key`` as ``object_key`` into ``sink``, what was held first."""
+        self.sink, self._enc = sink, Encryptor(key, object_key=object_key)
         self._emit(self._enc.header())
+        if self._held:
+            held, self._held = bytes(self._held), bytearray()
+            self._emit(self._enc.update(held))
 
     def _emit(self, data: bytes) -> None:
         if data:
+            assert self.sink is not None
             self._stored.update(data)
             self.stored_size += len(data)
             self.sink.write(data)
@@ -63,13 +83,23 @@ class Packer:
         self._raw.update(data)
         self.raw_size += len(data)
         compressed = self._zstd.compress(data)
-        if compressed:
+        if not compressed:
+            return
+        if self._enc is None:
+            self._held += compressed
+        else:
             self._emit(self._enc.update(compressed))
 
     def close(self) -> StreamStats:
+        if self._enc is None:
+            raise RuntimeError("Packer.close() before attach()")
         tail = self._zstd.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
         self._emit(self._enc.update(tail) + self._enc.finalize())
         return StreamStats(self.raw_size, self._raw.hexdigest(), self.stored_size, self._stored.hexdigest())
+
+
+#: Where packed bytes go once known: the sink, the key, the object they are written as.
+Target = tuple[Sink, MasterKey | None, str]
 
 
 def read_chunks(source: IO[bytes], size: int = READ_SIZE) -> Iterator[bytes]:
@@ -82,7 +112,7 @@ def read_chunks(source: IO[bytes], size: int = READ_SIZE) -> Iterator[bytes]:
 
 def pack_stream(
     source: IO[bytes],
-    sink: Sink,
+    sink: Sink | None,
     key: MasterKey | None,
     level: int,
     progress: Progress | None = None,
@@ -90,21 +120,40 @@ def pack_stream(
     tap: Callable[[bytes], None] | None = None,
     *,
     object_key: str = "",
+    target: Callable[[bool], Target | None] | None = None,
+    hold: int = 0,
 ) -> StreamStats:
     """Read ``source`` to EOF through the packer into ``sink``; ``tap`` sees every raw chunk, in
     order, after it was packed (a backup counts the dump's rows there as they pass).
 
     The source is drained by its own thread (``prefetch``) so the producer (pg_dump) never waits
     while a chunk is being compressed; zstd and AES release the GIL, so the stages overlap.
+
+    Without a ``sink``, ``target(block)`` names it (with the key and object; ``sink``, ``key`` and
+    ``object_key`` are then unused) once it can: asked after each chunk without blocking, which
+    answers None while it is not ready, and blocking once ``hold`` compressed bytes are held or the
+    source has ended.  Until then the packer holds what it compressed (at most about ``hold``).
     """
     packer = Packer(sink, key, level, threads, object_key=object_key)
     for chunk in prefetch(read_chunks(source)):
         packer.write(chunk)
         if tap:
             tap(chunk)
+        if packer.sink is None:
+            _attach(packer, target, block=packer.held >= hold)
         if progress:
             progress(packer.raw_size, packer.stored_size)
+    if packer.sink is None:
+        _attach(packer, target, block=True)
     return packer.close()
+
+
+def _attach(packer: Packer, target: Callable[[bool], Target | None] | None, *, block: bool) -> None:
+    if target is None:
+        raise ValueError("pack_stream needs a sink or a target")
+    got = target(block)
+    if got is not None:
+        packer.attach(*got)
 
 
 def pack_bytes(
