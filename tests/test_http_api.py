@@ -680,6 +680,11 @@ def test_a_writer_that_read_ahead_updates_the_catalog_without_fetching_it_or_its
         ("GetObject", 304),  # catalog.json, unchanged since the read-ahead
         ("ListObjectsV2", 200),  # the journal since its watermark
         ("PutObject", 200),  # catalog.json
+        ("GetObject", 200),  # the page index
+        ("ListObjectsV2", 200),  # the pages
+        ("PutObject", 200),  # the pages the merged records are on: the new backup's month
+        ("PutObject", 200),  # and the month of the five backups only the journal held
+        ("PutObject", 200),  # the page index
         ("PutObject", 200),  # its digest
     ]
     assert late.name in cat.backups
