@@ -166,6 +166,12 @@ def test_pitr_from_the_change_archive_as_postgres_on_the_stand_in(s3_server: S3S
         assert drill is not None and drill.ok, [c for c in drill.checks if not c.ok] if drill else None
         assert drill.measurement and drill.measurement["replay_transactions"] >= 1
         assert conn.run("SELECT datname FROM pg_database ORDER BY 1") == databases
+        # In place into this project, which holds data: the replay could not be undone after the
+        # dump's commit, so it is refused before anything is written.
+        before = _state(conn)
+        r = run_cli(env, "pitr", "--target-time", at_one)
+        assert r.rc == 8 and "not all or nothing" in r.err and "--target-db" in r.err, r.err
+        assert _state(conn) == before
         conn.close()
 
         # The disaster: the project is lost; DB_* point at a new, empty project; pitr without

@@ -58,6 +58,7 @@ from coldcopy.core.sql import quote_ident
 from coldcopy.core.times import parse_iso
 from coldcopy.errors import DatabaseError
 from coldcopy.postgres.client import Postgres
+from coldcopy.postgres.shape import USER_NS_SQL, read_facts
 from coldcopy.restore.erasures import Applied, erase_in_transaction, read_ledger
 from coldcopy.restore.logical import run_restore
 from coldcopy.stream.pipeline import Unpacker, prefetch
@@ -492,10 +493,12 @@ def run_logical_pitr(
     erasures = read_ledger(
         ctx, ctx.catalog.manifest(plan.dump.name).database
     )  # every record opens, before anything is written
+    pg = Postgres(settings)
+    if target_db is None:
+        _refuse_a_project_holding_data(pg, settings.db_name)
     if on_plan is not None:
         on_plan(plan)  # printed before the restore starts
     t0 = time.monotonic()
-    pg = Postgres(settings)
     done: dict[str, Any] = {}
 
     def replay(dbname: str) -> None:
@@ -537,6 +540,35 @@ def run_logical_pitr(
         heartbeat_at=heartbeat.isoformat() if heartbeat else None,
         erased=erased.to_dict(),
     )
+
+
+def _refuse_a_project_holding_data(pg: Postgres, dbname: str) -> None:
+    """In place, a Supabase project's database is given the dump in one transaction and the replay
+    follows that commit (it cannot be staged): a failed replay would leave it at the dump's state.
+    That is only acceptable for a new, empty project (the disaster case), so a project holding
+    tables of the user's or rows of its sign-ups and files is refused before anything is written."""
+    with pg.session(pg.maintenance_db()) as admin:
+        if not pg.database_exists(admin, dbname):
+            return  # nothing there to lose
+    with pg.session(dbname) as conn:
+        if read_facts(conn).platform != "supabase":
+            return  # a plain database is staged, replayed and swapped in: all or nothing
+        tables = conn.run(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.relkind IN ('r', 'p') AND {USER_NS_SQL}"
+        )[0][0]
+        rows = conn.run(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM auth.users LIMIT 1) u) "
+            "+ (SELECT count(*) FROM (SELECT 1 FROM storage.objects LIMIT 1) o)"
+        )[0][0]
+    if tables or rows:
+        raise RecoveryRefused(
+            f"{dbname!r} is a Supabase project's database holding data ({tables} tables of yours"
+            f"{', and sign-ups or files' if rows else ''}); a point-in-time recovery in place there is"
+            " not all or nothing (the replay follows the dump's commit)",
+            "recover into a new project (point DB_* at it) or into a new database with --target-db,"
+            " then move the application over",
+        )
 
 
 def _erase_after_replay(conn: pg8000.native.Connection, erasures: list[Erasure]) -> Applied:
