@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,16 @@ def spawn_cli(env: dict[str, str], *args: str, **kw: object) -> subprocess.Popen
     )  # type: ignore[call-overload]
 
 
-def killed_at_point(env: dict[str, str], point: str, fifo_dir: Path, *args: str) -> int:
+def killed_at_point(
+    env: dict[str, str],
+    point: str,
+    fifo_dir: Path,
+    *args: str,
+    while_paused: Callable[[], None] | None = None,
+) -> int:
     """Run ``coldcopy *args`` until it reaches the pause point ``point``; SIGKILL it there (a FIFO
-    wakes the caller exactly at the point).  Returns its pid; fails the test if it ends first."""
+    wakes the caller exactly at the point; ``while_paused`` runs first, the process held there).
+    Returns its pid; fails the test if it ends first."""
     fifo = fifo_dir / f"{point.replace(':', '-')}.fifo"
     os.mkfifo(fifo)
     proc = spawn_cli({**env, "COLDCOPY_PAUSE_AT": f"{point}@{fifo}"}, *args)
@@ -80,8 +88,12 @@ def killed_at_point(env: dict[str, str], point: str, fifo_dir: Path, *args: str)
         text = f.read().strip()
     if not text:
         pytest.fail(f"`coldcopy {args[0]}` ended before {point}: {proc.communicate()[1][-2000:]}")
-    os.kill(int(text), signal.SIGKILL)
-    proc.wait()
+    try:
+        if while_paused is not None:
+            while_paused()
+    finally:
+        os.kill(int(text), signal.SIGKILL)
+        proc.wait()
     return int(text)
 
 

@@ -14,31 +14,34 @@ import threading
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pg8000.native
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import killed_at_point, run_cli
 from coldcopy.alerting.notify import active_alerts, gather
 from coldcopy.backup.logical import run_backup
 from coldcopy.changes.drain import drain
 from coldcopy.changes.health import load_health
 from coldcopy.changes.monitor import archive_in_use, archive_slot, drain_and_record, drain_loop
 from coldcopy.changes.retention import apply_changes_plan, plan_changes
-from coldcopy.changes.slot import setup
+from coldcopy.changes.slot import setup, slot_state
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
 from coldcopy.core.alerts import Thresholds, changes_alerts
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.changes import (
     BATCHES_PREFIX,
+    DATA_PREFIX,
     Batch,
     ChangesHealth,
     SnapshotVisibility,
     batch_key,
     batch_start,
     continuity_gaps,
+    lsn16,
     needless_prefix,
     prunable_batches,
     restart_backup_at,
@@ -339,6 +342,66 @@ def test_drains_killed_at_any_point_lose_and_repeat_nothing(lpg: PgCluster, env:
     recs = [ctx.storage.get_json(i.key) for i in ctx.storage.list(BATCHES_PREFIX)]
     assert continuity_gaps([Batch.from_record("", r) for r in recs]) == []
     assert recs[-1]["sequences"]["public.s"] == int(conn.run("SELECT last_value FROM s")[0][0])
+    conn.close()
+
+
+KILL_POINTS = ["changes:peeked", "changes:stored-volumes", "changes:stored-record"]
+
+
+def test_drains_sigkilled_at_each_point_lose_and_repeat_nothing(
+    lpg: PgCluster, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Real kills: `coldcopy changes drain` subprocesses held at a pause point (after the peek and
+    before any store; the batch's volumes stored but not its record; the record stored but the slot
+    not advanced) and SIGKILLed there, with transactions committed between drains and while one is
+    held; then a clean drain.  The archive holds each committed transaction once, in commit order."""
+    rng = random.Random(1414)
+    settings, ctx, conn = set_up(lpg, env, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    slot = archive_slot(settings)
+    committed: list[int] = []
+
+    def commit_some() -> None:
+        for _ in range(rng.randint(1, 4)):  # transactions of 1..600 rows (batches cut at 1000 rows)
+            n, first = rng.randint(1, 600), len(committed)
+            sql = "INSERT INTO t SELECT g, 'x' FROM generate_series(:a::int, :b::int) g"
+            conn.run(sql, a=first, b=first + n - 1)
+            committed.extend(range(first, first + n))
+
+    def batch_at_slot() -> tuple[str, bool, list[str]]:
+        """The slot's position, whether a batch record starts there, and the data stored for it."""
+        at = slot_state(conn, slot).confirmed_lsn
+        data = [o.key for o in ctx.storage.list(f"{DATA_PREFIX}{lsn16(at)}/")]
+        return at, ctx.storage.exists(batch_key(at)), data
+
+    plan = KILL_POINTS + [rng.choice(KILL_POINTS) for _ in range(3)]
+    for i, point in enumerate(plan):
+        commit_some()
+        (tmp_path / str(i)).mkdir()
+        killed_at_point(env, point, tmp_path / str(i), "changes", "drain", while_paused=commit_some)
+        at, recorded, data = batch_at_slot()
+        # The kill fell where it was meant to: the slot was not advanced past the batch in hand.
+        if point == "changes:peeked":
+            assert not recorded and not data, point
+        elif point == "changes:stored-volumes":
+            assert not recorded and data, point  # volumes orphaned, no batch listed
+        else:
+            assert recorded and data, point  # stored, the slot still before its end
+            assert parse_lsn(ctx.storage.get_json(batch_key(at))["end_lsn"]) > parse_lsn(at)
+    r = run_cli(env, "--json", "changes", "drain")
+    assert r.rc == 0, r.err
+    assert not batch_at_slot()[1]  # no stored batch waits for the slot to pass it
+    txns = archived(ctx)
+    assert ids_of(txns) == committed  # each committed row once, in commit order, none missing
+    xids = [t["xid"] for t in txns]
+    assert len(xids) == len(set(xids)) == len(txns)
+    commits = [parse_lsn(t["commit_lsn"]) for t in txns]
+    assert commits == sorted(commits) and len(set(commits)) == len(commits)
+    recs = [ctx.storage.get_json(i.key) for i in ctx.storage.list(BATCHES_PREFIX)]
+    assert continuity_gaps([Batch.from_record("", rec) for rec in recs]) == []
+    assert parse_lsn(slot_state(conn, slot).confirmed_lsn) >= parse_lsn(recs[-1]["end_lsn"])
+    assert [rec["transactions"] for rec in recs] == [
+        sum(t["batch"] == i.key for t in txns) for i in ctx.storage.list(BATCHES_PREFIX)
+    ]
     conn.close()
 
 

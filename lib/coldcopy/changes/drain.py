@@ -14,6 +14,10 @@ heartbeat:
 3. write the record ``changes/batches/<C>.json`` create-only, LAST: the batch exists when it does;
 4. advance the slot to the end of the batch's last commit (``pg_replication_slot_advance``).
 
+Fault tests kill a real drain at the pause points ``changes:peeked`` (after the peek, before any
+store), ``changes:stored-volumes`` (the batch's volumes stored, not its record) and
+``changes:stored-record`` (before the advance); see coldcopy.pausepoints.
+
 Killed anywhere, the next drain finds the slot where the last advance left it: before 3 the batch
 is peeked again (the orphaned volumes are cleaned up later), between 3 and 4 step 1 skips it.
 """
@@ -38,6 +42,7 @@ from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.manifest import StoredObject
 from coldcopy.core.times import Clock, iso, utc_now
 from coldcopy.errors import ConflictError, DatabaseError
+from coldcopy.pausepoints import pause_point
 from coldcopy.storage.volumes import VolumeWriter
 from coldcopy.stream.pipeline import Packer
 
@@ -255,6 +260,7 @@ def drain_batch(
     if rows == 0:
         writer.abort()
         return None
+    pause_point(ctx.settings, "changes:peeked")
     if scan.last_action != "C":
         writer.abort()
         raise DatabaseError(
@@ -263,8 +269,7 @@ def drain_batch(
         )
     stats = packer.close()
     volumes = writer.complete()
-    if fault:
-        fault("stored-volumes")
+    _step(ctx, fault, "stored-volumes")
     stored = StoredObject(
         data_key(start, attempt),
         stats.stored_size,
@@ -304,8 +309,7 @@ def drain_batch(
     except ConflictError:  # a drain racing this one stored the batch first: keep its copy
         ctx.storage.delete([k for k, _ in stored.pieces()])
         return _resume(ctx, conn, slot, key)
-    if fault:
-        fault("stored-record")
+    _step(ctx, fault, "stored-record")
     _advance(conn, slot, scan.end_lsn)
     return BatchResult(
         key,
@@ -318,6 +322,13 @@ def drain_batch(
         untracked_ddl=scan.untracked,
         fingerprint=scan.fingerprint,
     )
+
+
+def _step(ctx: Context, fault: Fault | None, step: str) -> None:
+    """A point where a fault test kills the drain: in process (``fault``) or a real kill (a pause point)."""
+    pause_point(ctx.settings, f"changes:{step}")
+    if fault:
+        fault(step)
 
 
 def _resume(ctx: Context, conn: pg8000.native.Connection, slot: str, key: str) -> BatchResult:
