@@ -20,7 +20,14 @@ import pytest
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
-from coldcopy.core.erasure import ErasureInputError, ErasureKind, new_erasure, parse_kinds, positional
+from coldcopy.core.erasure import (
+    ErasureInputError,
+    ErasureKind,
+    apply_sql,
+    new_erasure,
+    parse_kinds,
+    positional,
+)
 from coldcopy.errors import DatabaseError
 from coldcopy.restore.erasures import apply_erasures, record_erasure
 from coldcopy.storage.s3 import make_client
@@ -349,6 +356,10 @@ def test_subjects_that_look_like_sql_are_only_values(pg, fresh_db) -> None:  # t
     applied = apply_erasures(c, [e, gone])
     assert applied.per_erasure == {e.id: 2, gone.id: 0}  # a table the backup lacks: nothing to remove
     assert c.run("SELECT id, v FROM t") == [[2, "kept"]]
+    # The subjects are never in a statement's text (the server logs a failing one), and the
+    # setting they travel in is gone with the transaction.
+    assert "hara" not in apply_sql([e, gone]) and "hara" not in apply_sql([e], statements=False)
+    assert c.run("SELECT current_setting('coldcopy.subjects', true)")[0][0] in ("", None)
     wrong = ErasureKind("w", ("DELETE FROM t WHERE nope = :subject",), kind.check)
     bad = new_erasure(wrong, LIKE_SQL, "db", now)
     with pytest.raises(DatabaseError) as err:

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from coldcopy.core.sql import quote_literal
 from coldcopy.core.times import iso, parse_iso
 
 LEDGER_PREFIX = "erasures/"
 RECORD_FORMAT = "coldcopy-erasure-2"
 ERASED_SETTING = "coldcopy.erased"
+SUBJECTS_SETTING = "coldcopy.subjects"  # the subjects by erasure id, while a DO block applies them
 PARAMETER = "subject"
 STATEMENT_VERBS = ("DELETE", "UPDATE")
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -330,16 +332,26 @@ def dollar_literal(value: str) -> str:
             return f"${tag}${value}${tag}$"
 
 
+def subjects_json(erasures: list[Erasure]) -> str:
+    """The subjects by erasure id: the value of the transaction-local setting ``coldcopy.subjects``
+    that ``apply_sql`` reads them from (set with a bound parameter, so no subject is ever in the
+    text of a statement: not in the server's log of a failing one, pg_stat_activity or
+    pg_stat_statements)."""
+    return json.dumps({e.id: e.subject for e in erasures}, ensure_ascii=False)
+
+
 def apply_sql(erasures: list[Erasure], *, statements: bool = True, restored: bool = True) -> str:
-    """One ``DO`` statement applying every erasure (only checking, without ``statements``); it
-    leaves ``{id: rows changed}`` in the transaction-local setting ``coldcopy.erased`` (``{}`` for
-    no erasures) and fails when a check still counts a subject's rows.  In a ``restored`` database
-    a table it lacks (a backup older than the table) holds nothing to erase; in the live one it is
-    an error (a statement that names a table wrongly)."""
+    """One ``DO`` statement applying every erasure (only checking, without ``statements``), each
+    subject read from the setting ``coldcopy.subjects`` (``subjects_json``, set before it in the
+    same transaction; cleared at its end); it leaves ``{id: rows changed}`` in the
+    transaction-local setting ``coldcopy.erased`` (``{}`` for no erasures) and fails when a check
+    still counts a subject's rows.  In a ``restored`` database a table it lacks (a backup older
+    than the table) holds nothing to erase; in the live one it is an error (a statement that
+    names a table wrongly)."""
     absent = "undefined_table" if restored else "SQLSTATE 'CC000'"  # CC000: raised by nothing
     body = ["DECLARE n bigint; total bigint; left_over bigint; done jsonb := '{}'::jsonb;", "BEGIN"]
     for e in erasures:
-        subject = dollar_literal(e.subject)
+        subject = f"(current_setting('{SUBJECTS_SETTING}')::jsonb ->> {quote_literal(e.id)})"
         body += ["  BEGIN", "    total := 0;"]
         for sql in e.statements if statements else ():
             body += [
@@ -364,7 +376,11 @@ def apply_sql(erasures: list[Erasure], *, statements: bool = True, restored: boo
             " of the subject', left_over;",
             "  END IF;",
         ]
-    body += [f"  PERFORM set_config('{ERASED_SETTING}', done::text, true);", "END"]
+    body += [
+        f"  PERFORM set_config('{ERASED_SETTING}', done::text, true);",
+        f"  PERFORM set_config('{SUBJECTS_SETTING}', '', true);",
+        "END",
+    ]
     quoted = dollar_literal("\n".join(body))  # under a tag nothing inside holds
     return f"DO {quoted};"
 

@@ -22,8 +22,10 @@ from coldcopy.context import Context
 from coldcopy.core.erasure import (
     ERASED_SETTING,
     LEDGER_PREFIX,
+    SUBJECTS_SETTING,
     Erasure,
     apply_sql,
+    subjects_json,
 )
 from coldcopy.errors import ConfigError, DatabaseError, IntegrityError
 from coldcopy.stream.pipeline import Unpacker, pack_bytes
@@ -136,7 +138,8 @@ def erase_in_transaction(
     """Apply ``erasures`` inside the transaction open on ``conn`` (the caller commits or rolls
     back); DatabaseError (naming an erasure, never a value) if one cannot be applied or a check
     still counts rows."""
-    try:
+    try:  # the subjects as a bound parameter: never in a statement's text
+        conn.run("SELECT set_config(:k, :v, true)", k=SUBJECTS_SETTING, v=subjects_json(erasures))
         conn.run(apply_sql(erasures, statements=statements, restored=restored))
         rows = conn.run(f"SELECT current_setting('{ERASED_SETTING}', true)")
     except pg8000.native.DatabaseError as exc:

@@ -28,7 +28,7 @@ from typing import Any
 
 from coldcopy.backup.reader import BackupReader
 from coldcopy.config import Settings, redact
-from coldcopy.core.erasure import ERASED_SETTING, Erasure, apply_sql
+from coldcopy.core.erasure import ERASED_SETTING, SUBJECTS_SETTING, Erasure, apply_sql, subjects_json
 from coldcopy.core.platform import (
     RolePlan,
     Selection,
@@ -322,6 +322,10 @@ def _epilogue(
     if erasures:
         parts += [
             "SET session_replication_role = origin;",
+            # psql cannot bind a parameter (before 16): the subjects go in this one SELECT, which
+            # cannot fail, so no server log of a failing statement holds them
+            f"SELECT set_config('{SUBJECTS_SETTING}', {quote_literal(subjects_json(erasures))}, true)"
+            " AS cc_subjects_set \\gset",
             apply_sql(erasures),
             "SET session_replication_role = replica;",
             f"SELECT current_setting('{ERASED_SETTING}', true) AS cc_erased \\gset",
