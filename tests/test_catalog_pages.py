@@ -478,7 +478,7 @@ def test_a_writer_cuts_only_the_pages_its_records_touched_and_stores_what_cuttin
         else:
             store.record("run", f"r{step}", {"run_id": f"r{step}", "kind": "verify"}, when=when)
         if rng.random() < 0.3:
-            store.upkeep()  # the tick: advances the index over run records and failures
+            store.upkeep(when)  # the tick: advances the index over run records and failures
         if rng.random() < 0.8:  # else the writer died between its record and its save
             store.refresh()
             saves += 1

@@ -660,12 +660,13 @@ def test_a_digest_and_index_advanced_over_records_are_those_of_the_merged_catalo
         body: Any = {"type": kind, "name": name, "kind": "full", "at": iso(at), "error": "x"}
         records.append((journal_key(kind, name, at), body if i != 5 else "damaged"))  # type: ignore[arg-type]
     before, index = digest(cat), build_pages(cat)[0]
-    cat.merge(records)
-    advanced = advance(before, records)
+    later = NOW + timedelta(days=1)  # the tick's clock, after every record
+    cat.merge(records, later)
+    advanced = advance(before, records, later)
     assert advanced == digest(cat) and advanced != before
     app_failures = sum(1 for _, r in records[:30] if isinstance(r, dict) and r["type"] == "backup_failed")
     assert app_failures and advanced.counters[("full", "app")][1] < app_failures  # fell out of the 200
-    assert advance_index(index, records) == build_pages(cat)[0]
+    assert advance_index(index, records, later) == build_pages(cat)[0]
     for kind in ("backup", "backup_deleted", "verification"):
         one = [(journal_key(kind, "y", NOW), {"type": kind, "name": "y"})]
-        assert advance(before, one) is None and advance_index(index, one) is None
+        assert advance(before, one, later) is None and advance_index(index, one, later) is None

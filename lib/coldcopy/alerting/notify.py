@@ -180,7 +180,7 @@ def check_alerts(
     cfg = settings.smtp
     lag = timedelta(minutes=settings.schedule_grace_minutes) + SKEW  # how late a run id can be listed
     inputs = gather(storage, now, load_monitor_state(storage), lag)
-    cat_digest = CatalogStore(storage).upkeep(settings.thresholds.size_sample)
+    cat_digest = CatalogStore(storage).upkeep(now, settings.thresholds.size_sample)
     alerts = active_alerts(settings, cat_digest, inputs, now)
     before = inputs.alert_state
     state = advance(before, alerts, now, notify=cfg.configured)

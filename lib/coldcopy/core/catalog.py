@@ -195,7 +195,7 @@ def merge_beside_entries(
     applied: Iterable[str],
     failures: Sequence[dict[str, Any]],
     records: list[tuple[str, dict[str, Any]]],
-    now: datetime | None = None,
+    now: datetime,
 ) -> Catalog | None:
     """What merging ``records`` leaves of a catalog's failures, watermark and applied keys, from
     those alone (a cache made from the catalog keeps them: the digest, the page index); None when

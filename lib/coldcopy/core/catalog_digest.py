@@ -288,7 +288,7 @@ def _counters(success: dict[Key, int], failures: Sequence[dict[str, Any]]) -> di
 
 
 def advance(
-    d: CatalogDigest, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None
+    d: CatalogDigest, records: list[tuple[str, dict[str, Any]]], now: datetime
 ) -> CatalogDigest | None:
     """``d`` with journal records it has not applied, without the catalog: what ``digest`` makes of
     the catalog they are merged into, when none changes a backup, deletion or verification (a job's

@@ -239,7 +239,7 @@ def recut(cat: Catalog, stored: PageIndex, since: Since) -> tuple[PageIndex, dic
 
 
 def advance_index(
-    index: PageIndex, records: list[tuple[str, dict[str, Any]]], now: datetime | None = None
+    index: PageIndex, records: list[tuple[str, dict[str, Any]]], now: datetime
 ) -> PageIndex | None:
     """``index`` with journal records it has not applied, when none changes a backup, deletion or
     verification (so no page changes): what :func:`build` makes of the catalog they are merged

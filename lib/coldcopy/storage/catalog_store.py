@@ -297,7 +297,7 @@ class CatalogStore:
             self.storage.delete(left)
         return len(changed)
 
-    def upkeep(self, size_sample: int = 0) -> CatalogDigest:
+    def upkeep(self, now: datetime, size_sample: int = 0) -> CatalogDigest:
         """The tick's upkeep of the digest, the page index and the pages, bounded by what changed;
         returns the catalog's digest (what ``digest(read(), size_sample)`` makes).
 
@@ -308,11 +308,12 @@ class CatalogStore:
         (``catalog_digest.advance``, ``catalog_pages.advance_index``), and a page no index names is
         deleted.  Otherwise (a writer died between its record and its save), or when the digest or
         the index is missing, unreadable or kept fewer sizes than ``size_sample``, or a page is
-        lost, the catalog is read and they are made from it, as a writer makes them."""
+        lost, the catalog is read and they are made from it, as a writer makes them.  ``now``: the
+        tick's clock (the watermark the merged records leave)."""
         stored: CatalogDigest | None = self._read_small(DIGEST_KEY, parse_digest)
         index: PageIndex | None = self._read_small(INDEX_KEY, parse_index)
         if stored is not None and index is not None and stored.size_sample_kept >= size_sample:
-            got = self._advance(stored, index)
+            got = self._advance(stored, index, now)
             if got is not None:
                 return got
         cat = self.read()
@@ -321,7 +322,7 @@ class CatalogStore:
         self.save_pages(cat)
         return made
 
-    def _advance(self, stored: CatalogDigest, index: PageIndex) -> CatalogDigest | None:
+    def _advance(self, stored: CatalogDigest, index: PageIndex, now: datetime) -> CatalogDigest | None:
         """``upkeep`` without the catalog; None when it needs the catalog."""
         floors = [start_after(stored.watermark) or "", start_after(index.watermark) or ""]
         keys = [
@@ -332,8 +333,8 @@ class CatalogStore:
         for_digest = [k for k in keys if k > floors[0] and k not in stored.applied]
         for_index = [k for k in keys if k > floors[1] and k not in index.applied]
         fetched = dict(self._fetch(sorted({*for_digest, *for_index})))
-        new_digest = advance(stored, [(k, fetched[k]) for k in for_digest if k in fetched])
-        new_index = advance_index(index, [(k, fetched[k]) for k in for_index if k in fetched])
+        new_digest = advance(stored, [(k, fetched[k]) for k in for_digest if k in fetched], now)
+        new_index = advance_index(index, [(k, fetched[k]) for k in for_index if k in fetched], now)
         if new_digest is None or new_index is None:
             return None
         listed = {o.key: o.size for o in self.storage.list(PAGES)}
