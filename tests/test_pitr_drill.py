@@ -150,7 +150,7 @@ def _drain(env: dict[str, str], conn: pg8000.native.Connection) -> datetime:
 
 @pytest.mark.timeout(240)
 def test_the_drill_passes_on_a_good_archive_and_fails_on_a_damaged_batch(
-    lpg: PgCluster, env: dict[str, str]
+    lpg: PgCluster, env: dict[str, str], tmp_path: Any
 ) -> None:
     conn = lpg.connect(env["DB_NAME"])
     conn.run("SET synchronous_commit = on")
@@ -178,6 +178,17 @@ def test_the_drill_passes_on_a_good_archive_and_fails_on_a_damaged_batch(
     mid = conn.run("SELECT clock_timestamp()")[0][0]
     conn.run("UPDATE status SET phase = 'three'")
     conn.run("INSERT INTO t (v) SELECT 'three' FROM generate_series(1, 7)")
+    # A person erased after the target: the drill's replay brings their 30 rows back and its
+    # erasure ledger removes them again; the counts are checked as replayed, before the ledger.
+    config = tmp_path / "erasures.json"
+    lead = {
+        "statements": ["DELETE FROM t WHERE v = :subject"],
+        "check": "SELECT count(*) FROM t WHERE v = :subject",
+    }
+    config.write_text(json.dumps({"kinds": {"lead": lead}}))
+    gdpr = {**env, "GDPR_ERASURE_CONFIG": str(config)}
+    erased = run_cli(gdpr, "gdpr", "erase", "--subject", "one", "--kind", "lead")
+    assert erased.rc == 0, erased.err
     _drain(env, conn)
     assert first < second
 

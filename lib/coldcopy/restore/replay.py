@@ -478,6 +478,7 @@ def run_logical_pitr(
     *,
     on_plan: Any = None,
     scratch: bool = False,
+    on_replayed: Callable[[pg8000.native.Connection], None] | None = None,
 ) -> LogicalPitrResult:
     """Restore the newest dump before ``target``, replay the change archive onto it and apply the
     erasure ledger in the replay's transaction, all in the restore's staging database before it is
@@ -487,7 +488,9 @@ def run_logical_pitr(
     the ledger applied in it): there the replay's transaction follows that commit, and a failed
     replay leaves the project at the dump's state.  ``scratch`` (a drill's scratch database): a
     plain dump is restored without owners and grants, as test restores are, since the scratch
-    server need not have the server's roles."""
+    server need not have the server's roles.  ``on_replayed(conn)`` runs in the replay's
+    transaction once the rows and sequences are in, before the erasure ledger (a drill counts the
+    tables there: the ledger removes rows its counts know nothing of)."""
     ctx = open_context(settings)
     plan, records = plan_for(ctx, target)
     erasures = read_ledger(
@@ -510,7 +513,7 @@ def run_logical_pitr(
                 conn,
                 plan,
                 {b.key: r for b, r in records},
-                lambda c: erased.append(_erase_after_replay(c, erasures)),
+                lambda c: erased.append(_erase_after_replay(c, erasures, on_replayed)),
             )
             done["erased"] = erased[0] if erased else Applied()
             done["beat"] = conn.run(f"SELECT max(at) FROM {SCHEMA}.heartbeat") if _has_heartbeat(conn) else []
@@ -571,9 +574,16 @@ def _refuse_a_project_holding_data(pg: Postgres, dbname: str) -> None:
         )
 
 
-def _erase_after_replay(conn: pg8000.native.Connection, erasures: list[Erasure]) -> Applied:
-    """The ledger, in the replay's transaction: what the replay brought back goes again, as
-    ordinary deletes (the tables' triggers and foreign keys act as on the live database)."""
+def _erase_after_replay(
+    conn: pg8000.native.Connection,
+    erasures: list[Erasure],
+    on_replayed: Callable[[pg8000.native.Connection], None] | None = None,
+) -> Applied:
+    """The ledger, in the replay's transaction (after ``on_replayed``): what the replay brought
+    back goes again, as ordinary deletes (the tables' triggers and foreign keys act as on the
+    live database)."""
+    if on_replayed is not None:
+        on_replayed(conn)
     if not erasures:
         return Applied()
     conn.run("SET LOCAL session_replication_role = origin")

@@ -145,8 +145,15 @@ def _recover_and_check(
 ) -> None:
     # The archive's prefix stays the protected database's, whatever the scratch is called.
     here = replace(scratch.settings, cluster=settings.cluster_label)
+    counts: dict[str, int] = {}  # the tables as replayed, before the erasure ledger removes rows
     try:
-        done = run_logical_pitr(here, plan.target, scratch.dbname, scratch=True)
+        done = run_logical_pitr(
+            here,
+            plan.target,
+            scratch.dbname,
+            scratch=True,
+            on_replayed=lambda conn: counts.update(Postgres.table_row_counts(conn)),
+        )
     except ColdCopyError as exc:
         result.add(
             "restored and replayed into the scratch database",
@@ -166,7 +173,7 @@ def _recover_and_check(
             break
     manifest = ctx.catalog.manifest(plan.dump.name)
     _check_heartbeat(result, done, tally, plan)
-    _check_counts(result, scratch, manifest, tally)
+    _check_counts(result, counts, manifest, tally)
     _check_shape(result, scratch, manifest, tally)
 
 
@@ -212,13 +219,12 @@ def _check_heartbeat(result: VerifyResult, done: LogicalPitrResult, tally: Tally
     result.add("the heartbeat ends at the last drain before the target", ok, detail)
 
 
-def _check_counts(result: VerifyResult, scratch: Scratch, manifest: Manifest, tally: Tally) -> None:
+def _check_counts(result: VerifyResult, got: dict[str, int], manifest: Manifest, tally: Tally) -> None:
+    """``got``: the tables' counts in the replay's transaction, before the erasure ledger."""
     name = "every table's row count equals the count at the target"
     if manifest.row_counts != "exact":
         result.skip(name, "the dump recorded estimated row counts: no exact count to move on from")
         return
-    with scratch.pg.session(scratch.dbname) as conn:
-        got = Postgres.table_row_counts(conn)
     expected = expected_counts(manifest.tables, tally)
     wrong = count_differences(expected, got, ddl=bool(tally.ddl))
     result.add(
