@@ -18,9 +18,17 @@ import test_changes
 from cli_helpers import run_cli
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import open_context
-from coldcopy.core.changes import SnapshotVisibility
+from coldcopy.core.changes import Batch, SnapshotVisibility
 from coldcopy.core.manifest import StoredObject
-from coldcopy.core.pitr_drill import Tally, choose_time, count_differences, expected_counts, replay_figures
+from coldcopy.core.pitr_drill import (
+    Tally,
+    aim_drill,
+    choose_time,
+    count_differences,
+    expected_counts,
+    replay_figures,
+    run_ends,
+)
 from coldcopy.core.recovery_plan import Target
 from coldcopy.core.replay import Dump
 from coldcopy.core.verification import drill_proof
@@ -96,6 +104,25 @@ def test_the_drill_target_is_random_in_the_window_and_never_while_a_dump_ran() -
     assert choose_time(T0, end, [late], Fraction(0.999)) == end
     seen = {choose_time(T0, end, [], random.Random(s)) for s in range(20)}
     assert len(seen) == 20 and all(T0 <= t <= end for t in seen)
+
+
+def test_the_drill_aims_at_the_newest_window_and_says_when_the_newest_commit_is_out_of_reach() -> None:
+    def batch(start: str, end: str, minute: int) -> Batch:
+        first, last = f"2026-12-01 12:{minute:02d}:00+00", f"2026-12-01 12:{minute + 1:02d}:00+00"
+        return Batch(f"k{start}", start, end, 1, first, last, 1)
+
+    dump = Dump("full_backup_db_1", T0, T0 + timedelta(seconds=30), SnapshotVisibility(5, 6, (), "0/150"))
+    whole = [batch("0/100", "0/200", 5), batch("0/200", "0/300", 10)]
+    gapped = [*whole, batch("0/400", "0/500", 20)]  # the slot moved on without a batch: a gap
+    assert run_ends(gapped) == [T0 + timedelta(minutes=21), T0 + timedelta(minutes=11)]
+    aimed = aim_drill(whole, [dump], Fraction(1.0))
+    assert aimed is not None and aimed[2] is None and aimed[1].window_end == T0 + timedelta(minutes=11)
+    aimed = aim_drill(gapped, [dump], Fraction(1.0))
+    assert aimed is not None  # drilled where it can be, and the newest commit's refusal said
+    plan, window, unreachable = aimed
+    assert window.window_end == T0 + timedelta(minutes=11) and plan.target.time == window.window_end
+    assert unreachable and "gap" in unreachable
+    assert aim_drill(gapped, [], Fraction(0.5)) is None  # no dump the stream extends: nothing to prove
 
 
 def test_a_drill_record_is_carried_forward_until_the_next_drill() -> None:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from coldcopy.core.changes import SCHEMA, SnapshotVisibility
-from coldcopy.core.recovery_plan import Target
-from coldcopy.core.replay import Commit, Dump, parse_line, stream_time, within
+from coldcopy.core.changes import SCHEMA, Batch, SnapshotVisibility
+from coldcopy.core.lsn import parse_lsn
+from coldcopy.core.recovery_plan import RecoveryRefused, Target
+from coldcopy.core.replay import Commit, Dump, LogicalPlan, parse_line, plan_logical, stream_time, within
 
 HEARTBEAT_TABLE = "heartbeat"
 
@@ -122,3 +123,43 @@ def replay_figures(transactions: int, replay_seconds: float, history_seconds: fl
         "history_seconds": round(max(history_seconds, 0.0), 3),
         "history_per_replay_second": round(max(history_seconds, 0.0) / seconds, 2),
     }
+
+
+def run_ends(batches: list[Batch]) -> list[datetime]:
+    """The newest commit of each continuous run of the stream (split where a batch does not start
+    where the previous ended), newest first: a window can only end at one of them."""
+    ends: list[datetime] = []
+    newest: datetime | None = None
+    previous: Batch | None = None
+    for b in sorted(batches, key=lambda b: parse_lsn(b.start_lsn)):
+        if previous is not None and parse_lsn(b.start_lsn) != parse_lsn(previous.end_lsn) and newest:
+            ends.append(newest)
+            newest = None
+        if b.last_commit_at:
+            at = stream_time(b.last_commit_at)
+            newest = at if newest is None else max(newest, at)
+        previous = b
+    if newest is not None:
+        ends.append(newest)
+    return sorted(ends, reverse=True)
+
+
+def aim_drill(
+    batches: list[Batch], dumps: list[Dump], rng: random.Random
+) -> tuple[LogicalPlan, LogicalPlan, str | None] | None:
+    """(the plan to a random time in the window, the plan to the window's end, why the newest
+    archived commit cannot be reached or None).  When the newest commit is refused (a gap: a lost
+    batch, a slot re-created before the next dump), the window is the newest one that can be
+    recovered, and the reason fails the drill; None when no commit can be recovered (no dump the
+    stream extends yet: nothing to prove)."""
+    unreachable: str | None = None
+    for newest in run_ends(batches):
+        try:
+            window = plan_logical(Target("time", time=newest), dumps, batches)
+        except RecoveryRefused as exc:
+            unreachable = unreachable or exc.message
+            continue
+        inside = [d for d in dumps if window.window_start <= d.started_at]
+        when = choose_time(window.window_start, window.window_end, inside, rng)
+        return plan_logical(Target("time", time=when), dumps, batches), window, unreachable
+    return None

@@ -29,11 +29,15 @@ from typing import Any
 
 from coldcopy.config import Settings, redact
 from coldcopy.context import Context, open_context
-from coldcopy.core.changes import Batch
 from coldcopy.core.manifest import Manifest
-from coldcopy.core.pitr_drill import Tally, choose_time, count_differences, expected_counts, replay_figures
-from coldcopy.core.recovery_plan import RecoveryRefused, Target
-from coldcopy.core.replay import Dump, LogicalPlan, plan_logical, stream_time
+from coldcopy.core.pitr_drill import (
+    Tally,
+    aim_drill,
+    count_differences,
+    expected_counts,
+    replay_figures,
+)
+from coldcopy.core.replay import LogicalPlan
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import PITR_LEVEL, VerifyResult
 from coldcopy.errors import ColdCopyError, EnvironmentProblem, StorageError
@@ -63,14 +67,19 @@ def run_pitr_drill(
         return None
     batches = [b for b, _ in records]
     dumps = logical_dumps(ctx)
-    aim = _aim(batches, dumps, rng or random.Random())
+    aim = aim_drill(batches, dumps, rng or random.Random())
     if aim is None:
         log.info("the change archive has no window yet (no logical backup it extends): no drill")
         return None
-    plan, window = aim
+    plan, window, unreachable = aim
     result = VerifyResult(plan.dump.name, PITR_LEVEL)
     target = plan.target
     assert target.time is not None
+    result.add(
+        "the window reaches the newest archived commit",
+        unreachable is None,
+        unreachable[:500] if unreachable else f"up to {iso(window.window_end)}",
+    )
     result.add(
         "recovery target",
         True,
@@ -94,23 +103,6 @@ def run_pitr_drill(
     result.duration_seconds = round(time.monotonic() - t0, 3)
     record_result(ctx, result)
     return result
-
-
-def _aim(
-    batches: list[Batch], dumps: list[Dump], rng: random.Random
-) -> tuple[LogicalPlan, LogicalPlan] | None:
-    """(the plan to a random time in the window, the plan to the newest commit: the window)."""
-    commits = [stream_time(b.last_commit_at) for b in batches if b.last_commit_at]
-    if not commits:
-        return None
-    try:
-        window = plan_logical(Target("time", time=max(commits)), dumps, batches)
-        inside = [d for d in dumps if window.window_start <= d.started_at]
-        when = choose_time(window.window_start, window.window_end, inside, rng)
-        return plan_logical(Target("time", time=when), dumps, batches), window
-    except RecoveryRefused as exc:
-        log.info("no PITR drill: %s", exc.message)
-        return None
 
 
 def _drill(
