@@ -497,8 +497,9 @@ def run_logical_pitr(
         ctx, ctx.catalog.manifest(plan.dump.name).database
     )  # every record opens, before anything is written
     pg = Postgres(settings)
-    if target_db is None:
-        _refuse_a_project_holding_data(pg, settings.db_name)
+    # In place into a project's own database, the dump is committed before the replay: its
+    # restore applies the ledger too; anywhere else only the replay's transaction does.
+    project = target_db is None and _empty_project_in_place(pg, settings.db_name)
     if on_plan is not None:
         on_plan(plan)  # printed before the restore starts
     t0 = time.monotonic()
@@ -524,7 +525,7 @@ def run_logical_pitr(
         target_db,
         no_owner=scratch,
         no_privileges=scratch,
-        erase=target_db is None,  # a project's own database holds the dump before the replay
+        erase=project,
         before_swap=replay,
     )
     final = str(restored["target_db"])
@@ -545,17 +546,18 @@ def run_logical_pitr(
     )
 
 
-def _refuse_a_project_holding_data(pg: Postgres, dbname: str) -> None:
-    """In place, a Supabase project's database is given the dump in one transaction and the replay
+def _empty_project_in_place(pg: Postgres, dbname: str) -> bool:
+    """Whether ``dbname`` is a Supabase project's database (else it is staged, replayed and swapped
+    in: all or nothing).  A project's database is given the dump in one transaction and the replay
     follows that commit (it cannot be staged): a failed replay would leave it at the dump's state.
     That is only acceptable for a new, empty project (the disaster case), so a project holding
     tables of the user's or rows of its sign-ups and files is refused before anything is written."""
     with pg.session(pg.maintenance_db()) as admin:
         if not pg.database_exists(admin, dbname):
-            return  # nothing there to lose
+            return False  # nothing there to lose
     with pg.session(dbname) as conn:
         if read_facts(conn).platform != "supabase":
-            return  # a plain database is staged, replayed and swapped in: all or nothing
+            return False
         tables = conn.run(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             f"WHERE c.relkind IN ('r', 'p') AND {USER_NS_SQL}"
@@ -572,6 +574,7 @@ def _refuse_a_project_holding_data(pg: Postgres, dbname: str) -> None:
             "recover into a new project (point DB_* at it) or into a new database with --target-db,"
             " then move the application over",
         )
+    return True
 
 
 def _erase_after_replay(
