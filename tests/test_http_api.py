@@ -619,16 +619,22 @@ def test_coldcopy_serve_process_wakes_the_local_runner(api_env: dict[str, str], 
 
 
 # -- the parsed-catalog cache -----------------------------------------------------------------------
-def test_catalog_cache_revalidates_with_one_conditional_get_and_one_listing(api_env: dict[str, str]) -> None:
-    entries = history(30)
-    seed(api_env, entries, in_snapshot=25)
-    storage = open_store(settings_of(api_env))
+def recorded_calls(storage: Any) -> list[tuple[str, int]]:
+    """The S3 operations ``storage`` makes from now on, with their HTTP status, as they happen."""
     calls: list[tuple[str, int]] = []
 
     def seen(http_response: Any, model: Any, **_: Any) -> None:
         calls.append((model.name, http_response.status_code))
 
     storage.client.meta.events.register("after-call.s3", seen)
+    return calls
+
+
+def test_catalog_cache_revalidates_with_one_conditional_get_and_one_listing(api_env: dict[str, str]) -> None:
+    entries = history(30)
+    seed(api_env, entries, in_snapshot=25)
+    storage = open_store(settings_of(api_env))
+    calls = recorded_calls(storage)
     store = CatalogStore(storage)
 
     first = store.read_cached()
@@ -663,12 +669,7 @@ def test_a_writer_that_read_ahead_updates_the_catalog_without_fetching_it_or_its
     entries = history(30)
     seed(api_env, entries, in_snapshot=25)
     storage = open_store(settings_of(api_env))
-    calls: list[tuple[str, int]] = []
-
-    def seen(http_response: Any, model: Any, **_: Any) -> None:
-        calls.append((model.name, http_response.status_code))
-
-    storage.client.meta.events.register("after-call.s3", seen)
+    calls = recorded_calls(storage)
     store = CatalogStore(storage)
     store.read_cached()  # the read-ahead
     late = entry("full", "late", T0 + timedelta(days=400))
