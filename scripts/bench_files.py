@@ -23,7 +23,6 @@ import random
 import secrets
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -36,26 +35,11 @@ from coldcopy.backup.files import take_snapshot  # noqa: E402
 from coldcopy.config import load_settings  # noqa: E402
 from coldcopy.context import open_context  # noqa: E402
 from coldcopy.core.times import utc_now  # noqa: E402
-from coldcopy.localstack.s3server import S3Server  # noqa: E402
+from coldcopy.localstack.s3server import Counted, S3Server  # noqa: E402
 from coldcopy.restore.files import restore_files  # noqa: E402
 from coldcopy.storage.project_files import open_project_storage  # noqa: E402
 
 BUCKETS = ("avatars", "attachments", "exports")
-
-
-class Counted:
-    """Requests per operation on one boto3 client."""
-
-    def __init__(self, client: Any) -> None:
-        self.calls: Counter[str] = Counter()
-        client.meta.events.register("before-call.s3.*", self._count)
-
-    def _count(self, model: Any, **_: Any) -> None:
-        self.calls[model.name] += 1
-
-    @property
-    def total(self) -> int:
-        return sum(self.calls.values())
 
 
 def seed(storage: S3Server, objects: int, large: int, large_mb: int) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from coldcopy.core.times import iso
 from coldcopy.core.views import status_view
 from coldcopy.errors import IntegrityError
 from coldcopy.functions import web
-from coldcopy.localstack.s3server import S3Server
+from coldcopy.localstack.s3server import Counted, S3Server
 from coldcopy.ops import queue
 from coldcopy.ops.worker import HANDLERS, run_worker
 from coldcopy.postgres.cluster import PgCluster
@@ -69,17 +69,6 @@ def env(storage_server: S3Server, s3_server: S3Server, bucket: str) -> dict[str,
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return load_settings(env)
-
-
-class Counted:
-    """Requests per operation name, on a boto3 client."""
-
-    def __init__(self, client: Any) -> None:
-        self.calls: Counter[str] = Counter()
-        client.meta.events.register("before-call.s3.*", self._count)
-
-    def _count(self, model: Any, **_: Any) -> None:
-        self.calls[model.name] += 1
 
 
 def _put(server: S3Server, bucket: str, key: str, body: bytes, **extra: Any) -> None:

@@ -11,9 +11,10 @@ import tempfile
 import urllib.error
 import urllib.request
 import weakref
+from collections import Counter
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from coldcopy.config import Secret, Settings
 from coldcopy.errors import StorageError
@@ -170,6 +171,21 @@ class S3Server:
             return wait_until(answered, timeout=_START_TIMEOUT)
         except _Exited:
             return False
+
+
+class Counted:
+    """The requests one boto3 client makes, per operation name (tests and benchmarks count them)."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls: Counter[str] = Counter()
+        client.meta.events.register("before-call.s3.*", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        self.calls[model.name] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
 
 
 class _Exited(Exception):
