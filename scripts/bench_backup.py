@@ -49,10 +49,11 @@ BUCKET = "bench-bucket"
 RUNNER = """
 import resource, sys, json, time
 t_imp = time.monotonic()
-from coldcopy.cli.main import main
+import coldcopy.cli.main
+from coldcopy.__main__ import main
 t0 = time.monotonic()
 print(f"phase imports: {t0 - t_imp:.3f} s", file=sys.stderr)
-rc = main(sys.argv[1:])
+rc = main()  # the `coldcopy` command's own entry point
 me = resource.getrusage(resource.RUSAGE_SELF)
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "seconds": time.monotonic() - t0, "cpu_seconds": me.ru_utime + me.ru_stime,

@@ -37,6 +37,10 @@ TRICKY = [
     "INSERT INTO parted SELECT g, E'v\\t' || g FROM generate_series(0, 999) g",
     "CREATE UNLOGGED TABLE unl (x int)",
     "INSERT INTO unl SELECT generate_series(1, 77)",
+    # rows whose chunk header has newline bytes: one row per chunk, its length a line's length,
+    # with 0x0A as the low byte, the second, both, and in the third (past a 16-bit length)
+    "CREATE TABLE lens (t text)",
+    "INSERT INTO lens SELECT repeat('a', n - 1) FROM unnest(ARRAY[10, 266, 2570, 2600, 65546, 657930]) n",
     "CREATE TABLE narrow (a int)",
     "INSERT INTO narrow SELECT generate_series(1, 20000)",
     "SELECT lo_from_bytea(0, '\\x0a0a0a0a'::bytea)",  # a large object: a data block of its own

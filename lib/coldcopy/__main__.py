@@ -2,9 +2,18 @@
 
 A ``wal-fetch`` whose file is in the spool is served with only :mod:`coldcopy.wal.spool` imported
 (standard library), about an interpreter start; anything else goes to the full CLI.
+
+The process's cyclic garbage collector is tuned here, where the process starts and ends (never in
+code a test calls in-process): botocore's service model and the other libraries leave a few
+hundred thousand long-lived objects, and every full collection walks them all.
 """
 
+import gc
 import sys
+
+#: Collections start after this many new container objects (the default, 700, ran about 160
+#: collections and a full one during a backup, ~0.05 s of CPU taken from the stream).
+GC_THRESHOLD = 20_000
 
 
 def main() -> int:
@@ -17,7 +26,13 @@ def main() -> int:
             return served
     from coldcopy.cli.main import main as cli_main  # only after the fast path could not serve it
 
-    return cli_main()
+    gc.set_threshold(GC_THRESHOLD)
+    try:
+        return cli_main()
+    finally:
+        # The interpreter's last collection would walk every object to free what the exit frees
+        # anyway (~0.06 s after a backup); frozen objects are skipped.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -124,49 +124,56 @@ class RowCounter:
 
     def _chunks(self, data: bytes, pos: int, end: int) -> tuple[int, bool]:
         """Chunk headers and payloads, as many as are in ``data``: the hot loop (one chunk per row
-        in pg_dump 12–17's uncompressed output), so it stays in one function with local names.
+        in pg_dump 12–17's uncompressed output), so it stays in one function with local names and
+        does one table lookup per chunk.  The newlines of a run of whole chunks are counted in one
+        ``bytes.count`` over the run, less those in its headers (a length byte can be 0x0A).
         Returns the position reached and whether a chunk header is cut short by the end of
         ``data``.  The last chunk's length and last bytes are kept for :meth:`_end_chunks`."""
         if self._int_size != 4:
             return self._chunks_generic(data, pos)
         unpack = _SIGNED_INT.unpack_from
-        count = data.count
-        counting = self._counting
-        newlines = self._newlines
-        last_start = last_stop = -1  # the last chunk, when it lies wholly in ``data``
+        in_header, small = _HEADER_NEWLINES, _SMALL
+        run = pos  # the run of whole chunks starts here
+        header_newlines = 0  # in the run's headers
+        last = -1  # the header of the run's last chunk
         while True:
-            if end - pos < 5:
-                self._newlines = newlines
-                self._keep_last(data, last_start, last_stop)
+            try:
+                sign, length = unpack(data, pos)
+            except struct.error:  # fewer than 5 bytes left: the header goes on in the next bytes
+                self._count_run(data, run, pos, header_newlines, last)
                 return pos, True
-            sign, length = unpack(data, pos)
-            pos += 5
-            if sign:
-                raise ArchiveError("a negative chunk length in a data block")
-            if length == 0:
-                self._newlines = newlines
-                self._keep_last(data, last_start, last_stop)
-                self._end_chunks()
-                return pos, False
-            stop = pos + length
-            if stop > end:
-                if counting:
-                    newlines += count(b"\n", pos, end)
-                self._newlines = newlines
+            if length < small:
+                if sign or not length:
+                    if sign:
+                        raise ArchiveError("a negative chunk length in a data block")
+                    self._count_run(data, run, pos, header_newlines, last)
+                    self._end_chunks()
+                    return pos + 5, False
+                header_newlines += in_header[length]
+            else:
+                if sign:
+                    raise ArchiveError("a negative chunk length in a data block")
+                header_newlines += data.count(b"\n", pos + 1, pos + 5)
+            stop = pos + 5 + length
+            if stop > end:  # the payload goes on in the next bytes
+                self._count_run(data, run, end, header_newlines, -1)
                 self._last_len = length
-                self._last_tail = data[max(pos, end - _TAIL) : end]
+                self._last_tail = data[max(pos + 5, end - _TAIL) : end]
                 self._remaining = stop - end
                 self._stage = "payload"
                 return end, False
-            if counting:
-                newlines += count(b"\n", pos, stop)
-            last_start, last_stop = pos, stop
+            last = pos
             pos = stop
 
-    def _keep_last(self, data: bytes, start: int, stop: int) -> None:
-        if start >= 0:
-            self._last_len = stop - start
-            self._last_tail = data[max(start, stop - _TAIL) : stop]
+    def _count_run(self, data: bytes, start: int, stop: int, header_newlines: int, last: int) -> None:
+        """Add the payload newlines of the chunks in ``data[start:stop]``; ``last`` is the header of
+        the last whole one (-1: none), whose length and tail :meth:`_end_chunks` may need."""
+        if self._counting and stop > start:
+            self._newlines += data.count(b"\n", start, stop) - header_newlines
+        if last >= 0:
+            payload = last + 5
+            self._last_len = stop - payload
+            self._last_tail = data[max(payload, stop - _TAIL) : stop]
 
     def _chunks_generic(self, data: bytes, pos: int) -> tuple[int, bool]:
         try:
@@ -333,3 +340,16 @@ class RowCounter:
 _SIGNED_INT = struct.Struct("<BI")  # a sign byte and a 4-byte magnitude: ints as pg_dump writes them
 _TERMINATOR = b"\\.\n\n\n"  # what pg_dump writes after a table's rows
 _TAIL = len(_TERMINATOR) + 1
+_SMALL = 1 << 16  # chunk lengths below this are looked up in _HEADER_NEWLINES
+
+
+def _header_newlines() -> bytes:
+    """How many of a chunk header's bytes are a newline (0x0A), by chunk length below _SMALL: the
+    sign byte is 0 and so are the two high bytes of such a length; only the two low bytes can be."""
+    table = bytearray(_SMALL)
+    table[0x0A::0x100] = b"\x01" * 0x100  # the low byte
+    table[0x0A00:0x0B00] = bytes(n + 1 for n in table[0x0A00:0x0B00])  # the second byte
+    return bytes(table)
+
+
+_HEADER_NEWLINES = _header_newlines()
