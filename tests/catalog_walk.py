@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from statistics import median
 from typing import Any
 
-from coldcopy.core.alerts import CRITICAL, SEVERITIES, WARNING, Alert, Thresholds, alert, counts_by_severity
+from coldcopy.core.alerts import CRITICAL, SEVERITIES, WARNING, Alert, alert, counts_by_severity
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import KINDS, parse_name
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import storage_failure
 from coldcopy.core.views import STATUS_MAX_AGE_HOURS, wal_view

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from coldcopy.config import load_settings
-from coldcopy.core.alerts import PLANS, Alert, Thresholds, counts_by_severity, evaluate
+from coldcopy.core.alerts import PLANS, Alert, counts_by_severity, evaluate
 from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.jobs import Run
 from coldcopy.core.manifest import CatalogEntry
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso
 from coldcopy.errors import ConfigError
 

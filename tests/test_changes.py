@@ -30,7 +30,7 @@ from coldcopy.changes.retention import apply_changes_plan, plan_changes
 from coldcopy.changes.slot import setup, slot_state
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
-from coldcopy.core.alerts import Thresholds, changes_alerts
+from coldcopy.core.alerts import changes_alerts
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.changes import (
     BATCHES_PREFIX,
@@ -52,6 +52,7 @@ from coldcopy.core.changes import (
 from coldcopy.core.lsn import parse_lsn
 from coldcopy.core.monitor_state import build, parse
 from coldcopy.core.recovery_plan import Target
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import parse_iso
 from coldcopy.core.views import status_view
 from coldcopy.errors import DatabaseError

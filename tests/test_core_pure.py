@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coldcopy.config import Secret, load_settings, redact
-from coldcopy.core.alerts import Thresholds
 from coldcopy.core.catalog import SKEW, Catalog, journal_key, start_after
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.names import make_name, parse_name, validate_db_identifier, validate_name
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso
 from coldcopy.core.views import status_view
 from coldcopy.errors import ConfigError, InvalidNameError

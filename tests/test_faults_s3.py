@@ -19,7 +19,8 @@ import pytest
 from cli_helpers import run_cli
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
-from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.alerts import evaluate
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.localstack.dbcompare import compare_databases
 from coldcopy.storage.s3 import READ_ATTEMPTS
 from s3_faults import FaultProxy, cut_headers, fault_proxy, lost, reset, slowdown, stall, status, truncate

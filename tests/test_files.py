@@ -20,12 +20,13 @@ from cli_helpers import killed_at_point, run_cli, web_get
 from coldcopy.backup.files import committed, prune_files, resolve, take_snapshot
 from coldcopy.config import Settings, load_settings
 from coldcopy.context import Context, open_context
-from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.alerts import evaluate
 from coldcopy.core.catalog import Catalog, journal_key
 from coldcopy.core.files import CONTENT_PREFIX, Entry, drill_sample, inflight_key
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.metrics import render
 from coldcopy.core.runbooks import Facts, build_plan
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso
 from coldcopy.core.views import status_view
 from coldcopy.errors import IntegrityError

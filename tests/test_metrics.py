@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.alerts import evaluate
 from coldcopy.core.archive_report import WalGap, WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import digest
 from coldcopy.core.changes import ChangesHealth, torn_down
 from coldcopy.core.manifest import CatalogEntry
 from coldcopy.core.metrics import render, render_digest
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

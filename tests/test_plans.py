@@ -19,7 +19,8 @@ from coldcopy.core.alerts import PLANS
 from coldcopy.core.archive_report import WalGap
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.manifest import CatalogEntry
-from coldcopy.core.runbooks import ALIASES, Facts, build_plan
+from coldcopy.core.plan_names import ALIASES
+from coldcopy.core.runbooks import Facts, build_plan
 from coldcopy.core.times import iso
 from coldcopy.storage.s3 import open_store
 from coldcopy.wal.monitor import STATE_KEY

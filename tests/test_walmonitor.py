@@ -6,11 +6,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from coldcopy.config import load_settings
-from coldcopy.core.alerts import Thresholds, evaluate
+from coldcopy.core.alerts import evaluate
 from coldcopy.core.archive_report import BackupWindow, wal_rate
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.lsn import Segment, parse_segment
 from coldcopy.core.metrics import render
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso
 from coldcopy.storage.s3 import open_store
 from coldcopy.wal.monitor import STATE_KEY, load, refresh

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from coldcopy.core.alerts import Thresholds
 from coldcopy.core.retention import RetentionPolicy
 from coldcopy.core.sanity import parse_sanity_queries
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.errors import ConfigError
 
 

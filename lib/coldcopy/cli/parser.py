@@ -15,7 +15,7 @@ from typing import Any
 
 from coldcopy import __version__
 from coldcopy.core.names import validate_db_identifier
-from coldcopy.core.runbooks import ALIASES, SCENARIOS
+from coldcopy.core.plan_names import ALIASES, SCENARIOS
 from coldcopy.errors import InvalidNameError
 
 #: ``add(name, handler, help)``: registers one subcommand and returns its parser.

@@ -25,6 +25,7 @@ from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import CatalogDigest, digest
 from coldcopy.core.changes import ChangesHealth, lag_ratio, table_list
 from coldcopy.core.jobs import FAILED, STALE_MARK, Run
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import storage_failure
 
@@ -78,24 +79,6 @@ def alert(rule: str, severity: str, since: datetime | str | None, message: str, 
     """An :class:`Alert` of ``rule`` (about one thing, when ``about`` is given), with the rule's plan."""
     when = iso(since) if isinstance(since, datetime) else since
     return Alert(f"{rule}:{about}" if about else rule, severity, when, message, PLANS[rule])
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When the rules fire (``ALERT_*`` settings; the defaults are the seed's)."""
-
-    backup_max_age_hours: float = 26.0
-    verify_max_age_days: float = 8.0
-    wal_max_age_minutes: float = 60.0
-    min_recovery_window_hours: float = 24.0
-    size_low_ratio: float = 0.5
-    size_high_ratio: float = 2.0
-    size_sample: int = 10
-    size_min_samples: int = 3
-    heartbeat_stale_seconds: int = 600
-    changes_max_age_minutes: float = 10.0
-    changes_slot_lag_ratio: float = 0.5
-    files_max_lag_hours: float = 6.0
 
 
 # -- the rules ------------------------------------------------------------------------------------

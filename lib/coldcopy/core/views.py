@@ -13,12 +13,13 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from coldcopy.core.alerts import CRITICAL, Thresholds, changes_alerts, files_alerts, wal_alerts
+from coldcopy.core.alerts import CRITICAL, changes_alerts, files_alerts, wal_alerts
 from coldcopy.core.archive_report import WalHealth
 from coldcopy.core.catalog import Catalog
 from coldcopy.core.catalog_digest import CatalogDigest, digest
 from coldcopy.core.changes import ChangesHealth
 from coldcopy.core.manifest import CatalogEntry, Manifest
+from coldcopy.core.thresholds import Thresholds
 from coldcopy.core.times import iso, parse_iso
 from coldcopy.core.verification import storage_failure
 
