@@ -3,19 +3,24 @@ renames that always leave the database reachable, tables pg_dump does not dump."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 
 from cli_helpers import run_cli
 from coldcopy.backup import inflight
+from coldcopy.backup.logical import run_backup
 from coldcopy.backup.session import commit
 from coldcopy.config import load_settings
 from coldcopy.context import open_context
 from coldcopy.errors import DatabaseError, IntegrityError
 from coldcopy.postgres.client import Postgres
+from coldcopy.storage.memory import MemoryStore
 
 
 def test_marker_heartbeat_runs_in_the_background(coldcopy_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -117,3 +122,32 @@ def test_in_place_restore_keeps_database_settings_and_grants(pg, coldcopy_env, f
         c.run(f"ALTER ROLE reporting IN DATABASE {fresh_db} RESET ALL")
         c.run("DROP ROLE reporting")
         c.close()
+
+
+def _children_named(name: str) -> list[int]:
+    """This process's child processes called ``name`` (from /proc: their parent and command)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+            if comm == name and int(rest[1]) == os.getpid():
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_logical_backups_bucket_side_begins_once_pg_dump_runs(pg, coldcopy_env) -> None:  # type: ignore[no-untyped-def]
+    """The bucket's side (here: putting right an interrupted restore, then the name's claim) starts
+    after pg_dump did, so the connection and the snapshot before it do not wait for the GIL behind
+    botocore's import; and whatever it did still happens before anything is stored."""
+    settings = load_settings({**coldcopy_env, "COLDCOPY_ENV_FILE": os.devnull})
+    ctx = open_context(settings, MemoryStore())
+    seen: list[list[int]] = []
+
+    def put_right(c: object) -> list[str]:
+        seen.append(_children_named("pg_dump"))
+        return []
+
+    manifest = run_backup(settings, ctx=ctx, put_right=put_right)
+    assert len(seen) == 1 and seen[0], "the bucket's side began before pg_dump was running"
+    assert ctx.catalog.manifest(manifest.name).name == manifest.name

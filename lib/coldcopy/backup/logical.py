@@ -44,7 +44,9 @@ def run_backup(
     def body(ses: Session) -> Manifest:
         return _dump(ses, kind, progress, now)
 
-    return run_stream_backup(settings, kind, "pg_dump", body, now, ctx=ctx, put_right=put_right)
+    return run_stream_backup(
+        settings, kind, "pg_dump", body, now, ctx=ctx, put_right=put_right, at_once=False
+    )
 
 
 def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Manifest:
@@ -56,13 +58,15 @@ def _dump(ses: Session, kind: str, progress: Progress | None, now: Clock) -> Man
     snapshot = conn.run("SELECT pg_export_snapshot()")[0][0]
     args = _pg_dump_args(ses.tool.path, snapshot, s.db_name)
     # pg_dump and pg_dumpall start now and do their own start-up (catalog reads, locks) while the
-    # bucket's side gets ready; nothing is stored before the name is claimed.
+    # bucket's side gets ready (begun only now: see Start); nothing is stored before the name is
+    # claimed.
     t_dump = time.monotonic()
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pg.libpq_env(), preexec_fn=die_with_parent
     )
     assert proc.stdout is not None and proc.stderr is not None
     log.debug("pg_dump started (monotonic clock %.3f s)", t_dump)
+    ses.start.begin()
     errors = StderrTail(proc.stderr)
     roles = ses.start.background(lambda: _roles(ses))
 

@@ -40,13 +40,19 @@ T = TypeVar("T")
 
 
 class Start:
-    """The bucket's side of a backup's start and its key, made ready in threads while the database's
-    side starts (connect, snapshot, pg_dump's own start-up): the key derived (scrypt, twice, one
-    after the other: its id and this process's key-encryption key; scrypt releases the GIL), the
-    storage client (botocore's import and set-up), then at once ``put_right`` (an interrupted
-    restore of DB_NAME), killed backups cleaned up and the name claimed, then the catalog read
-    ahead for its update at the end.  Nothing is written under the backup's name before the name is
-    claimed, and nothing is stored before ``wait()``."""
+    """The bucket's side of a backup's start and its key, made ready in threads (from ``begin()``)
+    while the database's side starts: the key derived (scrypt, twice, one after the other: its id
+    and this process's key-encryption key; scrypt releases the GIL), the storage client (botocore's
+    import and set-up), then at once ``put_right`` (an interrupted restore of DB_NAME), killed
+    backups cleaned up and the name claimed, then the catalog read ahead for its update at the end.
+    Nothing is written under the backup's name before the name is claimed, and nothing is stored
+    before ``wait()``.
+
+    A logical backup begins it once pg_dump runs (pg_dump's own start-up, its catalog reads, takes
+    ~50 ms before its first byte): begun before the connection, botocore's import held the GIL
+    while the connection and the snapshot waited for it (~35 ms more before pg_dump started).  A
+    base backup, whose label is the name, begins it at once.  Whatever needs the bucket's side
+    (``wait``, ``is_ready``, ``background``, ``settled``) begins it if nothing did."""
 
     def __init__(
         self,
@@ -55,17 +61,31 @@ class Start:
         started: datetime,
         ctx: Context | None,
         put_right: Callable[[Context], list[str]] | None,
+        *,
+        at_once: bool = True,
     ) -> None:
         self.settings, self.kind, self.started = settings, kind, started
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="backup-start")
         self._tasks: list[Future[Any]] = []  # the body's (``background``)
-        self._key = self._pool.submit(self._derive_key, ctx)
-        self._bucket = self._pool.submit(self._bucket_side, ctx, put_right)
+        self._ctx, self._put_right_fn = ctx, put_right
+        self._sides: tuple[Future[MasterKey | None], Future[tuple[Context, str, Marker]]] | None = None
         self._catalog: Future[object] | None = None
         self._ready: tuple[Context, str] | None = None
         self._lock = threading.Lock()
         self._opened = ctx is None  # the context is ours to give the derived key
         self.put_right_done: list[str] = []
+        if at_once:
+            self.begin()
+
+    def begin(self) -> tuple[Future[MasterKey | None], Future[tuple[Context, str, Marker]]]:
+        """Start the key's derivation and the bucket's side (once); their futures."""
+        with self._lock:
+            if self._sides is None:
+                self._sides = (
+                    self._pool.submit(self._derive_key, self._ctx),
+                    self._pool.submit(self._bucket_side, self._ctx, self._put_right_fn),
+                )
+            return self._sides
 
     def _derive_key(self, ctx: Context | None) -> MasterKey | None:
         t0 = time.monotonic()
@@ -114,21 +134,24 @@ class Start:
     def background(self, fn: Callable[[], T]) -> Future[T]:
         """``fn()`` in one of the start's threads (a backup's roles, while its dump streams); a
         failed backup waits for it before it removes what was stored."""
+        self.begin()
         task = self._pool.submit(fn)
         self._tasks.append(task)
         return task
 
     def is_ready(self) -> bool:
         """Whether ``wait()`` would answer (or raise) at once."""
-        return self._bucket.done() and self._key.done()
+        key, bucket = self.begin()
+        return bucket.done() and key.done()
 
     def wait(self) -> tuple[Context, str]:
         """The context (with the derived key) and the claimed name, once both are ready; raises
         what went wrong on the bucket's side."""
+        key_side, bucket = self.begin()
         with self._lock:
             if self._ready is None:
-                ctx, name, _ = self._bucket.result()
-                key = self._key.result()
+                ctx, name, _ = bucket.result()
+                key = key_side.result()
                 if self._opened and key is not None:
                     ctx.key = key
                 self._ready = ctx, name
@@ -137,9 +160,10 @@ class Start:
     def settled(self) -> tuple[Context | None, str | None, Marker | None]:
         """After a failure: what the bucket's side got to (a context, a claimed name and its
         marker), once it and the body's tasks have stopped; Nones for what it did not get to."""
-        wait([self._key, *self._tasks])
+        key, bucket = self.begin()  # a failure before it began still needs the bucket, to be recorded
+        wait([key, *self._tasks])
         try:
-            ctx, name, marker = self._bucket.result()
+            ctx, name, marker = bucket.result()
         except BaseException:  # noqa: BLE001 - the backup's own error is the one reported
             return None, None, None
         return ctx, name, marker
@@ -211,12 +235,14 @@ def run_stream_backup(
     *,
     ctx: Context | None = None,
     put_right: Callable[[Context], list[str]] | None = None,
+    at_once: bool = True,
 ) -> Manifest:
     """The life of every backup, logical or physical: connect and check the tool against the server
-    while the bucket's side starts in the background (``Start``), run ``body`` (which starts its
-    tool, waits for the name and commits the manifest), leave nothing behind on failure and record
-    it, then index the backup in the catalog."""
-    start = Start(settings, kind, now(), ctx, put_right)
+    while the bucket's side starts in the background (``Start``; ``at_once=False``: once the body
+    begins it, when its tool runs), run ``body`` (which starts its tool, waits for the name and
+    commits the manifest), leave nothing behind on failure and record it, then index the backup in
+    the catalog."""
+    start = Start(settings, kind, now(), ctx, put_right, at_once=at_once)
     try:
         try:
             manifest = _in_session(start, tool_name, body)
