@@ -14,6 +14,15 @@ import sys
 #: Collections start after this many new container objects (the default, 700, ran about 160
 #: collections and a full one during a backup, ~0.05 s of CPU taken from the stream).
 GC_THRESHOLD = 20_000
+#: A command that lives on (the local web server) keeps the default, which frees cyclic garbage (a
+#: traceback's frames holding a buffer) sooner.  The worker, which runs the deployed backups,
+#: lives for one queue's jobs: it takes the higher threshold, which still collects every 20,000.
+LONG_RUNNING = ("serve",)
+
+
+def _command(args: list[str]) -> str:
+    """The command's name: the first argument that is not an option (``--debug backup``)."""
+    return next((a for a in args if not a.startswith("-")), "")
 
 
 def main() -> int:
@@ -26,7 +35,8 @@ def main() -> int:
             return served
     from coldcopy.cli.main import main as cli_main  # only after the fast path could not serve it
 
-    gc.set_threshold(GC_THRESHOLD)
+    if _command(sys.argv[1:]) not in LONG_RUNNING:
+        gc.set_threshold(GC_THRESHOLD)
     try:
         return cli_main()
     finally:

@@ -39,7 +39,8 @@ def run_backup(
     put_right: Callable[[Context], list[str]] | None = None,
 ) -> Manifest:
     """A logical backup (pg_dump) of DB_NAME (into ``ctx``'s bucket, when the caller has a context;
-    ``put_right``: what a killed restore of DB_NAME left, set right first)."""
+    ``put_right``: what a killed restore of DB_NAME left, set right in the background once pg_dump
+    runs, or before connecting again when the connection fails)."""
 
     def body(ses: Session) -> Manifest:
         return _dump(ses, kind, progress, now)

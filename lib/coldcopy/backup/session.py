@@ -78,7 +78,12 @@ class Start:
             self.begin()
 
     def begin(self) -> tuple[Future[MasterKey | None], Future[tuple[Context, str, Marker]]]:
-        """Start the key's derivation and the bucket's side (once); their futures."""
+        """Start the key's derivation and the bucket's side (once); their futures.  Once begun it
+        answers without the lock, which ``wait()`` holds while it waits: ``is_ready()``, asked after
+        every chunk of the dump, must never wait behind it."""
+        sides = self._sides
+        if sides is not None:
+            return sides
         with self._lock:
             if self._sides is None:
                 self._sides = (

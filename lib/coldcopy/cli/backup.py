@@ -30,8 +30,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         log.warning(UNENCRYPTED_WARNING)
 
     def put_right(ctx: Context) -> list[str]:
-        # DB_NAME first, if a restore of it was killed between its renames (checked in the
-        # background while the backup connects; the backup connects again if it was put back)
+        # DB_NAME, if a restore of it was killed between its renames (checked in the background
+        # once pg_dump runs, or at once when the connection fails: the backup then connects
+        # again if it was put back)
         return put_right_if_interrupted(Postgres(s), ctx.storage, s.db_name)
 
     with progress_meter(args) as meter:
