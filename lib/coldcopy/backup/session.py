@@ -40,19 +40,20 @@ T = TypeVar("T")
 
 
 class Start:
-    """The bucket's side of a backup's start and its key, made ready in threads (from ``begin()``)
-    while the database's side starts: the key derived (scrypt, twice, one after the other: its id
-    and this process's key-encryption key; scrypt releases the GIL), the storage client (botocore's
-    import and set-up), then at once ``put_right`` (an interrupted restore of DB_NAME), killed
-    backups cleaned up and the name claimed, then the catalog read ahead for its update at the end.
-    Nothing is written under the backup's name before the name is claimed, and nothing is stored
-    before ``wait()``.
+    """The bucket's side of a backup's start and its key, made ready in threads while the database's
+    side starts: the key derived (scrypt, twice, one after the other: its id and this process's
+    key-encryption key; scrypt releases the GIL), and, from ``begin()``, the storage client
+    (botocore's import and set-up), then at once ``put_right`` (an interrupted restore of DB_NAME),
+    killed backups cleaned up and the name claimed, then the catalog read ahead for its update at
+    the end.  Nothing is written under the backup's name before the name is claimed, and nothing is
+    stored before ``wait()``.
 
-    A logical backup begins it once pg_dump runs (pg_dump's own start-up, its catalog reads, takes
-    ~50 ms before its first byte): begun before the connection, botocore's import held the GIL
-    while the connection and the snapshot waited for it (~35 ms more before pg_dump started).  A
-    base backup, whose label is the name, begins it at once.  Whatever needs the bucket's side
-    (``wait``, ``is_ready``, ``background``, ``settled``) begins it if nothing did."""
+    The key's derivation starts at once.  A logical backup begins the bucket's side once pg_dump
+    runs (pg_dump's own start-up, its catalog reads, takes ~50 ms before its first byte): begun
+    before the connection, botocore's import held the GIL while the connection and the snapshot
+    waited for it (~35 ms more before pg_dump started).  A base backup, whose label is the name,
+    begins it at once.  Whatever needs the bucket's side (``wait``, ``is_ready``, ``background``,
+    ``settled``) begins it if nothing did."""
 
     def __init__(
         self,
@@ -68,7 +69,8 @@ class Start:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="backup-start")
         self._tasks: list[Future[Any]] = []  # the body's (``background``)
         self._ctx, self._put_right_fn = ctx, put_right
-        self._sides: tuple[Future[MasterKey | None], Future[tuple[Context, str, Marker]]] | None = None
+        self._key = self._pool.submit(self._derive_key, ctx)
+        self._bucket: Future[tuple[Context, str, Marker]] | None = None
         self._catalog: Future[object] | None = None
         self._ready: tuple[Context, str] | None = None
         self._lock = threading.Lock()
@@ -77,20 +79,17 @@ class Start:
         if at_once:
             self.begin()
 
-    def begin(self) -> tuple[Future[MasterKey | None], Future[tuple[Context, str, Marker]]]:
-        """Start the key's derivation and the bucket's side (once); their futures.  Once begun it
-        answers without the lock, which ``wait()`` holds while it waits: ``is_ready()``, asked after
-        every chunk of the dump, must never wait behind it."""
-        sides = self._sides
-        if sides is not None:
-            return sides
+    def begin(self) -> Future[tuple[Context, str, Marker]]:
+        """Start the bucket's side (once); its future.  Once begun it answers without the lock,
+        which ``wait()`` holds while it waits: ``is_ready()``, asked after every chunk of the dump,
+        must never wait behind it."""
+        bucket = self._bucket
+        if bucket is not None:
+            return bucket
         with self._lock:
-            if self._sides is None:
-                self._sides = (
-                    self._pool.submit(self._derive_key, self._ctx),
-                    self._pool.submit(self._bucket_side, self._ctx, self._put_right_fn),
-                )
-            return self._sides
+            if self._bucket is None:
+                self._bucket = self._pool.submit(self._bucket_side, self._ctx, self._put_right_fn)
+            return self._bucket
 
     def _derive_key(self, ctx: Context | None) -> MasterKey | None:
         t0 = time.monotonic()
@@ -146,17 +145,16 @@ class Start:
 
     def is_ready(self) -> bool:
         """Whether ``wait()`` would answer (or raise) at once."""
-        key, bucket = self.begin()
-        return bucket.done() and key.done()
+        return self.begin().done() and self._key.done()
 
     def wait(self) -> tuple[Context, str]:
         """The context (with the derived key) and the claimed name, once both are ready; raises
         what went wrong on the bucket's side."""
-        key_side, bucket = self.begin()
+        bucket = self.begin()
         with self._lock:
             if self._ready is None:
                 ctx, name, _ = bucket.result()
-                key = key_side.result()
+                key = self._key.result()
                 if self._opened and key is not None:
                     ctx.key = key
                 self._ready = ctx, name
@@ -165,8 +163,8 @@ class Start:
     def settled(self) -> tuple[Context | None, str | None, Marker | None]:
         """After a failure: what the bucket's side got to (a context, a claimed name and its
         marker), once it and the body's tasks have stopped; Nones for what it did not get to."""
-        key, bucket = self.begin()  # a failure before it began still needs the bucket, to be recorded
-        wait([key, *self._tasks])
+        bucket = self.begin()  # a failure before it began still needs the bucket, to be recorded
+        wait([self._key, *self._tasks])
         try:
             ctx, name, marker = bucket.result()
         except BaseException:  # noqa: BLE001 - the backup's own error is the one reported
